@@ -1,0 +1,69 @@
+"""Typed errors of the shared contract. Each carries a message a user can act on."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+DecodeReason = Literal[
+    "malformed", "unknown_type", "missing_field", "wrong_type", "invalid_value", "too_large"
+]
+
+
+class SdvError(Exception):
+    """Base of every error sdv_events raises on purpose."""
+
+
+class DecodeError(SdvError):
+    """Untrusted bytes did not decode to a known, valid message."""
+
+    def __init__(self, reason: DecodeReason, message: str, *, path: str = "$") -> None:
+        super().__init__(f"{reason} at {path}: {message}")
+        self.reason: DecodeReason = reason
+        self.path = path
+        self.detail = message
+
+
+class UnknownEventType(DecodeError):
+    def __init__(self, type_name: str) -> None:
+        super().__init__("unknown_type", f"no event type registered as {type_name!r}", path="$.type")
+        self.type_name = type_name
+
+
+class ConcurrencyConflict(SdvError):
+    """`append` saw another version than the caller expected: reload and decide again."""
+
+    def __init__(self, stream_id: str, expected: int, actual: int) -> None:
+        super().__init__(
+            f"stream {stream_id!r} is at version {actual}, append expected {expected}"
+        )
+        self.stream_id = stream_id
+        self.expected = expected
+        self.actual = actual
+
+
+class DuplicateCommand(SdvError):
+    """The command id was already handled; `outcome` is the first result (raw bytes)."""
+
+    def __init__(self, command_id: str, outcome: bytes) -> None:
+        super().__init__(f"command {command_id!r} was already handled")
+        self.command_id = command_id
+        self.outcome = outcome
+
+
+class DomainError(SdvError):
+    """A decider refused a command. `code` is stable for clients; message is for people."""
+
+    code: str = "rejected"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+        self.message = message
+
+
+class RetriesExhausted(SdvError):
+    def __init__(self, stream_id: str, attempts: int) -> None:
+        super().__init__(f"stream {stream_id!r}: still conflicting after {attempts} attempts")
+        self.stream_id = stream_id
+        self.attempts = attempts

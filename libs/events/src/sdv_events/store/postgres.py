@@ -1,0 +1,189 @@
+"""PostgreSQL event store (asyncpg): append with optimistic concurrency, reads, idempotency."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from sdv_events.codec import decode_body, decode_metadata, encode, encode_metadata
+from sdv_events.envelope import Envelope, Metadata
+from sdv_events.errors import ConcurrencyConflict, DuplicateCommand
+from sdv_events.ids import split_stream_id, uuid7
+from sdv_events.registry import EventRegistry, default_registry
+from sdv_events.store.schema import check_schema_name, ensure_schema
+
+ANY = -1
+NO_STREAM = 0
+
+_COLUMNS = (
+    "global_position, stream_id, version, event_id, type, schema_version, data, metadata, occurred_at"
+)
+
+
+class AppendResult(msgspec.Struct, frozen=True):
+    next_version: int
+    positions: list[int]
+    events: list[Envelope]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class EventStore:
+    """One service's event store: its own PostgreSQL schema in a shared or own database."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        schema: str,
+        *,
+        registry: EventRegistry = default_registry,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self.pool = pool
+        self.schema = check_schema_name(schema)
+        self.registry = registry
+        self.clock = clock
+        self.notify_channel = f"{schema}_events"
+
+    @classmethod
+    async def open(
+        cls, dsn: str, schema: str, *, min_size: int = 1, max_size: int = 10, **kwargs: Any
+    ) -> EventStore:
+        pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size)
+        async with pool.acquire() as conn:
+            await ensure_schema(conn, schema)
+        return cls(pool, schema, **kwargs)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    def wrap(
+        self, stream_id: str, version: int, body: msgspec.Struct, metadata: Metadata, now: datetime
+    ) -> Envelope:
+        type_name, schema_version = self.registry.describe(body)
+        return Envelope(
+            event_id=uuid7(), stream_id=stream_id, version=version, type=type_name,
+            schema_version=schema_version, occurred_at=now, data=body,
+            correlation_id=metadata.correlation_id, causation_id=metadata.causation_id,
+            actor=metadata.actor, trace=metadata.trace,
+        )
+
+    async def append(
+        self,
+        stream_id: str,
+        expected_version: int,
+        events: Sequence[msgspec.Struct],
+        *,
+        metadata: Metadata = Metadata(),
+        command_id: str | None = None,
+        outcome: bytes | None = None,
+    ) -> AppendResult:
+        """Append atomically. Raises `ConcurrencyConflict` when the stream is not at
+        `expected_version` (`ANY` skips the check) and `DuplicateCommand` when `command_id`
+        was already recorded (then nothing is appended)."""
+        split_stream_id(stream_id)
+        if command_id is not None and outcome is None:
+            raise ValueError("a command_id needs the outcome to record with it")
+        now = self.clock()
+        base = max(expected_version, 0)
+        envelopes = [
+            self.wrap(stream_id, base + i + 1, body, metadata, now) for i, body in enumerate(events)
+        ]
+        meta = encode_metadata(metadata)
+        try:
+            row = await self.pool.fetchrow(
+                f"SELECT * FROM {self.schema}.append_events($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)",
+                stream_id, expected_version,
+                [e.event_id for e in envelopes], [e.type for e in envelopes],
+                [e.schema_version for e in envelopes], [encode(e.data) for e in envelopes],
+                [meta] * len(envelopes), [now] * len(envelopes), command_id, outcome,
+            )
+        except asyncpg.UniqueViolationError as exc:
+            if command_id is not None and exc.constraint_name == "commands_pkey":
+                first = await self.command_outcome(command_id)
+                if first is not None:
+                    raise DuplicateCommand(command_id, first) from None
+            raise
+        except asyncpg.PostgresError as exc:
+            if getattr(exc, "sqlstate", None) == "SDV01":
+                actual = int(getattr(exc, "detail", "-1") or -1)
+                raise ConcurrencyConflict(stream_id, expected_version, actual) from None
+            raise
+        assert row is not None
+        next_version = int(row["next_version"])
+        if expected_version == ANY and envelopes:
+            first_version = next_version - len(envelopes) + 1
+            envelopes = [
+                msgspec.structs.replace(e, version=first_version + i) for i, e in enumerate(envelopes)
+            ]
+        positions = list(row["positions"])
+        envelopes = [
+            msgspec.structs.replace(e, position=p) for e, p in zip(envelopes, positions, strict=True)
+        ]
+        return AppendResult(next_version, positions, envelopes)
+
+    async def command_outcome(self, command_id: str) -> bytes | None:
+        value = await self.pool.fetchval(
+            f"SELECT outcome FROM {self.schema}.commands WHERE command_id = $1", command_id
+        )
+        return bytes(value) if value is not None else None
+
+    async def stream_version(self, stream_id: str) -> int:
+        value = await self.pool.fetchval(
+            f"SELECT coalesce(max(version), 0) FROM {self.schema}.events WHERE stream_id = $1",
+            stream_id,
+        )
+        return int(value)
+
+    def to_envelope(self, row: asyncpg.Record) -> Envelope:
+        meta = decode_metadata(bytes(row["metadata"]))
+        return Envelope(
+            event_id=row["event_id"], stream_id=row["stream_id"], version=row["version"],
+            type=row["type"], schema_version=row["schema_version"],
+            occurred_at=row["occurred_at"],
+            data=decode_body(row["type"], bytes(row["data"]), registry=self.registry),
+            correlation_id=meta.correlation_id, causation_id=meta.causation_id,
+            actor=meta.actor, trace=meta.trace, position=row["global_position"],
+        )
+
+    async def read_stream(self, stream_id: str, from_version: int = 1) -> list[Envelope]:
+        rows = await self.pool.fetch(
+            f"SELECT {_COLUMNS} FROM {self.schema}.events "
+            "WHERE stream_id = $1 AND version >= $2 ORDER BY version",
+            stream_id, from_version,
+        )
+        return [self.to_envelope(r) for r in rows]
+
+    async def read_all(
+        self,
+        from_position: int = 0,
+        batch_size: int = 500,
+        *,
+        until: datetime | None = None,
+        since: datetime | None = None,
+    ) -> AsyncIterator[Envelope]:
+        """Every event after `from_position`, in position order, fetched `batch_size` at a time.
+
+        A point-in-time scan (audit, rebuilds). A transaction still in flight may later commit
+        a lower position than the last one seen here; tailers use the relay's commit-safe cursor.
+        """
+        position = from_position
+        while True:
+            rows = await self.pool.fetch(
+                f"SELECT {_COLUMNS} FROM {self.schema}.events WHERE global_position > $1 "
+                "AND ($3::timestamptz IS NULL OR recorded_at >= $3) "
+                "AND ($4::timestamptz IS NULL OR recorded_at < $4) "
+                "ORDER BY global_position LIMIT $2",
+                position, batch_size, since, until,
+            )
+            for row in rows:
+                yield self.to_envelope(row)
+            if len(rows) < batch_size:
+                return
+            position = rows[-1]["global_position"]

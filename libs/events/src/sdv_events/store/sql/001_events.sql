@@ -1,0 +1,93 @@
+-- Event store of one service, in its own schema. Idempotent: safe to run at every start.
+CREATE SCHEMA IF NOT EXISTS {schema};
+
+CREATE TABLE IF NOT EXISTS {schema}.events (
+    global_position bigserial PRIMARY KEY,
+    stream_id       text        NOT NULL,
+    version         integer     NOT NULL CHECK (version > 0),
+    event_id        uuid        NOT NULL UNIQUE,
+    type            text        NOT NULL,
+    schema_version  smallint    NOT NULL,
+    data            bytea       NOT NULL,
+    metadata        bytea       NOT NULL,
+    occurred_at     timestamptz NOT NULL,
+    recorded_at     timestamptz NOT NULL DEFAULT now(),
+    -- The writing transaction: readers that tail the log use it to never step over a
+    -- transaction that took a lower position but has not committed yet (see relay.py).
+    tx_id           xid8        NOT NULL DEFAULT pg_current_xact_id(),
+    UNIQUE (stream_id, version)
+);
+CREATE INDEX IF NOT EXISTS events_tx_cursor ON {schema}.events (tx_id, global_position);
+CREATE INDEX IF NOT EXISTS events_recorded_at ON {schema}.events (recorded_at);
+
+-- Command idempotency: the first outcome of a command id, stored with its events atomically.
+CREATE TABLE IF NOT EXISTS {schema}.commands (
+    command_id  text        PRIMARY KEY,
+    stream_id   text        NOT NULL,
+    outcome     bytea       NOT NULL,
+    recorded_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- Cursors of log tailers (relay) and projections.
+CREATE TABLE IF NOT EXISTS {schema}.checkpoints (
+    name       text        PRIMARY KEY,
+    tx_id      xid8        NOT NULL DEFAULT '0',
+    position   bigint      NOT NULL DEFAULT 0,
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE OR REPLACE FUNCTION {schema}.refuse_change() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'events are append-only: % on %.% refused', TG_OP, TG_TABLE_SCHEMA, TG_TABLE_NAME
+        USING ERRCODE = 'SDV02';
+END $$;
+
+CREATE OR REPLACE TRIGGER events_append_only
+    BEFORE UPDATE OR DELETE ON {schema}.events
+    FOR EACH ROW EXECUTE FUNCTION {schema}.refuse_change();
+CREATE OR REPLACE TRIGGER events_no_truncate
+    BEFORE TRUNCATE ON {schema}.events
+    FOR EACH STATEMENT EXECUTE FUNCTION {schema}.refuse_change();
+
+-- One round trip, one transaction: check the expected version, record the command outcome,
+-- insert the events. p_expected: -1 = any version, 0 = stream must not exist, n = exactly n.
+CREATE OR REPLACE FUNCTION {schema}.append_events(
+    p_stream text, p_expected integer, p_ids uuid[], p_types text[], p_schema_versions smallint[],
+    p_data bytea[], p_meta bytea[], p_occurred timestamptz[], p_command_id text, p_outcome bytea
+) RETURNS TABLE (next_version integer, positions bigint[])
+LANGUAGE plpgsql AS $$
+DECLARE
+    n integer := coalesce(array_length(p_ids, 1), 0);
+    cur integer;
+BEGIN
+    -- Taken before this transaction writes anything (and so before it gets an xid): appends to
+    -- one stream then get xids in version order, which the relay's (tx_id, position) cursor needs.
+    PERFORM pg_advisory_xact_lock(hashtext('{schema}'), hashtext(p_stream));
+    SELECT coalesce(max(e.version), 0) INTO cur FROM {schema}.events e WHERE e.stream_id = p_stream;
+    IF p_expected <> -1 AND cur <> p_expected THEN
+        RAISE EXCEPTION 'stream % is at version %, expected %', p_stream, cur, p_expected
+            USING ERRCODE = 'SDV01', DETAIL = cur::text;
+    END IF;
+    IF p_command_id IS NOT NULL THEN
+        INSERT INTO {schema}.commands (command_id, stream_id, outcome)
+        VALUES (p_command_id, p_stream, p_outcome);
+    END IF;
+    IF n = 0 THEN
+        RETURN QUERY SELECT cur, ARRAY[]::bigint[];
+        RETURN;
+    END IF;
+    RETURN QUERY
+    WITH ins AS (
+        INSERT INTO {schema}.events
+            (stream_id, version, event_id, type, schema_version, data, metadata, occurred_at)
+        SELECT p_stream, cur + i, p_ids[i], p_types[i], p_schema_versions[i], p_data[i], p_meta[i],
+               p_occurred[i]
+        FROM generate_subscripts(p_ids, 1) AS i
+        ORDER BY i
+        RETURNING global_position
+    )
+    -- Concurrent inserts may interleave sequence values, so return each row's own position.
+    SELECT cur + n, array_agg(ins.global_position ORDER BY ins.global_position) FROM ins;
+    PERFORM pg_notify('{schema}_events', '');
+END $$;
