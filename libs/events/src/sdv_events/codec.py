@@ -24,7 +24,9 @@ _encoder = msgspec.json.Encoder()
 _PATH_RE = re.compile(r" - at `(\$[^`]*)`$")
 
 
-class _RawEnvelope(msgspec.Struct, frozen=True, kw_only=True):
+class WireEnvelope(msgspec.Struct, frozen=True, kw_only=True):
+    """An envelope whose body is still raw JSON: decoded lazily, or relayed without decoding."""
+
     event_id: uuid.UUID
     stream_id: str
     version: int
@@ -99,7 +101,7 @@ def decode_envelope(
         raise DecodeError("malformed", f"expected bytes, got {type(payload).__name__}")
     if len(payload) > max_bytes:
         raise DecodeError("too_large", f"{len(payload)} bytes exceeds the {max_bytes}-byte limit")
-    raw = decode_as(bytes(payload), _RawEnvelope)
+    raw = decode_as(bytes(payload), WireEnvelope)
     body = decode_body(raw.type, bytes(raw.data), registry=registry, path="$.data")
     return Envelope(
         event_id=raw.event_id, stream_id=raw.stream_id, version=raw.version, type=raw.type,

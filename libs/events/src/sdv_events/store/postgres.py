@@ -87,22 +87,37 @@ class EventStore:
         """Append atomically. Raises `ConcurrencyConflict` when the stream is not at
         `expected_version` (`ANY` skips the check) and `DuplicateCommand` when `command_id`
         was already recorded (then nothing is appended)."""
-        split_stream_id(stream_id)
-        if command_id is not None and outcome is None:
-            raise ValueError("a command_id needs the outcome to record with it")
         now = self.clock()
         base = max(expected_version, 0)
         envelopes = [
             self.wrap(stream_id, base + i + 1, body, metadata, now) for i, body in enumerate(events)
         ]
-        meta = encode_metadata(metadata)
+        return await self.append_envelopes(
+            stream_id, expected_version, envelopes, command_id=command_id, outcome=outcome
+        )
+
+    async def append_envelopes(
+        self,
+        stream_id: str,
+        expected_version: int,
+        envelopes: list[Envelope],
+        *,
+        command_id: str | None = None,
+        outcome: bytes | None = None,
+    ) -> AppendResult:
+        """`append` for envelopes built by the caller (the command runner names their ids in
+        the outcome it records)."""
+        split_stream_id(stream_id)
+        if command_id is not None and outcome is None:
+            raise ValueError("a command_id needs the outcome to record with it")
         try:
             row = await self.pool.fetchrow(
                 f"SELECT * FROM {self.schema}.append_events($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)",
                 stream_id, expected_version,
                 [e.event_id for e in envelopes], [e.type for e in envelopes],
                 [e.schema_version for e in envelopes], [encode(e.data) for e in envelopes],
-                [meta] * len(envelopes), [now] * len(envelopes), command_id, outcome,
+                [encode_metadata(e.metadata) for e in envelopes],
+                [e.occurred_at for e in envelopes], command_id, outcome,
             )
         except asyncpg.UniqueViolationError as exc:
             if command_id is not None and exc.constraint_name == "commands_pkey":
