@@ -1,0 +1,189 @@
+"""Commands over NATS request/reply: `sdv.cmd.<service>.<command>`, typed replies, typed errors.
+
+Wire format: the request body is the command Struct as JSON; the reply is `{"status": "ok",
+"result": …}` or `{"status": "error", "code": …, "message": …, "details": {…}}`. The client
+turns an error reply back into the `CommandError` subclass of its code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import msgspec
+import nats.errors
+import structlog
+from faststream.nats import NatsMessage, NatsRouter
+from nats.aio.client import Client as NatsClient
+
+from sdv_events.bus.tracing import inject
+from sdv_events.codec import decode_as, encode
+from sdv_events.errors import DecodeError, DomainError, SdvError
+from sdv_events.ids import uuid7
+from sdv_events.subjects import command_subject
+
+T = TypeVar("T")
+Req = TypeVar("Req", bound=msgspec.Struct)
+log = structlog.get_logger("sdv.rpc")
+
+ACTOR_HEADER = "Sdv-Actor"
+COMMAND_ID_HEADER = "Sdv-Command-Id"
+
+
+class ReplyOk(msgspec.Struct, frozen=True, tag="ok", tag_field="status"):
+    result: msgspec.Raw = msgspec.Raw(b"null")
+
+
+class ReplyError(msgspec.Struct, frozen=True, tag="error", tag_field="status"):
+    code: str
+    message: str
+    details: dict[str, str] = {}
+
+
+Reply = ReplyOk | ReplyError
+
+
+class CommandError(SdvError):
+    """A command failed; `code` is stable (clients branch on it), `message` is for people."""
+
+    code = "error"
+
+    def __init__(self, message: str, *, details: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = dict(details or {})
+
+
+class InvalidRequest(CommandError):
+    code = "invalid_request"
+
+
+class NotFound(CommandError):
+    code = "not_found"
+
+
+class Conflict(CommandError):
+    code = "conflict"
+
+
+class Rejected(CommandError):
+    code = "rejected"
+
+
+class Forbidden(CommandError):
+    code = "forbidden"
+
+
+class Internal(CommandError):
+    code = "internal"
+
+
+class ServiceUnavailable(CommandError):
+    code = "unavailable"
+
+
+class RequestTimeout(CommandError):
+    code = "timeout"
+
+
+_BY_CODE: dict[str, type[CommandError]] = {
+    cls.code: cls
+    for cls in (InvalidRequest, NotFound, Conflict, Rejected, Forbidden, Internal,
+                ServiceUnavailable, RequestTimeout)
+}
+
+
+def error_from_reply(reply: ReplyError) -> CommandError:
+    cls = _BY_CODE.get(reply.code, Rejected)
+    err = cls(reply.message, details=reply.details)
+    err.code = reply.code
+    return err
+
+
+@dataclass(frozen=True)
+class RequestInfo:
+    subject: str
+    actor: str
+    command_id: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+Handler = Callable[[Req, RequestInfo], Awaitable[Any]]
+
+
+async def serve_one(
+    body: bytes, subject: str, headers: Mapping[str, str], request_type: type[Req], handler: Handler[Req]
+) -> bytes:
+    """Decode → handle → encode the reply. Every failure becomes a typed error reply."""
+    info = RequestInfo(
+        subject=subject,
+        actor=headers.get(ACTOR_HEADER, "anonymous"),
+        command_id=headers.get(COMMAND_ID_HEADER) or str(uuid7()),
+        headers=headers,
+    )
+    try:
+        request = decode_as(body, request_type)
+        result = await handler(request, info)
+        return encode(ReplyOk(msgspec.Raw(encode(result))))
+    except DecodeError as err:
+        reply = ReplyError("invalid_request", str(err), {"reason": err.reason, "path": err.path})
+    except CommandError as err:
+        reply = ReplyError(err.code, err.message, err.details)
+    except DomainError as err:
+        reply = ReplyError(err.code, err.message)
+    except Exception as err:
+        log.exception("command_failed", subject=subject, command_id=info.command_id)
+        reply = ReplyError("internal", f"{type(err).__name__}: {err}")
+    return encode(reply)
+
+
+def register_command(
+    router: NatsRouter, service: str, name: str, request_type: type[Req], handler: Handler[Req]
+) -> None:
+    """Serve `sdv.cmd.<service>.<name>` in the service's queue group (replicas share the load)."""
+    subject = command_subject(service, name)
+
+    @router.subscriber(subject, queue=f"sdv-{service}")
+    async def _serve(msg: NatsMessage) -> bytes:
+        return await serve_one(msg.body, subject, msg.headers or {}, request_type, handler)
+
+
+class CommandClient:
+    """The typed client side: `await client.call("registry", "accept", Accept(...), DeviceView)`."""
+
+    def __init__(self, nc: NatsClient, *, actor: str = "sdk", timeout: float = 5.0) -> None:
+        self.nc = nc
+        self.actor = actor
+        self.timeout = timeout
+
+    async def call(
+        self,
+        service: str,
+        name: str,
+        request: msgspec.Struct,
+        result_type: type[T],
+        *,
+        timeout: float | None = None,
+        command_id: str | None = None,
+    ) -> T:
+        subject = command_subject(service, name)
+        headers = inject({ACTOR_HEADER: self.actor, COMMAND_ID_HEADER: command_id or str(uuid7())})
+        try:
+            msg = await self.nc.request(
+                subject, encode(request), timeout=timeout or self.timeout, headers=headers
+            )
+        except nats.errors.NoRespondersError:
+            raise ServiceUnavailable(f"no {service} service answers {subject}") from None
+        except nats.errors.TimeoutError:
+            raise RequestTimeout(f"{subject}: no reply within {timeout or self.timeout:.1f}s") from None
+        try:
+            reply = decode_as(msg.data, Reply)  # type: ignore[arg-type]
+        except DecodeError as err:
+            raise Internal(f"{subject}: unreadable reply ({err})") from None
+        if isinstance(reply, ReplyError):
+            raise error_from_reply(reply)
+        try:
+            return decode_as(bytes(reply.result), result_type)
+        except DecodeError as err:
+            raise Internal(f"{subject}: reply does not match {result_type!r} ({err})") from None
