@@ -30,6 +30,7 @@ import msgspec
 import structlog
 from nats.js import JetStreamContext
 
+from sdv_events.aio import sleep_or_stop, wait_any
 from sdv_events.codec import WireEnvelope, decode_metadata
 from sdv_events.store.postgres import EventStore
 from sdv_events.subjects import event_subject
@@ -157,14 +158,14 @@ class Relay:
                 await self._lead(stop)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
                 log.warning("relay_error_retrying", relay=self.name, error=repr(exc))
-                await _sleep_or_stop(stop, 1.0)
+                await sleep_or_stop(stop, 1.0)
 
     async def _lead(self, stop: asyncio.Event) -> None:
         # Releasing a pooled connection resets it (asyncpg runs pg_advisory_unlock_all and
         # UNLISTEN *), which also gives up leadership.
         async with self.store.pool.acquire() as conn:
             if not await self._acquire_leadership(conn):
-                await _sleep_or_stop(stop, 1.0)
+                await sleep_or_stop(stop, 1.0)
                 return
             log.info("relay_leading", relay=self.name, schema=self.store.schema)
             await conn.add_listener(self.store.notify_channel, self._on_notify)
@@ -172,20 +173,5 @@ class Relay:
                 self._wake.clear()
                 count = await self.publish_batch(conn)
                 if count < self.batch_size:
-                    await _wait_any(self._wake, stop, self.idle_poll_s)
+                    await wait_any(self._wake, stop, timeout=self.idle_poll_s)
 
-
-async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
-    try:
-        await asyncio.wait_for(stop.wait(), seconds)
-    except TimeoutError:
-        pass
-
-
-async def _wait_any(wake: asyncio.Event, stop: asyncio.Event, seconds: float) -> None:
-    waiters = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(stop.wait())]
-    try:
-        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waiters:
-            w.cancel()
