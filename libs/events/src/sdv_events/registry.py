@@ -79,7 +79,9 @@ def event(name: str, version: int = 1, *, registry: EventRegistry = default_regi
     return decorate
 
 
-def upcaster(old: str, new: str, *, registry: EventRegistry = default_registry) -> Callable[[Upcaster], Upcaster]:
+def upcaster(
+    old: str, new: str, *, registry: EventRegistry = default_registry
+) -> Callable[[Upcaster], Upcaster]:
     def decorate(fn: Upcaster) -> Upcaster:
         registry.add_upcaster(old, new, fn)
         return fn
