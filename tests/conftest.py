@@ -41,7 +41,7 @@ def nats_url() -> Iterator[str]:
     if url := os.environ.get("SDV_NATS_URL"):
         yield url
     elif _docker_wanted():
-        from testcontainers.nats import NatsContainer
+        from testcontainers.community.nats import NatsContainer
 
         with NatsContainer().with_command("-js") as container:
             yield container.nats_uri()
@@ -55,7 +55,7 @@ def database_url() -> Iterator[str]:
     if url := os.environ.get("SDV_DATABASE_URL"):
         yield url
     elif _docker_wanted():
-        from testcontainers.postgres import PostgresContainer
+        from testcontainers.community.postgres import PostgresContainer
 
         with PostgresContainer("postgres:16", driver=None) as container:
             yield container.get_connection_url()
