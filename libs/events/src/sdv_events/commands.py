@@ -41,7 +41,7 @@ CommandOutcome = Accepted | Rejected
 
 
 def _first_outcome(raw: bytes) -> CommandOutcome:
-    outcome = decode_as(raw, CommandOutcome)  # type: ignore[arg-type]
+    outcome: CommandOutcome = decode_as(raw, CommandOutcome)  # type: ignore[arg-type]
     return msgspec.structs.replace(outcome, duplicate=True)
 
 

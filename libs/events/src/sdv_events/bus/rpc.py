@@ -178,7 +178,7 @@ class CommandClient:
         except nats.errors.TimeoutError:
             raise RequestTimeout(f"{subject}: no reply within {timeout or self.timeout:.1f}s") from None
         try:
-            reply = decode_as(msg.data, Reply)  # type: ignore[arg-type]
+            reply: Reply = decode_as(msg.data, Reply)  # type: ignore[arg-type]
         except DecodeError as err:
             raise Internal(f"{subject}: unreadable reply ({err})") from None
         if isinstance(reply, ReplyError):

@@ -54,8 +54,11 @@ class NatsServer:
         log = open(self.store_dir / "nats.log", "ab")  # noqa: SIM115 - owned by the child
         self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
         log.close()
-        wait_for_port(self.host, self.port, timeout, lambda: self.process.poll() is None)  # type: ignore[union-attr]
+        wait_for_port(self.host, self.port, timeout, self._alive)
         return self
+
+    def _alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
 
     def stop(self, *, keep_data: bool = False) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -2,6 +2,7 @@
 
 import socket
 import time
+from collections.abc import Callable
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -10,7 +11,7 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for_port(host: str, port: int, timeout: float, is_alive: "callable[[], bool]") -> None:  # type: ignore[valid-type]
+def wait_for_port(host: str, port: int, timeout: float, is_alive: Callable[[], bool]) -> None:
     """Block until a TCP connect succeeds; raise if the process died or time ran out."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -83,9 +83,12 @@ class PostgresServer:
             stdout=log, stderr=subprocess.STDOUT, user=user,
         )
         log.close()
-        wait_for_port(self.host, self.port, timeout, lambda: self.process.poll() is None)  # type: ignore[union-attr]
+        wait_for_port(self.host, self.port, timeout, self._alive)
         self._wait_accepting(timeout)
         return self
+
+    def _alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
 
     def _wait_accepting(self, timeout: float) -> None:
         # The port opens before recovery ends; pg_isready says 1 ("rejecting") until then.

@@ -19,7 +19,7 @@ def check_schema_name(schema: str) -> str:
 def schema_sql(schema: str) -> list[str]:
     check_schema_name(schema)
     folder = resources.files("sdv_events.store") / "sql"
-    scripts = sorted(p for p in folder.iterdir() if p.name.endswith(".sql"))
+    scripts = sorted((p for p in folder.iterdir() if p.name.endswith(".sql")), key=lambda p: p.name)
     return [p.read_text().replace("{schema}", schema) for p in scripts]
 
 
