@@ -1,0 +1,8 @@
+"""Integration events and commands shared between services (the only coupling between them).
+
+Importing this package registers every event type, so any consumer can decode any event.
+"""
+
+from sdv_events.schemas import packages
+
+__all__ = ["packages"]

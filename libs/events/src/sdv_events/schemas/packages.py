@@ -1,0 +1,76 @@
+"""Package events (stream `package-<name>`, written by the packager) and packager commands."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from sdv_events.registry import event
+
+Channel = Literal["dev", "beta", "stable"]
+Runtime = Literal["native", "docker"]
+
+
+class Resources(msgspec.Struct, frozen=True):
+    memory_mb: int
+    cpu: float
+
+
+class HealthCheck(msgspec.Struct, frozen=True, omit_defaults=True):
+    alive_for_s: float = 5.0
+    command: list[str] | None = None
+    timeout_s: float = 10.0
+
+
+class Security(msgspec.Struct, frozen=True):
+    sandbox: Literal["none", "standard", "strict"] = "standard"
+    network: Literal["kuksa-only", "none", "full"] = "kuksa-only"
+
+
+class PackageInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """What every consumer needs to know about one published package version."""
+
+    name: str
+    version: str
+    digest: str  # sha256 of the artifact, hex; the object store key is `<name>/<digest>`
+    size: int
+    object_name: str
+    manifest_digest: str  # sha256 of the canonical package manifest (what is signed)
+    signature: str  # base64 Ed25519 signature over manifest_digest
+    key_id: str  # sha256 prefix of the signing public key
+    channel: Channel
+    runtime: Runtime
+    entry_point: str
+    python_version: str
+    description: str = ""
+    vss_reads: list[str] = []
+    vss_writes: list[str] = []
+    resources: Resources = Resources(256, 0.5)
+    hot_swap: bool = False
+    health: HealthCheck = HealthCheck()
+    security: Security = Security()
+    dependencies: list[str] = []
+    bundled_wheels: list[str] = []
+
+
+@event("packager.PackagePublished")
+class PackagePublished(msgspec.Struct, frozen=True):
+    package: PackageInfo
+
+
+@event("packager.PackageYanked")
+class PackageYanked(msgspec.Struct, frozen=True):
+    name: str
+    version: str
+    digest: str
+    reason: str
+
+
+@event("packager.PackagePromoted")
+class PackagePromoted(msgspec.Struct, frozen=True):
+    name: str
+    version: str
+    digest: str
+    from_channel: Channel
+    to_channel: Channel
