@@ -1,0 +1,1 @@
+"""Turning an app directory into a reproducible, signed package artifact."""
