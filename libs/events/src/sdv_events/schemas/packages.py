@@ -74,3 +74,56 @@ class PackagePromoted(msgspec.Struct, frozen=True):
     digest: str
     from_channel: Channel
     to_channel: Channel
+
+
+# --- packager commands and queries (sdv.cmd.packager.<name>) ---------------------------------
+
+
+class PublishRequest(msgspec.Struct, frozen=True):
+    """`publish`: the app directory as a tar.gz already put into the object store `sdv_packages`
+    under `upload` (large uploads never travel inside a request)."""
+
+    upload: str
+
+
+class YankRequest(msgspec.Struct, frozen=True):
+    name: str
+    version: str
+    reason: str
+
+
+class PromoteRequest(msgspec.Struct, frozen=True):
+    name: str
+    version: str
+    channel: Channel
+
+
+class GetPackage(msgspec.Struct, frozen=True):
+    name: str
+    version: str
+
+
+class ListPackages(msgspec.Struct, frozen=True):
+    name: str | None = None
+    channel: Channel | None = None
+    include_yanked: bool = True
+
+
+class GetSigningKey(msgspec.Struct, frozen=True):
+    pass
+
+
+class PackageView(msgspec.Struct, frozen=True):
+    info: PackageInfo
+    channel: Channel
+    yanked: bool = False
+    yank_reason: str | None = None
+
+
+class PackageList(msgspec.Struct, frozen=True):
+    packages: list[PackageView]
+
+
+class SigningKey(msgspec.Struct, frozen=True):
+    key_id: str
+    public_key_b64: str
