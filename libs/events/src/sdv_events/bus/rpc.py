@@ -17,8 +17,9 @@ import structlog
 from faststream.nats import NatsMessage, NatsRouter
 from nats.aio.client import Client as NatsClient
 
-from sdv_events.bus.tracing import inject
+from sdv_events.bus.tracing import inject, trace_from_headers
 from sdv_events.codec import decode_as, encode
+from sdv_events.envelope import Metadata
 from sdv_events.errors import DecodeError, DomainError, SdvError
 from sdv_events.ids import uuid7
 from sdv_events.subjects import command_subject
@@ -29,6 +30,7 @@ log = structlog.get_logger("sdv.rpc")
 
 ACTOR_HEADER = "Sdv-Actor"
 COMMAND_ID_HEADER = "Sdv-Command-Id"
+CORRELATION_HEADER = "Sdv-Correlation-Id"
 
 
 class ReplyOk(msgspec.Struct, frozen=True, tag="ok", tag_field="status"):
@@ -107,6 +109,13 @@ class RequestInfo:
     actor: str
     command_id: str
     headers: Mapping[str, str] = field(default_factory=dict)
+
+    def metadata(self) -> Metadata:
+        """Event metadata for what this request causes: who asked, and its trace."""
+        return Metadata(
+            correlation_id=self.headers.get(CORRELATION_HEADER, self.command_id),
+            causation_id=self.command_id, actor=self.actor, trace=trace_from_headers(self.headers),
+        )
 
 
 Handler = Callable[[Req, RequestInfo], Awaitable[Any]]

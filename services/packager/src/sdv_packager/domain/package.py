@@ -10,7 +10,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 import msgspec
-
 from sdv_events.decider import Decider
 from sdv_events.errors import DomainError
 from sdv_events.schemas.packages import (
@@ -45,9 +44,14 @@ PackageCommand = PublishPackage | YankPackage | PromotePackage
 
 @dataclass(frozen=True)
 class VersionState:
-    digest: str
+    info: PackageInfo
     channel: Channel
     yanked: bool = False
+    yank_reason: str | None = None
+
+    @property
+    def digest(self) -> str:
+        return self.info.digest
 
 
 @dataclass(frozen=True)
@@ -92,9 +96,9 @@ def evolve(state: PackageState, event: PackageEvent) -> PackageState:
     versions = dict(state.versions)
     match event:
         case PackagePublished(package=info):
-            versions[info.version] = VersionState(info.digest, info.channel)
-        case PackageYanked(version=version):
-            versions[version] = replace(versions[version], yanked=True)
+            versions[info.version] = VersionState(info, info.channel)
+        case PackageYanked(version=version, reason=reason):
+            versions[version] = replace(versions[version], yanked=True, yank_reason=reason)
         case PackagePromoted(version=version, to_channel=channel):
             versions[version] = replace(versions[version], channel=channel)
     return PackageState(versions)

@@ -1,0 +1,160 @@
+"""Packager use cases: publish an app directory, yank, promote, get, list.
+
+Publishing = validate + build (in a worker thread: it is CPU and pip work) → sign the manifest
+digest → store the artifact by digest → `PublishPackage` through the shared command runner.
+`get` folds the package's stream (read-your-writes); `list` reads the catalog projection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from sdv_events.bus import Conflict, InvalidRequest, NotFound, Rejected
+from sdv_events.commands import Rejected as RejectedOutcome
+from sdv_events.commands import handle_command, load
+from sdv_events.envelope import Metadata
+from sdv_events.ids import stream_id
+from sdv_events.package_format import safe_member_path
+from sdv_events.schemas.packages import (
+    HealthCheck,
+    PackageInfo,
+    PackageView,
+    Resources,
+    Security,
+)
+from sdv_events.store import EventStore
+from sdv_packager.adapters.artifacts import ArtifactStore
+from sdv_packager.build.errors import AppInvalid
+from sdv_packager.build.pipeline import BuiltPackage, build_package
+from sdv_packager.build.wheels import WheelSource
+from sdv_packager.domain.package import (
+    PackageCommand,
+    PromotePackage,
+    PublishPackage,
+    YankPackage,
+    package_decider,
+)
+from sdv_packager.domain.vss import VssCatalog
+from sdv_packager.projections import PackageCatalog
+from sdv_packager.signing import Signer
+
+log = structlog.get_logger("sdv.packager")
+_ERRORS = {"conflict": Conflict, "not_found": NotFound, "invalid_request": InvalidRequest}
+
+
+def package_info(built: BuiltPackage, signer: Signer) -> PackageInfo:
+    m, app = built.manifest, built.app
+    return PackageInfo(
+        name=m.name, version=m.version, digest=built.digest, size=len(built.artifact),
+        object_name=built.digest, manifest_digest=built.manifest_digest,
+        signature=signer.sign(built.manifest_digest), key_id=signer.key_id,
+        channel=app.app.channel, runtime=app.app.runtime, entry_point=m.entry_point,
+        python_version=m.python_version, description=m.description, vss_reads=m.vss_reads,
+        vss_writes=m.vss_writes, resources=Resources(app.resources.memory, app.resources.cpu),
+        hot_swap=m.hot_swap,
+        health=HealthCheck(app.health.alive_for_s, app.health.command, app.health.timeout_s),
+        security=Security(app.security.sandbox, app.security.network),
+        dependencies=m.dependencies, bundled_wheels=m.wheels,
+    )
+
+
+def unpack_upload(data: bytes, dest: Path) -> Path:
+    """An uploaded app tarball → directory, refusing absolute, parent or link members."""
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tar:
+            for member in tar.getmembers():
+                if not safe_member_path(member.name.removeprefix("./") or "."):
+                    raise InvalidRequest(f"upload member {member.name!r} escapes the app directory")
+                if not (member.isfile() or member.isdir()):
+                    raise InvalidRequest(f"upload member {member.name!r} is not a file or directory")
+            tar.extractall(dest, filter="data")
+    except tarfile.TarError as exc:
+        raise InvalidRequest(f"upload is not a tar archive: {exc}") from None
+    entries = [p for p in dest.iterdir()]
+    # Accept both "files at the root" and "one top folder".
+    return entries[0] if len(entries) == 1 and entries[0].is_dir() else dest
+
+
+@dataclass
+class Packager:
+    store: EventStore
+    artifacts: ArtifactStore
+    catalog: VssCatalog
+    signer: Signer
+    wheels: WheelSource
+    read_model: PackageCatalog
+
+    async def _run(self, name: str, command: PackageCommand, metadata: Metadata,
+                   command_id: str | None) -> None:
+        outcome = await handle_command(
+            self.store, package_decider, stream_id("package", name), command,
+            command_id=command_id, metadata=metadata,
+        )
+        if isinstance(outcome, RejectedOutcome):
+            raise _ERRORS.get(outcome.code, Rejected)(outcome.message)
+
+    async def publish_dir(
+        self, app_dir: Path, *, metadata: Metadata = Metadata(), command_id: str | None = None
+    ) -> PackageInfo:
+        try:
+            built = await asyncio.to_thread(build_package, app_dir, self.catalog, self.wheels)
+        except AppInvalid as exc:
+            raise InvalidRequest(str(exc), details={
+                p.where: p.message for p in exc.problems
+            }) from None
+        info = package_info(built, self.signer)
+        log.info("package_built", app=info.name, version=info.version, digest=info.digest,
+                 size=info.size)
+        await self.artifacts.put(info.object_name, built.artifact)
+        try:
+            await self._run(info.name, PublishPackage(info), metadata, command_id)
+        except Conflict:
+            if not await self._referenced(info.name, info.digest):
+                await self.artifacts.delete(info.object_name)
+            raise
+        return info
+
+    async def publish_upload(self, upload: str, *, metadata: Metadata = Metadata(),
+                             command_id: str | None = None) -> PackageInfo:
+        data = await self.artifacts.get(upload)
+        if data is None:
+            raise NotFound(f"no upload {upload!r} in the object store")
+        try:
+            with tempfile.TemporaryDirectory(prefix="sdv-upload-") as tmp:
+                app_dir = await asyncio.to_thread(unpack_upload, data, Path(tmp))
+                return await self.publish_dir(app_dir, metadata=metadata, command_id=command_id)
+        finally:
+            await self.artifacts.delete(upload)
+
+    async def _referenced(self, name: str, digest: str) -> bool:
+        state, _ = await load(self.store, package_decider, stream_id("package", name))
+        return any(v.digest == digest for v in state.versions.values())
+
+    async def yank(self, name: str, version: str, reason: str, *, metadata: Metadata = Metadata(),
+                   command_id: str | None = None) -> PackageView:
+        await self._run(name, YankPackage(name, version, reason), metadata, command_id)
+        return await self.get(name, version)
+
+    async def promote(self, name: str, version: str, channel: str, *,
+                      metadata: Metadata = Metadata(), command_id: str | None = None) -> PackageView:
+        await self._run(name, PromotePackage(name, version, channel), metadata,  # type: ignore[arg-type]
+                        command_id)
+        return await self.get(name, version)
+
+    async def get(self, name: str, version: str) -> PackageView:
+        """Folded from the event stream, so a reply right after publish already sees it."""
+        state, _ = await load(self.store, package_decider, stream_id("package", name))
+        found = state.versions.get(version)
+        if found is None:
+            raise NotFound(f"{name} {version} is not published")
+        return PackageView(found.info, found.channel, found.yanked, found.yank_reason)
+
+    async def list(self, name: str | None, channel: str | None, include_yanked: bool) -> list[PackageView]:
+        return await self.read_model.list(self.store.pool, name, channel, include_yanked)
