@@ -69,7 +69,7 @@ def decode_as(payload: bytes, type_: type[T], *, path: str = "$") -> T:
         return msgspec.json.decode(payload, type=type_)
     except msgspec.ValidationError as exc:
         raise _validation_error(exc, path) from None
-    except (msgspec.DecodeError, UnicodeDecodeError, ValueError) as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise DecodeError("malformed", str(exc), path=path) from None
 
 

@@ -28,7 +28,7 @@ class InvalidStreamId(ValueError):
 
 def split_stream_id(stream_id: str) -> tuple[str, str]:
     """`rollout-0193ab…` → (`rollout`, `0193ab…`). The id part may itself contain hyphens."""
-    match = _STREAM_RE.match(stream_id)
+    match = _STREAM_RE.fullmatch(stream_id)
     if match is None:
         raise InvalidStreamId(
             f"invalid stream id {stream_id!r}: expected '<category>-<id>' with a lowercase "

@@ -11,7 +11,7 @@ _SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,47}$")
 
 
 def check_schema_name(schema: str) -> str:
-    if not _SCHEMA_RE.match(schema):
+    if not _SCHEMA_RE.fullmatch(schema):
         raise ValueError(f"invalid schema name {schema!r}: lowercase letters, digits and '_' only")
     return schema
 

@@ -1,0 +1,258 @@
+"""The one command runner on the real store: outcomes, refusals, idempotency, conflict retries."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import msgspec
+import pytest
+from sdv_events.commands import Accepted, Rejected, handle_command
+from sdv_events.decider import Decider
+from sdv_events.envelope import Envelope, Metadata
+from sdv_events.errors import DomainError, RetriesExhausted
+from sdv_events.registry import EventRegistry, event
+from sdv_events.store import ANY, AppendResult, EventStore
+
+REG = EventRegistry()
+
+
+# --- a toy counter with a ceiling ---------------------------------------------------------------
+@event("cmdtest.Incremented", registry=REG)
+class Incremented(msgspec.Struct, frozen=True):
+    by: int
+
+
+@event("cmdtest.LimitReached", registry=REG)
+class LimitReached(msgspec.Struct, frozen=True):
+    limit: int
+
+
+class Increment(msgspec.Struct, frozen=True):
+    by: int = 1
+
+
+class Counter(msgspec.Struct, frozen=True):
+    value: int = 0
+    limit: int = 1_000
+
+
+def decide(command: Increment, state: Counter) -> Sequence[Incremented | LimitReached]:
+    if command.by <= 0:
+        raise DomainError(f"increment must be positive, got {command.by}", code="invalid_amount")
+    if state.value + command.by > state.limit:
+        raise DomainError(f"{state.value} + {command.by} exceeds {state.limit}", code="over_limit")
+    if state.value + command.by == state.limit:
+        return [Incremented(command.by), LimitReached(state.limit)]
+    return [Incremented(command.by)]
+
+
+def evolve(state: Counter, e: Incremented | LimitReached) -> Counter:
+    if isinstance(e, Incremented):
+        return msgspec.structs.replace(state, value=state.value + e.by)
+    return state
+
+
+counter = Decider(initial=Counter(), decide=decide, evolve=evolve)
+small = Decider(initial=Counter(limit=3), decide=decide, evolve=evolve)
+
+
+@pytest.fixture
+def es(store: EventStore) -> EventStore:
+    return EventStore(store.pool, store.schema, registry=REG)
+
+
+async def value_of(es: EventStore, stream: str) -> int:
+    return counter.fold(e.data for e in await es.read_stream(stream)).value
+
+
+# --- outcomes -----------------------------------------------------------------------------------
+
+
+async def test_accepted_command_appends_its_events(es: EventStore) -> None:
+    meta = Metadata(correlation_id="corr-1", actor="alice")
+
+    outcome = await handle_command(es, counter, "counter-a", Increment(5), command_id="c-1", metadata=meta)
+
+    assert isinstance(outcome, Accepted)
+    assert (outcome.stream_id, outcome.version, outcome.duplicate) == ("counter-a", 1, False)
+    assert outcome.event_types == ["cmdtest.Incremented.v1"]
+    stored = await es.read_stream("counter-a")
+    assert [e.data for e in stored] == [Incremented(5)]
+    assert [e.event_id for e in stored] == outcome.event_ids
+    # Events say which command caused them, and keep the caller's correlation and actor.
+    assert (stored[0].causation_id, stored[0].correlation_id, stored[0].actor) == ("c-1", "corr-1", "alice")
+
+
+async def test_several_events_from_one_decision_append_together(es: EventStore) -> None:
+    await handle_command(es, small, "counter-b", Increment(1))
+
+    outcome = await handle_command(es, small, "counter-b", Increment(2))
+
+    assert isinstance(outcome, Accepted)
+    assert outcome.version == 3
+    assert outcome.event_types == ["cmdtest.Incremented.v1", "cmdtest.LimitReached.v1"]
+    assert [e.event_id for e in (await es.read_stream("counter-b"))[1:]] == outcome.event_ids
+
+
+async def test_domain_error_becomes_rejected_and_appends_nothing(es: EventStore) -> None:
+    await handle_command(es, small, "counter-c", Increment(2))
+
+    outcome = await handle_command(es, small, "counter-c", Increment(2), command_id="c-over")
+
+    assert outcome == Rejected("counter-c", "over_limit", "2 + 2 exceeds 3")
+    assert await es.stream_version("counter-c") == 1
+
+
+async def test_rejection_of_a_new_stream_creates_no_stream(es: EventStore) -> None:
+    outcome = await handle_command(es, counter, "counter-d", Increment(0), command_id="c-zero")
+
+    assert isinstance(outcome, Rejected)
+    assert outcome.code == "invalid_amount"
+    assert await es.read_stream("counter-d") == []
+    assert [e async for e in es.read_all()] == []
+
+
+# --- idempotency --------------------------------------------------------------------------------
+
+
+async def test_replayed_command_returns_first_outcome_and_appends_nothing(es: EventStore) -> None:
+    first = await handle_command(es, counter, "counter-e", Increment(3), command_id="c-same")
+    version = await es.stream_version("counter-e")
+
+    again = await handle_command(es, counter, "counter-e", Increment(3), command_id="c-same")
+
+    assert isinstance(first, Accepted)
+    assert again == msgspec.structs.replace(first, duplicate=True)
+    assert await es.stream_version("counter-e") == version == 1
+    assert await value_of(es, "counter-e") == 3
+
+
+async def test_replay_ignores_a_changed_body_under_the_same_command_id(es: EventStore) -> None:
+    """The idempotency key decides, not the payload: a retried request never applies twice."""
+    await handle_command(es, counter, "counter-f", Increment(3), command_id="c-f")
+
+    again = await handle_command(es, counter, "counter-f", Increment(50), command_id="c-f")
+
+    assert again.duplicate
+    assert await value_of(es, "counter-f") == 3
+
+
+async def test_replayed_rejection_returns_the_same_rejection(es: EventStore) -> None:
+    await handle_command(es, small, "counter-g", Increment(3))
+    first = await handle_command(es, small, "counter-g", Increment(1), command_id="c-late")
+
+    again = await handle_command(es, small, "counter-g", Increment(1), command_id="c-late")
+
+    assert isinstance(first, Rejected)
+    assert again == msgspec.structs.replace(first, duplicate=True)
+    assert (again.code, again.message) == ("over_limit", "3 + 1 exceeds 3")
+    assert await es.stream_version("counter-g") == 2  # Incremented + LimitReached, nothing since
+
+
+async def test_a_rejection_stays_the_answer_even_once_the_command_would_pass(es: EventStore) -> None:
+    await handle_command(es, counter, "counter-h", Increment(0), command_id="c-h")
+
+    again = await handle_command(es, counter, "counter-h", Increment(5), command_id="c-h")
+
+    assert isinstance(again, Rejected)
+    assert again.duplicate
+    assert await es.stream_version("counter-h") == 0
+
+
+async def test_concurrent_duplicates_of_one_command_apply_once(es: EventStore) -> None:
+    outcomes = await asyncio.gather(
+        *(handle_command(es, counter, "counter-i", Increment(7), command_id="c-i") for _ in range(6))
+    )
+
+    originals = [o for o in outcomes if not o.duplicate]
+    assert len(originals) == 1
+    assert all(isinstance(o, Accepted) for o in outcomes)
+    assert {tuple(o.event_ids) for o in outcomes} == {tuple(originals[0].event_ids)}
+    assert await value_of(es, "counter-i") == 7
+    assert await es.stream_version("counter-i") == 1
+
+
+# --- concurrency --------------------------------------------------------------------------------
+
+
+async def test_concurrent_commands_all_succeed_through_retries(es: EventStore) -> None:
+    n = 20
+    # Each failed attempt of one command overlaps a commit of another command, and attempts of one
+    # command do not overlap each other, so n attempts always suffice for n contenders.
+    outcomes = await asyncio.gather(
+        *(handle_command(es, counter, "counter-j", Increment(i), max_attempts=n) for i in range(1, n + 1))
+    )
+
+    assert all(isinstance(o, Accepted) for o in outcomes)
+    assert sorted(o.version for o in outcomes) == list(range(1, n + 1))
+    assert await value_of(es, "counter-j") == n * (n + 1) // 2
+    assert await es.stream_version("counter-j") == n
+
+
+async def test_single_attempt_under_contention_never_loses_or_doubles_an_update(es: EventStore) -> None:
+    outcomes = await asyncio.gather(
+        *(handle_command(es, counter, "counter-k", Increment(1), max_attempts=1) for _ in range(10)),
+        return_exceptions=True,
+    )
+
+    accepted = [o for o in outcomes if isinstance(o, Accepted)]
+    exhausted = [o for o in outcomes if isinstance(o, RetriesExhausted)]
+    assert len(accepted) + len(exhausted) == 10, outcomes
+    assert accepted
+    assert all(e.attempts == 1 and e.stream_id == "counter-k" for e in exhausted)
+    assert await value_of(es, "counter-k") == len(accepted)
+
+
+class InterferingStore(EventStore):
+    """Another writer slips `Incremented(by)` in between the runner's load and its append."""
+
+    def __init__(self, inner: EventStore, *, interruptions: int, by: int = 100) -> None:
+        super().__init__(inner.pool, inner.schema, registry=REG)
+        self.interruptions = interruptions
+        self.by = by
+
+    async def append_envelopes(
+        self, stream_id: str, expected_version: int, envelopes: list[Envelope], **kwargs: object
+    ) -> AppendResult:
+        if envelopes and self.interruptions > 0:
+            self.interruptions -= 1
+            interloper = self.wrap(stream_id, 1, Incremented(self.by), Metadata(), self.clock())
+            await super().append_envelopes(stream_id, ANY, [interloper])
+        return await super().append_envelopes(stream_id, expected_version, envelopes, **kwargs)  # type: ignore[arg-type]
+
+
+async def test_conflict_retry_appends_after_the_other_writer(es: EventStore) -> None:
+    racy = InterferingStore(es, interruptions=1)
+
+    outcome = await handle_command(racy, counter, "counter-l", Increment(5), command_id="c-l")
+
+    assert racy.interruptions == 0
+    assert isinstance(outcome, Accepted)
+    assert outcome.version == 2
+    assert [e.data for e in await es.read_stream("counter-l")] == [Incremented(100), Incremented(5)]
+
+
+async def test_conflict_retry_decides_again_on_fresh_state(es: EventStore) -> None:
+    # Decided on value 0 (2 fits under the limit of 3); meanwhile another writer adds 2.
+    racy = InterferingStore(es, interruptions=1, by=2)
+
+    outcome = await handle_command(racy, small, "counter-m", Increment(2), command_id="c-m")
+
+    assert outcome == Rejected("counter-m", "over_limit", "2 + 2 exceeds 3")
+    assert [e.data for e in await es.read_stream("counter-m")] == [Incremented(2)]
+
+
+async def test_retries_exhausted_after_max_attempts(es: EventStore) -> None:
+    racy = InterferingStore(es, interruptions=1_000)
+
+    with pytest.raises(RetriesExhausted) as info:
+        await handle_command(racy, counter, "counter-n", Increment(1), command_id="c-n", max_attempts=3)
+
+    assert (info.value.stream_id, info.value.attempts) == ("counter-n", 3)
+    assert [e.data for e in await es.read_stream("counter-n")] == [Incremented(100)] * 3
+    assert await es.command_outcome("c-n") is None  # not recorded: a later retry may still succeed
+    racy.interruptions = 0
+    assert isinstance(
+        await handle_command(racy, counter, "counter-n", Increment(1), command_id="c-n"), Accepted
+    )
