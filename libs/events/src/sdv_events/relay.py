@@ -41,12 +41,15 @@ _encoder = msgspec.json.Encoder()
 _SELECT = """
 SELECT global_position, tx_id::text AS tx_id, stream_id, version, event_id, type, schema_version,
        data, metadata, occurred_at
-FROM {schema}.events
-WHERE (tx_id, global_position) > ($1::text::xid8, $2)
-  AND tx_id < pg_snapshot_xmin(pg_current_snapshot())
-ORDER BY tx_id, global_position
+FROM {schema}.events AS e
+WHERE (e.tx_id, e.global_position) > ($1::text::xid8, $2)
+  AND e.tx_id < pg_snapshot_xmin(pg_current_snapshot())
+ORDER BY e.tx_id, e.global_position
 LIMIT $3
 """
+# ORDER BY must name the column `e.tx_id`: a bare `tx_id` binds to the output alias
+# `tx_id::text` and sorts as text ('1000' < '999'), which reorders a stream and makes the
+# checkpoint jump over lower transaction ids whenever a batch straddles 10^k.
 _CHECKPOINT = """
 INSERT INTO {schema}.checkpoints (name, tx_id, position, updated_at)
 VALUES ($1, $2::text::xid8, $3, now())

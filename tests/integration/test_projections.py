@@ -1,0 +1,309 @@
+"""ProjectionRunner: a toy read model (counts per stream) fed from SDV_EVENTS by a real Relay.
+
+Exactly once in effect across crashes (after the commit and before the acks, and in the middle
+of a batch), the checkpoint advancing over ignored events, and rebuild() reproducing the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+import asyncpg
+import msgspec
+import pytest
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import DeliverPolicy
+from sdv_events.codec import WireEnvelope
+from sdv_events.envelope import Envelope
+from sdv_events.projections import ProjectionRunner
+from sdv_events.provisioning import EVENTS_STREAM
+from sdv_events.registry import event
+from sdv_events.relay import Relay
+from sdv_events.store import ANY, EventStore
+
+
+@event("projtest.Counted")
+class Counted(msgspec.Struct, frozen=True):
+    amount: int
+
+
+@event("projtest.Noted")
+class Noted(msgspec.Struct, frozen=True):
+    """Decodes fine; the projection ignores it."""
+
+    text: str
+
+
+COUNTED = "projtest.Counted.v1"
+Row = tuple[str, int, int, int]  # stream_id, events, total, last_version
+
+
+class StreamCounts:
+    """Per stream: how many Counted events, the sum of their amounts, the last version counted."""
+
+    name = "stream_counts"
+    filter_subjects = ("sdv.evt.counter.>",)
+
+    def __init__(self, schema: str, *, fail_on: tuple[str, int] | None = None) -> None:
+        self.table = f"{schema}.stream_counts"
+        self.fail_on = fail_on  # (stream_id, version): raise once, mid-batch
+
+    async def apply(self, conn: asyncpg.Connection, event: Envelope) -> None:
+        if self.fail_on == (event.stream_id, event.version):
+            self.fail_on = None
+            raise Crash(f"crash while applying {event.stream_id} v{event.version}")
+        if not isinstance(event.data, Counted):
+            return
+        await conn.execute(
+            f"INSERT INTO {self.table} AS t (stream_id, events, total, last_version) "
+            "VALUES ($1, 1, $2, $3) ON CONFLICT (stream_id) DO UPDATE SET "
+            "events = t.events + 1, total = t.total + excluded.total, "
+            "last_version = excluded.last_version",
+            event.stream_id, event.data.amount, event.version,
+        )
+
+    async def reset(self, conn: asyncpg.Connection) -> None:
+        await conn.execute(f"DROP TABLE IF EXISTS {self.table}")
+        await conn.execute(
+            f"CREATE TABLE {self.table} (stream_id text PRIMARY KEY, events int NOT NULL, "
+            "total bigint NOT NULL, last_version int NOT NULL)"
+        )
+
+    async def rows(self, pool: asyncpg.Pool) -> list[Row]:
+        records = await pool.fetch(
+            f"SELECT stream_id, events, total, last_version FROM {self.table} ORDER BY stream_id"
+        )
+        return [tuple(r) for r in records]  # type: ignore[misc]
+
+
+class Crash(Exception):
+    pass
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+async def wait_until(
+    predicate: Callable[[], Awaitable[bool]], *, timeout: float, what: str, interval: float = 0.05
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not await predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+async def last_seq(js: JetStreamContext) -> int:
+    return int((await js.stream_info(EVENTS_STREAM)).state.last_seq)
+
+
+async def relay_everything(store: EventStore, js: JetStreamContext) -> None:
+    """Run a Relay until every stored event is on SDV_EVENTS."""
+    total = int(await store.pool.fetchval(f"SELECT count(*) FROM {store.schema}.events"))
+    stop = asyncio.Event()
+    task = asyncio.create_task(Relay(store, js, batch_size=100, idle_poll_s=0.02).run(stop))
+
+    async def done() -> bool:
+        return int((await js.stream_info(EVENTS_STREAM)).state.messages) >= total
+
+    try:
+        await wait_until(done, timeout=20, what=f"{total} events relayed")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+
+async def read_events(js: JetStreamContext, *, timeout: float = 20.0) -> list[Msg]:
+    total = int((await js.stream_info(EVENTS_STREAM)).state.messages)
+    sub = await js.subscribe(
+        "sdv.evt.>", stream=EVENTS_STREAM, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
+    )
+    msgs: list[Msg] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while len(msgs) < total:
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, f"read {len(msgs)} of {total} messages before the deadline"
+            msgs.append(await sub.next_msg(timeout=remaining))
+    finally:
+        await sub.unsubscribe()
+    return msgs
+
+
+def expected_rows(msgs: list[Msg], *, up_to_seq: int | None = None) -> list[Row]:
+    """The read model folded by hand from the messages on JetStream (up to a stream sequence)."""
+    model: dict[str, list[int]] = {}
+    for msg in msgs:
+        if up_to_seq is not None and msg.metadata.sequence.stream > up_to_seq:
+            break
+        if not msg.subject.startswith("sdv.evt.counter."):
+            continue
+        wire = msgspec.json.decode(msg.data, type=WireEnvelope)
+        if wire.type != COUNTED:
+            continue
+        amount = msgspec.json.decode(wire.data, type=Counted).amount
+        row = model.setdefault(wire.stream_id, [0, 0, 0])
+        row[0] += 1
+        row[1] += amount
+        row[2] = wire.version
+    return [(s, *v) for s, v in sorted(model.items())]  # type: ignore[misc]
+
+
+async def write_events(store: EventStore, *, rounds: int = 30) -> None:
+    """4 counter streams of Counted events with Noted events mixed in, and one other category."""
+    for n in range(rounds):
+        for s in range(4):
+            bodies: list[msgspec.Struct] = [Counted(amount=n * 4 + s + 1)]
+            if (n + s) % 3 == 0:
+                bodies.append(Noted(text=f"note {n}"))
+            await store.append(f"counter-{s}", ANY, bodies)
+        if n % 10 == 0:  # outside the projection's filter
+            await store.append("other-1", ANY, [Counted(amount=1000)])
+
+
+@pytest.fixture
+async def projection(store: EventStore) -> StreamCounts:
+    proj = StreamCounts(store.schema)
+    async with store.pool.acquire() as conn:
+        await proj.reset(conn)
+    return proj
+
+
+def runner_for(
+    store: EventStore, js: JetStreamContext, projection: StreamCounts, **kwargs: object
+) -> ProjectionRunner:
+    return ProjectionRunner(
+        store.pool, store.schema, js, projection, batch_size=10, fetch_timeout_s=0.2, **kwargs  # type: ignore[arg-type]
+    )
+
+
+async def catch_up(runner: ProjectionRunner, timeout: float = 30.0) -> None:
+    await asyncio.wait_for(runner.run(asyncio.Event(), until_caught_up=True), timeout)
+
+
+# --------------------------------------------------------------------------- tests
+
+
+async def test_crash_after_commit_before_ack_applies_nothing_twice(
+    store: EventStore, nc: NatsClient, projection: StreamCounts
+) -> None:
+    js = nc.jetstream()
+    await write_events(store)
+    await relay_everything(store, js)
+    msgs = await read_events(js)
+    counter_msgs = [m for m in msgs if m.subject.startswith("sdv.evt.counter.")]
+    assert len(counter_msgs) == 120 + 40
+
+    commits = 0
+
+    async def crash_after_third_commit(applied: int) -> None:
+        nonlocal commits
+        commits += 1
+        if commits == 3:
+            raise Crash("process died after the commit, before the acks")
+
+    first = runner_for(store, js, projection, after_commit=crash_after_third_commit)
+    with pytest.raises(Crash):
+        await asyncio.wait_for(first.run(asyncio.Event()), 30)
+    crashed_at = await first.checkpoint()
+    assert commits == 3
+    # Three batches are in the read model; the third was never acked.
+    handled_before_crash = sum(1 for m in counter_msgs if m.metadata.sequence.stream <= crashed_at)
+    assert 3 <= handled_before_crash <= 30
+    assert await projection.rows(store.pool) == expected_rows(msgs, up_to_seq=crashed_at)
+    info = await js.consumer_info(EVENTS_STREAM, first.durable)
+    assert info.num_ack_pending > 0, "the crashed batch should still be unacknowledged"
+
+    second = runner_for(store, js, projection)
+    await catch_up(second)
+    assert await projection.rows(store.pool) == expected_rows(msgs)
+    # The new runner started after the checkpoint: it handled each remaining message once.
+    assert second.applied == len(counter_msgs) - handled_before_crash
+    assert await second.checkpoint() == counter_msgs[-1].metadata.sequence.stream
+
+
+async def test_crash_in_the_middle_of_a_batch_rolls_it_back(
+    store: EventStore, nc: NatsClient, projection: StreamCounts
+) -> None:
+    js = nc.jetstream()
+    await write_events(store, rounds=20)
+    await relay_everything(store, js)
+    msgs = await read_events(js)
+
+    failing = StreamCounts(store.schema, fail_on=("counter-2", 9))
+    first = runner_for(store, js, failing)
+    with pytest.raises(Crash):
+        await asyncio.wait_for(first.run(asyncio.Event()), 30)
+    crashed_at = await first.checkpoint()
+    # Nothing of the failed batch is in the read model: it ends exactly at the checkpoint.
+    assert await projection.rows(store.pool) == expected_rows(msgs, up_to_seq=crashed_at)
+    failed_seq = next(
+        m.metadata.sequence.stream for m in msgs
+        if m.headers and m.headers["Sdv-Stream"] == "counter-2" and m.headers["Sdv-Version"] == "9"
+    )
+    assert crashed_at < failed_seq
+
+    second = runner_for(store, js, failing)  # fail_on was consumed: the restart succeeds
+    await catch_up(second)
+    assert await projection.rows(store.pool) == expected_rows(msgs)
+
+
+async def test_checkpoint_advances_over_ignored_events(
+    store: EventStore, nc: NatsClient, projection: StreamCounts
+) -> None:
+    js = nc.jetstream()
+    await write_events(store, rounds=5)
+    await relay_everything(store, js)
+    runner = runner_for(store, js, projection)
+    await catch_up(runner)
+    model = await projection.rows(store.pool)
+    assert model == expected_rows(await read_events(js))
+
+    # Only events the projection ignores from here on.
+    for n in range(25):
+        await store.append(f"counter-{n % 4}", ANY, [Noted(text=f"ignored {n}")])
+    await relay_everything(store, js)
+    tail = await last_seq(js)
+    runner = runner_for(store, js, projection)
+    await catch_up(runner)
+    assert runner.applied == 25  # handed to apply() …
+    assert await projection.rows(store.pool) == model  # … which changed nothing
+    assert await runner.checkpoint() == tail
+
+    # A restart starts after them: nothing left to deliver.
+    restarted = runner_for(store, js, projection)
+    await catch_up(restarted)
+    assert restarted.applied == 0
+    assert await restarted.pending() == 0
+
+
+async def test_rebuild_from_zero_gives_the_identical_read_model(
+    store: EventStore, nc: NatsClient, projection: StreamCounts
+) -> None:
+    js = nc.jetstream()
+    await write_events(store)
+    await relay_everything(store, js)
+    runner = runner_for(store, js, projection)
+    await catch_up(runner)
+    before = await projection.rows(store.pool)
+    msgs = await read_events(js)
+    assert before == expected_rows(msgs)
+    assert len(before) == 4
+
+    # Damage the read model: rebuild must recompute it, not keep it.
+    await store.pool.execute(f"UPDATE {projection.table} SET events = 999, total = -1")
+    await store.pool.execute(
+        f"INSERT INTO {projection.table} VALUES ('counter-bogus', 1, 1, 1)"
+    )
+
+    rebuilder = runner_for(store, js, projection)
+    await asyncio.wait_for(rebuilder.rebuild(), 30)
+    assert await projection.rows(store.pool) == before
+    assert rebuilder.applied == 160
+    assert await rebuilder.checkpoint() == max(
+        m.metadata.sequence.stream for m in msgs if m.subject.startswith("sdv.evt.counter.")
+    )
