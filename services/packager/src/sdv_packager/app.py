@@ -1,0 +1,45 @@
+"""Composition root of the packager: settings → store, object store, signer, catalog →
+command router and the package catalog projection, on the shared service runtime."""
+
+from __future__ import annotations
+
+import asyncio
+from importlib import resources
+
+from sdv_events.projections import ProjectionRunner
+from sdv_events.service import ServiceRuntime, run_service
+from sdv_packager.adapters.artifacts import ArtifactStore
+from sdv_packager.adapters.commands import command_router
+from sdv_packager.application import Packager
+from sdv_packager.domain.vss import VssCatalog
+from sdv_packager.projections import PackageCatalog
+from sdv_packager.settings import SERVICE, PackagerSettings, load_settings
+
+
+def load_catalog(settings: PackagerSettings) -> VssCatalog:
+    if settings.vss_catalog_path is not None:
+        return VssCatalog.from_json(settings.vss_catalog_path.read_bytes())
+    return VssCatalog.from_json((resources.files("sdv_packager") / "data" / "vss_catalog.json").read_bytes())
+
+
+async def serve(settings: PackagerSettings, stop: asyncio.Event | None = None) -> None:
+    from sdv_packager.signing import Signer
+
+    async def on_start(runtime: ServiceRuntime) -> None:
+        read_model = PackageCatalog(settings.schema_name)
+        async with runtime.store.pool.acquire() as conn:
+            await read_model.create(conn)
+        packager = Packager(
+            store=runtime.store, artifacts=await ArtifactStore.open(runtime.js),
+            catalog=load_catalog(settings), signer=Signer.load_or_create(settings.signing_key_path),
+            wheels=settings.wheel_source(), read_model=read_model,
+        )
+        runtime.broker.include_router(command_router(packager))
+        runner = ProjectionRunner(runtime.store.pool, settings.schema_name, runtime.js, read_model)
+        runtime.spawn(runner.run, "package_catalog")
+
+    await run_service(SERVICE, settings, on_start=on_start, stop=stop)
+
+
+def main() -> None:
+    asyncio.run(serve(load_settings()))
