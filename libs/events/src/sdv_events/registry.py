@@ -50,6 +50,9 @@ class EventRegistry:
 
     def resolve(self, full_type: str) -> tuple[type[msgspec.Struct], list[Upcaster]] | None:
         """The class to decode into and the upcasters to apply first (empty when current)."""
+        cls = self._classes.get(full_type)
+        if cls is not None:  # the common case: a current type, no chain to walk
+            return cls, []
         chain: list[Upcaster] = []
         seen = set()
         current = full_type

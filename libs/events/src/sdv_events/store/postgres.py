@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -167,13 +167,33 @@ class EventStore:
             actor=meta.actor, trace=meta.trace, position=row["global_position"],
         )
 
+    def _decode_rows(self, rows: list[asyncpg.Record]) -> Iterator[Envelope]:
+        """`to_envelope` of each row selected as `_COLUMNS`, lazily and in order. Columns are
+        taken by position, and a row whose metadata bytes equal the previous row's (the events
+        of one append) reuses that row's decoded (immutable) `Metadata`."""
+        registry = self.registry
+        last_raw: bytes | None = None
+        meta = Metadata()
+        for (position, stream_id, version, event_id, type_, schema_version, data, raw_meta,
+             occurred_at) in rows:
+            if raw_meta != last_raw:
+                meta = decode_metadata(bytes(raw_meta))
+                last_raw = raw_meta
+            yield Envelope(
+                event_id=event_id, stream_id=stream_id, version=version, type=type_,
+                schema_version=schema_version, occurred_at=occurred_at,
+                data=decode_body(type_, bytes(data), registry=registry),
+                correlation_id=meta.correlation_id, causation_id=meta.causation_id,
+                actor=meta.actor, trace=meta.trace, position=position,
+            )
+
     async def read_stream(self, stream_id: str, from_version: int = 1) -> list[Envelope]:
         rows = await self.pool.fetch(
             f"SELECT {_COLUMNS} FROM {self.schema}.events "
             "WHERE stream_id = $1 AND version >= $2 ORDER BY version",
             stream_id, from_version,
         )
-        return [self.to_envelope(r) for r in rows]
+        return list(self._decode_rows(rows))
 
     async def read_all(
         self,
@@ -197,8 +217,8 @@ class EventStore:
                 "ORDER BY global_position LIMIT $2",
                 position, batch_size, since, until,
             )
-            for row in rows:
-                yield self.to_envelope(row)
+            for envelope in self._decode_rows(rows):
+                yield envelope
             if len(rows) < batch_size:
                 return
             position = rows[-1]["global_position"]
