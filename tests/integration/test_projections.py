@@ -19,7 +19,7 @@ from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
 from sdv_events.codec import WireEnvelope
 from sdv_events.envelope import Envelope
-from sdv_events.projections import ProjectionRunner
+from sdv_events.projections import ProjectionBusy, ProjectionRunner
 from sdv_events.provisioning import EVENTS_STREAM
 from sdv_events.registry import event
 from sdv_events.relay import Relay
@@ -307,3 +307,28 @@ async def test_rebuild_from_zero_gives_the_identical_read_model(
     assert await rebuilder.checkpoint() == max(
         m.metadata.sequence.stream for m in msgs if m.subject.startswith("sdv.evt.counter.")
     )
+
+
+async def test_rebuild_is_refused_while_another_runner_leads_and_nothing_is_wiped(
+    store: EventStore, nc: NatsClient, projection: StreamCounts
+) -> None:
+    js = nc.jetstream()
+    await write_events(store)
+    await relay_everything(store, js)
+    live = runner_for(store, js, projection)
+    stop = asyncio.Event()
+    task = asyncio.create_task(live.run(stop))
+    try:
+        expected = expected_rows(await read_events(js))
+        await wait_until(lambda: _rows_equal(projection, store, expected), timeout=20,
+                         what="the live runner to catch up")
+        with pytest.raises(ProjectionBusy, match="stop it before rebuilding"):
+            await runner_for(store, js, projection).rebuild()
+        assert await projection.rows(store.pool) == expected
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+
+async def _rows_equal(projection: StreamCounts, store: EventStore, expected: list[Row]) -> bool:
+    return await projection.rows(store.pool) == expected

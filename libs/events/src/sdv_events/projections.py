@@ -27,11 +27,15 @@ from sdv_events.aio import sleep_or_stop
 from sdv_events.bus.deadletter import dead_letter
 from sdv_events.codec import decode_envelope
 from sdv_events.envelope import Envelope
-from sdv_events.errors import DecodeError
+from sdv_events.errors import DecodeError, SdvError
 from sdv_events.provisioning import EVENTS_STREAM
 from sdv_events.registry import EventRegistry, default_registry
 
 log = structlog.get_logger("sdv.projections")
+
+
+class ProjectionBusy(SdvError):
+    """Another runner leads this projection; a rebuild now would race it."""
 
 
 class Projection(Protocol):
@@ -137,15 +141,26 @@ class ProjectionRunner:
         self.applied += applied
         return applied
 
-    async def _lead(self, stop: asyncio.Event, until_caught_up: bool) -> None:
+    async def _reset(self) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            await self.projection.reset(conn)
+            await conn.execute(
+                f"INSERT INTO {self.schema}.checkpoints (name, position) VALUES ($1, 0) "
+                "ON CONFLICT (name) DO UPDATE SET position = 0, updated_at = now()",
+                self.checkpoint_name,
+            )
+
+    async def _lead(self, stop: asyncio.Event, until_caught_up: bool, reset: bool = False) -> bool:
+        """Feed the read model while holding leadership; False when another runner leads."""
         async with self.pool.acquire() as lock_conn:
             got = await lock_conn.fetchval(
                 "SELECT pg_try_advisory_lock(hashtext($1), hashtext($2))",
                 f"sdv_projection:{self.schema}", self.projection.name,
             )
             if not got:
-                await sleep_or_stop(stop, 1.0)
-                return
+                return False
+            if reset:  # only the leader may wipe the read model, or the live runner would skip history
+                await self._reset()
             await self._recreate_consumer()
             sub = await self.js.pull_subscribe_bind(self.durable, self.stream)
             try:
@@ -154,36 +169,38 @@ class ProjectionRunner:
                         msgs = await sub.fetch(self.batch_size, timeout=self.fetch_timeout_s)
                     except TimeoutError:
                         if until_caught_up and await self.pending() == 0:
-                            return
+                            return True
                         continue
                     await self.handle_batch(msgs)
             finally:
                 await sub.unsubscribe()
+            return True
 
     async def pending(self) -> int:
         info = await self.js.consumer_info(self.stream, self.durable)
         return int(info.num_pending or 0) + int(info.num_ack_pending or 0)
 
     async def run(self, stop: asyncio.Event, *, until_caught_up: bool = False) -> None:
-        """Feed the read model until `stop` (or, with `until_caught_up`, until nothing is pending)."""
+        """Feed the read model until `stop` (or, with `until_caught_up`, until nothing is pending).
+        While another runner of this projection leads, stand by and retry every second."""
         while not stop.is_set():
             try:
-                await self._lead(stop, until_caught_up)
-                if until_caught_up:
-                    return
+                led = await self._lead(stop, until_caught_up)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
                 log.warning("projection_error_restarting", projection=self.projection.name,
                             error=repr(exc))
                 await sleep_or_stop(stop, 0.5)
+                continue
+            if led and until_caught_up:
+                return
+            if not led:
+                await sleep_or_stop(stop, 1.0)
 
     async def rebuild(self) -> None:
-        """Drop the read model and replay from stream position 0 until caught up."""
-        async with self.pool.acquire() as conn, conn.transaction():
-            await self.projection.reset(conn)
-            await conn.execute(
-                f"INSERT INTO {self.schema}.checkpoints (name, position) VALUES ($1, 0) "
-                "ON CONFLICT (name) DO UPDATE SET position = 0, updated_at = now()",
-                self.checkpoint_name,
+        """Drop the read model and replay from stream position 0 until caught up. Refused with
+        `ProjectionBusy` while another runner of this projection is leading (stop it first)."""
+        if not await self._lead(asyncio.Event(), until_caught_up=True, reset=True):
+            raise ProjectionBusy(
+                f"projection {self.projection.name!r} of {self.schema!r} is being fed by another "
+                "runner; stop it before rebuilding"
             )
-        await self.run(asyncio.Event(), until_caught_up=True)
-

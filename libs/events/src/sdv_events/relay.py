@@ -172,9 +172,13 @@ class Relay:
                 return
             log.info("relay_leading", relay=self.name, schema=self.store.schema)
             await conn.add_listener(self.store.notify_channel, self._on_notify)
-            while not stop.is_set():
-                self._wake.clear()
-                count = await self.publish_batch(conn)
-                if count < self.batch_size:
-                    await wait_any(self._wake, stop, timeout=self.idle_poll_s)
+            try:
+                while not stop.is_set():
+                    self._wake.clear()
+                    count = await self.publish_batch(conn)
+                    if count < self.batch_size:
+                        await wait_any(self._wake, stop, timeout=self.idle_poll_s)
+            finally:
+                if not conn.is_closed():
+                    await conn.remove_listener(self.store.notify_channel, self._on_notify)
 

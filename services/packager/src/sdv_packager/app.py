@@ -14,6 +14,7 @@ from sdv_packager.application import Packager
 from sdv_packager.domain.vss import VssCatalog
 from sdv_packager.projections import PackageCatalog
 from sdv_packager.settings import SERVICE, PackagerSettings, load_settings
+from sdv_packager.signing import Signer
 
 
 def load_catalog(settings: PackagerSettings) -> VssCatalog:
@@ -23,8 +24,6 @@ def load_catalog(settings: PackagerSettings) -> VssCatalog:
 
 
 async def serve(settings: PackagerSettings, stop: asyncio.Event | None = None) -> None:
-    from sdv_packager.signing import Signer
-
     async def on_start(runtime: ServiceRuntime) -> None:
         read_model = PackageCatalog(settings.schema_name)
         async with runtime.store.pool.acquire() as conn:
