@@ -30,6 +30,7 @@ from sdv_events.envelope import Envelope
 from sdv_events.errors import DecodeError, SdvError
 from sdv_events.provisioning import EVENTS_STREAM
 from sdv_events.registry import EventRegistry, default_registry
+from sdv_events.store.postgres import pooled_session
 
 log = structlog.get_logger("sdv.projections")
 
@@ -152,7 +153,7 @@ class ProjectionRunner:
 
     async def _lead(self, stop: asyncio.Event, until_caught_up: bool, reset: bool = False) -> bool:
         """Feed the read model while holding leadership; False when another runner leads."""
-        async with self.pool.acquire() as lock_conn:
+        async with pooled_session(self.pool) as lock_conn:
             got = await lock_conn.fetchval(
                 "SELECT pg_try_advisory_lock(hashtext($1), hashtext($2))",
                 f"sdv_projection:{self.schema}", self.projection.name,

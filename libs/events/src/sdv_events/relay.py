@@ -32,7 +32,7 @@ from nats.js import JetStreamContext
 
 from sdv_events.aio import sleep_or_stop, wait_any
 from sdv_events.codec import WireEnvelope, decode_metadata
-from sdv_events.store.postgres import EventStore
+from sdv_events.store.postgres import EventStore, pooled_session
 from sdv_events.subjects import event_subject
 
 log = structlog.get_logger("sdv.relay")
@@ -164,9 +164,8 @@ class Relay:
                 await sleep_or_stop(stop, 1.0)
 
     async def _lead(self, stop: asyncio.Event) -> None:
-        # Releasing a pooled connection resets it (asyncpg runs pg_advisory_unlock_all and
-        # UNLISTEN *), which also gives up leadership.
-        async with self.store.pool.acquire() as conn:
+        # Leaving the session releases the advisory lock (and LISTEN): leadership ends with it.
+        async with pooled_session(self.store.pool) as conn:
             if not await self._acquire_leadership(conn):
                 await sleep_or_stop(stop, 1.0)
                 return
