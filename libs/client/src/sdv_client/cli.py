@@ -1,0 +1,167 @@
+"""`sdv`: the SDV Fleet command line. Every command takes `--json` for scripts."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import nats
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn
+from rich.table import Table
+
+from sdv_client.health import SERVICES, ServiceStatus, ping_all, quiet, status_of
+from sdv_client.suite import Suite, SuiteError
+
+app = typer.Typer(help="SDV Fleet: package, roll out and watch vehicle apps.", no_args_is_help=True)
+out = Console()
+err = Console(stderr=True)
+
+JsonOption = typer.Option(False, "--json", help="Print machine-readable JSON on stdout.")
+
+
+def _print(statuses: list[ServiceStatus], as_json: bool, extra: dict[str, Any]) -> None:
+    ok = all(s.state == "up" for s in statuses)
+    if as_json:
+        doc = {"ok": ok, **extra, "services": msgspec.to_builtins(statuses)}
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+        sys.stdout.flush()
+        return
+    table = Table(title="SDV Fleet services")
+    for column in ("service", "state", "version", "pid", "uptime", "relayed", "detail"):
+        table.add_column(column, no_wrap=column == "service")
+    for s in statuses:
+        colour = "green" if s.state == "up" else "red"
+        table.add_row(
+            s.service, f"[{colour}]{s.state}[/]", s.version or "", str(s.pid or ""),
+            f"{s.uptime_s:.1f}s" if s.uptime_s is not None else "",
+            str(s.relay_published) if s.relay_published is not None else "", s.detail or "",
+        )
+    out.print(table)
+    for key, value in extra.items():
+        out.print(f"{key}: {value}")
+
+
+def _stop_on_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+
+async def _start(suite: Suite, stop: asyncio.Event, *, as_json: bool, timeout: float
+                 ) -> list[ServiceStatus] | None:
+    """Start and wait for every ping, with a progress bar; None when interrupted."""
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                  TextColumn("{task.completed}/{task.total}"), console=err, transient=True,
+                  disable=as_json) as progress:
+        task = progress.add_task("starting NATS and PostgreSQL", total=len(suite.services))
+
+        def show(statuses: list[ServiceStatus]) -> None:
+            waiting = [s.service for s in statuses if s.state != "up"]
+            progress.update(task, completed=len(statuses) - len(waiting),
+                            description=f"waiting for {', '.join(waiting)}" if waiting else "all up")
+
+        async def start() -> list[ServiceStatus]:
+            await suite.start()
+            return await suite.wait_ready(timeout, on_progress=show)
+
+        starting = asyncio.create_task(start())
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not starting.done():
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
+            return None
+        return starting.result()
+
+
+async def _up(suite: Suite, *, check: bool, as_json: bool, timeout: float) -> int:
+    stop = asyncio.Event()
+    _stop_on_signals(stop)
+    try:
+        statuses = await _start(suite, stop, as_json=as_json, timeout=timeout)
+        if statuses is None:
+            err.print("interrupted during start-up")
+            return 130
+        extra = {"nats_url": suite.nats_url, "database_url": suite.database_url,
+                 "data_dir": str(suite.dir)}
+        _print(statuses, as_json, extra)
+        if check:
+            return 0
+        err.print(f"suite running: `SDV_NATS_URL={suite.nats_url} sdv ping` checks it; Ctrl-C stops it")
+        while not stop.is_set():
+            for name in suite.restart_exited():
+                err.print(f"[yellow]{name} exited; restarted (log: {suite.processes[name].log_path})[/]")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
+        return 0
+    except SuiteError as exc:
+        _fail(str(exc), as_json)
+        return 1
+    finally:
+        if not as_json:
+            err.print("stopping the suite")
+        await suite.stop()
+
+
+def _fail(message: str, as_json: bool) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps({"ok": False, "error": message}) + "\n")
+    else:
+        err.print(f"[red]error:[/] {message}")
+
+
+@app.command()
+def up(
+    check: bool = typer.Option(False, "--check", help="Start, verify every service answers, stop."),
+    data_dir: Path | None = typer.Option(None, help="Keep NATS/PostgreSQL state here across runs "
+                                         "(default: a temporary directory removed on exit)."),
+    nats_port: int | None = typer.Option(None, help="Port of the embedded NATS (default: a free one)."),
+    timeout: float = typer.Option(60.0, help="Seconds to wait for every service to answer."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Start the whole suite: NATS, PostgreSQL and every service (or the servers named by
+    SDV_NATS_URL / SDV_DATABASE_URL), wait until each service answers, keep it running."""
+    suite = Suite(data_dir=data_dir, nats_port=nats_port)
+    raise typer.Exit(asyncio.run(_up(suite, check=check, as_json=as_json, timeout=timeout)))
+
+
+async def _ping(url: str, timeout: float, as_json: bool) -> int:
+    try:
+        # max_reconnect_attempts=0 would mean "retry forever" to nats-py's initial connect.
+        nc = await nats.connect(url, name="sdv-ping", connect_timeout=2, max_reconnect_attempts=1,
+                                reconnect_time_wait=0.2, allow_reconnect=False, error_cb=quiet)
+    except Exception as exc:
+        _fail(f"cannot reach NATS at {url}: {exc!r}", as_json)
+        return 1
+    try:
+        answers = await ping_all(nc, SERVICES, timeout=timeout)
+    finally:
+        await nc.close()
+    statuses = [status_of(name, answer) for name, answer in answers.items()]
+    _print(statuses, as_json, {"nats_url": url})
+    return 0 if all(s.state == "up" for s in statuses) else 1
+
+
+@app.command()
+def ping(
+    timeout: float = typer.Option(2.0, help="Seconds to wait for each answer."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Ping every service of a running suite (NATS at SDV_NATS_URL); exit 1 if one is down."""
+    url = os.environ.get("SDV_NATS_URL", "nats://127.0.0.1:4222")
+    raise typer.Exit(asyncio.run(_ping(url, timeout, as_json)))
+
+
+def main() -> None:
+    app()

