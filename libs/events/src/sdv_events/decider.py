@@ -17,12 +17,18 @@ S = TypeVar("S")
 
 @dataclass(frozen=True)
 class Decider(Generic[C, E, S]):
-    initial: S
+    """`initial` is the empty state, or a zero-argument factory of it for deciders whose
+    `evolve` updates large states in place (each fold then starts from a fresh one)."""
+
+    initial: S | Callable[[], S]
     decide: Callable[[C, S], Sequence[E]]
     evolve: Callable[[S, E], S]
 
+    def empty(self) -> S:
+        return self.initial() if callable(self.initial) else self.initial  # type: ignore[return-value]
+
     def fold(self, events: Iterable[E], state: S | None = None) -> S:
-        current = self.initial if state is None else state
+        current = self.empty() if state is None else state
         for event in events:
             current = self.evolve(current, event)
         return current

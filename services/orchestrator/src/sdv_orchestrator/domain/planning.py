@@ -1,0 +1,118 @@
+"""Planning a rollout: which devices can take the package, and in which waves.
+
+Pure: the registry's answers (device ids, capabilities) come in as arguments.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sdv_events.errors import DomainError
+from sdv_events.schemas.packages import PackageInfo
+from sdv_events.schemas.rollouts import Strategy
+
+
+@dataclass(frozen=True)
+class DeviceFacts:
+    """What planning needs to know about a device (from the registry)."""
+
+    device_id: str
+    arch: str = "x86_64"
+    runtimes: tuple[str, ...] = ("native",)
+    python_version: str = "3.11"
+    kuksa: bool = False
+    status: str = "accepted"
+
+
+def wave_sizes(spec: Sequence[str], total: int) -> list[int]:
+    """Cumulative wave targets (`"1"`, `"10%"`) → sizes of each wave; the last reaches `total`."""
+    cumulative: list[int] = []
+    for raw in spec:
+        text = raw.strip()
+        try:
+            if text.endswith("%"):
+                share = float(text[:-1])
+                if not 0 < share <= 100:
+                    raise ValueError
+                count = max(1, math.ceil(total * share / 100))
+            else:
+                count = int(text)
+                if count < 1:
+                    raise ValueError
+        except ValueError:
+            raise DomainError(
+                f"wave {raw!r} is not a device count (>= 1) or a percentage in (0, 100]",
+                code="invalid_request",
+            ) from None
+        cumulative.append(min(count, total))
+    if not cumulative or cumulative[-1] < total:
+        cumulative.append(total)
+    sizes, reached = [], 0
+    for target in cumulative:
+        if target > reached:
+            sizes.append(target - reached)
+            reached = target
+    return sizes
+
+
+def plan_waves(device_ids: Sequence[str], strategy: Strategy) -> list[list[str]]:
+    """Partition devices into waves: every device in exactly one wave, order kept."""
+    devices = list(dict.fromkeys(device_ids))
+    if not devices:
+        return []
+    if strategy.kind == "all-at-once":
+        return [devices]
+    if strategy.kind == "rolling":
+        if strategy.batch_size < 1:
+            raise DomainError("batch_size must be at least 1", code="invalid_request")
+        size = strategy.batch_size
+        return [devices[i:i + size] for i in range(0, len(devices), size)]
+    waves, start = [], 0
+    for size in wave_sizes(strategy.waves, len(devices)):
+        waves.append(devices[start:start + size])
+        start += size
+    return waves
+
+
+def why_excluded(package: PackageInfo, device: DeviceFacts, arches: frozenset[str]) -> str | None:
+    """The reason a device cannot run the package, or None when it can."""
+    if device.status != "accepted":
+        return f"device is {device.status}"
+    if package.runtime not in device.runtimes:
+        return f"no {package.runtime} runtime (has {', '.join(device.runtimes) or 'none'})"
+    if arches and device.arch not in arches:
+        return f"arch {device.arch} not supported by the package ({', '.join(sorted(arches))})"
+    if package.runtime == "native" and device.python_version != package.python_version:
+        return f"python {device.python_version}, package needs {package.python_version}"
+    if (package.vss_reads or package.vss_writes) and not device.kuksa:
+        return "no KUKSA databroker"
+    return None
+
+
+def eligible(
+    package: PackageInfo, devices: Sequence[DeviceFacts], arches: frozenset[str] = frozenset()
+) -> tuple[list[str], dict[str, str]]:
+    """(device ids that can take the package, sorted) and (excluded id → reason)."""
+    ok, excluded = [], {}
+    for device in devices:
+        reason = why_excluded(package, device, arches)
+        if reason is None:
+            ok.append(device.device_id)
+        else:
+            excluded[device.device_id] = reason
+    return sorted(ok), dict(sorted(excluded.items()))
+
+
+def package_arches(package: PackageInfo) -> frozenset[str]:
+    """Architectures a package's bundled wheels pin it to (pure-Python wheels pin nothing)."""
+    arches: set[str] = set()
+    for wheel in package.bundled_wheels:
+        platform_tag = wheel.removesuffix(".whl").split("-")[-1]
+        for tag in platform_tag.split("."):
+            for arch in ("x86_64", "aarch64", "armv7l"):
+                if tag.endswith(arch):
+                    arches.add(arch)
+    return frozenset(arches)
+
