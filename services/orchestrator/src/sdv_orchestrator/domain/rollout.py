@@ -21,7 +21,6 @@ from datetime import datetime, timedelta
 from typing import Literal
 
 import msgspec
-
 from sdv_events.decider import Decider
 from sdv_events.errors import DomainError
 from sdv_events.schemas.packages import PackageInfo
@@ -46,6 +45,7 @@ from sdv_events.schemas.rollouts import (
     WaveCompleted,
     WaveStarted,
 )
+
 from sdv_orchestrator.domain.planning import plan_waves
 
 Status = Literal["none", "created", "running", "paused", "completed", "aborted", "cancelled",
@@ -208,9 +208,6 @@ def _create(cmd: CreateRollout, state: RolloutState) -> Sequence[RolloutEvent]:
     t, o = cmd.thresholds, cmd.timeouts
     if not 0 < t.success <= 1 or not 0 <= t.error < 1:
         raise _invalid("thresholds: success must be in (0, 1] and error in [0, 1)")
-    if t.success + t.error < 1 - 1e-9:
-        raise _invalid("thresholds: success + error must be at least 1, or a wave could end "
-                       "neither advancing nor aborting")
     if o.device_s <= 0 or o.soak_s < 0:
         raise _invalid("timeouts: device_s must be > 0 and soak_s >= 0")
     if bool(cmd.target.selector) == bool(cmd.target.device_ids):
