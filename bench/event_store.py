@@ -31,6 +31,7 @@ from nats.js import JetStreamContext
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 from rich.console import Console
 from rich.table import Table
+
 from sdv_events.codec import encode, encode_metadata
 from sdv_events.envelope import Metadata
 from sdv_events.ids import uuid7

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import msgspec
 import pytest
+
 from sdv_events.commands import Accepted, Rejected, handle_command
 from sdv_events.decider import Decider
 from sdv_events.envelope import Envelope, Metadata

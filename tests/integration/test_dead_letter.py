@@ -14,6 +14,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
+
 from sdv_events.codec import encode
 from sdv_events.envelope import Envelope
 from sdv_events.ids import uuid7

@@ -8,6 +8,7 @@ import uuid
 import asyncpg
 import msgspec
 import pytest
+
 from sdv_events.envelope import Metadata, TraceContext
 from sdv_events.errors import ConcurrencyConflict
 from sdv_events.ids import InvalidStreamId

@@ -17,6 +17,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
+
 from sdv_events.codec import WireEnvelope
 from sdv_events.envelope import Envelope
 from sdv_events.projections import ProjectionBusy, ProjectionRunner

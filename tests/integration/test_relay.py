@@ -21,6 +21,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
+
 from sdv_events.codec import WireEnvelope, encode, encode_metadata
 from sdv_events.envelope import Metadata
 from sdv_events.errors import ConcurrencyConflict

@@ -11,6 +11,7 @@ import nats
 import pytest
 from faststream.nats import NatsRouter
 from nats.aio.client import Client as NatsClient
+
 from sdv_events.bus import (
     CommandClient,
     Internal,

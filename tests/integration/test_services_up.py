@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from sdv_client.health import SERVICES
 from sdv_client.suite import Suite
 

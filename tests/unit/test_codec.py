@@ -12,6 +12,7 @@ import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from sdv_events.codec import MAX_MESSAGE_BYTES, decode_envelope, encode
 from sdv_events.envelope import Envelope, TraceContext
 from sdv_events.errors import DecodeError, DecodeReason, UnknownEventType

@@ -12,6 +12,7 @@ from typing import Literal
 
 import msgspec
 import pytest
+
 from sdv_events.decider import Decider
 from sdv_events.errors import DomainError
 

@@ -9,9 +9,8 @@ import asyncio
 import os
 import signal
 
-from vehicle_signals import connect
-
 from speed_rules import SpeedRule
+from vehicle_signals import connect
 
 
 async def watch(limit: float) -> None:

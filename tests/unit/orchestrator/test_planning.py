@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from sdv_events.errors import DomainError
 from sdv_events.schemas.packages import PackageInfo
 from sdv_events.schemas.rollouts import Strategy

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from sdv_events.errors import DomainError
 from sdv_events.schemas.packages import PackageInfo
 from sdv_events.schemas.rollouts import (

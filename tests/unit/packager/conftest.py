@@ -4,6 +4,7 @@ from importlib import resources
 from pathlib import Path
 
 import pytest
+
 from sdv_packager.domain.vss import VssCatalog
 
 MANIFEST = """\

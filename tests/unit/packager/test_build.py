@@ -9,6 +9,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+
 from sdv_events.package_format import PackageVerificationError, read_artifact, verify_artifact
 from sdv_packager.build.errors import AppInvalid
 from sdv_packager.build.pipeline import build_package, validate_app

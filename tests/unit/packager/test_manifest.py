@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from sdv_packager.domain.manifest import ManifestError, parse_cpu, parse_manifest, parse_memory_mb
 
 BASE = '[app]\nname = "ok-app"\nversion = "1.2.3"\n'

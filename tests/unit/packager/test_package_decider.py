@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from sdv_events.errors import DomainError
 from sdv_events.schemas.packages import PackageInfo, PackagePromoted, PackagePublished, PackageYanked
 from sdv_packager.domain.package import PromotePackage, PublishPackage, YankPackage, package_decider

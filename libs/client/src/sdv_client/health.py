@@ -7,6 +7,7 @@ from typing import Literal
 
 import msgspec
 from nats.aio.client import Client as NatsClient
+
 from sdv_events.bus import CommandClient, CommandError
 from sdv_events.service import Ping, ServiceHealth
 

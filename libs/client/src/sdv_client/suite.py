@@ -24,9 +24,9 @@ from pathlib import Path
 
 import nats
 from nats.aio.client import Client as NatsClient
-from sdv_events.servers import NatsServer, PostgresServer
 
 from sdv_client.health import SERVICES, ServiceStatus, State, ping_all, quiet, status_of
+from sdv_events.servers import NatsServer, PostgresServer
 
 STOP_GRACE_S = 10.0
 MAX_BACKOFF_S = 30.0

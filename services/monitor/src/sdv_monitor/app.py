@@ -3,7 +3,6 @@
 import asyncio
 
 from sdv_events.service import run_service
-
 from sdv_monitor.adapters import routers
 from sdv_monitor.settings import SERVICE, load_settings
 

@@ -3,7 +3,6 @@
 import asyncio
 
 from sdv_events.service import run_service
-
 from sdv_orchestrator.adapters import routers
 from sdv_orchestrator.settings import SERVICE, load_settings
 

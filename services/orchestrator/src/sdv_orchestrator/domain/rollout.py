@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 from typing import Literal
 
 import msgspec
+
 from sdv_events.decider import Decider
 from sdv_events.errors import DomainError
 from sdv_events.schemas.packages import PackageInfo
@@ -45,7 +46,6 @@ from sdv_events.schemas.rollouts import (
     WaveCompleted,
     WaveStarted,
 )
-
 from sdv_orchestrator.domain.planning import plan_waves
 
 Status = Literal["none", "created", "running", "paused", "completed", "aborted", "cancelled",

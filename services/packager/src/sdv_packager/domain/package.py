@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 import msgspec
+
 from sdv_events.decider import Decider
 from sdv_events.errors import DomainError
 from sdv_events.schemas.packages import (
