@@ -117,12 +117,13 @@ async def test_invalid_app_gives_every_problem_and_stores_nothing(packager, tmp_
 async def test_yank_and_promote_show_in_list_and_rebuild_gives_the_same_list(
     packager, tmp_path, database_url, schema
 ) -> None:
-    client, settings = packager
+    client, _ = packager
     await client.publish_dir(make_app(tmp_path, "1.0.0"))
     await client.publish_dir(make_app(tmp_path, "1.1.0"))
     await client.promote("door-watch", "1.1.0", "stable")
     yanked = await client.yank("door-watch", "1.0.0", "crashes on start")
-    assert yanked.yanked and yanked.yank_reason == "crashes on start"
+    assert yanked.yanked
+    assert yanked.yank_reason == "crashes on start"
     with pytest.raises(Rejected):
         await client.promote("door-watch", "1.0.0", "beta")
 

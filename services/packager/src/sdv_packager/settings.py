@@ -34,5 +34,6 @@ def load_settings() -> PackagerSettings:
         "wheels_offline": os.environ.get("SDV_WHEELS_OFFLINE"),
     }
     if data_dir := os.environ.get("SDV_DATA_DIR"):
-        env["signing_key_path"] = env["signing_key_path"] or str(Path(data_dir) / "keys" / "packager-ed25519.pem")
+        default_key = Path(data_dir) / "keys" / "packager-ed25519.pem"
+        env["signing_key_path"] = env["signing_key_path"] or str(default_key)
     return PackagerSettings.from_env(SERVICE, **{k: v for k, v in env.items() if v})
