@@ -1,0 +1,57 @@
+"""Who may publish and subscribe where (DESIGN.md, "The bus"; FACTS.md, "NATS per-device
+permissions"). The server enforces these; every entry is one a device needs, nothing wider.
+
+A device reads only its own desired-state key (named consumers put the key into the
+consumer-create subject, direct gets put it into the get subject), reads package objects, and
+publishes only subjects carrying its own id. Its inbox is `_INBOX.<device_id>` so no device can
+read another's replies. Before acceptance a device holds only the shared enrolment user, which
+may announce and hear the answer on the enrolment inbox, nothing else.
+"""
+
+from __future__ import annotations
+
+from sdv_events.auth.claims import Permissions
+from sdv_events.provisioning import DESIRED_BUCKET, PACKAGES_BUCKET, REPORTED_BUCKET
+from sdv_events.subjects import heartbeat_subject
+
+ANNOUNCE_PREFIX = "sdv.announce"
+ENROL_INBOX_PREFIX = "_ENROL"  # a namespace of its own: no device id can collide with it
+DEVICE_RESP_TTL_S = 300.0
+
+
+def announce_subject(device_id: str) -> str:
+    return f"{ANNOUNCE_PREFIX}.{device_id}"
+
+
+def device_inbox_prefix(device_id: str) -> str:
+    return f"_INBOX.{device_id}"
+
+
+def device_permissions(device_id: str) -> Permissions:
+    kv, obj = f"KV_{DESIRED_BUCKET}", f"OBJ_{PACKAGES_BUCKET}"
+    return Permissions(
+        pub_allow=(
+            f"sdv.evt.agent.{device_id}.>",
+            heartbeat_subject(device_id),
+            f"sdv.logs.{device_id}.>",
+            f"$KV.{REPORTED_BUCKET}.{device_id}",
+            f"$JS.API.STREAM.INFO.{kv}",
+            f"$JS.API.CONSUMER.CREATE.{kv}.*.$KV.{DESIRED_BUCKET}.{device_id}",
+            f"$JS.API.DIRECT.GET.{kv}.$KV.{DESIRED_BUCKET}.{device_id}",
+            f"$JS.FC.{kv}.>",
+            f"$JS.API.STREAM.INFO.{obj}",
+            f"$JS.API.STREAM.MSG.GET.{obj}",
+            f"$JS.API.CONSUMER.CREATE.{obj}",
+            f"$JS.API.CONSUMER.CREATE.{obj}.*.$O.{PACKAGES_BUCKET}.C.*",
+            f"$JS.API.CONSUMER.INFO.{obj}.*",
+            f"$JS.FC.{obj}.>",
+            "$JS.API.STREAM.NAMES",
+        ),
+        sub_allow=(f"{device_inbox_prefix(device_id)}.>", f"sdv.device.{device_id}.ops.>"),
+        resp_max=1,
+        resp_ttl_s=DEVICE_RESP_TTL_S,
+    )
+
+
+def enrolment_permissions() -> Permissions:
+    return Permissions(pub_allow=(f"{ANNOUNCE_PREFIX}.*",), sub_allow=(f"{ENROL_INBOX_PREFIX}.>",))
