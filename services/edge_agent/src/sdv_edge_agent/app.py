@@ -2,10 +2,9 @@
 
 import asyncio
 
-from sdv_events.service import run_service
-
 from sdv_edge_agent.adapters import routers
 from sdv_edge_agent.settings import SERVICE, load_settings
+from sdv_events.service import run_service
 
 
 async def serve() -> None:

@@ -3,7 +3,6 @@
 import asyncio
 
 from sdv_events.service import run_service
-
 from sdv_registry.adapters import routers
 from sdv_registry.settings import SERVICE, load_settings
 
