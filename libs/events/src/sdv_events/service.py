@@ -39,6 +39,8 @@ class ServiceSettings(BaseModel):
     # The PostgreSQL schema of the service's event store (`schema` would shadow BaseModel.schema).
     schema_name: str = ""
     log_level: str = "INFO"
+    # A `.creds` file (user JWT + nkey seed) for a NATS server in operator mode; None = no auth.
+    nats_credentials: str | None = None
 
     @model_validator(mode="after")
     def _default_schema(self) -> Self:
@@ -47,9 +49,11 @@ class ServiceSettings(BaseModel):
 
     @classmethod
     def from_env(cls, service: str, **overrides: Any) -> Self:
-        """`SDV_NATS_URL`, `SDV_DATABASE_URL`, `SDV_<SERVICE>_SCHEMA`, `SDV_LOG_LEVEL`."""
+        """`SDV_NATS_URL`, `SDV_DATABASE_URL`, `SDV_<SERVICE>_SCHEMA`, `SDV_LOG_LEVEL`,
+        `SDV_NATS_CREDS`."""
         names = {"nats_url": "SDV_NATS_URL", "database_url": "SDV_DATABASE_URL",
-                 "schema_name": f"SDV_{service.upper()}_SCHEMA", "log_level": "SDV_LOG_LEVEL"}
+                 "schema_name": f"SDV_{service.upper()}_SCHEMA", "log_level": "SDV_LOG_LEVEL",
+                 "nats_credentials": "SDV_NATS_CREDS"}
         values = {key: os.environ[env] for key, env in names.items() if os.environ.get(env)}
         return cls(service=service, **(values | overrides))
 
@@ -110,7 +114,8 @@ async def run_service(
         loop.add_signal_handler(sig, stop.set)
 
     store = await EventStore.open(settings.database_url, settings.schema_name)
-    broker = make_broker(settings.nats_url, name)
+    auth = {"user_credentials": settings.nats_credentials} if settings.nats_credentials else {}
+    broker = make_broker(settings.nats_url, name, **auth)
     runtime: ServiceRuntime | None = None
     try:
         await broker.connect()
