@@ -1,15 +1,77 @@
-"""Composition root of the registry: settings, routers, the shared service runtime."""
+"""Composition root of the registry: settings → read model, device auth (credentials and
+revocations, when a trust file is configured), command and announce routers, the inventory
+projection and heartbeat presence, on the shared service runtime."""
+
+from __future__ import annotations
 
 import asyncio
+import time
 
-from sdv_events.service import run_service
-from sdv_registry.adapters import routers
-from sdv_registry.settings import SERVICE, load_settings
+import nats
+from nats.aio.client import Client as NatsClient
+
+from sdv_events.auth import Trust, raw_creds
+from sdv_events.projections import ProjectionRunner
+from sdv_events.service import ServiceRuntime, run_service
+from sdv_registry.adapters.admission_log import AdmissionLog
+from sdv_registry.adapters.announce import announce_router
+from sdv_registry.adapters.commands import command_router
+from sdv_registry.adapters.heartbeats import subscribe_heartbeats
+from sdv_registry.adapters.revocations import Revocations
+from sdv_registry.application import Registry, sha256_hex
+from sdv_registry.credentials import CredentialIssuer
+from sdv_registry.heartbeats import PresenceMonitor, wall_clock
+from sdv_registry.projections import DeviceInventory
+from sdv_registry.settings import SERVICE, RegistrySettings, load_settings
 
 
-async def serve() -> None:
-    await run_service(SERVICE, load_settings(), routers=routers())
+async def _device_auth(settings: RegistrySettings, runtime: ServiceRuntime, admission: AdmissionLog
+                       ) -> tuple[CredentialIssuer | None, Revocations | None]:
+    if settings.trust_file is None:
+        return None, None
+    trust = Trust.load(settings.trust_file)
+    issuer = CredentialIssuer(trust, settings.credential_ttl_s, wall_clock)
+    # Claim updates are accepted only from the system account: a connection of its own.
+    system_nc = await nats.connect(settings.nats_url, name=f"sdv-{SERVICE}-system",
+                                   user_credentials=raw_creds(trust.system_creds()),
+                                   max_reconnect_attempts=-1)
+    revocations = Revocations(trust, system_nc, admission, credential_ttl_s=settings.credential_ttl_s,
+                              clock=wall_clock, period_s=settings.revocation_push_s)
+    runtime.spawn(revocations.run, "revocations")
+    runtime.spawn(lambda stop: _close_on_stop(system_nc, stop), "system_connection")
+    return issuer, revocations
+
+
+async def _close_on_stop(nc: NatsClient, stop: asyncio.Event) -> None:
+    await stop.wait()
+    await nc.close()
+
+
+async def serve(settings: RegistrySettings, stop: asyncio.Event | None = None) -> None:
+    async def on_start(runtime: ServiceRuntime) -> None:
+        schema = settings.schema_name
+        inventory = DeviceInventory(schema)
+        async with runtime.store.pool.acquire() as conn:
+            await inventory.create(conn)
+        admission = AdmissionLog(runtime.store.pool, schema)
+        issuer, revocations = await _device_auth(settings, runtime, admission)
+        fleet_hash = sha256_hex(settings.fleet_token) if settings.fleet_token else None
+        registry = Registry(runtime.store, inventory, issuer, revocations, fleet_hash,
+                            settings.pending_retry_s)
+        runtime.broker.include_router(command_router(registry))
+        runtime.broker.include_router(announce_router(registry))
+        runner = ProjectionRunner(runtime.store.pool, schema, runtime.js, inventory)
+        runtime.spawn(runner.run, "device_inventory")
+
+        monitor = PresenceMonitor(registry.run, silence_s=settings.heartbeat_silence_s,
+                                  monotonic=time.monotonic, clock=wall_clock)
+        monitor.restore(await admission.online_devices())
+        registry.presence = monitor
+        await subscribe_heartbeats(runtime.broker.config.connection_state.connection, monitor)
+        runtime.spawn(monitor.run, "presence")
+
+    await run_service(SERVICE, settings, on_start=on_start, stop=stop)
 
 
 def main() -> None:
-    asyncio.run(serve())
+    asyncio.run(serve(load_settings()))

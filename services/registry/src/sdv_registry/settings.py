@@ -1,4 +1,9 @@
-"""Configuration of the registry: the shared settings (env vars, embedded-run defaults)."""
+"""Configuration of the registry: the shared settings plus device auth and presence."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
 
 from sdv_events.service import ServiceSettings
 
@@ -6,8 +11,22 @@ SERVICE = "registry"
 
 
 class RegistrySettings(ServiceSettings):
-    """Fields of this service alone join the shared ones here."""
+    # The chain of trust (sdv_events.auth.Trust) the NATS server was configured with. Without
+    # it devices are still admitted, but get no NATS credentials and nothing can be revoked.
+    trust_file: Path | None = None
+    credential_ttl_s: float = 24 * 3600.0  # agents renew by announcing again before expiry
+    revocation_push_s: float = 30.0  # re-push period (a restarted memory-resolver server forgets)
+    # Devices presenting this token are accepted at once (fleet-wide enrolment, e.g. `sdv up`).
+    fleet_token: str | None = None
+    heartbeat_silence_s: float = 15.0  # silence after which an online device goes offline
+    pending_retry_s: float = 10.0  # what pending devices are told about announcing again
 
 
 def load_settings() -> RegistrySettings:
-    return RegistrySettings.from_env(SERVICE)
+    env = {
+        "trust_file": os.environ.get("SDV_TRUST_FILE"),
+        "credential_ttl_s": os.environ.get("SDV_REGISTRY_CREDENTIAL_TTL_S"),
+        "fleet_token": os.environ.get("SDV_FLEET_TOKEN"),
+        "heartbeat_silence_s": os.environ.get("SDV_REGISTRY_HEARTBEAT_SILENCE_S"),
+    }
+    return RegistrySettings.from_env(SERVICE, **{k: v for k, v in env.items() if v})

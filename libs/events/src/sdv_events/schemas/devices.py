@@ -226,3 +226,16 @@ class DeviceCounts(msgspec.Struct, frozen=True):
 class ResolvedDevices(msgspec.Struct, frozen=True):
     selector: str
     device_ids: list[str]
+
+
+class GetRegistryStats(msgspec.Struct, frozen=True):
+    pass
+
+
+class RegistryStats(msgspec.Struct, frozen=True):
+    """Counters of the answering registry process (since it started)."""
+
+    heartbeats: int  # heartbeat messages handled
+    presence_transitions: int  # online/offline commands run
+    tracked_online: int  # devices this process currently counts as online
+    revocation_pushes: int

@@ -1,10 +1,3 @@
-"""Thin adapters of the registry: FastStream routers (commands on `sdv.cmd.registry.*`) and heartbeat
-subscription on `sdv.hb.*`, NATS credential minting.
-"""
-
-from faststream.nats import NatsRouter
-
-
-def routers() -> list[NatsRouter]:
-    """The service's routers; none yet (the shared runtime serves `ping`)."""
-    return []
+"""Thin adapters of the registry: the command router (`sdv.cmd.registry.*`), the announce
+router (`sdv.announce.*`), the heartbeat subscription (`sdv.hb.*`), questions answered from the
+event log, and revocation pushes to the NATS server."""

@@ -1,6 +1,5 @@
-"""Pure domain of the registry: the device aggregate: admission (announce → pending →
-accepted/rejected), capabilities, labels, groups, selectors, decommission — commands, events, state,
-decide() and evolve().
+"""Pure domain of the registry: the device aggregate (admission, capabilities, labels,
+presence transitions), label syntax, label selectors and the heartbeat presence tracker.
 
 No I/O here: time, ids and lookups come in as arguments (see STYLE.md).
 """

@@ -1,0 +1,73 @@
+"""`sdv.cmd.registry.*`: operator commands and queries — a few lines each."""
+
+from __future__ import annotations
+
+from faststream.nats import NatsRouter
+
+from sdv_events.bus import RequestInfo, register_command
+from sdv_events.schemas.devices import (
+    AcceptDevice,
+    CountDevices,
+    DecommissionDevice,
+    DeviceCounts,
+    DeviceList,
+    DeviceView,
+    GetDevice,
+    GetRegistryStats,
+    ListDevices,
+    PreauthorizeDevice,
+    RegistryStats,
+    RejectDevice,
+    ResolvedDevices,
+    ResolveSelector,
+    SetLabels,
+)
+from sdv_registry.application import Registry
+from sdv_registry.settings import SERVICE
+
+
+def command_router(registry: Registry) -> NatsRouter:
+    router = NatsRouter()
+
+    async def preauthorize(req: PreauthorizeDevice, info: RequestInfo) -> DeviceView:
+        return await registry.preauthorize(req.device_id, req.token, req.labels,
+                                           info.metadata(), info.command_id)
+
+    async def accept(req: AcceptDevice, info: RequestInfo) -> DeviceView:
+        return await registry.accept(req.device_id, req.reason, info.metadata(), info.command_id)
+
+    async def reject(req: RejectDevice, info: RequestInfo) -> DeviceView:
+        return await registry.reject(req.device_id, req.reason, info.metadata(), info.command_id)
+
+    async def decommission(req: DecommissionDevice, info: RequestInfo) -> DeviceView:
+        return await registry.decommission(req.device_id, req.reason, info.metadata(), info.command_id)
+
+    async def set_labels(req: SetLabels, info: RequestInfo) -> DeviceView:
+        return await registry.set_labels(req.device_id, req.labels, req.remove, info.metadata(),
+                                         info.command_id)
+
+    async def get(req: GetDevice, _: RequestInfo) -> DeviceView:
+        return await registry.get(req.device_id)
+
+    async def list_(req: ListDevices, _: RequestInfo) -> DeviceList:
+        devices, total = await registry.list(req.selector, req.status, req.online, req.limit, req.offset)
+        return DeviceList(devices, total)
+
+    async def count(req: CountDevices, _: RequestInfo) -> DeviceCounts:
+        return await registry.count(req.selector, req.status, req.online)
+
+    async def resolve(req: ResolveSelector, _: RequestInfo) -> ResolvedDevices:
+        return ResolvedDevices(req.selector, await registry.resolve(req.selector, req.online_only))
+
+    async def stats(_: GetRegistryStats, __: RequestInfo) -> RegistryStats:
+        return registry.stats()
+
+    for name, request_type, handler in [
+        ("preauthorize", PreauthorizeDevice, preauthorize), ("accept", AcceptDevice, accept),
+        ("reject", RejectDevice, reject), ("decommission", DecommissionDevice, decommission),
+        ("set_labels", SetLabels, set_labels), ("get", GetDevice, get), ("list", ListDevices, list_),
+        ("count", CountDevices, count), ("resolve", ResolveSelector, resolve),
+        ("stats", GetRegistryStats, stats),
+    ]:
+        register_command(router, SERVICE, name, request_type, handler)  # type: ignore[arg-type]
+    return router
