@@ -175,10 +175,11 @@ def decide(command: DeviceCommand, state: DeviceState) -> Sequence[DeviceEvent]:
                 return []
             return [DeviceDecommissioned(did, state.public_key, reason)]
         case ChangeLabels(device_id=did, set=to_set, remove=to_remove):
+            to_set, to_remove = check_labels(to_set), [check_key(k) for k in to_remove]
             _known(state, did)
-            labels = {**state.labels, **check_labels(to_set)}
+            labels = {**state.labels, **to_set}
             for key in to_remove:
-                labels.pop(check_key(key), None)
+                labels.pop(key, None)
             return [] if labels == state.labels else [DeviceLabelsChanged(did, labels)]
         case MarkOnline(device_id=did, seen_at=seen_at):
             if state.status != "accepted" or state.online:
