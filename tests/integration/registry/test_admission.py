@@ -33,7 +33,8 @@ async def test_announce_is_pending_until_an_operator_accepts_then_credentials_co
     accepted = await registry.call("accept", AcceptDevice("orin-001", "looks right"), DeviceView)
     assert (accepted.status, accepted.admitted_by) == ("accepted", "operator")
     reply = await agent.announce()
-    assert reply.status == "accepted" and reply.credentials is not None
+    assert reply.status == "accepted"
+    assert reply.credentials is not None
     claims = decode_jwt(reply.credentials.jwt)
     assert claims["sub"] == agent.public_key
     assert claims["nats"]["issuer_account"] == registry.trust.account_key
@@ -159,7 +160,8 @@ async def test_preauthorised_device_is_admitted_at_once_only_with_its_token(regi
     with pytest.raises(Forbidden, match="pre-authorised"):
         await agent.announce(token="wrong-token-0000000000")
     reply = await agent.announce(token=token)
-    assert reply.status == "accepted" and reply.credentials is not None
+    assert reply.status == "accepted"
+    assert reply.credentials is not None
     view = await registry.call("get", GetDevice("orin-020"), DeviceView)
     assert (view.admitted_by, view.labels) == ("preauthorized", {"env": "test"})
     nc = await agent.connect(reply)
@@ -169,7 +171,8 @@ async def test_preauthorised_device_is_admitted_at_once_only_with_its_token(regi
 async def test_fleet_token_admits_a_new_device_at_once(registry: Harness) -> None:
     agent = registry.agent("generic-1")
     reply = await agent.announce(token=FLEET_TOKEN, hardware_type="linux-generic")
-    assert reply.status == "accepted" and reply.credentials is not None
+    assert reply.status == "accepted"
+    assert reply.credentials is not None
     assert (await registry.call("get", GetDevice("generic-1"), DeviceView)).admitted_by == "fleet_token"
     other = registry.agent("generic-2")
     assert (await other.announce(token="not-the-fleet-token-000")).status == "pending"

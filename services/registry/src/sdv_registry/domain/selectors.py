@@ -110,10 +110,7 @@ def _value_set(tokens: _Tokens) -> tuple[str, ...]:
         raise tokens.fail("expected '(' to open the value list", pos)
     values: list[str] = []
     while True:
-        token, pos = tokens.peek()
-        if token == ")" and not values:
-            raise tokens.fail("an empty value list selects nothing; give at least one value", pos)
-        values.append(_value(tokens))
+        values.append(_value(tokens))  # `()` is the set of the empty value, as in Kubernetes
         token, pos = tokens.take()
         if token == ")":
             return tuple(values)

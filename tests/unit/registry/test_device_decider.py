@@ -1,0 +1,138 @@
+"""The device decider: given events / when command / then events, no servers."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from sdv_events.errors import DomainError
+from sdv_events.schemas.devices import (
+    Capabilities,
+    DeviceAccepted,
+    DeviceAnnounced,
+    DeviceCameOnline,
+    DeviceCapabilitiesUpdated,
+    DeviceDecommissioned,
+    DeviceLabelsChanged,
+    DevicePreauthorized,
+    DeviceRejected,
+    DeviceWentOffline,
+)
+from sdv_registry.domain.device import (
+    Accept,
+    AnnounceDevice,
+    ChangeLabels,
+    Decommission,
+    MarkOffline,
+    MarkOnline,
+    Preauthorize,
+    Reject,
+    device_decider,
+)
+
+D = "orin-1"
+KEY = "U" + "A" * 55
+OTHER_KEY = "U" + "B" * 55
+CAPS = Capabilities(hardware_type="jetson-orin", arch="aarch64", runtimes=["docker"],
+                    python_version="3.11", agent_version="0.1", memory_mb=8192, storage_mb=1000)
+T0 = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+ANNOUNCED = DeviceAnnounced(D, KEY, CAPS)
+ACCEPTED = DeviceAccepted(D, KEY, "operator")
+
+
+def announce(key: str = KEY, caps: Capabilities = CAPS, **kw) -> AnnounceDevice:  # type: ignore[no-untyped-def]
+    return AnnounceDevice(device_id=D, public_key=key, capabilities=caps, **kw)
+
+
+def refused(given: list, command, code: str) -> str:  # type: ignore[no-untyped-def]
+    with pytest.raises(DomainError) as caught:
+        device_decider.run(given, command)
+    assert caught.value.code == code
+    return caught.value.message
+
+
+def test_first_announce_makes_a_pending_device() -> None:
+    assert device_decider.run([], announce()) == [ANNOUNCED]
+    assert device_decider.fold([ANNOUNCED]).status == "pending"
+
+
+def test_announcing_again_changes_nothing_unless_capabilities_changed() -> None:
+    assert device_decider.run([ANNOUNCED], announce()) == []
+    bigger = Capabilities(**{**{f: getattr(CAPS, f) for f in CAPS.__struct_fields__}, "memory_mb": 16384})
+    assert device_decider.run([ANNOUNCED, ACCEPTED], announce(caps=bigger)) == [
+        DeviceCapabilitiesUpdated(D, bigger)]
+
+
+def test_another_key_is_refused_while_pending_or_accepted() -> None:
+    assert "another public key" in refused([ANNOUNCED], announce(OTHER_KEY), "conflict")
+    refused([ANNOUNCED, ACCEPTED], announce(OTHER_KEY), "conflict")
+
+
+def test_operator_accepts_a_pending_device_once() -> None:
+    assert device_decider.run([ANNOUNCED], Accept(D, "ok")) == [DeviceAccepted(D, KEY, "operator", "ok")]
+    assert device_decider.run([ANNOUNCED, ACCEPTED], Accept(D)) == []
+
+
+def test_unknown_device_cannot_be_accepted_rejected_or_labelled() -> None:
+    refused([], Accept(D), "not_found")
+    refused([], Reject(D), "not_found")
+    refused([], ChangeLabels(D, {"a": "b"}), "not_found")
+
+
+def test_reject_and_decommission_carry_the_key_to_revoke() -> None:
+    assert device_decider.run([ANNOUNCED, ACCEPTED], Reject(D, "stolen")) == [DeviceRejected(D, KEY, "stolen")]
+    assert device_decider.run([ANNOUNCED, ACCEPTED], Decommission(D, "sold")) == [
+        DeviceDecommissioned(D, KEY, "sold")]
+
+
+def test_rejected_or_decommissioned_device_announcing_changes_nothing() -> None:
+    rejected = [ANNOUNCED, DeviceRejected(D, KEY)]
+    assert device_decider.run(rejected, announce()) == []
+    assert device_decider.run(rejected, announce(OTHER_KEY)) == []
+    gone = [ANNOUNCED, ACCEPTED, DeviceDecommissioned(D, KEY)]
+    assert device_decider.run(gone, announce()) == []
+    refused(gone, Accept(D), "conflict")
+    assert device_decider.run(gone, Decommission(D)) == []
+
+
+def test_rejected_device_can_be_accepted_later() -> None:
+    assert device_decider.run([ANNOUNCED, DeviceRejected(D, KEY)], Accept(D)) == [
+        DeviceAccepted(D, KEY, "operator")]
+
+
+def test_preauthorised_device_with_its_token_is_accepted_at_once() -> None:
+    given = [DevicePreauthorized(D, "h1", {"env": "test"})]
+    assert device_decider.run(given, announce(token_sha256="h1")) == [
+        ANNOUNCED, DeviceAccepted(D, KEY, "preauthorized")]
+    assert "token" in refused(given, announce(token_sha256="h2"), "forbidden")
+    refused(given, announce(), "forbidden")
+    assert device_decider.fold(given).labels == {"env": "test"}
+
+
+def test_fleet_token_accepts_a_new_device() -> None:
+    assert device_decider.run([], announce(fleet_token_valid=True)) == [
+        ANNOUNCED, DeviceAccepted(D, KEY, "fleet_token")]
+
+
+def test_preauthorising_an_announced_device_is_refused() -> None:
+    refused([ANNOUNCED], Preauthorize(D, "h"), "conflict")
+
+
+def test_labels_merge_and_remove_and_only_changes_are_events() -> None:
+    given = [ANNOUNCED, DeviceLabelsChanged(D, {"env": "test", "type": "orin"})]
+    assert device_decider.run(given, ChangeLabels(D, {"env": "prod"}, ["type"])) == [
+        DeviceLabelsChanged(D, {"env": "prod"})]
+    assert device_decider.run(given, ChangeLabels(D, {"env": "test"})) == []
+    assert "invalid label key" in refused(given, ChangeLabels(D, {"bad key": "x"}), "invalid_request")
+    assert "invalid value" in refused(given, ChangeLabels(D, {"env": "no spaces"}), "invalid_request")
+
+
+def test_presence_transitions_only_for_accepted_devices_and_only_on_change() -> None:
+    accepted = [ANNOUNCED, ACCEPTED]
+    assert device_decider.run([ANNOUNCED], MarkOnline(D, T0)) == []
+    assert device_decider.run(accepted, MarkOnline(D, T0)) == [DeviceCameOnline(D, T0)]
+    online = [*accepted, DeviceCameOnline(D, T0)]
+    assert device_decider.run(online, MarkOnline(D, T0)) == []
+    assert device_decider.run(online, MarkOffline(D, T0, 15.0)) == [DeviceWentOffline(D, T0, 15.0)]
+    assert device_decider.run([*online, DeviceWentOffline(D, T0, 15.0)], MarkOffline(D, T0, 15.0)) == []
