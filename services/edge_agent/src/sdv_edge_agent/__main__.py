@@ -1,4 +1,4 @@
-"""`python -m sdv_edge_agent` starts the service."""
+"""`python -m sdv_edge_agent` (or `sdv-agent`) starts the agent."""
 
 from sdv_edge_agent.app import main
 

@@ -1,15 +1,153 @@
-"""Composition root of the edge agent: settings, routers, the shared service runtime."""
+"""Composition root of the edge agent: settings → SQLite store, NATS link, installer, native
+runtime, KUKSA lookup → the `Agent` and its adapters (desired watch, ops, publishers, heartbeat).
+
+Start order matters on a vehicle: local state first (apps re-adopted or restarted from SQLite
+even with no network), the NATS link in the background, and everything that needs the bus waits
+for it. On SIGTERM the agent stops supervising and exits; the apps keep running.
+"""
+
+from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
+import sys
+import time
+from datetime import UTC, datetime
+from importlib import metadata
 
-from sdv_edge_agent.adapters import routers
-from sdv_edge_agent.settings import SERVICE, load_settings
-from sdv_events.service import run_service
+import structlog
+
+from sdv_edge_agent.adapters.desired_watch import DesiredWatch
+from sdv_edge_agent.adapters.heartbeat import AppMetrics, Heartbeat, HeartbeatSender, device_metrics
+from sdv_edge_agent.adapters.kuksa import Databroker
+from sdv_edge_agent.adapters.link import NatsLink
+from sdv_edge_agent.adapters.native import NativeRuntime
+from sdv_edge_agent.adapters.ops import OpsServer
+from sdv_edge_agent.adapters.packages import Downloader, Installer
+from sdv_edge_agent.adapters.publishers import FactOutbox, LogShipper, ReportedWriter
+from sdv_edge_agent.adapters.store import AgentStore
+from sdv_edge_agent.application import Agent, AgentOptions
+from sdv_edge_agent.domain.restarts import RestartPolicy
+from sdv_edge_agent.settings import SERVICE, AgentSettings, SettingsError, load_settings
+from sdv_events.logs import configure_logging
+
+log = structlog.get_logger("sdv.agent")
+FACT_RETENTION_S = 3600.0
+LOG_LINES_KEPT = 200_000
 
 
-async def serve() -> None:
-    await run_service(SERVICE, load_settings(), routers=routers())
+def agent_version() -> str:
+    try:
+        return metadata.version("sdv-edge-agent")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
 
 
-def main() -> None:
-    asyncio.run(serve())
+def heartbeat_builder(agent: Agent, databroker: Databroker, settings: AgentSettings):  # type: ignore[no-untyped-def]
+    def build(seq: int) -> Heartbeat:
+        apps = {}
+        for name, sup in agent.supervisors.items():
+            record = sup.record
+            if record.state is None:
+                continue
+            usage = sup.instance.usage if sup.instance else None
+            alive_since = record.started_at if record.pid else None
+            apps[name] = AppMetrics(
+                state=record.state.value, version=record.shown.version if record.shown else "",
+                healthy=record.healthy, restarts=record.restarts, pid=record.pid,
+                cpu_pct=usage.cpu_pct if usage else None, rss_bytes=usage.rss_bytes if usage else None,
+                uptime_s=round(time.time() - alive_since, 1) if alive_since else None,
+            )
+        return Heartbeat(
+            device_id=settings.device_id, seq=seq, sent_at=datetime.now(UTC),
+            agent_version=agent.options.agent_version, desired_revision=agent.revision, apps=apps,
+            device=device_metrics(settings.data_dir), databroker=databroker.found,
+            limits=agent.runtime.limits,
+        )
+
+    return build
+
+
+async def housekeeping(store: AgentStore) -> None:
+    while True:
+        await asyncio.sleep(60)
+        store.prune_facts(FACT_RETENTION_S)
+        store.prune_logs(LOG_LINES_KEPT)
+
+
+async def serve(settings: AgentSettings, stop: asyncio.Event | None = None) -> None:
+    stop = stop or asyncio.Event()
+    structlog.contextvars.bind_contextvars(device_id=settings.device_id)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    store = AgentStore(settings.data_dir / "agent.db")
+    link = NatsLink(settings.nats_url, settings.device_id, creds=settings.nats_creds)
+    facts = FactOutbox(link, store, settings.device_id)
+    logs = LogShipper(link, store, settings.device_id)
+    databroker = Databroker(settings.databroker)
+    options = AgentOptions(
+        device_id=settings.device_id, data_dir=settings.data_dir, agent_version=agent_version(),
+        stop_timeout_s=settings.stop_timeout_s,
+        restart_policy=RestartPolicy(base_delay_s=settings.restart_base_s,
+                                     max_delay_s=settings.restart_max_s,
+                                     loop_crashes=settings.crash_loop, window_s=settings.crash_window_s),
+    )
+    reported: ReportedWriter | None = None
+    agent = Agent(
+        options, store=store, installer=Installer(settings.data_dir / "apps", settings.packager_public_key),
+        runtime=NativeRuntime(), facts=facts, download=Downloader(link).fetch, databroker=databroker,
+        on_change=lambda: reported.wake() if reported else None, on_logs=logs.wake,
+    )
+    reported = ReportedWriter(link, settings.device_id, agent.reported)
+    watch = DesiredWatch(link, settings.device_id, agent.on_desired)
+    ops = OpsServer(link, agent, store, settings.device_id)
+    heartbeat = HeartbeatSender(link, settings.device_id, settings.heartbeat_s,
+                                heartbeat_builder(agent, databroker, settings))
+
+    async def flush_all() -> None:
+        for flusher in (facts, logs, reported):
+            flusher.wake()
+
+    link.on_connect(watch.subscribe)
+    link.on_connect(ops.subscribe)
+    link.on_connect(flush_all)
+
+    await agent.start()
+    tasks = [asyncio.create_task(coro, name=name) for name, coro in [
+        ("link", link.run()), ("facts", facts.run()), ("logs", logs.run()), ("reported", reported.run()),
+        ("heartbeat", heartbeat.run()), ("databroker", databroker.watch()),
+        ("resync", watch.resync_forever()), ("housekeeping", housekeeping(store)),
+    ]]
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    crashed = asyncio.create_task(_first_failure(tasks))
+    await asyncio.wait([asyncio.create_task(stop.wait()), crashed], return_when=asyncio.FIRST_COMPLETED)
+    log.info("agent_stopping")
+    for task in tasks:
+        task.cancel()
+    crashed.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await agent.close()
+    await link.close()
+    store.close()
+
+
+async def _first_failure(tasks: list[asyncio.Task[None]]) -> None:
+    """Returns when a background task ends by an error: the agent then stops (and its service
+    manager restarts it) rather than limp on without, say, its log shipper."""
+    done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    for task in done:
+        with contextlib.suppress(asyncio.CancelledError):
+            if task.exception() is not None:
+                log.error("agent_task_failed", task=task.get_name(), error=repr(task.exception()))
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        settings = load_settings(argv)
+    except SettingsError as err:
+        print(f"sdv-agent: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    configure_logging(SERVICE, level=settings.log_level)
+    asyncio.run(serve(settings))

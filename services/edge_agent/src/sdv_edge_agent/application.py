@@ -1,2 +1,251 @@
-"""Application layer of the edge agent: command handlers (the shared command runner over
-this service's deciders) and policies (event → command). Nothing yet beyond the shared `ping`."""
+"""The agent's application layer: desired state in, one supervisor per app, reports out.
+
+`Agent` owns the app supervisors and everything they share: the SQLite store, the installer, the
+runtime, the fact sink, the clock-free policies. It knows nothing of NATS: the composition root
+hands it a download function and sinks, and feeds it desired documents and op requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Protocol
+
+import structlog
+
+from sdv_edge_agent.adapters.packages import InstalledVersion, Installer
+from sdv_edge_agent.adapters.store import AgentStore
+from sdv_edge_agent.domain.records import AppRecord
+from sdv_edge_agent.domain.restarts import RestartPolicy
+from sdv_edge_agent.ports import LinesSink, RunSpec, Runtime
+from sdv_edge_agent.projections import reported_state
+from sdv_edge_agent.supervisor import AppSupervisor, OpRefused, OpRequest, Poke
+from sdv_events.schemas.agent import AppFact
+from sdv_events.schemas.deployment import DesiredApp, DesiredState, ReportedState
+from sdv_events.schemas.packages import PackageInfo
+
+log = structlog.get_logger("sdv.agent")
+
+
+class Facts(Protocol):
+    def emit(self, fact: AppFact, occurrence: int = 0) -> bool: ...
+
+
+@dataclass(frozen=True)
+class AgentOptions:
+    device_id: str
+    data_dir: Path
+    agent_version: str = "0.1.0"
+    stop_timeout_s: float = 10.0
+    restart_policy: RestartPolicy = field(default_factory=RestartPolicy)
+    monitor_interval_s: float = 1.0
+    base_path: str = "/usr/local/bin:/usr/bin:/bin"
+
+
+class Agent:
+    def __init__(
+        self,
+        options: AgentOptions,
+        *,
+        store: AgentStore,
+        installer: Installer,
+        runtime: Runtime,
+        facts: Facts,
+        download: Callable[[PackageInfo], Awaitable[bytes]],
+        databroker: Callable[[], tuple[str, int]],
+        on_change: Callable[[], None] = lambda: None,
+        on_logs: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.options = options
+        self.device_id = options.device_id
+        self.stop_timeout_s = options.stop_timeout_s
+        self.restart_policy = options.restart_policy
+        self.store = store
+        self.installer = installer
+        self.runtime = runtime
+        self.facts = RepeatCounting(facts, store)
+        self.download = download
+        self.databroker = databroker
+        self.on_change = on_change
+        self.on_logs = on_logs
+        self.desired: DesiredState | None = None
+        self.supervisors: dict[str, AppSupervisor] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # --- start-up ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load state from SQLite, re-adopt live processes, then reconcile every known app."""
+        self.desired = self.store.load_desired()
+        for record in self.store.load_apps():
+            supervisor = self._supervisor(record.name, record)
+            await supervisor.recover()
+        for supervisor in self.supervisors.values():
+            supervisor.post(Poke())
+        self._tasks.append(asyncio.create_task(self._monitor()))
+        log.info("agent_started", device_id=self.device_id, apps=sorted(self.supervisors),
+                 desired_revision=self.revision, limits=self.runtime.limits)
+
+    def _supervisor(self, name: str, record: AppRecord | None = None) -> AppSupervisor:
+        supervisor = self.supervisors.get(name)
+        if supervisor is None:
+            supervisor = self.supervisors[name] = AppSupervisor(self, record or AppRecord(name=name))
+            self._tasks.append(asyncio.create_task(supervisor.run(), name=f"app:{name}"))
+        return supervisor
+
+    async def close(self) -> None:
+        """Stop supervising; the apps keep running (the next agent run re-adopts them)."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for supervisor in self.supervisors.values():
+            for instance in (supervisor.instance, supervisor.candidate):
+                if instance is not None:
+                    instance.cancel_tasks()
+                    await instance.follower.finish()
+
+    # --- desired state -------------------------------------------------------------------------
+
+    @property
+    def revision(self) -> int:
+        return self.desired.revision if self.desired else 0
+
+    def desired_app(self, name: str) -> DesiredApp | None:
+        return self.desired.apps.get(name) if self.desired else None
+
+    def desired_rollout(self, name: str) -> str | None:
+        app = self.desired_app(name)
+        return app.rollout_id if app else None
+
+    def on_desired(self, desired: DesiredState) -> None:
+        """A desired document arrived: newer revisions replace the current one, older or equal
+        ones are dropped (redelivery, reordering, a stale resync)."""
+        if desired.device_id != self.device_id or desired.revision <= self.revision:
+            return
+        old = self.desired
+        self.desired = desired
+        self.store.save_desired(desired)
+        log.info("desired_state", revision=desired.revision, apps=sorted(desired.apps))
+        for name in set(desired.apps) | set(self.supervisors):
+            supervisor = self._supervisor(name)
+            before = old.apps.get(name) if old else None
+            if before != desired.apps.get(name) and supervisor.record.held is not None:
+                supervisor.record.held = None  # an operator's hold lasts until the desired app changes
+                self.store.save_app(supervisor.record)
+            supervisor.post(Poke())
+        self.changed()
+
+    # --- ops -----------------------------------------------------------------------------------
+
+    async def op(self, app: str, op: str, data: bytes = b"") -> AppRecord:
+        supervisor = self.supervisors.get(app)
+        if supervisor is None or supervisor.record.state is None:
+            raise OpRefused(f"no app {app!r} on device {self.device_id}", code="not_found")
+        reply: asyncio.Future[AppRecord] = asyncio.get_running_loop().create_future()
+        supervisor.post(OpRequest(op, data, reply))
+        return await reply
+
+    # --- what supervisors use ------------------------------------------------------------------
+
+    def changed(self) -> None:
+        self.on_change()
+
+    def reported(self) -> ReportedState:
+        return reported_state(
+            self.device_id, self.revision, (s.record for s in self.supervisors.values()),
+            agent_version=self.options.agent_version, now=datetime.now(UTC),
+        )
+
+    def run_dir(self, app: str, package: PackageInfo) -> Path:
+        return self.options.data_dir / "run" / app / f"{package.version}-{package.digest[:12]}"
+
+    def remove_run_dirs(self, app: str) -> None:
+        shutil.rmtree(self.options.data_dir / "run" / app, ignore_errors=True)
+
+    def lines_sink(self, app: str, tail_key: str) -> LinesSink:
+        def sink(rows: list[tuple[str, float, str]], offsets: dict[str, int]) -> None:
+            self.store.add_logs(app, rows, tail_key, offsets)
+            self.on_logs()
+
+        return sink
+
+    def app_env(self, record: AppRecord, package: PackageInfo, installed: InstalledVersion) -> dict[str, str]:
+        host, port = self.databroker()
+        venv = installed.root / "venv"
+        home = self.options.data_dir / "home" / record.name
+        home.mkdir(parents=True, exist_ok=True)
+        return {
+            **record.config,
+            "PATH": f"{venv / 'bin'}:{self.options.base_path}",
+            "VIRTUAL_ENV": str(venv),
+            "HOME": str(home),
+            "LANG": "C.UTF-8",
+            "PYTHONUNBUFFERED": "1",
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "SDV_DEVICE_ID": self.device_id,
+            "SDV_APP_NAME": record.name,
+            "SDV_APP_VERSION": package.version,
+            "KUKSA_DATA_BROKER_ADDRESS": host,
+            "KUKSA_DATA_BROKER_PORT": str(port),
+            "SDV_VEHICLEDATABROKER_ADDRESS": f"{host}:{port}",
+        }
+
+    async def run_health_command(
+        self, spec: RunSpec, command: list[str], timeout_s: float
+    ) -> tuple[bool, str]:
+        """Run the package's health command until it succeeds or `timeout_s` passes."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        reason = "no result"
+        while loop.time() < deadline:
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    *command, cwd=spec.cwd, env=spec.env, stdout=asyncio.subprocess.DEVNULL,
+                    stderr=asyncio.subprocess.PIPE,
+                )
+                _, err = await asyncio.wait_for(proc.communicate(), max(0.1, deadline - loop.time()))
+                if proc.returncode == 0:
+                    return True, ""
+                reason = f"exit {proc.returncode}: {err.decode(errors='replace').strip()[-200:]}"
+            except TimeoutError:
+                proc.kill()
+                reason = "timed out"
+            except OSError as exc:
+                reason = str(exc)
+            await asyncio.sleep(0.5)
+        return False, f"health command {' '.join(command)}: {reason}"
+
+    # --- monitoring ----------------------------------------------------------------------------
+
+    async def _monitor(self) -> None:
+        """Sample usage of every app process, and enforce memory limits where nothing else does."""
+        while True:
+            await asyncio.sleep(self.options.monitor_interval_s)
+            for supervisor in list(self.supervisors.values()):
+                try:
+                    supervisor.check_memory()
+                except Exception:
+                    log.exception("monitor_failed", app=supervisor.name)
+
+
+class RepeatCounting:
+    """Facts that may truly happen more than once per (app, digest, revision) — starts, pauses,
+    failures — get an occurrence number from a persisted counter; install and uninstall facts are
+    once-only, so re-running an interrupted step after an agent crash reports nothing twice."""
+
+    ONCE = frozenset({"AppDownloadStarted", "AppInstalled", "AppUninstalled"})
+
+    def __init__(self, inner: Facts, store: AgentStore) -> None:
+        self.inner = inner
+        self.store = store
+
+    def emit(self, fact: AppFact, occurrence: int = 0) -> bool:
+        kind = type(fact).__name__
+        if kind not in self.ONCE:
+            key = f"occ:{fact.app}:{fact.digest[:16]}:{fact.desired_revision}:{kind}"
+            occurrence = self.store.next_counter(key) - 1
+        return self.inner.emit(fact, occurrence)

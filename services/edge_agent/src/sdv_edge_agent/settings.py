@@ -1,13 +1,98 @@
-"""Configuration of the edge agent: the shared settings (env vars, embedded-run defaults)."""
+"""Configuration of the edge agent: environment variables, overridable on the command line.
 
-from sdv_events.service import ServiceSettings
+  SDV_DEVICE_ID                  this device's id (required)
+  SDV_NATS_URL                   nats://127.0.0.1:4222
+  SDV_AGENT_NATS_CREDS           a NATS .creds file (the device's user JWT + nkey seed), optional
+  SDV_AGENT_DATA_DIR             SQLite database, installed apps, console files (~/.sdv-agent/<id>)
+  SDV_AGENT_PACKAGER_KEY         the packager's Ed25519 public key, base64 (required: no
+  SDV_AGENT_PACKAGER_KEY_FILE      package is installed unless its signature verifies)
+  SDV_AGENT_DATABROKER           host:port of the KUKSA databroker (then 127.0.0.1:55555 is tried)
+  SDV_AGENT_HEARTBEAT_S          5
+  SDV_AGENT_STOP_TIMEOUT_S       10   (SIGTERM → SIGKILL)
+  SDV_AGENT_RESTART_BASE_S       0.5  (crash restarts: base · 2^n, capped at RESTART_MAX_S)
+  SDV_AGENT_RESTART_MAX_S        30
+  SDV_AGENT_CRASH_LOOP           5    (crashes within CRASH_WINDOW_S = crash loop → FAILED)
+  SDV_AGENT_CRASH_WINDOW_S       120
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from pathlib import Path
 
 SERVICE = "edge_agent"
 
 
-class EdgeAgentSettings(ServiceSettings):
-    """Fields of this service alone join the shared ones here."""
+class SettingsError(ValueError):
+    """The agent cannot start with this configuration; the message says what to set."""
 
 
-def load_settings() -> EdgeAgentSettings:
-    return EdgeAgentSettings.from_env(SERVICE)
+@dataclass(frozen=True)
+class AgentSettings:
+    device_id: str
+    nats_url: str
+    data_dir: Path
+    packager_public_key: str
+    nats_creds: Path | None = None
+    databroker: str | None = None
+    heartbeat_s: float = 5.0
+    stop_timeout_s: float = 10.0
+    restart_base_s: float = 0.5
+    restart_max_s: float = 30.0
+    crash_loop: int = 5
+    crash_window_s: float = 120.0
+    log_level: str = "INFO"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sdv-agent", description="SDV Fleet edge agent")
+    p.add_argument("--device-id")
+    p.add_argument("--nats-url")
+    p.add_argument("--nats-creds", type=Path)
+    p.add_argument("--data-dir", type=Path)
+    p.add_argument("--packager-key", help="packager Ed25519 public key (base64)")
+    p.add_argument("--packager-key-file", type=Path)
+    p.add_argument("--databroker", help="KUKSA databroker host:port")
+    p.add_argument("--heartbeat-s", type=float)
+    p.add_argument("--log-level")
+    return p
+
+
+def load_settings(argv: list[str] | None = None, env: dict[str, str] | None = None) -> AgentSettings:
+    env = dict(os.environ if env is None else env)
+    args = _parser().parse_args(argv)
+    device_id = args.device_id or env.get("SDV_DEVICE_ID", "")
+    if not device_id:
+        raise SettingsError("no device id: pass --device-id or set SDV_DEVICE_ID")
+    if not all(c.isalnum() or c in "-_" for c in device_id):
+        raise SettingsError(f"device id {device_id!r} must be letters, digits, '-' or '_' (a subject token)")
+    key = args.packager_key or env.get("SDV_AGENT_PACKAGER_KEY", "")
+    key_file = args.packager_key_file or (Path(env["SDV_AGENT_PACKAGER_KEY_FILE"])
+                                          if env.get("SDV_AGENT_PACKAGER_KEY_FILE") else None)
+    if not key and key_file is not None:
+        key = key_file.read_text().strip()
+    if not key:
+        raise SettingsError("no packager public key: pass --packager-key(-file) or set "
+                            "SDV_AGENT_PACKAGER_KEY; without it no package can be verified")
+    creds_env = env.get("SDV_AGENT_NATS_CREDS")
+    creds = args.nats_creds or (Path(creds_env) if creds_env else None)
+    data_dir = args.data_dir or Path(env.get("SDV_AGENT_DATA_DIR") or Path.home() / ".sdv-agent" / device_id)
+
+    def num(name: str, default: float) -> float:
+        return float(env.get(name, default))
+
+    return AgentSettings(
+        device_id=device_id,
+        nats_url=args.nats_url or env.get("SDV_NATS_URL", "nats://127.0.0.1:4222"),
+        data_dir=data_dir, packager_public_key=key, nats_creds=creds,
+        databroker=args.databroker or env.get("SDV_AGENT_DATABROKER") or None,
+        heartbeat_s=args.heartbeat_s or num("SDV_AGENT_HEARTBEAT_S", 5.0),
+        stop_timeout_s=num("SDV_AGENT_STOP_TIMEOUT_S", 10.0),
+        restart_base_s=num("SDV_AGENT_RESTART_BASE_S", 0.5),
+        restart_max_s=num("SDV_AGENT_RESTART_MAX_S", 30.0),
+        crash_loop=int(num("SDV_AGENT_CRASH_LOOP", 5)),
+        crash_window_s=num("SDV_AGENT_CRASH_WINDOW_S", 120.0),
+        log_level=args.log_level or env.get("SDV_LOG_LEVEL", "INFO"),
+    )

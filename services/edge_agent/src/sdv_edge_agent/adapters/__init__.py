@@ -1,11 +1,3 @@
-"""Thin adapters of the edge agent: FastStream routers (commands on `sdv.cmd.edge_agent.*`) and
-desired-state watch, object store download and signature check, native and Docker app runners, the
-KUKSA databroker lookup.
-"""
-
-from faststream.nats import NatsRouter
-
-
-def routers() -> list[NatsRouter]:
-    """The service's routers; none yet (the shared runtime serves `ping`)."""
-    return []
+"""Thin adapters of the edge agent: SQLite store, NATS link, desired-state watch, fact/log/report
+publishers, interactive ops, heartbeats, object-store download and install, the native runtime and
+its limits and console capture, the KUKSA databroker lookup."""

@@ -2,7 +2,7 @@
 
     INSTALLING → INSTALLED → STARTING → RUNNING ⇄ PAUSED → STOPPED → UNINSTALLING, plus FAILED
 
-Beyond the happy path an operator expects: a crashed app goes back to STARTING (restart with
+Beyond the happy path an operator expects: a crashed (or restarted) app goes back to STARTING (with
 backoff) or to FAILED (crash loop); a stopped or failed app can be started again, re-installed
 (upgrade) or uninstalled; an installed app can be upgraded before it ever ran. UNINSTALLING ends
 in removal, which is not a state: the app's record is gone.
@@ -34,7 +34,7 @@ TRANSITIONS: dict[AppState | None, frozenset[AppState]] = {
     S.INSTALLED: frozenset({S.STARTING, S.INSTALLING, S.UNINSTALLING}),
     S.STARTING: frozenset({S.RUNNING, S.STOPPED, S.FAILED}),
     S.RUNNING: frozenset({S.PAUSED, S.STOPPED, S.STARTING, S.FAILED}),
-    S.PAUSED: frozenset({S.RUNNING, S.STOPPED, S.FAILED}),
+    S.PAUSED: frozenset({S.RUNNING, S.STOPPED, S.STARTING, S.FAILED}),
     S.STOPPED: frozenset({S.STARTING, S.INSTALLING, S.UNINSTALLING}),
     S.FAILED: frozenset({S.STARTING, S.INSTALLING, S.STOPPED, S.UNINSTALLING}),
     S.UNINSTALLING: frozenset(),

@@ -1,0 +1,94 @@
+"""Heartbeats on `sdv.hb.<device_id>` (core NATS, fire-and-forget): the registry turns gaps into
+offline events, the monitor reads the metrics they carry.
+
+Metrics per app (cpu %, rss, restarts, uptime) come from the agent's one-second usage sampling;
+device metrics (cpu, memory, disk of the data directory) from psutil. No heartbeat is queued while
+disconnected: a stale heartbeat delivered late would lie about the present.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import msgspec
+import psutil
+import structlog
+
+from sdv_edge_agent.adapters.link import NatsLink
+from sdv_events.subjects import heartbeat_subject
+
+log = structlog.get_logger("sdv.agent.heartbeat")
+
+
+class AppMetrics(msgspec.Struct, frozen=True, kw_only=True):
+    state: str
+    version: str
+    healthy: bool
+    restarts: int
+    pid: int | None = None
+    cpu_pct: float | None = None
+    rss_bytes: int | None = None
+    uptime_s: float | None = None
+
+
+class DeviceMetrics(msgspec.Struct, frozen=True, kw_only=True):
+    cpu_pct: float
+    mem_pct: float
+    mem_used_bytes: int
+    mem_total_bytes: int
+    disk_pct: float
+    disk_free_bytes: int
+
+
+class Heartbeat(msgspec.Struct, frozen=True, kw_only=True):
+    schema_version: int = 1
+    device_id: str
+    seq: int
+    sent_at: datetime
+    agent_version: str
+    desired_revision: int
+    apps: dict[str, AppMetrics]
+    device: DeviceMetrics
+    databroker: str | None = None
+    limits: str = ""
+
+
+def device_metrics(disk_path: Path) -> DeviceMetrics:
+    mem = psutil.virtual_memory()
+    disk = psutil.disk_usage(str(disk_path))
+    return DeviceMetrics(
+        cpu_pct=psutil.cpu_percent(None), mem_pct=mem.percent, mem_used_bytes=mem.used,
+        mem_total_bytes=mem.total, disk_pct=disk.percent, disk_free_bytes=disk.free,
+    )
+
+
+class HeartbeatSender:
+    def __init__(self, link: NatsLink, device_id: str, interval_s: float,
+                 build: Callable[[int], Heartbeat]) -> None:
+        self.link = link
+        self.subject = heartbeat_subject(device_id)
+        self.interval_s = interval_s
+        self.build = build
+        self.seq = 0
+
+    async def run(self) -> None:
+        psutil.cpu_percent(None)  # the first reading primes the counter
+        next_at = time.monotonic()
+        while True:
+            next_at += self.interval_s
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+            if not self.link.is_up or self.link.nc is None:
+                continue
+            self.seq += 1
+            try:
+                await self.link.nc.publish(self.subject, msgspec.json.encode(self.build(self.seq)))
+            except Exception as exc:
+                log.info("heartbeat_failed", reason=f"{type(exc).__name__}: {exc}")
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,210 @@
+"""The native runtime: each app is a process in its own session and process group.
+
+- pause/resume: SIGSTOP/SIGCONT to the whole group; stop: SIGTERM (plus SIGCONT, so a paused
+  app can handle it), then SIGKILL of the group after the timeout.
+- console: stdout/stderr go to files in the run directory (see console.py); stdin is a named
+  pipe the app holds open read-write, so it never sees EOF, even while the agent restarts.
+- exit: watched through a pidfd, which works for our children and for processes adopted from an
+  earlier agent run alike (only for our own children is the exit status known).
+- limits: cgroup v2 or setrlimit (see limits.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import stat
+import subprocess
+from pathlib import Path
+
+import psutil
+import structlog
+
+from sdv_edge_agent.adapters.console import STREAMS, FileFollower, console_path
+from sdv_edge_agent.adapters.limits import Limits, child_setup
+from sdv_edge_agent.ports import LinesSink, RunSpec, Usage
+
+log = structlog.get_logger("sdv.agent.native")
+STDIN = "stdin.pipe"
+
+
+class StdinUnavailable(Exception):
+    """The app's stdin pipe is gone or full."""
+
+
+class NativeProcess:
+    def __init__(
+        self, pid: int, started: float, run_dir: Path, popen: subprocess.Popen[bytes] | None
+    ) -> None:
+        self.pid = pid
+        self.started = started
+        self.run_dir = run_dir
+        self._popen = popen
+        self._pidfd = os.pidfd_open(pid)
+        self._ps: psutil.Process | None = None
+        self._exited: asyncio.Future[int | None] | None = None
+        self._stdin_fd: int | None = None
+
+    def alive(self) -> bool:
+        if self._exited is not None and self._exited.done():
+            return False
+        try:
+            proc = psutil.Process(self.pid)
+            return proc.create_time() == self.started and proc.status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+
+    async def wait(self) -> int | None:
+        if self._exited is None:
+            loop = asyncio.get_running_loop()
+            self._exited = loop.create_future()
+
+            def on_exit() -> None:
+                loop.remove_reader(self._pidfd)
+                code = self._popen.wait() if self._popen is not None else None
+                with contextlib.suppress(OSError):
+                    os.close(self._pidfd)
+                if self._exited is not None and not self._exited.done():
+                    self._exited.set_result(code)
+
+            loop.add_reader(self._pidfd, on_exit)
+        return await asyncio.shield(self._exited)
+
+    def signal_group(self, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, sig)
+
+    def write_stdin(self, data: bytes) -> None:
+        if self._stdin_fd is None:
+            try:
+                self._stdin_fd = os.open(self.run_dir / STDIN, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError as exc:  # ENXIO: nobody reads the pipe any more
+                raise StdinUnavailable(f"stdin of pid {self.pid} is not open: {exc.strerror}") from None
+        try:
+            written = os.write(self._stdin_fd, data)
+        except BlockingIOError:
+            raise StdinUnavailable("stdin buffer is full: the app is not reading its input") from None
+        except OSError as exc:
+            raise StdinUnavailable(f"stdin write failed: {exc.strerror}") from None
+        if written < len(data):
+            raise StdinUnavailable(f"stdin buffer is full: wrote {written} of {len(data)} bytes")
+
+    def usage(self) -> Usage | None:
+        try:
+            if self._ps is None:
+                self._ps = psutil.Process(self.pid)
+                self._ps.cpu_percent(None)
+            procs = [self._ps, *self._ps.children(recursive=True)]
+            rss = 0
+            for proc in procs:
+                with contextlib.suppress(psutil.Error):
+                    rss += proc.memory_info().rss
+            return Usage(cpu_pct=self._ps.cpu_percent(None), rss_bytes=rss)
+        except psutil.Error:
+            return None
+
+    def close(self) -> None:
+        if self._stdin_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._stdin_fd)
+            self._stdin_fd = None
+
+
+def _ensure_fifo(path: Path) -> None:
+    try:
+        if stat.S_ISFIFO(path.stat().st_mode):
+            return
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    os.mkfifo(path, 0o600)
+
+
+class NativeRuntime:
+    name = "native"
+
+    def __init__(self, limits: Limits | None = None) -> None:
+        self._limits = limits or Limits.detect()
+        self.limits = self._limits.describe()
+
+    async def start(self, spec: RunSpec) -> NativeProcess:
+        spec.run_dir.mkdir(parents=True, exist_ok=True)
+        fifo = spec.run_dir / STDIN
+        _ensure_fifo(fifo)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+        out = {s: os.open(console_path(spec.run_dir, s), flags, 0o640) for s in STREAMS}
+        stdin = os.open(fifo, os.O_RDWR)  # read-write: the app never sees EOF on its stdin
+        cgroup = self._limits.prepare(spec.app, spec.memory_mb, spec.cpu)
+        try:
+            popen = subprocess.Popen(  # noqa: ASYNC220 - fork+exec returns at once; the exit is awaited via pidfd
+                spec.argv, cwd=spec.cwd, env=spec.env, stdin=stdin, stdout=out["stdout"],
+                stderr=out["stderr"], start_new_session=True, close_fds=True,
+                preexec_fn=child_setup(cgroup, spec.memory_mb),
+            )
+        finally:
+            for fd in (stdin, *out.values()):
+                os.close(fd)
+        try:
+            started = psutil.Process(popen.pid).create_time()
+        except psutil.Error:
+            started = 0.0  # it already ended; wait() reports how
+        return NativeProcess(popen.pid, started, spec.run_dir, popen)
+
+    def adopt(self, spec: RunSpec, pid: int, started: float) -> NativeProcess | None:
+        try:
+            proc = psutil.Process(pid)
+            if proc.create_time() != started or proc.status() == psutil.STATUS_ZOMBIE:
+                return None
+            if os.getpgid(pid) != pid:
+                return None
+            return NativeProcess(pid, started, spec.run_dir, None)
+        except (psutil.Error, ProcessLookupError, OSError):
+            return None
+
+    def pause(self, process: NativeProcess) -> None:  # type: ignore[override]
+        process.signal_group(signal.SIGSTOP)
+
+    def resume(self, process: NativeProcess) -> None:  # type: ignore[override]
+        process.signal_group(signal.SIGCONT)
+
+    async def stop(self, process: NativeProcess, timeout_s: float) -> int | None:  # type: ignore[override]
+        process.signal_group(signal.SIGTERM)
+        process.signal_group(signal.SIGCONT)
+        try:
+            code = await asyncio.wait_for(process.wait(), timeout_s)
+        except TimeoutError:
+            log.warning("stop_timeout_kill", pid=process.pid, timeout_s=timeout_s)
+            process.signal_group(signal.SIGKILL)
+            code = await process.wait()
+        process.signal_group(signal.SIGKILL)  # what the app left behind in its group
+        process.close()
+        return code
+
+    def kill(self, process: NativeProcess) -> None:  # type: ignore[override]
+        process.signal_group(signal.SIGCONT)
+        process.signal_group(signal.SIGKILL)
+
+    def kill_orphan(self, pid: int, started: float) -> bool:
+        try:
+            proc = psutil.Process(pid)
+            if proc.create_time() != started or os.getpgid(pid) != pid:
+                return False
+        except (psutil.Error, OSError):
+            return False
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+        return True
+
+    def usage(self, process: NativeProcess) -> Usage | None:  # type: ignore[override]
+        return process.usage()
+
+    def follow_output(
+        self, spec: RunSpec, process: NativeProcess, offsets: dict[str, int], sink: LinesSink
+    ) -> FileFollower:
+        return FileFollower(spec.run_dir, offsets, sink)
+
+    def release(self, app: str) -> None:
+        self._limits.release(app)
+

@@ -1,0 +1,133 @@
+"""Interactive ops on `sdv.device.<device_id>.ops.<op>` (request/reply), in the shared command wire
+format (`sdv_events.bus.rpc`): typed replies, typed errors (`not_found`, `op_refused`,
+`illegal_transition`, `invalid_request`).
+
+  pause | resume | stop | start | restart   {"app": …}                    → AppStatus
+  stdin                                     {"app": …, "data": "text"}    → AppStatus
+  logs                                      {"app"?, "lines"?, "stream"?, "search"?} → LogLines
+
+`logs` with `search` runs an SQLite FTS5 query over the device's local console history.
+Each request is handled in a task of its own, so a slow stop does not hold up a `logs` call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from typing import Annotated, Literal
+
+import msgspec
+import structlog
+from nats.aio.msg import Msg
+
+from sdv_edge_agent.adapters.link import NatsLink
+from sdv_edge_agent.adapters.store import AgentStore
+from sdv_edge_agent.application import Agent
+from sdv_edge_agent.domain.records import AppRecord
+from sdv_events.bus.rpc import InvalidRequest, RequestInfo, serve_one
+from sdv_events.subjects import ops_subject
+
+log = structlog.get_logger("sdv.agent.ops")
+APP_OPS = ("pause", "resume", "stop", "start", "restart")
+
+
+class AppOp(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    app: str
+
+
+class StdinOp(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    app: str
+    data: Annotated[str, msgspec.Meta(max_length=64 * 1024)]
+
+
+class LogsQuery(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    app: str | None = None
+    lines: Annotated[int, msgspec.Meta(ge=1, le=5000)] = 50
+    stream: Literal["stdout", "stderr"] | None = None
+    search: str | None = None
+
+
+class AppStatus(msgspec.Struct, frozen=True):
+    app: str
+    state: str | None
+    version: str | None
+    pid: int | None
+    healthy: bool
+    held: str | None
+
+
+class LogEntry(msgspec.Struct, frozen=True):
+    id: int
+    app: str
+    stream: str
+    ts: float
+    line: str
+
+
+class LogLines(msgspec.Struct, frozen=True):
+    lines: list[LogEntry]
+
+
+def status(record: AppRecord) -> AppStatus:
+    shown = record.shown
+    return AppStatus(app=record.name, state=record.state.value if record.state else None,
+                     version=shown.version if shown else None, pid=record.pid,
+                     healthy=record.healthy, held=record.held)
+
+
+class OpsServer:
+    def __init__(self, link: NatsLink, agent: Agent, store: AgentStore, device_id: str) -> None:
+        self.link = link
+        self.agent = agent
+        self.store = store
+        self.subject = ops_subject(device_id, "*")
+        self._subscribed = False
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def subscribe(self) -> None:
+        """Once: the client re-subscribes core subscriptions by itself after a reconnect."""
+        if self._subscribed or self.link.nc is None:
+            return
+        await self.link.nc.subscribe(self.subject, cb=self._on_msg)
+        self._subscribed = True
+
+    async def _on_msg(self, msg: Msg) -> None:
+        task = asyncio.create_task(self._serve(msg))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, msg: Msg) -> None:
+        op = msg.subject.rsplit(".", 1)[-1]
+        headers = msg.headers or {}
+        if op in APP_OPS:
+            async def app_op(req: AppOp, info: RequestInfo) -> AppStatus:
+                return status(await self.agent.op(req.app, op))
+
+            reply = await serve_one(msg.data, msg.subject, headers, AppOp, app_op)
+        elif op == "stdin":
+            async def stdin(req: StdinOp, info: RequestInfo) -> AppStatus:
+                return status(await self.agent.op(req.app, "stdin", req.data.encode()))
+
+            reply = await serve_one(msg.data, msg.subject, headers, StdinOp, stdin)
+        elif op == "logs":
+            reply = await serve_one(msg.data, msg.subject, headers, LogsQuery, self._logs)
+        else:
+            async def unknown(req: msgspec.Raw, info: RequestInfo) -> None:
+                raise InvalidRequest(f"unknown op {op!r}; ops: {', '.join((*APP_OPS, 'stdin', 'logs'))}")
+
+            reply = await serve_one(b"null", msg.subject, headers, msgspec.Raw, unknown)  # type: ignore[arg-type]
+        if msg.reply:
+            await msg.respond(reply)
+        log.info("op", op=op)
+
+    async def _logs(self, req: LogsQuery, info: RequestInfo) -> LogLines:
+        if req.search:
+            try:
+                rows = self.store.search_logs(req.search, req.app, req.lines)
+            except sqlite3.OperationalError as exc:
+                raise InvalidRequest(f"search {req.search!r} is not a valid FTS5 query: {exc}") from None
+        elif req.app:
+            rows = self.store.tail_logs(req.app, req.lines, req.stream)
+        else:
+            raise InvalidRequest("logs needs an app, a search, or both")
+        return LogLines([LogEntry(r.id, r.app, r.stream, r.ts, r.line) for r in rows])

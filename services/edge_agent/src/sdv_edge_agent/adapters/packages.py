@@ -1,0 +1,186 @@
+"""Getting an app version onto the device: download from the object store, verify, install.
+
+Nothing of a package is written to disk before the whole artifact verified (digest, Ed25519
+signature with the packager key this agent trusts, every member's sha256): a tampered package
+never gets a file on the device, let alone a process. An install goes to a temporary directory
+and is renamed into place once complete, so a crash mid-install leaves no half-installed version.
+Each version gets its own venv; bundled wheels install offline (`--no-index --find-links`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+from nats.js.errors import ObjectNotFoundError
+
+from sdv_edge_agent.adapters.link import NatsLink
+from sdv_events.errors import SdvError
+from sdv_events.package_format import PackageManifest, PackageVerificationError, verify_artifact
+from sdv_events.provisioning import PACKAGES_BUCKET
+from sdv_events.schemas.packages import PackageInfo
+
+log = structlog.get_logger("sdv.agent.packages")
+COMPLETE_MARKER = ".installed"
+MAX_ARTIFACT_BYTES = 512 * 1024 * 1024
+
+
+class InstallError(SdvError):
+    """A version could not be put on the device; `stage` says where (download|verify|install)."""
+
+    def __init__(self, stage: str, message: str, *, transient: bool = False) -> None:
+        super().__init__(f"{stage}: {message}")
+        self.stage = stage
+        self.message = message
+        # Transient (network down, timeout): retry later. Otherwise the version is refused.
+        self.transient = transient
+
+
+@dataclass(frozen=True)
+class InstalledVersion:
+    package: PackageInfo
+    root: Path
+
+    @property
+    def app_dir(self) -> Path:
+        return self.root / "app"
+
+    @property
+    def python(self) -> Path:
+        return self.root / "venv" / "bin" / "python"
+
+
+class Downloader:
+    """Reads artifacts from the `sdv_packages` object store once the link is up."""
+
+    def __init__(self, link: NatsLink, timeout_s: float = 120.0) -> None:
+        self.link = link
+        self.timeout_s = timeout_s
+
+    async def fetch(self, package: PackageInfo) -> bytes:
+        if package.size > MAX_ARTIFACT_BYTES:
+            raise InstallError("download", f"artifact of {package.size} bytes exceeds the device limit")
+        try:
+            await asyncio.wait_for(self.link.connected.wait(), 5.0)
+        except TimeoutError:
+            raise InstallError("download", "not connected to NATS", transient=True) from None
+        try:
+            store = await self.link.js.object_store(PACKAGES_BUCKET)
+            result = await asyncio.wait_for(store.get(package.object_name), self.timeout_s)
+        except ObjectNotFoundError:
+            raise InstallError("download", f"{package.object_name}: not in {PACKAGES_BUCKET}") from None
+        except TimeoutError:
+            raise InstallError("download", f"{package.object_name}: no complete download in "
+                                           f"{self.timeout_s:.0f}s", transient=True) from None
+        except Exception as exc:
+            raise InstallError("download", f"{package.object_name}: {type(exc).__name__}: {exc}",
+                               transient=True) from None
+        if result.data is None:
+            raise InstallError("download", f"{package.object_name}: empty object")
+        return bytes(result.data)
+
+
+def _lay_out(root: Path, members: dict[str, bytes]) -> Path:
+    root.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+    for rel, content in members.items():  # paths were checked safe by read_artifact
+        target = staging / "app" / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(content)
+    return staging
+
+
+def _commit(staging: Path, root: Path, digest: str) -> None:
+    (staging / COMPLETE_MARKER).write_text(digest)
+    if root.exists():
+        shutil.rmtree(root)  # an earlier, incomplete attempt
+    staging.rename(root)
+
+
+class Installer:
+    def __init__(self, apps_dir: Path, public_key_b64: str, *, pip_timeout_s: float = 300.0) -> None:
+        self.apps_dir = apps_dir
+        self.public_key_b64 = public_key_b64
+        self.pip_timeout_s = pip_timeout_s
+
+    def location(self, package: PackageInfo) -> Path:
+        return self.apps_dir / package.name / f"{package.version}-{package.digest[:12]}"
+
+    def installed(self, package: PackageInfo) -> InstalledVersion | None:
+        root = self.location(package)
+        marker = root / COMPLETE_MARKER
+        if marker.is_file() and marker.read_text().strip() == package.digest:
+            return InstalledVersion(package, root)
+        return None
+
+    def verify(self, package: PackageInfo, artifact: bytes) -> tuple[PackageManifest, dict[str, bytes]]:
+        try:
+            manifest, members = verify_artifact(
+                artifact, digest=package.digest, signature_b64=package.signature,
+                public_key_b64=self.public_key_b64,
+            )
+        except PackageVerificationError as exc:
+            raise InstallError("verify", str(exc)) from None
+        if (manifest.name, manifest.version) != (package.name, package.version):
+            raise InstallError("verify", f"artifact holds {manifest.name} {manifest.version}, "
+                                         f"not {package.name} {package.version}")
+        if manifest.entry_point not in members:
+            raise InstallError("verify", f"entry point {manifest.entry_point} is not in the artifact")
+        return manifest, members
+
+    async def install(self, package: PackageInfo, artifact: bytes) -> InstalledVersion:
+        """Verify, then lay out files, venv and wheels. Idempotent per digest."""
+        manifest, members = self.verify(package, artifact)
+        done = self.installed(package)
+        if done is not None:
+            return done
+        root = self.location(package)
+        staging = await asyncio.to_thread(_lay_out, root, members)
+        try:
+            await self._run("install", [sys.executable, "-m", "venv", "--without-pip", str(staging / "venv")])
+            if manifest.wheels:
+                await self._run("install", [
+                    sys.executable, "-m", "pip", "--python", str(staging / "venv" / "bin" / "python"),
+                    "install", "--quiet", "--disable-pip-version-check", "--no-input", "--no-index",
+                    "--find-links", str(staging / "app" / "wheels"), *manifest.dependencies,
+                ])
+            await asyncio.to_thread(_commit, staging, root, package.digest)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return InstalledVersion(package, root)
+
+    async def _run(self, stage: str, argv: list[str]) -> None:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )
+        try:
+            out, _ = await asyncio.wait_for(proc.communicate(), self.pip_timeout_s)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise InstallError(stage, f"{argv[2]} timed out after {self.pip_timeout_s:.0f}s") from None
+        if proc.returncode != 0:
+            tail = " | ".join(out.decode(errors="replace").strip().splitlines()[-3:])
+            raise InstallError(stage, f"{' '.join(argv[1:4])} failed ({proc.returncode}): {tail}")
+
+    def remove(self, package: PackageInfo) -> None:
+        shutil.rmtree(self.location(package), ignore_errors=True)
+
+    def remove_app(self, name: str) -> None:
+        shutil.rmtree(self.apps_dir / name, ignore_errors=True)
+
+    def prune(self, name: str, keep: list[PackageInfo]) -> None:
+        """Remove every installed version of `name` but the ones to keep (active and previous)."""
+        keep_dirs = {self.location(p).name for p in keep}
+        app_root = self.apps_dir / name
+        if not app_root.is_dir():
+            return
+        for child in app_root.iterdir():
+            if child.name not in keep_dirs:
+                shutil.rmtree(child, ignore_errors=True)

@@ -1,0 +1,160 @@
+"""Everything the agent sends to the cloud goes through SQLite first and is flushed in order.
+
+- Device facts: envelopes (stream `agent-<device_id>`, version from a local counter) in an
+  outbox, published to JetStream with `Nats-Msg-Id` = the fact's stable id; a row is marked sent
+  only after JetStream acknowledged it, so a lost ack means a resend the server drops.
+- Console lines: rows of the `logs` table, published to `sdv.logs.<device>.<app>.<stream>` with
+  `Nats-Msg-Id` = `<device>.<row id>`: buffered on disk while disconnected, flushed on reconnect,
+  nothing lost and nothing doubled (within SDV_LOGS' duplicate window).
+- Reported state: the latest document only, written to KV `sdv_reported` (a plain publish on the
+  key's subject, so the device needs no stream-info rights) whenever it changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import msgspec
+import structlog
+
+from sdv_edge_agent.adapters.link import NatsLink
+from sdv_edge_agent.adapters.store import AgentStore
+from sdv_edge_agent.domain.facts import fact_event_id, fact_msg_id
+from sdv_events.codec import encode
+from sdv_events.envelope import Envelope
+from sdv_events.ids import stream_id
+from sdv_events.provisioning import REPORTED_BUCKET
+from sdv_events.registry import default_registry
+from sdv_events.schemas.agent import AppFact
+from sdv_events.schemas.deployment import ReportedState
+from sdv_events.subjects import agent_fact_subject, logs_subject
+
+log = structlog.get_logger("sdv.agent.publish")
+ACK_TIMEOUT_S = 3.0
+RETRY_S = 1.0
+
+
+class _Flusher:
+    """A task that flushes when woken, and retries while the link is down or acks time out."""
+
+    def __init__(self, link: NatsLink, name: str) -> None:
+        self.link = link
+        self.name = name
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            await self.link.connected.wait()
+            try:
+                more = await self.flush()
+            except Exception as exc:
+                log.info("flush_failed", what=self.name, reason=f"{type(exc).__name__}: {exc}")
+                more = True
+                await asyncio.sleep(RETRY_S)
+            if more:
+                self._wake.set()
+
+    async def flush(self) -> bool:
+        raise NotImplementedError
+
+
+class FactOutbox(_Flusher):
+    def __init__(self, link: NatsLink, store: AgentStore, device_id: str,
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        super().__init__(link, "facts")
+        self.store = store
+        self.device_id = device_id
+        self.stream = stream_id("agent", device_id)
+        self.clock = clock
+
+    def emit(self, fact: AppFact, occurrence: int = 0) -> bool:
+        """Record a fact for sending; False if this very fact was already recorded."""
+        type_name, schema_version = default_registry.describe(fact)
+        msg_id = fact_msg_id(self.device_id, fact.app, fact.digest, fact.desired_revision,
+                             type_name, occurrence)
+        if self.store.has_fact(msg_id):
+            return False
+        version = self.store.next_counter("fact_version")
+        envelope = Envelope(
+            event_id=fact_event_id(msg_id), stream_id=self.stream, version=version, type=type_name,
+            schema_version=schema_version, occurred_at=self.clock(), data=fact,
+            actor=f"agent:{self.device_id}", correlation_id=fact.rollout_id,
+        )
+        headers = {"Nats-Msg-Id": msg_id, "Sdv-Type": type_name, "Sdv-Stream": self.stream,
+                   "Sdv-Version": str(version)}
+        self.store.add_fact(msg_id, agent_fact_subject(self.device_id, type_name), headers,
+                            encode(envelope))
+        log.info("fact", type=type_name.split(".")[1], app=fact.app, version=fact.version)
+        self.wake()
+        return True
+
+    async def flush(self) -> bool:
+        rows = self.store.unsent_facts(100)
+        for row in rows:  # one at a time: facts of one device stay in order on the stream
+            await self.link.js.publish(row.subject, row.payload, timeout=ACK_TIMEOUT_S, headers=row.headers)
+            self.store.mark_fact_sent(row.seq)
+        return len(rows) == 100
+
+
+class LogShipper(_Flusher):
+    def __init__(self, link: NatsLink, store: AgentStore, device_id: str, batch: int = 500) -> None:
+        super().__init__(link, "logs")
+        self.store = store
+        self.device_id = device_id
+        self.batch = batch
+
+    async def flush(self) -> bool:
+        rows = self.store.unsent_logs(self.batch)
+        if not rows:
+            return False
+        js = self.link.js
+        futures = []
+        for row in rows:
+            headers = {"Nats-Msg-Id": f"{self.device_id}.{row.id}", "Sdv-Seq": str(row.id),
+                       "Sdv-Ts": f"{row.ts:.6f}"}
+            futures.append(await js.publish_async(
+                logs_subject(self.device_id, row.app, row.stream), row.line.encode(), headers=headers,
+            ))
+        try:
+            await asyncio.wait_for(asyncio.gather(*futures), ACK_TIMEOUT_S)
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+        self.store.mark_logs_sent([row.id for row in rows])
+        return len(rows) == self.batch
+
+
+class ReportedWriter(_Flusher):
+    def __init__(self, link: NatsLink, device_id: str, build: Callable[[], ReportedState]) -> None:
+        super().__init__(link, "reported")
+        self.subject = f"$KV.{REPORTED_BUCKET}.{device_id}"
+        self.build = build
+        self.last: bytes | None = None
+
+    async def flush(self) -> bool:
+        await asyncio.sleep(0.05)  # coalesce a burst of changes into one write
+        self._wake.clear()
+        payload = msgspec.json.encode(self.build())
+        await self.link.js.publish(self.subject, payload, timeout=ACK_TIMEOUT_S)
+        self.last = payload
+        return False
+
+
+async def run_all(*flushers: _Flusher) -> None:
+    async with asyncio.TaskGroup() as group:
+        for flusher in flushers:
+            group.create_task(flusher.run())
+            flusher.wake()
+
+
+def suppress_all() -> contextlib.suppress:
+    return contextlib.suppress(Exception)

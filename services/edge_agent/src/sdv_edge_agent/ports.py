@@ -1,0 +1,83 @@
+"""The ports the application layer drives: a runtime that runs app processes, and the sinks it
+reports through. One small interface per concern; adapters implement them (native processes
+today; Docker would be another `Runtime`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+# (stream, wall-clock time, line) for each complete console line, and the read position reached.
+LinesSink = Callable[[list[tuple[str, float, str]], dict[str, int]], None]
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything needed to run one version of one app."""
+
+    app: str
+    version: str
+    argv: list[str]
+    cwd: Path
+    env: dict[str, str]
+    run_dir: Path  # console files and the stdin pipe of this app
+    memory_mb: int
+    cpu: float
+
+
+@dataclass(frozen=True)
+class Usage:
+    cpu_pct: float
+    rss_bytes: int
+
+
+class Process(Protocol):
+    pid: int
+    started: float  # the OS's start time of the process: a reused pid is not this process
+
+    def alive(self) -> bool: ...
+
+    async def wait(self) -> int | None:
+        """The exit status once it ended (negative: killed by that signal; None: unknown)."""
+        ...
+
+    def write_stdin(self, data: bytes) -> None: ...
+
+
+class Runtime(Protocol):
+    name: str
+    limits: str  # how memory/cpu limits are enforced here, for people
+
+    async def start(self, spec: RunSpec) -> Process: ...
+
+    def adopt(self, spec: RunSpec, pid: int, started: float) -> Process | None:
+        """The process of an earlier agent run, if it is still alive and still ours."""
+        ...
+
+    def pause(self, process: Process) -> None: ...
+
+    def resume(self, process: Process) -> None: ...
+
+    async def stop(self, process: Process, timeout_s: float) -> int | None: ...
+
+    def kill(self, process: Process) -> None: ...
+
+    def kill_orphan(self, pid: int, started: float) -> bool:
+        """Kill a process of an earlier agent run (if it is still that process); True if killed."""
+        ...
+
+    def usage(self, process: Process) -> Usage | None: ...
+
+    def follow_output(
+        self, spec: RunSpec, process: Process, offsets: dict[str, int], sink: LinesSink
+    ) -> OutputFollower: ...
+
+
+class OutputFollower(Protocol):
+    """Delivers a process's console lines to a sink until stopped; `finish` drains the rest."""
+
+    async def run(self) -> None: ...
+
+    async def finish(self) -> None: ...

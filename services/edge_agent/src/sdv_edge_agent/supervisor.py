@@ -1,0 +1,690 @@
+"""One supervisor per app: the only code that changes that app, one message at a time.
+
+Everything that can happen to an app — the desired state changed, its process exited, its health
+check passed or failed, a restart delay ran out, an operator sent an op — arrives as a message in
+the supervisor's inbox. After each message the supervisor reconciles: it asks the pure
+`next_step` what to do until the answer is `Idle`. Because one task handles one message at a
+time, there are no races between a crash, an upgrade and an op on the same app.
+
+Every state change goes through the lifecycle state machine (`transition`), is saved to SQLite
+before the supervisor moves on, and is reported (facts and reported state).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from sdv_edge_agent.adapters.packages import InstalledVersion, InstallError
+from sdv_edge_agent.domain.lifecycle import LIVE, AppState, transition
+from sdv_edge_agent.domain.reconcile import (
+    Idle,
+    Install,
+    Pause,
+    Resume,
+    Start,
+    Step,
+    Stop,
+    Uninstall,
+    Upgrade,
+    next_step,
+)
+from sdv_edge_agent.domain.records import AppRecord
+from sdv_edge_agent.domain.restarts import CrashLoop, after_crash
+from sdv_edge_agent.ports import OutputFollower, Process, RunSpec, Usage
+from sdv_events.errors import DomainError
+from sdv_events.schemas.agent import (
+    AppDownloadStarted,
+    AppFact,
+    AppFailed,
+    AppHealthy,
+    AppInstalled,
+    AppPaused,
+    AppResumed,
+    AppRolledBack,
+    AppStarted,
+    AppStopped,
+    AppUninstalled,
+)
+from sdv_events.schemas.packages import PackageInfo
+
+if TYPE_CHECKING:
+    from sdv_edge_agent.application import Agent
+
+S = AppState
+log = structlog.get_logger("sdv.agent.app")
+MB = 1024 * 1024
+
+
+@dataclass(eq=False)
+class Instance:
+    """One process of one version of the app."""
+
+    package: PackageInfo
+    installed: InstalledVersion
+    spec: RunSpec
+    process: Process
+    follower: OutputFollower
+    healthy: bool = False
+    stopping: bool = False  # an intended stop: its exit is not a crash
+    kill_reason: str | None = None
+    usage: Usage | None = None
+    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+
+    def cancel_tasks(self) -> None:
+        for task in self.tasks:
+            if task is not asyncio.current_task():
+                task.cancel()
+
+
+# --- inbox messages --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Poke:
+    """The desired state may have changed: reconcile."""
+
+
+@dataclass(frozen=True, eq=False)
+class Exited:
+    instance: Instance
+    code: int | None
+
+
+@dataclass(frozen=True, eq=False)
+class HealthResult:
+    instance: Instance
+    ok: bool
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class RestartDue:
+    generation: int
+
+
+@dataclass(frozen=True, eq=False)
+class OpRequest:
+    op: str
+    data: bytes
+    reply: asyncio.Future[AppRecord]
+
+
+Message = Poke | Exited | HealthResult | RestartDue | OpRequest
+
+
+def describe_exit(code: int | None) -> str:
+    if code is None:
+        return "exited (status unknown: the process was adopted from an earlier agent run)"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited with status {code}"
+
+
+class AppSupervisor:
+    def __init__(self, agent: Agent, record: AppRecord) -> None:
+        self.agent = agent
+        self.record = record
+        self.name = record.name
+        self.instance: Instance | None = None
+        self.candidate: Instance | None = None  # a hot-swap candidate, beside `instance`
+        self.restart_generation = 0
+        self.restart_pending = False
+        self.install_not_before = 0.0  # after a transient download failure: wait, then retry
+        self.install_retries = 0
+        self.inbox: asyncio.Queue[Message] = asyncio.Queue()
+        self.log = log.bind(app=self.name)
+
+    # --- the loop ----------------------------------------------------------------------------
+
+    def post(self, message: Message) -> None:
+        self.inbox.put_nowait(message)
+
+    async def run(self) -> None:
+        while True:
+            message = await self.inbox.get()
+            try:
+                await self._handle(message)
+                await self._reconcile()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.log.exception("supervisor_step_failed", message=type(message).__name__)
+                if isinstance(message, OpRequest) and not message.reply.done():
+                    message.reply.set_exception(exc)
+
+    async def _handle(self, message: Message) -> None:
+        match message:
+            case Poke():
+                pass
+            case Exited(instance, code):
+                await self._on_exit(instance, code)
+            case HealthResult(instance, ok, reason):
+                await self._on_health(instance, ok, reason)
+            case RestartDue(generation):
+                if generation == self.restart_generation and self.restart_pending:
+                    self.restart_pending = False
+                    if self.record.state is S.STARTING and self.instance is None:
+                        await self._spawn()
+            case OpRequest():
+                try:
+                    await self._op(message.op, message.data)
+                    if not message.reply.done():
+                        message.reply.set_result(self.record)
+                except Exception as exc:
+                    if not message.reply.done():
+                        message.reply.set_exception(exc)
+
+    def _alive(self) -> bool:
+        return self.instance is not None or self.restart_pending
+
+    async def _reconcile(self) -> None:
+        for _ in range(20):  # a bound, not a limit a healthy reconcile gets near
+            if self.candidate is not None:
+                return  # a hot swap is in flight; its health result decides what comes next
+            step = next_step(self.agent.desired_app(self.name), self.record.local_view(self._alive()))
+            if isinstance(step, Idle):
+                return
+            if isinstance(step, Install | Upgrade) and time.monotonic() < self.install_not_before:
+                return  # a delayed Poke comes when it is time to try again
+            self.log.debug("step", step=type(step).__name__)
+            await self._take(step)
+        self.log.error("reconcile_not_converging", state=self.record.state)
+
+    async def _take(self, step: Step) -> None:
+        match step:
+            case Install(package):
+                await self._install(package)
+            case Upgrade(package, hot):
+                await (self._hot_swap(package) if hot else self._cold_upgrade(package))
+            case Start():
+                await self._start()
+            case Pause():
+                self._pause()
+            case Resume():
+                self._resume()
+            case Stop():
+                await self._stop()
+            case Uninstall():
+                await self._uninstall()
+
+    # --- bookkeeping ---------------------------------------------------------------------------
+
+    def _move(self, target: AppState) -> None:
+        self.record.state = transition(self.name, self.record.state, target)
+        shown = self.record.shown
+        self.log.info("state", state=target.value, version=shown.version if shown else None)
+
+    def _save(self) -> None:
+        self.agent.store.save_app(self.record)
+        self.agent.changed()
+
+    def _emit(self, cls: type[AppFact], package: PackageInfo | None = None, **fields: Any) -> None:
+        package = package or self.record.shown
+        if package is None:
+            return
+        fact = cls(
+            device_id=self.agent.device_id, app=self.name, version=package.version,
+            digest=package.digest, desired_revision=self.agent.revision,
+            rollout_id=self.record.rollout_id, **fields,
+        )
+        self.agent.facts.emit(fact)
+
+    def _adopt_desired_fields(self) -> None:
+        desired = self.agent.desired_app(self.name)
+        if desired is not None:
+            self.record.config = dict(desired.config)
+            self.record.rollout_id = desired.rollout_id
+
+    # --- install / upgrade -----------------------------------------------------------------------
+
+    async def _fetch_and_install(self, package: PackageInfo) -> InstalledVersion:
+        existing = self.agent.installer.installed(package)
+        if existing is not None:
+            return existing
+        self._emit(AppDownloadStarted, package, size=package.size)
+        artifact = await self.agent.download(package)
+        return await self.agent.installer.install(package, artifact)
+
+    def _retry_later(self, err: InstallError) -> None:
+        self.install_retries += 1
+        delay = min(60.0, 2.0 ** min(self.install_retries, 6))
+        self.install_not_before = time.monotonic() + delay
+        self.record.last_error = f"{err.stage}: {err.message} (retrying in {delay:.0f}s)"
+        self._save()
+        self.log.info("download_retry", reason=err.message, delay_s=delay)
+        asyncio.get_running_loop().call_later(delay, self.post, Poke())
+
+    def _refuse(self, package: PackageInfo, err: InstallError | str, stage: str) -> None:
+        reason = err.message if isinstance(err, InstallError) else err
+        self.record.failed_digest = package.digest
+        self.record.failed_rollout = self.agent.desired_rollout(self.name)
+        self.record.last_error = f"{package.version}: {stage}: {reason}"
+        self._emit(AppFailed, package, reason=reason, stage=stage)
+        self.log.warning("version_refused", version=package.version, stage=stage, reason=reason)
+
+    async def _install(self, package: PackageInfo) -> None:
+        self.record.attempt = package
+        if self.record.state is not S.INSTALLING:
+            self._move(S.INSTALLING)
+        self._adopt_desired_fields()
+        self._save()
+        try:
+            await self._fetch_and_install(package)
+        except InstallError as err:
+            if err.transient:
+                self._retry_later(err)
+                return
+            self._move(S.FAILED)
+            self._refuse(package, err, err.stage)
+            self._save()
+            return
+        self.install_retries = 0
+        self.record.package, self.record.attempt = package, None
+        self.record.restarts, self.record.crashes, self.record.healthy = 0, (), False
+        self._move(S.INSTALLED)
+        self._emit(AppInstalled, package)
+        self._save()
+
+    async def _cold_upgrade(self, package: PackageInfo) -> None:
+        """Prepare the new version while the old one still runs; a version that fails to download
+        or verify never interrupts the running one."""
+        try:
+            await self._fetch_and_install(package)
+        except InstallError as err:
+            if err.transient:
+                self._retry_later(err)
+            else:
+                self._refuse(package, err, err.stage)
+                self._save()
+            return
+        self.install_retries = 0
+        self._emit(AppInstalled, package)
+        if self.record.state in LIVE or self.record.state is S.STARTING:
+            await self._stop()
+        old = self.record.package
+        self._move(S.INSTALLING)
+        self.record.previous, self.record.package = old, package
+        self.record.on_trial = old is not None
+        self.record.restarts, self.record.crashes, self.record.healthy = 0, (), False
+        self.record.last_error = None
+        self._adopt_desired_fields()
+        self._move(S.INSTALLED)
+        self._save()
+        self.agent.installer.prune(self.name, [p for p in (package, old) if p is not None])
+
+    async def _hot_swap(self, package: PackageInfo) -> None:
+        """Start the new version beside the old; the old stops only once the new is healthy."""
+        try:
+            installed = await self._fetch_and_install(package)
+        except InstallError as err:
+            if err.transient:
+                self._retry_later(err)
+            else:
+                self._refuse(package, err, err.stage)
+                self._save()
+            return
+        self.install_retries = 0
+        self._emit(AppInstalled, package)
+        try:
+            self.candidate = await self._launch(package, installed)
+        except OSError as err:
+            self._refuse(package, f"cannot start: {err}", "start")
+            self._save()
+            return
+        self.record.candidate = (self.candidate.process.pid, self.candidate.process.started)
+        self._emit(AppStarted, package, pid=self.candidate.process.pid)
+        self._save()
+
+    # --- processes -----------------------------------------------------------------------------
+
+    def spec_for(self, package: PackageInfo, installed: InstalledVersion) -> RunSpec:
+        return RunSpec(
+            app=self.name, version=package.version,
+            argv=[str(installed.python), "-u", package.entry_point],
+            cwd=installed.app_dir, env=self.agent.app_env(self.record, package, installed),
+            run_dir=self.agent.run_dir(self.name, package),
+            memory_mb=package.resources.memory_mb, cpu=package.resources.cpu,
+        )
+
+    async def _launch(self, package: PackageInfo, installed: InstalledVersion,
+                      adopt: tuple[int, float] | None = None) -> Instance:
+        spec = self.spec_for(package, installed)
+        tail_key = spec.run_dir.name
+        if adopt is None:
+            self.agent.store.reset_tail(f"{self.name}/{tail_key}")
+            process: Process | None = await self.agent.runtime.start(spec)
+        else:
+            process = self.agent.runtime.adopt(spec, *adopt)
+            if process is None:
+                raise ProcessLookupError(adopt[0])
+        assert process is not None
+        offsets = self.agent.store.tail_offsets(f"{self.name}/{tail_key}")
+        follower = self.agent.runtime.follow_output(
+            spec, process, offsets, self.agent.lines_sink(self.name, f"{self.name}/{tail_key}")
+        )
+        instance = Instance(package, installed, spec, process, follower)
+        instance.tasks.append(asyncio.create_task(follower.run()))
+        instance.tasks.append(asyncio.create_task(self._watch_exit(instance)))
+        instance.tasks.append(asyncio.create_task(self._check_health(instance)))
+        return instance
+
+    async def _watch_exit(self, instance: Instance) -> None:
+        code = await instance.process.wait()
+        self.post(Exited(instance, code))
+
+    async def _check_health(self, instance: Instance) -> None:
+        health = instance.package.health
+        if health.command:
+            ok, reason = await self.agent.run_health_command(instance.spec, health.command, health.timeout_s)
+            if ok:
+                ok = instance.process.alive()
+        else:
+            await asyncio.sleep(health.alive_for_s)
+            ok, reason = instance.process.alive(), "not alive"
+        self.post(HealthResult(instance, ok, reason))
+
+    async def _start(self) -> None:
+        if self.record.state is not S.STARTING:
+            self._move(S.STARTING)
+        self.record.healthy = False
+        self._adopt_desired_fields()
+        await self._spawn()
+
+    async def _spawn(self) -> None:
+        package = self.record.package
+        installed = self.agent.installer.installed(package) if package else None
+        if package is None or installed is None:
+            self._move(S.FAILED)
+            self.record.last_error = "the active version is not installed on the device"
+            self._save()
+            return
+        try:
+            self.instance = await self._launch(package, installed)
+        except OSError as err:
+            self._move(S.FAILED)
+            self.record.last_error = f"cannot start: {err}"
+            self._emit(AppFailed, package, reason=self.record.last_error, stage="start")
+            self._save()
+            return
+        process = self.instance.process
+        self.record.pid, self.record.pid_started = process.pid, process.started
+        self.record.started_at = time.time()
+        self._move(S.RUNNING)
+        self._emit(AppStarted, package, pid=process.pid)
+        self._save()
+
+    async def _end(self, instance: Instance, timeout_s: float | None = None) -> int | None:
+        """Stop an instance on purpose and collect its last console lines."""
+        instance.stopping = True
+        code = await self.agent.runtime.stop(instance.process, timeout_s or self.agent.stop_timeout_s)
+        instance.cancel_tasks()
+        await instance.follower.finish()
+        return code
+
+    async def _stop(self) -> None:
+        self.restart_generation += 1
+        self.restart_pending = False
+        code = None
+        if self.instance is not None:
+            code = await self._end(self.instance)
+            self.instance = None
+        self.record.pid = self.record.pid_started = None
+        self.record.healthy = False
+        self._move(S.STOPPED)
+        self._emit(AppStopped, exit_code=code)
+        self._save()
+
+    def _pause(self) -> None:
+        if self.instance is None:
+            return
+        self._move(S.PAUSED)
+        self.agent.runtime.pause(self.instance.process)
+        self._emit(AppPaused)
+        self._save()
+
+    def _resume(self) -> None:
+        if self.instance is None:
+            return
+        self._move(S.RUNNING)
+        self.agent.runtime.resume(self.instance.process)
+        self._emit(AppResumed)
+        self._save()
+
+    async def _uninstall(self) -> None:
+        shown = self.record.shown
+        if self.record.state is not S.UNINSTALLING:
+            self._move(S.UNINSTALLING)
+            self._save()
+        self.agent.installer.remove_app(self.name)
+        self.agent.remove_run_dirs(self.name)
+        if shown is not None:
+            self._emit(AppUninstalled, shown)
+        self.agent.store.delete_app(self.name)
+        self.record = AppRecord(name=self.name)
+        self.agent.changed()
+        self.log.info("uninstalled")
+
+    # --- what happens to running processes -----------------------------------------------------
+
+    async def _on_exit(self, instance: Instance, code: int | None) -> None:
+        if instance.stopping:
+            return
+        instance.cancel_tasks()
+        await instance.follower.finish()
+        reason = instance.kill_reason or describe_exit(code)
+        if instance is self.candidate:
+            await self._swap_failed(f"{instance.package.version} {reason} before it was healthy")
+            return
+        if instance is not self.instance:
+            return
+        self.instance = None
+        self.record.pid = self.record.pid_started = None
+        self.record.last_error = f"{instance.package.version}: {reason}"
+        self.log.warning("app_exited", reason=reason)
+        if not instance.healthy and self.record.on_trial and self.record.previous is not None:
+            await self._roll_back(f"{instance.package.version} {reason} before it was healthy")
+            return
+        decision = after_crash(self.agent.restart_policy, self.record.crashes, time.monotonic())
+        self.record.crashes = decision.crashes
+        if isinstance(decision, CrashLoop):
+            self._move(S.FAILED)
+            self.record.healthy = False
+            self.record.failed_digest = instance.package.digest
+            self.record.failed_rollout = self.record.rollout_id
+            self.record.last_error = f"{decision.reason}; last: {reason}"
+            self._emit(AppFailed, instance.package, reason=self.record.last_error, stage="run")
+            self._save()
+            return
+        self.record.restarts += 1
+        self.record.healthy = False
+        self._move(S.STARTING)
+        self._save()
+        self.restart_generation += 1
+        self.restart_pending = True
+        generation = self.restart_generation
+        self.log.info("restart_scheduled", delay_s=decision.delay_s, restarts=self.record.restarts)
+        asyncio.get_running_loop().call_later(decision.delay_s, self.post, RestartDue(generation))
+
+    async def _on_health(self, instance: Instance, ok: bool, reason: str) -> None:
+        if instance.stopping:
+            return
+        if instance is self.candidate:
+            if ok:
+                await self._swap_done()
+            else:
+                await self._end(instance)
+                await self._swap_failed(f"{instance.package.version} failed its health check: {reason}")
+            return
+        if instance is not self.instance:
+            return
+        if not ok:
+            # Unhealthy but alive (a failing health command): treat it as a crash.
+            self.instance = None
+            await self._end(instance)
+            self.record.pid = self.record.pid_started = None
+            if self.record.on_trial and self.record.previous is not None:
+                await self._roll_back(f"{instance.package.version} failed its health check: {reason}")
+            else:
+                self._move(S.FAILED)
+                self.record.last_error = f"health check failed: {reason}"
+                self.record.failed_digest = instance.package.digest
+                self.record.failed_rollout = self.record.rollout_id
+                self._emit(AppFailed, instance.package, reason=self.record.last_error, stage="health")
+                self._save()
+            return
+        instance.healthy = True
+        self.record.healthy = True
+        self.record.on_trial = False
+        self._emit(AppHealthy, instance.package)
+        self._save()
+
+    async def _roll_back(self, reason: str) -> None:
+        failed, previous = self.record.package, self.record.previous
+        assert failed is not None
+        assert previous is not None
+        self._move(S.FAILED)
+        self._refuse(failed, reason, "health")
+        self.record.package, self.record.previous, self.record.on_trial = previous, None, False
+        self.record.restarts, self.record.crashes, self.record.healthy = 0, (), False
+        self._emit(AppRolledBack, failed, to_version=previous.version, reason=reason)
+        self.log.warning("rolled_back", failed=failed.version, to=previous.version, reason=reason)
+        await self._start()
+
+    async def _swap_done(self) -> None:
+        new = self.candidate
+        assert new is not None
+        old = self.instance
+        self.candidate, self.record.candidate = None, None
+        if old is not None:
+            code = await self._end(old)
+            self._emit(AppStopped, old.package, exit_code=code)
+        new.healthy = True
+        self.instance = new
+        self.record.previous, self.record.package = (old.package if old else self.record.package), new.package
+        self.record.pid, self.record.pid_started = new.process.pid, new.process.started
+        self.record.started_at = time.time()
+        self.record.healthy, self.record.on_trial, self.record.last_error = True, False, None
+        self.record.restarts, self.record.crashes = 0, ()
+        self._adopt_desired_fields()
+        self._emit(AppHealthy, new.package)
+        self._save()
+        self.agent.installer.prune(self.name, [p for p in (new.package, self.record.previous) if p])
+        self.log.info("hot_swapped", to=new.package.version)
+
+    async def _swap_failed(self, reason: str) -> None:
+        candidate = self.candidate
+        assert candidate is not None
+        self.candidate, self.record.candidate = None, None
+        self._refuse(candidate.package, reason, "health")
+        current = self.record.package
+        self._emit(AppRolledBack, candidate.package, to_version=current.version if current else None,
+                   reason=reason)
+        self._save()
+
+    def check_memory(self) -> None:
+        """The RSS watchdog (the fallback when no cgroup enforces the limit)."""
+        for instance in (self.instance, self.candidate):
+            if instance is None or instance.stopping or instance.kill_reason:
+                continue
+            instance.usage = self.agent.runtime.usage(instance.process)
+            limit = instance.package.resources.memory_mb
+            if instance.usage is not None and instance.usage.rss_bytes > limit * MB:
+                instance.kill_reason = (f"memory limit exceeded: rss {instance.usage.rss_bytes // MB} MB "
+                                        f"> {limit} MB")
+                self.log.warning("memory_limit_exceeded", rss_mb=instance.usage.rss_bytes // MB,
+                                 limit_mb=limit)
+                self.agent.runtime.kill(instance.process)
+
+    # --- recovery after an agent restart --------------------------------------------------------
+
+    async def recover(self) -> None:
+        """Re-adopt the app's process if it is still alive and ours; otherwise reconcile will
+        start it again. A hot-swap candidate of the previous agent run is killed: the swap is
+        decided again from scratch."""
+        record = self.record
+        if record.candidate is not None:
+            self.agent.runtime.kill_orphan(*record.candidate)
+            record.candidate = None
+        if record.pid is None or record.pid_started is None or record.package is None:
+            return
+        installed = self.agent.installer.installed(record.package)
+        if installed is not None:
+            try:
+                self.instance = await self._launch(record.package, installed,
+                                                   adopt=(record.pid, record.pid_started))
+                self.instance.healthy = record.healthy
+                self.log.info("re_adopted", pid=record.pid, state=record.state)
+                return
+            except (ProcessLookupError, OSError):
+                pass
+            # Gone while the agent was away: keep its last console lines, then start afresh.
+            spec = self.spec_for(record.package, installed)
+            key = f"{self.name}/{spec.run_dir.name}"
+            leftover = self.agent.runtime.follow_output(
+                spec, None, self.agent.store.tail_offsets(key), self.agent.lines_sink(self.name, key)  # type: ignore[arg-type]
+            )
+            await leftover.finish()
+        self.log.info("process_gone_after_agent_restart", pid=record.pid)
+        record.pid = record.pid_started = None
+        self._save()
+
+    # --- interactive ops -----------------------------------------------------------------------
+
+    async def _op(self, op: str, data: bytes) -> None:
+        state = self.record.state
+        if state is None:
+            raise OpRefused(f"{self.name} is not installed")
+        desired = self.agent.desired_app(self.name)
+        wants_running = desired is not None and desired.state == "running"
+        if op == "pause":
+            transition(self.name, state, S.PAUSED)
+            self.record.held = "paused"
+            self._pause()
+        elif op == "resume":
+            transition(self.name, state, S.RUNNING)
+            self.record.held = None if wants_running else "running"
+            self._resume()
+        elif op == "stop":
+            transition(self.name, state, S.STOPPED)
+            self.record.held = "stopped"
+            await self._stop()
+        elif op == "start":
+            if state not in (S.INSTALLED, S.STOPPED, S.FAILED):
+                raise OpRefused(f"{self.name} is {state.value}: only an installed, stopped or failed app "
+                                "can be started (use restart)")
+            transition(self.name, state, S.STARTING)
+            self.record.held = None if wants_running else "running"
+            self.record.crashes, self.record.failed_digest, self.record.failed_rollout = (), None, None
+            await self._start()
+        elif op == "restart":
+            if state in LIVE:
+                await self._stop()
+            transition(self.name, self.record.state, S.STARTING)
+            self.record.held = None if wants_running else "running"
+            self.record.crashes, self.record.failed_digest, self.record.failed_rollout = (), None, None
+            await self._start()
+        elif op == "stdin":
+            if self.instance is None:
+                raise OpRefused(f"{self.name} is {state.value}: no process to write to")
+            try:
+                self.instance.process.write_stdin(data)
+            except Exception as exc:
+                raise OpRefused(str(exc)) from None
+        else:
+            raise OpRefused(f"unknown op {op!r}")
+        self._save()
+
+
+class OpRefused(DomainError):
+    """An op that cannot apply to the app as it is now (the reply's code is `op_refused`)."""
+
+    code = "op_refused"
