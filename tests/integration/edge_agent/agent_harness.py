@@ -123,7 +123,8 @@ def kill_processes_under(path: Path) -> int:
 
 
 def processes_under(path: Path) -> list[psutil.Process]:
-    marker = str(path)
+    """App processes of the agent whose data directory is `path` (their interpreter lives there)."""
+    marker = str(path / "apps")
     found = []
     for proc in psutil.process_iter(["pid", "cmdline", "status"]):
         with contextlib.suppress(psutil.Error):

@@ -564,10 +564,11 @@ class AppSupervisor:
         assert new is not None
         old = self.instance
         self.candidate, self.record.candidate = None, None
+        new.healthy = True
+        self._emit(AppHealthy, new.package)
         if old is not None:
             code = await self._end(old)
             self._emit(AppStopped, old.package, exit_code=code)
-        new.healthy = True
         self.instance = new
         self.record.previous, self.record.package = (old.package if old else self.record.package), new.package
         self.record.pid, self.record.pid_started = new.process.pid, new.process.started
@@ -575,7 +576,6 @@ class AppSupervisor:
         self.record.healthy, self.record.on_trial, self.record.last_error = True, False, None
         self.record.restarts, self.record.crashes = 0, ()
         self._adopt_desired_fields()
-        self._emit(AppHealthy, new.package)
         self._save()
         self.agent.installer.prune(self.name, [p for p in (new.package, self.record.previous) if p])
         self.log.info("hot_swapped", to=new.package.version)
