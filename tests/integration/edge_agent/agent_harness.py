@@ -327,3 +327,19 @@ class Fleet:
         msg = await self.nc.request(f"sdv.device.{device_id}.ops.{op}", msgspec.json.encode(body),
                                     timeout=timeout)
         return msgspec.json.decode(msg.data)  # type: ignore[no-any-return]
+
+
+async def stream_messages(js: Any, stream: str, subject: str, timeout: float = 2.0) -> list[Msg]:
+    """Every message a JetStream stream holds on `subject`, read with an ephemeral ordered consumer."""
+    info = await js.stream_info(stream, subjects_filter=subject)
+    expected = (info.state.subjects or {}).get(subject, 0)
+    got: list[Msg] = []
+    if expected == 0:
+        return got
+    sub = await js.subscribe(subject, stream=stream, ordered_consumer=True)
+    try:
+        while len(got) < expected:
+            got.append(await sub.next_msg(timeout))
+    finally:
+        await sub.unsubscribe()
+    return got
