@@ -14,7 +14,7 @@ from sdv_events.auth import Trust, raw_creds
 from sdv_events.projections import ProjectionRunner
 from sdv_events.service import ServiceRuntime, run_service
 from sdv_registry.adapters.admission_log import AdmissionLog
-from sdv_registry.adapters.announce import announce_router
+from sdv_registry.adapters.announce import subscribe_announcements
 from sdv_registry.adapters.commands import command_router
 from sdv_registry.adapters.heartbeats import subscribe_heartbeats
 from sdv_registry.adapters.revocations import Revocations
@@ -59,7 +59,6 @@ async def serve(settings: RegistrySettings, stop: asyncio.Event | None = None) -
         registry = Registry(runtime.store, inventory, issuer, revocations, fleet_hash,
                             settings.pending_retry_s)
         runtime.broker.include_router(command_router(registry))
-        runtime.broker.include_router(announce_router(registry))
         runner = ProjectionRunner(runtime.store.pool, schema, runtime.js, inventory)
         runtime.spawn(runner.run, "device_inventory")
 
@@ -67,7 +66,9 @@ async def serve(settings: RegistrySettings, stop: asyncio.Event | None = None) -
                                   monotonic=time.monotonic, clock=wall_clock)
         monitor.restore(await admission.online_devices())
         registry.presence = monitor
-        await subscribe_heartbeats(runtime.broker.config.connection_state.connection, monitor)
+        nc = runtime.broker.config.connection_state.connection
+        await subscribe_announcements(nc, registry)
+        await subscribe_heartbeats(nc, monitor)
         runtime.spawn(monitor.run, "presence")
 
     await run_service(SERVICE, settings, on_start=on_start, stop=stop)

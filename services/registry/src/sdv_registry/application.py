@@ -129,10 +129,11 @@ class Registry:
 
     async def accept(self, device_id: str, reason: str, metadata: Metadata = Metadata(),
                      command_id: str | None = None) -> DeviceView:
+        before = await self.get(device_id) if self.revocations is not None else None
         await self.run(device_id, Accept(device_id, reason), metadata, command_id)
-        view = await self.get(device_id)
-        await self._push_revocations()  # a device accepted again leaves the revocation list
-        return view
+        if before is not None and before.status == "rejected":
+            await self._push_revocations()  # a device accepted again leaves the revocation list
+        return await self.get(device_id)
 
     async def reject(self, device_id: str, reason: str, metadata: Metadata = Metadata(),
                      command_id: str | None = None) -> DeviceView:
