@@ -195,8 +195,9 @@ class LogMsg:
 class Fleet:
     """One test's cloud side: a NATS client, a packager key, fact and console collectors."""
 
-    def __init__(self, nats_url: str, root: Path) -> None:
+    def __init__(self, nats_url: str, root: Path, creds: Path | None = None) -> None:
         self.nats_url = nats_url
+        self.creds = creds
         self.root = root
         self.signer = Signer(Ed25519PrivateKey.generate())
         self.facts: list[Envelope] = []
@@ -206,7 +207,8 @@ class Fleet:
         self._changed = asyncio.Event()
 
     async def open(self) -> Fleet:
-        self.nc = await nats.connect(self.nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+        self.nc = await nats.connect(self.nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.2,
+                                     user_credentials=str(self.creds) if self.creds else None)
         self.js = self.nc.jetstream()
         await provision(self.js)
         await self.nc.subscribe("sdv.evt.agent.>", cb=self._on_fact)

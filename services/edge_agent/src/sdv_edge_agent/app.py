@@ -19,6 +19,7 @@ from importlib import metadata
 import structlog
 
 from sdv_edge_agent.adapters.desired_watch import DesiredWatch
+from sdv_edge_agent.adapters.enrolment import Enrolment, capabilities
 from sdv_edge_agent.adapters.heartbeat import AppMetrics, Heartbeat, HeartbeatSender, device_metrics
 from sdv_edge_agent.adapters.kuksa import Databroker
 from sdv_edge_agent.adapters.link import NatsLink
@@ -113,8 +114,9 @@ async def serve(settings: AgentSettings, stop: asyncio.Event | None = None) -> N
     link.on_connect(flush_all)
 
     await agent.start()
+    background = [("link", connect(settings, link, databroker, agent))]
     tasks = [asyncio.create_task(coro, name=name) for name, coro in [
-        ("link", link.run()), ("facts", facts.run()), ("logs", logs.run()), ("reported", reported.run()),
+        *background, ("facts", facts.run()), ("logs", logs.run()), ("reported", reported.run()),
         ("heartbeat", heartbeat.run()), ("databroker", databroker.watch()),
         ("resync", watch.resync_forever()), ("housekeeping", housekeeping(store)),
     ]]
@@ -131,6 +133,25 @@ async def serve(settings: AgentSettings, stop: asyncio.Event | None = None) -> N
     await agent.close()
     await link.close()
     store.close()
+
+
+async def connect(settings: AgentSettings, link: NatsLink, databroker: Databroker, agent: Agent) -> None:
+    """Enrol first when asked to (the apps already run meanwhile), then keep the link up."""
+    if not settings.enrol:
+        await link.run()
+        return
+    enrolment = Enrolment(
+        settings.nats_url, settings.device_id, settings.data_dir, enrol_creds=settings.enrol_creds,
+        token=settings.fleet_token,
+        capabilities=lambda: capabilities(settings.data_dir, hardware_type=settings.hardware_type,
+                                          agent_version=agent.options.agent_version,
+                                          databroker=databroker.found),
+    )
+    creds = await enrolment.until_accepted()
+    link.creds = creds or settings.nats_creds
+    async with asyncio.TaskGroup() as group:
+        group.create_task(link.run())
+        group.create_task(enrolment.renew_forever())
 
 
 async def _first_failure(tasks: list[asyncio.Task[None]]) -> None:

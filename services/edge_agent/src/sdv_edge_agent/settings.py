@@ -13,6 +13,10 @@
   SDV_AGENT_RESTART_MAX_S        30
   SDV_AGENT_CRASH_LOOP           5    (crashes within CRASH_WINDOW_S = crash loop → FAILED)
   SDV_AGENT_CRASH_WINDOW_S       120
+  SDV_AGENT_ENROL                1: announce to the registry and use the credentials it issues
+  SDV_AGENT_ENROL_CREDS          the shared enrolment user's .creds file (operator-mode servers)
+  SDV_AGENT_FLEET_TOKEN          a pre-authorisation or fleet token sent with the announce
+  SDV_AGENT_HARDWARE_TYPE        linux-generic (reported in the capabilities)
 """
 
 from __future__ import annotations
@@ -44,6 +48,10 @@ class AgentSettings:
     crash_loop: int = 5
     crash_window_s: float = 120.0
     log_level: str = "INFO"
+    enrol: bool = False
+    enrol_creds: Path | None = None
+    fleet_token: str | None = None
+    hardware_type: str = "linux-generic"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -57,6 +65,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--databroker", help="KUKSA databroker host:port")
     p.add_argument("--heartbeat-s", type=float)
     p.add_argument("--log-level")
+    p.add_argument("--enrol", action="store_true", default=None,
+                   help="announce to the registry and connect with the credentials it issues")
+    p.add_argument("--enrol-creds", type=Path)
+    p.add_argument("--fleet-token")
     return p
 
 
@@ -95,4 +107,9 @@ def load_settings(argv: list[str] | None = None, env: dict[str, str] | None = No
         crash_loop=int(num("SDV_AGENT_CRASH_LOOP", 5)),
         crash_window_s=num("SDV_AGENT_CRASH_WINDOW_S", 120.0),
         log_level=args.log_level or env.get("SDV_LOG_LEVEL", "INFO"),
+        enrol=bool(args.enrol) or env.get("SDV_AGENT_ENROL", "") == "1",
+        enrol_creds=args.enrol_creds or (Path(env["SDV_AGENT_ENROL_CREDS"])
+                                         if env.get("SDV_AGENT_ENROL_CREDS") else None),
+        fleet_token=args.fleet_token or env.get("SDV_AGENT_FLEET_TOKEN") or None,
+        hardware_type=env.get("SDV_AGENT_HARDWARE_TYPE", "linux-generic"),
     )
