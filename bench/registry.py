@@ -6,7 +6,17 @@ measured in the same run, on the same servers.
 Starts its own NATS in operator mode (a fresh chain of trust) and PostgreSQL (unless
 SDV_DATABASE_URL is set; the registry then works in a fresh schema), runs the registry as a
 child process (`python -m sdv_registry`) so its CPU can be read from /proc, and prints a table
-and, as the last line, one JSON object (see bench/README.md).
+and, as the last line, one JSON object:
+
+- `admissions_per_s`: devices announced and accepted with the fleet token (one request each,
+  reply holds the minted JWT), `concurrency` in flight; `raw_request_reply_per_s`: a raw nats-py
+  echo responder (child process) under the same load; `admission_cpu_pct`: registry CPU.
+- `operator_admissions_per_s`: announce → `accept` command → announce (credentials).
+- `heartbeats_per_s`: `sdv.hb.<id>` messages the registry handled per second while one
+  connection published round-robin over all devices as fast as it could for `heartbeat_s`
+  (counted by the registry, until the count stops moving); `raw_heartbeats_per_s`: a raw
+  nats-py subscriber (child process) counting the same publish pattern; `heartbeat_cpu_pct`;
+  `online_transitions`: CameOnline commands the registry ran during that phase.
 """
 
 from __future__ import annotations
@@ -154,11 +164,25 @@ class Ctx:
                                                               RegistryStats)
 
 
+def child(script: str, ctx: Ctx) -> subprocess.Popen[str]:
+    """A raw-baseline process; returns once it printed `ready`."""
+    process = subprocess.Popen([sys.executable, "-c", script, ctx.url, ctx.creds_file],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    process.stdout.readline()
+    return process
+
+
+def start_registry(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    profile = ["-m", "cProfile", "-o", env["BENCH_PROFILE"]] if env.get("BENCH_PROFILE") else []
+    with log.open("wb") as err:
+        return subprocess.Popen([sys.executable, *profile, "-m", "sdv_registry"], env=env,
+                                stdout=subprocess.DEVNULL, stderr=err)
+
+
 async def raw_request_reply(ctx: Ctx) -> float:
-    echo = subprocess.Popen([sys.executable, "-c", ECHO, ctx.url, ctx.creds_file],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    assert echo.stdout is not None and echo.stdin is not None
-    echo.stdout.readline()
+    echo = await asyncio.to_thread(child, ECHO, ctx)
+    assert echo.stdin is not None
     payload = encode(bodies("raw", 1, None)[0])
     start = time.perf_counter()
     await gather_limited(ctx.sizes.raw_requests, ctx.sizes.concurrency,
@@ -228,10 +252,8 @@ async def settle(read: Callable[[], Awaitable[int]], start: float, quiet_s: floa
 
 
 async def raw_heartbeats(ctx: Ctx, pub: NatsClient) -> tuple[float, int]:
-    counter = subprocess.Popen([sys.executable, "-c", COUNTER, ctx.url, ctx.creds_file],
-                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    assert counter.stdout is not None and counter.stdin is not None
-    counter.stdout.readline()
+    counter = await asyncio.to_thread(child, COUNTER, ctx)
+    assert counter.stdin is not None
 
     async def read() -> int:
         counter.stdin.write("\n")  # type: ignore[union-attr]
@@ -289,9 +311,7 @@ async def run(sizes: Sizes) -> dict[str, float | int]:
                SDV_NATS_CREDS=str(creds_file), SDV_TRUST_FILE=str(trust_file),
                SDV_REGISTRY_SCHEMA=schema, SDV_FLEET_TOKEN=FLEET_TOKEN, SDV_LOG_LEVEL="WARNING",
                SDV_REGISTRY_HEARTBEAT_SILENCE_S="120")
-    profile = ["-m", "cProfile", "-o", os.environ["BENCH_PROFILE"]] if os.environ.get("BENCH_PROFILE") else []
-    registry = subprocess.Popen([sys.executable, *profile, "-m", "sdv_registry"], env=env,
-                                stdout=subprocess.DEVNULL, stderr=open(work / "registry.log", "wb"))  # noqa: SIM115
+    registry = start_registry(env, work / "registry.log")
     ops = await nats.connect(server.url, user_credentials=str(creds_file))
     pub = await nats.connect(server.url, user_credentials=str(creds_file), flush_timeout=30,
                              pending_size=64 * 1024 * 1024)
