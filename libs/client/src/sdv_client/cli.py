@@ -19,9 +19,11 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn
 from rich.table import Table
 
 from sdv_client.health import SERVICES, ServiceStatus, ping_all, quiet, status_of
+from sdv_client.package_cli import app as package_app
 from sdv_client.suite import Suite, SuiteError
 
 app = typer.Typer(help="SDV Fleet: package, roll out and watch vehicle apps.", no_args_is_help=True)
+app.add_typer(package_app, name="package")
 out = Console()
 err = Console(stderr=True)
 
