@@ -148,6 +148,9 @@ async def test_offline_device_goes_straight_to_the_newest_desired_revision(fleet
     await asyncio.sleep(0.5)
     assert not fleet.find_facts("car-off", "AppDownloadStarted", version="2.0.0")
     assert (await fleet.reported("car-off")).desired_revision == 3
+    # The previous version stays installed for rollback; nothing older than that.
+    kept = sorted(p.name.split("-")[0] for p in (agent.data_dir / "apps" / "svc").iterdir())
+    assert kept == ["1.0.0", "3.0.0"]
     # A redelivered or older document changes nothing.
     await fleet.desire("car-off", 2, {"svc": v2})
     await asyncio.sleep(0.5)

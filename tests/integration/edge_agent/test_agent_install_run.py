@@ -60,6 +60,7 @@ async def test_stop_then_uninstall_leaves_no_process_and_no_files(fleet: Any, ha
     await fleet.until(lambda: _no_apps(fleet, "car-2"), what="no apps reported")
     assert not (agent.data_dir / "apps" / "ticker").exists()
     assert not (agent.data_dir / "run" / "ticker").exists()
+    assert not (agent.data_dir / "home" / "ticker").exists()
     assert not harness.processes_under(agent.data_dir)
     assert agent.records() == {}
     assert rep.pid is not None

@@ -163,8 +163,22 @@ class Agent:
     def run_dir(self, app: str, package: PackageInfo) -> Path:
         return self.options.data_dir / "run" / app / f"{package.version}-{package.digest[:12]}"
 
-    def remove_run_dirs(self, app: str) -> None:
-        shutil.rmtree(self.options.data_dir / "run" / app, ignore_errors=True)
+    def remove_app_files(self, app: str) -> None:
+        """Everything of the app on disk: versions, venvs, console files, its HOME."""
+        self.installer.remove_app(app)
+        for kind in ("run", "home"):
+            shutil.rmtree(self.options.data_dir / kind / app, ignore_errors=True)
+        self.runtime.release(app)
+
+    def prune_versions(self, app: str, keep: list[PackageInfo]) -> None:
+        """Keep the active and the previous version (rollback) on disk, nothing older."""
+        self.installer.prune(app, keep)
+        runs = self.options.data_dir / "run" / app
+        if runs.is_dir():
+            wanted = {self.run_dir(app, p).name for p in keep}
+            for child in runs.iterdir():
+                if child.name not in wanted:
+                    shutil.rmtree(child, ignore_errors=True)
 
     def lines_sink(self, app: str, tail_key: str) -> LinesSink:
         def sink(rows: list[tuple[str, float, str]], offsets: dict[str, int]) -> None:

@@ -70,6 +70,10 @@ class Runtime(Protocol):
 
     def usage(self, process: Process) -> Usage | None: ...
 
+    def release(self, app: str) -> None:
+        """Free what the runtime set up for the app (its cgroup, …) once it is uninstalled."""
+        ...
+
     def follow_output(
         self, spec: RunSpec, process: Process, offsets: dict[str, int], sink: LinesSink
     ) -> OutputFollower: ...

@@ -319,7 +319,7 @@ class AppSupervisor:
         self._adopt_desired_fields()
         self._move(S.INSTALLED)
         self._save()
-        self.agent.installer.prune(self.name, [p for p in (package, old) if p is not None])
+        self.agent.prune_versions(self.name, [p for p in (package, old) if p is not None])
 
     async def _hot_swap(self, package: PackageInfo) -> None:
         """Start the new version beside the old; the old stops only once the new is healthy."""
@@ -464,8 +464,7 @@ class AppSupervisor:
         if self.record.state is not S.UNINSTALLING:
             self._move(S.UNINSTALLING)
             self._save()
-        self.agent.installer.remove_app(self.name)
-        self.agent.remove_run_dirs(self.name)
+        self.agent.remove_app_files(self.name)
         if shown is not None:
             self._emit(AppUninstalled, shown)
         self.agent.store.delete_app(self.name)
@@ -577,7 +576,7 @@ class AppSupervisor:
         self.record.restarts, self.record.crashes = 0, ()
         self._adopt_desired_fields()
         self._save()
-        self.agent.installer.prune(self.name, [p for p in (new.package, self.record.previous) if p])
+        self.agent.prune_versions(self.name, [p for p in (new.package, self.record.previous) if p])
         self.log.info("hot_swapped", to=new.package.version)
 
     async def _swap_failed(self, reason: str) -> None:
