@@ -1,0 +1,143 @@
+"""The Runtime port's contract, run against every implementation (STYLE.md habit 7). Only the
+native runtime exists; a Docker runtime would join the parameter list."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from sdv_edge_agent.adapters.native import NativeRuntime, StdinUnavailable
+from sdv_edge_agent.ports import RunSpec, Runtime
+
+APP = """\
+import signal, sys, threading, time
+signal.signal(signal.SIGTERM, lambda *_: (print("term", flush=True), sys.exit(0)))
+def echo():
+    for line in sys.stdin:
+        print("in:", line.strip(), flush=True)
+threading.Thread(target=echo, daemon=True).start()
+print("err line", file=sys.stderr, flush=True)
+n = 0
+while True:
+    n += 1
+    print("n", n, flush=True)
+    time.sleep(0.02)
+"""
+STUBBORN = "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('up', flush=True)\ntime.sleep(60)\n"
+
+RUNTIMES: dict[str, Callable[[], Runtime]] = {"native": NativeRuntime}
+
+
+@pytest.fixture(params=sorted(RUNTIMES))
+def runtime(request: pytest.FixtureRequest) -> Runtime:
+    return RUNTIMES[request.param]()
+
+
+def spec(tmp_path: Path, source: str, name: str = "contract") -> RunSpec:
+    app_dir = tmp_path / "app"
+    app_dir.mkdir(exist_ok=True)
+    (app_dir / "main.py").write_text(source)
+    return RunSpec(app=name, version="1", argv=[sys.executable, "-u", "main.py"], cwd=app_dir,
+                   env={"PATH": os.environ["PATH"]}, run_dir=tmp_path / "run", memory_mb=256, cpu=0.5)
+
+
+class Lines:
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, str]] = []
+        self.offsets: dict[str, int] = {}
+
+    def __call__(self, rows: list[tuple[str, float, str]], offsets: dict[str, int]) -> None:
+        self.rows += [(stream, line) for stream, _, line in rows]
+        self.offsets = offsets
+
+    def of(self, stream: str) -> list[str]:
+        return [line for s, line in self.rows if s == stream]
+
+
+async def until(check: Callable[[], object], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
+async def test_start_output_stdin_pause_resume_stop(runtime: Runtime, tmp_path: Path) -> None:
+    s = spec(tmp_path, APP)
+    proc = await runtime.start(s)
+    lines = Lines()
+    follower = runtime.follow_output(s, proc, {}, lines)
+    task = asyncio.create_task(follower.run())
+    await until(lambda: len(lines.of("stdout")) > 3)
+    assert lines.of("stderr") == ["err line"]
+    assert os.getpgid(proc.pid) == proc.pid  # its own process group (and session)
+
+    proc.write_stdin(b"hello\n")
+    await until(lambda: "in: hello" in lines.of("stdout"))
+
+    runtime.pause(proc)
+    await asyncio.sleep(0.15)
+    frozen = len(lines.rows)
+    await asyncio.sleep(0.3)
+    assert len(lines.rows) == frozen
+    runtime.resume(proc)
+    await until(lambda: len(lines.rows) > frozen + 3)
+    usage = runtime.usage(proc)
+    assert usage is not None
+    assert usage.rss_bytes > 0
+
+    runtime.pause(proc)  # a paused app still stops gracefully
+    code = await runtime.stop(proc, 3.0)
+    await follower.finish()
+    await task
+    assert code == 0
+    assert lines.of("stdout")[-1] == "term"
+    assert not proc.alive()
+    with pytest.raises(StdinUnavailable):
+        proc.write_stdin(b"anyone?\n")
+
+
+async def test_stop_escalates_to_sigkill_after_the_timeout(runtime: Runtime, tmp_path: Path) -> None:
+    proc = await runtime.start(spec(tmp_path, STUBBORN))
+    await asyncio.sleep(0.3)
+    started = time.monotonic()
+    code = await runtime.stop(proc, 0.5)
+    assert code == -signal.SIGKILL
+    assert 0.4 < time.monotonic() - started < 3
+
+
+async def test_adopt_recognises_its_own_process_and_refuses_a_stranger(runtime: Runtime, tmp_path: Path) -> None:
+    s = spec(tmp_path, APP)
+    proc = await runtime.start(s)
+    adopted = runtime.adopt(s, proc.pid, proc.started)
+    assert adopted is not None
+    assert adopted.alive()
+    assert runtime.adopt(s, proc.pid, proc.started + 1.0) is None  # same pid, another process
+    assert runtime.adopt(s, os.getpid(), 0.0) is None
+    # An adopted process's end is seen too (its status is unknown: it is not our child).
+    adopted_wait = asyncio.create_task(adopted.wait())
+    os.killpg(proc.pid, signal.SIGKILL)
+    assert await asyncio.wait_for(proc.wait(), 3) == -signal.SIGKILL
+    assert await asyncio.wait_for(adopted_wait, 3) is None
+    assert not runtime.kill_orphan(proc.pid, proc.started)
+
+
+async def test_output_resumes_from_saved_offsets_without_repeats(runtime: Runtime, tmp_path: Path) -> None:
+    s = spec(tmp_path, "import time\nfor i in range(5):\n    print('line', i, flush=True)\ntime.sleep(0.5)\nprint('late', flush=True)\n")
+    proc = await runtime.start(s)
+    first = Lines()
+    follower = runtime.follow_output(s, proc, {}, first)
+    task = asyncio.create_task(follower.run())
+    await until(lambda: len(first.of("stdout")) == 5)
+    await follower.finish()
+    await task
+    await proc.wait()
+    second = Lines()
+    await runtime.follow_output(s, proc, first.offsets, second).finish()
+    assert second.of("stdout") == ["late"]
