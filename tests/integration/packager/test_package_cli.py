@@ -10,6 +10,7 @@ import asyncio
 import base64
 import json
 import os
+import socket
 import subprocess
 import sys
 import tarfile
@@ -28,7 +29,6 @@ from sdv_client.package_cli import EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_VERIFY, 
 from sdv_client.packages import PackagerClient
 from sdv_events.bus import CommandClient
 from sdv_events.package_format import verify_artifact
-from sdv_events.servers import free_port
 from sdv_events.service import Ping, ServiceHealth
 from sdv_packager.app import serve
 from sdv_packager.settings import PackagerSettings
@@ -239,7 +239,12 @@ async def test_download_refuses_a_package_that_does_not_verify(packager, tmp_pat
 
 
 async def test_unreachable_nats_exits_3_with_a_json_error() -> None:
-    result = await sdv(f"nats://127.0.0.1:{free_port()}", "list", "--json")
+    # A bound but never listening socket: connections are refused, and no other test's server
+    # can take the port meanwhile (a merely free port could be).
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        port = held.getsockname()[1]
+        result = await sdv(f"nats://127.0.0.1:{port}", "list", "--json")
     assert result.exit_code == EXIT_UNREACHABLE
     doc = as_json(result)
     assert doc["ok"] is False
