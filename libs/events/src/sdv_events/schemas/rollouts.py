@@ -147,3 +147,76 @@ class RolloutCompleted(msgspec.Struct, frozen=True):
 class RolloutCancelled(msgspec.Struct, frozen=True):
     reason: str
     at: datetime
+
+
+# --- orchestrator commands and queries (sdv.cmd.orchestrator.<name>) -----------------------------
+
+
+class CreateRolloutRequest(msgspec.Struct, frozen=True, kw_only=True):
+    package: str  # app name
+    version: str
+    target: Target
+    strategy: Strategy = msgspec.field(default_factory=Strategy)
+    thresholds: Thresholds = Thresholds()
+    timeouts: Timeouts = Timeouts()
+    auto_rollback: bool = True
+    start: bool = True  # plan and start at once
+    rollout_id: str | None = None  # chosen by the caller for idempotent retries
+
+
+class RolloutRef(msgspec.Struct, frozen=True):
+    rollout_id: str
+    reason: str = ""
+
+
+class ListRollouts(msgspec.Struct, frozen=True, kw_only=True):
+    app: str | None = None
+    status: str | None = None
+    limit: int = 100
+
+
+class WaveView(msgspec.Struct, frozen=True):
+    index: int
+    size: int
+    succeeded: int
+    failed: int
+    pending: int
+    state: str  # waiting | running | completed | aborted
+
+
+class DeviceProgressView(msgspec.Struct, frozen=True):
+    device_id: str
+    wave: int
+    status: str  # targeted | succeeded | failed | timed_out
+
+
+class RolloutView(msgspec.Struct, frozen=True, kw_only=True):
+    rollout_id: str
+    app: str
+    version: str
+    status: str
+    target: Target
+    strategy: Strategy
+    waves: list[WaveView] = []
+    devices: list[DeviceProgressView] = []
+    excluded: dict[str, str] = {}
+    current_wave: int = -1
+    reason: str = ""
+    created_at: datetime | None = None
+    version_in_stream: int = 0
+
+
+class RolloutSummary(msgspec.Struct, frozen=True, kw_only=True):
+    rollout_id: str
+    app: str
+    version: str
+    status: str
+    devices: int
+    succeeded: int
+    failed: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class RolloutList(msgspec.Struct, frozen=True):
+    rollouts: list[RolloutSummary]
