@@ -257,3 +257,33 @@ async def test_retries_exhausted_after_max_attempts(es: EventStore) -> None:
     assert isinstance(
         await handle_command(racy, counter, "counter-n", Increment(1), command_id="c-n"), Accepted
     )
+
+
+async def test_state_cache_reads_only_new_events_and_stays_correct_across_two_processes(
+    es: EventStore,
+) -> None:
+    """Two caches stand for two orchestrator replicas: OCC still decides who wins."""
+    from sdv_events.commands import StateCache, load
+
+    store = es
+    first, second = StateCache(), StateCache()
+    stream = "counter-cached"
+    results = await asyncio.gather(*[
+        handle_command(store, counter, stream, Increment(1), cache=cache, max_attempts=40)
+        for cache in [first, second] * 10
+    ])
+    assert all(isinstance(r, Accepted) for r in results)
+    _, version = first.get(stream) or (None, 0)
+    fresh, fresh_version = await load(store, counter, stream)
+    assert version <= fresh_version == 20
+    assert (await load(store, counter, stream, first)) == (fresh, fresh_version)
+    reads: list[int] = []
+    original = store.read_stream
+
+    async def counting(stream_id: str, from_version: int = 1):  # type: ignore[no-untyped-def]
+        reads.append(from_version)
+        return await original(stream_id, from_version)
+
+    store.read_stream = counting  # type: ignore[method-assign]
+    await handle_command(store, counter, stream, Increment(1), cache=first)
+    assert reads == [21]  # only what came after the cached version

@@ -45,10 +45,43 @@ def _first_outcome(raw: bytes) -> CommandOutcome:
     return msgspec.structs.replace(outcome, duplicate=True)
 
 
-async def load(store: EventStore, decider: Decider[Any, Any, S], stream_id: str) -> tuple[S, int]:
-    history = await store.read_stream(stream_id)
-    state = decider.fold(e.data for e in history)
-    return state, (history[-1].version if history else 0)
+class StateCache:
+    """Folded states kept between commands, so a long stream (a 10,000-device rollout) is read
+    once, then only its new events. Commands on one stream run one at a time per process (a
+    lock per stream): no conflict retries among themselves, and an in-place `evolve` is safe.
+    Other processes still meet optimistic concurrency: a conflict reads what they appended."""
+
+    def __init__(self, max_streams: int = 10_000) -> None:
+        self._states: dict[str, tuple[Any, int]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self.max_streams = max_streams
+
+    def lock(self, stream_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(stream_id, asyncio.Lock())
+
+    def get(self, stream_id: str) -> tuple[Any, int] | None:
+        return self._states.get(stream_id)
+
+    def put(self, stream_id: str, state: Any, version: int) -> None:
+        if stream_id not in self._states and len(self._states) >= self.max_streams:
+            self._states.pop(next(iter(self._states)))  # oldest first: a plain FIFO bound
+        self._states[stream_id] = (state, version)
+
+    def forget(self, stream_id: str) -> None:
+        self._states.pop(stream_id, None)
+
+
+async def load(
+    store: EventStore, decider: Decider[Any, Any, S], stream_id: str, cache: StateCache | None = None
+) -> tuple[S, int]:
+    cached = cache.get(stream_id) if cache is not None else None
+    state, version = cached if cached is not None else (decider.empty(), 0)
+    for event in await store.read_stream(stream_id, from_version=version + 1):
+        state = decider.evolve(state, event.data)
+        version = event.version
+    if cache is not None:
+        cache.put(stream_id, state, version)
+    return state, version
 
 
 async def handle_command(
@@ -60,16 +93,39 @@ async def handle_command(
     command_id: str | None = None,
     metadata: Metadata = Metadata(),
     max_attempts: int = 8,
+    cache: StateCache | None = None,
 ) -> CommandOutcome:
     """Run `command` against the stream. A repeated `command_id` returns the first outcome
     (with `duplicate=True`) and appends nothing; a `DomainError` becomes `Rejected`."""
+    if cache is None:
+        return await _handle(store, decider, stream_id, command, command_id, metadata,
+                             max_attempts, None)
+    async with cache.lock(stream_id):
+        try:
+            return await _handle(store, decider, stream_id, command, command_id, metadata,
+                                 max_attempts, cache)
+        except BaseException:
+            cache.forget(stream_id)  # a failure mid-way may have left the cached state unsure
+            raise
+
+
+async def _handle(
+    store: EventStore,
+    decider: Decider[C, Any, S],
+    stream_id: str,
+    command: C,
+    command_id: str | None,
+    metadata: Metadata,
+    max_attempts: int,
+    cache: StateCache | None,
+) -> CommandOutcome:
     if command_id is not None:
         first = await store.command_outcome(command_id)
         if first is not None:
             return _first_outcome(first)
         metadata = msgspec.structs.replace(metadata, causation_id=command_id)
     for attempt in range(1, max_attempts + 1):
-        state, version = await load(store, decider, stream_id)
+        state, version = await load(store, decider, stream_id, cache)
         try:
             new_events = list(decider.decide(command, state))
         except DomainError as err:
@@ -98,6 +154,10 @@ async def handle_command(
             continue
         except DuplicateCommand as dup:
             return _first_outcome(dup.outcome)
+        if cache is not None:
+            for body in new_events:
+                state = decider.evolve(state, body)
+            cache.put(stream_id, state, accepted.version)
         return accepted
     raise RetriesExhausted(stream_id, max_attempts)
 
