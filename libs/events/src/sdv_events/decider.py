@@ -25,7 +25,7 @@ class Decider(Generic[C, E, S]):
     evolve: Callable[[S, E], S]
 
     def empty(self) -> S:
-        return self.initial() if callable(self.initial) else self.initial  # type: ignore[return-value]
+        return self.initial() if callable(self.initial) else self.initial
 
     def fold(self, events: Iterable[E], state: S | None = None) -> S:
         current = self.empty() if state is None else state
