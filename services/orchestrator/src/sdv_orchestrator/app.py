@@ -1,15 +1,43 @@
-"""Composition root of the orchestrator: settings, routers, the shared service runtime."""
+"""Composition root of the orchestrator: store, peers (packager and registry over the bus),
+read models (rollout catalog, desired states → KV), command router, agents' facts consumer and
+the ticker, on the shared service runtime."""
+
+from __future__ import annotations
 
 import asyncio
+import functools
 
-from sdv_events.service import run_service
-from sdv_orchestrator.adapters import routers
-from sdv_orchestrator.settings import SERVICE, load_settings
+from sdv_events.bus import CommandClient
+from sdv_events.projections import ProjectionRunner
+from sdv_events.provisioning import DESIRED_BUCKET
+from sdv_events.service import ServiceRuntime, run_service
+from sdv_orchestrator.adapters.commands import command_router
+from sdv_orchestrator.adapters.facts import consume_facts, tick_active
+from sdv_orchestrator.adapters.peers import Peers
+from sdv_orchestrator.application import Orchestrator
+from sdv_orchestrator.projections import DesiredStates, RolloutCatalog
+from sdv_orchestrator.settings import SERVICE, OrchestratorSettings, load_settings
 
 
-async def serve() -> None:
-    await run_service(SERVICE, load_settings(), routers=routers())
+async def serve(settings: OrchestratorSettings, stop: asyncio.Event | None = None) -> None:
+    async def on_start(runtime: ServiceRuntime) -> None:
+        schema = settings.schema_name
+        catalog = RolloutCatalog(schema)
+        desired = DesiredStates(schema, await runtime.js.key_value(DESIRED_BUCKET))
+        async with runtime.store.pool.acquire() as conn:
+            await catalog.create(conn)
+            await desired.create(conn)
+        nc = runtime.broker.config.connection_state.connection
+        orchestrator = Orchestrator(runtime.store, Peers(CommandClient(nc, actor=SERVICE)), desired)
+        runtime.broker.include_router(command_router(orchestrator))
+        for projection in (catalog, desired):
+            runner = ProjectionRunner(runtime.store.pool, schema, runtime.js, projection)
+            runtime.spawn(runner.run, projection.name)
+        runtime.spawn(functools.partial(consume_facts, orchestrator, runtime.js), "agent_facts")
+        runtime.spawn(functools.partial(tick_active, orchestrator, every_s=settings.tick_s), "ticker")
+
+    await run_service(SERVICE, settings, on_start=on_start, stop=stop)
 
 
 def main() -> None:
-    asyncio.run(serve())
+    asyncio.run(serve(load_settings()))

@@ -1,3 +1,202 @@
-"""Read models of the orchestrator: rollout progress read model fed by device facts.
+"""Read models of the orchestrator, fed from its own rollout events (`sdv.evt.rollout.>`):
 
-Fed from the bus by the shared projection runner; rows and checkpoint commit together."""
+- `RolloutCatalog`: one summary row per rollout (list, active rollouts for the ticker), and the
+  release of device reservations when a rollout ends;
+- `DesiredStates`: per device the app assignments the rollouts made, and the desired-state
+  document in KV `sdv_desired` — a projection of events, so it can be rebuilt. The KV write
+  happens inside the read-model transaction, before its commit: a crash after the write
+  re-applies the same event after restart, producing the same document (agents are
+  level-triggered), and a crash before it loses nothing.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import asyncpg
+import msgspec
+from nats.js.kv import KeyValue
+
+from sdv_events.envelope import Envelope
+from sdv_events.ids import split_stream_id
+from sdv_events.schemas.deployment import DesiredApp, DesiredState
+from sdv_events.schemas.packages import PackageInfo
+from sdv_events.schemas.rollouts import (
+    DeviceFailed,
+    DeviceSucceeded,
+    DeviceTargeted,
+    DeviceTimedOut,
+    RollbackStarted,
+    RolloutAborted,
+    RolloutCancelled,
+    RolloutCompleted,
+    RolloutCreated,
+    RolloutPaused,
+    RolloutPlanned,
+    RolloutResumed,
+)
+
+_enc = msgspec.json.Encoder()
+TERMINAL = ("completed", "aborted", "cancelled", "rolled_back")
+
+
+def rollout_id_of(event: Envelope) -> str:
+    return split_stream_id(event.stream_id)[1]
+
+
+class RolloutCatalog:
+    name = "rollout_catalog"
+    filter_subjects = ("sdv.evt.rollout.>",)
+
+    def __init__(self, schema: str) -> None:
+        self.schema = schema
+
+    async def create(self, conn: asyncpg.Connection) -> None:
+        await conn.execute(f"""
+            CREATE TABLE IF NOT EXISTS {self.schema}.rollouts (
+                rollout_id text PRIMARY KEY, app text NOT NULL, version text NOT NULL,
+                status text NOT NULL, devices integer NOT NULL DEFAULT 0,
+                succeeded integer NOT NULL DEFAULT 0, failed integer NOT NULL DEFAULT 0,
+                created_at timestamptz NOT NULL, updated_at timestamptz NOT NULL);
+            CREATE TABLE IF NOT EXISTS {self.schema}.reservations (
+                device_id text NOT NULL, app text NOT NULL, rollout_id text NOT NULL,
+                PRIMARY KEY (device_id, app));
+            CREATE INDEX IF NOT EXISTS reservations_rollout ON {self.schema}.reservations (rollout_id);
+        """)
+
+    async def reset(self, conn: asyncpg.Connection) -> None:
+        await self.create(conn)
+        await conn.execute(f"TRUNCATE {self.schema}.rollouts")
+
+    async def _status(self, conn: asyncpg.Connection, rollout_id: str, status: str,
+                      at: datetime) -> None:
+        await conn.execute(
+            f"UPDATE {self.schema}.rollouts SET status = $2, updated_at = $3 WHERE rollout_id = $1",
+            rollout_id, status, at,
+        )
+        if status in TERMINAL:
+            await conn.execute(f"DELETE FROM {self.schema}.reservations WHERE rollout_id = $1",
+                               rollout_id)
+
+    async def apply(self, conn: asyncpg.Connection, event: Envelope) -> None:
+        rid, at, t = rollout_id_of(event), event.occurred_at, self.schema
+        match event.data:
+            case RolloutCreated(package=package):
+                await conn.execute(
+                    f"INSERT INTO {t}.rollouts (rollout_id, app, version, status, created_at, "
+                    "updated_at) VALUES ($1, $2, $3, 'created', $4, $4) ON CONFLICT DO NOTHING",
+                    rid, package.name, package.version, at,
+                )
+            case RolloutPlanned(waves=waves):
+                await conn.execute(
+                    f"UPDATE {t}.rollouts SET status = 'running', devices = $2, updated_at = $3 "
+                    "WHERE rollout_id = $1", rid, sum(len(w) for w in waves), at,
+                )
+            case DeviceSucceeded():
+                await conn.execute(f"UPDATE {t}.rollouts SET succeeded = succeeded + 1, "
+                                   "updated_at = $2 WHERE rollout_id = $1", rid, at)
+            case DeviceFailed() | DeviceTimedOut():
+                await conn.execute(f"UPDATE {t}.rollouts SET failed = failed + 1, "
+                                   "updated_at = $2 WHERE rollout_id = $1", rid, at)
+            case RolloutPaused():
+                await self._status(conn, rid, "paused", at)
+            case RolloutResumed():
+                await self._status(conn, rid, "running", at)
+            case RolloutCompleted():
+                await self._status(conn, rid, "completed", at)
+            case RolloutAborted():
+                await self._status(conn, rid, "aborted", at)
+            case RolloutCancelled():
+                await self._status(conn, rid, "cancelled", at)
+            case RollbackStarted():
+                await self._status(conn, rid, "rolled_back", at)
+
+
+class DesiredStates:
+    name = "desired_states"
+    filter_subjects = ("sdv.evt.rollout.>",)
+
+    def __init__(self, schema: str, kv: KeyValue) -> None:
+        self.schema = schema
+        self.kv = kv
+
+    async def create(self, conn: asyncpg.Connection) -> None:
+        await conn.execute(f"""
+            CREATE TABLE IF NOT EXISTS {self.schema}.rollout_packages (
+                rollout_id text PRIMARY KEY, package bytea NOT NULL);
+            CREATE TABLE IF NOT EXISTS {self.schema}.device_apps (
+                device_id text NOT NULL, app text NOT NULL, package bytea NOT NULL,
+                rollout_id text, PRIMARY KEY (device_id, app));
+            CREATE TABLE IF NOT EXISTS {self.schema}.device_revisions (
+                device_id text PRIMARY KEY, revision bigint NOT NULL);
+        """)
+
+    async def reset(self, conn: asyncpg.Connection) -> None:
+        # Revisions are kept: agents ignore documents not newer than the last one they saw.
+        await self.create(conn)
+        await conn.execute(f"TRUNCATE {self.schema}.rollout_packages, {self.schema}.device_apps")
+
+    async def current(self, conn: asyncpg.Connection | asyncpg.Pool, device_id: str,
+                      app: str) -> PackageInfo | None:
+        raw = await conn.fetchval(
+            f"SELECT package FROM {self.schema}.device_apps WHERE device_id = $1 AND app = $2",
+            device_id, app,
+        )
+        return None if raw is None else msgspec.json.decode(raw, type=PackageInfo)
+
+    async def apply(self, conn: asyncpg.Connection, event: Envelope) -> None:
+        rid, t = rollout_id_of(event), self.schema
+        match event.data:
+            case RolloutCreated(package=package):
+                await conn.execute(
+                    f"INSERT INTO {t}.rollout_packages VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                    rid, _enc.encode(package),
+                )
+            case DeviceTargeted(device_id=device_id):
+                raw = await conn.fetchval(
+                    f"SELECT package FROM {t}.rollout_packages WHERE rollout_id = $1", rid)
+                package = msgspec.json.decode(raw, type=PackageInfo)
+                await conn.execute(
+                    f"INSERT INTO {t}.device_apps VALUES ($1, $2, $3, $4) ON CONFLICT (device_id, app) "
+                    "DO UPDATE SET package = excluded.package, rollout_id = excluded.rollout_id",
+                    device_id, package.name, raw, rid,
+                )
+                await self._write(conn, device_id, event.occurred_at)
+            case RollbackStarted(devices=devices):
+                raw = await conn.fetchval(
+                    f"SELECT package FROM {t}.rollout_packages WHERE rollout_id = $1", rid)
+                app = msgspec.json.decode(raw, type=PackageInfo).name
+                for previous in devices:
+                    owner = await conn.fetchval(
+                        f"SELECT rollout_id FROM {t}.device_apps WHERE device_id = $1 AND app = $2",
+                        previous.device_id, app,
+                    )
+                    if owner != rid:
+                        continue  # a later rollout owns this device's app now: leave it
+                    if previous.package is None:
+                        await conn.execute(
+                            f"DELETE FROM {t}.device_apps WHERE device_id = $1 AND app = $2",
+                            previous.device_id, app)
+                    else:
+                        await conn.execute(
+                            f"UPDATE {t}.device_apps SET package = $3, rollout_id = NULL "
+                            "WHERE device_id = $1 AND app = $2",
+                            previous.device_id, app, _enc.encode(previous.package))
+                    await self._write(conn, previous.device_id, event.occurred_at)
+
+    async def _write(self, conn: asyncpg.Connection, device_id: str, at: datetime) -> None:
+        revision = await conn.fetchval(
+            f"INSERT INTO {self.schema}.device_revisions VALUES ($1, 1) ON CONFLICT (device_id) "
+            "DO UPDATE SET revision = device_revisions.revision + 1 RETURNING revision", device_id,
+        )
+        rows = await conn.fetch(
+            f"SELECT app, package, rollout_id FROM {self.schema}.device_apps WHERE device_id = $1",
+            device_id,
+        )
+        apps = {
+            r["app"]: DesiredApp(package=msgspec.json.decode(r["package"], type=PackageInfo),
+                                 rollout_id=r["rollout_id"])
+            for r in rows
+        }
+        doc = DesiredState(device_id=device_id, revision=revision, apps=apps, updated_at=at)
+        await self.kv.put(device_id, _enc.encode(doc))

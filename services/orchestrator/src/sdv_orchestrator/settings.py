@@ -1,4 +1,4 @@
-"""Configuration of the orchestrator: the shared settings (env vars, embedded-run defaults)."""
+"""Configuration of the orchestrator: the shared settings plus its clock."""
 
 from sdv_events.service import ServiceSettings
 
@@ -6,7 +6,7 @@ SERVICE = "orchestrator"
 
 
 class OrchestratorSettings(ServiceSettings):
-    """Fields of this service alone join the shared ones here."""
+    tick_s: float = 1.0  # how often device timeouts and soak times are checked
 
 
 def load_settings() -> OrchestratorSettings:

@@ -1,10 +1,2 @@
-"""Thin adapters of the orchestrator: FastStream routers (commands on `sdv.cmd.orchestrator.*`) and the
-desired-state KV bucket `sdv_desired`.
-"""
-
-from faststream.nats import NatsRouter
-
-
-def routers() -> list[NatsRouter]:
-    """The service's routers; none yet (the shared runtime serves `ping`)."""
-    return []
+"""Thin adapters of the orchestrator: the command router (`sdv.cmd.orchestrator.*`), the agents'
+facts consumer and ticker, and the peers (packager, registry) reached over the bus."""

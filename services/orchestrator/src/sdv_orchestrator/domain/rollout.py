@@ -143,6 +143,7 @@ class RolloutState:
     devices: dict[str, tuple[int, DeviceStatus, datetime]] = field(default_factory=dict)
     paused_at: datetime | None = None
     rolled_back: bool = False
+    reason: str = ""  # why it was aborted, cancelled or rolled back
 
     @property
     def active(self) -> bool:
@@ -350,14 +351,15 @@ def evolve(state: RolloutState, event: RolloutEvent) -> RolloutState:
                 if status == "targeted":
                     state.devices[device_id] = (index, status, deadline + shift)
             state.status, state.paused_at = "running", None
-        case RolloutAborted():
-            state.status = "aborted"
-        case RollbackStarted():
+        case RolloutAborted(reason=reason):
+            state.status, state.reason = "aborted", reason
+        case RollbackStarted(reason=reason):
             state.status, state.rolled_back = "rolled_back", True
+            state.reason = state.reason or reason
         case RolloutCompleted():
             state.status = "completed"
-        case RolloutCancelled():
-            state.status = "cancelled"
+        case RolloutCancelled(reason=reason):
+            state.status, state.reason = "cancelled", reason
     return state
 
 

@@ -1,0 +1,54 @@
+"""`sdv.cmd.orchestrator.*`: create, start, pause, resume, cancel, rollback, get, list."""
+
+from __future__ import annotations
+
+from faststream.nats import NatsRouter
+
+from sdv_events.bus import RequestInfo, register_command
+from sdv_events.schemas.rollouts import (
+    CreateRolloutRequest,
+    ListRollouts,
+    RolloutList,
+    RolloutRef,
+    RolloutView,
+)
+from sdv_orchestrator.application import Orchestrator
+from sdv_orchestrator.settings import SERVICE
+
+
+def command_router(orchestrator: Orchestrator) -> NatsRouter:
+    router = NatsRouter()
+    o = orchestrator
+
+    async def create(req: CreateRolloutRequest, info: RequestInfo) -> RolloutView:
+        return await o.create(req, metadata=info.metadata(), command_id=info.command_id)
+
+    async def start(req: RolloutRef, info: RequestInfo) -> RolloutView:
+        return await o.start(req.rollout_id, metadata=info.metadata())
+
+    async def pause(req: RolloutRef, info: RequestInfo) -> RolloutView:
+        return await o.pause(req.rollout_id, req.reason, metadata=info.metadata())
+
+    async def resume(req: RolloutRef, info: RequestInfo) -> RolloutView:
+        return await o.resume(req.rollout_id, metadata=info.metadata())
+
+    async def cancel(req: RolloutRef, info: RequestInfo) -> RolloutView:
+        return await o.cancel(req.rollout_id, req.reason, metadata=info.metadata())
+
+    async def rollback(req: RolloutRef, info: RequestInfo) -> RolloutView:
+        return await o.rollback(req.rollout_id, req.reason, metadata=info.metadata())
+
+    async def get(req: RolloutRef, _: RequestInfo) -> RolloutView:
+        return await o.get(req.rollout_id)
+
+    async def list_(req: ListRollouts, _: RequestInfo) -> RolloutList:
+        return RolloutList(await o.list(req.app, req.status, req.limit))
+
+    for name, request_type, handler in [
+        ("create", CreateRolloutRequest, create), ("start", RolloutRef, start),
+        ("pause", RolloutRef, pause), ("resume", RolloutRef, resume),
+        ("cancel", RolloutRef, cancel), ("rollback", RolloutRef, rollback),
+        ("get", RolloutRef, get), ("list", ListRollouts, list_),
+    ]:
+        register_command(router, SERVICE, name, request_type, handler)  # type: ignore[arg-type]
+    return router
