@@ -14,7 +14,9 @@ from sdv_events.service import ServiceRuntime, run_service
 from sdv_orchestrator.adapters.commands import command_router
 from sdv_orchestrator.adapters.facts import consume_facts, tick_active
 from sdv_orchestrator.adapters.peers import Peers
+from sdv_orchestrator.adapters.policy_commands import policy_router
 from sdv_orchestrator.application import Orchestrator
+from sdv_orchestrator.policies import Policies, consume_policy_events
 from sdv_orchestrator.projections import DesiredStates, RolloutCatalog
 from sdv_orchestrator.settings import SERVICE, OrchestratorSettings, load_settings
 
@@ -35,6 +37,9 @@ async def serve(settings: OrchestratorSettings, stop: asyncio.Event | None = Non
             runtime.spawn(runner.run, projection.name)
         runtime.spawn(functools.partial(consume_facts, orchestrator, runtime.js), "agent_facts")
         runtime.spawn(functools.partial(tick_active, orchestrator, every_s=settings.tick_s), "ticker")
+        policies = Policies(orchestrator, orchestrator.peers.commands)
+        runtime.broker.include_router(policy_router(policies))
+        runtime.spawn(functools.partial(consume_policy_events, policies, runtime.js), "policies")
 
     await run_service(SERVICE, settings, on_start=on_start, stop=stop)
 

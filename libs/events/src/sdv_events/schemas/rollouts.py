@@ -220,3 +220,41 @@ class RolloutSummary(msgspec.Struct, frozen=True, kw_only=True):
 
 class RolloutList(msgspec.Struct, frozen=True):
     rollouts: list[RolloutSummary]
+
+
+# --- policies: event → command (stream `policy-<name>`) ----------------------------------------
+
+
+class RolloutPolicy(msgspec.Struct, frozen=True, kw_only=True):
+    """Roll out `app` whenever a version lands on `channel` (published there or promoted to
+    it), to `target`; with `auto_assign`, newly accepted devices the target selects get the
+    fleet's current version of the app."""
+
+    name: str
+    app: str
+    channel: Literal["dev", "beta", "stable"]
+    target: Target
+    strategy: Strategy = msgspec.field(default_factory=Strategy)
+    thresholds: Thresholds = Thresholds()
+    timeouts: Timeouts = Timeouts()
+    auto_rollback: bool = True
+    auto_assign: bool = True
+    enabled: bool = True
+
+
+@event("orchestrator.PolicySet")
+class PolicySet(msgspec.Struct, frozen=True):
+    policy: RolloutPolicy
+
+
+@event("orchestrator.PolicyDeleted")
+class PolicyDeleted(msgspec.Struct, frozen=True):
+    name: str
+
+
+class PolicyRef(msgspec.Struct, frozen=True):
+    name: str
+
+
+class PolicyList(msgspec.Struct, frozen=True):
+    policies: list[RolloutPolicy]

@@ -211,6 +211,14 @@ class EventStore:
                 actor=meta.actor, trace=meta.trace, position=position,
             )
 
+    async def stream_ids(self, category: str) -> list[str]:
+        """Every stream of a category (`policy` → `policy-a`, `policy-b`, …), sorted."""
+        rows = await self.pool.fetch(
+            f"SELECT DISTINCT stream_id FROM {self.schema}.events WHERE stream_id LIKE $1 "
+            "ORDER BY stream_id", f"{category}-%",
+        )
+        return [r["stream_id"] for r in rows]
+
     async def read_stream(self, stream_id: str, from_version: int = 1) -> list[Envelope]:
         rows = await self.pool.fetch(
             f"SELECT {_COLUMNS} FROM {self.schema}.events "

@@ -1,0 +1,153 @@
+"""Policies, event → command: a package version landing on a watched channel starts a rollout;
+a newly accepted device that a policy's selector picks gets the fleet's current version.
+
+A durable consumer feeds them; rollout ids are derived from (policy, digest / device), and
+creating and starting a rollout are idempotent, so a redelivered event starts nothing twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import msgspec
+import structlog
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from sdv_events.aio import sleep_or_stop
+from sdv_events.bus import CommandClient, CommandError, NotFound
+from sdv_events.codec import decode_envelope
+from sdv_events.commands import Rejected as RejectedOutcome
+from sdv_events.commands import handle_command, load
+from sdv_events.envelope import Metadata
+from sdv_events.errors import DecodeError
+from sdv_events.ids import stream_id
+from sdv_events.provisioning import EVENTS_STREAM
+from sdv_events.schemas.devices import DeviceAccepted, ResolvedDevices, ResolveSelector
+from sdv_events.schemas.packages import PackageInfo, PackagePromoted, PackagePublished
+from sdv_events.schemas.rollouts import CreateRolloutRequest, RolloutPolicy
+from sdv_orchestrator.application import Orchestrator
+from sdv_orchestrator.domain.policy import (
+    DeletePolicy,
+    SetPolicy,
+    policy_decider,
+    rollout_for_new_device,
+    rollout_for_release,
+)
+
+log = structlog.get_logger("sdv.orchestrator.policies")
+DURABLE = "orchestrator_policies"
+SUBJECTS = ["sdv.evt.package.*.PackagePublished", "sdv.evt.package.*.PackagePromoted",
+            "sdv.evt.device.*.DeviceAccepted"]
+POLICY = "policy"
+
+
+@dataclass
+class Policies:
+    orchestrator: Orchestrator
+    commands: CommandClient
+
+    async def set(self, policy: RolloutPolicy, *, metadata: Metadata = Metadata(),
+                  command_id: str | None = None) -> RolloutPolicy:
+        await self._run(policy.name, SetPolicy(policy), metadata, command_id)
+        return policy
+
+    async def delete(self, name: str, *, metadata: Metadata = Metadata()) -> None:
+        await self._run(name, DeletePolicy(name), metadata, None)
+
+    async def _run(self, name: str, command: SetPolicy | DeletePolicy, metadata: Metadata,
+                   command_id: str | None) -> None:
+        outcome = await handle_command(self.orchestrator.store, policy_decider,
+                                       stream_id(POLICY, name), command, command_id=command_id,
+                                       metadata=metadata)
+        if isinstance(outcome, RejectedOutcome):
+            raise (NotFound if outcome.code == "not_found" else CommandError)(outcome.message)
+
+    async def all(self) -> list[RolloutPolicy]:
+        found = []
+        for sid in await self.orchestrator.store.stream_ids(POLICY):
+            state, _ = await load(self.orchestrator.store, policy_decider, sid)
+            if state.policy is not None:
+                found.append(state.policy)
+        return found
+
+    async def on_release(self, name: str, version: str, digest: str, channel: str) -> None:
+        for policy in await self.all():
+            request = rollout_for_release(policy, name, version, digest, channel)
+            if request is not None:
+                await self._start(policy, request)
+
+    async def on_device_accepted(self, device_id: str) -> None:
+        for policy in await self.all():
+            if not (policy.auto_assign and policy.enabled):
+                continue
+            if policy.target.selector:
+                resolved = await self.commands.call(
+                    "registry", "resolve", ResolveSelector(selector=policy.target.selector),
+                    ResolvedDevices)
+                if device_id not in resolved.device_ids:
+                    continue
+            elif device_id not in (policy.target.device_ids or []):
+                continue
+            current = await self.current_version(policy.app)
+            request = None if current is None else rollout_for_new_device(policy, current, device_id)
+            if request is not None:
+                await self._start(policy, request)
+
+    async def current_version(self, app: str) -> PackageInfo | None:
+        """The package of the app's most recently completed rollout: the fleet's version."""
+        schema = self.orchestrator.schema
+        raw = await self.orchestrator.store.pool.fetchval(
+            f"SELECT p.package FROM {schema}.rollouts r JOIN {schema}.rollout_packages p "
+            "USING (rollout_id) WHERE r.app = $1 AND r.status = 'completed' "
+            "ORDER BY r.updated_at DESC LIMIT 1", app)
+        return None if raw is None else msgspec.json.decode(raw, type=PackageInfo)
+
+    async def _start(self, policy: RolloutPolicy, request: CreateRolloutRequest) -> None:
+        meta = Metadata(actor=f"policy:{policy.name}")
+        try:
+            view = await self.orchestrator.create(request, metadata=meta)
+        except CommandError as err:  # e.g. yanked, or overlapping an active rollout
+            log.warning("policy_rollout_refused", policy=policy.name, app=request.package,
+                        version=request.version, code=err.code, error=err.message)
+            return
+        log.info("policy_rollout_started", policy=policy.name, rollout_id=view.rollout_id,
+                 app=view.app, version=view.version, status=view.status)
+
+
+async def consume_policy_events(policies: Policies, js: JetStreamContext, stop: asyncio.Event) -> None:
+    await js.add_consumer(EVENTS_STREAM, ConsumerConfig(
+        durable_name=DURABLE, deliver_policy=DeliverPolicy.NEW, ack_policy=AckPolicy.EXPLICIT,
+        filter_subjects=SUBJECTS, ack_wait=120, max_ack_pending=256,
+    ))
+    sub = await js.pull_subscribe_bind(DURABLE, EVENTS_STREAM)
+    try:
+        while not stop.is_set():
+            try:
+                msgs = await sub.fetch(32, timeout=0.5)
+            except TimeoutError:
+                continue
+            for msg in msgs:
+                try:
+                    await dispatch(policies, msg.data)
+                except DecodeError:
+                    pass  # the projections dead-letter undecodable events; nothing to do here
+                except Exception:
+                    log.exception("policy_event_failed", subject=msg.subject)
+                    await sleep_or_stop(stop, 1.0)
+                    continue  # not acked: redelivered after ack_wait
+                await msg.ack()
+    finally:
+        await sub.unsubscribe()
+
+
+async def dispatch(policies: Policies, payload: bytes) -> None:
+    data = decode_envelope(payload).data
+    match data:
+        case PackagePublished(package=info):
+            await policies.on_release(info.name, info.version, info.digest, info.channel)
+        case PackagePromoted(name=name, version=version, digest=digest, to_channel=channel):
+            await policies.on_release(name, version, digest, channel)
+        case DeviceAccepted(device_id=device_id):
+            await policies.on_device_accepted(device_id)
