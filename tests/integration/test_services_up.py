@@ -1,11 +1,13 @@
 """The whole suite on real NATS and PostgreSQL: every service starts, answers ping, and the
-supervisor notices a service that died and brings it back."""
+supervisor notices a service that died and brings it back. (Operator-mode security of the
+embedded NATS: test_suite_security.py.)"""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -61,3 +63,9 @@ def test_sdv_up_check_json_starts_everything_and_stops(tmp_path: Path) -> None:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
     assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == sorted(f"{n}.log" for n in SERVICES)
+    if "SDV_NATS_URL" not in os.environ:  # embedded NATS in operator mode: credentials kept, owner-only
+        nats_dir = tmp_path / "nats"
+        assert report["nats_creds"] == str(nats_dir / "service.creds")
+        assert report["enrol_creds"] == str(nats_dir / "enrol.creds")
+        for name in ("trust.json", "service.creds", "enrol.creds"):
+            assert stat.S_IMODE((nats_dir / name).stat().st_mode) == 0o600, name

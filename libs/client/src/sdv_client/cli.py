@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn
 from rich.table import Table
 
-from sdv_client.health import SERVICES, ServiceStatus, ping_all, quiet, status_of
+from sdv_client.health import SERVICES, ServiceStatus, nats_credentials, ping_all, quiet, status_of
 from sdv_client.package_cli import app as package_app
 from sdv_client.suite import Suite, SuiteError
 
@@ -49,7 +49,8 @@ def _print(statuses: list[ServiceStatus], as_json: bool, extra: dict[str, Any]) 
         )
     out.print(table)
     for key, value in extra.items():
-        out.print(f"{key}: {value}")
+        if value is not None:
+            out.print(f"{key}: {value}")
 
 
 def _stop_on_signals(stop: asyncio.Event) -> None:
@@ -96,11 +97,17 @@ async def _up(suite: Suite, *, check: bool, as_json: bool, timeout: float) -> in
             err.print("interrupted during start-up")
             return 130
         extra = {"nats_url": suite.nats_url, "database_url": suite.database_url,
-                 "data_dir": str(suite.dir)}
+                 "data_dir": str(suite.dir), "nats_creds": suite.nats_creds,
+                 "enrol_creds": str(suite.enrol_creds) if suite.enrol_creds else None}
         _print(statuses, as_json, extra)
         if check:
             return 0
-        err.print(f"suite running: `SDV_NATS_URL={suite.nats_url} sdv ping` checks it; Ctrl-C stops it")
+        creds = f" SDV_NATS_CREDS={suite.nats_creds}" if suite.nats_creds else ""
+        err.print(f"suite running: `SDV_NATS_URL={suite.nats_url}{creds} sdv ping` checks it; "
+                  "Ctrl-C stops it")
+        if suite.enrol_creds is not None:
+            err.print(f"agents enrol with `sdv-agent --enrol --nats-url {suite.nats_url} "
+                      f"--enrol-creds {suite.enrol_creds} …`; accept them with sdv.cmd.registry.accept")
         while not stop.is_set():
             for name in suite.restart_exited():
                 err.print(f"[yellow]{name} exited; restarted (log: {suite.processes[name].log_path})[/]")
@@ -133,36 +140,50 @@ def up(
     as_json: bool = JsonOption,
 ) -> None:
     """Start the whole suite: NATS, PostgreSQL and every service (or the servers named by
-    SDV_NATS_URL / SDV_DATABASE_URL), wait until each service answers, keep it running."""
+    SDV_NATS_URL / SDV_DATABASE_URL), wait until each service answers, keep it running.
+
+    The embedded NATS enforces per-user permissions (operator mode): its keys are kept in
+    <data-dir>/nats/trust.json, the services' credentials in <data-dir>/nats/service.creds and
+    the agents' enrolment credentials in <data-dir>/nats/enrol.creds."""
     suite = Suite(data_dir=data_dir, nats_port=nats_port)
     raise typer.Exit(asyncio.run(_up(suite, check=check, as_json=as_json, timeout=timeout)))
 
 
-async def _ping(url: str, timeout: float, as_json: bool) -> int:
+async def _ping(url: str, creds: str | None, timeout: float, as_json: bool) -> int:
+    auth = {"user_credentials": creds} if creds else {}
     try:
         # max_reconnect_attempts=0 would mean "retry forever" to nats-py's initial connect.
         nc = await nats.connect(url, name="sdv-ping", connect_timeout=2, max_reconnect_attempts=1,
-                                reconnect_time_wait=0.2, allow_reconnect=False, error_cb=quiet)
+                                reconnect_time_wait=0.2, allow_reconnect=False, error_cb=quiet,
+                                **auth)
     except Exception as exc:
-        _fail(f"cannot reach NATS at {url}: {exc!r}", as_json)
+        hint = "" if creds else " (an operator-mode server needs SDV_NATS_CREDS or --data-dir)"
+        _fail(f"cannot reach NATS at {url}: {exc!r}{hint}", as_json)
         return 1
     try:
         answers = await ping_all(nc, SERVICES, timeout=timeout)
     finally:
         await nc.close()
     statuses = [status_of(name, answer) for name, answer in answers.items()]
-    _print(statuses, as_json, {"nats_url": url})
+    _print(statuses, as_json, {"nats_url": url, "nats_creds": creds})
     return 0 if all(s.state == "up" for s in statuses) else 1
 
 
 @app.command()
 def ping(
     timeout: float = typer.Option(2.0, help="Seconds to wait for each answer."),
+    data_dir: Path | None = typer.Option(None, help="The --data-dir of `sdv up`: connect with the "
+                                         "service credentials it wrote (default: SDV_NATS_CREDS)."),
     as_json: bool = JsonOption,
 ) -> None:
-    """Ping every service of a running suite (NATS at SDV_NATS_URL); exit 1 if one is down."""
+    """Ping every service of a running suite (NATS at SDV_NATS_URL, credentials from
+    SDV_NATS_CREDS or --data-dir); exit 1 if one is down."""
     url = os.environ.get("SDV_NATS_URL", "nats://127.0.0.1:4222")
-    raise typer.Exit(asyncio.run(_ping(url, timeout, as_json)))
+    creds = nats_credentials(data_dir)
+    if creds is not None and not Path(creds).is_file():
+        _fail(f"no NATS credentials at {creds} (SDV_NATS_CREDS, or the --data-dir of sdv up)", as_json)
+        raise typer.Exit(1)
+    raise typer.Exit(asyncio.run(_ping(url, creds, timeout, as_json)))
 
 
 def main() -> None:

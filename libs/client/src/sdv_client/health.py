@@ -1,8 +1,11 @@
-"""Is each service answering? `sdv.cmd.<service>.ping` for every service of the suite, at once."""
+"""Is each service answering? `sdv.cmd.<service>.ping` for every service of the suite, at once;
+and where `sdv up` keeps the NATS credentials that asking needs."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+from pathlib import Path
 from typing import Literal
 
 import msgspec
@@ -11,7 +14,27 @@ from nats.aio.client import Client as NatsClient
 from sdv_events.bus import CommandClient, CommandError
 from sdv_events.service import Ping, ServiceHealth
 
-SERVICES: tuple[str, ...] = ("packager", "registry", "orchestrator", "monitor", "edge_agent")
+# The cloud services `sdv up` runs and pings. The edge agent is not one of them: it runs on a
+# device, under that device's own identity (`sdv-agent --enrol`), and answers no ping.
+SERVICES: tuple[str, ...] = ("packager", "registry", "orchestrator", "monitor")
+
+# Where `sdv up` keeps the embedded NATS's chain of trust and credentials: `<data-dir>/nats/…`.
+CREDS_ENV = "SDV_NATS_CREDS"
+TRUST_FILE = "trust.json"
+SERVICE_CREDS_FILE = "service.creds"
+ENROL_CREDS_FILE = "enrol.creds"
+
+
+def service_creds_path(data_dir: Path) -> Path:
+    return data_dir / "nats" / SERVICE_CREDS_FILE
+
+
+def nats_credentials(data_dir: Path | None = None) -> str | None:
+    """The `.creds` file to connect with: the service credentials `sdv up --data-dir <data_dir>`
+    wrote when a data dir is named, else `SDV_NATS_CREDS`, else None (a server without auth)."""
+    if data_dir is not None:
+        return str(service_creds_path(data_dir))
+    return os.environ.get(CREDS_ENV) or None
 
 # up: answers ping · starting: its process runs but it does not answer yet · unresponsive: it
 # answered before and stopped answering · down: no process (supervised) or nobody answers.

@@ -1,6 +1,20 @@
 """The whole suite on one machine: NATS + PostgreSQL (embedded, or the servers the environment
 names) and every service as a child process, supervised and pinged.
 
+The embedded NATS runs in operator mode (decentralized JWT auth, `sdv_events.auth`), so the
+server itself enforces who may publish and subscribe where. Its chain of trust lives in
+`<data-dir>/nats/trust.json` (owner-only; made on the first run, reused afterwards) and `sdv up`
+writes, owner-only, beside it:
+
+- `service.creds`: the services' user (full rights in the app account), which `sdv up`,
+  `sdv ping` and every service connect with (`SDV_NATS_CREDS`);
+- `enrol.creds`: the shared enrolment user agents announce with (it may only announce and read
+  the enrolment inbox); the registry mints each accepted device its own credentials from the
+  trust file (`SDV_TRUST_FILE`, given to the registry only) and pushes revocations.
+
+With `SDV_NATS_URL` the suite uses that server as it is configured, and `SDV_NATS_CREDS` (when
+set) as the services' credentials.
+
 Services run in process groups of their own: Ctrl-C in a terminal reaches `sdv up` only, which
 then stops the services before the servers they depend on.
 """
@@ -25,7 +39,19 @@ from pathlib import Path
 import nats
 from nats.aio.client import Client as NatsClient
 
-from sdv_client.health import SERVICES, ServiceStatus, State, ping_all, quiet, status_of
+from sdv_client.health import (
+    CREDS_ENV,
+    ENROL_CREDS_FILE,
+    SERVICE_CREDS_FILE,
+    SERVICES,
+    TRUST_FILE,
+    ServiceStatus,
+    State,
+    ping_all,
+    quiet,
+    status_of,
+)
+from sdv_events.auth import Trust, render_server_config
 from sdv_events.servers import NatsServer, PostgresServer
 
 STOP_GRACE_S = 10.0
@@ -41,6 +67,15 @@ def log_tail(path: Path, lines: int = 15) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return ""
+
+
+def write_private(path: Path, text: str) -> Path:
+    """Write `text` readable and writable by its owner only (also when `path` already existed)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    return path
 
 
 async def _start_server(what: str, start: Callable[[], object], log: Path) -> None:
@@ -95,6 +130,8 @@ class Suite:
     database_url: str | None = field(default_factory=lambda: os.environ.get("SDV_DATABASE_URL"))
     nats_port: int | None = None
     services: tuple[str, ...] = SERVICES
+    # The services' `.creds` file for a NATS named by nats_url; the embedded NATS makes its own.
+    nats_creds: str | None = field(default_factory=lambda: os.environ.get(CREDS_ENV) or None)
 
     def __post_init__(self) -> None:
         self._own_dir = self.data_dir is None
@@ -105,6 +142,10 @@ class Suite:
         self._postgres: PostgresServer | None = None
         self._nc: NatsClient | None = None
         self._answered: set[str] = set()
+        # Set when the embedded NATS runs in operator mode: the trust file (registry only) and
+        # the agents' enrolment credentials.
+        self.trust_file: Path | None = None
+        self.enrol_creds: Path | None = None
 
     async def __aenter__(self) -> Suite:
         try:
@@ -123,21 +164,43 @@ class Suite:
             raise SuiteError(f"not installed in this environment: {', '.join(f'sdv_{n}' for n in missing)}")
         await asyncio.gather(self._start_nats(), self._start_postgres())
         for proc in self.processes.values():
-            proc.start(self._service_env())
+            proc.start(self._service_env(proc.name))
+        auth = {"user_credentials": self.nats_creds} if self.nats_creds else {}
         self._nc = await nats.connect(str(self.nats_url), name="sdv-up", max_reconnect_attempts=-1,
-                                      error_cb=quiet)
+                                      error_cb=quiet, **auth)
 
-    def _service_env(self) -> dict[str, str]:
+    def _service_env(self, service: str) -> dict[str, str]:
         # SDV_DATA_DIR: where services keep files of their own (e.g. the packager's signing key),
         # so --data-dir keeps them too.
-        return dict(os.environ, SDV_NATS_URL=str(self.nats_url), SDV_DATABASE_URL=str(self.database_url),
-                    SDV_DATA_DIR=str(self.dir))
+        env = dict(os.environ, SDV_NATS_URL=str(self.nats_url), SDV_DATABASE_URL=str(self.database_url),
+                   SDV_DATA_DIR=str(self.dir))
+        if self.nats_creds:
+            env[CREDS_ENV] = self.nats_creds
+        if self.trust_file is not None:
+            # The operator and account signing keys: only the registry mints device credentials.
+            env.pop("SDV_TRUST_FILE", None)
+            if service == "registry":
+                env["SDV_TRUST_FILE"] = str(self.trust_file)
+        return env
 
     async def _start_nats(self) -> None:
         if self.nats_url is None:
-            (self.dir / "nats").mkdir(exist_ok=True)
-            self._nats = NatsServer(port=self.nats_port, store_dir=self.dir / "nats")
-            await _start_server("NATS", self._nats.start, self.dir / "nats" / "nats.log")
+            nats_dir = self.dir / "nats"
+            nats_dir.mkdir(exist_ok=True)
+            os.chmod(nats_dir, 0o700)  # keys, credentials and JetStream data: the owner's only
+            trust_file = nats_dir / TRUST_FILE
+            try:
+                trust = await asyncio.to_thread(Trust.load_or_create, trust_file)
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise SuiteError(f"cannot use the NATS chain of trust in {trust_file}: {exc!r} "
+                                 "(delete it to make a new one; devices then need to enrol again)") from exc
+            os.chmod(trust_file, 0o600)
+            service_creds = write_private(nats_dir / SERVICE_CREDS_FILE, trust.service_creds("service"))
+            self.enrol_creds = write_private(nats_dir / ENROL_CREDS_FILE, trust.enrol_creds())
+            self.trust_file, self.nats_creds = trust_file, str(service_creds)
+            self._nats = NatsServer(port=self.nats_port, store_dir=nats_dir,
+                                    config_text=render_server_config(trust))
+            await _start_server("NATS", self._nats.start, nats_dir / "nats.log")
             self.nats_url = self._nats.url
 
     async def _start_postgres(self) -> None:
@@ -189,7 +252,6 @@ class Suite:
 
     def restart_exited(self) -> list[str]:
         """Restart services whose process ended, with exponential backoff per service."""
-        env = self._service_env()
         restarted = []
         now = time.monotonic()
         for proc in self.processes.values():
@@ -198,7 +260,7 @@ class Suite:
             proc.restarts += 1
             proc.next_restart_at = now + min(MAX_BACKOFF_S, 2.0 ** proc.restarts)
             self._answered.discard(proc.name)
-            proc.start(env)
+            proc.start(self._service_env(proc.name))
             restarted.append(proc.name)
         return restarted
 

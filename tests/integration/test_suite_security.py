@@ -1,0 +1,259 @@
+"""The suite as `sdv up` runs it by default: embedded NATS in operator mode, so the server itself
+enforces who may do what. Services answer ping over it with the service credentials `sdv up`
+wrote; a client without credentials is refused; the enrolment credentials can announce and
+nothing else; a device the registry accepted connects with the credentials it was issued and
+can publish its heartbeat (and no more)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import stat
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+from nats.aio.client import Client as NatsClient
+
+from sdv_client.health import SERVICES, ping_all
+from sdv_client.suite import Suite
+from sdv_events.auth import (
+    ENROL_INBOX_PREFIX,
+    Role,
+    announce_subject,
+    new_keypair,
+    public_key,
+    raw_creds,
+    seed_of,
+)
+from sdv_events.auth.creds import format_creds
+from sdv_events.bus import CommandClient
+from sdv_events.bus.rpc import Reply, ReplyError, error_from_reply
+from sdv_events.codec import decode_as, encode
+from sdv_events.schemas.devices import (
+    AcceptDevice,
+    Announce,
+    AnnounceReply,
+    Capabilities,
+    DeviceView,
+    GetDevice,
+)
+from sdv_events.service import ServiceHealth
+
+pytestmark = pytest.mark.timeout(60)
+SDV = Path(sys.executable).parent / "sdv"
+
+
+class Errors(list[str]):
+    """What nats-py reports asynchronously (the server's refusals), lower-cased; pass
+    `error_cb=errors.record`."""
+
+    async def record(self, exc: Exception) -> None:
+        self.append(str(exc).lower())
+
+
+async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 10.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await check()
+        if result or time.monotonic() > deadline:
+            return result
+        await asyncio.sleep(0.1)
+
+
+async def refused(errors: Errors, action: Callable[[], Awaitable[None]], subject: str) -> None:
+    before = len(errors)
+    await action()
+    for _ in range(40):
+        if any("permissions violation" in e and subject.lower() in e for e in errors[before:]):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the server did not refuse {subject!r}: {errors[before:]}")
+
+
+@pytest.fixture(scope="module")
+async def suite(tmp_path_factory: pytest.TempPathFactory, database_url: str) -> AsyncIterator[Suite]:
+    # nats_url=None: the embedded, operator-mode NATS of `sdv up` even when SDV_NATS_URL is set.
+    data_dir = tmp_path_factory.mktemp("sdv-up")
+    async with Suite(data_dir=data_dir, nats_url=None, database_url=database_url) as running:
+        await running.wait_ready(timeout=40)
+        yield running
+
+
+@pytest.fixture(scope="module")
+async def ops(suite: Suite) -> AsyncIterator[CommandClient]:
+    nc = await nats.connect(str(suite.nats_url), user_credentials=suite.nats_creds)
+    yield CommandClient(nc, actor="operator:test", timeout=5.0)
+    await nc.close()
+
+
+def _sdv_ping(suite: Suite, *args: str, creds: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "SDV_NATS_CREDS"}
+    env["SDV_NATS_URL"] = str(suite.nats_url)
+    if creds:
+        env["SDV_NATS_CREDS"] = creds
+    return subprocess.run([str(SDV), "ping", "--json", "--timeout", "3", *args], env=env,
+                          capture_output=True, text=True, timeout=30, check=False)
+
+
+async def test_sdv_up_keeps_keys_and_credentials_owner_only(suite: Suite) -> None:
+    nats_dir = suite.dir / "nats"
+    assert stat.S_IMODE(nats_dir.stat().st_mode) == 0o700
+    for name in ("trust.json", "service.creds", "enrol.creds"):
+        assert stat.S_IMODE((nats_dir / name).stat().st_mode) == 0o600, name
+    assert suite.nats_creds == str(nats_dir / "service.creds")
+    assert suite.enrol_creds == nats_dir / "enrol.creds"
+    assert "-----BEGIN NATS USER JWT-----" in (nats_dir / "enrol.creds").read_text()
+    # Only the registry gets the trust file (it mints device credentials and revocations).
+    assert suite._service_env("registry")["SDV_TRUST_FILE"] == str(nats_dir / "trust.json")
+    assert "SDV_TRUST_FILE" not in suite._service_env("packager")
+    assert all(suite._service_env(n)["SDV_NATS_CREDS"] == suite.nats_creds for n in SERVICES)
+
+
+async def test_services_answer_ping_over_the_operator_mode_server(suite: Suite, ops: CommandClient) -> None:
+    answers = await ping_all(ops.nc, SERVICES, timeout=3)
+    assert all(isinstance(a, ServiceHealth) for a in answers.values()), answers
+
+    # `sdv ping` with the credentials of `sdv up` (by data dir, or by SDV_NATS_CREDS) …
+    for result in await asyncio.gather(
+        asyncio.to_thread(_sdv_ping, suite, "--data-dir", str(suite.dir)),
+        asyncio.to_thread(_sdv_ping, suite, creds=suite.nats_creds),
+    ):
+        assert result.returncode == 0, result.stdout + result.stderr
+        report = json.loads(result.stdout)
+        assert report["ok"] is True
+        assert report["nats_creds"] == suite.nats_creds
+    # … and without: the server refuses the connection.
+    bare = await asyncio.to_thread(_sdv_ping, suite)
+    assert bare.returncode == 1
+    assert "authorization violation" in json.loads(bare.stdout)["error"].lower()
+
+
+async def test_a_client_without_credentials_is_refused(suite: Suite) -> None:
+    errors = Errors()
+    with pytest.raises(Exception) as caught:  # noqa: PT011 - nats-py raises several kinds here
+        await nats.connect(str(suite.nats_url), allow_reconnect=False, connect_timeout=2,
+                           max_reconnect_attempts=1, error_cb=errors.record)
+    assert "authorization violation" in " ".join([str(caught.value).lower(), *errors])
+
+
+def _announce(device_id: str, key: Any) -> bytes:
+    caps = Capabilities(hardware_type="linux-generic", arch="x86_64", runtimes=["native"],
+                        python_version="3.11.9", agent_version="0.1.0", memory_mb=2048, storage_mb=8192)
+    return encode(Announce(device_id=device_id, public_key=public_key(key), capabilities=caps))
+
+
+async def _request_announce(nc: NatsClient, device_id: str, key: Any) -> AnnounceReply:
+    msg = await nc.request(announce_subject(device_id), _announce(device_id, key), timeout=5)
+    reply: Reply = decode_as(msg.data, Reply)  # type: ignore[arg-type]
+    if isinstance(reply, ReplyError):
+        raise error_from_reply(reply)
+    return decode_as(bytes(reply.result), AnnounceReply)
+
+
+async def _enrolment_client(suite: Suite, errors: Errors) -> NatsClient:
+    assert suite.enrol_creds is not None
+    return await nats.connect(str(suite.nats_url), user_credentials=str(suite.enrol_creds),
+                              inbox_prefix=ENROL_INBOX_PREFIX, error_cb=errors.record, allow_reconnect=False)
+
+
+async def test_enrolment_credentials_announce_but_read_no_events(suite: Suite, ops: CommandClient) -> None:
+    device_id = f"sec-enrol-{uuid.uuid4().hex[:8]}"
+    seen = await ops.nc.subscribe(announce_subject(device_id))
+    await ops.nc.flush()
+    errors = Errors()
+    nc = await _enrolment_client(suite, errors)
+    try:
+        reply = await _request_announce(nc, device_id, new_keypair(Role.USER))
+        assert (reply.status, reply.credentials) == ("pending", None)
+        assert (await seen.next_msg(timeout=2)).subject == announce_subject(device_id)
+        assert errors == []
+
+        async def sub(subject: str) -> None:
+            await nc.subscribe(subject)
+            await nc.flush()
+
+        async def pub(subject: str) -> None:
+            await nc.publish(subject, b"x")
+            await nc.flush()
+
+        await refused(errors, lambda: sub("sdv.evt.>"), "sdv.evt.>")
+        await refused(errors, lambda: sub("_INBOX.>"), "_INBOX.>")
+        await refused(errors, lambda: pub(f"sdv.hb.{device_id}"), f"sdv.hb.{device_id}")
+        await refused(errors, lambda: pub("sdv.cmd.registry.accept"), "sdv.cmd.registry.accept")
+    finally:
+        await nc.close()
+        await seen.unsubscribe()
+
+
+async def test_an_accepted_device_connects_with_its_credentials_and_heartbeats(
+    suite: Suite, ops: CommandClient,
+) -> None:
+    device_id = f"sec-dev-{uuid.uuid4().hex[:8]}"
+    key = new_keypair(Role.USER)
+    enrol_errors = Errors()
+    enrol = await _enrolment_client(suite, enrol_errors)
+    try:
+        assert (await _request_announce(enrol, device_id, key)).status == "pending"
+        accepted = await ops.call("registry", "accept", AcceptDevice(device_id, "security test"), DeviceView)
+        assert accepted.status == "accepted"
+        reply = await _request_announce(enrol, device_id, key)
+    finally:
+        await enrol.close()
+    assert reply.status == "accepted", reply
+    assert reply.credentials is not None
+
+    heartbeats = await ops.nc.subscribe(f"sdv.hb.{device_id}")
+    await ops.nc.flush()
+    errors = Errors()
+    device = await nats.connect(
+        str(suite.nats_url), user_credentials=raw_creds(format_creds(reply.credentials.jwt, seed_of(key))),
+        inbox_prefix=reply.credentials.inbox_prefix, error_cb=errors.record, allow_reconnect=False,
+    )
+    try:
+        await device.publish(f"sdv.hb.{device_id}", b"")
+        await device.flush()
+        assert (await heartbeats.next_msg(timeout=2)).subject == f"sdv.hb.{device_id}"
+
+        async def online() -> bool:
+            view = await ops.call("registry", "get", GetDevice(device_id), DeviceView)
+            return view.online
+
+        assert await eventually(online), "the registry never saw the heartbeat"
+        assert errors == []
+
+        # Its own subjects only: another device's heartbeat and the event stream are refused.
+        async def pub(subject: str) -> None:
+            await device.publish(subject, b"x")
+            await device.flush()
+
+        async def sub(subject: str) -> None:
+            await device.subscribe(subject)
+            await device.flush()
+
+        await refused(errors, lambda: pub("sdv.hb.someone-else"), "sdv.hb.someone-else")
+        await refused(errors, lambda: sub("sdv.evt.>"), "sdv.evt.>")
+    finally:
+        await device.close()
+        await heartbeats.unsubscribe()
+
+
+def test_a_second_sdv_up_on_the_same_data_dir_reuses_the_chain_of_trust(tmp_path: Path) -> None:
+    """Device credentials stay valid across restarts only if the keys do: the trust is made once."""
+    env = {k: v for k, v in os.environ.items() if k not in ("SDV_NATS_URL", "SDV_NATS_CREDS")}
+    trust_file = tmp_path / "nats" / "trust.json"
+    seen = []
+    for _ in range(2):
+        result = subprocess.run([str(SDV), "up", "--check", "--json", "--data-dir", str(tmp_path)],
+                                env=env, capture_output=True, text=True, timeout=25, check=False)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert json.loads(result.stdout)["nats_creds"] == str(tmp_path / "nats" / "service.creds")
+        seen.append(trust_file.read_text())
+    assert seen[0] == seen[1]
