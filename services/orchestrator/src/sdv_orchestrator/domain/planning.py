@@ -76,6 +76,10 @@ def plan_waves(device_ids: Sequence[str], strategy: Strategy) -> list[list[str]]
     return waves
 
 
+def _minor(version: str) -> str:
+    return ".".join(version.split(".")[:2])
+
+
 def why_excluded(package: PackageInfo, device: DeviceFacts, arches: frozenset[str]) -> str | None:
     """The reason a device cannot run the package, or None when it can."""
     if device.status != "accepted":
@@ -84,7 +88,8 @@ def why_excluded(package: PackageInfo, device: DeviceFacts, arches: frozenset[st
         return f"no {package.runtime} runtime (has {', '.join(device.runtimes) or 'none'})"
     if arches and device.arch not in arches:
         return f"arch {device.arch} not supported by the package ({', '.join(sorted(arches))})"
-    if package.runtime == "native" and device.python_version != package.python_version:
+    # Agents report the interpreter's full version (3.11.9); packages name major.minor (3.11).
+    if package.runtime == "native" and _minor(device.python_version) != _minor(package.python_version):
         return f"python {device.python_version}, package needs {package.python_version}"
     if (package.vss_reads or package.vss_writes) and not device.kuksa:
         return "no KUKSA databroker"

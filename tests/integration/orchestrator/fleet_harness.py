@@ -1,0 +1,412 @@
+"""The orchestrator with its peers on real servers, and a fleet of SIMULATED agents.
+
+The packager, the registry and the orchestrator run in-process (`serve(settings, stop)`), each
+in a PostgreSQL schema of its own, on one NATS server. A simulated agent is a nats-py client
+that announces its device to the registry (pre-authorised with labels, so a selector finds
+it), watches its own key in KV `sdv_desired`, and answers a desired version it has not
+answered yet with an `AppHealthy` or `AppFailed` fact — an envelope on
+`sdv.evt.agent.<device>.<Type>` with a `Nats-Msg-Id`, as the real edge agent publishes it. It
+installs nothing: what it does per version is scripted (`ok`, `fail`, `silent`, or held until a
+gate opens). It records every desired document it saw, so tests can check that revisions only
+increase and which versions a device was ever asked to run.
+
+Loaded by path (`load_harness()` in conftest) so tests/reliability can share it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import nats
+from nats.aio.client import Client as NatsClient
+
+from sdv_client.packages import PackagerClient
+from sdv_events.auth import Role, announce_subject, new_keypair, public_key
+from sdv_events.bus import CommandClient
+from sdv_events.bus.rpc import Reply, ReplyError, error_from_reply
+from sdv_events.codec import decode_as, encode
+from sdv_events.envelope import Envelope
+from sdv_events.ids import stream_id
+from sdv_events.provisioning import DESIRED_BUCKET, provision
+from sdv_events.registry import default_registry
+from sdv_events.schemas.agent import AppFact, AppFailed, AppHealthy
+from sdv_events.schemas.deployment import DesiredState
+from sdv_events.schemas.devices import (
+    Announce,
+    AnnounceReply,
+    Capabilities,
+    DeviceList,
+    DeviceView,
+    Kuksa,
+    ListDevices,
+    PreauthorizeDevice,
+)
+from sdv_events.schemas.packages import PackageInfo
+from sdv_events.schemas.rollouts import (
+    CreateRolloutRequest,
+    RolloutRef,
+    RolloutView,
+    Strategy,
+    Target,
+    Thresholds,
+    Timeouts,
+)
+from sdv_events.service import Ping, ServiceHealth
+from sdv_events.store import EventStore
+from sdv_events.subjects import agent_fact_subject
+from sdv_orchestrator.app import serve as serve_orchestrator
+from sdv_orchestrator.settings import OrchestratorSettings
+from sdv_packager.app import serve as serve_packager
+from sdv_packager.settings import PackagerSettings
+from sdv_registry.app import serve as serve_registry
+from sdv_registry.settings import RegistrySettings
+
+APP_TOML = """\
+[app]
+name = "{name}"
+version = "{version}"
+entry_point = "main.py"
+runtime = "{runtime}"
+{vss}
+"""
+VSS = '[vss]\nreads = ["Vehicle.Speed"]\n'
+
+
+def capabilities(**overrides: Any) -> Capabilities:
+    # python_version as a real agent reports it (platform.python_version()): patch level included.
+    base: dict[str, Any] = dict(hardware_type="linux-generic", arch="x86_64", runtimes=["native"],
+                                python_version="3.11.9", agent_version="sim-0.1", memory_mb=4096,
+                                storage_mb=32768, kuksa=Kuksa(present=True, vss_version="4.0"))
+    return Capabilities(**(base | overrides))
+
+
+async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 10.0,
+                     interval: float = 0.05) -> Any:
+    """Poll `check` until it returns something truthy or the deadline passes (then its last
+    result, falsy, for the caller's assert to show)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await check()
+        if result or time.monotonic() > deadline:
+            return result
+        await asyncio.sleep(interval)
+
+
+# --- services -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Running:
+    """One in-process service: its task and the event that stops it."""
+
+    name: str
+    task: asyncio.Task[None]
+    stop_event: asyncio.Event
+
+    async def stop(self, timeout: float = 20.0) -> None:
+        self.stop_event.set()
+        await asyncio.wait_for(self.task, timeout)
+
+
+async def start_service(name: str, serve: Callable[..., Awaitable[None]], settings: Any,
+                        nc: NatsClient) -> Running:
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve(settings, stop), name=f"service:{name}")
+    pings = CommandClient(nc, timeout=1.0)
+    for _ in range(150):
+        try:
+            await pings.call(name, "ping", Ping(), ServiceHealth)
+            return Running(name, task, stop)
+        except Exception:
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.1)
+    raise TimeoutError(f"{name} did not answer ping")
+
+
+@dataclass
+class Suite:
+    """Packager + registry + orchestrator(s) on one NATS server and one PostgreSQL."""
+
+    url: str
+    database_url: str
+    schema: str
+    tmp_path: Path
+    nc: NatsClient = None  # type: ignore[assignment]
+    packager: Running | None = None
+    registry: Running | None = None
+    orchestrators: list[Running] = field(default_factory=list)
+    packages: PackagerClient = None  # type: ignore[assignment]
+    commands: CommandClient = None  # type: ignore[assignment]
+    tick_s: float = 0.2
+    agents: dict[str, SimAgent] = field(default_factory=dict)
+    _apps: int = 0
+
+    @property
+    def orchestrator_schema(self) -> str:
+        return f"{self.schema}_o"
+
+    async def open(self) -> Suite:
+        self.nc = await nats.connect(self.url)
+        await provision(self.nc.jetstream())
+        self.packages = PackagerClient(self.nc, actor="test")
+        self.commands = CommandClient(self.nc, actor="operator:test", timeout=30.0)
+        self.packager = await start_service("packager", serve_packager, PackagerSettings(
+            service="packager", nats_url=self.url, database_url=self.database_url,
+            schema_name=f"{self.schema}_p", signing_key_path=self.tmp_path / "keys" / "packager.pem",
+            wheels_offline=True, log_level="WARNING",
+        ), self.nc)
+        # No trust file: devices are admitted but get no NATS credentials (a plain NATS server).
+        self.registry = await start_service("registry", serve_registry, RegistrySettings(
+            service="registry", nats_url=self.url, database_url=self.database_url,
+            schema_name=f"{self.schema}_r", log_level="WARNING", heartbeat_silence_s=3600.0,
+        ), self.nc)
+        await self.start_orchestrator()
+        return self
+
+    def orchestrator_settings(self) -> OrchestratorSettings:
+        return OrchestratorSettings(
+            service="orchestrator", nats_url=self.url, database_url=self.database_url,
+            schema_name=self.orchestrator_schema, log_level="WARNING", tick_s=self.tick_s,
+        )
+
+    async def start_orchestrator(self) -> Running:
+        running = await start_service("orchestrator", serve_orchestrator, self.orchestrator_settings(),
+                                      self.nc)
+        self.orchestrators.append(running)
+        return running
+
+    async def stop_orchestrator(self, running: Running) -> None:
+        self.orchestrators.remove(running)
+        await running.stop()
+
+    async def close(self) -> None:
+        for agent in list(self.agents.values()):
+            await agent.close()
+        for running in [*self.orchestrators, self.registry, self.packager]:
+            if running is not None:
+                with contextlib.suppress(Exception):
+                    await running.stop()
+        if self.nc is not None:
+            await self.nc.drain()
+
+    # --- packages --------------------------------------------------------------------------------
+
+    async def publish(self, name: str, version: str, *, runtime: str = "native",
+                      vss: bool = False) -> PackageInfo:
+        self._apps += 1
+        app = self.tmp_path / "apps" / f"{name}-{version}-{self._apps}"
+        app.mkdir(parents=True)
+        (app / "sdv-app.toml").write_text(
+            APP_TOML.format(name=name, version=version, runtime=runtime, vss=VSS if vss else ""))
+        (app / "main.py").write_text(f"print('{name} {version}')\n")
+        return await self.packages.publish_dir(app)
+
+    # --- devices ---------------------------------------------------------------------------------
+
+    async def add_agents(self, count: int, *, prefix: str = "sim", labels: dict[str, str] | None = None,
+                         start: int = 0, **caps: Any) -> list[SimAgent]:
+        """`count` simulated agents `<prefix>-00…`, pre-authorised with `labels`, announced,
+        accepted and watching their desired state; returns once the registry lists them."""
+        labels = labels or {"fleet": "sim"}
+        agents = [SimAgent(f"{prefix}-{i:02d}", self.url, capabilities(**caps))
+                  for i in range(start, start + count)]
+        for agent in agents:
+            await self.commands.call("registry", "preauthorize",
+                                     PreauthorizeDevice(agent.device_id, agent.token, labels),
+                                     DeviceView)
+        await asyncio.gather(*(agent.start() for agent in agents))
+        for agent in agents:
+            self.agents[agent.device_id] = agent
+        selector = ",".join(f"{k}={v}" for k, v in labels.items())
+        ids = {a.device_id for a in agents}
+
+        async def listed() -> bool:
+            page = await self.commands.call("registry", "list", ListDevices(
+                selector=selector, status="accepted", limit=10_000), DeviceList)
+            return ids <= {d.device_id for d in page.devices}
+
+        assert await eventually(listed), "the registry never listed the announced devices"
+        return agents
+
+    # --- rollouts --------------------------------------------------------------------------------
+
+    async def create(self, package: PackageInfo, *, selector: str | None = None,
+                     device_ids: list[str] | None = None, waves: list[str] | None = None,
+                     kind: str = "canary", batch_size: int = 10, success: float = 0.95,
+                     error: float = 0.05, device_s: float = 20.0, soak_s: float = 0.0,
+                     start: bool = True, rollout_id: str | None = None) -> RolloutView:
+        strategy = Strategy(kind=kind, waves=waves or ["1", "10%", "50%", "100%"],  # type: ignore[arg-type]
+                            batch_size=batch_size)
+        request = CreateRolloutRequest(
+            package=package.name, version=package.version,
+            target=Target(selector=selector, device_ids=device_ids), strategy=strategy,
+            thresholds=Thresholds(success, error), timeouts=Timeouts(device_s, soak_s), start=start,
+            rollout_id=rollout_id or f"r-{uuid.uuid4().hex[:12]}",
+        )
+        return await self.commands.call("orchestrator", "create", request, RolloutView)
+
+    async def op(self, name: str, rollout_id: str, reason: str = "") -> RolloutView:
+        return await self.commands.call("orchestrator", name, RolloutRef(rollout_id, reason), RolloutView)
+
+    async def get(self, rollout_id: str) -> RolloutView:
+        return await self.op("get", rollout_id)
+
+    async def wait_status(self, rollout_id: str, *statuses: str, timeout: float = 15.0) -> RolloutView:
+        async def reached() -> RolloutView | None:
+            view = await self.get(rollout_id)
+            return view if view.status in statuses else None
+
+        view = await eventually(reached, timeout, interval=0.1)
+        assert view is not None, f"rollout never reached {statuses}: {await self.get(rollout_id)}"
+        return view
+
+    async def desired(self, device_id: str) -> DesiredState | None:
+        kv = await self.nc.jetstream().key_value(DESIRED_BUCKET)
+        try:
+            entry = await kv.get(device_id)
+        except nats.js.errors.KeyNotFoundError:
+            return None
+        return msgspec.json.decode(entry.value or b"", type=DesiredState)
+
+    async def events(self, rollout_id: str) -> list[Envelope]:
+        """The rollout's stream as the orchestrator stored it."""
+        store = await EventStore.open(self.database_url, self.orchestrator_schema)
+        try:
+            return list(await store.read_stream(stream_id("rollout", rollout_id)))
+        finally:
+            await store.close()
+
+
+@contextlib.asynccontextmanager
+async def running_suite(url: str, database_url: str, schema: str, tmp_path: Path,
+                        tick_s: float = 0.2) -> AsyncIterator[Suite]:
+    suite = Suite(url, database_url, schema, tmp_path, tick_s=tick_s)
+    try:
+        yield await suite.open()
+    finally:
+        await suite.close()
+
+
+# --- simulated agents -----------------------------------------------------------------------------
+
+
+@dataclass
+class SimAgent:
+    """A SIMULATED edge agent: announce, watch own desired key, answer with facts (no install).
+
+    `script[version]`: what to answer for that version: "ok" (AppHealthy), "fail" (AppFailed),
+    "silent" (never answers). `gate`, when set, holds every answer until it opens."""
+
+    device_id: str
+    url: str
+    caps: Capabilities
+    default: str = "ok"
+    script: dict[str, str] = field(default_factory=dict)
+    gate: asyncio.Event | None = None
+    token: str = field(default_factory=lambda: f"tok-{uuid.uuid4().hex}")
+    docs: list[DesiredState] = field(default_factory=list)  # every document seen, in order
+    stale: list[int] = field(default_factory=list)  # revisions seen that were not newer
+    running: dict[str, str] = field(default_factory=dict)  # app → version it would run now
+    facts: list[tuple[str, str, str | None]] = field(default_factory=list)  # (type, version, rollout)
+    _answered: set[tuple[str, str | None]] = field(default_factory=set)
+    _nc: NatsClient | None = None
+    _task: asyncio.Task[None] | None = None
+    _answering: set[asyncio.Task[None]] = field(default_factory=set)
+    _fact_version: int = 0
+    _revision: int = 0
+
+    async def start(self) -> None:
+        self._nc = await nats.connect(self.url)
+        key = new_keypair(Role.USER)
+        body = Announce(device_id=self.device_id, public_key=public_key(key),
+                        capabilities=self.caps, token=self.token)
+        msg = await self._nc.request(announce_subject(self.device_id), encode(body), timeout=10)
+        reply: Reply = decode_as(msg.data, Reply)  # type: ignore[arg-type]
+        if isinstance(reply, ReplyError):
+            raise error_from_reply(reply)
+        answer = decode_as(bytes(reply.result), AnnounceReply)
+        assert answer.status == "accepted", answer
+        kv = await self._nc.jetstream().key_value(DESIRED_BUCKET)
+        watcher = await kv.watch(self.device_id)
+        self._task = asyncio.create_task(self._watch(watcher), name=f"sim-agent:{self.device_id}")
+
+    def versions_seen(self, app: str) -> list[str]:
+        return [d.apps[app].package.version for d in self.docs if app in d.apps]
+
+    @property
+    def revisions(self) -> list[int]:
+        return [d.revision for d in self.docs]
+
+    async def _watch(self, watcher: Any) -> None:
+        try:
+            while True:
+                try:
+                    entry = await watcher.updates(timeout=3600)
+                except nats.errors.TimeoutError:
+                    continue
+                if entry is None or not entry.value:
+                    continue
+                doc = msgspec.json.decode(entry.value, type=DesiredState)
+                if doc.revision <= self._revision:
+                    self.stale.append(doc.revision)  # level-triggered: not newer, ignored
+                    continue
+                self._revision = doc.revision
+                self.docs.append(doc)
+                self.running = {name: app.package.version for name, app in doc.apps.items()}
+                for app in doc.apps.values():
+                    if (app.package.digest, app.rollout_id) not in self._answered:
+                        self._answered.add((app.package.digest, app.rollout_id))
+                        task = asyncio.create_task(
+                            self._answer(app.package, app.rollout_id, doc.revision))
+                        self._answering.add(task)
+                        task.add_done_callback(self._answering.discard)
+        finally:
+            with contextlib.suppress(Exception):
+                await watcher.stop()
+
+    async def _answer(self, package: PackageInfo, rollout_id: str | None, revision: int) -> None:
+        what = self.script.get(package.version, self.default)
+        if what == "silent":
+            return
+        if self.gate is not None:
+            await self.gate.wait()
+        common = dict(device_id=self.device_id, app=package.name, version=package.version,
+                      digest=package.digest, desired_revision=revision, rollout_id=rollout_id)
+        fact: AppFact = (AppHealthy(**common) if what == "ok"
+                         else AppFailed(**common, reason="simulated failure", stage="health"))
+        await self.publish(fact)
+
+    async def publish(self, fact: AppFact) -> None:
+        assert self._nc is not None
+        type_name, schema_version = default_registry.describe(fact)
+        self._fact_version += 1
+        msg_id = f"{self.device_id}.{fact.app}.{fact.digest[:16]}.{fact.desired_revision}.{type_name}"
+        envelope = Envelope(
+            event_id=uuid.uuid5(uuid.NAMESPACE_URL, msg_id), stream_id=stream_id("agent", self.device_id),
+            version=self._fact_version, type=type_name, schema_version=schema_version,
+            occurred_at=datetime.now(UTC), data=fact, actor=f"agent:{self.device_id}",
+            correlation_id=fact.rollout_id,
+        )
+        await self._nc.jetstream().publish(agent_fact_subject(self.device_id, type_name),
+                                           encode(envelope), headers={"Nats-Msg-Id": msg_id})
+        self.facts.append((type_name.split(".")[1], fact.version, fact.rollout_id))
+
+    async def close(self) -> None:
+        for task in [*self._answering, *([self._task] if self._task else [])]:
+            task.cancel()
+        if self._task is not None:
+            with contextlib.suppress(BaseException):
+                await self._task
+        if self._nc is not None:
+            with contextlib.suppress(Exception):
+                await self._nc.close()
