@@ -37,6 +37,7 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from sdv_client.health import nats_credentials
 from sdv_client.packages import PackagerClient
 from sdv_events.bus import CommandError, RequestTimeout, ServiceUnavailable
 from sdv_events.package_format import PackageVerificationError, verify_artifact
@@ -116,6 +117,7 @@ async def _with_client(work: Callable[[PackagerClient], Awaitable[T]]) -> T:
         nc: NatsClient = await asyncio.wait_for(nats.connect(
             url, name="sdv-package", connect_timeout=2, allow_reconnect=False,
             max_reconnect_attempts=1, reconnect_time_wait=0.1, error_cb=quiet,
+            user_credentials=nats_credentials(),
         ), CONNECT_TIMEOUT_S)
     except Exception as exc:
         raise Failure(f"cannot reach NATS at {url}: {exc!r}", code="unreachable",
