@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import signal
 import sys
 import time
@@ -88,7 +89,7 @@ async def serve(settings: AgentSettings, stop: asyncio.Event | None = None) -> N
     databroker = Databroker(settings.databroker)
     options = AgentOptions(
         device_id=settings.device_id, data_dir=settings.data_dir, agent_version=agent_version(),
-        stop_timeout_s=settings.stop_timeout_s,
+        stop_timeout_s=settings.stop_timeout_s, monitor_interval_s=settings.monitor_s,
         restart_policy=RestartPolicy(base_delay_s=settings.restart_base_s,
                                      max_delay_s=settings.restart_max_s,
                                      loop_crashes=settings.crash_loop, window_s=settings.crash_window_s),
@@ -123,13 +124,16 @@ async def serve(settings: AgentSettings, stop: asyncio.Event | None = None) -> N
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGUSR2, dump_tasks)
     crashed = asyncio.create_task(_first_failure(tasks))
     await asyncio.wait([asyncio.create_task(stop.wait()), crashed], return_when=asyncio.FIRST_COMPLETED)
     log.info("agent_stopping")
     for task in tasks:
         task.cancel()
     crashed.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    _, stuck = await asyncio.wait(tasks, timeout=5.0)  # a task that ignores its cancellation
+    for task in stuck:                                  # must not keep the agent from exiting
+        log.error("task_ignored_cancellation", task=task.get_name())
     await agent.close()
     await link.close()
     store.close()
@@ -164,6 +168,14 @@ async def _first_failure(tasks: list[asyncio.Task[None]]) -> None:
                 log.error("agent_task_failed", task=task.get_name(), error=repr(task.exception()))
 
 
+def dump_tasks() -> None:
+    """`kill -USR2 <agent>`: every asyncio task and where it waits, on stderr (for a stuck agent)."""
+    for task in asyncio.all_tasks():
+        print(f"--- task {task.get_name()}", file=sys.stderr)
+        task.print_stack(limit=8, file=sys.stderr)
+    sys.stderr.flush()
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         settings = load_settings(argv)
@@ -171,4 +183,5 @@ def main(argv: list[str] | None = None) -> None:
         print(f"sdv-agent: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     configure_logging(SERVICE, level=settings.log_level)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1` dumps every stack
     asyncio.run(serve(settings))

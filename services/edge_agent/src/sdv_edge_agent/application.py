@@ -221,7 +221,8 @@ class Agent:
                     *command, cwd=spec.cwd, env=spec.env, stdout=asyncio.subprocess.DEVNULL,
                     stderr=asyncio.subprocess.PIPE,
                 )
-                _, err = await asyncio.wait_for(proc.communicate(), max(0.1, deadline - loop.time()))
+                async with asyncio.timeout(max(0.1, deadline - loop.time())):
+                    _, err = await proc.communicate()
                 if proc.returncode == 0:
                     return True, ""
                 reason = f"exit {proc.returncode}: {err.decode(errors='replace').strip()[-200:]}"

@@ -8,6 +8,7 @@
   SDV_AGENT_PACKAGER_KEY_FILE      package is installed unless its signature verifies)
   SDV_AGENT_DATABROKER           host:port of the KUKSA databroker (then 127.0.0.1:55555 is tried)
   SDV_AGENT_HEARTBEAT_S          5
+  SDV_AGENT_MONITOR_S            1    (usage sampling of app processes, and the RSS watchdog)
   SDV_AGENT_STOP_TIMEOUT_S       10   (SIGTERM → SIGKILL)
   SDV_AGENT_RESTART_BASE_S       0.5  (crash restarts: base · 2^n, capped at RESTART_MAX_S)
   SDV_AGENT_RESTART_MAX_S        30
@@ -42,6 +43,7 @@ class AgentSettings:
     nats_creds: Path | None = None
     databroker: str | None = None
     heartbeat_s: float = 5.0
+    monitor_s: float = 1.0
     stop_timeout_s: float = 10.0
     restart_base_s: float = 0.5
     restart_max_s: float = 30.0
@@ -101,6 +103,7 @@ def load_settings(argv: list[str] | None = None, env: dict[str, str] | None = No
         data_dir=data_dir, packager_public_key=key, nats_creds=creds,
         databroker=args.databroker or env.get("SDV_AGENT_DATABROKER") or None,
         heartbeat_s=args.heartbeat_s or num("SDV_AGENT_HEARTBEAT_S", 5.0),
+        monitor_s=num("SDV_AGENT_MONITOR_S", 1.0),
         stop_timeout_s=num("SDV_AGENT_STOP_TIMEOUT_S", 10.0),
         restart_base_s=num("SDV_AGENT_RESTART_BASE_S", 0.5),
         restart_max_s=num("SDV_AGENT_RESTART_MAX_S", 30.0),

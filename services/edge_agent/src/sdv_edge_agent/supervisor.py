@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from sdv_edge_agent.adapters.cancel import reraise_if_cancelling
 from sdv_edge_agent.adapters.packages import InstalledVersion, InstallError
 from sdv_edge_agent.domain.lifecycle import LIVE, AppState, transition
 from sdv_edge_agent.domain.reconcile import (
@@ -157,6 +158,7 @@ class AppSupervisor:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                reraise_if_cancelling(exc)
                 self.log.exception("supervisor_step_failed", message=type(message).__name__)
                 if isinstance(message, OpRequest) and not message.reply.done():
                     message.reply.set_exception(exc)

@@ -24,6 +24,7 @@ from nats.aio.subscription import Subscription
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
+from sdv_edge_agent.adapters.cancel import reraise_if_cancelling
 from sdv_edge_agent.adapters.link import NatsLink
 from sdv_events.codec import decode_as
 from sdv_events.errors import DecodeError
@@ -98,4 +99,5 @@ class DesiredWatch:
             try:
                 await self.fetch()
             except Exception as exc:
+                reraise_if_cancelling(exc)
                 log.info("desired_resync_failed", reason=f"{type(exc).__name__}: {exc}")

@@ -23,6 +23,7 @@ import nats
 import psutil
 import structlog
 
+from sdv_edge_agent.adapters.cancel import reraise_if_cancelling
 from sdv_events.auth import ENROL_INBOX_PREFIX, announce_subject, format_creds, new_keypair, public_key
 from sdv_events.auth.keys import Role, keypair_from_seed, seed_of
 from sdv_events.bus.rpc import Reply, ReplyError
@@ -107,6 +108,7 @@ class Enrolment:
                 await asyncio.sleep(30)
                 continue
             except Exception as exc:
+                reraise_if_cancelling(exc)
                 log.info("announce_failed", reason=f"{type(exc).__name__}: {exc}", retry_in_s=delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)

@@ -18,6 +18,7 @@ import msgspec
 import psutil
 import structlog
 
+from sdv_edge_agent.adapters.cancel import reraise_if_cancelling
 from sdv_edge_agent.adapters.link import NatsLink
 from sdv_events.subjects import heartbeat_subject
 
@@ -87,6 +88,7 @@ class HeartbeatSender:
             try:
                 await self.link.nc.publish(self.subject, msgspec.json.encode(self.build(self.seq)))
             except Exception as exc:
+                reraise_if_cancelling(exc)
                 log.info("heartbeat_failed", reason=f"{type(exc).__name__}: {exc}")
 
 

@@ -12,6 +12,8 @@ import logging
 
 import structlog
 
+from sdv_edge_agent.adapters.cancel import reraise_if_cancelling
+
 log = structlog.get_logger("sdv.agent.kuksa")
 DEFAULT = ("127.0.0.1", 55555)
 # kuksa-client logs every channel it opens at INFO; the agent reports what matters itself.
@@ -31,14 +33,17 @@ async def probe(host: str, port: int, timeout_s: float = 1.0) -> str | None:
 
     client = VSSClient(host, port, ensure_startup_connection=False)
     try:
-        await asyncio.wait_for(client.connect(), timeout_s)
+        async with asyncio.timeout(timeout_s):
+            await client.connect()
         info = await client.get_server_info(timeout=timeout_s)
         return f"{info.name} {info.version}" if info else "unknown databroker"
-    except Exception:
+    except Exception as exc:
+        reraise_if_cancelling(exc)
         return None
     finally:
         try:
-            await asyncio.wait_for(client.disconnect(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await client.disconnect()
         except Exception:
             log.debug("kuksa_disconnect_failed")
 

@@ -18,6 +18,8 @@ import structlog
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
+from sdv_edge_agent.adapters.cancel import reraise_if_cancelling
+
 log = structlog.get_logger("sdv.agent.link")
 Hook = Callable[[], Awaitable[None]]
 
@@ -63,6 +65,7 @@ class NatsLink:
                     reconnected_cb=self._on_reconnected,
                 )
             except Exception as exc:
+                reraise_if_cancelling(exc)
                 log.info("nats_connect_failed", url=self.url, reason=str(exc) or type(exc).__name__,
                          retry_in_s=round(delay, 1))
                 await asyncio.sleep(delay)
@@ -83,6 +86,7 @@ class NatsLink:
             try:
                 await hook()
             except Exception as exc:
+                reraise_if_cancelling(exc)
                 log.warning("on_connect_hook_failed", hook=getattr(hook, "__qualname__", hook),
                             reason=f"{type(exc).__name__}: {exc}")
 
@@ -102,4 +106,5 @@ class NatsLink:
             self._hook_task.cancel()
         if self.nc is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.nc.drain(), 2.0)
+                async with asyncio.timeout(2.0):
+                    await self.nc.drain()

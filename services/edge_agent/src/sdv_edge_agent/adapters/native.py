@@ -44,6 +44,8 @@ class NativeProcess:
         self._popen = popen
         self._pidfd = os.pidfd_open(pid)
         self._ps: psutil.Process | None = None
+        self._children: list[psutil.Process] = []
+        self._samples = 0
         self._exited: asyncio.Future[int | None] | None = None
         self._stdin_fd: int | None = None
 
@@ -92,15 +94,19 @@ class NativeProcess:
             raise StdinUnavailable(f"stdin buffer is full: wrote {written} of {len(data)} bytes")
 
     def usage(self) -> Usage | None:
+        """CPU % since the last call and RSS of the app's processes. The list of its children
+        is refreshed every tenth call only: walking /proc for it costs more than the rest."""
         try:
             if self._ps is None:
                 self._ps = psutil.Process(self.pid)
                 self._ps.cpu_percent(None)
-            procs = [self._ps, *self._ps.children(recursive=True)]
-            rss = 0
-            for proc in procs:
+            self._samples += 1
+            if self._samples % 10 == 1:
+                self._children = self._ps.children(recursive=True)
+            rss = self._ps.memory_info().rss
+            for child in self._children:
                 with contextlib.suppress(psutil.Error):
-                    rss += proc.memory_info().rss
+                    rss += child.memory_info().rss
             return Usage(cpu_pct=self._ps.cpu_percent(None), rss_bytes=rss)
         except psutil.Error:
             return None
@@ -173,7 +179,8 @@ class NativeRuntime:
         process.signal_group(signal.SIGTERM)
         process.signal_group(signal.SIGCONT)
         try:
-            code = await asyncio.wait_for(process.wait(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                code = await process.wait()
         except TimeoutError:
             log.warning("stop_timeout_kill", pid=process.pid, timeout_s=timeout_s)
             process.signal_group(signal.SIGKILL)

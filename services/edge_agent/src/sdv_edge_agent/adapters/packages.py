@@ -19,6 +19,7 @@ from pathlib import Path
 import structlog
 from nats.js.errors import ObjectNotFoundError
 
+from sdv_edge_agent.adapters.cancel import reraise_if_cancelling
 from sdv_edge_agent.adapters.link import NatsLink
 from sdv_events.errors import SdvError
 from sdv_events.package_format import PackageManifest, PackageVerificationError, verify_artifact
@@ -66,18 +67,21 @@ class Downloader:
         if package.size > MAX_ARTIFACT_BYTES:
             raise InstallError("download", f"artifact of {package.size} bytes exceeds the device limit")
         try:
-            await asyncio.wait_for(self.link.connected.wait(), 5.0)
+            async with asyncio.timeout(5.0):
+                await self.link.connected.wait()
         except TimeoutError:
             raise InstallError("download", "not connected to NATS", transient=True) from None
         try:
             store = await self.link.js.object_store(PACKAGES_BUCKET)
-            result = await asyncio.wait_for(store.get(package.object_name), self.timeout_s)
+            async with asyncio.timeout(self.timeout_s):
+                result = await store.get(package.object_name)
         except ObjectNotFoundError:
             raise InstallError("download", f"{package.object_name}: not in {PACKAGES_BUCKET}") from None
         except TimeoutError:
             raise InstallError("download", f"{package.object_name}: no complete download in "
                                            f"{self.timeout_s:.0f}s", transient=True) from None
         except Exception as exc:
+            reraise_if_cancelling(exc)
             raise InstallError("download", f"{package.object_name}: {type(exc).__name__}: {exc}",
                                transient=True) from None
         if result.data is None:
@@ -160,7 +164,8 @@ class Installer:
             *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         )
         try:
-            out, _ = await asyncio.wait_for(proc.communicate(), self.pip_timeout_s)
+            async with asyncio.timeout(self.pip_timeout_s):
+                out, _ = await proc.communicate()
         except TimeoutError:
             proc.kill()
             await proc.wait()

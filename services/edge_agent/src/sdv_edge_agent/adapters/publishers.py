@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 import msgspec
 import structlog
 
+from sdv_edge_agent.adapters.cancel import reraise_if_cancelling
 from sdv_edge_agent.adapters.link import NatsLink
 from sdv_edge_agent.adapters.store import AgentStore
 from sdv_edge_agent.domain.facts import fact_event_id, fact_msg_id
@@ -50,12 +51,16 @@ class _Flusher:
 
     async def run(self) -> None:
         while True:
+            if (task := asyncio.current_task()) is not None and task.cancelling():
+                # asyncio.wait_for (3.11) or a library may have eaten the CancelledError.
+                raise asyncio.CancelledError
             await self._wake.wait()
             self._wake.clear()
             await self.link.connected.wait()
             try:
                 more = await self.flush()
             except Exception as exc:
+                reraise_if_cancelling(exc)
                 log.info("flush_failed", what=self.name, reason=f"{type(exc).__name__}: {exc}")
                 more = True
                 await asyncio.sleep(RETRY_S)
@@ -124,7 +129,8 @@ class LogShipper(_Flusher):
                 logs_subject(self.device_id, row.app, row.stream), row.line.encode(), headers=headers,
             ))
         try:
-            await asyncio.wait_for(asyncio.gather(*futures), ACK_TIMEOUT_S)
+            async with asyncio.timeout(ACK_TIMEOUT_S):
+                await asyncio.gather(*futures)
         except BaseException:
             for future in futures:
                 future.cancel()

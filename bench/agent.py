@@ -1,0 +1,183 @@
+"""Edge agent benchmark: deploy time, console latency, idle CPU and the cost of metrics.
+
+    .venv/bin/python bench/agent.py [--quick]
+
+Starts its own NATS and real agent processes running real (tiny, dependency-free) apps built into
+signed packages. Measures:
+- deploy: desired-state write → the agent's AppStarted fact received (download, verify, venv,
+  spawn), over a few versions;
+- console: print time inside the app → line received from `sdv.logs.…` (p50/p99), against the raw
+  baseline of a nats-py JetStream publish → receive on the same server;
+- idle CPU of the agent process with 3 apps running, with metrics as configured by default
+  (heartbeat 5 s, usage sampling 1 s) and with both turned (almost) off: the difference is what
+  metrics cost.
+Last line: one JSON object (see bench/README.md). Goals: deploy < 2 s, log p99 < 50 ms, idle CPU < 1 %.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import nats
+import psutil
+
+from sdv_events.logs import configure_logging
+from sdv_events.servers import NatsServer
+
+HERE = Path(__file__).resolve().parent
+spec = importlib.util.spec_from_file_location(
+    "sdv_agent_test_harness", HERE.parent / "tests" / "integration" / "edge_agent" / "agent_harness.py")
+assert spec is not None
+assert spec.loader is not None
+harness = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = harness
+spec.loader.exec_module(harness)
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+async def deploy_times(fleet, root: Path, runs: int) -> list[float]:  # type: ignore[no-untyped-def]
+    times = []
+    for i in range(runs):
+        pkg = await fleet.publish(harness.make_app(root, "deploy", f"1.0.{i}", harness.ticker_source("d")))
+        started = time.monotonic()
+        await fleet.desire("bench-car", 1 + i, {"deploy": pkg})
+        await fleet.fact("bench-car", "AppStarted", version=f"1.0.{i}", timeout=30)
+        times.append(time.monotonic() - started)
+    await fleet.desire("bench-car", 100, {})
+    await fleet.fact("bench-car", "AppUninstalled", timeout=30)
+    return times
+
+
+async def console_latency(fleet, root: Path, seconds: float) -> list[float]:  # type: ignore[no-untyped-def]
+    pkg = await fleet.publish(harness.make_app(root, "talker", "1.0.0", harness.ticker_source("t")))
+    from sdv_events.schemas.deployment import DesiredApp
+
+    await fleet.desire("bench-car", 200, {"talker": DesiredApp(package=pkg, config={"TICK_S": "0.01"})})
+    await fleet.fact("bench-car", "AppStarted", app="talker", timeout=30)
+    await asyncio.sleep(seconds)
+    subject = "sdv.logs.bench-car.talker.stdout"
+    delays = [m.received - float(m.line.split()[2]) for m in fleet.logs
+              if m.subject == subject and m.line.startswith("tick ")]
+    await fleet.desire("bench-car", 201, {})
+    await fleet.fact("bench-car", "AppUninstalled", app="talker", timeout=30)
+    return delays
+
+
+async def raw_publish_latency(url: str, n: int) -> list[float]:
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    got: list[float] = []
+    done = asyncio.Event()
+
+    async def on_msg(msg) -> None:  # type: ignore[no-untyped-def]
+        got.append(time.time() - float(msg.data))
+        if len(got) >= n:
+            done.set()
+
+    await nc.subscribe("sdv.logs.raw.baseline.stdout", cb=on_msg)
+    for _ in range(n):
+        await js.publish("sdv.logs.raw.baseline.stdout", f"{time.time():.6f}".encode())
+        await asyncio.sleep(0.01)
+    await asyncio.wait_for(done.wait(), 10)
+    await nc.close()
+    return got
+
+
+def agent_cpu_pct(pid: int, seconds: float) -> float:
+    proc = psutil.Process(pid)
+    before = proc.cpu_times()
+    time.sleep(seconds)
+    after = proc.cpu_times()
+    used = (after.user - before.user) + (after.system - before.system)
+    return 100.0 * used / seconds
+
+
+async def idle_cpu(fleet, root: Path, seconds: float, *, metrics: bool) -> float:  # type: ignore[no-untyped-def]
+    env = {} if metrics else {"SDV_AGENT_HEARTBEAT_S": "3600", "SDV_AGENT_MONITOR_S": "3600"}
+    env |= {"SDV_LOG_LEVEL": "WARNING"}
+    device = f"idle-{'m' if metrics else 'n'}"
+    agent = fleet.agent(device, **env)
+    if metrics:  # the default heartbeat, not the tests' 1 s one
+        agent.stop()
+        agent.env["SDV_AGENT_HEARTBEAT_S"] = "5"
+        agent.start()
+    from sdv_events.schemas.deployment import DesiredApp
+
+    apps = {}
+    for i in range(3):
+        pkg = await fleet.publish(harness.make_app(root, f"idle{i}", "1.0.0", harness.ticker_source(f"i{i}")))
+        apps[f"idle{i}"] = DesiredApp(package=pkg, config={"TICK_S": "1"})
+    await fleet.desire(device, 1, apps)
+    for name in apps:
+        await fleet.until_state(device, name, "RUNNING", healthy=True, timeout=30)
+    await asyncio.sleep(1.0)
+    assert agent.process is not None
+    cpu = await asyncio.to_thread(agent_cpu_pct, agent.process.pid, seconds)
+    await fleet.desire(device, 2, {})
+    agent.stop()
+    harness.kill_processes_under(agent.data_dir)
+    return cpu
+
+
+async def bench(quick: bool) -> dict[str, float]:
+    root = Path(tempfile.mkdtemp(prefix="sdv-bench-agent-"))
+    with NatsServer() as server:
+        fleet = await harness.Fleet(server.url, root).open()
+        try:
+            fleet.agent("bench-car", SDV_LOG_LEVEL="WARNING")
+            deploys = await deploy_times(fleet, root, 3 if quick else 6)
+            delays = await console_latency(fleet, root, 3.0 if quick else 10.0)
+            raw = await raw_publish_latency(server.url, 200 if quick else 1000)
+            window = 10.0 if quick else 30.0
+            cpu_metrics = await idle_cpu(fleet, root, window, metrics=True)
+            cpu_bare = await idle_cpu(fleet, root, window, metrics=False)
+        finally:
+            await fleet.close()
+    figures = {
+        "deploy_s": round(statistics.median(deploys), 3),
+        "deploy_max_s": round(max(deploys), 3),
+        "log_p50_ms": round(pct(delays, 0.5) * 1000, 1),
+        "log_p99_ms": round(pct(delays, 0.99) * 1000, 1),
+        "log_lines": len(delays),
+        "raw_js_p50_ms": round(pct(raw, 0.5) * 1000, 2),
+        "raw_js_p99_ms": round(pct(raw, 0.99) * 1000, 2),
+        "idle_cpu_pct": round(cpu_metrics, 2),
+        "idle_cpu_no_metrics_pct": round(cpu_bare, 2),
+        "metrics_cpu_pct": round(cpu_metrics - cpu_bare, 2),
+        "idle_window_s": window,
+    }
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="shorter windows, about a minute")
+    args = parser.parse_args()
+    configure_logging("bench", level="WARNING")
+    started = time.perf_counter()
+    figures = asyncio.run(bench(args.quick))
+    print(f"deploy (desired → AppStarted)   median {figures['deploy_s']:.3f} s   max {figures['deploy_max_s']:.3f} s   goal < 2 s")
+    print(f"console line latency           p50 {figures['log_p50_ms']} ms   p99 {figures['log_p99_ms']} ms   goal p99 < 50 ms"
+          f"   (raw JetStream publish→receive p50 {figures['raw_js_p50_ms']} ms, p99 {figures['raw_js_p99_ms']} ms;"
+          f" {figures['log_lines']} lines)")
+    print(f"idle agent CPU, 3 apps         {figures['idle_cpu_pct']} %   goal < 1 %   (metrics off: "
+          f"{figures['idle_cpu_no_metrics_pct']} %, so metrics cost {figures['metrics_cpu_pct']} %)")
+    print(f"total {time.perf_counter() - started:.1f}s")
+    sys.stdout.flush()
+    print(json.dumps({"bench": "edge_agent", **figures}))
+
+
+if __name__ == "__main__":
+    main()
