@@ -150,6 +150,7 @@ class Suite:
     tick_s: float = 0.2
     agents: dict[str, SimAgent] = field(default_factory=dict)
     _apps: int = 0
+    eventually = staticmethod(eventually)
 
     @property
     def orchestrator_schema(self) -> str:
@@ -277,6 +278,10 @@ class Suite:
         except nats.js.errors.KeyNotFoundError:
             return None
         return msgspec.json.decode(entry.value or b"", type=DesiredState)
+
+    async def without_desired(self, device_ids: list[str]) -> bool:
+        """True when none of these devices has a desired-state document."""
+        return all([await self.desired(d) is None for d in device_ids])
 
     async def events(self, rollout_id: str) -> list[Envelope]:
         """The rollout's stream as the orchestrator stored it."""

@@ -46,7 +46,7 @@ from sdv_orchestrator.domain.rollout import (
     Tick,
     rollout_decider,
 )
-from sdv_orchestrator.projections import DesiredStates
+from sdv_orchestrator.projections import TERMINAL, DesiredStates
 
 log = structlog.get_logger("sdv.orchestrator")
 _ERRORS = {"conflict": Conflict, "not_found": NotFound, "invalid_request": InvalidRequest}
@@ -82,7 +82,11 @@ class Orchestrator:
             raise _ERRORS.get(outcome.code, Rejected)(outcome.message)
 
     async def state(self, rollout_id: str) -> RolloutState:
-        state, _ = await load(self.store, rollout_decider, rollout_stream(rollout_id), self.cache)
+        # Under the stream's lock: `load` evolves the cached state in place, so a read that
+        # overlaps a command on the same stream would apply the same new events twice.
+        stream = rollout_stream(rollout_id)
+        async with self.cache.lock(stream):
+            state, _ = await load(self.store, rollout_decider, stream, self.cache)
         if state.status == "none":
             raise NotFound(f"no rollout {rollout_id}")
         return state
@@ -143,6 +147,14 @@ class Orchestrator:
             "WHERE app = $1 AND device_id = ANY($2) AND rollout_id <> $3",
             app, devices, rollout_id,
         )
+        # The catalog projection releases an ended rollout's reservations a moment after its
+        # end; the event store already knows. A start right after a cancel must not be refused.
+        ended = [rid for rid in {r["rollout_id"] for r in busy}
+                 if (s := await self.state_or_none(rid)) is not None and s.status in TERMINAL]
+        if ended:
+            await conn.execute(
+                f"DELETE FROM {self.schema}.reservations WHERE rollout_id = ANY($1)", ended)
+            busy = [r for r in busy if r["rollout_id"] not in ended]
         if busy:
             named = ", ".join(f"{r['device_id']} ({r['rollout_id']})" for r in busy[:10])
             raise Conflict(
