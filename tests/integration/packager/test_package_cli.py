@@ -25,7 +25,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from typer.testing import CliRunner, Result
 
-from sdv_client.package_cli import EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_VERIFY, app
+from sdv_client.cli_support import EXIT_REFUSED, EXIT_UNREACHABLE
+from sdv_client.package_cli import EXIT_VERIFY, app
 from sdv_client.packages import PackagerClient
 from sdv_events.bus import CommandClient
 from sdv_events.package_format import verify_artifact

@@ -16,47 +16,37 @@ is invalid.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import getpass
-import json
 import os
-import sys
 import tempfile
 from collections.abc import Awaitable, Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
-import msgspec
-import nats
-import nats.errors
 import typer
-from nats.aio.client import Client as NatsClient
-from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from sdv_client.health import nats_credentials
+from sdv_client.cli_support import (
+    Failure,
+    JsonOption,
+    builtins,
+    emit_json,
+    err,
+    out,
+    run,
+    user,
+)
 from sdv_client.packages import PackagerClient
-from sdv_events.bus import CommandError, RequestTimeout, ServiceUnavailable
 from sdv_events.package_format import PackageVerificationError, verify_artifact
 from sdv_events.schemas.packages import PackageInfo, PackageView
 
 T = TypeVar("T")
 
-EXIT_REFUSED = 1
-EXIT_UNREACHABLE = 3
 EXIT_VERIFY = 4
-DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
-CONNECT_TIMEOUT_S = 5.0
 
 app = typer.Typer(help="Vehicle app packages: publish, list, get, yank, promote, download.",
                   no_args_is_help=True)
-out = Console()
-err = Console(stderr=True)
-
-JsonOption = typer.Option(False, "--json", help="Print one machine-readable JSON object on stdout.")
 
 
 class ChannelName(StrEnum):
@@ -65,91 +55,8 @@ class ChannelName(StrEnum):
     stable = "stable"
 
 
-class Failure(Exception):
-    """Ends a command: message, stable code, details, exit code."""
-
-    def __init__(self, message: str, *, code: str, exit_code: int,
-                 details: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.message, self.code, self.exit_code = message, code, exit_code
-        self.details = details or {}
-
-
-def nats_url() -> str:
-    return os.environ.get("SDV_NATS_URL") or DEFAULT_NATS_URL
-
-
-def _emit_json(doc: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(doc, indent=2) + "\n")
-    sys.stdout.flush()
-
-
-def _fail(failure: Failure, as_json: bool) -> NoReturn:
-    if as_json:
-        _emit_json({"ok": False, "error": failure.message, "code": failure.code,
-                    "details": failure.details})
-    else:
-        if failure.details:
-            err.print(f"[red]error ({failure.code}):[/] {len(failure.details)} problem(s)")
-            for where, message in failure.details.items():
-                err.print(f"  [bold]{where}[/]: {message}", highlight=False)
-        else:
-            err.print(f"[red]error ({failure.code}):[/] {failure.message}", highlight=False)
-    raise typer.Exit(failure.exit_code)
-
-
-def _failure_of(exc: CommandError) -> Failure:
-    unreachable = isinstance(exc, ServiceUnavailable | RequestTimeout)
-    message = exc.message
-    if isinstance(exc, ServiceUnavailable):
-        message += f" (is the packager running on {nats_url()}?)"
-    return Failure(message, code=exc.code, details=exc.details,
-                   exit_code=EXIT_UNREACHABLE if unreachable else EXIT_REFUSED)
-
-
-async def _with_client(work: Callable[[PackagerClient], Awaitable[T]]) -> T:
-    url = nats_url()
-    async def quiet(_: Exception) -> None:  # the failure is reported below, once
-        return None
-
-    try:
-        # max_reconnect_attempts=0 would make nats-py retry the first connect forever.
-        nc: NatsClient = await asyncio.wait_for(nats.connect(
-            url, name="sdv-package", connect_timeout=2, allow_reconnect=False,
-            max_reconnect_attempts=1, reconnect_time_wait=0.1, error_cb=quiet,
-            user_credentials=nats_credentials(),
-        ), CONNECT_TIMEOUT_S)
-    except Exception as exc:
-        raise Failure(f"cannot reach NATS at {url}: {exc!r}", code="unreachable",
-                      exit_code=EXIT_UNREACHABLE) from None
-    try:
-        return await work(PackagerClient(nc, actor=f"cli:{_user()}"))
-    except CommandError as exc:
-        raise _failure_of(exc) from None
-    except nats.errors.Error as exc:
-        raise Failure(f"NATS error talking to the packager at {url}: {exc!r}", code="nats_error",
-                      exit_code=EXIT_UNREACHABLE) from None
-    finally:
-        with contextlib.suppress(Exception):
-            await nc.close()
-
-
-def _user() -> str:
-    try:
-        return getpass.getuser()
-    except Exception:
-        return "unknown"
-
-
 def _run(work: Callable[[PackagerClient], Awaitable[T]], as_json: bool) -> T:
-    try:
-        return asyncio.run(_with_client(work))
-    except Failure as failure:
-        _fail(failure, as_json)
-
-
-def _builtins(value: Any) -> Any:
-    return msgspec.to_builtins(value)
+    return run(lambda nc: work(PackagerClient(nc, actor=f"cli:{user()}")), as_json, "packager")
 
 
 def _size(n: int) -> str:
@@ -193,7 +100,7 @@ def _info_table(info: PackageInfo, view: PackageView | None = None) -> Table:
 
 def _print_view(view: PackageView, as_json: bool, **extra: Any) -> None:
     if as_json:
-        _emit_json({"ok": True, **extra, "package": _builtins(view)})
+        emit_json({"ok": True, **extra, "package": builtins(view)})
     else:
         out.print(_info_table(view.info, view))
 
@@ -217,7 +124,7 @@ def publish(
 
     info = _run(work, as_json)
     if as_json:
-        _emit_json({"ok": True, "package": _builtins(info)})
+        emit_json({"ok": True, "package": builtins(info)})
         return
     out.print(f"[green]published[/] {info.name} {info.version}", highlight=False)
     out.print(_info_table(info))
@@ -235,7 +142,7 @@ def list_(
     views = _run(lambda c: c.list(name, channel.value if channel else None, include_yanked),  # type: ignore[arg-type]
                  as_json)
     if as_json:
-        _emit_json({"ok": True, "packages": _builtins(views)})
+        emit_json({"ok": True, "packages": builtins(views)})
         return
     if not views:
         err.print("no packages match")
@@ -330,9 +237,9 @@ def download(
 
     view, _, size = _run(work, as_json)
     if as_json:
-        _emit_json({"ok": True, "file": str(output), "verified": True, "digest": view.info.digest,
+        emit_json({"ok": True, "file": str(output), "verified": True, "digest": view.info.digest,
                     "size": size, "key_id": view.info.key_id, "yanked": view.yanked,
-                    "package": _builtins(view)})
+                    "package": builtins(view)})
         return
     if view.yanked:
         err.print(f"[yellow]warning:[/] {name} {version} is yanked ({view.yank_reason})",

@@ -1,0 +1,125 @@
+"""What every `sdv` sub-command shares: connecting to NATS with the suite's credentials,
+turning typed command errors into exit codes, and `--json` output.
+
+Exit codes: 0 done; 1 the service refused (invalid, conflict, not found, rejected, …); 2 usage
+error; 3 NATS or the service cannot be reached (or did not answer in time).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import getpass
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, NoReturn, TypeVar
+
+import msgspec
+import nats
+import nats.errors
+import typer
+from nats.aio.client import Client as NatsClient
+from rich.console import Console
+
+from sdv_client.health import nats_credentials
+from sdv_events.bus import CommandError, RequestTimeout, ServiceUnavailable
+
+T = TypeVar("T")
+
+EXIT_REFUSED = 1
+EXIT_UNREACHABLE = 3
+DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+CONNECT_TIMEOUT_S = 5.0
+
+out = Console()
+err = Console(stderr=True)
+JsonOption = typer.Option(False, "--json", help="Print one machine-readable JSON object on stdout.")
+
+
+class Failure(Exception):
+    """Ends a command: message, stable code, details, exit code."""
+
+    def __init__(self, message: str, *, code: str, exit_code: int,
+                 details: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message, self.code, self.exit_code = message, code, exit_code
+        self.details = details or {}
+
+
+def nats_url() -> str:
+    return os.environ.get("SDV_NATS_URL") or DEFAULT_NATS_URL
+
+
+def emit_json(doc: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+    sys.stdout.flush()
+
+
+def fail(failure: Failure, as_json: bool) -> NoReturn:
+    if as_json:
+        emit_json({"ok": False, "error": failure.message, "code": failure.code,
+                    "details": failure.details})
+    else:
+        if failure.details:
+            err.print(f"[red]error ({failure.code}):[/] {len(failure.details)} problem(s)")
+            for where, message in failure.details.items():
+                err.print(f"  [bold]{where}[/]: {message}", highlight=False)
+        else:
+            err.print(f"[red]error ({failure.code}):[/] {failure.message}", highlight=False)
+    raise typer.Exit(failure.exit_code)
+
+
+def failure_of(exc: CommandError, service: str) -> Failure:
+    unreachable = isinstance(exc, ServiceUnavailable | RequestTimeout)
+    message = exc.message
+    if isinstance(exc, ServiceUnavailable):
+        message += f" (is the {service} running on {nats_url()}?)"
+    return Failure(message, code=exc.code, details=exc.details,
+                   exit_code=EXIT_UNREACHABLE if unreachable else EXIT_REFUSED)
+
+
+async def with_nats(work: Callable[[NatsClient], Awaitable[T]], service: str) -> T:
+    url = nats_url()
+    async def quiet(_: Exception) -> None:  # the failure is reported below, once
+        return None
+
+    try:
+        # max_reconnect_attempts=0 would make nats-py retry the first connect forever.
+        nc: NatsClient = await asyncio.wait_for(nats.connect(
+            url, name=f"sdv-cli-{service}", connect_timeout=2, allow_reconnect=False,
+            max_reconnect_attempts=1, reconnect_time_wait=0.1, error_cb=quiet,
+            user_credentials=nats_credentials(),
+        ), CONNECT_TIMEOUT_S)
+    except Exception as exc:
+        raise Failure(f"cannot reach NATS at {url}: {exc!r}", code="unreachable",
+                      exit_code=EXIT_UNREACHABLE) from None
+    try:
+        return await work(nc)
+    except CommandError as exc:
+        raise failure_of(exc, service) from None
+    except nats.errors.Error as exc:
+        raise Failure(f"NATS error talking to the {service} at {url}: {exc!r}", code="nats_error",
+                      exit_code=EXIT_UNREACHABLE) from None
+    finally:
+        with contextlib.suppress(Exception):
+            await nc.close()
+
+
+def user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:
+        return "unknown"
+
+
+def run(work: Callable[[NatsClient], Awaitable[T]], as_json: bool, service: str) -> T:
+    try:
+        return asyncio.run(with_nats(work, service))
+    except Failure as failure:
+        fail(failure, as_json)
+
+
+def builtins(value: Any) -> Any:
+    return msgspec.to_builtins(value)
