@@ -18,12 +18,18 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn
 from rich.table import Table
 
+from sdv_client.device_cli import app as devices_app
 from sdv_client.health import SERVICES, ServiceStatus, nats_credentials, ping_all, quiet, status_of
 from sdv_client.package_cli import app as package_app
+from sdv_client.rollout_cli import app as rollout_app
+from sdv_client.rollout_cli import policy_app
 from sdv_client.suite import Suite, SuiteError
 
 app = typer.Typer(help="SDV Fleet: package, roll out and watch vehicle apps.", no_args_is_help=True)
 app.add_typer(package_app, name="package")
+app.add_typer(devices_app, name="devices")
+app.add_typer(rollout_app, name="rollout")
+app.add_typer(policy_app, name="policy")
 out = Console()
 err = Console(stderr=True)
 

@@ -1,0 +1,220 @@
+"""`sdv rollout …`: create (and start), get, watch, pause, resume, cancel, rollback, list; and
+`sdv policy …`: set, list, delete. Talks to the orchestrator over NATS (see cli_support)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from enum import StrEnum
+
+import typer
+from nats.aio.client import Client as NatsClient
+from rich.live import Live
+from rich.table import Table
+
+from sdv_client.cli_support import JsonOption, builtins, emit_json, out, run, user
+from sdv_events.bus import CommandClient
+from sdv_events.schemas.rollouts import (
+    CreateRolloutRequest,
+    ListRollouts,
+    PolicyList,
+    PolicyRef,
+    RolloutList,
+    RolloutPolicy,
+    RolloutRef,
+    RolloutView,
+    Strategy,
+    Target,
+    Thresholds,
+    Timeouts,
+)
+
+SERVICE = "orchestrator"
+TERMINAL = {"completed", "aborted", "cancelled", "rolled_back"}
+app = typer.Typer(help="Rollouts: canary, waves, thresholds, pause, cancel, rollback.",
+                  no_args_is_help=True)
+policy_app = typer.Typer(help="Policies: start rollouts on their own when a version lands on a "
+                         "channel; give new devices the fleet's version.", no_args_is_help=True)
+
+
+class StrategyKind(StrEnum):
+    canary = "canary"
+    rolling = "rolling"
+    all_at_once = "all-at-once"
+
+
+def client(nc: NatsClient) -> CommandClient:
+    return CommandClient(nc, actor=f"cli:{user()}", timeout=60.0)
+
+
+def call(name: str, request: object, result_type: type, as_json: bool):  # type: ignore[no-untyped-def]
+    return run(lambda nc: client(nc).call(SERVICE, name, request, result_type), as_json, SERVICE)
+
+
+def table_of(view: RolloutView) -> Table:
+    table = Table(title=f"rollout {view.rollout_id} — {view.app} {view.version}: {view.status}")
+    for column in ("wave", "size", "succeeded", "failed", "pending", "state"):
+        table.add_column(column)
+    for w in view.waves:
+        colour = {"completed": "green", "aborted": "red", "running": "yellow"}.get(w.state, "")
+        table.add_row(str(w.index + 1), str(w.size), str(w.succeeded), str(w.failed), str(w.pending),
+                      f"[{colour}]{w.state}[/]" if colour else w.state)
+    if view.reason:
+        table.caption = view.reason
+    return table
+
+
+def show(view: RolloutView, as_json: bool) -> None:
+    if as_json:
+        emit_json({"ok": True, "rollout": builtins(view)})
+        return
+    out.print(table_of(view))
+    if view.excluded:
+        out.print(f"excluded {len(view.excluded)} device(s):")
+        for device_id, why in list(view.excluded.items())[:20]:
+            out.print(f"  {device_id}: {why}", highlight=False)
+
+
+def _watch(rollout_id: str, as_json: bool, timeout_s: float) -> RolloutView:
+    async def work(nc: NatsClient) -> RolloutView:
+        commands = client(nc)
+        deadline = time.monotonic() + timeout_s
+        view = await commands.call(SERVICE, "get", RolloutRef(rollout_id), RolloutView)
+        with Live(table_of(view), console=out, transient=False, auto_refresh=False,
+                  redirect_stdout=False) as live:
+            while view.status not in TERMINAL and time.monotonic() < deadline:
+                await asyncio.sleep(0.5)
+                view = await commands.call(SERVICE, "get", RolloutRef(rollout_id), RolloutView)
+                if not as_json:
+                    live.update(table_of(view), refresh=True)
+        return view
+
+    return run(work, as_json, SERVICE)
+
+
+@app.command("create")
+def create(
+    app_name: str = typer.Argument(..., metavar="APP"),
+    version: str = typer.Argument(...),
+    selector: str = typer.Option(None, "--selector", "-l", help="label selector, e.g. env=prod"),
+    device: list[str] = typer.Option(None, "--device", "-d", help="explicit device id (repeat)"),
+    strategy: StrategyKind = typer.Option(StrategyKind.canary, "--strategy"),
+    waves: str = typer.Option("1,10%,50%,100%", help="canary: cumulative wave sizes"),
+    batch_size: int = typer.Option(10, help="rolling: devices per batch"),
+    success: float = typer.Option(0.95, help="share of a wave that must succeed to advance"),
+    error: float = typer.Option(0.05, help="share of a wave whose failure aborts the rollout"),
+    device_timeout: float = typer.Option(600.0, help="seconds a device may take to report"),
+    soak: float = typer.Option(0.0, help="seconds to wait between waves"),
+    no_rollback: bool = typer.Option(False, "--no-rollback", help="on abort, leave devices as they are"),
+    no_start: bool = typer.Option(False, "--no-start", help="create only; start later"),
+    watch: bool = typer.Option(False, "--watch", help="follow progress until it ends"),
+    as_json: bool = JsonOption,
+) -> None:
+    """Create a rollout of APP VERSION to a selector or devices, and start it."""
+    request = CreateRolloutRequest(
+        package=app_name, version=version,
+        target=Target(selector=selector) if selector else Target(device_ids=list(device or [])),
+        strategy=Strategy(kind=strategy.value, waves=[w.strip() for w in waves.split(",")],
+                          batch_size=batch_size),
+        thresholds=Thresholds(success, error), timeouts=Timeouts(device_timeout, soak),
+        auto_rollback=not no_rollback, start=not no_start,
+    )
+    view = call("create", request, RolloutView, as_json)
+    if watch and view.status not in TERMINAL:
+        view = _watch(view.rollout_id, as_json, timeout_s=24 * 3600)
+    show(view, as_json)
+
+
+@app.command("get")
+def get(rollout_id: str, as_json: bool = JsonOption) -> None:
+    """Status with per-wave and per-device progress."""
+    view = call("get", RolloutRef(rollout_id), RolloutView, as_json)
+    if as_json:
+        show(view, as_json)
+        return
+    show(view, as_json)
+    devices = Table("device", "wave", "status")
+    for d in view.devices[:200]:
+        devices.add_row(d.device_id, str(d.wave + 1), d.status)
+    out.print(devices)
+
+
+@app.command("watch")
+def watch_(rollout_id: str, timeout: float = typer.Option(3600.0, help="give up after seconds"),
+           as_json: bool = JsonOption) -> None:
+    """Follow a rollout's waves live until it completes, aborts or is cancelled."""
+    show(_watch(rollout_id, as_json, timeout), as_json)
+
+
+def _simple(name: str, help_text: str) -> None:
+    def command(rollout_id: str, reason: str = typer.Option("", help="why (kept in the audit log)"),
+                as_json: bool = JsonOption) -> None:
+        show(call(name, RolloutRef(rollout_id, reason), RolloutView, as_json), as_json)
+
+    command.__doc__ = help_text
+    app.command(name)(command)
+
+
+_simple("start", "Plan and start a created rollout.")
+_simple("pause", "Stop starting new waves (reports are still counted).")
+_simple("resume", "Continue a paused rollout; device deadlines are extended by the pause.")
+_simple("cancel", "Stop the rollout; devices already updated keep the new version.")
+_simple("rollback", "Put every touched device back on its previous version.")
+
+
+@app.command("list")
+def list_(app_name: str = typer.Option(None, "--app"), status: str = typer.Option(None),
+          limit: int = typer.Option(50), as_json: bool = JsonOption) -> None:
+    """Recent rollouts, newest first."""
+    found = call("list", ListRollouts(app=app_name, status=status, limit=limit), RolloutList, as_json)
+    if as_json:
+        emit_json({"ok": True, "rollouts": builtins(found.rollouts)})
+        return
+    table = Table("rollout", "app", "version", "status", "devices", "succeeded", "failed", "created")
+    for r in found.rollouts:
+        table.add_row(r.rollout_id, r.app, r.version, r.status, str(r.devices), str(r.succeeded),
+                      str(r.failed), r.created_at.isoformat(timespec="seconds"))
+    out.print(table)
+
+
+@policy_app.command("set")
+def policy_set(
+    name: str, app_name: str = typer.Option(..., "--app"),
+    channel: str = typer.Option("stable", help="dev | beta | stable"),
+    selector: str = typer.Option(..., "--selector", "-l"),
+    waves: str = typer.Option("1,10%,50%,100%"),
+    auto_assign: bool = typer.Option(True, help="give newly accepted devices the fleet's version"),
+    as_json: bool = JsonOption,
+) -> None:
+    """Roll APP out to SELECTOR whenever a version lands on CHANNEL."""
+    policy = RolloutPolicy(name=name, app=app_name, channel=channel,  # type: ignore[arg-type]
+                           target=Target(selector=selector),
+                           strategy=Strategy(waves=[w.strip() for w in waves.split(",")]),
+                           auto_assign=auto_assign)
+    saved = call("set_policy", policy, RolloutPolicy, as_json)
+    if as_json:
+        emit_json({"ok": True, "policy": builtins(saved)})
+    else:
+        out.print(f"policy {saved.name}: {saved.app} on {saved.channel} → {saved.target.selector}")
+
+
+@policy_app.command("list")
+def policy_list(as_json: bool = JsonOption) -> None:
+    found = call("list_policies", ListRollouts(), PolicyList, as_json)
+    if as_json:
+        emit_json({"ok": True, "policies": builtins(found.policies)})
+        return
+    table = Table("policy", "app", "channel", "target", "waves", "auto-assign", "enabled")
+    for p in found.policies:
+        table.add_row(p.name, p.app, p.channel, p.target.selector or ",".join(p.target.device_ids or []),
+                      ",".join(p.strategy.waves), str(p.auto_assign), str(p.enabled))
+    out.print(table)
+
+
+@policy_app.command("delete")
+def policy_delete(name: str, as_json: bool = JsonOption) -> None:
+    call("delete_policy", PolicyRef(name), PolicyRef, as_json)
+    if as_json:
+        emit_json({"ok": True, "deleted": name})
+    else:
+        out.print(f"policy {name} deleted")
