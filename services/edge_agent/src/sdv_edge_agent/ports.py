@@ -75,8 +75,10 @@ class Runtime(Protocol):
         ...
 
     def follow_output(
-        self, spec: RunSpec, process: Process, offsets: dict[str, int], sink: LinesSink
-    ) -> OutputFollower: ...
+        self, spec: RunSpec, process: Process | None, offsets: dict[str, int], sink: LinesSink
+    ) -> OutputFollower:
+        """`process` None: only drain what an ended process of an earlier agent run left."""
+        ...
 
 
 class OutputFollower(Protocol):

@@ -631,7 +631,7 @@ class AppSupervisor:
             spec = self.spec_for(record.package, installed)
             key = f"{self.name}/{spec.run_dir.name}"
             leftover = self.agent.runtime.follow_output(
-                spec, None, self.agent.store.tail_offsets(key), self.agent.lines_sink(self.name, key)  # type: ignore[arg-type]
+                spec, None, self.agent.store.tail_offsets(key), self.agent.lines_sink(self.name, key)
             )
             await leftover.finish()
         self.log.info("process_gone_after_agent_restart", pid=record.pid)

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import nats
+import nkeys
 import psutil
 import structlog
 
@@ -63,7 +64,7 @@ class Enrolment:
         self.expires_at: datetime | None = None
         self.keypair = self._load_or_create_key()
 
-    def _load_or_create_key(self):  # type: ignore[no-untyped-def]
+    def _load_or_create_key(self) -> nkeys.KeyPair:
         if self.seed_path.exists():
             return keypair_from_seed(self.seed_path.read_text().strip())
         kp = new_keypair(Role.USER)

@@ -24,7 +24,7 @@ import structlog
 
 from sdv_edge_agent.adapters.console import STREAMS, FileFollower, console_path
 from sdv_edge_agent.adapters.limits import Limits, child_setup
-from sdv_edge_agent.ports import LinesSink, RunSpec, Usage
+from sdv_edge_agent.ports import LinesSink, Process, RunSpec, Usage
 
 log = structlog.get_logger("sdv.agent.native")
 STDIN = "stdin.pipe"
@@ -54,7 +54,7 @@ class NativeProcess:
             return False
         try:
             proc = psutil.Process(self.pid)
-            return proc.create_time() == self.started and proc.status() != psutil.STATUS_ZOMBIE
+            return bool(proc.create_time() == self.started and proc.status() != psutil.STATUS_ZOMBIE)
         except psutil.Error:
             return False
 
@@ -118,6 +118,12 @@ class NativeProcess:
             self._stdin_fd = None
 
 
+def _native(process: Process) -> NativeProcess:
+    if not isinstance(process, NativeProcess):
+        raise TypeError(f"the native runtime cannot handle {type(process).__name__}")
+    return process
+
+
 def _ensure_fifo(path: Path) -> None:
     try:
         if stat.S_ISFIFO(path.stat().st_mode):
@@ -169,13 +175,14 @@ class NativeRuntime:
         except (psutil.Error, ProcessLookupError, OSError):
             return None
 
-    def pause(self, process: NativeProcess) -> None:  # type: ignore[override]
-        process.signal_group(signal.SIGSTOP)
+    def pause(self, process: Process) -> None:
+        _native(process).signal_group(signal.SIGSTOP)
 
-    def resume(self, process: NativeProcess) -> None:  # type: ignore[override]
-        process.signal_group(signal.SIGCONT)
+    def resume(self, process: Process) -> None:
+        _native(process).signal_group(signal.SIGCONT)
 
-    async def stop(self, process: NativeProcess, timeout_s: float) -> int | None:  # type: ignore[override]
+    async def stop(self, process: Process, timeout_s: float) -> int | None:
+        process = _native(process)
         process.signal_group(signal.SIGTERM)
         process.signal_group(signal.SIGCONT)
         try:
@@ -189,7 +196,8 @@ class NativeRuntime:
         process.close()
         return code
 
-    def kill(self, process: NativeProcess) -> None:  # type: ignore[override]
+    def kill(self, process: Process) -> None:
+        process = _native(process)
         process.signal_group(signal.SIGCONT)
         process.signal_group(signal.SIGKILL)
 
@@ -204,11 +212,11 @@ class NativeRuntime:
             os.killpg(pid, signal.SIGKILL)
         return True
 
-    def usage(self, process: NativeProcess) -> Usage | None:  # type: ignore[override]
-        return process.usage()
+    def usage(self, process: Process) -> Usage | None:
+        return _native(process).usage()
 
     def follow_output(
-        self, spec: RunSpec, process: NativeProcess, offsets: dict[str, int], sink: LinesSink
+        self, spec: RunSpec, process: Process | None, offsets: dict[str, int], sink: LinesSink
     ) -> FileFollower:
         return FileFollower(spec.run_dir, offsets, sink)
 

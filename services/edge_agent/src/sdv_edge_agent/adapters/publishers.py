@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -162,5 +161,3 @@ async def run_all(*flushers: _Flusher) -> None:
             flusher.wake()
 
 
-def suppress_all() -> contextlib.suppress:
-    return contextlib.suppress(Exception)
