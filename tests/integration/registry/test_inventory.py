@@ -27,7 +27,7 @@ from sdv_events.schemas.devices import (
     ResolveSelector,
     SetLabels,
 )
-from sdv_registry.domain.selectors import Requirement, Selector
+from sdv_events.selectors import Requirement, Selector
 from sdv_registry.selector_sql import Filters, where_clause
 
 from .conftest import FLEET_TOKEN, Harness, eventually, registry_settings, running_registry

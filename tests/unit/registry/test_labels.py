@@ -2,7 +2,7 @@
 
 import pytest
 
-from sdv_registry.domain.labels import InvalidLabel, check_labels
+from sdv_events.labels import InvalidLabel, check_labels
 
 
 @pytest.mark.parametrize("labels", [

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sdv_registry.domain.selectors import InvalidSelector, Requirement, Selector, parse_selector
+from sdv_events.selectors import InvalidSelector, Requirement, Selector, parse_selector
 
 KEYS = ["env", "type", "gpu", "example.com/group", "a_b.c-d"]
 VALUES = ["", "test", "prod", "jetson-orin", "x.y_z", "1"]

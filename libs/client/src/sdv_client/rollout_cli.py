@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from enum import StrEnum
 
@@ -80,12 +81,14 @@ def _watch(rollout_id: str, as_json: bool, timeout_s: float) -> RolloutView:
         commands = client(nc)
         deadline = time.monotonic() + timeout_s
         view = await commands.call(SERVICE, "get", RolloutRef(rollout_id), RolloutView)
-        with Live(table_of(view), console=out, transient=False, auto_refresh=False,
-                  redirect_stdout=False) as live:
+        # With --json, stdout carries the one final JSON object and nothing else.
+        live = None if as_json else Live(table_of(view), console=out, auto_refresh=False,
+                                         transient=True)
+        with live or contextlib.nullcontext():
             while view.status not in TERMINAL and time.monotonic() < deadline:
                 await asyncio.sleep(0.5)
                 view = await commands.call(SERVICE, "get", RolloutRef(rollout_id), RolloutView)
-                if not as_json:
+                if live is not None:
                     live.update(table_of(view), refresh=True)
         return view
 

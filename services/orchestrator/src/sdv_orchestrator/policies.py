@@ -24,9 +24,10 @@ from sdv_events.envelope import Metadata
 from sdv_events.errors import DecodeError
 from sdv_events.ids import stream_id
 from sdv_events.provisioning import EVENTS_STREAM
-from sdv_events.schemas.devices import DeviceAccepted, ResolvedDevices, ResolveSelector
+from sdv_events.schemas.devices import DeviceAccepted, DeviceView, GetDevice
 from sdv_events.schemas.packages import PackageInfo, PackagePromoted, PackagePublished
 from sdv_events.schemas.rollouts import CreateRolloutRequest, RolloutPolicy
+from sdv_events.selectors import parse_selector
 from sdv_orchestrator.application import Orchestrator
 from sdv_orchestrator.domain.policy import (
     DeletePolicy,
@@ -83,10 +84,10 @@ class Policies:
             if not (policy.auto_assign and policy.enabled):
                 continue
             if policy.target.selector:
-                resolved = await self.commands.call(
-                    "registry", "resolve", ResolveSelector(selector=policy.target.selector),
-                    ResolvedDevices)
-                if device_id not in resolved.device_ids:
+                # The device's own stream (folded by `get`), not the registry's read model,
+                # which may not have caught up with an acceptance that just happened.
+                device = await self.commands.call("registry", "get", GetDevice(device_id), DeviceView)
+                if not parse_selector(policy.target.selector).matches(device.labels):
                     continue
             elif device_id not in (policy.target.device_ids or []):
                 continue

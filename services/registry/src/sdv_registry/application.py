@@ -29,6 +29,7 @@ from sdv_events.schemas.devices import (
     DeviceView,
     RegistryStats,
 )
+from sdv_events.selectors import InvalidSelector, parse_selector
 from sdv_events.store import EventStore
 from sdv_registry.adapters.revocations import Revocations
 from sdv_registry.credentials import CredentialIssuer
@@ -42,7 +43,6 @@ from sdv_registry.domain.device import (
     Reject,
     device_decider,
 )
-from sdv_registry.domain.selectors import InvalidSelector, parse_selector
 from sdv_registry.heartbeats import PresenceMonitor
 from sdv_registry.projections import DeviceInventory
 from sdv_registry.selector_sql import Filters

@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from sdv_registry.domain.selectors import Requirement, Selector
+from sdv_events.selectors import Requirement, Selector
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ import msgspec
 
 from sdv_events.decider import Decider
 from sdv_events.errors import DomainError
+from sdv_events.labels import check_key, check_labels
 from sdv_events.schemas.devices import (
     AdmittedBy,
     Capabilities,
@@ -35,7 +36,6 @@ from sdv_events.schemas.devices import (
     DeviceStatus,
     DeviceWentOffline,
 )
-from sdv_registry.domain.labels import check_key, check_labels
 
 DeviceEvent = (
     DevicePreauthorized | DeviceAnnounced | DeviceAccepted | DeviceRejected

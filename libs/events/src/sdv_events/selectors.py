@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from sdv_events.errors import DomainError
-from sdv_registry.domain.labels import KEY_RE, VALUE_RE
+from sdv_events.labels import KEY_RE, VALUE_RE
 
 Operator = Literal["=", "!=", "in", "notin", "exists", "!exists"]
 _TOKEN = re.compile(r"\s*(==|=|!=|!|\(|\)|,|[^\s=!(),]+)")
