@@ -47,14 +47,17 @@ async def test_stop_then_uninstall_leaves_no_process_and_no_files(fleet: Any, ha
     assert harness.processes_under(agent.data_dir)
     assert (agent.data_dir / "apps" / "ticker").is_dir()
 
-    await fleet.desire("car-2", 2, {"ticker": (pkg, "stopped")})
+    await fleet.desire("car-2", 2, {"ticker": (pkg, "paused")})
+    await fleet.fact("car-2", "AppPaused", app="ticker")
+    await fleet.until_state("car-2", "ticker", "PAUSED")
+    await fleet.desire("car-2", 3, {"ticker": (pkg, "stopped")})  # a frozen app still stops gracefully
     stopped = await fleet.fact("car-2", "AppStopped", app="ticker")
     assert stopped.data.exit_code == 0  # SIGTERM handled: a graceful stop
     await fleet.until_state("car-2", "ticker", "STOPPED")
     assert not harness.processes_under(agent.data_dir)
     assert fleet.lines("car-2", "ticker")[-1] == "bye"  # its last words were not lost
 
-    await fleet.desire("car-2", 3, {})
+    await fleet.desire("car-2", 4, {})
     await fleet.fact("car-2", "AppUninstalled", app="ticker")
     await fleet.until(lambda: fleet.reported("car-2"), what="reported")
     await fleet.until(lambda: _no_apps(fleet, "car-2"), what="no apps reported")
@@ -68,7 +71,7 @@ async def test_stop_then_uninstall_leaves_no_process_and_no_files(fleet: Any, ha
 
 async def _no_apps(fleet: Any, device: str) -> bool:
     rep = await fleet.reported(device)
-    return rep is not None and rep.apps == {} and rep.desired_revision == 3
+    return rep is not None and rep.apps == {} and rep.desired_revision == 4
 
 
 async def test_tampered_artifact_is_refused_and_nothing_of_it_runs(fleet: Any, harness: Any, tmp_path: Path) -> None:
@@ -114,3 +117,17 @@ def msgspec_replace(struct: Any, **changes: Any) -> Any:
     import msgspec
 
     return msgspec.structs.replace(struct, **changes)
+
+
+async def test_missing_artifact_fails_the_download_and_a_new_rollout_retries(
+    fleet: Any, harness: Any, tmp_path: Path
+) -> None:
+    info, artifact = fleet.build(harness.make_app(tmp_path, "late", "1.0.0", harness.ticker_source()))
+    fleet.agent("car-5")
+    await fleet.desire("car-5", 1, {"late": info})  # the artifact was never uploaded
+    failed = await fleet.fact("car-5", "AppFailed", app="late")
+    assert failed.data.stage == "download"
+    await fleet.until_state("car-5", "late", "FAILED")
+    await fleet.put_artifact(info.object_name, artifact)
+    await fleet.desire("car-5", 2, {"late": info})  # a new rollout (r2) asks again
+    await fleet.until_state("car-5", "late", "RUNNING", healthy=True)
