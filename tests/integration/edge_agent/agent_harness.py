@@ -44,6 +44,7 @@ MANIFEST = """\
 name = "{name}"
 version = "{version}"
 entry_point = "main.py"
+runtime = "{runtime}"
 hot_swap = {hot_swap}
 dependencies = {dependencies}
 
@@ -90,11 +91,11 @@ _CATALOG: VssCatalog | None = None
 
 def make_app(root: Path, name: str, version: str, main: str, *, alive_for: float = 0.5,
              hot_swap: bool = False, memory: str = "128MB", dependencies: list[str] | None = None,
-             files: dict[str, str] | None = None) -> Path:
+             files: dict[str, str] | None = None, runtime: str = "native") -> Path:
     app = root / "src" / f"{name}-{version}-{abs(hash(main)) % 10**8}"
     app.mkdir(parents=True, exist_ok=True)
     (app / "sdv-app.toml").write_text(MANIFEST.format(
-        name=name, version=version, hot_swap="true" if hot_swap else "false", memory=memory,
+        name=name, version=version, hot_swap="true" if hot_swap else "false", memory=memory, runtime=runtime,
         alive_for=alive_for, dependencies=msgspec.json.encode(dependencies or []).decode(),
     ))
     (app / "main.py").write_text(main)

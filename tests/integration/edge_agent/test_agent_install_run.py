@@ -131,3 +131,13 @@ async def test_missing_artifact_fails_the_download_and_a_new_rollout_retries(
     await fleet.put_artifact(info.object_name, artifact)
     await fleet.desire("car-5", 2, {"late": info})  # a new rollout (r2) asks again
     await fleet.until_state("car-5", "late", "RUNNING", healthy=True)
+
+
+async def test_a_package_for_a_runtime_this_device_lacks_is_refused(fleet: Any, harness: Any, tmp_path: Path) -> None:
+    pkg = await fleet.publish(harness.make_app(tmp_path, "boxed", "1.0.0", "print('hi')\n", runtime="docker"))
+    fleet.agent("car-6")
+    await fleet.desire("car-6", 1, {"boxed": pkg})
+    failed = await fleet.fact("car-6", "AppFailed", app="boxed")
+    assert failed.data.stage == "install"
+    assert failed.data.reason == "needs the docker runtime; this device runs native apps only"
+    assert "AppDownloadStarted" not in fleet.fact_types("car-6", "boxed")

@@ -81,7 +81,7 @@ async def housekeeping(store: AgentStore) -> None:
 async def serve(settings: AgentSettings, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
     structlog.contextvars.bind_contextvars(device_id=settings.device_id)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # app config may hold secrets
     store = AgentStore(settings.data_dir / "agent.db")
     link = NatsLink(settings.nats_url, settings.device_id, creds=settings.nats_creds)
     facts = FactOutbox(link, store, settings.device_id)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -72,6 +73,7 @@ class Agent:
         self.databroker = databroker
         self.on_change = on_change
         self.on_logs = on_logs
+        self.python_version = f"{sys.version_info.major}.{sys.version_info.minor}"
         self.desired: DesiredState | None = None
         self.supervisors: dict[str, AppSupervisor] = {}
         self._tasks: list[asyncio.Task[None]] = []

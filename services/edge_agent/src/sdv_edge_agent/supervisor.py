@@ -249,6 +249,12 @@ class AppSupervisor:
     # --- install / upgrade -----------------------------------------------------------------------
 
     async def _fetch_and_install(self, package: PackageInfo) -> InstalledVersion:
+        if package.runtime != self.agent.runtime.name:
+            raise InstallError("install", f"needs the {package.runtime} runtime; this device runs "
+                                          f"{self.agent.runtime.name} apps only")
+        if package.python_version != self.agent.python_version:
+            raise InstallError("install", f"needs Python {package.python_version}; this device has "
+                                          f"{self.agent.python_version}")
         existing = self.agent.installer.installed(package)
         if existing is not None:
             return existing
