@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -53,12 +55,19 @@ from sdv_events.schemas.devices import (
 from sdv_events.schemas.packages import PackageInfo
 from sdv_events.schemas.rollouts import (
     CreateRolloutRequest,
+    DeviceSucceeded,
+    DeviceTargeted,
+    ListRollouts,
+    RolloutCompleted,
+    RolloutList,
     RolloutRef,
     RolloutView,
     Strategy,
     Target,
     Thresholds,
     Timeouts,
+    WaveCompleted,
+    WaveStarted,
 )
 from sdv_events.service import Ping, ServiceHealth
 from sdv_events.store import EventStore
@@ -156,7 +165,7 @@ class Suite:
     def orchestrator_schema(self) -> str:
         return f"{self.schema}_o"
 
-    async def open(self) -> Suite:
+    async def open(self, orchestrator: bool = True) -> Suite:
         self.nc = await nats.connect(self.url)
         await provision(self.nc.jetstream())
         self.packages = PackagerClient(self.nc, actor="test")
@@ -171,7 +180,8 @@ class Suite:
             service="registry", nats_url=self.url, database_url=self.database_url,
             schema_name=f"{self.schema}_r", log_level="WARNING", heartbeat_silence_s=3600.0,
         ), self.nc)
-        await self.start_orchestrator()
+        if orchestrator:
+            await self.start_orchestrator()
         return self
 
     def orchestrator_settings(self) -> OrchestratorSettings:
@@ -291,13 +301,58 @@ class Suite:
         finally:
             await store.close()
 
+    async def assert_clean_completion(self, rollout_id: str, devices: list[str], digest: str,
+                                      app: str, timeout: float = 20.0) -> None:
+        """Completed exactly once, each device targeted and counted once, in the stream, the view,
+        the catalog, the desired documents and what the agents saw."""
+        done = await self.wait_status(rollout_id, "completed", "rolled_back", "aborted", timeout=timeout)
+        assert done.status == "completed", done.reason
+        assert sum(w.succeeded for w in done.waves) == len(devices)
+        assert sum(w.failed for w in done.waves) == 0
+        events = await self.events(rollout_id)
+        data = [e.data for e in events]
+        targeted = Counter(d.device_id for d in data if isinstance(d, DeviceTargeted))
+        succeeded = Counter(d.device_id for d in data if isinstance(d, DeviceSucceeded))
+        assert targeted == succeeded == Counter(devices)
+        waves = len(done.waves)
+        assert [d.wave for d in data if isinstance(d, WaveStarted)] == list(range(waves))
+        assert [d.wave for d in data if isinstance(d, WaveCompleted)] == list(range(waves))
+        assert [type(d) for d in data].count(RolloutCompleted) == 1
+        assert [e.version for e in events] == list(range(1, len(events) + 1))
+
+        async def catalog_settled() -> Any:
+            rows = (await self.commands.call("orchestrator", "list", ListRollouts(), RolloutList)).rollouts
+            row = next(r for r in rows if r.rollout_id == rollout_id)
+            return row if row.status == "completed" else None
+
+        row = await self.eventually(catalog_settled)
+        assert (row.devices, row.succeeded, row.failed) == (len(devices), len(devices), 0)
+        for device_id in devices:
+            agent = self.agents[device_id]
+            assert await self.eventually(lambda a=agent: _true(a.running.get(app) == done.version))
+            doc = await self.desired(device_id)
+            assert (doc.apps[app].package.digest, doc.apps[app].rollout_id) == (digest, rollout_id)
+            assert agent.revisions == sorted(set(agent.revisions)), agent.revisions
+            # A document re-written after a restart carries a revision the agent already had and
+            # is ignored; it must be the very document of that revision, never an older state.
+            by_revision = {d.revision: d for d in agent.docs}
+            assert all(by_revision.get(d.revision) == d for d in agent.stale), agent.device_id
+
+
+async def _true(value: bool) -> bool:
+        return value
+
+
+async def _true(value: bool) -> bool:
+    return value
+
 
 @contextlib.asynccontextmanager
 async def running_suite(url: str, database_url: str, schema: str, tmp_path: Path,
-                        tick_s: float = 0.2) -> AsyncIterator[Suite]:
+                        tick_s: float = 0.2, orchestrator: bool = True) -> AsyncIterator[Suite]:
     suite = Suite(url, database_url, schema, tmp_path, tick_s=tick_s)
     try:
-        yield await suite.open()
+        yield await suite.open(orchestrator)
     finally:
         await suite.close()
 
@@ -310,7 +365,8 @@ class SimAgent:
     """A SIMULATED edge agent: announce, watch own desired key, answer with facts (no install).
 
     `script[version]`: what to answer for that version: "ok" (AppHealthy), "fail" (AppFailed),
-    "silent" (never answers). `gate`, when set, holds every answer until it opens."""
+    "silent" (never answers). `gate`, when set, holds every answer until it opens; `delay_s`
+    spreads answers out in time."""
 
     device_id: str
     url: str
@@ -318,9 +374,10 @@ class SimAgent:
     default: str = "ok"
     script: dict[str, str] = field(default_factory=dict)
     gate: asyncio.Event | None = None
+    delay_s: tuple[float, float] = (0.0, 0.0)  # answer after a random delay in this range
     token: str = field(default_factory=lambda: f"tok-{uuid.uuid4().hex}")
     docs: list[DesiredState] = field(default_factory=list)  # every document seen, in order
-    stale: list[int] = field(default_factory=list)  # revisions seen that were not newer
+    stale: list[DesiredState] = field(default_factory=list)  # documents seen that were not newer
     running: dict[str, str] = field(default_factory=dict)  # app → version it would run now
     facts: list[tuple[str, str, str | None]] = field(default_factory=list)  # (type, version, rollout)
     _answered: set[tuple[str, str | None]] = field(default_factory=set)
@@ -363,7 +420,7 @@ class SimAgent:
                     continue
                 doc = msgspec.json.decode(entry.value, type=DesiredState)
                 if doc.revision <= self._revision:
-                    self.stale.append(doc.revision)  # level-triggered: not newer, ignored
+                    self.stale.append(doc)  # level-triggered: not newer, ignored
                     continue
                 self._revision = doc.revision
                 self.docs.append(doc)
@@ -385,6 +442,8 @@ class SimAgent:
             return
         if self.gate is not None:
             await self.gate.wait()
+        if self.delay_s[1] > 0:
+            await asyncio.sleep(random.uniform(*self.delay_s))
         common = dict(device_id=self.device_id, app=package.name, version=package.version,
                       digest=package.digest, desired_revision=revision, rollout_id=rollout_id)
         fact: AppFact = (AppHealthy(**common) if what == "ok"

@@ -22,6 +22,11 @@ from sdv_orchestrator.domain.rollout import Report
 
 log = structlog.get_logger("sdv.orchestrator.facts")
 DURABLE = "orchestrator_agent_facts"
+# Facts delivered to an incarnation that stopped or died before acking them (a pull that
+# was answered as it stopped, a batch in hand at a kill) come back only after this long; with
+# 60 s a restarted orchestrator let those devices time out. Redelivering a batch that is still
+# being handled is harmless: the decider ignores a device already counted.
+ACK_WAIT_S = 5.0
 SUBJECTS = ["sdv.evt.agent.*.AppHealthy", "sdv.evt.agent.*.AppFailed", "sdv.evt.agent.*.AppRolledBack"]
 
 
@@ -40,7 +45,7 @@ async def consume_facts(orchestrator: Orchestrator, js: JetStreamContext, stop: 
                         batch: int = 512) -> None:
     await js.add_consumer(EVENTS_STREAM, ConsumerConfig(
         durable_name=DURABLE, deliver_policy=DeliverPolicy.NEW, ack_policy=AckPolicy.EXPLICIT,
-        filter_subjects=SUBJECTS, ack_wait=60, max_ack_pending=batch * 8,
+        filter_subjects=SUBJECTS, ack_wait=ACK_WAIT_S, max_ack_pending=batch * 8,
     ))
     sub = await js.pull_subscribe_bind(DURABLE, EVENTS_STREAM)
     try:
