@@ -1,0 +1,397 @@
+"""Rollout benchmark: a canary rollout (1% → 10% → 100%) to a fleet of SIMULATED devices on the real
+bus and event store, from the create request to `RolloutCompleted`, beside a raw JetStream
+baseline measured in the same run.
+
+    .venv/bin/python bench/rollout.py --quick        # 1,000 devices
+    .venv/bin/python bench/rollout.py                # 10,000 devices
+    .venv/bin/python bench/rollout.py --devices 3000 --profile /tmp/orch.prof
+
+Starts its own NATS and PostgreSQL (`sdv_events.servers`) unless SDV_NATS_URL / SDV_DATABASE_URL
+name existing ones (then it works in fresh schemas `bench_<run>_{p,r,o}`). The packager and the
+registry run in this process (`serve(settings, stop)`); the orchestrator runs as a child process
+(`python -m sdv_orchestrator`, optionally under cProfile) so its CPU can be read from /proc.
+
+Before the clock starts: one package is published, and every device is registered the way a
+real fleet is: pre-authorised with the label `bench=<run>` and announced with that token (so it
+is accepted), until the registry's inventory lists them all. The rollout targets the selector
+`bench=<run>`, so planning asks the registry for the devices over the bus inside the timed part.
+
+The devices are simulated by one client in this process: one KV watcher over all of
+`sdv_desired`, and for each desired document naming the rollout's package an `AppHealthy` fact
+(an envelope on `sdv.evt.agent.<device>.AppHealthy` with a `Nats-Msg-Id`, as the edge agent
+publishes it), published asynchronously. Nothing is installed.
+
+Figures: `seconds` = create request sent → `RolloutCompleted` received on the bus;
+`devices_per_s`; `events_appended` = events of the rollout's stream in the event store;
+`facts_published`; `raw_publish_s` = that many plain `js.publish_async` of a payload of the
+same size (one DeviceTargeted envelope) to a stream of its own, all acks awaited, in the same
+run; `ratio` = seconds / raw_publish_s; `plan_s` = create → reply (registry listing, eligibility,
+reservations, first wave appended); `waves_s` = per wave, WaveStarted → WaveCompleted (event
+times); `desired_lag_s` = WaveStarted → the last desired document of that wave seen;
+`orchestrator_cpu_s` and `orchestrator_cpu_pct` over the timed part; `goal_s` 30 for 10,000.
+The last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import pstats
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import msgspec
+import nats
+from nats.aio.client import Client as NatsClient
+from nats.js.api import StreamConfig
+
+from sdv_client.packages import PackagerClient
+from sdv_events.auth import Role, announce_subject, new_keypair, public_key
+from sdv_events.bus import CommandClient
+from sdv_events.bus.rpc import Reply, ReplyError
+from sdv_events.codec import decode_as, encode
+from sdv_events.envelope import Envelope
+from sdv_events.ids import stream_id
+from sdv_events.provisioning import DESIRED_BUCKET, provision
+from sdv_events.registry import default_registry
+from sdv_events.schemas.agent import AppHealthy
+from sdv_events.schemas.deployment import DesiredState
+from sdv_events.schemas.devices import (
+    Announce,
+    AnnounceReply,
+    Capabilities,
+    DeviceList,
+    DeviceView,
+    ListDevices,
+    PreauthorizeDevice,
+)
+from sdv_events.schemas.rollouts import (
+    CreateRolloutRequest,
+    DeviceTargeted,
+    RolloutView,
+    Strategy,
+    Target,
+    Thresholds,
+    Timeouts,
+)
+from sdv_events.servers import NatsServer, PostgresServer
+from sdv_events.service import Ping, ServiceHealth
+from sdv_events.subjects import agent_fact_subject
+from sdv_packager.app import serve as serve_packager
+from sdv_packager.settings import PackagerSettings
+from sdv_registry.app import serve as serve_registry
+from sdv_registry.settings import RegistrySettings
+
+APP = "bench-app"
+CAPS = Capabilities(hardware_type="linux-generic", arch="x86_64", runtimes=["native"],
+                    python_version="3.11.9", agent_version="bench", memory_mb=4096, storage_mb=32768)
+GOAL_S, GOAL_DEVICES = 30.0, 10_000
+_desired = msgspec.json.Decoder(DesiredState)
+
+
+def say(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text} (load {os.getloadavg()[0]:.2f})", flush=True)
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def gather_limited(items: list[Any], limit: int, work: Callable[[Any], Awaitable[None]]) -> None:
+    queue = iter(items)
+
+    async def worker() -> None:
+        for item in queue:
+            await work(item)
+
+    await asyncio.gather(*(worker() for _ in range(limit)))
+
+
+@contextlib.contextmanager
+def servers() -> Any:
+    with contextlib.ExitStack() as stack:
+        nats_url = os.environ.get("SDV_NATS_URL") or stack.enter_context(NatsServer()).url
+        db_url = os.environ.get("SDV_DATABASE_URL") or stack.enter_context(PostgresServer()).url
+        yield nats_url, db_url
+
+
+async def ping(nc: NatsClient, service: str, alive: Callable[[], bool], timeout: float = 60.0) -> None:
+    client = CommandClient(nc, timeout=1.0)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            await client.call(service, "ping", Ping(), ServiceHealth)
+            return
+        except Exception:
+            if not alive() or time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+
+
+@contextlib.asynccontextmanager
+async def in_process(name: str, serve: Any, settings: Any, nc: NatsClient) -> AsyncIterator[None]:
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve(settings, stop))
+    await ping(nc, name, lambda: not task.done())
+    try:
+        yield
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+@contextlib.asynccontextmanager
+async def orchestrator_process(nats_url: str, db_url: str, schema: str, log: Path, nc: NatsClient,
+                               profile: str | None) -> AsyncIterator[asyncio.subprocess.Process]:
+    env = os.environ | {"SDV_NATS_URL": nats_url, "SDV_DATABASE_URL": db_url,
+                        "SDV_ORCHESTRATOR_SCHEMA": schema, "SDV_LOG_LEVEL": "WARNING"}
+    prof = ["-m", "cProfile", "-o", profile] if profile else []
+    with log.open("wb") as out:
+        proc = await asyncio.create_subprocess_exec(sys.executable, *prof, "-m", "sdv_orchestrator",
+                                                    env=env, stdout=out, stderr=asyncio.subprocess.STDOUT)
+    try:
+        await ping(nc, "orchestrator", lambda: proc.returncode is None)
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), 60)
+            except TimeoutError:
+                proc.kill()
+
+
+async def register(nc: NatsClient, ops: CommandClient, run: str, n: int) -> list[str]:
+    ids = [f"dev-{run}-{i:05d}" for i in range(n)]
+    key = public_key(new_keypair(Role.USER))  # the registry does not mind devices sharing a key
+
+    async def one(device_id: str) -> None:
+        token = f"tok-{device_id}-{run}"
+        await ops.call("registry", "preauthorize", PreauthorizeDevice(device_id, token, {"bench": run}),
+                       DeviceView)
+        body = Announce(device_id=device_id, public_key=key, capabilities=CAPS, token=token)
+        msg = await nc.request(announce_subject(device_id), encode(body), timeout=60)
+        reply: Reply = decode_as(msg.data, Reply)  # type: ignore[arg-type]
+        if isinstance(reply, ReplyError):
+            raise RuntimeError(f"{device_id}: {reply.code} {reply.message}")
+        assert decode_as(bytes(reply.result), AnnounceReply).status == "accepted"
+
+    await gather_limited(ids, 64, one)
+    deadline = time.monotonic() + 120
+    while True:
+        page = await ops.call("registry", "list", ListDevices(selector=f"bench={run}", limit=1),
+                              DeviceList)
+        if page.total >= n:
+            return ids
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"registry lists {page.total} of {n} devices")
+        await asyncio.sleep(0.2)
+
+
+class SimulatedFleet:
+    """All devices in one client: a KV watcher over `sdv_desired`, AppHealthy for each new
+    desired version of the rollout's package."""
+
+    def __init__(self, nc: NatsClient) -> None:
+        self.nc = nc
+        self.js = nc.jetstream()
+        self.digest = ""
+        self.answered: set[str] = set()
+        self.docs = 0
+        self.last_doc_at: dict[str, float] = {}  # device → when its last document arrived
+        self.pending: list[asyncio.Future[Any]] = []
+        self.task: asyncio.Task[None] | None = None
+        self.type_name, self.schema_version = default_registry.describe(
+            AppHealthy(device_id="x", app="x", version="x", digest="x", desired_revision=0))
+
+    async def start(self) -> None:
+        kv = await self.js.key_value(DESIRED_BUCKET)
+        watcher = await kv.watchall()
+        self.task = asyncio.create_task(self._watch(watcher))
+
+    async def _watch(self, watcher: Any) -> None:
+        while True:
+            try:
+                entry = await watcher.updates(timeout=3600)
+            except nats.errors.TimeoutError:
+                continue
+            if entry is None or not entry.value:
+                continue
+            self.docs += 1
+            doc = _desired.decode(entry.value)
+            self.last_doc_at[doc.device_id] = time.perf_counter()
+            app = doc.apps.get(APP)
+            if app is None or app.package.digest != self.digest or doc.device_id in self.answered:
+                continue
+            self.answered.add(doc.device_id)
+            fact = AppHealthy(device_id=doc.device_id, app=APP, version=app.package.version,
+                              digest=app.package.digest, desired_revision=doc.revision,
+                              rollout_id=app.rollout_id)
+            msg_id = f"{doc.device_id}.{APP}.{app.package.digest[:16]}.{doc.revision}.{self.type_name}"
+            envelope = Envelope(
+                event_id=uuid.uuid5(uuid.NAMESPACE_URL, msg_id),
+                stream_id=stream_id("agent", doc.device_id), version=1, type=self.type_name,
+                schema_version=self.schema_version, occurred_at=datetime.now(UTC), data=fact,
+                actor=f"agent:{doc.device_id}", correlation_id=app.rollout_id)
+            self.pending.append(await self.js.publish_async(
+                agent_fact_subject(doc.device_id, self.type_name), encode(envelope),
+                headers={"Nats-Msg-Id": msg_id}))
+            if len(self.pending) >= 1000:
+                batch, self.pending = self.pending, []
+                await asyncio.gather(*batch)
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+        await asyncio.gather(*self.pending, return_exceptions=True)
+
+
+async def raw_publish(nc: NatsClient, run: str, count: int, payload: bytes) -> float:
+    js = nc.jetstream()
+    name = f"BENCH_RAW_{run.upper()}"
+    await js.add_stream(StreamConfig(name=name, subjects=[f"bench.raw.{run}.>"], duplicate_window=600))
+    try:
+        start = time.perf_counter()
+        futures = []
+        for i in range(count):
+            futures.append(await js.publish_async(f"bench.raw.{run}.{i % 1000}", payload,
+                                                  headers={"Nats-Msg-Id": f"{run}-{i}"}))
+            if len(futures) >= 4000:
+                await asyncio.gather(*futures)
+                futures = []
+        await asyncio.gather(*futures)
+        return time.perf_counter() - start
+    finally:
+        await js.delete_stream(name)
+
+
+async def bench(devices: int, profile: str | None) -> dict[str, Any]:
+    run = uuid.uuid4().hex[:8]
+    tmp = Path(tempfile.mkdtemp(prefix="sdv-bench-rollout-"))
+    with servers() as (nats_url, db_url):
+        nc = await nats.connect(nats_url, max_reconnect_attempts=-1)
+        agents_nc = await nats.connect(nats_url, max_reconnect_attempts=-1, pending_size=256 * 1024 * 1024)
+        await provision(nc.jetstream())
+        ops = CommandClient(nc, actor="bench", timeout=60)
+        schemas = {k: f"bench_{run}_{k}" for k in "pro"}
+        packager = PackagerSettings(service="packager", nats_url=nats_url, database_url=db_url,
+                                    schema_name=schemas["p"], signing_key_path=tmp / "key.pem",
+                                    wheels_offline=True, log_level="WARNING")
+        registry = RegistrySettings(service="registry", nats_url=nats_url, database_url=db_url,
+                                    schema_name=schemas["r"], log_level="WARNING",
+                                    heartbeat_silence_s=3600.0)
+        try:
+            async with in_process("packager", serve_packager, packager, nc), \
+                    in_process("registry", serve_registry, registry, nc), \
+                    orchestrator_process(nats_url, db_url, schemas["o"], tmp / "orchestrator.log", nc,
+                                         profile) as orchestrator:
+                app = tmp / "app"
+                app.mkdir()
+                (app / "sdv-app.toml").write_text(
+                    f'[app]\nname = "{APP}"\nversion = "1.0.0"\nentry_point = "main.py"\n')
+                (app / "main.py").write_text("print('bench')\n")
+                package = await PackagerClient(nc, actor="bench").publish_dir(app)
+                say(f"registering {devices} devices")
+                t0 = time.perf_counter()
+                await register(nc, ops, run, devices)
+                say(f"registered in {time.perf_counter() - t0:.1f}s")
+
+                fleet = SimulatedFleet(agents_nc)
+                fleet.digest = package.digest
+                await fleet.start()
+                rollout_id = f"bench-{run}"
+                done = asyncio.get_running_loop().create_future()
+
+                async def on_end(msg: Any) -> None:
+                    if not done.done():
+                        done.set_result((time.perf_counter(), msg.subject.rsplit(".", 1)[1]))
+
+                subs = [await nc.subscribe(f"sdv.evt.rollout.{rollout_id}.{t}", cb=on_end)
+                        for t in ("RolloutCompleted", "RolloutAborted")]
+                request = CreateRolloutRequest(
+                    package=APP, version="1.0.0", target=Target(selector=f"bench={run}"),
+                    strategy=Strategy(kind="canary", waves=["1%", "10%", "100%"]),
+                    thresholds=Thresholds(0.95, 0.05), timeouts=Timeouts(600.0, 0.0),
+                    rollout_id=rollout_id,
+                )
+                say("rollout starts")
+                cpu0 = cpu_seconds(orchestrator.pid)
+                start = time.perf_counter()
+                view = await ops.call("orchestrator", "create", request, RolloutView, timeout=300)
+                plan_s = time.perf_counter() - start
+                say(f"planned in {plan_s:.2f}s: waves {[w.size for w in view.waves]}")
+                end, outcome = await asyncio.wait_for(done, 600)
+                seconds = end - start
+                cpu = cpu_seconds(orchestrator.pid) - cpu0
+                say(f"{outcome} after {seconds:.2f}s")
+                for sub in subs:
+                    await sub.unsubscribe()
+                await fleet.stop()
+
+                pool = await asyncpg.create_pool(db_url, min_size=1, max_size=2)
+                rows = await pool.fetch(
+                    f"SELECT type, data, occurred_at FROM {schemas['o']}.events WHERE stream_id = $1 "
+                    "ORDER BY version", stream_id("rollout", rollout_id))
+                await pool.close()
+                events = len(rows)
+                waves: dict[int, list[float]] = {}
+                for row in rows:
+                    short = row["type"].split(".")[1]
+                    if short in ("WaveStarted", "WaveCompleted"):
+                        index = msgspec.json.decode(row["data"])["wave"]
+                        waves.setdefault(index, []).append(row["occurred_at"].timestamp())
+                waves_s = [round(t[1] - t[0], 3) for _, t in sorted(waves.items()) if len(t) == 2]
+                sample = next(r for r in rows if r["type"].startswith("orchestrator.DeviceTargeted"))
+                payload = encode(Envelope(
+                    event_id=uuid.uuid4(), stream_id=stream_id("rollout", rollout_id), version=3,
+                    type=sample["type"], schema_version=1, occurred_at=datetime.now(UTC),
+                    data=msgspec.json.decode(sample["data"], type=DeviceTargeted)))
+                say(f"raw baseline: {events} js.publish_async of {len(payload)} bytes")
+                raw_s = await raw_publish(nc, run, events, payload)
+                if outcome != "RolloutCompleted":
+                    raise RuntimeError(f"rollout ended with {outcome}")
+        finally:
+            await agents_nc.close()
+            await nc.drain()
+    result = {
+        "bench": "rollout", "devices": devices, "seconds": round(seconds, 3),
+        "devices_per_s": round(devices / seconds, 1), "events_appended": events,
+        "facts_published": len(fleet.answered), "raw_publish_s": round(raw_s, 3),
+        "ratio": round(seconds / raw_s, 1), "plan_s": round(plan_s, 3), "waves": [w.size for w in view.waves],
+        "waves_s": waves_s, "desired_docs_seen": fleet.docs,
+        "orchestrator_cpu_s": round(cpu, 2), "orchestrator_cpu_pct": round(100 * cpu / seconds, 1),
+        "goal_s": GOAL_S * devices / GOAL_DEVICES, "goal_met": seconds <= GOAL_S * devices / GOAL_DEVICES,
+    }
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="1,000 devices instead of 10,000")
+    parser.add_argument("--devices", type=int, help="any other fleet size")
+    parser.add_argument("--profile", help="run the orchestrator under cProfile, write stats here")
+    args = parser.parse_args()
+    devices = args.devices or (1_000 if args.quick else 10_000)
+    result = asyncio.run(bench(devices, args.profile))
+    if args.profile and Path(args.profile).exists():
+        stats = pstats.Stats(args.profile)
+        stats.sort_stats("cumulative").print_stats(40)
+        stats.sort_stats("tottime").print_stats(25)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
