@@ -11,7 +11,8 @@ from sdv_events.schemas.packages import GetPackage, PackageView
 from sdv_events.schemas.rollouts import Target
 from sdv_orchestrator.domain.planning import DeviceFacts
 
-PAGE = 10_000
+# A DeviceView is ~0.5 KB: 10,000 per page made the reply larger than NATS's 1 MB max payload.
+PAGE = 1_000
 
 
 def facts_of(view: DeviceView) -> DeviceFacts:
