@@ -3,7 +3,8 @@
   SDV_DEVICE_ID                  this device's id (required)
   SDV_NATS_URL                   nats://127.0.0.1:4222
   SDV_AGENT_NATS_CREDS           a NATS .creds file (the device's user JWT + nkey seed), optional
-  SDV_AGENT_DATA_DIR             SQLite database, installed apps, console files (~/.sdv-agent/<id>)
+  SDV_AGENT_DATA_DIR             SQLite database, installed apps, console files
+                                 (else $SDV_DATA_DIR/agent, else ~/.sdv-agent/<id>)
   SDV_AGENT_PACKAGER_KEY         the packager's Ed25519 public key, base64 (required: no
   SDV_AGENT_PACKAGER_KEY_FILE      package is installed unless its signature verifies)
   SDV_AGENT_DATABROKER           host:port of the KUKSA databroker (then 127.0.0.1:55555 is tried)
@@ -92,7 +93,10 @@ def load_settings(argv: list[str] | None = None, env: dict[str, str] | None = No
                             "SDV_AGENT_PACKAGER_KEY; without it no package can be verified")
     creds_env = env.get("SDV_AGENT_NATS_CREDS")
     creds = args.nats_creds or (Path(creds_env) if creds_env else None)
-    data_dir = args.data_dir or Path(env.get("SDV_AGENT_DATA_DIR") or Path.home() / ".sdv-agent" / device_id)
+    # SDV_DATA_DIR: the suite-wide service data directory (the container images mount it).
+    shared = Path(env["SDV_DATA_DIR"]) / "agent" if env.get("SDV_DATA_DIR") else None
+    data_dir = args.data_dir or Path(env.get("SDV_AGENT_DATA_DIR") or shared
+                                     or Path.home() / ".sdv-agent" / device_id)
 
     def num(name: str, default: float) -> float:
         return float(env.get(name, default))
