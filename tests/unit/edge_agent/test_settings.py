@@ -1,0 +1,31 @@
+"""Agent configuration: what is required, what wins over what."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sdv_edge_agent.settings import SettingsError, load_settings
+
+
+def test_device_id_and_packager_key_are_required_with_a_message_that_says_what_to_set() -> None:
+    with pytest.raises(SettingsError, match="SDV_DEVICE_ID"):
+        load_settings([], {})
+    with pytest.raises(SettingsError, match="SDV_AGENT_PACKAGER_KEY"):
+        load_settings(["--device-id", "car-1"], {})
+    with pytest.raises(SettingsError, match="subject token"):
+        load_settings(["--device-id", "car.1", "--packager-key", "k"], {})
+
+
+def test_flags_win_over_env_and_env_over_defaults(tmp_path: Path) -> None:
+    key = tmp_path / "packager.pub"
+    key.write_text("a2V5\n")
+    env = {"SDV_DEVICE_ID": "car-env", "SDV_NATS_URL": "nats://env:4222", "SDV_AGENT_PACKAGER_KEY_FILE": str(key),
+           "SDV_AGENT_CRASH_LOOP": "3", "SDV_AGENT_ENROL": "1", "SDV_DATA_DIR": "/var/lib/sdv"}
+    s = load_settings(["--nats-url", "nats://flag:4222"], env)
+    assert (s.device_id, s.nats_url, s.packager_public_key) == ("car-env", "nats://flag:4222", "a2V5")
+    assert s.crash_loop == 3
+    assert s.enrol is True
+    assert s.data_dir == Path("/var/lib/sdv/agent")
+    assert load_settings(["--data-dir", str(tmp_path)], env).data_dir == tmp_path
