@@ -27,7 +27,9 @@ Figures: `seconds` = create request sent → `RolloutCompleted` received on the 
 same size (one DeviceTargeted envelope) to a stream of its own, all acks awaited, in the same
 run; `ratio` = seconds / raw_publish_s; `plan_s` = create → reply (registry listing, eligibility,
 reservations, first wave appended); `waves_s` = per wave, WaveStarted → WaveCompleted (event
-times); `desired_lag_s` = WaveStarted → the last desired document of that wave seen;
+times); `last_desired_doc_s` = create → the last desired document seen by the simulated devices, and
+`after_last_doc_s` = from there to RolloutCompleted (small: desired-state writing is the
+critical path);
 `orchestrator_cpu_s` and `orchestrator_cpu_pct` over the timed part; `goal_s` 30 for 10,000.
 The last line is one JSON object.
 """
@@ -259,6 +261,21 @@ class SimulatedFleet:
         await asyncio.gather(*self.pending, return_exceptions=True)
 
 
+async def quiesce(nc: NatsClient, timeout: float = 300.0) -> None:
+    """Wait until no consumer on SDV_EVENTS has anything pending (the orchestrator's policy
+    consumer, the services' projections), so the clock measures the rollout alone."""
+    js = nc.jetstream()
+    deadline = time.monotonic() + timeout
+    while True:
+        busy = [(c.name, c.num_pending, c.num_ack_pending) for c in await js.consumers_info("SDV_EVENTS")
+                if c.num_pending or c.num_ack_pending]
+        if not busy:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"consumers still busy: {busy}")
+        await asyncio.sleep(0.2)
+
+
 async def raw_publish(nc: NatsClient, run: str, count: int, payload: bytes) -> float:
     js = nc.jetstream()
     name = f"BENCH_RAW_{run.upper()}"
@@ -308,6 +325,7 @@ async def bench(devices: int, profile: str | None) -> dict[str, Any]:
                 t0 = time.perf_counter()
                 await register(nc, ops, run, devices)
                 say(f"registered in {time.perf_counter() - t0:.1f}s")
+                await quiesce(nc)  # e.g. the policy consumer has seen every DeviceAccepted
 
                 fleet = SimulatedFleet(agents_nc)
                 fleet.digest = package.digest
@@ -335,6 +353,7 @@ async def bench(devices: int, profile: str | None) -> dict[str, Any]:
                 say(f"planned in {plan_s:.2f}s: waves {[w.size for w in view.waves]}")
                 end, outcome = await asyncio.wait_for(done, 600)
                 seconds = end - start
+                last_doc = max(fleet.last_doc_at.values())
                 cpu = cpu_seconds(orchestrator.pid) - cpu0
                 say(f"{outcome} after {seconds:.2f}s")
                 for sub in subs:
@@ -372,6 +391,7 @@ async def bench(devices: int, profile: str | None) -> dict[str, Any]:
         "facts_published": len(fleet.answered), "raw_publish_s": round(raw_s, 3),
         "ratio": round(seconds / raw_s, 1), "plan_s": round(plan_s, 3), "waves": [w.size for w in view.waves],
         "waves_s": waves_s, "desired_docs_seen": fleet.docs,
+        "last_desired_doc_s": round(last_doc - start, 3), "after_last_doc_s": round(end - last_doc, 3),
         "orchestrator_cpu_s": round(cpu, 2), "orchestrator_cpu_pct": round(100 * cpu / seconds, 1),
         "goal_s": GOAL_S * devices / GOAL_DEVICES, "goal_met": seconds <= GOAL_S * devices / GOAL_DEVICES,
     }

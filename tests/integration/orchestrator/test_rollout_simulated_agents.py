@@ -228,6 +228,13 @@ async def test_overlapping_rollout_of_the_same_app_is_refused_naming_devices(sui
     # Another app on the same devices is not a conflict.
     other = await suite.publish("other-app", "1.0.0")
     assert (await suite.create(other, device_ids=overlap, kind="all-at-once")).status == "running"
+
+    async def both_apps() -> bool:  # one document per device carries every app assigned to it
+        doc = await suite.desired("sim-05")
+        return doc is not None and {n: a.package.version for n, a in doc.apps.items()} == {
+            APP: "1.0.0", "other-app": "1.0.0"}
+
+    assert await suite.eventually(both_apps), await suite.desired("sim-05")
     # Nothing of the refused rollout reached a device; once the first ends, it can start.
     assert all(set(a.versions_seen(APP)) <= {"1.0.0"} for a in agents)
     await suite.op("cancel", first.rollout_id)

@@ -119,6 +119,9 @@ class DesiredStates:
     def __init__(self, schema: str, kv: KeyValue) -> None:
         self.schema = schema
         self.kv = kv
+        # rollout id → its package (encoded, decoded): fixed at RolloutCreated, so a cache
+        # saves a query and a decode per targeted device.
+        self._packages: dict[str, tuple[bytes, PackageInfo]] = {}
 
     async def create(self, conn: asyncpg.Connection) -> None:
         await conn.execute(f"""
@@ -135,6 +138,15 @@ class DesiredStates:
         # Revisions are kept: agents ignore documents not newer than the last one they saw.
         await self.create(conn)
         await conn.execute(f"TRUNCATE {self.schema}.rollout_packages, {self.schema}.device_apps")
+        self._packages.clear()
+
+    async def _package(self, conn: asyncpg.Connection, rollout_id: str) -> tuple[bytes, PackageInfo]:
+        cached = self._packages.get(rollout_id)
+        if cached is None:
+            raw = await conn.fetchval(
+                f"SELECT package FROM {self.schema}.rollout_packages WHERE rollout_id = $1", rollout_id)
+            cached = self._packages[rollout_id] = (raw, msgspec.json.decode(raw, type=PackageInfo))
+        return cached
 
     async def current(self, conn: asyncpg.Connection | asyncpg.Pool, device_id: str,
                       app: str) -> PackageInfo | None:
@@ -148,24 +160,34 @@ class DesiredStates:
         rid, t = rollout_id_of(event), self.schema
         match event.data:
             case RolloutCreated(package=package):
+                raw = _enc.encode(package)
                 await conn.execute(
-                    f"INSERT INTO {t}.rollout_packages VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                    rid, _enc.encode(package),
-                )
+                    f"INSERT INTO {t}.rollout_packages VALUES ($1, $2) ON CONFLICT DO NOTHING", rid, raw)
+                self._packages[rid] = (raw, package)
             case DeviceTargeted(device_id=device_id):
-                raw = await conn.fetchval(
-                    f"SELECT package FROM {t}.rollout_packages WHERE rollout_id = $1", rid)
-                package = msgspec.json.decode(raw, type=PackageInfo)
-                await conn.execute(
-                    f"INSERT INTO {t}.device_apps VALUES ($1, $2, $3, $4) ON CONFLICT (device_id, app) "
-                    "DO UPDATE SET package = excluded.package, rollout_id = excluded.rollout_id",
-                    device_id, package.name, raw, rid,
-                )
-                await self._write(conn, device_id, event.occurred_at)
+                # The hot path of a rollout (one per device): assign, bump the revision and
+                # read the device's other apps in one statement. The SELECT sees the table as
+                # it was before the statement, which is right for the other apps; this app's
+                # assignment is the one just made.
+                raw, package = await self._package(conn, rid)
+                rows = await conn.fetch(f"""
+                    WITH assigned AS (
+                        INSERT INTO {t}.device_apps VALUES ($1, $2, $3, $4)
+                        ON CONFLICT (device_id, app)
+                        DO UPDATE SET package = excluded.package, rollout_id = excluded.rollout_id),
+                    bumped AS (
+                        INSERT INTO {t}.device_revisions VALUES ($1, 1) ON CONFLICT (device_id)
+                        DO UPDATE SET revision = device_revisions.revision + 1 RETURNING revision)
+                    SELECT b.revision, o.app, o.package, o.rollout_id FROM bumped b
+                    LEFT JOIN {t}.device_apps o ON o.device_id = $1 AND o.app <> $2""",
+                    device_id, package.name, raw, rid)
+                apps = {r["app"]: DesiredApp(package=msgspec.json.decode(r["package"], type=PackageInfo),
+                                             rollout_id=r["rollout_id"])
+                        for r in rows if r["app"] is not None}
+                apps[package.name] = DesiredApp(package=package, rollout_id=rid)
+                await self._put(device_id, rows[0]["revision"], apps, event.occurred_at)
             case RollbackStarted(devices=devices):
-                raw = await conn.fetchval(
-                    f"SELECT package FROM {t}.rollout_packages WHERE rollout_id = $1", rid)
-                app = msgspec.json.decode(raw, type=PackageInfo).name
+                app = (await self._package(conn, rid))[1].name
                 for previous in devices:
                     owner = await conn.fetchval(
                         f"SELECT rollout_id FROM {t}.device_apps WHERE device_id = $1 AND app = $2",
@@ -198,5 +220,9 @@ class DesiredStates:
                                  rollout_id=r["rollout_id"])
             for r in rows
         }
+        await self._put(device_id, revision, apps, at)
+
+    async def _put(self, device_id: str, revision: int, apps: dict[str, DesiredApp],
+                   at: datetime) -> None:
         doc = DesiredState(device_id=device_id, revision=revision, apps=apps, updated_at=at)
         await self.kv.put(device_id, _enc.encode(doc))

@@ -68,6 +68,8 @@ async def consume_facts(orchestrator: Orchestrator, js: JetStreamContext, stop: 
 
 async def handle(orchestrator: Orchestrator, js: JetStreamContext, msgs: list) -> None:  # type: ignore[type-arg]
     by_rollout: dict[str, list[Report]] = defaultdict(list)
+    # A rollout's package does not change: look each rollout up once per batch, not per fact.
+    digests: dict[str, str | None] = {}
     for msg in msgs:
         try:
             envelope = decode_envelope(msg.data)
@@ -83,8 +85,11 @@ async def handle(orchestrator: Orchestrator, js: JetStreamContext, msgs: list) -
         report = report_of(fact)
         if report is None or fact.rollout_id is None:
             continue
-        state = await orchestrator.state_or_none(fact.rollout_id)
-        if state is None or state.created is None or state.created.package.digest != fact.digest:
+        if fact.rollout_id not in digests:
+            state = await orchestrator.state_or_none(fact.rollout_id)
+            created = state.created if state is not None else None
+            digests[fact.rollout_id] = created.package.digest if created is not None else None
+        if digests[fact.rollout_id] != fact.digest:
             continue  # about another version (e.g. the old one healthy again after a rollback)
         by_rollout[fact.rollout_id].append(report)
     for rollout_id, reports in by_rollout.items():
