@@ -30,7 +30,9 @@ reservations, first wave appended); `waves_s` = per wave, WaveStarted → WaveCo
 times); `last_desired_doc_s` = create → the last desired document seen by the simulated devices, and
 `after_last_doc_s` = from there to RolloutCompleted (small: desired-state writing is the
 critical path);
-`orchestrator_cpu_s` and `orchestrator_cpu_pct` over the timed part; `goal_s` 30 for 10,000.
+`get_reply_bytes` = size of the `get` reply of the completed rollout (it lists every device;
+NATS refuses messages over 1 MB by default); `orchestrator_cpu_s` and `orchestrator_cpu_pct`
+over the timed part; `goal_s` 30 for 10,000.
 The last line is one JSON object.
 """
 
@@ -80,6 +82,7 @@ from sdv_events.schemas.devices import (
 from sdv_events.schemas.rollouts import (
     CreateRolloutRequest,
     DeviceTargeted,
+    RolloutRef,
     RolloutView,
     Strategy,
     Target,
@@ -359,6 +362,10 @@ async def bench(devices: int, profile: str | None) -> dict[str, Any]:
                 for sub in subs:
                     await sub.unsubscribe()
                 await fleet.stop()
+                # `get` lists every device of the rollout in one reply (NATS max payload: 1 MB).
+                reply = await nc.request("sdv.cmd.orchestrator.get", encode(RolloutRef(rollout_id)),
+                                         timeout=60)
+                get_bytes = len(reply.data)
 
                 pool = await asyncpg.create_pool(db_url, min_size=1, max_size=2)
                 rows = await pool.fetch(
@@ -392,7 +399,7 @@ async def bench(devices: int, profile: str | None) -> dict[str, Any]:
         "ratio": round(seconds / raw_s, 1), "plan_s": round(plan_s, 3), "waves": [w.size for w in view.waves],
         "waves_s": waves_s, "desired_docs_seen": fleet.docs,
         "last_desired_doc_s": round(last_doc - start, 3), "after_last_doc_s": round(end - last_doc, 3),
-        "orchestrator_cpu_s": round(cpu, 2), "orchestrator_cpu_pct": round(100 * cpu / seconds, 1),
+        "get_reply_bytes": get_bytes, "orchestrator_cpu_s": round(cpu, 2), "orchestrator_cpu_pct": round(100 * cpu / seconds, 1),
         "goal_s": GOAL_S * devices / GOAL_DEVICES, "goal_met": seconds <= GOAL_S * devices / GOAL_DEVICES,
     }
     return result

@@ -398,9 +398,25 @@ class SimAgent:
             raise error_from_reply(reply)
         answer = decode_as(bytes(reply.result), AnnounceReply)
         assert answer.status == "accepted", answer
+        # A registry without a trust file admits devices but mints no NATS credentials.
+        assert answer.credentials is None, answer
+        await self._watch_desired()
+
+    async def _watch_desired(self) -> None:
+        assert self._nc is not None
         kv = await self._nc.jetstream().key_value(DESIRED_BUCKET)
         watcher = await kv.watch(self.device_id)
         self._task = asyncio.create_task(self._watch(watcher), name=f"sim-agent:{self.device_id}")
+
+    async def go_offline(self) -> None:
+        """Disconnect: no watch, no facts, until `come_online`."""
+        await self.close()
+        self._nc, self._task = None, None
+
+    async def come_online(self) -> None:
+        """Reconnect and watch again: the watch delivers the key's newest document first."""
+        self._nc = await nats.connect(self.url)
+        await self._watch_desired()
 
     def versions_seen(self, app: str) -> list[str]:
         return [d.apps[app].package.version for d in self.docs if app in d.apps]

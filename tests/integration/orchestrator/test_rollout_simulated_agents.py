@@ -276,3 +276,49 @@ async def test_ineligible_simulated_devices_are_excluded_and_listed(suite: Any) 
 
 async def _async(value: Any) -> Any:
     return value
+
+
+async def test_simulated_agent_offline_at_its_turn_is_waited_for_within_its_timeout(suite: Any) -> None:
+    agents = await suite.add_agents(4)
+    await agents[1].go_offline()
+    v1 = await suite.publish(APP, "1.0.0")
+    view = await suite.create(v1, selector="fleet=sim", kind="all-at-once", device_s=8.0)
+
+    async def others_done() -> bool:
+        return (await suite.get(view.rollout_id)).waves[0].succeeded == 3
+
+    assert await suite.eventually(others_done)
+    await asyncio.sleep(0.5)
+    assert (await suite.get(view.rollout_id)).status == "running"  # waiting for sim-01
+    await agents[1].come_online()  # reads the newest document of its key, answers in time
+    done = await suite.wait_status(view.rollout_id, "completed", "rolled_back")
+    assert (done.status, done.waves[0].succeeded, done.waves[0].failed) == ("completed", 4, 0)
+    assert agents[1].versions_seen(APP) == ["1.0.0"]
+
+
+async def test_simulated_manual_rollback_of_a_completed_rollout_restores_the_previous_version(
+    suite: Any,
+) -> None:
+    agents = await suite.add_agents(6)
+    old = await suite.publish(APP, "1.0.0")
+    first = await suite.create(old, selector="fleet=sim", kind="all-at-once")
+    await suite.wait_status(first.rollout_id, "completed")
+    new = await suite.publish(APP, "2.0.0")
+    second = await suite.create(new, selector="fleet=sim", waves=["2", "100%"])
+    await suite.wait_status(second.rollout_id, "completed")
+    assert all(a.running == {APP: "2.0.0"} for a in agents)
+
+    # Rolling back the older rollout leaves devices a later rollout owns alone.
+    assert (await suite.op("rollback", first.rollout_id)).status == "rolled_back"
+    await asyncio.sleep(0.5)
+    assert all((a.running, a.revisions) == ({APP: "2.0.0"}, [1, 2]) for a in agents)
+
+    rolled = await suite.op("rollback", second.rollout_id, "customer complaints")
+    assert (rolled.status, rolled.reason) == ("rolled_back", "customer complaints")
+    for agent in agents:
+        assert await suite.eventually(lambda a=agent: _async(a.running == {APP: "1.0.0"}))
+        assert agent.versions_seen(APP) == ["1.0.0", "2.0.0", "1.0.0"]
+        assert agent.revisions == [1, 2, 3]
+    assert (await suite.op("rollback", second.rollout_id)).status == "rolled_back"  # idempotent
+    with pytest.raises(Conflict):
+        await suite.op("pause", second.rollout_id)
