@@ -14,7 +14,6 @@ from typing import Any, TypeVar
 import msgspec
 import nats.errors
 import structlog
-from faststream.nats import NatsMessage, NatsRouter
 from nats.aio.client import Client as NatsClient
 
 from sdv_events.bus.tracing import inject, trace_from_headers
@@ -145,17 +144,6 @@ async def serve_one(
         log.exception("command_failed", subject=subject, command_id=info.command_id)
         reply = ReplyError("internal", f"{type(err).__name__}: {err}")
     return encode(reply)
-
-
-def register_command(
-    router: NatsRouter, service: str, name: str, request_type: type[Req], handler: Handler[Req]
-) -> None:
-    """Serve `sdv.cmd.<service>.<name>` in the service's queue group (replicas share the load)."""
-    subject = command_subject(service, name)
-
-    @router.subscriber(subject, queue=f"sdv-{service}")
-    async def _serve(msg: NatsMessage) -> bytes:
-        return await serve_one(msg.body, subject, msg.headers or {}, request_type, handler)
 
 
 class CommandClient:
