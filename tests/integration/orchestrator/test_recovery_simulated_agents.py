@@ -6,9 +6,12 @@ every device targeted once, every report counted once, desired revisions only in
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from typing import Any
 
 import pytest
+
+from sdv_orchestrator.adapters import facts
 
 pytestmark = pytest.mark.timeout(30)
 APP = "fleet-app"
@@ -31,12 +34,20 @@ async def test_orchestrator_stopped_mid_wave_and_restarted_finishes_the_same_sim
     await suite.stop_orchestrator(suite.orchestrators[0])
     await asyncio.sleep(1.0)  # agents keep answering while no orchestrator runs
     await suite.start_orchestrator()
-    await suite.assert_clean_completion( view.rollout_id, sorted(suite.agents), v1.digest, APP)
+    await suite.assert_clean_completion(view.rollout_id, sorted(suite.agents), v1.digest, APP)
 
 
 async def test_two_orchestrator_replicas_complete_one_simulated_rollout_without_conflicting_decisions(
-    suite: Any,
+    suite: Any, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    handled_by: Counter[int] = Counter()  # facts per replica (its Orchestrator object)
+    original = facts.handle
+
+    async def counting(orchestrator: Any, js: Any, msgs: list[Any]) -> None:
+        handled_by[id(orchestrator)] += len(msgs)
+        await original(orchestrator, js, msgs)
+
+    monkeypatch.setattr(facts, "handle", counting)
     await suite.start_orchestrator()  # a second replica on the same schema
     agents = await suite.add_agents(20)
     for agent in agents:
@@ -47,4 +58,5 @@ async def test_two_orchestrator_replicas_complete_one_simulated_rollout_without_
     for _ in range(5):
         await asyncio.gather(*(suite.get(view.rollout_id) for _ in range(4)))
         await asyncio.sleep(0.1)
-    await suite.assert_clean_completion( view.rollout_id, sorted(suite.agents), v1.digest, APP)
+    await suite.assert_clean_completion(view.rollout_id, sorted(suite.agents), v1.digest, APP)
+    assert len(handled_by) == 2, handled_by  # both replicas counted reports
