@@ -322,3 +322,17 @@ async def test_simulated_manual_rollback_of_a_completed_rollout_restores_the_pre
     assert (await suite.op("rollback", second.rollout_id)).status == "rolled_back"  # idempotent
     with pytest.raises(Conflict):
         await suite.op("pause", second.rollout_id)
+
+
+async def test_simulated_rolling_rollout_goes_batch_by_batch(suite: Any) -> None:
+    await suite.add_agents(10)
+    v1 = await suite.publish(APP, "1.0.0")
+    view = await suite.create(v1, selector="fleet=sim", kind="rolling", batch_size=3)
+    assert [w.size for w in view.waves] == [3, 3, 3, 1]
+    done = await suite.wait_status(view.rollout_id, "completed")
+    assert [w.succeeded for w in done.waves] == [3, 3, 3, 1]
+    events = await suite.events(view.rollout_id)
+    # Each batch is targeted only after the previous one completed.
+    order = [(type(e.data).__name__, getattr(e.data, "wave", None)) for e in events
+             if type(e.data).__name__ in ("WaveStarted", "WaveCompleted")]
+    assert order == [(kind, w) for w in range(4) for kind in ("WaveStarted", "WaveCompleted")]
