@@ -74,6 +74,18 @@ class StateCache:
 async def load(
     store: EventStore, decider: Decider[Any, Any, S], stream_id: str, cache: StateCache | None = None
 ) -> tuple[S, int]:
+    """The stream's folded state and version. With a cache, under the stream's lock: `evolve`
+    may update the cached state in place, so an unlocked read overlapping a command could
+    apply the same events twice. Read the returned state before the next await."""
+    if cache is None:
+        return await _load(store, decider, stream_id, None)
+    async with cache.lock(stream_id):
+        return await _load(store, decider, stream_id, cache)
+
+
+async def _load(
+    store: EventStore, decider: Decider[Any, Any, S], stream_id: str, cache: StateCache | None
+) -> tuple[S, int]:
     cached = cache.get(stream_id) if cache is not None else None
     state, version = cached if cached is not None else (decider.empty(), 0)
     for event in await store.read_stream(stream_id, from_version=version + 1):
@@ -125,7 +137,7 @@ async def _handle(
             return _first_outcome(first)
         metadata = msgspec.structs.replace(metadata, causation_id=command_id)
     for attempt in range(1, max_attempts + 1):
-        state, version = await load(store, decider, stream_id, cache)
+        state, version = await _load(store, decider, stream_id, cache)  # lock held by caller
         try:
             new_events = list(decider.decide(command, state))
         except DomainError as err:

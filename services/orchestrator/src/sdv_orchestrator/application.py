@@ -82,11 +82,8 @@ class Orchestrator:
             raise _ERRORS.get(outcome.code, Rejected)(outcome.message)
 
     async def state(self, rollout_id: str) -> RolloutState:
-        # Under the stream's lock: `load` evolves the cached state in place, so a read that
-        # overlaps a command on the same stream would apply the same new events twice.
-        stream = rollout_stream(rollout_id)
-        async with self.cache.lock(stream):
-            state, _ = await load(self.store, rollout_decider, stream, self.cache)
+        # `load` takes the stream's lock with the cache (see sdv_events.commands.load).
+        state, _ = await load(self.store, rollout_decider, rollout_stream(rollout_id), self.cache)
         if state.status == "none":
             raise NotFound(f"no rollout {rollout_id}")
         return state
