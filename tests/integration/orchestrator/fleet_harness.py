@@ -69,7 +69,7 @@ from sdv_events.schemas.rollouts import (
     WaveCompleted,
     WaveStarted,
 )
-from sdv_events.service import Ping, ServiceHealth
+from sdv_events.service import wait_until_ready
 from sdv_events.store import EventStore
 from sdv_events.subjects import agent_fact_subject
 from sdv_orchestrator.app import serve as serve_orchestrator
@@ -130,16 +130,8 @@ async def start_service(name: str, serve: Callable[..., Awaitable[None]], settin
                         nc: NatsClient) -> Running:
     stop = asyncio.Event()
     task = asyncio.create_task(serve(settings, stop), name=f"service:{name}")
-    pings = CommandClient(nc, timeout=1.0)
-    for _ in range(150):
-        try:
-            await pings.call(name, "ping", Ping(), ServiceHealth)
-            return Running(name, task, stop)
-        except Exception:
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.1)
-    raise TimeoutError(f"{name} did not answer ping")
+    await wait_until_ready(nc, name, task=task)
+    return Running(name, task, stop)
 
 
 @dataclass

@@ -28,9 +28,8 @@ from typer.testing import CliRunner, Result
 from sdv_client.cli_support import EXIT_REFUSED, EXIT_UNREACHABLE
 from sdv_client.package_cli import EXIT_VERIFY, app
 from sdv_client.packages import PackagerClient
-from sdv_events.bus import CommandClient
 from sdv_events.package_format import verify_artifact
-from sdv_events.service import Ping, ServiceHealth
+from sdv_events.service import wait_until_ready
 from sdv_packager.app import serve
 from sdv_packager.settings import PackagerSettings
 
@@ -69,15 +68,7 @@ async def packager(fresh_nats_url: str, database_url: str, schema: str, tmp_path
     stop = asyncio.Event()
     task = asyncio.create_task(serve(settings, stop))
     nc = await nats.connect(fresh_nats_url)
-    pings = CommandClient(nc, timeout=1.0)
-    for _ in range(100):
-        try:
-            await pings.call("packager", "ping", Ping(), ServiceHealth)
-            break
-        except Exception:
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.1)
+    await wait_until_ready(nc, "packager", task=task)
     yield fresh_nats_url, PackagerClient(nc, actor="test")
     stop.set()
     await asyncio.wait_for(task, 20)

@@ -12,10 +12,10 @@ import nats
 import pytest
 
 from sdv_client.packages import PackagerClient
-from sdv_events.bus import CommandClient, Conflict, InvalidRequest, NotFound, Rejected
+from sdv_events.bus import Conflict, InvalidRequest, NotFound, Rejected
 from sdv_events.package_format import verify_artifact
 from sdv_events.projections import ProjectionRunner
-from sdv_events.service import Ping, ServiceHealth
+from sdv_events.service import wait_until_ready
 from sdv_packager.app import serve
 from sdv_packager.projections import PackageCatalog
 from sdv_packager.settings import PackagerSettings
@@ -62,15 +62,7 @@ async def packager(
     stop = asyncio.Event()
     task = asyncio.create_task(serve(settings, stop))
     nc = await nats.connect(fresh_nats_url)
-    pings = CommandClient(nc, timeout=1.0)
-    for _ in range(100):
-        try:
-            await pings.call("packager", "ping", Ping(), ServiceHealth)
-            break
-        except Exception:
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.1)
+    await wait_until_ready(nc, "packager", task=task)
     yield PackagerClient(nc, actor="test"), settings
     stop.set()
     await asyncio.wait_for(task, 20)
@@ -174,12 +166,7 @@ async def test_example_apps_build_with_bundled_wheels(fresh_nats_url, database_u
     nc = await nats.connect(fresh_nats_url)
     client = PackagerClient(nc)
     try:
-        for _ in range(100):
-            try:
-                await CommandClient(nc, timeout=1).call("packager", "ping", Ping(), ServiceHealth)
-                break
-            except Exception:
-                await asyncio.sleep(0.1)
+        await wait_until_ready(nc, "packager", task=task)
         for name in ("speed-monitor", "seat-adjuster"):
             app = tmp_path / name
             shutil.copytree(EXAMPLES / name, app)

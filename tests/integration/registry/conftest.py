@@ -34,7 +34,7 @@ from sdv_events.bus.rpc import Reply, ReplyError, error_from_reply
 from sdv_events.codec import decode_as, encode
 from sdv_events.schemas.devices import Announce, AnnounceReply, Capabilities, Kuksa
 from sdv_events.servers import NatsServer
-from sdv_events.service import Ping, ServiceHealth
+from sdv_events.service import wait_until_ready
 from sdv_events.store import EventStore
 from sdv_registry.app import serve
 from sdv_registry.settings import RegistrySettings
@@ -136,15 +136,7 @@ async def running_registry(settings: RegistrySettings) -> AsyncIterator[asyncio.
     creds = Path(settings.nats_credentials or "")
     nc = await nats.connect(settings.nats_url, user_credentials=str(creds))
     try:
-        pings = CommandClient(nc, timeout=1.0)
-        for _ in range(100):
-            try:
-                await pings.call("registry", "ping", Ping(), ServiceHealth)
-                break
-            except Exception:
-                if task.done():
-                    task.result()
-                await asyncio.sleep(0.1)
+        await wait_until_ready(nc, "registry", task=task)
         yield task
     finally:
         await nc.close()

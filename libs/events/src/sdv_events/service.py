@@ -17,10 +17,11 @@ from typing import Any, Self
 import msgspec
 import structlog
 from faststream.nats import NatsBroker, NatsRouter
+from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from pydantic import BaseModel, model_validator
 
-from sdv_events.bus import RequestInfo, make_broker, register_command
+from sdv_events.bus import CommandClient, CommandError, RequestInfo, make_broker, register_command
 from sdv_events.logs import configure_logging
 from sdv_events.provisioning import provision
 from sdv_events.relay import Relay
@@ -67,6 +68,25 @@ class ServiceHealth(msgspec.Struct, frozen=True):
     version: str
     uptime_s: float
     relay_published: int
+
+
+async def wait_until_ready(
+    nc: NatsClient, service: str, *, task: asyncio.Task[Any] | None = None, timeout: float = 15.0
+) -> ServiceHealth:
+    """Until `service` answers ping. If `task` (the service running in-process) ends first, its
+    exception is raised; when time runs out, `TimeoutError`."""
+    client = CommandClient(nc, timeout=1.0)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return await client.call(service, "ping", Ping(), ServiceHealth)
+        except CommandError:
+            if task is not None and task.done():
+                task.result()
+                raise RuntimeError(f"{service} stopped before it answered ping") from None
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{service} did not answer ping within {timeout:.0f}s") from None
+            await asyncio.sleep(0.1)
 
 
 def service_version(service: str) -> str:
