@@ -65,7 +65,7 @@ def heartbeat_builder(agent: Agent, databroker: Databroker, settings: AgentSetti
             device_id=settings.device_id, seq=seq, sent_at=datetime.now(UTC),
             agent_version=agent.options.agent_version, desired_revision=agent.revision, apps=apps,
             device=device_metrics(settings.data_dir), databroker=databroker.found,
-            limits=agent.runtime.limits,
+            limits=agent.limits,
         )
 
     return build
@@ -97,7 +97,7 @@ async def serve(settings: AgentSettings, stop: asyncio.Event | None = None) -> N
     reported: ReportedWriter | None = None
     agent = Agent(
         options, store=store, installer=Installer(settings.data_dir / "apps", settings.packager_public_key),
-        runtime=NativeRuntime(), facts=facts, download=Downloader(link).fetch, databroker=databroker,
+        runtimes=[NativeRuntime()], facts=facts, download=Downloader(link).fetch, databroker=databroker,
         on_change=lambda: reported.wake() if reported else None, on_logs=logs.wake,
     )
     reported = ReportedWriter(link, settings.device_id, agent.reported)
@@ -149,7 +149,7 @@ async def connect(settings: AgentSettings, link: NatsLink, databroker: Databroke
         token=settings.fleet_token,
         capabilities=lambda: capabilities(settings.data_dir, hardware_type=settings.hardware_type,
                                           agent_version=agent.options.agent_version,
-                                          databroker=databroker.found),
+                                          databroker=databroker.found, runtimes=sorted(agent.runtimes)),
     )
     creds = await enrolment.until_accepted()
     link.creds = creds or settings.nats_creds

@@ -54,7 +54,7 @@ class Agent:
         *,
         store: AgentStore,
         installer: Installer,
-        runtime: Runtime,
+        runtimes: Runtime | list[Runtime],
         facts: Facts,
         download: Callable[[PackageInfo], Awaitable[bytes]],
         databroker: Callable[[], tuple[str, int]],
@@ -67,7 +67,8 @@ class Agent:
         self.restart_policy = options.restart_policy
         self.store = store
         self.installer = installer
-        self.runtime = runtime
+        listed = runtimes if isinstance(runtimes, list) else [runtimes]
+        self.runtimes: dict[str, Runtime] = {runtime.name: runtime for runtime in listed}
         self.facts = RepeatCounting(facts, store)
         self.download = download
         self.databroker = databroker
@@ -90,7 +91,15 @@ class Agent:
             supervisor.post(Poke())
         self._tasks.append(asyncio.create_task(self._monitor()))
         log.info("agent_started", device_id=self.device_id, apps=sorted(self.supervisors),
-                 desired_revision=self.revision, limits=self.runtime.limits)
+                 desired_revision=self.revision, limits=self.limits)
+
+    @property
+    def limits(self) -> str:
+        """How each runtime enforces memory/cpu limits here, for people (logs, heartbeats)."""
+        return "; ".join(f"{name}: {runtime.limits}" for name, runtime in sorted(self.runtimes.items()))
+
+    def runtime_for(self, package: PackageInfo) -> Runtime:
+        return self.runtimes[package.runtime]
 
     def _supervisor(self, name: str, record: AppRecord | None = None) -> AppSupervisor:
         supervisor = self.supervisors.get(name)
@@ -170,7 +179,8 @@ class Agent:
         self.installer.remove_app(app)
         for kind in ("run", "home"):
             shutil.rmtree(self.options.data_dir / kind / app, ignore_errors=True)
-        self.runtime.release(app)
+        for runtime in self.runtimes.values():
+            runtime.release(app)
 
     def prune_versions(self, app: str, keep: list[PackageInfo]) -> None:
         """Keep the active and the previous version (rollback) on disk, nothing older."""

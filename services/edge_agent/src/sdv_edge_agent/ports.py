@@ -1,6 +1,6 @@
 """The ports the application layer drives: a runtime that runs app processes, and the sinks it
 reports through. One small interface per concern; adapters implement them (native processes
-today; Docker would be another `Runtime`)."""
+`adapters/native.py`, containers, simulated; the agent picks one per package by its `runtime`)."""
 
 from __future__ import annotations
 
@@ -44,6 +44,10 @@ class Process(Protocol):
         ...
 
     def write_stdin(self, data: bytes) -> None: ...
+
+    def exit_reason(self) -> str | None:
+        """Why the runtime itself ended the process (say, killed at its memory limit), if it knows."""
+        ...
 
 
 class Runtime(Protocol):

@@ -249,9 +249,9 @@ class AppSupervisor:
     # --- install / upgrade -----------------------------------------------------------------------
 
     async def _fetch_and_install(self, package: PackageInfo) -> InstalledVersion:
-        if package.runtime != self.agent.runtime.name:
+        if package.runtime not in self.agent.runtimes:
             raise InstallError("install", f"needs the {package.runtime} runtime; this device runs "
-                                          f"{self.agent.runtime.name} apps only")
+                                          f"{', '.join(sorted(self.agent.runtimes))} apps only")
         if package.python_version != self.agent.python_version:
             raise InstallError("install", f"needs Python {package.python_version}; this device has "
                                           f"{self.agent.python_version}")
@@ -369,14 +369,14 @@ class AppSupervisor:
         tail_key = spec.run_dir.name
         if adopt is None:
             self.agent.store.reset_tail(f"{self.name}/{tail_key}")
-            process: Process | None = await self.agent.runtime.start(spec)
+            process: Process | None = await self.agent.runtime_for(package).start(spec)
         else:
-            process = self.agent.runtime.adopt(spec, *adopt)
+            process = self.agent.runtime_for(package).adopt(spec, *adopt)
             if process is None:
                 raise ProcessLookupError(adopt[0])
         assert process is not None
         offsets = self.agent.store.tail_offsets(f"{self.name}/{tail_key}")
-        follower = self.agent.runtime.follow_output(
+        follower = self.agent.runtime_for(package).follow_output(
             spec, process, offsets, self.agent.lines_sink(self.name, f"{self.name}/{tail_key}")
         )
         instance = Instance(package, installed, spec, process, follower)
@@ -433,7 +433,8 @@ class AppSupervisor:
     async def _end(self, instance: Instance, timeout_s: float | None = None) -> int | None:
         """Stop an instance on purpose and collect its last console lines."""
         instance.stopping = True
-        code = await self.agent.runtime.stop(instance.process, timeout_s or self.agent.stop_timeout_s)
+        runtime = self.agent.runtime_for(instance.package)
+        code = await runtime.stop(instance.process, timeout_s or self.agent.stop_timeout_s)
         instance.cancel_tasks()
         await instance.follower.finish()
         return code
@@ -455,7 +456,7 @@ class AppSupervisor:
         if self.instance is None:
             return
         self._move(S.PAUSED)
-        self.agent.runtime.pause(self.instance.process)
+        self.agent.runtime_for(self.instance.package).pause(self.instance.process)
         self._emit(AppPaused)
         self._save()
 
@@ -463,7 +464,7 @@ class AppSupervisor:
         if self.instance is None:
             return
         self._move(S.RUNNING)
-        self.agent.runtime.resume(self.instance.process)
+        self.agent.runtime_for(self.instance.package).resume(self.instance.process)
         self._emit(AppResumed)
         self._save()
 
@@ -487,7 +488,7 @@ class AppSupervisor:
             return
         instance.cancel_tasks()
         await instance.follower.finish()
-        reason = instance.kill_reason or describe_exit(code)
+        reason = instance.kill_reason or instance.process.exit_reason() or describe_exit(code)
         if instance is self.candidate:
             await self._swap_failed(f"{instance.package.version} {reason} before it was healthy")
             return
@@ -602,14 +603,14 @@ class AppSupervisor:
         for instance in (self.instance, self.candidate):
             if instance is None or instance.stopping or instance.kill_reason:
                 continue
-            instance.usage = self.agent.runtime.usage(instance.process)
+            instance.usage = self.agent.runtime_for(instance.package).usage(instance.process)
             limit = instance.package.resources.memory_mb
             if instance.usage is not None and instance.usage.rss_bytes > limit * MB:
                 instance.kill_reason = (f"memory limit exceeded: rss {instance.usage.rss_bytes // MB} MB "
                                         f"> {limit} MB")
                 self.log.warning("memory_limit_exceeded", rss_mb=instance.usage.rss_bytes // MB,
                                  limit_mb=limit)
-                self.agent.runtime.kill(instance.process)
+                self.agent.runtime_for(instance.package).kill(instance.process)
 
     # --- recovery after an agent restart --------------------------------------------------------
 
@@ -619,7 +620,8 @@ class AppSupervisor:
         decided again from scratch."""
         record = self.record
         if record.candidate is not None:
-            self.agent.runtime.kill_orphan(*record.candidate)
+            for runtime in self.agent.runtimes.values():  # each checks the process is its own
+                runtime.kill_orphan(*record.candidate)
             record.candidate = None
         if record.pid is None or record.pid_started is None or record.package is None:
             return
@@ -636,7 +638,7 @@ class AppSupervisor:
             # Gone while the agent was away: keep its last console lines, then start afresh.
             spec = self.spec_for(record.package, installed)
             key = f"{self.name}/{spec.run_dir.name}"
-            leftover = self.agent.runtime.follow_output(
+            leftover = self.agent.runtime_for(record.package).follow_output(
                 spec, None, self.agent.store.tail_offsets(key), self.agent.lines_sink(self.name, key)
             )
             await leftover.finish()

@@ -93,6 +93,9 @@ class NativeProcess:
         if written < len(data):
             raise StdinUnavailable(f"stdin buffer is full: wrote {written} of {len(data)} bytes")
 
+    def exit_reason(self) -> str | None:
+        return None  # limits here end a process by signals the exit status already tells
+
     def usage(self) -> Usage | None:
         """CPU % since the last call and RSS of the app's processes. The list of its children
         is refreshed every tenth call only: walking /proc for it costs more than the rest."""
