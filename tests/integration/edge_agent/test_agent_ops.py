@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
+
+from typer.testing import CliRunner
+
+from sdv_client.cli import app as sdv
 
 
 async def test_pause_resume_stdin_logs_and_typed_errors(fleet: Any, harness: Any, tmp_path: Path) -> None:
@@ -71,3 +76,41 @@ async def test_pause_resume_stdin_logs_and_typed_errors(fleet: Any, harness: Any
                       what="three AppStarted facts")
     # Each occurrence is a distinct fact (own msg id), so none was dropped as a duplicate.
     assert len({f.event_id for f in fleet.find_facts("car-ops", "AppStarted")}) == 3
+
+
+async def cli(fleet: Any, *args: str) -> tuple[int, Any]:
+    result = await asyncio.to_thread(CliRunner().invoke, sdv, [*args, "--json"],
+                                     env={"SDV_NATS_URL": fleet.nats_url, "SDV_NATS_CREDS": ""})
+    return result.exit_code, json.loads(result.stdout)
+
+
+async def test_sdv_app_cli_pauses_resumes_writes_stdin_and_searches_the_devices_console(
+    fleet: Any, harness: Any, tmp_path: Path
+) -> None:
+    pkg = await fleet.publish(harness.make_app(tmp_path, "ticker", "1.0.0", harness.ticker_source()))
+    fleet.agent("car-cli")
+    await fleet.desire("car-cli", 1, {"ticker": pkg})
+    await fleet.until_state("car-cli", "ticker", "RUNNING", healthy=True)
+
+    code, doc = await cli(fleet, "app", "pause", "car-cli", "ticker")
+    assert (code, doc["app"]["state"], doc["app"]["held"]) == (0, "PAUSED", "paused")
+    await fleet.until_state("car-cli", "ticker", "PAUSED")
+    code, doc = await cli(fleet, "app", "resume", "car-cli", "ticker")
+    assert (code, doc["app"]["state"]) == (0, "RUNNING")
+    code, _ = await cli(fleet, "app", "stdin", "car-cli", "ticker", "ping from the cli")
+    assert code == 0
+    await fleet.until(lambda: "echo: ping from the cli" in fleet.lines("car-cli", "ticker"), what="echo")
+    code, doc = await cli(fleet, "app", "logs", "car-cli", "--search", '"ping from the cli"')
+    assert code == 0
+    assert [entry["line"] for entry in doc["lines"]] == ["echo: ping from the cli"]
+    code, doc = await cli(fleet, "app", "logs", "car-cli", "ticker", "-n", "4", "--stream", "stdout")
+    assert code == 0
+    assert len(doc["lines"]) == 4
+    assert all(entry["app"] == "ticker" and entry["stream"] == "stdout" for entry in doc["lines"])
+
+    # Refusals keep their codes and exit 1; a device nobody answers for exits 3.
+    code, doc = await cli(fleet, "app", "pause", "car-cli", "nope")
+    assert (code, doc["ok"], doc["code"]) == (1, False, "not_found")
+    code, doc = await cli(fleet, "app", "pause", "car-gone", "ticker")
+    assert (code, doc["code"]) == (3, "unavailable")
+    assert "agent of device car-gone" in doc["error"]

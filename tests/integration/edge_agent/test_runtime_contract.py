@@ -68,6 +68,17 @@ async def until(check: Callable[[], object], timeout: float = 5.0) -> None:
         await asyncio.sleep(0.02)
 
 
+async def settled(lines: Lines, quiet_s: float = 0.2, timeout: float = 5.0) -> int:
+    """The line count once it has not grown for `quiet_s`."""
+    deadline = time.monotonic() + timeout
+    count = -1
+    while count != len(lines.rows):
+        assert time.monotonic() < deadline, "output never settled"
+        count = len(lines.rows)
+        await asyncio.sleep(quiet_s)
+    return count
+
+
 async def test_start_output_stdin_pause_resume_stop(runtime: Runtime, tmp_path: Path) -> None:
     s = spec(tmp_path, APP)
     proc = await runtime.start(s)
@@ -82,9 +93,8 @@ async def test_start_output_stdin_pause_resume_stop(runtime: Runtime, tmp_path: 
     await until(lambda: "in: hello" in lines.of("stdout"))
 
     runtime.pause(proc)
-    await asyncio.sleep(0.15)
-    frozen = len(lines.rows)
-    await asyncio.sleep(0.3)
+    frozen = await settled(lines)  # lines printed just before the pause may still be on their way
+    await asyncio.sleep(0.5)
     assert len(lines.rows) == frozen
     runtime.resume(proc)
     await until(lambda: len(lines.rows) > frozen + 3)

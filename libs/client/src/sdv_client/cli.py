@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn
 from rich.table import Table
 
+from sdv_client.app_cli import app as apps_app
 from sdv_client.device_cli import app as devices_app
 from sdv_client.health import SERVICES, ServiceStatus, nats_credentials, ping_all, quiet, status_of
 from sdv_client.package_cli import app as package_app
@@ -30,6 +31,7 @@ app.add_typer(package_app, name="package")
 app.add_typer(devices_app, name="devices")
 app.add_typer(rollout_app, name="rollout")
 app.add_typer(policy_app, name="policy")
+app.add_typer(apps_app, name="app")
 out = Console()
 err = Console(stderr=True)
 

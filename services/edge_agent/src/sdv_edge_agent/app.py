@@ -21,7 +21,7 @@ import structlog
 
 from sdv_edge_agent.adapters.desired_watch import DesiredWatch
 from sdv_edge_agent.adapters.enrolment import Enrolment, capabilities
-from sdv_edge_agent.adapters.heartbeat import AppMetrics, Heartbeat, HeartbeatSender, device_metrics
+from sdv_edge_agent.adapters.heartbeat import HeartbeatSender, device_metrics
 from sdv_edge_agent.adapters.kuksa import Databroker
 from sdv_edge_agent.adapters.link import NatsLink
 from sdv_edge_agent.adapters.native import NativeRuntime
@@ -33,6 +33,7 @@ from sdv_edge_agent.application import Agent, AgentOptions
 from sdv_edge_agent.domain.restarts import RestartPolicy
 from sdv_edge_agent.settings import SERVICE, AgentSettings, SettingsError, load_settings
 from sdv_events.logs import configure_logging
+from sdv_events.schemas.heartbeat import AppMetrics, Heartbeat
 
 log = structlog.get_logger("sdv.agent")
 FACT_RETENTION_S = 3600.0

@@ -164,14 +164,27 @@ class CommandClient:
         timeout: float | None = None,
         command_id: str | None = None,
     ) -> T:
-        subject = command_subject(service, name)
+        return await self.request(command_subject(service, name), request, result_type, timeout=timeout,
+                                  command_id=command_id, answerer=f"{service} service")
+
+    async def request(
+        self,
+        subject: str,
+        request: msgspec.Struct,
+        result_type: type[T],
+        *,
+        timeout: float | None = None,
+        command_id: str | None = None,
+        answerer: str = "one",
+    ) -> T:
+        """The same wire format on any subject (a device's ops: `sdv.device.<id>.ops.<op>`)."""
         headers = inject({ACTOR_HEADER: self.actor, COMMAND_ID_HEADER: command_id or str(uuid7())})
         try:
             msg = await self.nc.request(
                 subject, encode(request), timeout=timeout or self.timeout, headers=headers
             )
         except nats.errors.NoRespondersError:
-            raise ServiceUnavailable(f"no {service} service answers {subject}") from None
+            raise ServiceUnavailable(f"no {answerer} answers {subject}") from None
         except nats.errors.TimeoutError:
             raise RequestTimeout(f"{subject}: no reply within {timeout or self.timeout:.1f}s") from None
         try:

@@ -1,5 +1,4 @@
-"""Heartbeats on `sdv.hb.<device_id>` (core NATS, fire-and-forget): the registry turns gaps into
-offline events, the monitor reads the metrics they carry.
+"""Sends heartbeats (`sdv_events.schemas.heartbeat`) on `sdv.hb.<device_id>`.
 
 Metrics per app (cpu %, rss, restarts, uptime) come from the agent's one-second usage sampling;
 device metrics (cpu, memory, disk of the data directory) from psutil. No heartbeat is queued while
@@ -20,42 +19,10 @@ import structlog
 
 from sdv_edge_agent.adapters.cancel import reraise_if_cancelling
 from sdv_edge_agent.adapters.link import NatsLink
+from sdv_events.schemas.heartbeat import DeviceMetrics, Heartbeat
 from sdv_events.subjects import heartbeat_subject
 
 log = structlog.get_logger("sdv.agent.heartbeat")
-
-
-class AppMetrics(msgspec.Struct, frozen=True, kw_only=True):
-    state: str
-    version: str
-    healthy: bool
-    restarts: int
-    pid: int | None = None
-    cpu_pct: float | None = None
-    rss_bytes: int | None = None
-    uptime_s: float | None = None
-
-
-class DeviceMetrics(msgspec.Struct, frozen=True, kw_only=True):
-    cpu_pct: float
-    mem_pct: float
-    mem_used_bytes: int
-    mem_total_bytes: int
-    disk_pct: float
-    disk_free_bytes: int
-
-
-class Heartbeat(msgspec.Struct, frozen=True, kw_only=True):
-    schema_version: int = 1
-    device_id: str
-    seq: int
-    sent_at: datetime
-    agent_version: str
-    desired_revision: int
-    apps: dict[str, AppMetrics]
-    device: DeviceMetrics
-    databroker: str | None = None
-    limits: str = ""
 
 
 def device_metrics(disk_path: Path) -> DeviceMetrics:

@@ -1,12 +1,5 @@
-"""Interactive ops on `sdv.device.<device_id>.ops.<op>` (request/reply), in the shared command wire
-format (`sdv_events.bus.rpc`): typed replies, typed errors (`not_found`, `op_refused`,
-`illegal_transition`, `invalid_request`).
-
-  pause | resume | stop | start | restart   {"app": …}                    → AppStatus
-  stdin                                     {"app": …, "data": "text"}    → AppStatus
-  logs                                      {"app"?, "lines"?, "stream"?, "search"?} → LogLines
-
-`logs` with `search` runs an SQLite FTS5 query over the device's local console history.
+"""Serves the interactive ops on `sdv.device.<device_id>.ops.<op>`; the requests and replies are
+the shared contract in `sdv_events.schemas.device_ops`.
 Each request is handled in a task of its own, so a slow stop does not hold up a `logs` call.
 """
 
@@ -14,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from typing import Annotated, Literal
 
 import msgspec
 import structlog
@@ -25,49 +17,19 @@ from sdv_edge_agent.adapters.store import AgentStore
 from sdv_edge_agent.application import Agent
 from sdv_edge_agent.domain.records import AppRecord
 from sdv_events.bus.rpc import InvalidRequest, RequestInfo, serve_one
+from sdv_events.schemas.device_ops import (
+    ALL_OPS,
+    APP_OPS,
+    AppOp,
+    AppStatus,
+    LogEntry,
+    LogLines,
+    LogsQuery,
+    StdinOp,
+)
 from sdv_events.subjects import ops_subject
 
 log = structlog.get_logger("sdv.agent.ops")
-APP_OPS = ("pause", "resume", "stop", "start", "restart")
-
-
-class AppOp(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    app: str
-
-
-class StdinOp(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    app: str
-    data: Annotated[str, msgspec.Meta(max_length=64 * 1024)]
-
-
-class LogsQuery(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    app: str | None = None
-    lines: Annotated[int, msgspec.Meta(ge=1, le=5000)] = 50
-    stream: Literal["stdout", "stderr"] | None = None
-    search: str | None = None
-
-
-class AppStatus(msgspec.Struct, frozen=True):
-    app: str
-    state: str | None
-    version: str | None
-    pid: int | None
-    healthy: bool
-    held: str | None
-
-
-class LogEntry(msgspec.Struct, frozen=True):
-    id: int
-    app: str
-    stream: str
-    ts: float
-    line: str
-
-
-class LogLines(msgspec.Struct, frozen=True):
-    lines: list[LogEntry]
-
-
 def status(record: AppRecord) -> AppStatus:
     shown = record.shown
     return AppStatus(app=record.name, state=record.state.value if record.state else None,
@@ -113,7 +75,7 @@ class OpsServer:
             reply = await serve_one(msg.data, msg.subject, headers, LogsQuery, self._logs)
         else:
             async def unknown(req: msgspec.Raw, info: RequestInfo) -> None:
-                raise InvalidRequest(f"unknown op {op!r}; ops: {', '.join((*APP_OPS, 'stdin', 'logs'))}")
+                raise InvalidRequest(f"unknown op {op!r}; ops: {', '.join(ALL_OPS)}")
 
             reply = await serve_one(b"null", msg.subject, headers, msgspec.Raw, unknown)  # type: ignore[arg-type]
         if msg.reply:
