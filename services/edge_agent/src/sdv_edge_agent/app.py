@@ -20,13 +20,14 @@ from importlib import metadata
 import structlog
 
 from sdv_edge_agent.adapters.desired_watch import DesiredWatch
+from sdv_edge_agent.adapters.downloads import Downloader
 from sdv_edge_agent.adapters.enrolment import Enrolment, capabilities
 from sdv_edge_agent.adapters.heartbeat import HeartbeatSender, device_metrics
 from sdv_edge_agent.adapters.kuksa import Databroker
 from sdv_edge_agent.adapters.link import NatsLink
 from sdv_edge_agent.adapters.native import NativeRuntime
 from sdv_edge_agent.adapters.ops import OpsServer
-from sdv_edge_agent.adapters.packages import Downloader, Installer
+from sdv_edge_agent.adapters.packages import Installer
 from sdv_edge_agent.adapters.publishers import FactOutbox, LogShipper, ReportedWriter
 from sdv_edge_agent.adapters.store import AgentStore
 from sdv_edge_agent.application import Agent, AgentOptions
@@ -38,6 +39,7 @@ from sdv_events.schemas.heartbeat import AppMetrics, Heartbeat
 log = structlog.get_logger("sdv.agent")
 FACT_RETENTION_S = 3600.0
 LOG_LINES_KEPT = 200_000
+PARTIAL_DOWNLOAD_KEPT_S = 7 * 24 * 3600.0
 
 
 def agent_version() -> str:
@@ -72,11 +74,12 @@ def heartbeat_builder(agent: Agent, databroker: Databroker, settings: AgentSetti
     return build
 
 
-async def housekeeping(store: AgentStore) -> None:
+async def housekeeping(store: AgentStore, downloader: Downloader) -> None:
     while True:
         await asyncio.sleep(60)
         store.prune_facts(FACT_RETENTION_S)
         store.prune_logs(LOG_LINES_KEPT)
+        downloader.prune(PARTIAL_DOWNLOAD_KEPT_S)
 
 
 async def serve(settings: AgentSettings, stop: asyncio.Event | None = None) -> None:
@@ -88,6 +91,7 @@ async def serve(settings: AgentSettings, stop: asyncio.Event | None = None) -> N
     facts = FactOutbox(link, store, settings.device_id)
     logs = LogShipper(link, store, settings.device_id)
     databroker = Databroker(settings.databroker)
+    downloader = Downloader(link, settings.data_dir / "downloads")
     options = AgentOptions(
         device_id=settings.device_id, data_dir=settings.data_dir, agent_version=agent_version(),
         stop_timeout_s=settings.stop_timeout_s, monitor_interval_s=settings.monitor_s,
@@ -98,7 +102,7 @@ async def serve(settings: AgentSettings, stop: asyncio.Event | None = None) -> N
     reported: ReportedWriter | None = None
     agent = Agent(
         options, store=store, installer=Installer(settings.data_dir / "apps", settings.packager_public_key),
-        runtimes=[NativeRuntime()], facts=facts, download=Downloader(link).fetch, databroker=databroker,
+        runtimes=[NativeRuntime()], facts=facts, download=downloader.fetch, databroker=databroker,
         on_change=lambda: reported.wake() if reported else None, on_logs=logs.wake,
     )
     reported = ReportedWriter(link, settings.device_id, agent.reported)
@@ -120,7 +124,7 @@ async def serve(settings: AgentSettings, stop: asyncio.Event | None = None) -> N
     tasks = [asyncio.create_task(coro, name=name) for name, coro in [
         *background, ("facts", facts.run()), ("logs", logs.run()), ("reported", reported.run()),
         ("heartbeat", heartbeat.run()), ("databroker", databroker.watch()),
-        ("resync", watch.resync_forever()), ("housekeeping", housekeeping(store)),
+        ("resync", watch.resync_forever()), ("housekeeping", housekeeping(store, downloader)),
     ]]
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

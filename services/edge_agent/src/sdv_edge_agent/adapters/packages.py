@@ -1,4 +1,4 @@
-"""Getting an app version onto the device: download from the object store, verify, install.
+"""Getting an app version onto the device: verify the downloaded artifact (`downloads.py`), install.
 
 Nothing of a package is written to disk before the whole artifact verified (digest, Ed25519
 signature with the packager key this agent trusts, every member's sha256): a tampered package
@@ -17,18 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
-from nats.js.errors import ObjectNotFoundError
 
-from sdv_edge_agent.adapters.cancel import reraise_if_cancelling
-from sdv_edge_agent.adapters.link import NatsLink
 from sdv_events.errors import SdvError
 from sdv_events.package_format import PackageManifest, PackageVerificationError, verify_artifact
-from sdv_events.provisioning import PACKAGES_BUCKET
 from sdv_events.schemas.packages import PackageInfo
 
 log = structlog.get_logger("sdv.agent.packages")
 COMPLETE_MARKER = ".installed"
-MAX_ARTIFACT_BYTES = 512 * 1024 * 1024
 
 
 class InstallError(SdvError):
@@ -54,39 +49,6 @@ class InstalledVersion:
     @property
     def python(self) -> Path:
         return self.root / "venv" / "bin" / "python"
-
-
-class Downloader:
-    """Reads artifacts from the `sdv_packages` object store once the link is up."""
-
-    def __init__(self, link: NatsLink, timeout_s: float = 120.0) -> None:
-        self.link = link
-        self.timeout_s = timeout_s
-
-    async def fetch(self, package: PackageInfo) -> bytes:
-        if package.size > MAX_ARTIFACT_BYTES:
-            raise InstallError("download", f"artifact of {package.size} bytes exceeds the device limit")
-        try:
-            async with asyncio.timeout(5.0):
-                await self.link.connected.wait()
-        except TimeoutError:
-            raise InstallError("download", "not connected to NATS", transient=True) from None
-        try:
-            store = await self.link.js.object_store(PACKAGES_BUCKET)
-            async with asyncio.timeout(self.timeout_s):
-                result = await store.get(package.object_name)
-        except ObjectNotFoundError:
-            raise InstallError("download", f"{package.object_name}: not in {PACKAGES_BUCKET}") from None
-        except TimeoutError:
-            raise InstallError("download", f"{package.object_name}: no complete download in "
-                                           f"{self.timeout_s:.0f}s", transient=True) from None
-        except Exception as exc:
-            reraise_if_cancelling(exc)
-            raise InstallError("download", f"{package.object_name}: {type(exc).__name__}: {exc}",
-                               transient=True) from None
-        if result.data is None:
-            raise InstallError("download", f"{package.object_name}: empty object")
-        return bytes(result.data)
 
 
 def _lay_out(root: Path, members: dict[str, bytes]) -> Path:

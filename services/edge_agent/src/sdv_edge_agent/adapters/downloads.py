@@ -1,0 +1,191 @@
+"""Artifact downloads from the `sdv_packages` object store, resumable chunk by chunk.
+
+A vehicle's link drops in tunnels and car parks; a 50 MB package must not start over each time.
+The object store keeps an artifact as chunk messages on `$O.sdv_packages.C.<nuid>` in the stream
+`OBJ_sdv_packages`. The agent appends each chunk to `<downloads>/<digest>.part` and then records,
+in `<digest>.json` (written atomically), the chunk's stream sequence and the bytes it has. After
+a broken link, a timeout or an agent restart, the next attempt truncates the file to what the
+record vouches for and asks an ordered consumer for the chunks after that sequence only.
+
+The complete file is checked against the object's SHA-256 before anyone sees it (the installer
+then verifies the signature and every member); a mismatch discards the partial so the next
+attempt starts clean. Waiting is per chunk (`idle_timeout_s`), not for the whole artifact: a slow
+link that keeps delivering is never cut off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import nats.errors
+import structlog
+from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.errors import ObjectNotFoundError
+
+from sdv_edge_agent.adapters.cancel import reraise_if_cancelling
+from sdv_edge_agent.adapters.link import NatsLink
+from sdv_edge_agent.adapters.packages import InstallError
+from sdv_events.provisioning import PACKAGES_BUCKET
+from sdv_events.schemas.packages import PackageInfo
+
+log = structlog.get_logger("sdv.agent.download")
+MAX_ARTIFACT_BYTES = 512 * 1024 * 1024
+OBJECT_STREAM = f"OBJ_{PACKAGES_BUCKET}"
+Progress = Callable[[int, int], None]  # (bytes so far, total)
+
+
+@dataclass
+class PartialDownload:
+    """What is on disk of one artifact, and the last chunk's stream sequence it came from."""
+
+    part: Path
+    record: Path
+    nuid: str
+    size: int = 0
+    last_seq: int = 0
+
+    @classmethod
+    def open(cls, directory: Path, digest: str, nuid: str) -> PartialDownload:
+        directory.mkdir(parents=True, exist_ok=True)
+        name = digest.replace(":", "-")
+        found = cls(directory / f"{name}.part", directory / f"{name}.json", nuid)
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            saved = json.loads(found.record.read_text())
+            if saved["nuid"] == nuid and found.part.stat().st_size >= int(saved["size"]):
+                found.size, found.last_seq = int(saved["size"]), int(saved["last_seq"])
+        with found.part.open("ab") as f:  # bytes past the record were never vouched for
+            f.truncate(found.size)
+        if found.size == 0:
+            found.last_seq = 0
+        return found
+
+    def append(self, data: bytes, seq: int) -> None:
+        with self.part.open("ab") as f:
+            f.write(data)
+        self.size += len(data)
+        self.last_seq = seq
+        tmp = self.record.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"nuid": self.nuid, "size": self.size, "last_seq": seq}))
+        os.replace(tmp, self.record)
+
+    def read(self) -> bytes:
+        return self.part.read_bytes()
+
+    def discard(self) -> None:
+        for path in (self.part, self.record):
+            path.unlink(missing_ok=True)
+
+
+def object_sha256(digest: str | None) -> bytes | None:
+    """The object store's `SHA-256=<base64url>` digest as bytes."""
+    if not digest or "=" not in digest:
+        return None
+    algorithm, _, encoded = digest.partition("=")
+    if algorithm.upper() != "SHA-256":
+        return None
+    return base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
+
+
+class Downloader:
+    """Reads artifacts from the object store once the link is up, resuming partial downloads."""
+
+    def __init__(self, link: NatsLink, directory: Path, *, idle_timeout_s: float = 30.0,
+                 connect_wait_s: float = 5.0, progress: Progress | None = None) -> None:
+        self.link = link
+        self.directory = directory
+        self.idle_timeout_s = idle_timeout_s
+        self.connect_wait_s = connect_wait_s
+        self.progress = progress
+
+    async def fetch(self, package: PackageInfo) -> bytes:
+        name = package.object_name
+        if package.size > MAX_ARTIFACT_BYTES:
+            raise InstallError("download", f"artifact of {package.size} bytes exceeds the device limit")
+        try:
+            async with asyncio.timeout(self.connect_wait_s):
+                await self.link.connected.wait()
+        except TimeoutError:
+            raise InstallError("download", "not connected to NATS", transient=True) from None
+        try:
+            store = await self.link.js.object_store(PACKAGES_BUCKET)
+            info = await store.get_info(name)
+        except ObjectNotFoundError:
+            raise InstallError("download", f"{name}: not in {PACKAGES_BUCKET}") from None
+        except Exception as exc:
+            reraise_if_cancelling(exc)
+            raise InstallError("download", f"{name}: {type(exc).__name__}: {exc}", transient=True) from None
+        total = info.size or 0
+        if total > MAX_ARTIFACT_BYTES:
+            raise InstallError("download", f"artifact of {total} bytes exceeds the device limit")
+        if not info.nuid or not total:
+            raise InstallError("download", f"{name}: empty object")
+        partial = PartialDownload.open(self.directory, package.digest, info.nuid)
+        resumed_from = partial.size
+        started = time.monotonic()
+        if partial.size < total:
+            await self._receive(partial, total, name)
+        data = partial.read()
+        expected = object_sha256(info.digest)
+        if len(data) != total or (expected is not None and hashlib.sha256(data).digest() != expected):
+            partial.discard()
+            raise InstallError("download", f"{name}: the downloaded bytes do not match the object's "
+                                           f"SHA-256; starting over", transient=True)
+        partial.discard()
+        log.info("downloaded", object=name, bytes=total, resumed_from=resumed_from,
+                 seconds=round(time.monotonic() - started, 3))
+        return data
+
+    async def _receive(self, partial: PartialDownload, total: int, name: str) -> None:
+        config = None
+        if partial.last_seq:
+            config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                                    opt_start_seq=partial.last_seq + 1)
+            log.info("download_resumed", object=name, have_bytes=partial.size, of_bytes=total)
+        try:
+            sub = await self.link.js.subscribe(f"$O.{PACKAGES_BUCKET}.C.{partial.nuid}", stream=OBJECT_STREAM,
+                                               ordered_consumer=True, config=config)
+        except Exception as exc:
+            reraise_if_cancelling(exc)
+            raise InstallError("download", f"{name}: {type(exc).__name__}: {exc}", transient=True) from None
+        try:
+            while partial.size < total:
+                try:
+                    msg = await sub.next_msg(timeout=self.idle_timeout_s)
+                except nats.errors.TimeoutError:
+                    raise InstallError("download", f"{name}: no data for {self.idle_timeout_s:.0f}s "
+                                                   f"({partial.size} of {total} bytes kept; resumes)",
+                                       transient=True) from None
+                partial.append(msg.data, msg.metadata.sequence.stream)
+                if self.progress is not None:
+                    self.progress(partial.size, total)
+        except InstallError:
+            raise
+        except Exception as exc:
+            reraise_if_cancelling(exc)
+            raise InstallError("download", f"{name}: {type(exc).__name__}: {exc} ({partial.size} of "
+                                           f"{total} bytes kept; resumes)", transient=True) from None
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    def prune(self, max_age_s: float) -> int:
+        """Partial downloads nobody resumed for `max_age_s` (a version no longer wanted)."""
+        removed = 0
+        if not self.directory.is_dir():
+            return 0
+        cutoff = time.time() - max_age_s
+        for path in self.directory.iterdir():
+            with contextlib.suppress(OSError):
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+        return removed
