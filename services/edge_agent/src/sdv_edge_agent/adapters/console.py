@@ -9,15 +9,27 @@ offset; a partial line is re-read after a restart.
 The agent is woken by inotify when a file grows (after a 5 ms pause that lets a burst of lines
 travel as one batch), with a slow safety re-read every second; where inotify is unavailable it
 polls: 10 ms right after output, backing off to 50 ms when quiet.
+
+Rotation without losing a line: an app that prints for months must not fill the disk, yet the
+app holds its file open (O_APPEND) and the agent can neither swap nor truncate it without a race
+against the next write. Instead, once lines are safely in SQLite, the agent punches a hole over
+what it has read (`fallocate(PUNCH_HOLE | KEEP_SIZE)`): the blocks go back to the filesystem, the
+offsets stay valid, the app notices nothing. The file's size grows; its disk usage stays below
+`KEEP_BYTES` plus what is unread. Where the filesystem cannot punch holes, files grow as before
+and the agent logs it once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import errno
 import os
 import time
 from pathlib import Path
+
+import structlog
 
 from sdv_edge_agent.adapters.inotify import Inotify
 from sdv_edge_agent.ports import LinesSink
@@ -29,6 +41,27 @@ FAST_POLL_S = 0.01
 SLOW_POLL_S = 0.05
 BATCH_S = 0.005
 SAFETY_READ_S = 1.0
+KEEP_BYTES = 1 << 20  # read bytes left in place before a hole is punched (and a page-aligned unit)
+FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE = 0x01, 0x02
+log = structlog.get_logger("sdv.agent.console")
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+_punch_unsupported: set[int] = set()  # st_dev of filesystems that refused
+
+
+def punch_hole(fd: int, start: int, end: int) -> bool:
+    """Give back the disk blocks of bytes [start, end) of the file; its size stays. False where
+    the filesystem cannot."""
+    dev = os.fstat(fd).st_dev
+    if dev in _punch_unsupported:
+        return False
+    if _libc.fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, start, end - start) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+        _punch_unsupported.add(dev)
+        log.warning("console_files_not_rotated", reason=os.strerror(code))
+    return False
 
 
 def console_path(run_dir: Path, stream: str) -> Path:
@@ -39,6 +72,7 @@ class FileFollower:
     def __init__(self, run_dir: Path, offsets: dict[str, int], sink: LinesSink) -> None:
         self.paths = {s: console_path(run_dir, s) for s in STREAMS}
         self.offsets = {s: offsets.get(s, 0) for s in STREAMS}
+        self.punched = {s: 0 for s in STREAMS}
         self.sink = sink
         self._fds: dict[str, int] = {}
         self._stopping = asyncio.Event()
@@ -48,7 +82,7 @@ class FileFollower:
         fd = self._fds.get(stream)
         if fd is None:
             try:
-                fd = self._fds[stream] = os.open(self.paths[stream], os.O_RDONLY)
+                fd = self._fds[stream] = os.open(self.paths[stream], os.O_RDWR)  # RDWR: to punch holes
             except FileNotFoundError:
                 return None
         return fd
@@ -72,8 +106,15 @@ class FileFollower:
                 rows.append((stream, now, raw[:MAX_LINE].decode("utf-8", "replace").rstrip("\r")))
             self.offsets[stream] = offset + end
         if rows:
-            self.sink(rows, dict(self.offsets))
+            self.sink(rows, dict(self.offsets))  # committed with the offsets: safe to free below
+            self._free_read_blocks()
         return bool(rows)
+
+    def _free_read_blocks(self) -> None:
+        for stream, fd in self._fds.items():
+            upto = (self.offsets[stream] - KEEP_BYTES) // KEEP_BYTES * KEEP_BYTES
+            if upto > self.punched[stream] and punch_hole(fd, self.punched[stream], upto):
+                self.punched[stream] = upto
 
     async def run(self) -> None:
         notify = Inotify.open([p for p in self.paths.values() if p.exists()])
