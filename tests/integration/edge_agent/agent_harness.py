@@ -91,13 +91,14 @@ _CATALOG: VssCatalog | None = None
 
 def make_app(root: Path, name: str, version: str, main: str, *, alive_for: float = 0.5,
              hot_swap: bool = False, memory: str = "128MB", dependencies: list[str] | None = None,
-             files: dict[str, str] | None = None, runtime: str = "native") -> Path:
+             files: dict[str, str] | None = None, runtime: str = "native",
+             security: dict[str, str] | None = None) -> Path:
     app = root / "src" / f"{name}-{version}-{abs(hash(main)) % 10**8}"
     app.mkdir(parents=True, exist_ok=True)
     (app / "sdv-app.toml").write_text(MANIFEST.format(
         name=name, version=version, hot_swap="true" if hot_swap else "false", memory=memory, runtime=runtime,
         alive_for=alive_for, dependencies=msgspec.json.encode(dependencies or []).decode(),
-    ))
+    ) + ("\n[security]\n" + "".join(f'{k} = "{v}"\n' for k, v in security.items()) if security else ""))
     (app / "main.py").write_text(main)
     for rel, text in (files or {}).items():
         (app / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -134,6 +135,15 @@ def processes_under(path: Path) -> list[psutil.Process]:
     return found
 
 
+def searchable_by_app_users(data_dir: Path) -> None:
+    """Sandboxed apps run as users of their own: pytest's 0700 temporary directories above the
+    agent's data directory must let them through (as /var/lib does on a device)."""
+    for parent in data_dir.parents:
+        mode = parent.stat().st_mode
+        if not mode & 0o001:
+            parent.chmod(mode | 0o011)
+
+
 @dataclass
 class AgentProc:
     device_id: str
@@ -149,6 +159,7 @@ class AgentProc:
 
     def start(self) -> AgentProc:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        searchable_by_app_users(self.data_dir)
         env = {**os.environ, "SDV_LOG_LEVEL": "INFO", "SDV_AGENT_HEARTBEAT_S": "1",
                "SDV_AGENT_STOP_TIMEOUT_S": "3", "SDV_AGENT_DATABROKER": "127.0.0.1:1", **self.env}
         out = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child

@@ -85,7 +85,10 @@ async def housekeeping(store: AgentStore, downloader: Downloader) -> None:
 async def serve(settings: AgentSettings, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
     structlog.contextvars.bind_contextvars(device_id=settings.device_id)
-    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # app config may hold secrets
+    # Searchable, not listable: sandboxed app users reach their own version and HOME inside, while
+    # the database (app config may hold secrets), downloads and console files stay the agent's.
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.data_dir.chmod(0o711)
     store = AgentStore(settings.data_dir / "agent.db")
     link = NatsLink(settings.nats_url, settings.device_id, creds=settings.nats_creds)
     facts = FactOutbox(link, store, settings.device_id)
@@ -101,7 +104,8 @@ async def serve(settings: AgentSettings, stop: asyncio.Event | None = None) -> N
     )
     reported: ReportedWriter | None = None
     agent = Agent(
-        options, store=store, installer=Installer(settings.data_dir / "apps", settings.packager_public_key),
+        options, store=store, installer=Installer(settings.data_dir / "apps", settings.packager_public_key,
+                                                 python=settings.app_python),
         runtimes=[NativeRuntime()], facts=facts, download=downloader.fetch, databroker=databroker,
         on_change=lambda: reported.wake() if reported else None, on_logs=logs.wake,
     )
@@ -154,7 +158,8 @@ async def connect(settings: AgentSettings, link: NatsLink, databroker: Databroke
         token=settings.fleet_token,
         capabilities=lambda: capabilities(settings.data_dir, hardware_type=settings.hardware_type,
                                           agent_version=agent.options.agent_version,
-                                          databroker=databroker.found, runtimes=sorted(agent.runtimes)),
+                                          databroker=databroker.found, runtimes=sorted(agent.runtimes),
+                                          python_version=agent.installer.python_full_version),
     )
     creds = await enrolment.until_accepted()
     link.creds = creds or settings.nats_creds

@@ -8,21 +8,23 @@ hands it a download function and sinks, and feeds it desired documents and op re
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
-import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Protocol
 
 import structlog
 
+from sdv_edge_agent.adapters import sandbox
 from sdv_edge_agent.adapters.packages import InstalledVersion, Installer
 from sdv_edge_agent.adapters.store import AgentStore
 from sdv_edge_agent.domain.records import AppRecord
 from sdv_edge_agent.domain.restarts import RestartPolicy
-from sdv_edge_agent.ports import LinesSink, RunSpec, Runtime
+from sdv_edge_agent.ports import NO_SANDBOX, LinesSink, RunSpec, Runtime, Sandbox
 from sdv_edge_agent.projections import reported_state
 from sdv_edge_agent.supervisor import AppSupervisor, OpRefused, OpRequest, Poke
 from sdv_events.schemas.agent import AppFact
@@ -74,7 +76,7 @@ class Agent:
         self.databroker = databroker
         self.on_change = on_change
         self.on_logs = on_logs
-        self.python_version = f"{sys.version_info.major}.{sys.version_info.minor}"
+        self.python_version = installer.python_version
         self.desired: DesiredState | None = None
         self.supervisors: dict[str, AppSupervisor] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -199,11 +201,34 @@ class Agent:
 
         return sink
 
+    def sandbox_for(self, package: PackageInfo) -> Sandbox:
+        """The package's `security` on this device: a user of its own where the agent may switch
+        users (root), else the agent's user; network=none as an empty network namespace."""
+        level = package.security.sandbox
+        if level == "none" or package.runtime != "native":
+            return NO_SANDBOX
+        if not sandbox.can_switch_users():
+            return Sandbox(level)
+        key = f"uid:{package.name}"
+        raw = self.store.get_meta(key)
+        uid = int(raw) if raw is not None else sandbox.app_uid(self.store.next_counter("app_uid"))
+        if raw is None:
+            self.store.set_meta(key, str(uid).encode())
+        return Sandbox(level, uid, uid, no_network=package.security.network == "none")
+
+    def app_home(self, app: str, owner: Sandbox) -> Path:
+        """The app's one writable directory (HOME), owned by the user it runs as."""
+        home = self.options.data_dir / "home" / app
+        home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if owner.uid is not None and owner.gid is not None:
+            for path in (home, *home.rglob("*")):
+                os.lchown(path, owner.uid, owner.gid)
+        return home
+
     def app_env(self, record: AppRecord, package: PackageInfo, installed: InstalledVersion) -> dict[str, str]:
         host, port = self.databroker()
         venv = installed.root / "venv"
-        home = self.options.data_dir / "home" / record.name
-        home.mkdir(parents=True, exist_ok=True)
+        home = self.app_home(record.name, self.sandbox_for(package))
         return {
             **record.config,
             "PATH": f"{venv / 'bin'}:{self.options.base_path}",
@@ -229,9 +254,9 @@ class Agent:
         reason = "no result"
         while loop.time() < deadline:
             try:
-                proc = await asyncio.create_subprocess_exec(
+                proc = await asyncio.create_subprocess_exec(  # as confined as the app itself
                     *command, cwd=spec.cwd, env=spec.env, stdout=asyncio.subprocess.DEVNULL,
-                    stderr=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.PIPE, preexec_fn=partial(sandbox.confine, spec.sandbox),
                 )
                 async with asyncio.timeout(max(0.1, deadline - loop.time())):
                     _, err = await proc.communicate()

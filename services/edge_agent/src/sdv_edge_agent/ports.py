@@ -14,6 +14,23 @@ LinesSink = Callable[[list[tuple[str, float, str]], dict[str, int]], None]
 
 
 @dataclass(frozen=True)
+class Sandbox:
+    """Who the app runs as and what it may reach (see adapters/sandbox.py)."""
+
+    level: str = "none"  # none | standard | strict
+    uid: int | None = None  # None: the agent's own user
+    gid: int | None = None
+    no_network: bool = False  # an empty network namespace of its own
+
+    @property
+    def confined(self) -> bool:
+        return self.level != "none"
+
+
+NO_SANDBOX = Sandbox()
+
+
+@dataclass(frozen=True)
 class RunSpec:
     """Everything needed to run one version of one app."""
 
@@ -25,6 +42,7 @@ class RunSpec:
     run_dir: Path  # console files and the stdin pipe of this app
     memory_mb: int
     cpu: float
+    sandbox: Sandbox = NO_SANDBOX
 
 
 @dataclass(frozen=True)

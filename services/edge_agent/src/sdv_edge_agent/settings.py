@@ -19,6 +19,9 @@
   SDV_AGENT_ENROL_CREDS          the shared enrolment user's .creds file (operator-mode servers)
   SDV_AGENT_FLEET_TOKEN          a pre-authorisation or fleet token sent with the announce
   SDV_AGENT_HARDWARE_TYPE        linux-generic (reported in the capabilities)
+  SDV_AGENT_APP_PYTHON           the interpreter app venvs are made from (default: the agent's own,
+                                 or the system's of the same major.minor if sandboxed app users
+                                 could not run the agent's)
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ class AgentSettings:
     enrol_creds: Path | None = None
     fleet_token: str | None = None
     hardware_type: str = "linux-generic"
+    app_python: str | None = None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -72,6 +76,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="announce to the registry and connect with the credentials it issues")
     p.add_argument("--enrol-creds", type=Path)
     p.add_argument("--fleet-token")
+    p.add_argument("--app-python", help="interpreter for app venvs")
     return p
 
 
@@ -119,4 +124,5 @@ def load_settings(argv: list[str] | None = None, env: dict[str, str] | None = No
                                          if env.get("SDV_AGENT_ENROL_CREDS") else None),
         fleet_token=args.fleet_token or env.get("SDV_AGENT_FLEET_TOKEN") or None,
         hardware_type=env.get("SDV_AGENT_HARDWARE_TYPE", "linux-generic"),
+        app_python=args.app_python or env.get("SDV_AGENT_APP_PYTHON") or None,
     )

@@ -361,6 +361,7 @@ class AppSupervisor:
             cwd=installed.app_dir, env=self.agent.app_env(self.record, package, installed),
             run_dir=self.agent.run_dir(self.name, package),
             memory_mb=package.resources.memory_mb, cpu=package.resources.cpu,
+            sandbox=self.agent.sandbox_for(package),
         )
 
     async def _launch(self, package: PackageInfo, installed: InstalledVersion,
@@ -418,9 +419,19 @@ class AppSupervisor:
         try:
             self.instance = await self._launch(package, installed)
         except OSError as err:
-            self._move(S.FAILED)
-            self.record.last_error = f"cannot start: {err}"
-            self._emit(AppFailed, package, reason=self.record.last_error, stage="start")
+            reason = f"cannot start: {err}"
+            owner = self.agent.sandbox_for(package)
+            if isinstance(err, PermissionError) and owner.uid is not None:
+                reason += (f" (the app runs as uid {owner.uid}: every directory above the agent's data "
+                           "directory must be searchable by other users, or set security.sandbox = none)")
+            self.log.warning("start_failed", reason=reason)
+            if self.record.on_trial and self.record.previous is not None:
+                await self._roll_back(f"{package.version} {reason}")
+                return
+            self._move(S.FAILED)  # stays FAILED until a new rollout asks again (no tight retry loop)
+            self.record.failed_digest, self.record.failed_rollout = package.digest, self.record.rollout_id
+            self.record.last_error = reason
+            self._emit(AppFailed, package, reason=reason, stage="start")
             self._save()
             return
         process = self.instance.process

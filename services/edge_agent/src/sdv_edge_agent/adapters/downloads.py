@@ -55,7 +55,7 @@ class PartialDownload:
 
     @classmethod
     def open(cls, directory: Path, digest: str, nuid: str) -> PartialDownload:
-        directory.mkdir(parents=True, exist_ok=True)
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         name = digest.replace(":", "-")
         found = cls(directory / f"{name}.part", directory / f"{name}.json", nuid)
         with contextlib.suppress(OSError, ValueError, KeyError, TypeError):

@@ -41,11 +41,12 @@ class EnrolmentRejected(Exception):
 
 
 def capabilities(data_dir: Path, *, hardware_type: str, agent_version: str,
-                 databroker: str | None, runtimes: list[str] | None = None) -> Capabilities:
+                 databroker: str | None, runtimes: list[str] | None = None,
+                 python_version: str | None = None) -> Capabilities:
     disk = psutil.disk_usage(str(data_dir))
     return Capabilities(
         hardware_type=hardware_type, arch=platform.machine() or "unknown", runtimes=runtimes or ["native"],
-        python_version=platform.python_version(), agent_version=agent_version,
+        python_version=python_version or platform.python_version(), agent_version=agent_version,
         memory_mb=psutil.virtual_memory().total // (1024 * 1024), storage_mb=disk.free // (1024 * 1024),
         kuksa=Kuksa(present=databroker is not None, address=databroker),
     )

@@ -16,6 +16,9 @@ from pathlib import Path
 
 import structlog
 
+from sdv_edge_agent.adapters.sandbox import confine
+from sdv_edge_agent.ports import NO_SANDBOX, Sandbox
+
 log = structlog.get_logger("sdv.agent.limits")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 CPU_PERIOD_US = 100_000
@@ -77,8 +80,9 @@ class Limits:
                 (self.parent / app).rmdir()
 
 
-def child_setup(cgroup: Path | None, memory_mb: int):  # type: ignore[no-untyped-def]
-    """The pre-exec hook run in the forked child: join the cgroup, or set the rlimit ceiling.
+def child_setup(cgroup: Path | None, memory_mb: int, sandbox: Sandbox = NO_SANDBOX):  # type: ignore[no-untyped-def]
+    """The pre-exec hook run in the forked child: join the cgroup, or set the rlimit ceiling,
+    then drop into the sandbox (which needs the agent's privileges up to its last step).
     Only system calls happen here (no locks, no logging): it runs between fork and exec."""
     procs = str(cgroup / "cgroup.procs") if cgroup is not None else None
     ceiling = max(memory_mb * 4, memory_mb + 1024) * 1024 * 1024
@@ -93,5 +97,6 @@ def child_setup(cgroup: Path | None, memory_mb: int):  # type: ignore[no-untyped
         else:
             resource.setrlimit(resource.RLIMIT_AS, (ceiling, ceiling))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        confine(sandbox)
 
     return setup

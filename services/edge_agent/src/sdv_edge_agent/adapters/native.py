@@ -22,6 +22,7 @@ from pathlib import Path
 import psutil
 import structlog
 
+from sdv_edge_agent.adapters import sandbox
 from sdv_edge_agent.adapters.console import STREAMS, FileFollower, console_path
 from sdv_edge_agent.adapters.limits import Limits, child_setup
 from sdv_edge_agent.ports import LinesSink, Process, RunSpec, Usage
@@ -142,7 +143,7 @@ class NativeRuntime:
 
     def __init__(self, limits: Limits | None = None) -> None:
         self._limits = limits or Limits.detect()
-        self.limits = self._limits.describe()
+        self.limits = f"{self._limits.describe()}; {sandbox.describe()}"
 
     async def start(self, spec: RunSpec) -> NativeProcess:
         spec.run_dir.mkdir(parents=True, exist_ok=True)
@@ -156,7 +157,7 @@ class NativeRuntime:
             popen = subprocess.Popen(  # noqa: ASYNC220 - fork+exec returns at once; the exit is awaited via pidfd
                 spec.argv, cwd=spec.cwd, env=spec.env, stdin=stdin, stdout=out["stdout"],
                 stderr=out["stderr"], start_new_session=True, close_fds=True,
-                preexec_fn=child_setup(cgroup, spec.memory_mb),
+                preexec_fn=child_setup(cgroup, spec.memory_mb, spec.sandbox),
             )
         finally:
             for fd in (stdin, *out.values()):

@@ -10,7 +10,9 @@ Each version gets its own venv; bundled wheels install offline (`--no-index --fi
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
+import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -61,18 +63,58 @@ def _lay_out(root: Path, members: dict[str, bytes]) -> Path:
     return staging
 
 
+def _read_only_for_apps(staging: Path) -> None:
+    """Installed files belong to the agent: readable (and executable where they were) by the app's
+    own user, writable by nobody else. A sandboxed app cannot change its own code."""
+    for path in (staging, *staging.rglob("*")):
+        if path.is_symlink():
+            continue
+        mode = path.stat().st_mode
+        path.chmod(0o755 if path.is_dir() or mode & 0o100 else 0o644)
+
+
 def _commit(staging: Path, root: Path, digest: str) -> None:
+    _read_only_for_apps(staging)
     (staging / COMPLETE_MARKER).write_text(digest)
     if root.exists():
         shutil.rmtree(root)  # an earlier, incomplete attempt
     staging.rename(root)
 
 
+def _others_can_run(path: str) -> bool:
+    """Every directory on the way is searchable, and the file executable, by any user."""
+    target = Path(os.path.realpath(path))
+    return all(p.stat().st_mode & 0o001 for p in (target, *target.parents))
+
+
+def default_app_python() -> str:
+    """The interpreter app venvs are made from: the agent's own, unless sandboxed app users could
+    not run it (an agent installed under /root, say) and the system has the same major.minor."""
+    own = sys.executable
+    if os.geteuid() != 0 or _others_can_run(own):
+        return own
+    system = shutil.which(f"python{sys.version_info.major}.{sys.version_info.minor}",
+                          path="/usr/local/bin:/usr/bin:/bin")
+    return system if system and _others_can_run(system) else own
+
+
+def python_version_of(python: str) -> str:
+    """The full version of an interpreter, e.g. 3.11.2."""
+    out = subprocess.run([python, "-c", "import platform; print(platform.python_version())"],
+                         capture_output=True, text=True, timeout=30, check=True)
+    return out.stdout.strip()
+
+
 class Installer:
-    def __init__(self, apps_dir: Path, public_key_b64: str, *, pip_timeout_s: float = 300.0) -> None:
+    def __init__(self, apps_dir: Path, public_key_b64: str, *, python: str | None = None,
+                 pip_timeout_s: float = 300.0) -> None:
         self.apps_dir = apps_dir
         self.public_key_b64 = public_key_b64
         self.pip_timeout_s = pip_timeout_s
+        self.python = python or default_app_python()
+        self.python_full_version = python_version_of(self.python)
+        # What each package's `python_version` must equal: its wheels were chosen for it.
+        self.python_version = ".".join(self.python_full_version.split(".")[:2])
 
     def location(self, package: PackageInfo) -> Path:
         return self.apps_dir / package.name / f"{package.version}-{package.digest[:12]}"
@@ -108,7 +150,7 @@ class Installer:
         root = self.location(package)
         staging = await asyncio.to_thread(_lay_out, root, members)
         try:
-            await self._run("install", [sys.executable, "-m", "venv", "--without-pip", str(staging / "venv")])
+            await self._run("install", [self.python, "-m", "venv", "--without-pip", str(staging / "venv")])
             if manifest.wheels:
                 await self._run("install", [
                     sys.executable, "-m", "pip", "--python", str(staging / "venv" / "bin" / "python"),

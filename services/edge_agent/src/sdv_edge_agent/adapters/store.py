@@ -10,6 +10,7 @@ history is searchable; lines not yet on the bus have `sent = 0` and are flushed 
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -101,6 +102,8 @@ class OutboxRow:
 class AgentStore:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))  # WAL and shm files inherit its mode
+        path.chmod(0o600)
         self.path = path
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
