@@ -4,6 +4,7 @@ no way back to privileges, only its HOME writable, an empty network for network 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from pathlib import Path
@@ -86,3 +87,23 @@ async def test_sandbox_none_runs_the_app_as_the_agent_and_the_uid_is_kept_per_ap
     assert seen["uid"] == os.geteuid()
     assert seen["read_agent_db"] == "ok"
     assert seen["no_new_privs"] == "0"
+
+
+async def test_an_app_that_cannot_start_fails_once_with_the_reason_and_is_not_retried_in_a_loop(
+    fleet: Any, harness: Any, tmp_path: Path
+) -> None:
+    agent = fleet.agent("car-sb4")
+    pkg = await fleet.publish(harness.make_app(tmp_path, "probe", "1.0.0", PROBE))
+    shut = agent.data_dir.parent
+    shut.chmod(0o700)  # the app's user cannot get through to its own files
+    try:
+        await fleet.desire("car-sb4", 1, {"probe": pkg})
+        failed = await fleet.fact("car-sb4", "AppFailed", app="probe")
+        assert failed.data.stage == "start"
+        assert "must be searchable by other users" in failed.data.reason
+        await fleet.until_state("car-sb4", "probe", "FAILED")
+        await asyncio.sleep(1.5)
+        assert len(fleet.find_facts("car-sb4", "AppFailed", app="probe")) == 1
+        assert not fleet.find_facts("car-sb4", "AppStarted", app="probe")
+    finally:
+        shut.chmod(0o711)
