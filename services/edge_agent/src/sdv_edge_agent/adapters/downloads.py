@@ -2,8 +2,9 @@
 
 A vehicle's link drops in tunnels and car parks; a 50 MB package must not start over each time.
 The object store keeps an artifact as chunk messages on `$O.sdv_packages.C.<nuid>` in the stream
-`OBJ_sdv_packages`. The agent appends each chunk to `<downloads>/<digest>.part` and then records,
-in `<digest>.json` (written atomically), the chunk's stream sequence and the bytes it has. After
+`OBJ_sdv_packages`. The agent appends each chunk to `<downloads>/<digest>.part` and records, in
+`<digest>.json` (written atomically, every MiB and whenever an attempt ends), the last chunk's
+stream sequence and the bytes it vouches for. After
 a broken link, a timeout or an agent restart, the next attempt truncates the file to what the
 record vouches for and asks an ordered consumer for the chunks after that sequence only.
 
@@ -25,6 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import nats.errors
 import structlog
@@ -39,6 +41,7 @@ from sdv_events.schemas.packages import PackageInfo
 
 log = structlog.get_logger("sdv.agent.download")
 MAX_ARTIFACT_BYTES = 512 * 1024 * 1024
+RECORD_EVERY_BYTES = 1 << 20
 OBJECT_STREAM = f"OBJ_{PACKAGES_BUCKET}"
 Progress = Callable[[int, int], None]  # (bytes so far, total)
 
@@ -52,6 +55,8 @@ class PartialDownload:
     nuid: str
     size: int = 0
     last_seq: int = 0
+    _recorded: int = 0
+    _file: BinaryIO | None = None
 
     @classmethod
     def open(cls, directory: Path, digest: str, nuid: str) -> PartialDownload:
@@ -66,21 +71,38 @@ class PartialDownload:
             f.truncate(found.size)
         if found.size == 0:
             found.last_seq = 0
+        found._recorded = found.size
         return found
 
     def append(self, data: bytes, seq: int) -> None:
-        with self.part.open("ab") as f:
-            f.write(data)
+        if self._file is None:
+            self._file = self.part.open("ab")
+        self._file.write(data)
         self.size += len(data)
         self.last_seq = seq
+        if self.size - self._recorded >= RECORD_EVERY_BYTES:
+            self.save()
+
+    def save(self) -> None:
+        """Vouch for what is written so far (a crash loses at most `RECORD_EVERY_BYTES`)."""
+        if self._file is not None:
+            self._file.flush()
         tmp = self.record.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"nuid": self.nuid, "size": self.size, "last_seq": seq}))
+        tmp.write_text(json.dumps({"nuid": self.nuid, "size": self.size, "last_seq": self.last_seq}))
         os.replace(tmp, self.record)
+        self._recorded = self.size
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
     def read(self) -> bytes:
+        self.close()
         return self.part.read_bytes()
 
     def discard(self) -> None:
+        self.close()
         for path in (self.part, self.record):
             path.unlink(missing_ok=True)
 
@@ -174,6 +196,8 @@ class Downloader:
             raise InstallError("download", f"{name}: {type(exc).__name__}: {exc} ({partial.size} of "
                                            f"{total} bytes kept; resumes)", transient=True) from None
         finally:
+            partial.save()  # also when cut off or cancelled: the next attempt resumes from here
+            partial.close()
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 

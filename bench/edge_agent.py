@@ -1,6 +1,6 @@
 """Edge agent benchmark: deploy time, console latency, idle CPU and the cost of metrics.
 
-    .venv/bin/python bench/agent.py [--quick]
+    .venv/bin/python bench/edge_agent.py [--quick]
 
 Starts its own NATS and real agent processes running real (tiny, dependency-free) apps built into
 signed packages. Measures:
@@ -10,7 +10,11 @@ signed packages. Measures:
   baseline of a nats-py JetStream publish → receive on the same server;
 - idle CPU of the agent process with 3 apps running, with metrics as configured by default
   (heartbeat 5 s, usage sampling 1 s) and with both turned (almost) off: the difference is what
-  metrics cost.
+  metrics cost;
+- download: a 24 MB artifact through the agent's resumable downloader (every chunk appended to
+  the partial file and its sequence recorded) against the raw floor (an ordered consumer reading the same
+  chunks into memory) and nats-py's own object-store `get`, on the same server; and the time to
+  finish after an attempt was cut off halfway.
 Last line: one JSON object (see bench/README.md). Goals: deploy < 2 s, log p99 < 50 ms, idle CPU < 1 %.
 """
 
@@ -131,6 +135,77 @@ async def idle_cpu(fleet, root: Path, seconds: float, *, metrics: bool) -> float
     return cpu
 
 
+async def download_rates(url: str, root: Path, runs: int) -> dict[str, float]:
+    """MB/s of the agent's Downloader vs a raw object-store get, best of `runs` each."""
+    import hashlib
+    import os
+
+    from sdv_edge_agent.adapters.downloads import Downloader
+    from sdv_edge_agent.adapters.link import NatsLink
+    from sdv_events.provisioning import PACKAGES_BUCKET
+    from sdv_events.schemas.packages import PackageInfo
+
+    data = os.urandom(24 * 1024 * 1024)
+    digest = hashlib.sha256(data).hexdigest()
+    package = PackageInfo(name="blob", version="1", digest=digest, size=len(data), object_name=f"blob/{digest}",
+                          manifest_digest="", signature="", key_id="", channel="dev", runtime="native",
+                          entry_point="main.py", python_version="3.11")
+    nc = await nats.connect(url)
+    store = await nc.jetstream().object_store(PACKAGES_BUCKET)
+    await store.put(package.object_name, data)
+    link = NatsLink(url, "bench-dl")
+    link_task = asyncio.create_task(link.run())
+    await link.connected.wait()
+    raw, ours, store_get = [], [], []
+    js = nc.jetstream()
+    try:
+        for _ in range(runs):
+            started = time.perf_counter()
+            got = await store.get(package.object_name)  # nats-py's own: concatenates bytes per chunk
+            store_get.append(time.perf_counter() - started)
+            assert got.data == data
+            started = time.perf_counter()  # the floor: an ordered consumer over the chunks, in memory
+            info = await store.get_info(package.object_name)
+            sub = await js.subscribe(f"$O.{PACKAGES_BUCKET}.C.{info.nuid}", ordered_consumer=True)
+            chunks, size = [], 0
+            while size < len(data):
+                msg = await sub.next_msg(timeout=10)
+                chunks.append(msg.data)
+                size += len(msg.data)
+            await sub.unsubscribe()
+            raw.append(time.perf_counter() - started)
+            assert b"".join(chunks) == data
+            started = time.perf_counter()
+            assert await Downloader(link, root / "dl").fetch(package) == data
+            ours.append(time.perf_counter() - started)
+        # Resume: half the chunks on disk (an interrupted attempt), then the rest.
+        half = asyncio.current_task()
+        progress_task: asyncio.Task[bytes] | None = None
+
+        def stop_halfway(have: int, total: int) -> None:
+            if have >= total // 2 and progress_task is not None:
+                progress_task.cancel()
+
+        progress_task = asyncio.create_task(Downloader(link, root / "dl", progress=stop_halfway).fetch(package))
+        try:
+            await progress_task
+        except asyncio.CancelledError:
+            if half is not None and half.cancelling():
+                raise
+        started = time.perf_counter()
+        assert await Downloader(link, root / "dl").fetch(package) == data
+        resume_s = time.perf_counter() - started
+    finally:
+        link_task.cancel()
+        await link.close()
+        await nc.close()
+    mb = len(data) / 1e6
+    return {"download_mb_s": round(mb / min(ours), 1), "raw_chunks_mb_s": round(mb / min(raw), 1),
+            "nats_py_object_get_mb_s": round(mb / min(store_get), 1),
+            "download_ratio": round(min(raw) / min(ours), 2), "resume_half_s": round(resume_s, 3),
+            "download_s": round(min(ours), 3)}
+
+
 async def bench(quick: bool) -> dict[str, float]:
     root = Path(tempfile.mkdtemp(prefix="sdv-bench-agent-"))
     with NatsServer() as server:
@@ -143,6 +218,7 @@ async def bench(quick: bool) -> dict[str, float]:
             window = 10.0 if quick else 30.0
             cpu_metrics = await idle_cpu(fleet, root, window, metrics=True)
             cpu_bare = await idle_cpu(fleet, root, window, metrics=False)
+            downloads = await download_rates(server.url, root, 2 if quick else 5)
         finally:
             await fleet.close()
     figures = {
@@ -157,6 +233,7 @@ async def bench(quick: bool) -> dict[str, float]:
         "idle_cpu_no_metrics_pct": round(cpu_bare, 2),
         "metrics_cpu_pct": round(cpu_metrics - cpu_bare, 2),
         "idle_window_s": window,
+        **downloads,
     }
     return figures
 
@@ -174,6 +251,10 @@ def main() -> None:
           f" {figures['log_lines']} lines)")
     print(f"idle agent CPU, 3 apps         {figures['idle_cpu_pct']} %   goal < 1 %   (metrics off: "
           f"{figures['idle_cpu_no_metrics_pct']} %, so metrics cost {figures['metrics_cpu_pct']} %)")
+    print(f"download 24 MB                  {figures['download_mb_s']} MB/s ({figures['download_s']} s)   raw "
+          f"chunks into memory {figures['raw_chunks_mb_s']} MB/s   ratio {figures['download_ratio']}   "
+          f"(nats-py object get {figures['nats_py_object_get_mb_s']} MB/s)   resume from half: "
+          f"{figures['resume_half_s']} s")
     print(f"total {time.perf_counter() - started:.1f}s")
     sys.stdout.flush()
     print(json.dumps({"bench": "edge_agent", **figures}))
