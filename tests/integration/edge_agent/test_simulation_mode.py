@@ -6,6 +6,7 @@ reported state, console lines, heartbeats) — plus the process table: it must s
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,11 @@ import psutil
 from nats.aio.msg import Msg
 
 from sdv_edge_agent.adapters.simulated_runtime import FIRST_PID, SIMULATED_CRASH, FailurePlan
+from sdv_events.auth import Trust, device_inbox_prefix, device_permissions, render_server_config
+from sdv_events.bus.rpc import ReplyOk
+from sdv_events.codec import decode_as, encode
+from sdv_events.schemas.devices import Announce, AnnounceReply, DeviceCredentials
+from sdv_events.servers import NatsServer
 
 APP = "speed"
 
@@ -138,3 +144,51 @@ async def test_exactly_the_devices_the_failure_plan_predicts_fail(fleet: Any, ha
     for device_id in healthy:
         assert "AppFailed" not in fleet.fact_types(device_id, APP)
     assert sim.stop() == 0
+
+
+async def test_each_simulated_device_enrols_and_works_under_its_own_nats_permissions(
+    harness: Any, tmp_path: Path
+) -> None:
+    """Operator-mode NATS: every simulated device announces over the shared enrolment user, gets a
+    JWT of its own from a stand-in registry, and from then on watches, downloads, reports and
+    answers ops with nothing but that device's rights (own inbox, own subjects)."""
+    trust = Trust.generate()
+    server = NatsServer(config_text=render_server_config(trust)).start()
+    (tmp_path / "service.creds").write_text(trust.service_creds())
+    enrol_creds = tmp_path / "enrol.creds"
+    enrol_creds.write_text(trust.enrol_creds())
+    fleet = await harness.Fleet(server.url, tmp_path, creds=tmp_path / "service.creds").open()
+    announced: list[Announce] = []
+
+    async def stand_in_registry(msg: Msg) -> None:
+        request = decode_as(msg.data, Announce)
+        announced.append(request)
+        expires = int(time.time()) + 3600
+        jwt = trust.user_jwt(request.public_key, request.device_id, device_permissions(request.device_id),
+                             expires_at=expires)
+        reply = AnnounceReply(device_id=request.device_id, status="accepted", credentials=DeviceCredentials(
+            jwt, datetime.fromtimestamp(expires, UTC), device_inbox_prefix(request.device_id), trust.account_key))
+        await msg.respond(encode(ReplyOk(msgspec.Raw(encode(reply)))))
+
+    try:
+        await fleet.nc.subscribe("sdv.announce.*", cb=stand_in_registry)
+        pkg = await fleet.publish(harness.make_app(tmp_path, APP, "1.0.0", "print('speed')\n", alive_for=0.5))
+        sim = fleet.simulator(5, "--enrol", "--enrol-creds", str(enrol_creds), prefix="sec")
+        for device_id in sim.device_ids:
+            await fleet.desire(device_id, 1, {APP: pkg})
+        await all_running(fleet, sim.device_ids, "1.0.0")
+        for device_id in sim.device_ids:
+            await fleet.fact(device_id, "AppHealthy", app=APP)
+            creds = sim.device_dir(device_id) / "device.creds"
+            assert oct(creds.stat().st_mode & 0o777) == "0o600"
+        assert sorted(a.device_id for a in announced) == sim.device_ids
+        assert len({a.public_key for a in announced}) == 5  # a key pair per device
+        assert announced[0].capabilities.runtimes == ["docker", "native"]
+        assert announced[0].capabilities.agent_version.endswith("+simulated")
+        reply = await fleet.op("sec-0002", "pause", {"app": APP})
+        assert reply["result"]["state"] == "PAUSED"
+        assert sim.stop() == 0
+        assert "permissions violation" not in sim.log().lower(), sim.log()[-3000:]
+    finally:
+        await fleet.close()
+        server.stop()
