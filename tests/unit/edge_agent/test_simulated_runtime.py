@@ -20,6 +20,7 @@ from sdv_edge_agent.adapters.simulated_runtime import (
     simulated_health_command,
 )
 from sdv_edge_agent.ports import RunSpec, Runtime
+from sdv_events.schemas.packages import PackageInfo
 
 
 def spec(app: str = "speed", version: str = "1.0.0") -> RunSpec:
@@ -165,3 +166,14 @@ async def test_exactly_the_predicted_devices_crash_before_any_health_window() ->
     assert lines.of("stderr") == ["simulated crash (failure plan: rate 0.4, seed 42)"]
     for d in set(devices) - predicted:
         await runtimes[d].stop(procs[d], 1.0)
+
+
+async def test_install_time_and_cleanup_hooks_do_nothing(tmp_path: Path) -> None:
+    runtime = SimulatedRuntime("docker", "sim-0000")
+    package = PackageInfo(name="speed", version="1.0.0", digest="d", size=1, object_name="o",
+                          manifest_digest="m", signature="s", key_id="k", channel="dev",
+                          runtime="docker", entry_point="main.py", python_version="3.11")
+    await runtime.prepare(package, tmp_path / "app")  # no image to build
+    runtime.prune("speed", [package])
+    runtime.release("speed")
+    assert not (tmp_path / "app").exists()

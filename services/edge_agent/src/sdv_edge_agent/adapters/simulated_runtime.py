@@ -25,8 +25,10 @@ import itertools
 import signal
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from sdv_edge_agent.ports import HealthCommand, LinesSink, Process, RunSpec, Usage
+from sdv_events.schemas.packages import PackageInfo
 
 SIMULATED_LIMITS = "simulated: nothing enforced"
 SIMULATED_CRASH = "simulated crash"
@@ -134,6 +136,9 @@ class SimulatedRuntime:
         self.log_every_s = log_every_s
         self._tickers: dict[int, asyncio.Task[None]] = {}
 
+    async def prepare(self, package: PackageInfo, app_dir: Path) -> None:
+        """Nothing to build (a container runtime builds its image here)."""
+
     async def start(self, spec: RunSpec) -> SimulatedProcess:
         process = SimulatedProcess(spec)
         process.print("stdout", f"simulated {spec.app} {spec.version} pid {process.pid} "
@@ -191,6 +196,9 @@ class SimulatedRuntime:
         return None  # nothing is measured: heartbeats say so (no cpu/rss) rather than invent numbers
 
     def release(self, app: str) -> None:
+        pass
+
+    def prune(self, app: str, keep: list[PackageInfo]) -> None:
         pass
 
     def follow_output(
