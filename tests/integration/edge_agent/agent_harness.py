@@ -197,6 +197,67 @@ class AgentProc:
 
 
 @dataclass
+class SimulatorProc:
+    """`python -m sdv_edge_agent --simulate N`: N SIMULATED agents (real agent code, simulated
+    runtime and installer) in ONE process, devices `<prefix>-0000`…, data under `<data_dir>/sim/`."""
+
+    agents: int
+    data_dir: Path
+    nats_url: str
+    public_key: str
+    args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    prefix: str = "sim"
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def device_ids(self) -> list[str]:
+        from sdv_edge_agent.simulation import device_ids
+
+        return device_ids(self.prefix, self.agents)
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir.parent / f"{self.data_dir.name}-simulator.log"
+
+    def device_dir(self, device_id: str) -> Path:
+        return self.data_dir / "sim" / device_id
+
+    def start(self) -> SimulatorProc:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "SDV_LOG_LEVEL": "INFO", "SDV_AGENT_HEARTBEAT_S": "1",
+               "SDV_AGENT_DATABROKER": "127.0.0.1:1", **self.env}
+        out = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "sdv_edge_agent", "--simulate", str(self.agents), "--sim-prefix", self.prefix,
+             "--nats-url", self.nats_url, "--data-dir", str(self.data_dir), "--packager-key", self.public_key,
+             *self.args],
+            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        out.close()
+        return self
+
+    def children(self) -> list[psutil.Process]:
+        """Every process the simulator started (there must be none)."""
+        assert self.process is not None
+        return psutil.Process(self.process.pid).children(recursive=True)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
+        if self.process is None or self.process.poll() is not None:
+            return None if self.process is None else self.process.returncode
+        self.process.send_signal(sig)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise AssertionError(f"the simulator ignored signal {sig} for {timeout}s") from None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+@dataclass
 class LogMsg:
     subject: str
     line: str
@@ -215,6 +276,7 @@ class Fleet:
         self.facts: list[Envelope] = []
         self.logs: list[LogMsg] = []
         self.agents: list[AgentProc] = []
+        self.simulators: list[SimulatorProc] = []
         self.nc: NatsClient | None = None
         self._changed = asyncio.Event()
 
@@ -230,6 +292,10 @@ class Fleet:
     async def close(self) -> None:
         for agent in self.agents:
             agent.kill()
+        for simulator in self.simulators:
+            if simulator.process is not None and simulator.process.poll() is None:
+                simulator.process.kill()
+                simulator.process.wait(5)
         kill_processes_under(self.root)
         if self.nc is not None:
             with contextlib.suppress(Exception):
@@ -279,6 +345,12 @@ class Fleet:
         agent = AgentProc(device_id, self.root / device_id, self.nats_url, self.signer.public_key_b64, env)
         self.agents.append(agent)
         return agent.start()
+
+    def simulator(self, agents: int, *args: str, prefix: str = "sim", **env: str) -> SimulatorProc:
+        simulator = SimulatorProc(agents, self.root / f"{prefix}-fleet", self.nats_url,
+                                  self.signer.public_key_b64, list(args), env, prefix)
+        self.simulators.append(simulator)
+        return simulator.start()
 
     # --- observing ---------------------------------------------------------------------------
 

@@ -29,3 +29,29 @@ def test_flags_win_over_env_and_env_over_defaults(tmp_path: Path) -> None:
     assert s.enrol is True
     assert s.data_dir == Path("/var/lib/sdv/agent")
     assert load_settings(["--data-dir", str(tmp_path)], env).data_dir == tmp_path
+
+
+def test_simulation_needs_no_device_id_and_checks_its_options() -> None:
+    from sdv_edge_agent.simulation import device_ids
+
+    s = load_settings(["--simulate", "30", "--packager-key", "k"], {})
+    assert s.simulation is not None
+    assert (s.simulation.agents, s.simulation.prefix, s.device_id) == (30, "sim", "sim")
+    assert (s.simulation.failure_rate, s.simulation.fail_versions, s.simulation.seed) == (0.0, ("*",), 0)
+    env = {"SDV_AGENT_SIMULATE": "5", "SDV_AGENT_SIM_FAILURE_RATE": "0.25", "SDV_AGENT_SIM_SEED": "9",
+           "SDV_AGENT_SIM_FAIL_VERSIONS": "2.*, 3.0.0", "SDV_AGENT_PACKAGER_KEY": "k"}
+    s = load_settings(["--device-id", "bench"], env)
+    assert s.simulation is not None
+    assert (s.simulation.agents, s.simulation.prefix, s.simulation.failure_rate, s.simulation.seed) == (
+        5, "bench", 0.25, 9)
+    assert s.simulation.fail_versions == ("2.*", "3.0.0")
+    s = load_settings(["--sim-prefix", "lab", "--sim-failure-rate", "1", "--sim-seed", "3"], env)
+    assert s.simulation is not None
+    assert (s.simulation.prefix, s.simulation.failure_rate, s.simulation.seed) == ("lab", 1.0, 3)
+    assert load_settings(["--device-id", "car-1", "--packager-key", "k"], {}).simulation is None
+    with pytest.raises(SettingsError, match="between 0 and 1"):
+        load_settings(["--simulate", "2", "--sim-failure-rate", "1.5", "--packager-key", "k"], {})
+    with pytest.raises(SettingsError, match="prefix"):
+        load_settings(["--simulate", "2", "--sim-prefix", "a.b", "--packager-key", "k"], {})
+    assert device_ids("sim", 3) == ["sim-0000", "sim-0001", "sim-0002"]
+    assert device_ids("sim", 12_000)[-1] == "sim-11999"

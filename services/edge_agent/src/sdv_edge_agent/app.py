@@ -1,5 +1,7 @@
 """Composition root of the edge agent: settings → SQLite store, NATS link, installer, native
 runtime, KUKSA lookup → the `Agent` and its adapters (desired watch, ops, publishers, heartbeat).
+`build_agent` wires one agent; `serve` runs it, and `--simulate N` (simulation.py) runs N of them
+with a simulated runtime and installer.
 
 Start order matters on a vehicle: local state first (apps re-adopted or restarted from SQLite
 even with no network), the NATS link in the background, and everything that needs the bus waits
@@ -14,8 +16,11 @@ import faulthandler
 import signal
 import sys
 import time
+from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
+from typing import Any
 
 import structlog
 
@@ -32,6 +37,7 @@ from sdv_edge_agent.adapters.publishers import FactOutbox, LogShipper, ReportedW
 from sdv_edge_agent.adapters.store import AgentStore
 from sdv_edge_agent.application import Agent, AgentOptions
 from sdv_edge_agent.domain.restarts import RestartPolicy
+from sdv_edge_agent.ports import HealthCommand, Runtime
 from sdv_edge_agent.settings import SERVICE, AgentSettings, SettingsError, load_settings
 from sdv_events.logs import configure_logging
 from sdv_events.schemas.heartbeat import AppMetrics, Heartbeat
@@ -40,6 +46,8 @@ log = structlog.get_logger("sdv.agent")
 FACT_RETENTION_S = 3600.0
 LOG_LINES_KEPT = 200_000
 PARTIAL_DOWNLOAD_KEPT_S = 7 * 24 * 3600.0
+HOUSEKEEPING_S = 60.0
+RESYNC_S = 30.0  # direct get of the desired key, the safety net beside the watch
 
 
 def agent_version() -> str:
@@ -74,17 +82,41 @@ def heartbeat_builder(agent: Agent, databroker: Databroker, settings: AgentSetti
     return build
 
 
-async def housekeeping(store: AgentStore, downloader: Downloader) -> None:
+async def housekeeping(store: AgentStore, downloader: Downloader,
+                       first_after_s: float = HOUSEKEEPING_S) -> None:
+    await asyncio.sleep(first_after_s)
     while True:
-        await asyncio.sleep(60)
         store.prune_facts(FACT_RETENTION_S)
         store.prune_logs(LOG_LINES_KEPT)
         downloader.prune(PARTIAL_DOWNLOAD_KEPT_S)
+        await asyncio.sleep(HOUSEKEEPING_S)
 
 
-async def serve(settings: AgentSettings, stop: asyncio.Event | None = None) -> None:
-    stop = stop or asyncio.Event()
-    structlog.contextvars.bind_contextvars(device_id=settings.device_id)
+@dataclass
+class AgentParts:
+    """One agent, wired: what `serve` runs once and the simulation (simulation.py) N times."""
+
+    settings: AgentSettings
+    store: AgentStore
+    link: NatsLink
+    agent: Agent
+    facts: FactOutbox
+    logs: LogShipper
+    reported: ReportedWriter
+    watch: DesiredWatch
+    ops: OpsServer
+    heartbeat: HeartbeatSender
+    databroker: Databroker
+    downloader: Downloader
+    phase: float = 0.0
+
+
+def build_agent(settings: AgentSettings, *, runtimes: list[Runtime], installer: Installer,
+                databroker: Databroker, agent_version: str, health_command: HealthCommand | None = None,
+                phase: float = 0.0) -> AgentParts:
+    """Store, link, agent and its adapters for `settings.device_id`. `phase` (0..1) shifts the
+    periodic work (heartbeats, resyncs, housekeeping) within its period, so that many agents in
+    one process do not all fire at once."""
     # Searchable, not listable: sandboxed app users reach their own version and HOME inside, while
     # the database (app config may hold secrets), downloads and console files stay the agent's.
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -93,10 +125,9 @@ async def serve(settings: AgentSettings, stop: asyncio.Event | None = None) -> N
     link = NatsLink(settings.nats_url, settings.device_id, creds=settings.nats_creds)
     facts = FactOutbox(link, store, settings.device_id)
     logs = LogShipper(link, store, settings.device_id)
-    databroker = Databroker(settings.databroker)
     downloader = Downloader(link, settings.data_dir / "downloads")
     options = AgentOptions(
-        device_id=settings.device_id, data_dir=settings.data_dir, agent_version=agent_version(),
+        device_id=settings.device_id, data_dir=settings.data_dir, agent_version=agent_version,
         stop_timeout_s=settings.stop_timeout_s, monitor_interval_s=settings.monitor_s,
         restart_policy=RestartPolicy(base_delay_s=settings.restart_base_s,
                                      max_delay_s=settings.restart_max_s,
@@ -104,16 +135,17 @@ async def serve(settings: AgentSettings, stop: asyncio.Event | None = None) -> N
     )
     reported: ReportedWriter | None = None
     agent = Agent(
-        options, store=store, installer=Installer(settings.data_dir / "apps", settings.packager_public_key,
-                                                 python=settings.app_python),
-        runtimes=[NativeRuntime()], facts=facts, download=downloader.fetch, databroker=databroker,
+        options, store=store, installer=installer, runtimes=runtimes, facts=facts,
+        download=downloader.fetch, databroker=databroker,
         on_change=lambda: reported.wake() if reported else None, on_logs=logs.wake,
+        health_command=health_command,
     )
     reported = ReportedWriter(link, settings.device_id, agent.reported)
-    watch = DesiredWatch(link, settings.device_id, agent.on_desired)
+    watch = DesiredWatch(link, settings.device_id, agent.on_desired, first_resync_s=RESYNC_S * (1 + phase))
     ops = OpsServer(link, agent, store, settings.device_id)
     heartbeat = HeartbeatSender(link, settings.device_id, settings.heartbeat_s,
-                                heartbeat_builder(agent, databroker, settings))
+                                heartbeat_builder(agent, databroker, settings),
+                                first_after_s=settings.heartbeat_s * (1 + phase))
 
     async def flush_all() -> None:
         for flusher in (facts, logs, reported):
@@ -122,30 +154,79 @@ async def serve(settings: AgentSettings, stop: asyncio.Event | None = None) -> N
     link.on_connect(watch.subscribe)
     link.on_connect(ops.subscribe)
     link.on_connect(flush_all)
+    return AgentParts(settings, store, link, agent, facts, logs, reported, watch, ops, heartbeat,
+                      databroker, downloader, phase)
 
-    await agent.start()
-    background = [("link", connect(settings, link, databroker, agent))]
+
+class RunningAgent:
+    """An agent's background tasks, from `start_agent` until `shutdown`."""
+
+    def __init__(self, parts: AgentParts, tasks: list[asyncio.Task[None]]) -> None:
+        self.parts = parts
+        self.tasks = tasks
+
+    async def until_stopped(self, stop: asyncio.Event) -> str | None:
+        """Wait for `stop`, or for a background task to fail: then its name (the agent stops,
+        and its service manager restarts it, rather than limp on without, say, its log shipper)."""
+        crashed = asyncio.create_task(_first_failure(self.tasks))
+        stopped = asyncio.create_task(stop.wait())
+        await asyncio.wait([stopped, crashed], return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        if crashed.done():
+            return crashed.result()
+        crashed.cancel()
+        return None
+
+    async def shutdown(self) -> None:
+        """Stop supervising and close the link and the store; the apps keep running."""
+        for task in self.tasks:
+            task.cancel()
+        _, stuck = await asyncio.wait(self.tasks, timeout=5.0)  # a task that ignores its cancellation
+        for task in stuck:                                       # must not keep the agent from exiting
+            log.error("task_ignored_cancellation", task=task.get_name())
+        await self.parts.agent.close()
+        await self.parts.link.close()
+        self.parts.store.close()
+
+
+async def start_agent(parts: AgentParts,
+                      also: Sequence[tuple[str, Coroutine[Any, Any, None]]] = ()) -> RunningAgent:
+    """Local state first (apps re-adopted or restarted from SQLite, even with no network), then
+    the link and everything that needs the bus, in the background (with `also`)."""
+    await parts.agent.start()
+    p = parts
+    housekeeping_at = HOUSEKEEPING_S * (1 + p.phase)
     tasks = [asyncio.create_task(coro, name=name) for name, coro in [
-        *background, ("facts", facts.run()), ("logs", logs.run()), ("reported", reported.run()),
-        ("heartbeat", heartbeat.run()), ("databroker", databroker.watch()),
-        ("resync", watch.resync_forever()), ("housekeeping", housekeeping(store, downloader)),
+        ("link", connect(p.settings, p.link, p.databroker, p.agent)), ("facts", p.facts.run()),
+        ("logs", p.logs.run()), ("reported", p.reported.run()), ("heartbeat", p.heartbeat.run()),
+        ("resync", p.watch.resync_forever()),
+        ("housekeeping", housekeeping(p.store, p.downloader, housekeeping_at)),
+        *also,
     ]]
+    return RunningAgent(parts, tasks)
+
+
+async def serve(settings: AgentSettings, stop: asyncio.Event | None = None) -> None:
+    stop = stop or asyncio.Event()
+    structlog.contextvars.bind_contextvars(device_id=settings.device_id)
+    databroker = Databroker(settings.databroker)
+    parts = build_agent(
+        settings, runtimes=[NativeRuntime()], databroker=databroker, agent_version=agent_version(),
+        installer=Installer(settings.data_dir / "apps", settings.packager_public_key,
+                            python=settings.app_python),
+    )
+    running = await start_agent(parts, also=[("databroker", databroker.watch())])
+    handle_signals(stop)
+    await running.until_stopped(stop)
+    log.info("agent_stopping")
+    await running.shutdown()
+
+
+def handle_signals(stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGUSR2, dump_tasks)
-    crashed = asyncio.create_task(_first_failure(tasks))
-    await asyncio.wait([asyncio.create_task(stop.wait()), crashed], return_when=asyncio.FIRST_COMPLETED)
-    log.info("agent_stopping")
-    for task in tasks:
-        task.cancel()
-    crashed.cancel()
-    _, stuck = await asyncio.wait(tasks, timeout=5.0)  # a task that ignores its cancellation
-    for task in stuck:                                  # must not keep the agent from exiting
-        log.error("task_ignored_cancellation", task=task.get_name())
-    await agent.close()
-    await link.close()
-    store.close()
 
 
 async def connect(settings: AgentSettings, link: NatsLink, databroker: Databroker, agent: Agent) -> None:
@@ -168,14 +249,15 @@ async def connect(settings: AgentSettings, link: NatsLink, databroker: Databroke
         group.create_task(enrolment.renew_forever())
 
 
-async def _first_failure(tasks: list[asyncio.Task[None]]) -> None:
-    """Returns when a background task ends by an error: the agent then stops (and its service
-    manager restarts it) rather than limp on without, say, its log shipper."""
+async def _first_failure(tasks: list[asyncio.Task[None]]) -> str | None:
+    """The name of the first background task to end by an error (None if they all just end)."""
     done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
     for task in done:
         with contextlib.suppress(asyncio.CancelledError):
             if task.exception() is not None:
                 log.error("agent_task_failed", task=task.get_name(), error=repr(task.exception()))
+                return task.get_name()
+    return None
 
 
 def dump_tasks() -> None:
@@ -194,4 +276,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2) from None
     configure_logging(SERVICE, level=settings.log_level)
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1` dumps every stack
+    if settings.simulation is not None:
+        from sdv_edge_agent.simulation import simulate  # it builds on this module
+
+        raise SystemExit(asyncio.run(simulate(settings)))
     asyncio.run(serve(settings))

@@ -24,7 +24,7 @@ from sdv_edge_agent.adapters.packages import InstalledVersion, Installer
 from sdv_edge_agent.adapters.store import AgentStore
 from sdv_edge_agent.domain.records import AppRecord
 from sdv_edge_agent.domain.restarts import RestartPolicy
-from sdv_edge_agent.ports import NO_SANDBOX, LinesSink, RunSpec, Runtime, Sandbox
+from sdv_edge_agent.ports import NO_SANDBOX, HealthCommand, LinesSink, RunSpec, Runtime, Sandbox
 from sdv_edge_agent.projections import reported_state
 from sdv_edge_agent.supervisor import AppSupervisor, OpRefused, OpRequest, Poke
 from sdv_events.schemas.agent import AppFact
@@ -62,6 +62,7 @@ class Agent:
         databroker: Callable[[], tuple[str, int]],
         on_change: Callable[[], None] = lambda: None,
         on_logs: Callable[[], None] = lambda: None,
+        health_command: HealthCommand | None = None,
     ) -> None:
         self.options = options
         self.device_id = options.device_id
@@ -76,6 +77,7 @@ class Agent:
         self.databroker = databroker
         self.on_change = on_change
         self.on_logs = on_logs
+        self._health_command = health_command or self.run_health_process
         self.python_version = installer.python_version
         self.desired: DesiredState | None = None
         self.supervisors: dict[str, AppSupervisor] = {}
@@ -246,6 +248,12 @@ class Agent:
         }
 
     async def run_health_command(
+        self, spec: RunSpec, command: list[str], timeout_s: float
+    ) -> tuple[bool, str]:
+        """The package's health command, as the agent was told to run it (simulation: no process)."""
+        return await self._health_command(spec, command, timeout_s)
+
+    async def run_health_process(
         self, spec: RunSpec, command: list[str], timeout_s: float
     ) -> tuple[bool, str]:
         """Run the package's health command until it succeeds or `timeout_s` passes."""

@@ -4,7 +4,7 @@ reports through. One small interface per concern; adapters implement them (nativ
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -109,3 +109,8 @@ class OutputFollower(Protocol):
     async def run(self) -> None: ...
 
     async def finish(self) -> None: ...
+
+
+# Runs a package's health command for a started version until it passes or the timeout ends:
+# (spec, command, timeout_s) → (passed, why not). The agent's default runs it as a process.
+HealthCommand = Callable[[RunSpec, list[str], float], Awaitable[tuple[bool, str]]]

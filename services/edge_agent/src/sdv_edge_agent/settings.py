@@ -22,6 +22,14 @@
   SDV_AGENT_APP_PYTHON           the interpreter app venvs are made from (default: the agent's own,
                                  or the system's of the same major.minor if sandboxed app users
                                  could not run the agent's)
+
+Simulation (scale tests of the control plane; see simulation.py): `--simulate N` or
+SDV_AGENT_SIMULATE=N runs N SIMULATED agents in this process; then the device id is optional.
+  --sim-prefix / SDV_AGENT_SIM_PREFIX              device ids <prefix>-0000…  (the device id, else "sim")
+  --sim-failure-rate / SDV_AGENT_SIM_FAILURE_RATE  0..1, share of (device, app, version) that crash  (0)
+  --sim-fail-versions / SDV_AGENT_SIM_FAIL_VERSIONS  versions it applies to, fnmatch, comma-separated (*)
+  --sim-seed / SDV_AGENT_SIM_SEED                  picks which ones fail  (0)
+  --sim-log-every-s / SDV_AGENT_SIM_LOG_EVERY_S    a console line per app every that many s  (0: banner only)
 """
 
 from __future__ import annotations
@@ -36,6 +44,16 @@ SERVICE = "edge_agent"
 
 class SettingsError(ValueError):
     """The agent cannot start with this configuration; the message says what to set."""
+
+
+@dataclass(frozen=True)
+class SimulationSettings:
+    agents: int
+    prefix: str
+    failure_rate: float = 0.0
+    fail_versions: tuple[str, ...] = ("*",)
+    seed: int = 0
+    log_every_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -59,6 +77,7 @@ class AgentSettings:
     fleet_token: str | None = None
     hardware_type: str = "linux-generic"
     app_python: str | None = None
+    simulation: SimulationSettings | None = None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -77,16 +96,52 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--enrol-creds", type=Path)
     p.add_argument("--fleet-token")
     p.add_argument("--app-python", help="interpreter for app venvs")
+    sim = p.add_argument_group("simulation (scale tests: N simulated agents, no app processes)")
+    sim.add_argument("--simulate", type=int, metavar="N")
+    sim.add_argument("--sim-prefix")
+    sim.add_argument("--sim-failure-rate", type=float)
+    sim.add_argument("--sim-fail-versions")
+    sim.add_argument("--sim-seed", type=int)
+    sim.add_argument("--sim-log-every-s", type=float)
     return p
+
+
+def _token_ok(text: str) -> bool:
+    return bool(text) and all(c.isalnum() or c in "-_" for c in text)
+
+
+def _simulation(args: argparse.Namespace, env: dict[str, str]) -> SimulationSettings | None:
+    agents = args.simulate if args.simulate is not None else int(env.get("SDV_AGENT_SIMULATE") or 0)
+    if agents < 0:
+        raise SettingsError(f"--simulate {agents}: the number of simulated agents cannot be negative")
+    if agents == 0:
+        return None
+    prefix = (args.sim_prefix or env.get("SDV_AGENT_SIM_PREFIX") or args.device_id
+              or env.get("SDV_DEVICE_ID") or "sim")
+    if not _token_ok(prefix):
+        raise SettingsError(f"simulation prefix {prefix!r} must be letters, digits, '-' or '_'")
+    rate = (args.sim_failure_rate if args.sim_failure_rate is not None
+            else float(env.get("SDV_AGENT_SIM_FAILURE_RATE") or 0.0))
+    if not 0.0 <= rate <= 1.0:
+        raise SettingsError(f"--sim-failure-rate {rate} must be between 0 and 1")
+    versions = args.sim_fail_versions or env.get("SDV_AGENT_SIM_FAIL_VERSIONS") or "*"
+    return SimulationSettings(
+        agents=agents, prefix=prefix, failure_rate=rate,
+        fail_versions=tuple(v.strip() for v in versions.split(",") if v.strip()),
+        seed=args.sim_seed if args.sim_seed is not None else int(env.get("SDV_AGENT_SIM_SEED") or 0),
+        log_every_s=(args.sim_log_every_s if args.sim_log_every_s is not None
+                     else float(env.get("SDV_AGENT_SIM_LOG_EVERY_S") or 0.0)),
+    )
 
 
 def load_settings(argv: list[str] | None = None, env: dict[str, str] | None = None) -> AgentSettings:
     env = dict(os.environ if env is None else env)
     args = _parser().parse_args(argv)
-    device_id = args.device_id or env.get("SDV_DEVICE_ID", "")
+    simulation = _simulation(args, env)
+    device_id = args.device_id or env.get("SDV_DEVICE_ID", "") or (simulation.prefix if simulation else "")
     if not device_id:
         raise SettingsError("no device id: pass --device-id or set SDV_DEVICE_ID")
-    if not all(c.isalnum() or c in "-_" for c in device_id):
+    if not _token_ok(device_id):
         raise SettingsError(f"device id {device_id!r} must be letters, digits, '-' or '_' (a subject token)")
     key = args.packager_key or env.get("SDV_AGENT_PACKAGER_KEY", "")
     key_file = args.packager_key_file or (Path(env["SDV_AGENT_PACKAGER_KEY_FILE"])
@@ -125,4 +180,5 @@ def load_settings(argv: list[str] | None = None, env: dict[str, str] | None = No
         fleet_token=args.fleet_token or env.get("SDV_AGENT_FLEET_TOKEN") or None,
         hardware_type=env.get("SDV_AGENT_HARDWARE_TYPE", "linux-generic"),
         app_python=args.app_python or env.get("SDV_AGENT_APP_PYTHON") or None,
+        simulation=simulation,
     )

@@ -37,11 +37,12 @@ KV_OPERATION = "KV-Operation"
 
 class DesiredWatch:
     def __init__(self, link: NatsLink, device_id: str, on_desired: Callable[[DesiredState], None],
-                 *, resync_s: float = 30.0) -> None:
+                 *, resync_s: float = 30.0, first_resync_s: float | None = None) -> None:
         self.link = link
         self.device_id = device_id
         self.on_desired = on_desired
         self.resync_s = resync_s
+        self.first_resync_s = resync_s if first_resync_s is None else first_resync_s
         self.subject = f"$KV.{DESIRED_BUCKET}.{device_id}"
         self.stream = f"KV_{DESIRED_BUCKET}"
         self._sub: Subscription | None = None
@@ -92,8 +93,10 @@ class DesiredWatch:
         self._handle(raw.data, (raw.headers or {}).get(KV_OPERATION))
 
     async def resync_forever(self) -> None:
+        delay = self.first_resync_s
         while True:
-            await asyncio.sleep(self.resync_s)
+            await asyncio.sleep(delay)
+            delay = self.resync_s
             if not self.link.is_up:
                 continue
             try:

@@ -36,19 +36,21 @@ def device_metrics(disk_path: Path) -> DeviceMetrics:
 
 class HeartbeatSender:
     def __init__(self, link: NatsLink, device_id: str, interval_s: float,
-                 build: Callable[[int], Heartbeat]) -> None:
+                 build: Callable[[int], Heartbeat], *, first_after_s: float | None = None) -> None:
         self.link = link
         self.subject = heartbeat_subject(device_id)
         self.interval_s = interval_s
         self.build = build
+        # Default: one interval. Many agents of one process (simulation) spread theirs out.
+        self.first_after_s = interval_s if first_after_s is None else first_after_s
         self.seq = 0
 
     async def run(self) -> None:
         psutil.cpu_percent(None)  # the first reading primes the counter
-        next_at = time.monotonic()
+        next_at = time.monotonic() + self.first_after_s
         while True:
-            next_at += self.interval_s
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+            next_at += self.interval_s
             if not self.link.is_up or self.link.nc is None:
                 continue
             self.seq += 1

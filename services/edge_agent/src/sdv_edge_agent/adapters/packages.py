@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -100,6 +101,8 @@ def default_app_python() -> str:
 
 def python_version_of(python: str) -> str:
     """The full version of an interpreter, e.g. 3.11.2."""
+    if os.path.realpath(python) == os.path.realpath(sys.executable):
+        return platform.python_version()
     out = subprocess.run([python, "-c", "import platform; print(platform.python_version())"],
                          capture_output=True, text=True, timeout=30, check=True)
     return out.stdout.strip()

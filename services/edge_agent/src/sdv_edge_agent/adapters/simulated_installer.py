@@ -1,0 +1,66 @@
+"""SIMULATED install, for `sdv-agent --simulate N`: the artifact is downloaded and verified by the
+real code, then only the installed-version marker is written — no files, no venv, no pip.
+
+Each simulated device downloads the artifact itself, over its own connection (a scale test
+should load the object store the way a fleet does). Verification is shared: N devices of one
+process would otherwise check the same bytes N times. `VerifiedArtifacts` remembers which
+(digest, signature, packager key, name, version) passed the full check (`Installer.verify`:
+digest, Ed25519 signature, every member). A device's bytes reuse that result only if their own
+sha256 equals the digest — the same bytes — so a tampered or truncated download is still refused,
+and a forged signature is another key, checked in full.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from sdv_edge_agent.adapters.packages import COMPLETE_MARKER, InstalledVersion, Installer
+from sdv_events.schemas.packages import PackageInfo
+
+VerifiedKey = tuple[str, str, str, str, str]
+
+
+class VerifiedArtifacts:
+    """What passed verification in this process, shared by all its simulated devices."""
+
+    def __init__(self) -> None:
+        self._passed: set[VerifiedKey] = set()
+        self.full_checks = 0
+        self.reused = 0
+
+    def key(self, package: PackageInfo, public_key_b64: str) -> VerifiedKey:
+        return (package.digest, package.signature, public_key_b64, package.name, package.version)
+
+    def passed(self, package: PackageInfo, public_key_b64: str, artifact: bytes) -> bool:
+        if self.key(package, public_key_b64) not in self._passed:
+            return False
+        return hashlib.sha256(artifact).hexdigest() == package.digest
+
+    def remember(self, package: PackageInfo, public_key_b64: str) -> None:
+        self._passed.add(self.key(package, public_key_b64))
+
+
+class SimulatedInstaller(Installer):
+    """The `Installer` interface, so the supervisor is unchanged; `install` verifies and marks."""
+
+    def __init__(self, apps_dir: Path, public_key_b64: str, verified: VerifiedArtifacts) -> None:
+        super().__init__(apps_dir, public_key_b64)
+        self.verified = verified
+
+    async def install(self, package: PackageInfo, artifact: bytes) -> InstalledVersion:
+        if self.verified.passed(package, self.public_key_b64, artifact):
+            self.verified.reused += 1
+        else:
+            self.verify(package, artifact)  # raises InstallError("verify", …) as on a device
+            self.verified.full_checks += 1
+            self.verified.remember(package, self.public_key_b64)
+        done = self.installed(package)
+        if done is not None:
+            return done
+        root = self.location(package)
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = root / f"{COMPLETE_MARKER}.tmp"
+        tmp.write_text(package.digest)
+        tmp.replace(root / COMPLETE_MARKER)
+        return InstalledVersion(package, root)
