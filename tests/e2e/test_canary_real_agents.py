@@ -462,14 +462,20 @@ async def test_real_agents_failing_health_abort_and_roll_back(suite: Any, fleet:
         assert doc.apps[APP].package.digest == v1.digest
         await fleet.assert_really_runs(device_id, back[device_id], "v1")
     # Wave 1 ran v3 healthy, then was rolled back by the orchestrator; wave 2's v3 crashed on
-    # start and the agent fell back to v1 on its own (AppFailed + AppRolledBack).
+    # start and the agent fell back to v1 on its own (AppFailed + AppRolledBack) — unless the
+    # other wave-2 device's failure already aborted the wave and the rollback stopped v3 first.
     assert "AppHealthy" in fleet.fact_types(wave_1[0], "3.0.0")
     assert any(re.fullmatch(r"v3 \d+", line) for line in fleet.console(wave_1[0])), fleet.console(wave_1[0])
+    fell_back = 0
     for device_id in wave_2:
-        kinds = fleet.fact_types(device_id, "3.0.0")
+        kinds = set(fleet.fact_types(device_id, "3.0.0"))
         assert "AppHealthy" not in kinds, kinds
-        assert {"AppFailed", "AppRolledBack"} <= set(kinds), kinds
-        assert any(line.startswith("v3 crashing") for line in fleet.console(device_id))
+        if {"AppFailed", "AppRolledBack"} <= kinds:
+            fell_back += 1
+            assert any(line.startswith("v3 crashing") for line in fleet.console(device_id))
+        else:
+            assert "AppStopped" in kinds, kinds  # stopped by the orchestrator's rollback
+    assert fell_back >= 1
 
     # Wave 3 never touched: same desired document, same v1 process, no v3 fact at all.
     for device_id in wave_3:
