@@ -141,6 +141,7 @@ class AgentProc:
     nats_url: str
     public_key: str
     env: dict[str, str] = field(default_factory=dict)
+    args: list[str] = field(default_factory=list)
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -155,7 +156,7 @@ class AgentProc:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "sdv_edge_agent", "--device-id", self.device_id,
              "--nats-url", self.nats_url, "--data-dir", str(self.data_dir),
-             "--packager-key", self.public_key],
+             "--packager-key", self.public_key, *self.args],
             env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )
         out.close()
@@ -264,8 +265,9 @@ class Fleet:
 
     # --- agents ------------------------------------------------------------------------------
 
-    def agent(self, device_id: str, **env: str) -> AgentProc:
-        agent = AgentProc(device_id, self.root / device_id, self.nats_url, self.signer.public_key_b64, env)
+    def agent(self, device_id: str, args: list[str] | None = None, **env: str) -> AgentProc:
+        agent = AgentProc(device_id, self.root / device_id, self.nats_url, self.signer.public_key_b64, env,
+                          list(args or []))
         self.agents.append(agent)
         return agent.start()
 

@@ -1,5 +1,6 @@
-"""Composition root of the edge agent: settings → SQLite store, NATS link, installer, native
-runtime, KUKSA lookup → the `Agent` and its adapters (desired watch, ops, publishers, heartbeat).
+"""Composition root of the edge agent: settings → SQLite store, NATS link, installer, runtimes
+(native; docker when an engine answers), KUKSA lookup → the `Agent` and its adapters (desired
+watch, ops, publishers, heartbeat).
 
 Start order matters on a vehicle: local state first (apps re-adopted or restarted from SQLite
 even with no network), the NATS link in the background, and everything that needs the bus waits
@@ -20,6 +21,7 @@ from importlib import metadata
 import structlog
 
 from sdv_edge_agent.adapters.desired_watch import DesiredWatch
+from sdv_edge_agent.adapters.docker_runtime import DockerRuntime
 from sdv_edge_agent.adapters.enrolment import Enrolment, capabilities
 from sdv_edge_agent.adapters.heartbeat import AppMetrics, Heartbeat, HeartbeatSender, device_metrics
 from sdv_edge_agent.adapters.kuksa import Databroker
@@ -31,6 +33,7 @@ from sdv_edge_agent.adapters.publishers import FactOutbox, LogShipper, ReportedW
 from sdv_edge_agent.adapters.store import AgentStore
 from sdv_edge_agent.application import Agent, AgentOptions
 from sdv_edge_agent.domain.restarts import RestartPolicy
+from sdv_edge_agent.ports import Runtime
 from sdv_edge_agent.settings import SERVICE, AgentSettings, SettingsError, load_settings
 from sdv_events.logs import configure_logging
 
@@ -95,9 +98,14 @@ async def serve(settings: AgentSettings, stop: asyncio.Event | None = None) -> N
                                      loop_crashes=settings.crash_loop, window_s=settings.crash_window_s),
     )
     reported: ReportedWriter | None = None
+    runtimes: list[Runtime] = [NativeRuntime()]
+    docker = await DockerRuntime.connect(settings.docker_host, owner=settings.device_id,
+                                         base_image=settings.docker_base_image)
+    if docker is not None:
+        runtimes.append(docker)
     agent = Agent(
         options, store=store, installer=Installer(settings.data_dir / "apps", settings.packager_public_key),
-        runtimes=[NativeRuntime()], facts=facts, download=Downloader(link).fetch, databroker=databroker,
+        runtimes=runtimes, facts=facts, download=Downloader(link).fetch, databroker=databroker,
         on_change=lambda: reported.wake() if reported else None, on_logs=logs.wake,
     )
     reported = ReportedWriter(link, settings.device_id, agent.reported)

@@ -185,6 +185,8 @@ class Agent:
     def prune_versions(self, app: str, keep: list[PackageInfo]) -> None:
         """Keep the active and the previous version (rollback) on disk, nothing older."""
         self.installer.prune(app, keep)
+        for runtime in self.runtimes.values():
+            runtime.prune(app, keep)
         runs = self.options.data_dir / "run" / app
         if runs.is_dir():
             wanted = {self.run_dir(app, p).name for p in keep}

@@ -1,6 +1,7 @@
 """The ports the application layer drives: a runtime that runs app processes, and the sinks it
 reports through. One small interface per concern; adapters implement them (native processes
-`adapters/native.py`, containers, simulated; the agent picks one per package by its `runtime`)."""
+`adapters/native.py`, containers `adapters/docker_runtime.py`, simulated; the agent picks one per
+package by its `runtime`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
+
+from sdv_events.schemas.packages import PackageInfo
 
 # (stream, wall-clock time, line) for each complete console line, and the read position reached.
 LinesSink = Callable[[list[tuple[str, float, str]], dict[str, int]], None]
@@ -25,6 +28,12 @@ class RunSpec:
     run_dir: Path  # console files and the stdin pipe of this app
     memory_mb: int
     cpu: float
+    digest: str = ""  # the package's: names the version's container image
+    network: str = "kuksa-only"  # the package's security.network: kuksa-only | none | full
+
+
+class StdinUnavailable(Exception):
+    """The app's stdin is gone (it ended) or full (it does not read it)."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +63,11 @@ class Runtime(Protocol):
     name: str
     limits: str  # how memory/cpu limits are enforced here, for people
 
+    async def prepare(self, package: PackageInfo, app_dir: Path) -> None:
+        """Make an installed version runnable (build its container image, say): at install time,
+        so slow work and its failures belong to the install. Raises `InstallError`."""
+        ...
+
     async def start(self, spec: RunSpec) -> Process: ...
 
     def adopt(self, spec: RunSpec, pid: int, started: float) -> Process | None:
@@ -76,6 +90,11 @@ class Runtime(Protocol):
 
     def release(self, app: str) -> None:
         """Free what the runtime set up for the app (its cgroup, …) once it is uninstalled."""
+        ...
+
+    def prune(self, app: str, keep: list[PackageInfo]) -> None:
+        """Free what the runtime holds for versions of the app other than `keep` (an upgrade
+        keeps the active and the previous version)."""
         ...
 
     def follow_output(

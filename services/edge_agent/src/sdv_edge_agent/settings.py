@@ -19,12 +19,17 @@
   SDV_AGENT_ENROL_CREDS          the shared enrolment user's .creds file (operator-mode servers)
   SDV_AGENT_FLEET_TOKEN          a pre-authorisation or fleet token sent with the announce
   SDV_AGENT_HARDWARE_TYPE        linux-generic (reported in the capabilities)
+  SDV_AGENT_DOCKER_HOST          the Docker engine for docker-mode apps, e.g. unix:///run/docker.sock
+                                 (else $DOCKER_HOST; none: the device runs native apps only)
+  SDV_AGENT_DOCKER_BASE_IMAGE    python:<agent's major.minor>-slim (must be in the engine: nothing
+                                 is pulled; app images are built on it)
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +60,8 @@ class AgentSettings:
     enrol_creds: Path | None = None
     fleet_token: str | None = None
     hardware_type: str = "linux-generic"
+    docker_host: str | None = None
+    docker_base_image: str = f"python:{sys.version_info.major}.{sys.version_info.minor}-slim"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -72,6 +79,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="announce to the registry and connect with the credentials it issues")
     p.add_argument("--enrol-creds", type=Path)
     p.add_argument("--fleet-token")
+    p.add_argument("--docker-host", help="Docker engine for docker-mode apps (unix:///path/docker.sock)")
     return p
 
 
@@ -119,4 +127,6 @@ def load_settings(argv: list[str] | None = None, env: dict[str, str] | None = No
                                          if env.get("SDV_AGENT_ENROL_CREDS") else None),
         fleet_token=args.fleet_token or env.get("SDV_AGENT_FLEET_TOKEN") or None,
         hardware_type=env.get("SDV_AGENT_HARDWARE_TYPE", "linux-generic"),
+        docker_host=args.docker_host or env.get("SDV_AGENT_DOCKER_HOST") or env.get("DOCKER_HOST") or None,
+        docker_base_image=env.get("SDV_AGENT_DOCKER_BASE_IMAGE") or AgentSettings.docker_base_image,
     )

@@ -255,12 +255,14 @@ class AppSupervisor:
         if package.python_version != self.agent.python_version:
             raise InstallError("install", f"needs Python {package.python_version}; this device has "
                                           f"{self.agent.python_version}")
-        existing = self.agent.installer.installed(package)
-        if existing is not None:
-            return existing
-        self._emit(AppDownloadStarted, package, size=package.size)
-        artifact = await self.agent.download(package)
-        return await self.agent.installer.install(package, artifact)
+        installed = self.agent.installer.installed(package)
+        if installed is None:
+            self._emit(AppDownloadStarted, package, size=package.size)
+            artifact = await self.agent.download(package)
+            installed = await self.agent.installer.install(package, artifact)
+        # The runtime's part of the install (a container image): failing it fails the install.
+        await self.agent.runtime_for(package).prepare(package, installed.app_dir)
+        return installed
 
     def _retry_later(self, err: InstallError) -> None:
         self.install_retries += 1
@@ -361,6 +363,7 @@ class AppSupervisor:
             cwd=installed.app_dir, env=self.agent.app_env(self.record, package, installed),
             run_dir=self.agent.run_dir(self.name, package),
             memory_mb=package.resources.memory_mb, cpu=package.resources.cpu,
+            digest=package.digest, network=package.security.network,
         )
 
     async def _launch(self, package: PackageInfo, installed: InstalledVersion,
