@@ -136,9 +136,12 @@ class DockerEngine:
         return "\n".join(text.strip().splitlines()[-lines:])
 
     def stop(self, *, keep_data: bool = False) -> None:
-        """SIGTERM lets dockerd stop its containers and its containerd; whatever is left after that
-        (a hung shim, a container it gave up on) is killed, so no process of this engine remains."""
+        """Containers are stopped first (SIGTERM, SIGKILL after `shutdown_timeout_s`: dockerd's own
+        shutdown would give each its stop timeout, 10 s by default), then SIGTERM lets dockerd stop
+        its containerd; whatever is left after that (a hung shim) is killed, so no process of this
+        engine remains."""
         if self.process is not None and self.process.poll() is None:
+            self._stop_containers()
             self.process.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(self.shutdown_timeout_s + 20)
@@ -150,6 +153,20 @@ class DockerEngine:
         self._unmount_leftovers()
         if self._own_dir and not keep_data:
             shutil.rmtree(self.base_dir, ignore_errors=True)
+
+    def _stop_containers(self) -> None:
+        import docker
+
+        try:
+            client = docker.DockerClient(base_url=self.url, timeout=self.shutdown_timeout_s + 10)
+            try:
+                for summary in client.api.containers():
+                    with contextlib.suppress(docker.errors.DockerException):
+                        client.api.stop(summary["Id"], timeout=self.shutdown_timeout_s)
+            finally:
+                client.close()
+        except docker.errors.DockerException:
+            pass  # not answering: the signals below still end it
 
     def leftover_processes(self) -> list[int]:
         """Pids still alive of this engine's processes (dockerd; containerd and its shims, which
