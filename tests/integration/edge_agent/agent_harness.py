@@ -53,7 +53,7 @@ memory = "{memory}"
 
 [health]
 alive_for_s = {alive_for}
-"""
+{health_command}"""
 
 # Prints a numbered, timestamped line every `TICK_S`, echoes stdin, stops cleanly on SIGTERM.
 TICKER = """\
@@ -91,12 +91,14 @@ _CATALOG: VssCatalog | None = None
 
 def make_app(root: Path, name: str, version: str, main: str, *, alive_for: float = 0.5,
              hot_swap: bool = False, memory: str = "128MB", dependencies: list[str] | None = None,
-             files: dict[str, str] | None = None, runtime: str = "native") -> Path:
+             files: dict[str, str] | None = None, runtime: str = "native",
+             health_command: list[str] | None = None) -> Path:
     app = root / "src" / f"{name}-{version}-{abs(hash(main)) % 10**8}"
     app.mkdir(parents=True, exist_ok=True)
     (app / "sdv-app.toml").write_text(MANIFEST.format(
         name=name, version=version, hot_swap="true" if hot_swap else "false", memory=memory, runtime=runtime,
         alive_for=alive_for, dependencies=msgspec.json.encode(dependencies or []).decode(),
+        health_command=f"command = {msgspec.json.encode(health_command).decode()}\n" if health_command else "",
     ))
     (app / "main.py").write_text(main)
     for rel, text in (files or {}).items():

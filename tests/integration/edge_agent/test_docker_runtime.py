@@ -216,6 +216,23 @@ async def test_upgrade_prunes_images_older_than_the_previous_version(
     assert container.labels["org.sdv.version"] == "1.2.0"
 
 
+async def test_health_command_runs_inside_the_container(
+    fleet: Any, harness: Any, docker_host: Any, tmp_path: Path
+) -> None:
+    # Passes only in the container: where the app made /tmp/ready (its tmpfs) and `python` is
+    # the image's /opt/venv one. On the host it would fail.
+    check = "import os, sys\nsys.exit(0 if os.path.exists('/tmp/ready') and sys.prefix == '/opt/venv' else 3)\n"
+    main = "import pathlib, time\ntime.sleep(0.5)\npathlib.Path('/tmp/ready').touch()\ntime.sleep(600)\n"
+    app = harness.make_app(tmp_path, "checked", "1.0.0", main, runtime="docker",
+                           files={"check.py": check}, health_command=["python", "check.py"])
+    pkg = await fleet.publish(app)
+    assert pkg.health.command == ["python", "check.py"]
+    docker_agent(fleet, "dk-health", docker_host)
+    await fleet.desire("dk-health", 1, {"checked": pkg})
+    await fleet.fact("dk-health", "AppHealthy", app="checked", timeout=BUILD_S)
+    assert not fleet.find_facts("dk-health", "AppFailed")
+
+
 async def test_docker_package_is_refused_on_a_device_without_a_docker_engine(
     fleet: Any, harness: Any, tmp_path: Path
 ) -> None:

@@ -22,7 +22,7 @@ from sdv_edge_agent.adapters.packages import InstalledVersion, Installer
 from sdv_edge_agent.adapters.store import AgentStore
 from sdv_edge_agent.domain.records import AppRecord
 from sdv_edge_agent.domain.restarts import RestartPolicy
-from sdv_edge_agent.ports import LinesSink, RunSpec, Runtime
+from sdv_edge_agent.ports import LinesSink, Process, RunsCommands, RunSpec, Runtime
 from sdv_edge_agent.projections import reported_state
 from sdv_edge_agent.supervisor import AppSupervisor, OpRefused, OpRequest, Poke
 from sdv_events.schemas.agent import AppFact
@@ -223,13 +223,21 @@ class Agent:
         }
 
     async def run_health_command(
-        self, spec: RunSpec, command: list[str], timeout_s: float
+        self, spec: RunSpec, command: list[str], timeout_s: float, process: Process | None = None
     ) -> tuple[bool, str]:
-        """Run the package's health command until it succeeds or `timeout_s` passes."""
+        """Run the package's health command until it succeeds or `timeout_s` passes: inside the
+        app's container for a process that runs commands itself, else on the host."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         reason = "no result"
         while loop.time() < deadline:
+            if isinstance(process, RunsCommands):
+                code, err = await process.run_command(command, max(0.1, deadline - loop.time()))
+                if code == 0:
+                    return True, ""
+                reason = "timed out" if code is None else f"exit {code}: {err}"
+                await asyncio.sleep(0.5)
+                continue
             try:
                 proc = await asyncio.create_subprocess_exec(
                     *command, cwd=spec.cwd, env=spec.env, stdout=asyncio.subprocess.DEVNULL,

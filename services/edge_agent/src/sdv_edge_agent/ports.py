@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from sdv_events.schemas.packages import PackageInfo
 
@@ -56,6 +56,17 @@ class Process(Protocol):
 
     def exit_reason(self) -> str | None:
         """Why the runtime itself ended the process (say, killed at its memory limit), if it knows."""
+        ...
+
+
+@runtime_checkable
+class RunsCommands(Protocol):
+    """A process whose runtime runs commands inside its environment (a container: an exec). The
+    package's health command runs there; for other processes it runs on the host, in the app's
+    directory and environment."""
+
+    async def run_command(self, argv: list[str], timeout_s: float) -> tuple[int | None, str]:
+        """(exit status or None if it did not finish in time, the tail of its stderr)."""
         ...
 
 

@@ -395,7 +395,8 @@ class AppSupervisor:
     async def _check_health(self, instance: Instance) -> None:
         health = instance.package.health
         if health.command:
-            ok, reason = await self.agent.run_health_command(instance.spec, health.command, health.timeout_s)
+            ok, reason = await self.agent.run_health_command(instance.spec, health.command, health.timeout_s,
+                                                             instance.process)
             if ok:
                 ok = instance.process.alive()
         else:

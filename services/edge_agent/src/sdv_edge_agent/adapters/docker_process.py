@@ -147,6 +147,37 @@ class DockerProcess:
         if sent < len(data):
             raise StdinUnavailable(f"stdin buffer is full: wrote {sent} of {len(data)} bytes")
 
+    async def run_command(self, argv: list[str], timeout_s: float) -> tuple[int | None, str]:
+        """An exec in the container, as its user, in /app. The engine cannot cancel an exec: one
+        that outlives `timeout_s` is left to finish in a thread of its own."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[tuple[int | None, str]] = loop.create_future()
+
+        def run() -> None:
+            result: tuple[int | None, str]
+            try:
+                exec_id = self.client.api.exec_create(self.container_id, argv, stdout=False, stderr=True,
+                                                      workdir="/app")["Id"]
+                err = self.client.api.exec_start(exec_id) or b""
+                code = self.client.api.exec_inspect(exec_id).get("ExitCode")
+                result = (code if code is not None else -1, err.decode(errors="replace").strip()[-200:])
+            except Exception as exc:  # the container ended, the engine refused: a failed check
+                result = (-1, f"docker exec: {exc}")
+
+            def settle() -> None:
+                if not done.done():
+                    done.set_result(result)
+
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(settle)
+
+        threading.Thread(target=run, name=f"exec:{self.name}", daemon=True).start()
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await done
+        except TimeoutError:
+            return None, ""
+
     def usage(self) -> Usage | None:
         """The latest sample of the engine's stats stream (one a second), started on first use:
         a one-off stats request takes a second, too long for the agent's monitor loop."""
