@@ -79,10 +79,11 @@ class Lines:
         return [line for s, line in self.rows if s == stream]
 
 
-async def until(check: Callable[[], object], timeout: float = 5.0) -> None:
+async def until(check: Callable[[], object], timeout: float = 5.0,
+                seen: Callable[[], object] = lambda: None) -> None:
     deadline = time.monotonic() + timeout
     while not check():
-        assert time.monotonic() < deadline, "timed out"
+        assert time.monotonic() < deadline, f"timed out; seen: {seen()}"
         await asyncio.sleep(0.02)
 
 
@@ -97,7 +98,7 @@ async def test_start_output_stdin_pause_resume_stop(runtime: Runtime, tmp_path: 
     assert os.getpgid(proc.pid) == proc.pid  # its own process group (and session)
 
     proc.write_stdin(b"hello\n")
-    await until(lambda: "in: hello" in lines.of("stdout"))
+    await until(lambda: "in: hello" in lines.of("stdout"), seen=lambda: (len(lines.rows), lines.rows[-3:]))
 
     runtime.pause(proc)
     await asyncio.sleep(0.15)
