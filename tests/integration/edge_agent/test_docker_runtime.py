@@ -6,11 +6,18 @@ tests skip, with its reason, where no engine can run). Images build on the local
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import sqlite3
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from sdv_packager.application import package_info
+from sdv_packager.build.pipeline import build_package
+from sdv_packager.build.wheels import WheelSource
 
 pytestmark = pytest.mark.timeout(300)  # the session's first test may build the base image (~1 min)
 MB = 1024 * 1024
@@ -231,6 +238,43 @@ async def test_health_command_runs_inside_the_container(
     await fleet.desire("dk-health", 1, {"checked": pkg})
     await fleet.fact("dk-health", "AppHealthy", app="checked", timeout=BUILD_S)
     assert not fleet.find_facts("dk-health", "AppFailed")
+
+
+def pure_wheel(folder: Path, name: str, version: str, source: str) -> Path:
+    """A minimal pure-Python wheel, made by hand: the package's wheelhouse for an offline build."""
+    dist = f"{name}-{version}.dist-info"
+    files = {
+        f"{name}/__init__.py": source.encode(),
+        f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
+        f"{dist}/WHEEL": b"Wheel-Version: 1.0\nGenerator: sdv-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = [f"{path},sha256={base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b'=').decode()},"
+              f"{len(data)}" for path, data in files.items()]
+    files[f"{dist}/RECORD"] = ("\n".join([*record, f"{dist}/RECORD,,"]) + "\n").encode()
+    folder.mkdir(parents=True, exist_ok=True)
+    wheel = folder / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for path, data in files.items():
+            archive.writestr(path, data)
+    return wheel
+
+
+async def test_bundled_wheels_install_offline_into_the_image_venv_on_the_debian_base(
+    fleet: Any, harness: Any, docker_host: Any, tmp_path: Path
+) -> None:
+    wheelhouse = tmp_path / "wheelhouse"
+    pure_wheel(wheelhouse, "greet", "1.0", "def hello():\n    return 'hello from a bundled wheel'\n")
+    main = "import time, greet\nprint(greet.hello(), flush=True)\ntime.sleep(600)\n"
+    app = harness.make_app(tmp_path, "greeter", "1.0.0", main, runtime="docker", dependencies=["greet==1.0"])
+    built = build_package(app, harness.catalog(), WheelSource(find_links=wheelhouse, no_index=True))
+    pkg = package_info(built, fleet.signer)
+    assert pkg.bundled_wheels == ["greet-1.0-py3-none-any.whl"]
+    await fleet.put_artifact(pkg.object_name, built.artifact)
+    docker_agent(fleet, "dk-wheels", docker_host)
+    await fleet.desire("dk-wheels", 1, {"greeter": pkg})
+    await fleet.until_state("dk-wheels", "greeter", "RUNNING", healthy=True, timeout=BUILD_S)
+    await fleet.until(lambda: fleet.lines("dk-wheels", "greeter") == ["hello from a bundled wheel"],
+                      what="the wheel's greeting")
 
 
 async def test_docker_package_is_refused_on_a_device_without_a_docker_engine(

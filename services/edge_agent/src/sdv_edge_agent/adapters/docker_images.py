@@ -4,7 +4,9 @@ network and the base image must be present (an engine with no registry access co
 it anyway; saying so up front beats the engine's DNS error).
 
 One image per version and digest, tagged `sdv-app/<app>:<version>-<digest prefix>` and labelled
-with the agent that built it, so an agent removes only its own images.
+with the agent that built it, so an agent removes only its own images. (Where several agents
+share an engine, as in dev runs, one may run an image another built; if that one removes it
+while no container uses it, the next start builds it again.)
 """
 
 from __future__ import annotations
