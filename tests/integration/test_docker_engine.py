@@ -14,10 +14,12 @@ from sdv_events.servers import docker_engine as engine_module
 
 def test_missing_dockerd_is_reported_with_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(engine_module, "DOCKERD_CANDIDATES", ("no-such-dockerd",))
+    engine = DockerEngine()
     with pytest.raises(DockerUnavailable) as caught:
-        DockerEngine().start()
+        engine.start()
     assert "dockerd is not installed" in caught.value.reason
     assert "docker-engine-setup.sh" in caught.value.reason
+    assert not engine.base_dir.exists()  # nothing left behind by a failed start
 
 
 def test_a_dockerd_that_dies_at_start_up_is_reported_with_its_log(
@@ -28,11 +30,9 @@ def test_a_dockerd_that_dies_at_start_up_is_reported_with_its_log(
     fake.chmod(0o755)
     monkeypatch.setattr(engine_module, "DOCKERD_CANDIDATES", (str(fake),))
     engine = DockerEngine()
-    try:
-        with pytest.raises(DockerUnavailable) as caught:
-            engine.start(timeout=10)
-    finally:
-        engine.stop()
+    with pytest.raises(DockerUnavailable) as caught:
+        engine.start(timeout=10)
+    assert not engine.base_dir.exists()  # its log is in the reason; nothing is left behind
     if os.geteuid() == 0:
         assert "exited with status 1" in caught.value.reason
         assert "failed to start daemon: pretend" in caught.value.reason

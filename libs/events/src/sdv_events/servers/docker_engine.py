@@ -78,6 +78,15 @@ class DockerEngine:
         return docker.DockerClient(base_url=self.url, timeout=timeout)
 
     def start(self, timeout: float = 60.0) -> DockerEngine:
+        """Raises DockerUnavailable (its reason holds the end of dockerd's log) after cleaning up."""
+        try:
+            self._start(timeout)
+        except DockerUnavailable:
+            self.stop()
+            raise
+        return self
+
+    def _start(self, timeout: float) -> None:
         binary = dockerd_binary()
         if os.geteuid() != 0:
             raise DockerUnavailable("dockerd needs root here (rootless Docker is not set up); "
@@ -97,12 +106,7 @@ class DockerEngine:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
                                             stdin=subprocess.DEVNULL, start_new_session=True)
-        try:
-            self._wait_ready(timeout)
-        except DockerUnavailable:
-            self.stop(keep_data=True)
-            raise
-        return self
+        self._wait_ready(timeout)
 
     def _wait_ready(self, timeout: float) -> None:
         import docker
