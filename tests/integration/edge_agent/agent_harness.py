@@ -53,7 +53,7 @@ memory = "{memory}"
 
 [health]
 alive_for_s = {alive_for}
-"""
+{health_command}"""
 
 # Prints a numbered, timestamped line every `TICK_S`, echoes stdin, stops cleanly on SIGTERM.
 TICKER = """\
@@ -92,12 +92,13 @@ _CATALOG: VssCatalog | None = None
 def make_app(root: Path, name: str, version: str, main: str, *, alive_for: float = 0.5,
              hot_swap: bool = False, memory: str = "128MB", dependencies: list[str] | None = None,
              files: dict[str, str] | None = None, runtime: str = "native",
-             security: dict[str, str] | None = None) -> Path:
+             security: dict[str, str] | None = None, health_command: list[str] | None = None) -> Path:
     app = root / "src" / f"{name}-{version}-{abs(hash(main)) % 10**8}"
     app.mkdir(parents=True, exist_ok=True)
     (app / "sdv-app.toml").write_text(MANIFEST.format(
         name=name, version=version, hot_swap="true" if hot_swap else "false", memory=memory, runtime=runtime,
         alive_for=alive_for, dependencies=msgspec.json.encode(dependencies or []).decode(),
+        health_command=f"command = {msgspec.json.encode(health_command).decode()}\n" if health_command else "",
     ) + ("\n[security]\n" + "".join(f'{k} = "{v}"\n' for k, v in security.items()) if security else ""))
     (app / "main.py").write_text(main)
     for rel, text in (files or {}).items():
@@ -151,6 +152,7 @@ class AgentProc:
     nats_url: str
     public_key: str
     env: dict[str, str] = field(default_factory=dict)
+    args: list[str] = field(default_factory=list)
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -166,7 +168,7 @@ class AgentProc:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "sdv_edge_agent", "--device-id", self.device_id,
              "--nats-url", self.nats_url, "--data-dir", str(self.data_dir),
-             "--packager-key", self.public_key],
+             "--packager-key", self.public_key, *self.args],
             env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )
         out.close()
@@ -341,8 +343,9 @@ class Fleet:
 
     # --- agents ------------------------------------------------------------------------------
 
-    def agent(self, device_id: str, **env: str) -> AgentProc:
-        agent = AgentProc(device_id, self.root / device_id, self.nats_url, self.signer.public_key_b64, env)
+    def agent(self, device_id: str, args: list[str] | None = None, **env: str) -> AgentProc:
+        agent = AgentProc(device_id, self.root / device_id, self.nats_url, self.signer.public_key_b64, env,
+                          list(args or []))
         self.agents.append(agent)
         return agent.start()
 

@@ -1,20 +1,22 @@
-"""The Runtime port's contract, run against every implementation (STYLE.md habit 7). Only the
-native runtime exists; a Docker runtime would join the parameter list."""
+"""The Runtime port's contract, run against every implementation (STYLE.md habit 7): native
+processes, and containers on a private Docker engine (skipped where none can run)."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from sdv_edge_agent.adapters.native import NativeRuntime, StdinUnavailable
-from sdv_edge_agent.ports import RunSpec, Runtime
+from sdv_edge_agent.adapters.docker_runtime import DockerRuntime
+from sdv_edge_agent.adapters.native import NativeRuntime
+from sdv_edge_agent.ports import RunSpec, Runtime, StdinUnavailable
 
 APP = """\
 import signal, sys, threading, time
@@ -32,20 +34,36 @@ while True:
 """
 STUBBORN = "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('up', flush=True)\ntime.sleep(60)\n"
 
-RUNTIMES: dict[str, Callable[[], Runtime]] = {"native": NativeRuntime}
+# The docker runtime builds an image from the app directory: a plain one, on the test base image.
+DOCKERFILE = """\
+ARG BASE_IMAGE
+FROM ${BASE_IMAGE}
+COPY main.py /app/main.py
+RUN useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin app
+USER 10001:10001
+CMD ["python3", "-u", "/app/main.py"]
+"""
 
 
-@pytest.fixture(params=sorted(RUNTIMES))
-def runtime(request: pytest.FixtureRequest) -> Runtime:
-    return RUNTIMES[request.param]()
+@pytest.fixture(params=["docker", "native"])
+def runtime(request: pytest.FixtureRequest) -> Iterator[Runtime]:
+    if request.param == "native":
+        yield NativeRuntime()
+        return
+    engine = request.getfixturevalue("docker_host")
+    docker_runtime = DockerRuntime(engine.client, owner="contract-test", base_image=engine.base_image)
+    yield docker_runtime
+    docker_runtime.release("contract")
 
 
 def spec(tmp_path: Path, source: str, name: str = "contract") -> RunSpec:
     app_dir = tmp_path / "app"
     app_dir.mkdir(exist_ok=True)
     (app_dir / "main.py").write_text(source)
+    (app_dir / "Dockerfile").write_text(DOCKERFILE)
     return RunSpec(app=name, version="1", argv=[sys.executable, "-u", "main.py"], cwd=app_dir,
-                   env={"PATH": os.environ["PATH"]}, run_dir=tmp_path / "run", memory_mb=256, cpu=0.5)
+                   env={"PATH": os.environ["PATH"]}, run_dir=tmp_path / "run", memory_mb=256, cpu=0.5,
+                   digest=hashlib.sha256(source.encode()).hexdigest(), network="none")
 
 
 class Lines:
@@ -61,10 +79,11 @@ class Lines:
         return [line for s, line in self.rows if s == stream]
 
 
-async def until(check: Callable[[], object], timeout: float = 5.0) -> None:
+async def until(check: Callable[[], object], timeout: float = 5.0,
+                seen: Callable[[], object] = lambda: None) -> None:
     deadline = time.monotonic() + timeout
     while not check():
-        assert time.monotonic() < deadline, "timed out"
+        assert time.monotonic() < deadline, f"timed out; seen: {seen()}"
         await asyncio.sleep(0.02)
 
 
@@ -90,7 +109,7 @@ async def test_start_output_stdin_pause_resume_stop(runtime: Runtime, tmp_path: 
     assert os.getpgid(proc.pid) == proc.pid  # its own process group (and session)
 
     proc.write_stdin(b"hello\n")
-    await until(lambda: "in: hello" in lines.of("stdout"))
+    await until(lambda: "in: hello" in lines.of("stdout"), seen=lambda: (len(lines.rows), lines.rows[-3:]))
 
     runtime.pause(proc)
     frozen = await settled(lines)  # lines printed just before the pause may still be on their way
@@ -98,6 +117,7 @@ async def test_start_output_stdin_pause_resume_stop(runtime: Runtime, tmp_path: 
     assert len(lines.rows) == frozen
     runtime.resume(proc)
     await until(lambda: len(lines.rows) > frozen + 3)
+    await until(lambda: runtime.usage(proc) is not None)  # a runtime may need a first sample
     usage = runtime.usage(proc)
     assert usage is not None
     assert usage.rss_bytes > 0
@@ -130,11 +150,12 @@ async def test_adopt_recognises_its_own_process_and_refuses_a_stranger(runtime: 
     assert adopted.alive()
     assert runtime.adopt(s, proc.pid, proc.started + 1.0) is None  # same pid, another process
     assert runtime.adopt(s, os.getpid(), 0.0) is None
-    # An adopted process's end is seen too (its status is unknown: it is not our child).
+    # An adopted process's end is seen too. Its status may be unknown (a native process adopted
+    # is not the agent's child); a container engine knows it.
     adopted_wait = asyncio.create_task(adopted.wait())
     os.killpg(proc.pid, signal.SIGKILL)
     assert await asyncio.wait_for(proc.wait(), 3) == -signal.SIGKILL
-    assert await asyncio.wait_for(adopted_wait, 3) is None
+    assert await asyncio.wait_for(adopted_wait, 3) in (None, -signal.SIGKILL)
     assert not runtime.kill_orphan(proc.pid, proc.started)
 
 

@@ -55,3 +55,17 @@ def test_simulation_needs_no_device_id_and_checks_its_options() -> None:
         load_settings(["--simulate", "2", "--sim-prefix", "a.b", "--packager-key", "k"], {})
     assert device_ids("sim", 3) == ["sim-0000", "sim-0001", "sim-0002"]
     assert device_ids("sim", 12_000)[-1] == "sim-11999"
+
+
+def test_docker_host_comes_from_the_flag_then_the_agent_env_then_docker_host() -> None:
+    base = ["--device-id", "car-1", "--packager-key", "k"]
+    assert load_settings(base, {}).docker_host is None  # no engine configured: native apps only
+    assert load_settings(base, {}).docker_base_image == "python:3.11-slim"
+    env = {"DOCKER_HOST": "unix:///run/docker.sock"}
+    assert load_settings(base, env).docker_host == "unix:///run/docker.sock"
+    env["SDV_AGENT_DOCKER_HOST"] = "unix:///run/agent-docker.sock"
+    assert load_settings(base, env).docker_host == "unix:///run/agent-docker.sock"
+    flagged = load_settings([*base, "--docker-host", "unix:///tmp/d.sock"], env)
+    assert flagged.docker_host == "unix:///tmp/d.sock"
+    assert load_settings(base, {"SDV_AGENT_DOCKER_BASE_IMAGE": "sdv/python:3.11"}).docker_base_image == \
+        "sdv/python:3.11"

@@ -161,10 +161,27 @@ def test_full_vss_export_tree_is_accepted() -> None:
     assert catalog.check_usage(["Vehicle.Speed"], ["Vehicle.Body.Horn.IsActive"]) == []
 
 
-def test_docker_mode_gets_a_non_root_dockerfile(app_dir: Path, catalog: VssCatalog) -> None:
+def test_docker_mode_gets_a_non_root_dockerfile_with_its_own_venv(app_dir: Path, catalog: VssCatalog) -> None:
     text = (app_dir / "sdv-app.toml").read_text().replace('entry_point = "main.py"', 'entry_point = "main.py"\nruntime = "docker"')
     (app_dir / "sdv-app.toml").write_text(text)
     _, _, members = read_artifact(build_package(app_dir, catalog, OFFLINE).artifact)
     dockerfile = members["Dockerfile"].decode()
-    assert "USER 10001:10001" in dockerfile
-    assert 'CMD ["python", "/app/main.py"]' in dockerfile
+    lines = dockerfile.splitlines()
+    assert "ARG BASE_IMAGE=python:3.11-slim" in lines
+    assert "FROM ${BASE_IMAGE}" in lines
+    # Debian's python has no `python` name and refuses system-wide pip (PEP 668): a venv of its own.
+    assert "RUN python3 -m venv --without-pip /opt/venv \\" in lines  # no bundled wheels: no pip needed
+    assert "pip install" not in dockerfile
+    assert "USER 10001:10001" in lines
+    assert lines[-1] == 'CMD ["/opt/venv/bin/python", "-u", "/app/main.py"]'
+
+
+def test_docker_mode_with_wheels_installs_them_offline_into_the_venv(app_dir: Path) -> None:
+    from sdv_packager.build.dockerfile import render_dockerfile
+    from sdv_packager.domain.manifest import parse_manifest
+
+    manifest = parse_manifest((app_dir / "sdv-app.toml").read_text())
+    dockerfile = render_dockerfile(manifest, has_wheels=True)
+    assert "RUN python3 -m venv /opt/venv \\\n" in dockerfile
+    assert " && /opt/venv/bin/python -m pip install --no-index --find-links /app/wheels /app/wheels/*.whl" in dockerfile
+    assert dockerfile == render_dockerfile(manifest, has_wheels=True)  # reproducible text

@@ -1,7 +1,7 @@
-"""Composition root of the edge agent: settings → SQLite store, NATS link, installer, native
-runtime, KUKSA lookup → the `Agent` and its adapters (desired watch, ops, publishers, heartbeat).
-`build_agent` wires one agent; `serve` runs it, and `--simulate N` (simulation.py) runs N of them
-with a simulated runtime and installer.
+"""Composition root of the edge agent: settings → SQLite store, NATS link, installer, runtimes
+(native; docker when an engine answers), KUKSA lookup → the `Agent` and its adapters (desired
+watch, ops, publishers, heartbeat). `build_agent` wires one agent; `serve` runs it, and
+`--simulate N` (simulation.py) runs N of them with a simulated runtime and installer.
 
 Start order matters on a vehicle: local state first (apps re-adopted or restarted from SQLite
 even with no network), the NATS link in the background, and everything that needs the bus waits
@@ -25,6 +25,7 @@ from typing import Any
 import structlog
 
 from sdv_edge_agent.adapters.desired_watch import DesiredWatch
+from sdv_edge_agent.adapters.docker_runtime import DockerRuntime
 from sdv_edge_agent.adapters.downloads import Downloader
 from sdv_edge_agent.adapters.enrolment import Enrolment, capabilities
 from sdv_edge_agent.adapters.heartbeat import HeartbeatSender, device_metrics
@@ -210,8 +211,13 @@ async def serve(settings: AgentSettings, stop: asyncio.Event | None = None) -> N
     stop = stop or asyncio.Event()
     structlog.contextvars.bind_contextvars(device_id=settings.device_id)
     databroker = Databroker(settings.databroker)
+    runtimes: list[Runtime] = [NativeRuntime()]
+    docker = await DockerRuntime.connect(settings.docker_host, owner=settings.device_id,
+                                         base_image=settings.docker_base_image)
+    if docker is not None:
+        runtimes.append(docker)
     parts = build_agent(
-        settings, runtimes=[NativeRuntime()], databroker=databroker, agent_version=agent_version(),
+        settings, runtimes=runtimes, databroker=databroker, agent_version=agent_version(),
         installer=Installer(settings.data_dir / "apps", settings.packager_public_key,
                             python=settings.app_python),
     )

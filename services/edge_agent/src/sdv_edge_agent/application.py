@@ -24,7 +24,16 @@ from sdv_edge_agent.adapters.packages import InstalledVersion, Installer
 from sdv_edge_agent.adapters.store import AgentStore
 from sdv_edge_agent.domain.records import AppRecord
 from sdv_edge_agent.domain.restarts import RestartPolicy
-from sdv_edge_agent.ports import NO_SANDBOX, HealthCommand, LinesSink, RunSpec, Runtime, Sandbox
+from sdv_edge_agent.ports import (
+    NO_SANDBOX,
+    HealthCommand,
+    LinesSink,
+    Process,
+    RunsCommands,
+    RunSpec,
+    Runtime,
+    Sandbox,
+)
 from sdv_edge_agent.projections import reported_state
 from sdv_edge_agent.supervisor import AppSupervisor, OpRefused, OpRequest, Poke
 from sdv_events.schemas.agent import AppFact
@@ -189,6 +198,8 @@ class Agent:
     def prune_versions(self, app: str, keep: list[PackageInfo]) -> None:
         """Keep the active and the previous version (rollback) on disk, nothing older."""
         self.installer.prune(app, keep)
+        for runtime in self.runtimes.values():
+            runtime.prune(app, keep)
         runs = self.options.data_dir / "run" / app
         if runs.is_dir():
             wanted = {self.run_dir(app, p).name for p in keep}
@@ -248,15 +259,32 @@ class Agent:
         }
 
     async def run_health_command(
-        self, spec: RunSpec, command: list[str], timeout_s: float
+        self, spec: RunSpec, command: list[str], timeout_s: float, process: Process | None = None
     ) -> tuple[bool, str]:
-        """The package's health command, as the agent was told to run it (simulation: no process)."""
+        """The package's health command: inside the app's container for a process that runs
+        commands itself, else as the agent was told to run it (a host process; simulation: none)."""
+        if isinstance(process, RunsCommands):
+            return await self._health_inside(process, command, timeout_s)
         return await self._health_command(spec, command, timeout_s)
+
+    async def _health_inside(self, process: RunsCommands, command: list[str],
+                             timeout_s: float) -> tuple[bool, str]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        reason = "no result"
+        while loop.time() < deadline:
+            code, err = await process.run_command(command, max(0.1, deadline - loop.time()))
+            if code == 0:
+                return True, ""
+            reason = "timed out" if code is None else f"exit {code}: {err}"
+            await asyncio.sleep(0.5)
+        return False, f"health command {' '.join(command)}: {reason}"
 
     async def run_health_process(
         self, spec: RunSpec, command: list[str], timeout_s: float
     ) -> tuple[bool, str]:
-        """Run the package's health command until it succeeds or `timeout_s` passes."""
+        """Run the package's health command on the host, as confined as the app, until it
+        succeeds or `timeout_s` passes."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         reason = "no result"

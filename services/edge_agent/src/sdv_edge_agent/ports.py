@@ -1,13 +1,16 @@
 """The ports the application layer drives: a runtime that runs app processes, and the sinks it
 reports through. One small interface per concern; adapters implement them (native processes
-`adapters/native.py`, containers, simulated; the agent picks one per package by its `runtime`)."""
+`adapters/native.py`, containers `adapters/docker_runtime.py`, simulated; the agent picks one per
+package by its `runtime`)."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
+
+from sdv_events.schemas.packages import PackageInfo
 
 # (stream, wall-clock time, line) for each complete console line, and the read position reached.
 LinesSink = Callable[[list[tuple[str, float, str]], dict[str, int]], None]
@@ -43,6 +46,12 @@ class RunSpec:
     memory_mb: int
     cpu: float
     sandbox: Sandbox = NO_SANDBOX
+    digest: str = ""  # the package's: names the version's container image
+    network: str = "kuksa-only"  # the package's security.network: kuksa-only | none | full
+
+
+class StdinUnavailable(Exception):
+    """The app's stdin is gone (it ended) or full (it does not read it)."""
 
 
 @dataclass(frozen=True)
@@ -68,9 +77,25 @@ class Process(Protocol):
         ...
 
 
+@runtime_checkable
+class RunsCommands(Protocol):
+    """A process whose runtime runs commands inside its environment (a container: an exec). The
+    package's health command runs there; for other processes it runs on the host, in the app's
+    directory and environment."""
+
+    async def run_command(self, argv: list[str], timeout_s: float) -> tuple[int | None, str]:
+        """(exit status or None if it did not finish in time, the tail of its stderr)."""
+        ...
+
+
 class Runtime(Protocol):
     name: str
     limits: str  # how memory/cpu limits are enforced here, for people
+
+    async def prepare(self, package: PackageInfo, app_dir: Path) -> None:
+        """Make an installed version runnable (build its container image, say): at install time,
+        so slow work and its failures belong to the install. Raises `InstallError`."""
+        ...
 
     async def start(self, spec: RunSpec) -> Process: ...
 
@@ -94,6 +119,11 @@ class Runtime(Protocol):
 
     def release(self, app: str) -> None:
         """Free what the runtime set up for the app (its cgroup, …) once it is uninstalled."""
+        ...
+
+    def prune(self, app: str, keep: list[PackageInfo]) -> None:
+        """Free what the runtime holds for versions of the app other than `keep` (an upgrade
+        keeps the active and the previous version)."""
         ...
 
     def follow_output(

@@ -22,6 +22,10 @@
   SDV_AGENT_APP_PYTHON           the interpreter app venvs are made from (default: the agent's own,
                                  or the system's of the same major.minor if sandboxed app users
                                  could not run the agent's)
+  SDV_AGENT_DOCKER_HOST          the Docker engine for docker-mode apps, e.g. unix:///run/docker.sock
+                                 (else $DOCKER_HOST; none: the device runs native apps only)
+  SDV_AGENT_DOCKER_BASE_IMAGE    python:<agent's major.minor>-slim (must be in the engine: nothing
+                                 is pulled; app images are built on it)
 
 Simulation (scale tests of the control plane; see simulation.py): `--simulate N` or
 SDV_AGENT_SIMULATE=N runs N SIMULATED agents in this process; then the device id is optional.
@@ -36,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,6 +83,8 @@ class AgentSettings:
     hardware_type: str = "linux-generic"
     app_python: str | None = None
     simulation: SimulationSettings | None = None
+    docker_host: str | None = None
+    docker_base_image: str = f"python:{sys.version_info.major}.{sys.version_info.minor}-slim"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -103,6 +110,7 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--sim-fail-versions")
     sim.add_argument("--sim-seed", type=int)
     sim.add_argument("--sim-log-every-s", type=float)
+    p.add_argument("--docker-host", help="Docker engine for docker-mode apps (unix:///path/docker.sock)")
     return p
 
 
@@ -181,4 +189,6 @@ def load_settings(argv: list[str] | None = None, env: dict[str, str] | None = No
         hardware_type=env.get("SDV_AGENT_HARDWARE_TYPE", "linux-generic"),
         app_python=args.app_python or env.get("SDV_AGENT_APP_PYTHON") or None,
         simulation=simulation,
+        docker_host=args.docker_host or env.get("SDV_AGENT_DOCKER_HOST") or env.get("DOCKER_HOST") or None,
+        docker_base_image=env.get("SDV_AGENT_DOCKER_BASE_IMAGE") or AgentSettings.docker_base_image,
     )

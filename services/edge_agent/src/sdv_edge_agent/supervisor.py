@@ -255,12 +255,14 @@ class AppSupervisor:
         if package.python_version != self.agent.python_version:
             raise InstallError("install", f"needs Python {package.python_version}; this device has "
                                           f"{self.agent.python_version}")
-        existing = self.agent.installer.installed(package)
-        if existing is not None:
-            return existing
-        self._emit(AppDownloadStarted, package, size=package.size)
-        artifact = await self.agent.download(package)
-        return await self.agent.installer.install(package, artifact)
+        installed = self.agent.installer.installed(package)
+        if installed is None:
+            self._emit(AppDownloadStarted, package, size=package.size)
+            artifact = await self.agent.download(package)
+            installed = await self.agent.installer.install(package, artifact)
+        # The runtime's part of the install (a container image): failing it fails the install.
+        await self.agent.runtime_for(package).prepare(package, installed.app_dir)
+        return installed
 
     def _retry_later(self, err: InstallError) -> None:
         self.install_retries += 1
@@ -362,6 +364,7 @@ class AppSupervisor:
             run_dir=self.agent.run_dir(self.name, package),
             memory_mb=package.resources.memory_mb, cpu=package.resources.cpu,
             sandbox=self.agent.sandbox_for(package),
+            digest=package.digest, network=package.security.network,
         )
 
     async def _launch(self, package: PackageInfo, installed: InstalledVersion,
@@ -393,7 +396,8 @@ class AppSupervisor:
     async def _check_health(self, instance: Instance) -> None:
         health = instance.package.health
         if health.command:
-            ok, reason = await self.agent.run_health_command(instance.spec, health.command, health.timeout_s)
+            ok, reason = await self.agent.run_health_command(instance.spec, health.command, health.timeout_s,
+                                                             instance.process)
             if ok:
                 ok = instance.process.alive()
         else:

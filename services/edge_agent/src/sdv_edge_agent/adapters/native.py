@@ -25,14 +25,12 @@ import structlog
 from sdv_edge_agent.adapters import sandbox
 from sdv_edge_agent.adapters.console import STREAMS, FileFollower, console_path
 from sdv_edge_agent.adapters.limits import Limits, child_setup
-from sdv_edge_agent.ports import LinesSink, Process, RunSpec, Usage
+from sdv_edge_agent.ports import LinesSink, Process, RunSpec, StdinUnavailable, Usage
+from sdv_events.schemas.packages import PackageInfo
 
 log = structlog.get_logger("sdv.agent.native")
 STDIN = "stdin.pipe"
-
-
-class StdinUnavailable(Exception):
-    """The app's stdin pipe is gone or full."""
+__all__ = ["NativeProcess", "NativeRuntime", "StdinUnavailable"]
 
 
 class NativeProcess:
@@ -145,6 +143,9 @@ class NativeRuntime:
         self._limits = limits or Limits.detect()
         self.limits = f"{self._limits.describe()}; {sandbox.describe()}"
 
+    async def prepare(self, package: PackageInfo, app_dir: Path) -> None:
+        """Nothing: the installer's venv is all a native app needs."""
+
     async def start(self, spec: RunSpec) -> NativeProcess:
         spec.run_dir.mkdir(parents=True, exist_ok=True)
         fifo = spec.run_dir / STDIN
@@ -226,4 +227,7 @@ class NativeRuntime:
 
     def release(self, app: str) -> None:
         self._limits.release(app)
+
+    def prune(self, app: str, keep: list[PackageInfo]) -> None:
+        """Nothing: the installer removes old versions' files; the cgroup is per app."""
 

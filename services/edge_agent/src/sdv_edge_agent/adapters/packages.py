@@ -4,7 +4,9 @@ Nothing of a package is written to disk before the whole artifact verified (dige
 signature with the packager key this agent trusts, every member's sha256): a tampered package
 never gets a file on the device, let alone a process. An install goes to a temporary directory
 and is renamed into place once complete, so a crash mid-install leaves no half-installed version.
-Each version gets its own venv; bundled wheels install offline (`--no-index --find-links`).
+Each native version gets its own venv; bundled wheels install offline (`--no-index --find-links`).
+A docker version gets no venv here: its image (built by the docker runtime from the package's
+Dockerfile) holds one.
 """
 
 from __future__ import annotations
@@ -145,7 +147,8 @@ class Installer:
         return manifest, members
 
     async def install(self, package: PackageInfo, artifact: bytes) -> InstalledVersion:
-        """Verify, then lay out files, venv and wheels. Idempotent per digest."""
+        """Verify, then lay out files, and for native apps the venv and wheels. Idempotent per
+        digest."""
         manifest, members = self.verify(package, artifact)
         done = self.installed(package)
         if done is not None:
@@ -153,18 +156,22 @@ class Installer:
         root = self.location(package)
         staging = await asyncio.to_thread(_lay_out, root, members)
         try:
-            await self._run("install", [self.python, "-m", "venv", "--without-pip", str(staging / "venv")])
-            if manifest.wheels:
-                await self._run("install", [
-                    sys.executable, "-m", "pip", "--python", str(staging / "venv" / "bin" / "python"),
-                    "install", "--quiet", "--disable-pip-version-check", "--no-input", "--no-index",
-                    "--find-links", str(staging / "app" / "wheels"), *manifest.dependencies,
-                ])
+            if package.runtime != "docker":  # a docker image holds the app's venv
+                await self._venv(staging, manifest)
             await asyncio.to_thread(_commit, staging, root, package.digest)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         return InstalledVersion(package, root)
+
+    async def _venv(self, staging: Path, manifest: PackageManifest) -> None:
+        await self._run("install", [self.python, "-m", "venv", "--without-pip", str(staging / "venv")])
+        if manifest.wheels:
+            await self._run("install", [
+                sys.executable, "-m", "pip", "--python", str(staging / "venv" / "bin" / "python"),
+                "install", "--quiet", "--disable-pip-version-check", "--no-input", "--no-index",
+                "--find-links", str(staging / "app" / "wheels"), *manifest.dependencies,
+            ])
 
     async def _run(self, stage: str, argv: list[str]) -> None:
         proc = await asyncio.create_subprocess_exec(
