@@ -94,6 +94,32 @@ async def test_tampered_artifact_is_refused_and_nothing_of_it_runs(fleet: Any, h
     assert "AppStarted" not in fleet.fact_types("car-3", "evil")
 
 
+async def test_a_desired_document_cannot_change_how_signed_code_runs(
+    fleet: Any, harness: Any, tmp_path: Path
+) -> None:
+    """The desired state's package description is not signed: its sandbox, health command or
+    entry point differing from the signed manifest refuses the version before anything runs."""
+    from sdv_events.schemas.packages import HealthCheck, Security
+
+    marker = tmp_path / "escaped"
+    info, artifact = fleet.build(harness.make_app(tmp_path, "meek", "1.0.0", harness.ticker_source("meek")))
+    await fleet.put_artifact(info.object_name, artifact)
+    sneaky = msgspec_replace(
+        info, security=Security("none", "full"),
+        health=HealthCheck(command=["/bin/sh", "-c", f"touch {marker}"]),
+    )
+    fleet.agent("car-5")
+    await fleet.desire("car-5", 1, {"meek": sneaky})
+    failed = await fleet.fact("car-5", "AppFailed", app="meek")
+    assert failed.data.stage == "verify"
+    assert "does not match what was signed" in failed.data.reason
+    assert "security" in failed.data.reason
+    assert "health" in failed.data.reason
+    await fleet.until_state("car-5", "meek", "FAILED")
+    assert not marker.exists()
+    assert "AppStarted" not in fleet.fact_types("car-5", "meek")
+
+
 async def test_package_signed_by_another_key_is_refused(fleet: Any, harness: Any, tmp_path: Path) -> None:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 

@@ -107,3 +107,22 @@ async def test_an_app_that_cannot_start_fails_once_with_the_reason_and_is_not_re
         assert not fleet.find_facts("car-sb4", "AppStarted", app="probe")
     finally:
         shut.chmod(0o711)
+
+
+async def test_a_sandbox_that_cannot_be_entered_is_a_typed_error_and_nothing_runs(tmp_path: Path) -> None:
+    import sys
+
+    from sdv_edge_agent.adapters.native import NativeRuntime, SetupFailed
+    from sdv_edge_agent.ports import RunSpec, Sandbox
+
+    marker = tmp_path / "ran"
+    app_dir = tmp_path / "app"
+    app_dir.mkdir()
+    (app_dir / "main.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    impossible = Sandbox("standard", uid=2**40, gid=2**40)  # no such user can exist
+    spec = RunSpec(app="nope", version="1", argv=[sys.executable, "main.py"], cwd=app_dir,
+                   env={"PATH": os.environ["PATH"]}, run_dir=tmp_path / "run", memory_mb=64, cpu=0.5,
+                   sandbox=impossible)
+    with pytest.raises(SetupFailed, match="sandbox could not be set up"):
+        await NativeRuntime().start(spec)
+    assert not marker.exists()

@@ -291,3 +291,27 @@ async def test_docker_package_is_refused_on_a_device_without_a_docker_engine(
     assert "needs the docker runtime" in (rep.last_error or "")
     assert "docker_runtime_unavailable" in agent.log()
     assert not (agent.data_dir / "apps" / "ticker").exists()  # refused before any download
+
+
+async def test_agent_restarted_without_its_engine_keeps_native_apps_and_reports_the_docker_app(
+    fleet: Any, harness: Any, docker_host: Any, tmp_path: Path
+) -> None:
+    """The engine does not answer when the agent comes back (say, dockerd starts later at boot):
+    the agent still starts, re-adopts its native app, and reports the docker app FAILED with
+    the reason, leaving its container alone."""
+    docker_pkg = await publish_ticker(fleet, harness, tmp_path)
+    native_pkg = await fleet.publish(harness.make_app(tmp_path, "native-ticker", "1.0.0", harness.ticker_source()))
+    first = docker_agent(fleet, "dk-gone", docker_host)
+    await fleet.desire("dk-gone", 1, {"ticker": docker_pkg, "native-ticker": native_pkg})
+    await fleet.until_state("dk-gone", "ticker", "RUNNING", healthy=True, timeout=BUILD_S)
+    native = await fleet.until_state("dk-gone", "native-ticker", "RUNNING", healthy=True)
+    first.kill()
+
+    second = fleet.agent("dk-gone", ["--docker-host", f"unix://{tmp_path}/no-engine.sock"])
+    await fleet.until(lambda: "re_adopted" in second.log(), what="the native app re-adopted")
+    failed = await fleet.until_state("dk-gone", "ticker", "FAILED")
+    assert "docker runtime is not available" in (failed.last_error or "")
+    assert (await fleet.until_state("dk-gone", "native-ticker", "RUNNING")).pid == native.pid
+    [container] = containers_of(docker_host, "dk-gone")
+    assert container.status == "running"  # not ours to kill without the engine's say
+    assert "Traceback" not in second.log()

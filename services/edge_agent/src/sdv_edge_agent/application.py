@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import subprocess
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -41,6 +42,10 @@ from sdv_events.schemas.deployment import DesiredApp, DesiredState, ReportedStat
 from sdv_events.schemas.packages import PackageInfo
 
 log = structlog.get_logger("sdv.agent")
+
+
+class RuntimeUnavailable(OSError):
+    """A package's runtime is not on this device (say, its Docker engine did not answer at start)."""
 
 
 class Facts(Protocol):
@@ -112,7 +117,11 @@ class Agent:
         return "; ".join(f"{name}: {runtime.limits}" for name, runtime in sorted(self.runtimes.items()))
 
     def runtime_for(self, package: PackageInfo) -> Runtime:
-        return self.runtimes[package.runtime]
+        runtime = self.runtimes.get(package.runtime)
+        if runtime is None:
+            raise RuntimeUnavailable(f"the {package.runtime} runtime is not available on this device "
+                                     f"(it runs {', '.join(sorted(self.runtimes))})")
+        return runtime
 
     def _supervisor(self, name: str, record: AppRecord | None = None) -> AppSupervisor:
         supervisor = self.supervisors.get(name)
@@ -234,8 +243,10 @@ class Agent:
         home = self.options.data_dir / "home" / app
         home.mkdir(parents=True, exist_ok=True, mode=0o700)
         if owner.uid is not None and owner.gid is not None:
-            for path in (home, *home.rglob("*")):
-                os.lchown(path, owner.uid, owner.gid)
+            # HOME itself only: its parent is the agent's, so the app cannot swap it for a link,
+            # while anything inside is the app's to arrange (a recursive chown by root would
+            # follow links the app planted there). The uid stays the app's for life.
+            os.lchown(home, owner.uid, owner.gid)
         return home
 
     def app_env(self, record: AppRecord, package: PackageInfo, installed: InstalledVersion) -> dict[str, str]:
@@ -302,7 +313,7 @@ class Agent:
             except TimeoutError:
                 proc.kill()
                 reason = "timed out"
-            except OSError as exc:
+            except (OSError, subprocess.SubprocessError) as exc:  # the latter: sandbox setup failed
                 reason = str(exc)
             await asyncio.sleep(0.5)
         return False, f"health command {' '.join(command)}: {reason}"

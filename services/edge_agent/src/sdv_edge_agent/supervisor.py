@@ -640,6 +640,11 @@ class AppSupervisor:
             record.candidate = None
         if record.pid is None or record.pid_started is None or record.package is None:
             return
+        if record.package.runtime not in self.agent.runtimes:
+            # Its runtime did not come up with this agent (say, the Docker engine did not answer):
+            # leave the process alone; reconcile reports the app FAILED with the reason.
+            self.log.warning("runtime_unavailable", runtime=record.package.runtime, pid=record.pid)
+            return
         installed = self.agent.installer.installed(record.package)
         if installed is not None:
             try:

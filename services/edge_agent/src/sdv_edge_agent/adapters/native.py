@@ -120,6 +120,10 @@ class NativeProcess:
             self._stdin_fd = None
 
 
+class SetupFailed(OSError):
+    """The child could not join its cgroup, set its limits or enter its sandbox: it never ran."""
+
+
 def _native(process: Process) -> NativeProcess:
     if not isinstance(process, NativeProcess):
         raise TypeError(f"the native runtime cannot handle {type(process).__name__}")
@@ -160,6 +164,9 @@ class NativeRuntime:
                 stderr=out["stderr"], start_new_session=True, close_fds=True,
                 preexec_fn=child_setup(cgroup, spec.memory_mb, spec.sandbox),
             )
+        except subprocess.SubprocessError as exc:  # raised in the child before exec
+            raise SetupFailed(f"the app's limits or sandbox could not be set up ({spec.sandbox.level} "
+                              f"sandbox, uid {spec.sandbox.uid}): {exc}") from None
         finally:
             for fd in (stdin, *out.values()):
                 os.close(fd)

@@ -25,7 +25,7 @@ import structlog
 
 from sdv_events.errors import SdvError
 from sdv_events.package_format import PackageManifest, PackageVerificationError, verify_artifact
-from sdv_events.schemas.packages import PackageInfo
+from sdv_events.schemas.packages import HealthCheck, PackageInfo, Resources, Security
 
 log = structlog.get_logger("sdv.agent.packages")
 COMPLETE_MARKER = ".installed"
@@ -54,6 +54,23 @@ class InstalledVersion:
     @property
     def python(self) -> Path:
         return self.root / "venv" / "bin" / "python"
+
+
+def unsigned_differences(manifest: PackageManifest, package: PackageInfo) -> list[str]:
+    """Every field of the (unsigned) desired-state package description that decides how the app
+    runs must equal the signed manifest: otherwise whoever can write a desired document could
+    change the entry point, the sandbox or the health command of signed code."""
+    health = HealthCheck(**manifest.health) if manifest.health else HealthCheck()
+    signed = {
+        "runtime": manifest.runtime, "entry_point": manifest.entry_point,
+        "python_version": manifest.python_version, "hot_swap": manifest.hot_swap,
+        "dependencies": manifest.dependencies,
+        "resources": Resources(int(manifest.resources.get("memory_mb", 0)),
+                               float(manifest.resources.get("cpu", 0))),
+        "health": health, "security": Security(**manifest.security) if manifest.security else Security(),
+    }
+    return [f"{field}: {getattr(package, field)!r} is not the signed {value!r}"
+            for field, value in signed.items() if getattr(package, field) != value]
 
 
 def _lay_out(root: Path, members: dict[str, bytes]) -> Path:
@@ -142,6 +159,10 @@ class Installer:
         if (manifest.name, manifest.version) != (package.name, package.version):
             raise InstallError("verify", f"artifact holds {manifest.name} {manifest.version}, "
                                          f"not {package.name} {package.version}")
+        differs = unsigned_differences(manifest, package)
+        if differs:
+            raise InstallError("verify", "the package description does not match what was signed: "
+                                         + "; ".join(differs))
         if manifest.entry_point not in members:
             raise InstallError("verify", f"entry point {manifest.entry_point} is not in the artifact")
         return manifest, members

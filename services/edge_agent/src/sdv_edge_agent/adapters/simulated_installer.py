@@ -13,12 +13,15 @@ and a forged signature is another key, checked in full.
 from __future__ import annotations
 
 import hashlib
+import sys
 from pathlib import Path
+
+import msgspec
 
 from sdv_edge_agent.adapters.packages import COMPLETE_MARKER, InstalledVersion, Installer
 from sdv_events.schemas.packages import PackageInfo
 
-VerifiedKey = tuple[str, str, str, str, str]
+VerifiedKey = tuple[str, str]  # (sha256 of the whole package description, packager key)
 
 
 class VerifiedArtifacts:
@@ -30,7 +33,8 @@ class VerifiedArtifacts:
         self.reused = 0
 
     def key(self, package: PackageInfo, public_key_b64: str) -> VerifiedKey:
-        return (package.digest, package.signature, public_key_b64, package.name, package.version)
+        # Every field, not just digest and signature: the description must match what was signed.
+        return (hashlib.sha256(msgspec.json.encode(package)).hexdigest(), public_key_b64)
 
     def passed(self, package: PackageInfo, public_key_b64: str, artifact: bytes) -> bool:
         if self.key(package, public_key_b64) not in self._passed:
@@ -45,7 +49,7 @@ class SimulatedInstaller(Installer):
     """The `Installer` interface, so the supervisor is unchanged; `install` verifies and marks."""
 
     def __init__(self, apps_dir: Path, public_key_b64: str, verified: VerifiedArtifacts) -> None:
-        super().__init__(apps_dir, public_key_b64)
+        super().__init__(apps_dir, public_key_b64, python=sys.executable)  # no venv is made: no probe
         self.verified = verified
 
     async def install(self, package: PackageInfo, artifact: bytes) -> InstalledVersion:
