@@ -80,6 +80,12 @@ async def test_network_none_gives_the_app_no_network_at_all(fleet: Any, harness:
     assert seen["write_home"] == "ok"
 
 
+async def test_network_none_holds_even_without_a_sandbox(fleet: Any, harness: Any, tmp_path: Path) -> None:
+    seen = await probe(fleet, harness, tmp_path, "car-sb5", {"sandbox": "none", "network": "none"})
+    assert seen["uid"] == os.geteuid()
+    assert seen["connect"] in ("OSError", "ConnectionRefusedError", "TimeoutError")
+
+
 async def test_sandbox_none_runs_the_app_as_the_agent_and_the_uid_is_kept_per_app(
     fleet: Any, harness: Any, tmp_path: Path
 ) -> None:

@@ -227,10 +227,11 @@ class Agent:
         """The package's `security` on this device: a user of its own where the agent may switch
         users (root), else the agent's user; network=none as an empty network namespace."""
         level = package.security.sandbox
-        if level == "none" or package.runtime != "native":
-            return NO_SANDBOX
-        if not sandbox.can_switch_users():
-            return Sandbox(level)
+        if package.runtime != "native":
+            return NO_SANDBOX  # a container is its own sandbox
+        no_network = package.security.network == "none" and sandbox.can_switch_users()
+        if level == "none" or not sandbox.can_switch_users():
+            return Sandbox(level, no_network=no_network)
         key = f"uid:{package.name}"
         raw = self.store.get_meta(key)
         uid = int(raw) if raw is not None else sandbox.app_uid(self.store.next_counter("app_uid"))

@@ -451,8 +451,16 @@ class AppSupervisor:
         runtime = self.agent.runtime_for(instance.package)
         code = await runtime.stop(instance.process, timeout_s or self.agent.stop_timeout_s)
         instance.cancel_tasks()
-        await instance.follower.finish()
+        await self._drain(instance)
         return code
+
+    async def _drain(self, instance: Instance) -> None:
+        """The instance's last console lines; a failure to read them (its runtime's engine gone,
+        the disk full) is logged and must not keep its end from being handled."""
+        try:
+            await instance.follower.finish()
+        except Exception as exc:
+            self.log.warning("console_drain_failed", error=f"{type(exc).__name__}: {exc}")
 
     async def _stop(self) -> None:
         self.restart_generation += 1
@@ -470,16 +478,16 @@ class AppSupervisor:
     def _pause(self) -> None:
         if self.instance is None:
             return
+        self.agent.runtime_for(self.instance.package).pause(self.instance.process)  # may raise: state kept
         self._move(S.PAUSED)
-        self.agent.runtime_for(self.instance.package).pause(self.instance.process)
         self._emit(AppPaused)
         self._save()
 
     def _resume(self) -> None:
         if self.instance is None:
             return
-        self._move(S.RUNNING)
         self.agent.runtime_for(self.instance.package).resume(self.instance.process)
+        self._move(S.RUNNING)
         self._emit(AppResumed)
         self._save()
 
@@ -502,7 +510,7 @@ class AppSupervisor:
         if instance.stopping:
             return
         instance.cancel_tasks()
-        await instance.follower.finish()
+        await self._drain(instance)
         reason = instance.kill_reason or instance.process.exit_reason() or describe_exit(code)
         if instance is self.candidate:
             await self._swap_failed(f"{instance.package.version} {reason} before it was healthy")

@@ -27,6 +27,7 @@ import ctypes
 import errno
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import structlog
@@ -69,11 +70,14 @@ def console_path(run_dir: Path, stream: str) -> Path:
 
 
 class FileFollower:
-    def __init__(self, run_dir: Path, offsets: dict[str, int], sink: LinesSink) -> None:
+    def __init__(self, run_dir: Path, offsets: dict[str, int], sink: LinesSink,
+                 still_running: Callable[[], bool] = lambda: False) -> None:
         self.paths = {s: console_path(run_dir, s) for s in STREAMS}
         self.offsets = {s: offsets.get(s, 0) for s in STREAMS}
         self.punched = {s: 0 for s in STREAMS}
+        self._last_failure_log = 0.0
         self.sink = sink
+        self.still_running = still_running
         self._fds: dict[str, int] = {}
         self._stopping = asyncio.Event()
         self._lock = asyncio.Lock()
@@ -90,11 +94,12 @@ class FileFollower:
     def read_once(self, *, final: bool = False) -> bool:
         """Deliver every complete line written since the last read; True if there was any."""
         rows: list[tuple[str, float, str]] = []
+        offsets = dict(self.offsets)
         for stream in STREAMS:
             fd = self._fd(stream)
             if fd is None:
                 continue
-            offset = self.offsets[stream]
+            offset = offsets[stream]
             data = os.pread(fd, READ_CHUNK, offset)
             if not data:
                 continue
@@ -104,11 +109,24 @@ class FileFollower:
                 end = len(data)  # an over-long line, or the last words of a process that ended
             for raw in data[:end].splitlines():
                 rows.append((stream, now, raw[:MAX_LINE].decode("utf-8", "replace").rstrip("\r")))
-            self.offsets[stream] = offset + end
+            offsets[stream] = offset + end
         if rows:
-            self.sink(rows, dict(self.offsets))  # committed with the offsets: safe to free below
+            self.sink(rows, dict(offsets))  # raises: nothing advances, the lines are read again
+            self.offsets = offsets  # committed with the lines: safe to free below
             self._free_read_blocks()
         return bool(rows)
+
+    def _read_or_wait(self) -> bool:
+        """`read_once`, but a failure to store the lines (disk full, database busy) is logged and
+        retried later instead of ending the following for good."""
+        try:
+            return self.read_once()
+        except Exception as exc:
+            now = time.monotonic()
+            if now - self._last_failure_log > 30:
+                log.warning("console_store_failed", error=repr(exc))
+                self._last_failure_log = now
+            return False
 
     def _free_read_blocks(self) -> None:
         for stream, fd in self._fds.items():
@@ -140,7 +158,7 @@ class FileFollower:
         while not self._stopping.is_set():
             changed.clear()
             async with self._lock:
-                got = self.read_once()
+                got = self._read_or_wait()
             if got:
                 await asyncio.sleep(BATCH_S)
                 continue
@@ -154,17 +172,20 @@ class FileFollower:
         delay = FAST_POLL_S
         while not self._stopping.is_set():
             async with self._lock:
-                got = self.read_once()
+                got = self._read_or_wait()
             delay = FAST_POLL_S if got else min(SLOW_POLL_S, delay * 1.5)
             await asyncio.sleep(delay)
 
     async def finish(self) -> None:
-        """Read what is left (the process has ended), then stop following."""
+        """Read what is left, then stop following. An unterminated last line is delivered only if
+        the process has ended (its last words); from a process that runs on (the agent is
+        stopping), it stays for the next agent run to read whole."""
         self._stopping.set()
         async with self._lock:
             while self.read_once():
                 pass
-            self.read_once(final=True)
+            if not self.still_running():
+                self.read_once(final=True)
         self._close()
 
     def _close(self) -> None:

@@ -30,6 +30,7 @@ from sdv_edge_agent.ports import LinesSink
 if TYPE_CHECKING:
     import docker
 
+SINK_RETRY_S = 1.0
 log = structlog.get_logger("sdv.agent.docker")
 STREAMS = ("stdout", "stderr")
 MAX_LINE = 64 * 1024
@@ -144,7 +145,12 @@ class ContainerFollower:
             offsets = self.offsets()
         if rows:
             rows.sort(key=lambda row: row[1])  # both streams, in the order they were printed
-            self.sink(rows, offsets)
+            try:
+                self.sink(rows, offsets)
+            except Exception:
+                with self._lock:  # not stored (disk full, database busy): delivered next time
+                    self._rows = rows + self._rows
+                raise
 
     async def run(self) -> None:
         if self.container_id is None:
@@ -161,7 +167,13 @@ class ContainerFollower:
                 await self._wake.wait()
                 self._wake.clear()
                 await asyncio.sleep(BATCH_S)  # let a burst of lines travel as one batch
-                self._deliver()
+                try:
+                    self._deliver()
+                except Exception as exc:
+                    log.warning("console_store_failed", container=self.container_id, error=repr(exc))
+                    await asyncio.sleep(SINK_RETRY_S)
+                    self._wake.set()
+                    continue
                 if not any(t.is_alive() for t in self._threads):
                     return  # the container ended: `finish` reads what is left
         finally:
@@ -199,6 +211,9 @@ class ContainerFollower:
             state = self.client.api.inspect_container(self.container_id)["State"]
         except docker.errors.NotFound:
             return False
+        except Exception as exc:  # the engine is unreachable (requests' errors are not DockerException)
+            log.warning("container_inspect_failed", container=self.container_id, error=repr(exc))
+            return False
         ended = not state.get("Running")
         for stream, cursor in self.cursors.items():
             with self._lock:
@@ -213,7 +228,7 @@ class ContainerFollower:
                 if ended:
                     with self._lock:
                         cursor.flush(self._rows)
-            except docker.errors.DockerException as exc:
+            except Exception as exc:  # DockerException, or the engine's connection refused/reset
                 log.warning("log_read_failed", container=self.container_id, stream=stream, error=str(exc))
         return bool(ended)
 
@@ -223,5 +238,5 @@ class ContainerFollower:
         with contextlib.suppress(docker.errors.NotFound):
             try:
                 self.client.api.remove_container(self.container_id, force=True)
-            except docker.errors.APIError as exc:
+            except Exception as exc:  # APIError, or the engine unreachable
                 log.warning("container_remove_failed", container=self.container_id, error=str(exc))

@@ -12,6 +12,7 @@ import contextlib
 import signal
 import socket
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -85,7 +86,10 @@ class DockerProcess:
     def alive(self) -> bool:
         if self._exited is not None and self._exited.done():
             return False
-        state = self._state()
+        try:
+            state = self._state()
+        except Exception:  # the engine does not answer: alive until the wait thread says otherwise
+            return self._exited is not None
         return bool(state and state.get("Running") and state.get("Pid") == self.pid)
 
     def paused(self) -> bool:
@@ -101,18 +105,28 @@ class DockerProcess:
         return await asyncio.shield(self._exited)
 
     def _wait_thread(self, loop: asyncio.AbstractEventLoop, done: asyncio.Future[int | None]) -> None:
+        """Blocks until the container ends. A lost engine connection is not an exit: the container
+        may well run on (live restore, or the API restarted), so it waits for the engine to answer
+        again (backing off) and reports an exit only once the container has really ended."""
         import docker
 
         code: int | None = None
-        try:
-            code = exit_status(self.client.api.wait(self.container_id, timeout=None)["StatusCode"])
-            state = self._state()
-            self._oom_killed = bool(state and state.get("OOMKilled"))
-            self._closed = True
-        except docker.errors.NotFound:
-            self.log.warning("container_vanished")  # removed by someone else: status unknown
-        except Exception as exc:  # the engine went away: the status is unknown
-            self.log.warning("container_wait_failed", error=repr(exc))
+        delay = 0.5
+        while not done.done():
+            try:
+                code = exit_status(self.client.api.wait(self.container_id, timeout=None)["StatusCode"])
+                state = self._state()
+                self._oom_killed = bool(state and state.get("OOMKilled"))
+                self._closed = True
+                break
+            except docker.errors.NotFound:
+                self.log.warning("container_vanished")  # removed by someone else: status unknown
+                break
+            except Exception as exc:  # the engine went away (requests' errors): ask again later
+                self.log.warning("container_wait_failed", error=repr(exc), retry_in_s=delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
         def settle() -> None:
             if not done.done():
                 done.set_result(code)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -54,6 +55,9 @@ PIDS_LIMIT = 256
 LOG_OPTIONS = {"max-size": "10m", "max-file": "3"}
 
 
+CONNECT_TIMEOUT_S = 10.0
+
+
 class ContainerError(OSError):
     """The engine could not create or start the app's container. An OSError, like a failed exec
     of a native app, so the supervisor reports it the same way ("cannot start: …")."""
@@ -80,6 +84,9 @@ class DockerRuntime:
         self.client = client
         self.owner = owner  # the device id: label of everything this agent creates in the engine
         self.images = AppImages(client, owner, base_image)
+        # Image builds take minutes: a thread of their own, not the loop's default pool (which
+        # container stops, console reads and DNS lookups share).
+        self._builds = ThreadPoolExecutor(max_workers=1, thread_name_prefix="docker-build")
         self.log = log.bind(owner=owner)
 
     @classmethod
@@ -91,15 +98,24 @@ class DockerRuntime:
         if not host:
             log.info("docker_runtime_unavailable", reason="no docker host configured (--docker-host)")
             return None
-        try:
+        def probe() -> tuple[docker.DockerClient, dict[str, str], bool]:
+            # The client's constructor already asks the engine for its API version: all of it
+            # runs in a thread, under one deadline, so a hung engine cannot hold up the agent.
             client = docker.DockerClient(base_url=host, timeout=60, max_pool_size=64)
-            await asyncio.wait_for(asyncio.to_thread(client.ping), 5.0)
-            version = await asyncio.to_thread(client.version)
+            client.ping()
+            try:
+                client.images.get(base_image)
+                has_base = True
+            except docker.errors.ImageNotFound:
+                has_base = False
+            return client, client.version(), has_base
+
+        try:
+            client, version, has_base = await asyncio.wait_for(asyncio.to_thread(probe), CONNECT_TIMEOUT_S)
         except (docker.errors.DockerException, TimeoutError, OSError) as exc:
             log.warning("docker_runtime_unavailable", host=host, reason=str(exc) or type(exc).__name__)
             return None
         runtime = cls(client, owner=owner, base_image=base_image)
-        has_base = await asyncio.to_thread(runtime._has_image, base_image)
         log.info("docker_runtime_ready", host=host, engine=version.get("Version"), base_image=base_image,
                  base_image_present=has_base)
         if not has_base:
@@ -107,28 +123,27 @@ class DockerRuntime:
                         hint="docker packages fail to install until the base image is loaded")
         return runtime
 
-    def _has_image(self, tag: str) -> bool:
-        import docker
-
-        try:
-            self.client.images.get(tag)
-            return True
-        except docker.errors.ImageNotFound:
-            return False
-
     # --- install / start -----------------------------------------------------------------------
 
     async def prepare(self, package: PackageInfo, app_dir: Path) -> None:
-        await asyncio.to_thread(self.images.ensure, package.name, package.version, package.digest, app_dir)
+        try:
+            await asyncio.get_running_loop().run_in_executor(
+                self._builds, self.images.ensure, package.name, package.version, package.digest, app_dir)
+        except OSError as exc:  # requests' connection errors and timeouts: the engine went away
+            raise InstallError("install", f"docker engine: {type(exc).__name__}: {exc}",
+                               transient=True) from None
 
     def container_name(self, app: str, version: str) -> str:
         return f"sdv-{safe(self.owner)}-{app}-{safe(version)}"
 
     async def start(self, spec: RunSpec) -> DockerProcess:
         try:
-            image = await asyncio.to_thread(self.images.ensure, spec.app, spec.version, spec.digest, spec.cwd)
+            image = await asyncio.get_running_loop().run_in_executor(
+                self._builds, self.images.ensure, spec.app, spec.version, spec.digest, spec.cwd)
         except InstallError as err:
             raise ContainerError(f"no image: {err.message}") from None
+        except OSError as exc:
+            raise ContainerError(f"docker engine: {type(exc).__name__}: {exc}") from None
         return await asyncio.to_thread(self._run, spec, image)
 
     def _run(self, spec: RunSpec, image: str) -> DockerProcess:

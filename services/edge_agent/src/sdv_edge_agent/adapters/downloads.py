@@ -117,6 +117,12 @@ def object_sha256(digest: str | None) -> bytes | None:
     return base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
 
 
+def _read_checked(partial: PartialDownload, total: int, expected: bytes | None) -> tuple[bytes, bool]:
+    data = partial.read()
+    intact = len(data) == total and (expected is None or hashlib.sha256(data).digest() == expected)
+    return data, intact
+
+
 class Downloader:
     """Reads artifacts from the object store once the link is up, resuming partial downloads."""
 
@@ -150,18 +156,25 @@ class Downloader:
             raise InstallError("download", f"artifact of {total} bytes exceeds the device limit")
         if not info.nuid or not total:
             raise InstallError("download", f"{name}: empty object")
-        partial = PartialDownload.open(self.directory, package.digest, info.nuid)
+        try:
+            partial = PartialDownload.open(self.directory, package.digest, info.nuid)
+        except OSError as exc:
+            raise InstallError("download", f"cannot keep the download on disk: {exc}",
+                               transient=True) from None
         resumed_from = partial.size
         started = time.monotonic()
         if partial.size < total:
             await self._receive(partial, total, name)
-        data = partial.read()
-        expected = object_sha256(info.digest)
-        if len(data) != total or (expected is not None and hashlib.sha256(data).digest() != expected):
+        try:  # reading and hashing up to 512 MiB: not on the loop
+            data, intact = await asyncio.to_thread(_read_checked, partial, total, object_sha256(info.digest))
+        except OSError as exc:
             partial.discard()
+            raise InstallError("download", f"{name}: cannot read the download back: {exc}",
+                               transient=True) from None
+        partial.discard()
+        if not intact:
             raise InstallError("download", f"{name}: the downloaded bytes do not match the object's "
                                            f"SHA-256; starting over", transient=True)
-        partial.discard()
         log.info("downloaded", object=name, bytes=total, resumed_from=resumed_from,
                  seconds=round(time.monotonic() - started, 3))
         return data
@@ -196,8 +209,12 @@ class Downloader:
             raise InstallError("download", f"{name}: {type(exc).__name__}: {exc} ({partial.size} of "
                                            f"{total} bytes kept; resumes)", transient=True) from None
         finally:
-            partial.save()  # also when cut off or cancelled: the next attempt resumes from here
-            partial.close()
+            try:
+                partial.save()  # also when cut off or cancelled: the next attempt resumes from here
+            except OSError as exc:  # a full disk: this attempt's tail is not vouched for, that is all
+                log.warning("download_progress_not_saved", object=name, error=str(exc))
+            with contextlib.suppress(OSError):
+                partial.close()
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 

@@ -230,7 +230,8 @@ class NativeRuntime:
     def follow_output(
         self, spec: RunSpec, process: Process | None, offsets: dict[str, int], sink: LinesSink
     ) -> FileFollower:
-        return FileFollower(spec.run_dir, offsets, sink)
+        return FileFollower(spec.run_dir, offsets, sink,
+                            still_running=process.alive if process is not None else lambda: False)
 
     def release(self, app: str) -> None:
         self._limits.release(app)

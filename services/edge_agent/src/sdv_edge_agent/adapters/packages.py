@@ -170,7 +170,7 @@ class Installer:
     async def install(self, package: PackageInfo, artifact: bytes) -> InstalledVersion:
         """Verify, then lay out files, and for native apps the venv and wheels. Idempotent per
         digest."""
-        manifest, members = self.verify(package, artifact)
+        manifest, members = await asyncio.to_thread(self.verify, package, artifact)  # hashes every member
         done = self.installed(package)
         if done is not None:
             return done

@@ -46,7 +46,8 @@ def can_switch_users() -> bool:
 
 def describe() -> str:
     if not can_switch_users():
-        return "sandbox: apps run as the agent's user (agent not root), no-new-privileges"
+        return ("sandbox: apps run as the agent's user (agent not root), no-new-privileges; "
+                "network=none not enforced")
     return ("sandbox: a user per app, no-new-privileges, own network namespace for network=none; "
             "network=kuksa-only is not filtered (host network)")
 
@@ -59,6 +60,8 @@ def app_uid(allocated: int) -> int:
 def confine(sandbox: Sandbox) -> None:
     """In the forked child, after it joined its cgroup: drop to the sandbox. Raises (and the
     child never execs) when a step fails."""
+    if sandbox.no_network and _libc.unshare(CLONE_NEWNET) != 0:  # at every level, "none" included
+        raise SandboxError(ctypes.get_errno(), "unshare(CLONE_NEWNET)")
     if not sandbox.confined:
         return
     if sandbox.level == "strict":
@@ -67,8 +70,6 @@ def confine(sandbox: Sandbox) -> None:
             resource.setrlimit(resource.RLIMIT_NPROC, (STRICT_NPROC, STRICT_NPROC))
     if _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
         raise SandboxError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
-    if sandbox.no_network and _libc.unshare(CLONE_NEWNET) != 0:
-        raise SandboxError(ctypes.get_errno(), "unshare(CLONE_NEWNET)")
     if sandbox.uid is not None and sandbox.gid is not None:
         os.setgroups([])
         os.setresgid(sandbox.gid, sandbox.gid, sandbox.gid)
