@@ -58,3 +58,31 @@ async def test_a_chatty_app_keeps_disk_use_bounded_and_loses_no_line(tmp_path: P
         await runtime.stop(proc, 2.0)
         await follower.finish()
         await task
+
+
+async def test_lines_that_could_not_be_stored_are_delivered_on_the_next_try_exactly_once(tmp_path: Path) -> None:
+    from sdv_edge_agent.adapters.console import FileFollower, console_path
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    out = console_path(run_dir, "stdout")
+    out.write_text("one\ntwo\n")
+    stored: list[str] = []
+    failures = [OSError("database or disk is full")]
+
+    def sink(rows: list[tuple[str, float, str]], offsets: dict[str, int]) -> None:
+        if failures:
+            raise failures.pop()
+        stored.extend(line for _, _, line in rows)
+
+    follower = FileFollower(run_dir, {}, sink)
+    task = asyncio.create_task(follower.run())
+    with out.open("a") as f:
+        f.write("three\n")
+    deadline = time.monotonic() + 10
+    while len(stored) < 3:
+        assert time.monotonic() < deadline, stored
+        await asyncio.sleep(0.05)
+    await follower.finish()
+    await task
+    assert stored == ["one", "two", "three"]
