@@ -51,7 +51,7 @@ async def test_memory_limit_exceeded_is_stopped_and_reported(fleet: Any, harness
     pkg = await fleet.publish(hog)
     agent = fleet.agent("car-mem", SDV_AGENT_RESTART_BASE_S="0.1", SDV_AGENT_CRASH_LOOP="2")
     await fleet.desire("car-mem", 1, {"hog": pkg})
-    failed = await fleet.fact("car-mem", "AppFailed", app="hog", timeout=20)
+    failed = await fleet.fact("car-mem", "AppFailed", app="hog", timeout=45)  # two kill cycles, loaded CI
     assert "memory limit exceeded" in failed.data.reason or "MemoryError" in "".join(fleet.lines("car-mem", "hog", "stderr"))
     rep = await fleet.until_state("car-mem", "hog", "FAILED")
     assert "memory limit exceeded" in (rep.last_error or "")

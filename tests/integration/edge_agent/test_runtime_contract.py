@@ -109,7 +109,8 @@ async def test_start_output_stdin_pause_resume_stop(runtime: Runtime, tmp_path: 
     assert os.getpgid(proc.pid) == proc.pid  # its own process group (and session)
 
     proc.write_stdin(b"hello\n")
-    await until(lambda: "in: hello" in lines.of("stdout"), seen=lambda: (len(lines.rows), lines.rows[-3:]))
+    await until(lambda: "in: hello" in lines.of("stdout"), timeout=15.0,
+                seen=lambda: (len(lines.rows), lines.rows[-3:]))
 
     runtime.pause(proc)
     frozen = await settled(lines)  # lines printed just before the pause may still be on their way
