@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import platform
 import re
 import signal
@@ -33,10 +32,9 @@ import sys
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import msgspec
@@ -78,23 +76,9 @@ LABELS = {"fleet": "real"}
 SELECTOR = "fleet=real"
 
 
-def _load(name: str, path: Path) -> ModuleType:
-    """The shared harnesses, by path and under the names their own conftests use (tests/ is not
-    a package), so a run that collects both gets one module each."""
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, path)
-        assert spec is not None
-        assert spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-TESTS = Path(__file__).parents[1]
-fleet_harness = _load("sdv_orchestrator_fleet_harness",
-                      TESTS / "integration" / "orchestrator" / "fleet_harness.py")
-agent_harness = _load("sdv_agent_test_harness", TESTS / "integration" / "edge_agent" / "agent_harness.py")
+fleet_harness = sys.modules["sdv_orchestrator_fleet_harness"]  # loaded by conftest.py
+agent_harness = sys.modules["sdv_agent_test_harness"]
+until, bodies = fleet_harness.until, fleet_harness.bodies
 
 # The harness's sdv-app.toml has no [health]: the default alive_for_s (5 s) would make every
 # wave wait 5 s. A real app that stays alive, healthy after 1 s.
@@ -129,17 +113,6 @@ time.sleep(3600)
 """
 
 
-async def until(check: Callable[[], Awaitable[Any]], timeout: float, what: str,
-                interval: float = 0.1) -> Any:
-    """Poll `check` until truthy; fail with `what` (and the last result) when `timeout` passes."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s: {what} (last: {result!r})")
-        await asyncio.sleep(interval)
 
 
 @dataclass
@@ -327,11 +300,6 @@ def leftovers(root: Path) -> list[str]:
     return found
 
 
-@pytest.fixture
-async def suite(fresh_nats_url: str, database_url: str, schema: str, tmp_path: Path) -> AsyncIterator[Any]:
-    """Packager, registry and one orchestrator (tick 0.2 s) on a NATS server of this test's own."""
-    async with fleet_harness.running_suite(fresh_nats_url, database_url, schema, tmp_path) as s:
-        yield s
 
 
 @pytest.fixture
@@ -356,8 +324,6 @@ async def publish(suite: Any, version: str, main: str) -> PackageInfo:
     return info
 
 
-def bodies(events: list[Envelope], kind: type) -> list[Any]:
-    return [e.data for e in events if isinstance(e.data, kind)]
 
 
 async def roll_out_everywhere(suite: Any, fleet: RealFleet, package: PackageInfo, devices: list[str],

@@ -15,13 +15,11 @@ version and digest), plus the agent's facts on the bus.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import msgspec
@@ -56,33 +54,11 @@ alive_for_s = 0.5
 """
 
 
-def _load(name: str, path: Path) -> ModuleType:
-    """The shared harnesses, by path and under the names their own conftests use."""
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, path)
-        assert spec is not None
-        assert spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+fleet_harness = sys.modules["sdv_orchestrator_fleet_harness"]  # loaded by conftest.py
+agent_harness = sys.modules["sdv_agent_test_harness"]
+until, bodies = fleet_harness.until, fleet_harness.bodies
 
 
-TESTS = Path(__file__).parents[1]
-fleet_harness = _load("sdv_orchestrator_fleet_harness",
-                      TESTS / "integration" / "orchestrator" / "fleet_harness.py")
-agent_harness = _load("sdv_agent_test_harness", TESTS / "integration" / "edge_agent" / "agent_harness.py")
-
-
-async def until(check: Callable[[], Awaitable[Any]], timeout: float, what: str, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s: {what} (last: {result!r})")
-        await asyncio.sleep(interval)
 
 
 class SimulatedFleet:
@@ -153,10 +129,6 @@ class SimulatedFleet:
             assert "Traceback" not in self.simulator.log()
 
 
-@pytest.fixture
-async def suite(fresh_nats_url: str, database_url: str, schema: str, tmp_path: Path) -> AsyncIterator[Any]:
-    async with fleet_harness.running_suite(fresh_nats_url, database_url, schema, tmp_path) as s:
-        yield s
 
 
 @pytest.fixture
@@ -187,8 +159,6 @@ async def everywhere(suite: Any, fleet: SimulatedFleet, package: PackageInfo, de
     await fleet.all_running(devices, package)
 
 
-def bodies(events: list[Envelope], kind: type) -> list[Any]:
-    return [e.data for e in events if isinstance(e.data, kind)]
 
 
 async def test_canary_to_50_simulated_agents_in_one_process_succeeds(suite: Any, fleet: SimulatedFleet) -> None:

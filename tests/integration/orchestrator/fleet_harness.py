@@ -110,6 +110,24 @@ async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 10.0,
         await asyncio.sleep(interval)
 
 
+async def until(check: Callable[[], Awaitable[Any]], timeout: float, what: str,
+                interval: float = 0.1) -> Any:
+    """Poll `check` until truthy; fail with `what` (and the last result) when `timeout` passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s: {what} (last: {result!r})")
+        await asyncio.sleep(interval)
+
+
+def bodies(events: list[Any], kind: type) -> list[Any]:
+    """The data of the events of one type, in order."""
+    return [e.data for e in events if isinstance(e.data, kind)]
+
+
 # --- services -------------------------------------------------------------------------------------
 
 
