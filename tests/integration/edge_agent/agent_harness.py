@@ -63,18 +63,22 @@ TICK_S = float(os.environ.get("TICK_S", "0.05"))
 stop = threading.Event()
 signal.signal(signal.SIGTERM, lambda *_: stop.set())
 
+def say(text):  # one write per line: print() writes its pieces apart, and two threads print here
+    sys.stdout.write(text + "\\n")
+    sys.stdout.flush()
+
 def echo():
     for line in sys.stdin:
-        print("echo:", line.rstrip(), flush=True)
+        say("echo: " + line.rstrip())
 
 threading.Thread(target=echo, daemon=True).start()
-print("{banner}", os.environ.get("SDV_APP_VERSION"), os.getpid(), flush=True)
+say(f"{banner} {{os.environ.get('SDV_APP_VERSION')}} {{os.getpid()}}")
 n = 0
 while not stop.is_set():
     n += 1
-    print(f"tick {{n}} {{time.time():.6f}}", flush=True)
+    say(f"tick {{n}} {{time.time():.6f}}")
     stop.wait(TICK_S)
-print("bye", flush=True)
+say("bye")
 """
 
 

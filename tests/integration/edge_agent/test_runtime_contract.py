@@ -20,17 +20,22 @@ from sdv_edge_agent.ports import RunSpec, Runtime, StdinUnavailable
 
 APP = """\
 import signal, sys, threading, time
-signal.signal(signal.SIGTERM, lambda *_: (print("term", flush=True), sys.exit(0)))
+stop = threading.Event()
+signal.signal(signal.SIGTERM, lambda *_: stop.set())  # printing in the handler could split a line
+def say(text):  # one write per line: print() writes its pieces apart, and two threads print here
+    sys.stdout.write(text + "\\n")
+    sys.stdout.flush()
 def echo():
     for line in sys.stdin:
-        print("in:", line.strip(), flush=True)
+        say("in: " + line.strip())
 threading.Thread(target=echo, daemon=True).start()
 print("err line", file=sys.stderr, flush=True)
 n = 0
-while True:
+while not stop.is_set():
     n += 1
-    print("n", n, flush=True)
-    time.sleep(0.02)
+    say(f"n {n}")
+    stop.wait(0.02)
+say("term")
 """
 STUBBORN = "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('up', flush=True)\ntime.sleep(60)\n"
 

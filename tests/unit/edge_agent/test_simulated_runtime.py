@@ -16,10 +16,9 @@ from sdv_edge_agent.adapters.simulated_runtime import (
     SIMULATED_LIMITS,
     FailurePlan,
     SimulatedRuntime,
-    SimulatedStdinClosed,
     simulated_health_command,
 )
-from sdv_edge_agent.ports import RunSpec, Runtime
+from sdv_edge_agent.ports import RunSpec, Runtime, StdinUnavailable
 from sdv_events.schemas.packages import PackageInfo
 
 
@@ -95,7 +94,7 @@ async def test_lifecycle_start_console_stdin_pause_resume_stop() -> None:
     assert not proc.alive()
     assert proc.exit_reason() is None
     assert lines.offsets == {"stdout": 3, "stderr": 0}  # offsets count lines
-    with pytest.raises(SimulatedStdinClosed):
+    with pytest.raises(StdinUnavailable):
         proc.write_stdin(b"anyone?\n")
     assert other.alive()
     runtime.kill(other)

@@ -30,7 +30,6 @@ from sdv_events.schemas.packages import PackageInfo
 
 log = structlog.get_logger("sdv.agent.native")
 STDIN = "stdin.pipe"
-__all__ = ["NativeProcess", "NativeRuntime", "StdinUnavailable"]
 
 
 class NativeProcess:

@@ -27,17 +27,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from sdv_edge_agent.ports import HealthCommand, LinesSink, Process, RunSpec, Usage
+from sdv_edge_agent.ports import HealthCommand, LinesSink, Process, RunSpec, StdinUnavailable, Usage
 from sdv_events.schemas.packages import PackageInfo
 
 SIMULATED_LIMITS = "simulated: nothing enforced"
 SIMULATED_CRASH = "simulated crash"
 FIRST_PID = 10_000_001  # above any Linux pid (pid_max ≤ 4,194,304)
 _pids = itertools.count(FIRST_PID)
-
-
-class SimulatedStdinClosed(Exception):
-    """The simulated process has ended: nothing reads its stdin."""
 
 
 @dataclass(frozen=True)
@@ -80,7 +76,7 @@ class SimulatedProcess:
 
     def write_stdin(self, data: bytes) -> None:
         if not self.alive():
-            raise SimulatedStdinClosed(f"simulated process {self.pid} has ended")
+            raise StdinUnavailable(f"simulated process {self.pid} has ended")
         text = data.decode(errors="replace")
         lines = text.splitlines() or [text]
         if self.paused:
