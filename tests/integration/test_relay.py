@@ -189,20 +189,22 @@ async def test_concurrent_writers_every_event_exactly_once_in_stream_order(
     assert set(per_stream) == set(streams)
 
 
-async def test_transaction_committing_after_a_later_one_is_not_skipped(
+async def test_an_open_append_holds_later_appends_of_its_schema_so_none_is_skipped(
     store: EventStore, nc: NatsClient, database_url: str
 ) -> None:
+    """Commit order is position order: while append A's transaction is open, B (of the same
+    schema) waits for it instead of committing a higher position first, so the relay, tailing
+    by position, never steps over A."""
     js = nc.jetstream()
     schema = store.schema
     relay = RelayTask(Relay(store, js, batch_size=10, idle_poll_s=0.02))
     raw = await asyncpg.connect(database_url)
     try:
-        # Committed before A starts: must get out even while A is open.
         await store.append("thing-a", 0, [Ticked(0, 1)])
         await store.append("thing-c", 0, [Ticked(0, 1)])
         await wait_until(lambda: _count_is(js, 2), timeout=10, what="the two early events")
 
-        # Transaction A takes the lower position and stays open.
+        # Transaction A takes the next position and stays open.
         tx_a = raw.transaction()
         await tx_a.start()
         a_id = uuid.uuid4()
@@ -214,25 +216,22 @@ async def test_transaction_committing_after_a_later_one_is_not_skipped(
         assert row_a is not None
         position_a = row_a["positions"][0]
 
-        # B appends, with a higher position, and commits first.
-        result_b = await store.append("thing-b", 0, [Ticked(2, 1)])
-        assert result_b.positions[0] > position_a
-        await store.append("thing-c", ANY, [Ticked(2, 2)])
-
-        # Give the relay many polls (and notifications) while A is open. B may or may not go
-        # out now; A cannot, it is not committed.
-        await asyncio.sleep(1.0)
-        published_ids = {m.headers["Nats-Msg-Id"] for m in await read_events(js) if m.headers}
-        assert str(a_id) not in published_ids
+        # B waits for A rather than committing a higher position before it.
+        b = asyncio.create_task(store.append("thing-b", 0, [Ticked(2, 1)]))
+        await asyncio.sleep(0.5)
+        assert not b.done(), "B committed while A, holding a lower position, was still open"
+        assert await stream_count(js) == 2
 
         await tx_a.commit()
+        result_b = await asyncio.wait_for(b, 10)
+        assert result_b.positions[0] > position_a
+        await store.append("thing-c", ANY, [Ticked(2, 2)])
         await store.append("thing-a", ANY, [Ticked(3, 3)])
-        await store.append("thing-b", ANY, [Ticked(3, 2)])
 
         expected = await store_events(store)
-        assert len(expected) == 7
-        await wait_until(lambda: _count_is(js, 7), timeout=15,
-                         what="all 7 events, A included, on SDV_EVENTS")
+        assert len(expected) == 6
+        await wait_until(lambda: _count_is(js, 6), timeout=15,
+                         what="all 6 events, A included, on SDV_EVENTS")
     finally:
         if not raw.is_closed():
             await raw.close()
@@ -259,7 +258,7 @@ async def test_crash_between_publish_and_checkpoint_republishes_as_duplicates(
     expected = await store_events(store)
     assert len(expected) == 300
 
-    class Crash(Exception):
+    class Crash(BaseException):  # like a kill: not an error the relay retries
         pass
 
     calls = 0
@@ -355,41 +354,3 @@ async def test_two_relays_on_one_store_only_one_leads(
 
     msgs = await read_events(js)
     assert_exactly_once_in_order(msgs, await store_events(store))
-
-
-async def test_backlog_straddling_a_power_of_ten_transaction_id_keeps_order(
-    store: EventStore, nc: NatsClient, database_url: str
-) -> None:
-    """Transaction ids 99…9 and 100…0 in one backlog: the cursor orders them as numbers.
-
-    (Regression: ordering by the `tx_id::text` output column sorted '1000' before '999', so a
-    batch published a stream out of order and the checkpoint jumped over the lower ids.)
-    """
-    js = nc.jetstream()
-    burner = await asyncpg.connect(database_url)
-    try:
-        current = int(await burner.fetchval("SELECT pg_current_xact_id()::text"))
-        boundary = 10 ** len(str(current + 50))
-        if boundary - current > 3_000_000:
-            pytest.skip(f"transaction id {current} is too far below {boundary} to burn up to it")
-        # Burn transaction ids (one per committed transaction) up to just below the boundary.
-        await burner.execute("SET synchronous_commit = off")
-        await burner.execute(
-            f"DO $$ BEGIN FOR i IN 1..{boundary - current - 12} LOOP "
-            "PERFORM pg_current_xact_id(); COMMIT; END LOOP; END $$"
-        )
-    finally:
-        await burner.close()
-    for n in range(24):  # one transaction each: ids from about boundary-10 on
-        await store.append("thing-x", ANY, [Ticked(0, n)])
-    tx_ids = [int(r[0]) for r in await store.pool.fetch(
-        f"SELECT tx_id::text FROM {store.schema}.events ORDER BY global_position"
-    )]
-    assert min(tx_ids) < boundary <= max(tx_ids), f"ids {tx_ids} do not straddle {boundary}"
-
-    relay = RelayTask(Relay(store, js, batch_size=8, idle_poll_s=0.02))
-    try:
-        await wait_until(lambda: _count_is(js, 24), timeout=10, what="all 24 events on SDV_EVENTS")
-    finally:
-        await relay.close()
-    assert_exactly_once_in_order(await read_events(js), await store_events(store))

@@ -36,9 +36,11 @@ def nats_credentials(data_dir: Path | None = None) -> str | None:
         return str(service_creds_path(data_dir))
     return os.environ.get(CREDS_ENV) or None
 
-# up: answers ping · starting: its process runs but it does not answer yet · unresponsive: it
-# answered before and stopped answering · down: no process (supervised) or nobody answers.
-State = Literal["up", "starting", "unresponsive", "down"]
+# up: answers ping, every task healthy · unhealthy: answers, but a task failed, restarts or is
+# stuck (a lagging relay, a consumer stopped at an event it cannot read) · starting: its process
+# runs but it does not answer yet · unresponsive: it answered before and stopped answering ·
+# down: no process (supervised) or nobody answers.
+State = Literal["up", "unhealthy", "starting", "unresponsive", "down"]
 
 
 _SHORT = {"unavailable": "no subscriber", "timeout": "no reply in time"}
@@ -79,6 +81,8 @@ async def ping_all(
 def status_of(service: str, answer: ServiceHealth | CommandError, *, pid: int | None = None,
               not_answering: State = "down") -> ServiceStatus:
     if isinstance(answer, ServiceHealth):
-        return ServiceStatus(service, "up", answer.version, answer.uptime_s, answer.relay_published, pid)
+        state: State = "up" if answer.healthy else "unhealthy"
+        return ServiceStatus(service, state, answer.version, answer.uptime_s, answer.relay_published,
+                             pid, "; ".join(answer.problems) or None)
     detail = _SHORT.get(answer.code) or f"{answer.code}: {answer.message}"
     return ServiceStatus(service, not_answering, pid=pid, detail=detail)

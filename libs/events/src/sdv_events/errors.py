@@ -41,6 +41,22 @@ class ConcurrencyConflict(SdvError):
         self.actual = actual
 
 
+class EventTooLarge(SdvError):
+    """An event whose encoded body and metadata exceed the store's bound; nothing was stored.
+
+    Events must not grow with the fleet: split what a command decides into bounded events."""
+
+    def __init__(self, stream_id: str, type_name: str, size: int, limit: int) -> None:
+        super().__init__(
+            f"event {type_name} on stream {stream_id!r} is {size} bytes, over the {limit}-byte "
+            "limit; nothing was appended"
+        )
+        self.stream_id = stream_id
+        self.type_name = type_name
+        self.size = size
+        self.limit = limit
+
+
 class DuplicateCommand(SdvError):
     """The command id was already handled; `outcome` is the first result (raw bytes)."""
 

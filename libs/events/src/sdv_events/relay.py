@@ -2,28 +2,39 @@
 
 The append-only `events` table is the outbox: every append already writes its rows in one
 transaction, so a second outbox table would only double the writes. The relay tails the table
-with a commit-safe cursor and checkpoints after JetStream acknowledged.
+by position and checkpoints after JetStream acknowledged.
 
-Why the cursor is `(tx_id, global_position)` and not the position alone: positions come from a
-sequence when a row is inserted, not when its transaction commits. Transaction A may take
-position 10, B position 11, and B commit first; a reader that advanced to 11 would skip 10
-forever. So the relay reads only rows whose transaction id is below `pg_snapshot_xmin` (every
-such transaction has ended, so that set never grows) in `(tx_id, position)` order. Per stream
-that order is version order because `append_events` takes a per-stream advisory lock before the
-transaction gets its xid.
+Why tailing by position alone never skips: positions come from a sequence when a row is
+inserted, not when its transaction commits, so in general transaction A may take position 10,
+B position 11, and B commit first — a reader that advanced to 11 would skip 10 forever. Here
+`append_events` holds a per-schema lock from before it draws positions until its commit is
+visible (pyeventsourcing's approach), so positions of one schema become visible in order: a
+reader that sees position p sees every lower position that will ever exist. Unlike a cursor on
+`pg_snapshot_xmin`, nothing outside the schema can hold the relay back (xmin is cluster-wide:
+an idle transaction in another database stalled every relay), and a position survives a
+`pg_dump` restore (transaction ids restart in a new cluster; the sequence is restored). The
+cost is one appending transaction per schema at a time (bench/event_store.py measures it).
 
 Exactly once: each message carries `Nats-Msg-Id = event_id`. A relay that crashes after
 publishing but before checkpointing publishes the same ids again on restart and JetStream drops
-them as duplicates (within the stream's duplicate window, provisioning.DUPLICATE_WINDOW_S).
-Only one relay per store publishes at a time: the leader holds a PostgreSQL advisory lock on the
-connection it also reads and checkpoints with, so losing the connection loses leadership.
+them as duplicates (within the stream's duplicate window, provisioning.DUPLICATE_WINDOW_S;
+consumers also dedupe by stream version, past that window). Only one relay per store publishes
+at a time: the leader holds a PostgreSQL advisory lock on the connection it also reads and
+checkpoints with, so losing the connection loses leadership.
+
+Never silently dead: every error — PostgreSQL, NATS API (a deleted stream, a leader change),
+a closed connection, a payload the server refuses — is logged with its cause and retried with
+backoff, and `status()` reports the relay's state and lag (events behind, age of the oldest
+unpublished event), read from the table, so a stuck relay turns the service's health red.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import asyncpg
 import msgspec
@@ -34,28 +45,30 @@ from sdv_events.aio import sleep_or_stop, wait_any
 from sdv_events.codec import WireEnvelope, decode_metadata
 from sdv_events.store.postgres import EventStore, pooled_session
 from sdv_events.subjects import event_subject
+from sdv_events.supervision import Status
 
 log = structlog.get_logger("sdv.relay")
 _encoder = msgspec.json.Encoder()
 
 _SELECT = """
-SELECT global_position, tx_id::text AS tx_id, stream_id, version, event_id, type, schema_version,
-       data, metadata, occurred_at
-FROM {schema}.events AS e
-WHERE (e.tx_id, e.global_position) > ($1::text::xid8, $2)
-  AND e.tx_id < pg_snapshot_xmin(pg_current_snapshot())
-ORDER BY e.tx_id, e.global_position
-LIMIT $3
+SELECT global_position, stream_id, version, event_id, type, schema_version, data, metadata,
+       occurred_at
+FROM {schema}.events WHERE global_position > $1 ORDER BY global_position LIMIT $2
 """
-# ORDER BY must name the column `e.tx_id`: a bare `tx_id` binds to the output alias
-# `tx_id::text` and sorts as text ('1000' < '999'), which reorders a stream and makes the
-# checkpoint jump over lower transaction ids whenever a batch straddles 10^k.
 _CHECKPOINT = """
-INSERT INTO {schema}.checkpoints (name, tx_id, position, updated_at)
-VALUES ($1, $2::text::xid8, $3, now())
-ON CONFLICT (name) DO UPDATE SET tx_id = excluded.tx_id, position = excluded.position,
-                                 updated_at = now()
+INSERT INTO {schema}.checkpoints (name, position, updated_at) VALUES ($1, $2, now())
+ON CONFLICT (name) DO UPDATE SET position = excluded.position, updated_at = now()
 """
+# Lag, counted up to a cap so a huge backlog costs a bounded scan.
+_LAG = """
+SELECT count(*) AS behind, min(recorded_at) AS oldest, now() AS now FROM (
+    SELECT recorded_at FROM {schema}.events WHERE global_position > $1
+    ORDER BY global_position LIMIT $2) AS unpublished
+"""
+LAG_COUNT_CAP = 100_000
+
+
+RelayState = Literal["starting", "leading", "standby", "retrying", "stopped"]
 
 
 @dataclass
@@ -63,6 +76,8 @@ class RelayStats:
     published: int = 0
     duplicates: int = 0
     batches: int = 0
+    errors: int = 0
+    last_error: str | None = None
 
 
 class RelayNotLeader(Exception):
@@ -101,6 +116,9 @@ class Relay:
         batch_size: int = 1000,
         idle_poll_s: float = 0.25,
         ack_timeout_s: float = 10.0,
+        backoff_initial_s: float = 0.2,
+        backoff_max_s: float = 10.0,
+        stuck_after_s: float = 30.0,
         after_publish: Callable[[int], Awaitable[None]] | None = None,
     ) -> None:
         self.store = store
@@ -109,31 +127,37 @@ class Relay:
         self.batch_size = batch_size
         self.idle_poll_s = idle_poll_s
         self.ack_timeout_s = ack_timeout_s
+        self.backoff_initial_s = backoff_initial_s
+        self.backoff_max_s = backoff_max_s
+        self.stuck_after_s = stuck_after_s
         # Test seam: runs after JetStream acked a batch and before the checkpoint is written.
         self.after_publish = after_publish
         self.stats = RelayStats()
+        self.state: RelayState = "starting"
         self._wake = asyncio.Event()
         schema = store.schema
         self._select = _SELECT.format(schema=schema)
         self._checkpoint_sql = _CHECKPOINT.format(schema=schema)
+        self._lag_sql = _LAG.format(schema=schema)
         self._lock_key = (f"sdv_relay:{schema}", name)
+        self._log = log.bind(relay=name, schema=schema)
 
     async def _acquire_leadership(self, conn: asyncpg.Connection) -> bool:
         return bool(await conn.fetchval(
             "SELECT pg_try_advisory_lock(hashtext($1), hashtext($2))", *self._lock_key
         ))
 
-    async def _cursor(self, conn: asyncpg.Connection) -> tuple[str, int]:
-        row = await conn.fetchrow(
-            f"SELECT tx_id::text AS tx_id, position FROM {self.store.schema}.checkpoints "
-            "WHERE name = $1", self.name,
+    async def checkpoint(self, conn: asyncpg.Connection | asyncpg.Pool | None = None) -> int:
+        """The position of the last event JetStream acknowledged."""
+        value = await (conn or self.store.pool).fetchval(
+            f"SELECT position FROM {self.store.schema}.checkpoints WHERE name = $1", self.name
         )
-        return (row["tx_id"], row["position"]) if row else ("0", 0)
+        return int(value or 0)
 
     async def publish_batch(self, conn: asyncpg.Connection) -> int:
         """Publish the next batch after the checkpoint; returns how many events went out."""
-        tx_id, position = await self._cursor(conn)
-        rows = await conn.fetch(self._select, tx_id, position, self.batch_size)
+        position = await self.checkpoint(conn)
+        rows = await conn.fetch(self._select, position, self.batch_size)
         if not rows:
             return 0
         futures = []
@@ -144,40 +168,77 @@ class Relay:
         duplicates = sum(1 for ack in acks if ack.duplicate)
         if self.after_publish is not None:
             await self.after_publish(len(rows))
-        last = rows[-1]
-        await conn.execute(self._checkpoint_sql, self.name, last["tx_id"], last["global_position"])
+        await conn.execute(self._checkpoint_sql, self.name, rows[-1]["global_position"])
         self.stats.published += len(rows) - duplicates
         self.stats.duplicates += duplicates
         self.stats.batches += 1
         return len(rows)
 
-    def _on_notify(self, *_: object) -> None:
-        self._wake.set()
-
     async def run(self, stop: asyncio.Event) -> None:
-        """Publish until `stop` is set; stand by while another relay holds leadership."""
+        """Publish until `stop` is set; stand by while another relay holds leadership. Every
+        error is logged with its cause and retried after a growing backoff."""
+        failures = 0
         while not stop.is_set():
             try:
-                await self._lead(stop)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
-                log.warning("relay_error_retrying", relay=self.name, error=repr(exc))
-                await sleep_or_stop(stop, 1.0)
+                published = await self._lead(stop)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                failures += 1
+                self.state = "retrying"
+                self.stats.errors += 1
+                self.stats.last_error = f"{type(exc).__name__}: {exc}"[:500]
+                delay = min(self.backoff_max_s, self.backoff_initial_s * 2 ** min(failures - 1, 16))
+                delay *= random.uniform(0.8, 1.2)
+                self._log.error("relay_error_retrying", error=self.stats.last_error,
+                                failures=failures, retry_in_s=round(delay, 2), exc_info=exc)
+                await sleep_or_stop(stop, delay)
+                continue
+            if published:
+                failures = 0
+        self.state = "stopped"
 
-    async def _lead(self, stop: asyncio.Event) -> None:
-        # Leaving the session releases the advisory lock (and LISTEN): leadership ends with it.
+    async def _lead(self, stop: asyncio.Event) -> bool:
+        """Lead while the session lasts; True once a batch went out (resets the backoff)."""
+        published = False
+        # Leaving the session releases the advisory lock: leadership ends with it.
         async with pooled_session(self.store.pool) as conn:
             if not await self._acquire_leadership(conn):
+                self.state = "standby"
                 await sleep_or_stop(stop, 1.0)
-                return
-            log.info("relay_leading", relay=self.name, schema=self.store.schema)
-            await conn.add_listener(self.store.notify_channel, self._on_notify)
+                return False
+            self._log.info("relay_leading")
+            self.state = "leading"
+            unsubscribe = self.store.on_append(self._wake)
             try:
                 while not stop.is_set():
                     self._wake.clear()
                     count = await self.publish_batch(conn)
+                    if count:
+                        published = True
+                        self.stats.last_error = None
                     if count < self.batch_size:
                         await wait_any(self._wake, stop, timeout=self.idle_poll_s)
             finally:
-                if not conn.is_closed():
-                    await conn.remove_listener(self.store.notify_channel, self._on_notify)
+                unsubscribe()
+        return published
 
+    async def status(self) -> Status:
+        """State and lag, read from the table (so a standby or stuck relay shows it too)."""
+        checkpoint = await self.checkpoint()
+        row = await self.store.pool.fetchrow(self._lag_sql, checkpoint, LAG_COUNT_CAP)
+        behind = int(row["behind"]) if row else 0
+        age = (row["now"] - row["oldest"]).total_seconds() if row and row["oldest"] else 0.0
+        detail: dict[str, int | float | str] = {
+            "state": self.state, "published": self.stats.published,
+            "duplicates": self.stats.duplicates, "errors": self.stats.errors,
+            "behind": behind, "oldest_unpublished_age_s": round(max(age, 0.0), 3),
+            "checkpoint": checkpoint,
+        }
+        if self.stats.last_error:
+            detail["last_error"] = self.stats.last_error
+        if age > self.stuck_after_s:
+            reason = (f"relay stuck: {behind} event(s) unpublished, the oldest for {age:.0f}s"
+                      + (f" (last error: {self.stats.last_error})" if self.stats.last_error else ""))
+            return Status(False, reason, detail)
+        return Status(True, "", detail)

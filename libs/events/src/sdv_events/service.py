@@ -1,6 +1,8 @@
 """The one service runtime: every `app.py` hands its routers to `run_service`, which opens the
 service's event store schema, connects the broker, provisions JetStream, runs the relay beside the
-handlers, answers `sdv.cmd.<service>.ping` and, on SIGTERM/SIGINT, stops in reverse order."""
+handlers under a `Supervisor`, answers `sdv.cmd.<service>.ping` with the health of every task
+(relay lag included) and, on SIGTERM/SIGINT, stops in reverse order. A task that fails for good
+stops the service with `ServiceFailed` (a non-zero exit)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any, Self
@@ -26,6 +28,8 @@ from sdv_events.logs import configure_logging
 from sdv_events.provisioning import provision
 from sdv_events.relay import Relay
 from sdv_events.store import EventStore
+from sdv_events.store.postgres import MAX_EVENT_BYTES
+from sdv_events.supervision import Probe, Supervisor, TaskHealth, Work
 
 log = structlog.get_logger("sdv.service")
 SHUTDOWN_GRACE_S = 10.0
@@ -42,6 +46,8 @@ class ServiceSettings(BaseModel):
     log_level: str = "INFO"
     # A `.creds` file (user JWT + nkey seed) for a NATS server in operator mode; None = no auth.
     nats_credentials: str | None = None
+    # The largest event `append` stores (encoded body + metadata), below NATS's max payload.
+    max_event_bytes: int = MAX_EVENT_BYTES
 
     @model_validator(mode="after")
     def _default_schema(self) -> Self:
@@ -51,10 +57,10 @@ class ServiceSettings(BaseModel):
     @classmethod
     def from_env(cls, service: str, **overrides: Any) -> Self:
         """`SDV_NATS_URL`, `SDV_DATABASE_URL`, `SDV_<SERVICE>_SCHEMA`, `SDV_LOG_LEVEL`,
-        `SDV_NATS_CREDS`."""
+        `SDV_NATS_CREDS`, `SDV_MAX_EVENT_BYTES`."""
         names = {"nats_url": "SDV_NATS_URL", "database_url": "SDV_DATABASE_URL",
                  "schema_name": f"SDV_{service.upper()}_SCHEMA", "log_level": "SDV_LOG_LEVEL",
-                 "nats_credentials": "SDV_NATS_CREDS"}
+                 "nats_credentials": "SDV_NATS_CREDS", "max_event_bytes": "SDV_MAX_EVENT_BYTES"}
         values = {key: os.environ[env] for key, env in names.items() if os.environ.get(env)}
         return cls(service=service, **(values | overrides))
 
@@ -63,11 +69,16 @@ class Ping(msgspec.Struct, frozen=True):
     """Ask a service how it is: the reply is its `ServiceHealth`."""
 
 
-class ServiceHealth(msgspec.Struct, frozen=True):
+class ServiceHealth(msgspec.Struct, frozen=True, kw_only=True):
     service: str
     version: str
     uptime_s: float
     relay_published: int
+    # False when any task failed, is restarting, or reports itself stuck (a relay whose oldest
+    # unpublished event is too old, a consumer that stopped at an event it cannot read).
+    healthy: bool = True
+    problems: list[str] = []
+    tasks: list[TaskHealth] = []
 
 
 async def wait_until_ready(
@@ -105,11 +116,23 @@ class ServiceRuntime:
     broker: NatsBroker
     js: JetStreamContext
     stop: asyncio.Event
-    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    supervisor: Supervisor = field(init=False)
 
-    def spawn(self, work: Callable[[asyncio.Event], Coroutine[Any, Any, None]], name: str) -> None:
-        """Run `work(stop)` until shutdown (projections, policies); it must return once stop is set."""
-        self.tasks.append(asyncio.create_task(work(self.stop), name=name))
+    def __post_init__(self) -> None:
+        self.supervisor = Supervisor(self.stop)
+
+    def spawn(self, work: Work, name: str, *, probe: Probe | None = None) -> None:
+        """Run `work(stop)` until shutdown (projections, policies), supervised: restarted when
+        it fails, the service stopped when it keeps failing. It must return once stop is set.
+        `probe` reports the task's own health (lag) in ping."""
+        self.supervisor.spawn(work, name, probe=probe)
+
+    async def health(self, name: str, version: str, uptime_s: float, published: int) -> ServiceHealth:
+        tasks = await self.supervisor.health()
+        problems = [f"{t.name}: {t.reason or t.state}" for t in tasks if not t.healthy]
+        return ServiceHealth(service=name, version=version, uptime_s=uptime_s,
+                             relay_published=published, healthy=not problems, problems=problems,
+                             tasks=tasks)
 
 
 async def run_service(
@@ -133,7 +156,8 @@ async def run_service(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
-    store = await EventStore.open(settings.database_url, settings.schema_name)
+    store = await EventStore.open(settings.database_url, settings.schema_name,
+                                  max_event_bytes=settings.max_event_bytes)
     auth = {"user_credentials": settings.nats_credentials} if settings.nats_credentials else {}
     broker = make_broker(settings.nats_url, name, **auth)
     runtime: ServiceRuntime | None = None
@@ -143,17 +167,18 @@ async def run_service(
         js = broker.config.connection_state.stream
         await provision(js)
         relay = Relay(store, js)
+        runtime = ServiceRuntime(settings, store, broker, js, stop)
+        service_runtime = runtime
 
         async def ping(_: Ping, __: RequestInfo) -> ServiceHealth:
-            return ServiceHealth(name, version, round(time.monotonic() - started, 3),
-                                 relay.stats.published)
+            return await service_runtime.health(
+                name, version, round(time.monotonic() - started, 3), relay.stats.published)
 
         health = NatsRouter()
         register_command(health, name, "ping", Ping, ping)
         for router in (*routers, health):
             broker.include_router(router)
-        runtime = ServiceRuntime(settings, store, broker, js, stop)
-        runtime.spawn(relay.run, "relay")
+        runtime.spawn(relay.run, "relay", probe=relay.status)
         if on_start is not None:
             await on_start(runtime)
         await broker.start()
@@ -161,14 +186,15 @@ async def run_service(
         await stop.wait()
     finally:
         stop.set()
-        if runtime is not None and runtime.tasks:
-            _, pending = await asyncio.wait(runtime.tasks, timeout=SHUTDOWN_GRACE_S)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*runtime.tasks, return_exceptions=True)
+        if runtime is not None:
+            await runtime.supervisor.wait_stopped(SHUTDOWN_GRACE_S)
         with contextlib.suppress(Exception):
             await broker.stop()
         await store.close()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         log.info("service_stopped")
+    failed = runtime.supervisor.failed if runtime is not None else None
+    if failed is not None:
+        log.error("service_failed", task=failed.task, error=repr(failed.cause))
+        raise failed

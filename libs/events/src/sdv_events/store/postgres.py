@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -12,13 +13,16 @@ import msgspec
 
 from sdv_events.codec import decode_body, decode_metadata, encode, encode_metadata
 from sdv_events.envelope import Envelope, Metadata
-from sdv_events.errors import ConcurrencyConflict, DuplicateCommand
+from sdv_events.errors import ConcurrencyConflict, DuplicateCommand, EventTooLarge
 from sdv_events.ids import split_stream_id, uuid7
 from sdv_events.registry import EventRegistry, default_registry
 from sdv_events.store.schema import check_schema_name, ensure_schema
 
 ANY = -1
 NO_STREAM = 0
+# The largest event (encoded body + metadata) `append` accepts. Well under NATS's default
+# 1 MiB max_payload, so the relay can always publish what was stored.
+MAX_EVENT_BYTES = 256 * 1024
 
 _COLUMNS = (
     "global_position, stream_id, version, event_id, type, schema_version, data, metadata, occurred_at"
@@ -66,12 +70,22 @@ class EventStore:
         *,
         registry: EventRegistry = default_registry,
         clock: Callable[[], datetime] = utc_now,
+        max_event_bytes: int = MAX_EVENT_BYTES,
     ) -> None:
         self.pool = pool
         self.schema = check_schema_name(schema)
         self.registry = registry
         self.clock = clock
-        self.notify_channel = f"{schema}_events"
+        self.max_event_bytes = max_event_bytes
+        # In-process tailers (the relay) wait on these instead of polling; appends from other
+        # processes are found by their idle poll. (A pg_notify per append serialised every
+        # commit of the cluster on the notify queue and halved concurrent append throughput.)
+        self._append_waiters: set[asyncio.Event] = set()
+
+    def on_append(self, waiter: asyncio.Event) -> Callable[[], None]:
+        """Set `waiter` after every append through this store; returns the unsubscribe."""
+        self._append_waiters.add(waiter)
+        return lambda: self._append_waiters.discard(waiter)
 
     @classmethod
     async def open(
@@ -134,13 +148,18 @@ class EventStore:
         split_stream_id(stream_id)
         if command_id is not None and outcome is None:
             raise ValueError("a command_id needs the outcome to record with it")
+        bodies = [encode(e.data) for e in envelopes]
+        metas = [encode_metadata(e.metadata) for e in envelopes]
+        for envelope, body, meta in zip(envelopes, bodies, metas, strict=True):
+            if len(body) + len(meta) > self.max_event_bytes:
+                raise EventTooLarge(stream_id, envelope.type, len(body) + len(meta),
+                                    self.max_event_bytes)
         try:
             row = await self.pool.fetchrow(
                 f"SELECT * FROM {self.schema}.append_events($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)",
                 stream_id, expected_version,
                 [e.event_id for e in envelopes], [e.type for e in envelopes],
-                [e.schema_version for e in envelopes], [encode(e.data) for e in envelopes],
-                [encode_metadata(e.metadata) for e in envelopes],
+                [e.schema_version for e in envelopes], bodies, metas,
                 [e.occurred_at for e in envelopes], command_id, outcome,
             )
         except asyncpg.UniqueViolationError as exc:
@@ -155,6 +174,8 @@ class EventStore:
                 raise ConcurrencyConflict(stream_id, expected_version, actual) from None
             raise
         assert row is not None
+        for waiter in self._append_waiters:
+            waiter.set()
         next_version = int(row["next_version"])
         if expected_version == ANY and envelopes:
             first_version = next_version - len(envelopes) + 1

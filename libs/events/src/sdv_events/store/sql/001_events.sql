@@ -12,13 +12,24 @@ CREATE TABLE IF NOT EXISTS {schema}.events (
     metadata        bytea       NOT NULL,
     occurred_at     timestamptz NOT NULL,
     recorded_at     timestamptz NOT NULL DEFAULT now(),
-    -- The writing transaction: readers that tail the log use it to never step over a
-    -- transaction that took a lower position but has not committed yet (see relay.py).
+    -- The writing transaction, kept for audits. No longer a cursor: transaction ids restart
+    -- in a restored cluster, positions (a sequence pg_dump restores) do not.
     tx_id           xid8        NOT NULL DEFAULT pg_current_xact_id(),
     UNIQUE (stream_id, version)
 );
 CREATE INDEX IF NOT EXISTS events_tx_cursor ON {schema}.events (tx_id, global_position);
 CREATE INDEX IF NOT EXISTS events_recorded_at ON {schema}.events (recorded_at);
+
+-- Defence in depth behind EventStore.append's typed size check: a row the relay could never
+-- publish (NATS max_payload is 1 MiB, the envelope adds its fields) is refused by the table.
+-- (Checked first: ALTER TABLE takes an exclusive lock that would deadlock with live appends.)
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_constraint
+                   WHERE conname = 'events_bounded' AND conrelid = '{schema}.events'::regclass) THEN
+        ALTER TABLE {schema}.events ADD CONSTRAINT events_bounded
+            CHECK (octet_length(data) + octet_length(metadata) <= 900000) NOT VALID;
+    END IF;
+END $$;
 
 -- Command idempotency: the first outcome of a command id, stored with its events atomically.
 CREATE TABLE IF NOT EXISTS {schema}.commands (
@@ -61,9 +72,12 @@ DECLARE
     n integer := coalesce(array_length(p_ids, 1), 0);
     cur integer;
 BEGIN
-    -- Taken before this transaction writes anything (and so before it gets an xid): appends to
-    -- one stream then get xids in version order, which the relay's (tx_id, position) cursor needs.
-    PERFORM pg_advisory_xact_lock(hashtext('{schema}'), hashtext(p_stream));
+    -- Commit order = position order (see relay.py): one appending transaction per schema at a
+    -- time, from before it draws a position until it has committed (an xact lock is released
+    -- after the commit became visible). A reader that sees position p then sees every lower
+    -- position that will ever exist, so tailing by position alone never skips. It also
+    -- serialises the version check below, per stream and for the whole schema.
+    PERFORM pg_advisory_xact_lock(hashtext('sdv_append'), hashtext('{schema}'));
     SELECT coalesce(max(e.version), 0) INTO cur FROM {schema}.events e WHERE e.stream_id = p_stream;
     IF p_expected <> -1 AND cur <> p_expected THEN
         RAISE EXCEPTION 'stream % is at version %, expected %', p_stream, cur, p_expected
@@ -89,5 +103,4 @@ BEGIN
     )
     -- Concurrent inserts may interleave sequence values, so return each row's own position.
     SELECT cur + n, array_agg(ins.global_position ORDER BY ins.global_position) FROM ins;
-    PERFORM pg_notify('{schema}_events', '');
 END $$;
