@@ -64,7 +64,6 @@ from sdv_events.schemas.rollouts import (
     DeviceSucceeded,
     DeviceTargeted,
     RollbackStarted,
-    RolloutPlanned,
     WaveStarted,
 )
 
@@ -364,7 +363,7 @@ async def test_canary_to_20_real_agents_all_succeed(suite: Any, fleet: RealFleet
     assert {d.device_id: d.status for d in done.devices} == {d: "succeeded" for d in devices}
 
     events = await suite.events(view.rollout_id)
-    assert bodies(events, RolloutPlanned)[0].waves == [devices[:1], devices[1:5], devices[5:]]
+    assert fleet_harness.plan_of(events) == [devices[:1], devices[1:5], devices[5:]]
     assert sorted(b.device_id for b in bodies(events, DeviceTargeted)) == devices
     assert sorted(b.device_id for b in bodies(events, DeviceSucceeded)) == devices
 
@@ -410,15 +409,15 @@ async def test_real_agents_failing_health_abort_and_roll_back(suite: Any, fleet:
     assert [w.state for w in ended.waves] == ["completed", "aborted", "waiting"]
 
     events = await suite.events(view.rollout_id)
-    assert bodies(events, RolloutPlanned)[0].waves == [wave_1, wave_2, wave_3]
+    assert fleet_harness.plan_of(events) == [wave_1, wave_2, wave_3]
     touched = wave_1 + wave_2
     assert sorted(b.device_id for b in bodies(events, DeviceTargeted)) == touched
     assert [b.wave for b in bodies(events, WaveStarted)] == [0, 1]
     assert {b.device_id for b in bodies(events, DeviceFailed)} <= set(wave_2)
     assert [b.device_id for b in bodies(events, DeviceSucceeded)] == wave_1
     (rollback,) = bodies(events, RollbackStarted)
-    assert sorted(p.device_id for p in rollback.devices) == touched
-    assert {p.package.digest for p in rollback.devices} == {v1.digest}
+    assert rollback.devices == len(touched)
+    assert {fleet_harness.previous_of(events)[d].digest for d in touched} == {v1.digest}
 
     # Waves 1-2 are back on v1: desired, reported, and really running.
     back = await fleet.all_running(touched, v1, timeout=30)

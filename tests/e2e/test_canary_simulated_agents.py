@@ -211,8 +211,8 @@ async def test_a_new_version_failing_everywhere_aborts_the_canary_and_rolls_back
     events = await suite.events(view.rollout_id)
     assert [b.device_id for b in bodies(events, DeviceTargeted)] == canary
     (rollback,) = bodies(events, RollbackStarted)
-    assert [p.device_id for p in rollback.devices] == canary
-    assert {p.package.digest for p in rollback.devices} == {v1.digest}
+    assert rollback.devices == len(canary)
+    assert fleet_harness.previous_of(events)[canary[0]].digest == v1.digest
 
     # The canary crashed on v2 before it was healthy, fell back to v1 on its own, and the
     # orchestrator's rollback put v1 back in its desired document.

@@ -55,11 +55,14 @@ from sdv_events.schemas.devices import (
 from sdv_events.schemas.packages import PackageInfo
 from sdv_events.schemas.rollouts import (
     CreateRolloutRequest,
+    DevicesPlanned,
     DeviceSucceeded,
     DeviceTargeted,
     ListRollouts,
+    PreviousPackages,
     RolloutCompleted,
     RolloutList,
+    RolloutPlanned,
     RolloutRef,
     RolloutView,
     Strategy,
@@ -128,6 +131,23 @@ def bodies(events: list[Any], kind: type) -> list[Any]:
     return [e.data for e in events if isinstance(e.data, kind)]
 
 
+def plan_of(events: list[Any]) -> list[list[str]]:
+    """The waves of a rollout's plan, from its `RolloutPlanned` header and `DevicesPlanned` chunks."""
+    (header,) = bodies(events, RolloutPlanned)
+    waves: list[list[str]] = [[] for _ in range(header.waves)]
+    for chunk in bodies(events, DevicesPlanned):
+        for device in chunk.devices:
+            waves[device.wave].append(device.device_id)
+    return waves
+
+
+def previous_of(events: list[Any]) -> dict[str, PackageInfo | None]:
+    """Device → the package its plan recorded it ran before the rollout (None: not installed)."""
+    table = [p for chunk in bodies(events, PreviousPackages) for p in chunk.packages]
+    return {d.device_id: None if d.previous is None else table[d.previous]
+            for chunk in bodies(events, DevicesPlanned) for d in chunk.devices}
+
+
 # --- services -------------------------------------------------------------------------------------
 
 
@@ -170,6 +190,8 @@ class Suite:
     agents: dict[str, SimAgent] = field(default_factory=dict)
     _apps: int = 0
     eventually = staticmethod(eventually)
+    plan_of = staticmethod(plan_of)
+    previous_of = staticmethod(previous_of)
 
     @property
     def orchestrator_schema(self) -> str:

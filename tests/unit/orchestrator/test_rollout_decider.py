@@ -16,7 +16,6 @@ from sdv_events.schemas.rollouts import (
     DeviceSucceeded,
     DeviceTargeted,
     DeviceTimedOut,
-    PreviousAssignment,
     RollbackStarted,
     RolloutAborted,
     RolloutCompleted,
@@ -76,7 +75,7 @@ def started(*, waves=("1", "25%", "100%"), thresholds=Thresholds(0.95, 0.05),
                       strategy=Strategy("canary", list(waves)), thresholds=thresholds,
                       timeouts=timeouts, auto_rollback=auto_rollback, now=T0))
     run(StartRollout(device_ids=list(devices), excluded={"dev-x": "no KUKSA databroker"},
-                     previous=[PreviousAssignment(d, OLD) for d in devices], now=T0))
+                     previous_packages=[OLD], previous=dict.fromkeys(devices, 0), now=T0))
     return run
 
 
@@ -111,8 +110,10 @@ def test_failures_above_the_error_threshold_in_wave_2_abort_and_roll_back_waves_
     assert "2 of 4 devices failed" in new[-2].reason
     rollback = new[-1]
     assert isinstance(rollback, RollbackStarted)
-    assert [p.device_id for p in rollback.devices] == sorted(wave_devices(run, 0) + second)
-    assert all(p.package == OLD for p in rollback.devices)
+    touched = sorted(wave_devices(run, 0) + second)
+    assert rollback.devices == len(touched) == len(run.state.devices)
+    assert sorted(run.state.devices) == touched
+    assert all(run.state.previous_packages[run.state.previous[d]] == OLD for d in touched)
     third = set(wave_devices(run, 2))
     assert not third & {e.device_id for e in run.of(DeviceTargeted)}  # wave 3 never touched
     assert run(ReportDevices([Report(second[2], True)], T0)) == []  # late reports change nothing
@@ -170,7 +171,7 @@ def test_manual_rollback_of_a_completed_rollout_restores_every_device() -> None:
     succeed(run, DEVICES)
     new = run(RollbackRollout(T0, "regression found in the field"))
     assert [type(e) for e in new] == [RollbackStarted]
-    assert len(new[0].devices) == 20
+    assert new[0].devices == 20
     assert run(RollbackRollout(T0)) == []
 
 

@@ -8,6 +8,7 @@ import contextlib
 import time
 from enum import StrEnum
 
+import msgspec
 import typer
 from nats.aio.client import Client as NatsClient
 from rich.live import Live
@@ -16,7 +17,9 @@ from rich.table import Table
 from sdv_client.cli_support import JsonOption, builtins, emit_json, out, run, user
 from sdv_events.bus import CommandClient
 from sdv_events.schemas.rollouts import (
+    MAX_PAGE,
     CreateRolloutRequest,
+    GetRollout,
     ListRollouts,
     PolicyList,
     PolicyRef,
@@ -52,6 +55,26 @@ def call(name: str, request: object, result_type: type, as_json: bool):  # type:
     return run(lambda nc: client(nc).call(SERVICE, name, request, result_type), as_json, SERVICE)
 
 
+async def get_all(commands: CommandClient, rollout_id: str) -> RolloutView:
+    """The whole view, page by page (one reply holds at most MAX_PAGE rows of each list, so it
+    stays under NATS's max payload at any fleet size). The rollout may move on between pages:
+    each row is as of the page that carried it."""
+    view = await commands.call(SERVICE, "get", GetRollout(rollout_id=rollout_id, limit=MAX_PAGE),
+                               RolloutView)
+    waves, devices, excluded = list(view.waves), list(view.devices), dict(view.excluded)
+    offset = view.offset + view.limit
+    while offset < max(view.waves_total, view.devices_total, view.excluded_total):
+        page = await commands.call(
+            SERVICE, "get", GetRollout(rollout_id=rollout_id, offset=offset, limit=MAX_PAGE),
+            RolloutView)
+        waves += page.waves
+        devices += page.devices
+        excluded |= page.excluded
+        offset += page.limit
+    return msgspec.structs.replace(view, waves=waves, devices=devices, excluded=excluded,
+                                   limit=max(len(waves), len(devices), len(excluded), 1))
+
+
 def table_of(view: RolloutView) -> Table:
     table = Table(title=f"rollout {view.rollout_id} — {view.app} {view.version}: {view.status}")
     for column in ("wave", "size", "succeeded", "failed", "pending", "state"):
@@ -71,7 +94,7 @@ def show(view: RolloutView, as_json: bool) -> None:
         return
     out.print(table_of(view))
     if view.excluded:
-        out.print(f"excluded {len(view.excluded)} device(s):")
+        out.print(f"excluded {view.excluded_total} device(s):")
         for device_id, why in list(view.excluded.items())[:20]:
             out.print(f"  {device_id}: {why}", highlight=False)
 
@@ -90,7 +113,7 @@ def _watch(rollout_id: str, as_json: bool, timeout_s: float) -> RolloutView:
                 view = await commands.call(SERVICE, "get", RolloutRef(rollout_id), RolloutView)
                 if live is not None:
                     live.update(table_of(view), refresh=True)
-        return view
+        return await get_all(commands, rollout_id) if as_json else view
 
     return run(work, as_json, SERVICE)
 
@@ -130,8 +153,8 @@ def create(
 
 @app.command("get")
 def get(rollout_id: str, as_json: bool = JsonOption) -> None:
-    """Status with per-wave and per-device progress."""
-    view = call("get", RolloutRef(rollout_id), RolloutView, as_json)
+    """Status with per-wave and per-device progress (every device with --json)."""
+    view = run(lambda nc: get_all(client(nc), rollout_id), as_json, SERVICE)
     if as_json:
         show(view, as_json)
         return
@@ -140,6 +163,8 @@ def get(rollout_id: str, as_json: bool = JsonOption) -> None:
     for d in view.devices[:200]:
         devices.add_row(d.device_id, str(d.wave + 1), d.status)
     out.print(devices)
+    if view.devices_total > 200:
+        out.print(f"… and {view.devices_total - 200} more device(s) (--json lists them all)")
 
 
 @app.command("watch")

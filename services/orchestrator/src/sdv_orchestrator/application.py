@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import asyncpg
+import msgspec
 import structlog
 
 from sdv_events.bus import Conflict, InvalidRequest, NotFound, Rejected
@@ -21,16 +22,18 @@ from sdv_events.commands import Rejected as RejectedOutcome
 from sdv_events.commands import StateCache, handle_command, load
 from sdv_events.envelope import Metadata
 from sdv_events.ids import stream_id
+from sdv_events.schemas.packages import PackageInfo
 from sdv_events.schemas.rollouts import (
+    MAX_PAGE,
     CreateRolloutRequest,
     DeviceProgressView,
-    PreviousAssignment,
     RolloutSummary,
     RolloutView,
     WaveView,
 )
 from sdv_events.store import EventStore
 from sdv_orchestrator.adapters.peers import Peers
+from sdv_orchestrator.domain.plan_events import distinct_packages
 from sdv_orchestrator.domain.planning import eligible, package_arches
 from sdv_orchestrator.domain.rollout import (
     CancelRollout,
@@ -121,18 +124,19 @@ class Orchestrator:
         excluded |= unknown
         async with self.store.pool.acquire() as conn, conn.transaction():
             ok = await self._reserve(conn, rollout_id, package.name, ok)
-            previous = [PreviousAssignment(d, await self.desired.current(conn, d, package.name))
-                        for d in ok]
+            current = await self.desired.current_many(conn, ok, package.name)
+        packages, previous = distinct_packages(
+            current, lambda raw: msgspec.json.decode(raw, type=PackageInfo))
         try:
-            await self.run(rollout_id, StartRollout(device_ids=ok, excluded=excluded,
-                                                    previous=previous, now=self.clock()),
-                           metadata=metadata)
+            await self.run(rollout_id, StartRollout(
+                device_ids=ok, excluded=excluded, previous_packages=packages, previous=previous,
+                now=self.clock()), metadata=metadata)
         except Exception:
             await self.store.pool.execute(
                 f"DELETE FROM {self.schema}.reservations WHERE rollout_id = $1", rollout_id)
             raise
         log.info("rollout_started", rollout_id=rollout_id, app=package.name, devices=len(ok),
-                 excluded=len(excluded))
+                 excluded=len(excluded), upgrading=len(previous), previous_versions=len(packages))
         return await self.get(rollout_id)
 
     async def _reserve(self, conn: asyncpg.Connection, rollout_id: str, app: str,
@@ -194,11 +198,16 @@ class Orchestrator:
             f"SELECT rollout_id FROM {self.schema}.rollouts WHERE status IN ('running', 'paused')")
         return [r["rollout_id"] for r in rows]
 
-    async def get(self, rollout_id: str) -> RolloutView:
+    async def get(self, rollout_id: str, offset: int = 0, limit: int = 1000) -> RolloutView:
+        """One page of the view: rows [offset, offset + limit) of waves, devices and excluded
+        (`limit` at most MAX_PAGE), so a reply stays small whatever the fleet."""
+        if offset < 0 or not 0 < limit <= MAX_PAGE:
+            raise InvalidRequest(f"offset must be >= 0 and limit in [1, {MAX_PAGE}]")
         s = await self.state(rollout_id)
         assert s.created is not None
+        end = offset + limit
         waves = []
-        for index, count in enumerate(s.counts):
+        for index, count in enumerate(s.counts[offset:end], start=offset):
             if index < s.current_wave or (index == s.current_wave and s.wave_completed_at):
                 wave_state = "completed"
             elif index == s.current_wave:
@@ -207,12 +216,17 @@ class Orchestrator:
                 wave_state = "waiting"
             waves.append(WaveView(index, count.size, count.succeeded, count.failed, count.pending,
                                   wave_state))
+        devices = sorted(s.devices)[offset:end]
+        excluded = sorted(s.excluded)[offset:end]
         return RolloutView(
             rollout_id=rollout_id, app=s.created.package.name, version=s.created.package.version,
             status=s.status, target=s.created.target, strategy=s.created.strategy, waves=waves,
-            devices=[DeviceProgressView(d, w, st) for d, (w, st, _) in sorted(s.devices.items())],
-            excluded=s.excluded, current_wave=s.current_wave, reason=s.reason,
-            created_at=s.created.created_at,
+            devices=[DeviceProgressView(d, s.devices[d][0], s.devices[d][1]) for d in devices],
+            excluded={d: s.excluded[d] for d in excluded}, current_wave=s.current_wave,
+            reason=s.reason, created_at=s.created.created_at, offset=offset, limit=limit,
+            waves_total=len(s.counts), devices_total=len(s.devices), excluded_total=len(s.excluded),
+            succeeded_total=sum(c.succeeded for c in s.counts),
+            failed_total=sum(c.failed for c in s.counts),
         )
 
     async def list(self, app: str | None, status: str | None, limit: int) -> list[RolloutSummary]:

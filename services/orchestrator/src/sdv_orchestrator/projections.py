@@ -6,7 +6,9 @@
   document in KV `sdv_desired` — a projection of events, so it can be rebuilt. The KV write
   happens inside the read-model transaction, before its commit: a crash after the write
   re-applies the same event after restart, producing the same document (agents are
-  level-triggered), and a crash before it loses nothing.
+  level-triggered), and a crash before it loses nothing. It keeps each rollout's previous
+  packages (from its plan chunks) so that a rollback, which names no device, finds them in its
+  own tables: the devices the rollout still owns and the package each ran before.
 """
 
 from __future__ import annotations
@@ -23,18 +25,23 @@ from sdv_events.schemas.deployment import DesiredApp, DesiredState
 from sdv_events.schemas.packages import PackageInfo
 from sdv_events.schemas.rollouts import (
     DeviceFailed,
+    DevicesPlanned,
     DeviceSucceeded,
     DeviceTargeted,
     DeviceTimedOut,
+    PreviousPackages,
     RollbackStarted,
+    RollbackStartedV1,
     RolloutAborted,
     RolloutCancelled,
     RolloutCompleted,
     RolloutCreated,
     RolloutPaused,
     RolloutPlanned,
+    RolloutPlannedV1,
     RolloutResumed,
 )
+from sdv_orchestrator.domain.plan_events import expand_v1
 
 _enc = msgspec.json.Encoder()
 TERMINAL = ("completed", "aborted", "cancelled", "rolled_back")
@@ -87,10 +94,12 @@ class RolloutCatalog:
                     "updated_at) VALUES ($1, $2, $3, 'created', $4, $4) ON CONFLICT DO NOTHING",
                     rid, package.name, package.version, at,
                 )
-            case RolloutPlanned(waves=waves):
+            case RolloutPlanned() | RolloutPlannedV1():
+                devices = (event.data.devices if isinstance(event.data, RolloutPlanned)
+                           else sum(len(w) for w in event.data.waves))
                 await conn.execute(
                     f"UPDATE {t}.rollouts SET status = 'running', devices = $2, updated_at = $3 "
-                    "WHERE rollout_id = $1", rid, sum(len(w) for w in waves), at,
+                    "WHERE rollout_id = $1", rid, devices, at,
                 )
             case DeviceSucceeded():
                 await conn.execute(f"UPDATE {t}.rollouts SET succeeded = succeeded + 1, "
@@ -108,7 +117,7 @@ class RolloutCatalog:
                 await self._status(conn, rid, "aborted", at)
             case RolloutCancelled():
                 await self._status(conn, rid, "cancelled", at)
-            case RollbackStarted():
+            case RollbackStarted() | RollbackStartedV1():
                 await self._status(conn, rid, "rolled_back", at)
 
 
@@ -132,12 +141,19 @@ class DesiredStates:
                 rollout_id text, PRIMARY KEY (device_id, app));
             CREATE TABLE IF NOT EXISTS {self.schema}.device_revisions (
                 device_id text PRIMARY KEY, revision bigint NOT NULL);
+            CREATE TABLE IF NOT EXISTS {self.schema}.rollout_previous_packages (
+                rollout_id text NOT NULL, ref integer NOT NULL, package bytea NOT NULL,
+                PRIMARY KEY (rollout_id, ref));
+            CREATE TABLE IF NOT EXISTS {self.schema}.rollout_previous (
+                rollout_id text NOT NULL, device_id text NOT NULL, ref integer NOT NULL,
+                PRIMARY KEY (rollout_id, device_id));
         """)
 
     async def reset(self, conn: asyncpg.Connection) -> None:
         # Revisions are kept: agents ignore documents not newer than the last one they saw.
         await self.create(conn)
-        await conn.execute(f"TRUNCATE {self.schema}.rollout_packages, {self.schema}.device_apps")
+        await conn.execute(f"TRUNCATE {self.schema}.rollout_packages, {self.schema}.device_apps, "
+                           f"{self.schema}.rollout_previous_packages, {self.schema}.rollout_previous")
         self._packages.clear()
 
     async def _package(self, conn: asyncpg.Connection, rollout_id: str) -> tuple[bytes, PackageInfo]:
@@ -155,6 +171,15 @@ class DesiredStates:
             device_id, app,
         )
         return None if raw is None else msgspec.json.decode(raw, type=PackageInfo)
+
+    async def current_many(self, conn: asyncpg.Connection | asyncpg.Pool, device_ids: list[str],
+                           app: str) -> list[tuple[str, bytes]]:
+        """(device, encoded package) for the devices that have `app` assigned, in one query."""
+        rows = await conn.fetch(
+            f"SELECT device_id, package FROM {self.schema}.device_apps "
+            "WHERE app = $1 AND device_id = ANY($2::text[])", app, device_ids,
+        )
+        return [(r["device_id"], r["package"]) for r in rows]
 
     async def apply(self, conn: asyncpg.Connection, event: Envelope) -> None:
         rid, t = rollout_id_of(event), self.schema
@@ -186,7 +211,38 @@ class DesiredStates:
                         for r in rows if r["app"] is not None}
                 apps[package.name] = DesiredApp(package=package, rollout_id=rid)
                 await self._put(device_id, rows[0]["revision"], apps, event.occurred_at)
-            case RollbackStarted(devices=devices):
+            case PreviousPackages() | DevicesPlanned():
+                await self._plan(conn, rid, event.data)
+            case RolloutPlannedV1():
+                for planned in expand_v1(event.data):
+                    if isinstance(planned, PreviousPackages | DevicesPlanned):
+                        await self._plan(conn, rid, planned)
+            case RollbackStarted():
+                app = (await self._package(conn, rid))[1].name
+                # Devices this rollout still owns (a later rollout's devices are left alone),
+                # back to the package they ran before it, or without the app if they had none.
+                restored = await conn.fetch(f"""
+                    WITH owned AS (
+                        SELECT a.device_id, p.package FROM {t}.device_apps a
+                        LEFT JOIN {t}.rollout_previous r
+                            ON r.rollout_id = $1 AND r.device_id = a.device_id
+                        LEFT JOIN {t}.rollout_previous_packages p
+                            ON p.rollout_id = $1 AND p.ref = r.ref
+                        WHERE a.app = $2 AND a.rollout_id = $1),
+                    removed AS (
+                        DELETE FROM {t}.device_apps a USING owned o
+                        WHERE a.device_id = o.device_id AND a.app = $2 AND o.package IS NULL
+                        RETURNING a.device_id),
+                    updated AS (
+                        UPDATE {t}.device_apps a SET package = o.package, rollout_id = NULL
+                        FROM owned o
+                        WHERE a.device_id = o.device_id AND a.app = $2 AND o.package IS NOT NULL
+                        RETURNING a.device_id)
+                    SELECT device_id FROM removed UNION ALL SELECT device_id FROM updated
+                    ORDER BY device_id""", rid, app)
+                for row in restored:
+                    await self._write(conn, row["device_id"], event.occurred_at)
+            case RollbackStartedV1(devices=devices):
                 app = (await self._package(conn, rid))[1].name
                 for previous in devices:
                     owner = await conn.fetchval(
@@ -205,6 +261,22 @@ class DesiredStates:
                             "WHERE device_id = $1 AND app = $2",
                             previous.device_id, app, _enc.encode(previous.package))
                     await self._write(conn, previous.device_id, event.occurred_at)
+
+    async def _plan(self, conn: asyncpg.Connection, rollout_id: str,
+                    chunk: PreviousPackages | DevicesPlanned) -> None:
+        t = self.schema
+        if isinstance(chunk, PreviousPackages):
+            await conn.executemany(
+                f"INSERT INTO {t}.rollout_previous_packages VALUES ($1, $2, $3) "
+                "ON CONFLICT DO NOTHING",
+                [(rollout_id, chunk.first + i, _enc.encode(p)) for i, p in enumerate(chunk.packages)])
+            return
+        rows = [(d.device_id, d.previous) for d in chunk.devices if d.previous is not None]
+        if rows:
+            await conn.execute(
+                f"INSERT INTO {t}.rollout_previous SELECT $1, d, r "
+                "FROM unnest($2::text[], $3::int[]) AS u(d, r) ON CONFLICT DO NOTHING",
+                rollout_id, [d for d, _ in rows], [r for _, r in rows])
 
     async def _write(self, conn: asyncpg.Connection, device_id: str, at: datetime) -> None:
         revision = await conn.fetchval(

@@ -1,6 +1,14 @@
 """Rollout events (stream `rollout-<id>`, written by the orchestrator) and rollout settings.
 
 Shared because the monitor and dashboards read them; the orchestrator alone writes them.
+
+No event grows with the fleet. A plan is written as a header (`RolloutPlanned` v2: counts only)
+followed, in the same append, by bounded chunks: `PreviousPackages` (the distinct packages the
+targeted devices ran before, each once), `DevicesPlanned` (device, wave, index of its previous
+package) and `DevicesExcluded`. `RollbackStarted` v2 names no device: the rollout's touched
+devices and their previous packages are already in its stream (and in the read models).
+Version 1 of both (`RolloutPlannedV1`, `RollbackStartedV1`: every device listed) stays
+decodable for histories written before; an upcaster cannot split one event into many.
 """
 
 from __future__ import annotations
@@ -42,10 +50,25 @@ class Timeouts(msgspec.Struct, frozen=True):
 
 
 class PreviousAssignment(msgspec.Struct, frozen=True):
-    """What a device ran before this rollout touched it (None package: app not installed)."""
+    """What a device ran before this rollout touched it (None package: app not installed).
+    Only in version 1 events (`RolloutPlannedV1`, `RollbackStartedV1`)."""
 
     device_id: str
     package: PackageInfo | None = None
+
+
+class PlannedDevice(msgspec.Struct, frozen=True, array_like=True):
+    """`["dev-1", 0, 2]`: a device, its wave, and the index of the package it ran before in
+    the plan's `PreviousPackages` table (`null`: the app was not installed)."""
+
+    device_id: str
+    wave: int
+    previous: int | None = None
+
+
+class ExcludedDevice(msgspec.Struct, frozen=True, array_like=True):
+    device_id: str
+    reason: str  # why it cannot take this package
 
 
 @event("orchestrator.RolloutCreated")
@@ -62,17 +85,50 @@ class RolloutCreated(msgspec.Struct, frozen=True, kw_only=True):
 
 
 @event("orchestrator.RolloutPlanned")
-class RolloutPlanned(msgspec.Struct, frozen=True, kw_only=True):
+class RolloutPlannedV1(msgspec.Struct, frozen=True, kw_only=True):
+    """The plan as written before version 2: every device inline (grew with the fleet)."""
+
     waves: list[list[str]]
     excluded: dict[str, str] = {}  # device id → why it cannot take this package
     previous: list[PreviousAssignment] = []
     planned_at: datetime
 
 
+@event("orchestrator.RolloutPlanned", 2)
+class RolloutPlanned(msgspec.Struct, frozen=True, kw_only=True):
+    """Header of a plan; its chunks follow in the same append (see the module docstring)."""
+
+    devices: int  # planned (targeted over the waves)
+    waves: int
+    excluded: int = 0
+    previous_packages: int = 0  # distinct packages in the `PreviousPackages` chunks
+    planned_at: datetime
+
+
+@event("orchestrator.PreviousPackages")
+class PreviousPackages(msgspec.Struct, frozen=True):
+    """Entries `first`, `first + 1`, … of the plan's table of previous packages."""
+
+    first: int
+    packages: list[PackageInfo]
+
+
+@event("orchestrator.DevicesPlanned")
+class DevicesPlanned(msgspec.Struct, frozen=True):
+    chunk: int
+    devices: list[PlannedDevice]
+
+
+@event("orchestrator.DevicesExcluded")
+class DevicesExcluded(msgspec.Struct, frozen=True):
+    chunk: int
+    devices: list[ExcludedDevice]
+
+
 @event("orchestrator.WaveStarted")
 class WaveStarted(msgspec.Struct, frozen=True):
     wave: int
-    size: int  # its device ids are in RolloutPlanned.waves[wave]
+    size: int  # its devices are the plan's `DevicesPlanned` entries of this wave
     at: datetime
 
 
@@ -130,10 +186,22 @@ class RolloutAborted(msgspec.Struct, frozen=True):
 
 
 @event("orchestrator.RollbackStarted")
-class RollbackStarted(msgspec.Struct, frozen=True):
+class RollbackStartedV1(msgspec.Struct, frozen=True):
+    """Rollback as written before version 2 (and still for rollouts planned in version 1)."""
+
     devices: list[PreviousAssignment]
     reason: str
     at: datetime
+
+
+@event("orchestrator.RollbackStarted", 2)
+class RollbackStarted(msgspec.Struct, frozen=True):
+    """Every device the rollout targeted goes back to its planned previous package (or loses
+    the app), unless a later rollout owns that app on it now."""
+
+    reason: str
+    at: datetime
+    devices: int  # how many devices the rollout had targeted
 
 
 @event("orchestrator.RolloutCompleted")
@@ -190,7 +258,22 @@ class DeviceProgressView(msgspec.Struct, frozen=True):
     status: str  # targeted | succeeded | failed | timed_out
 
 
+MAX_PAGE = 2000  # rows per list in one RolloutView: a reply stays far below NATS's 1 MB
+
+
+class GetRollout(msgspec.Struct, frozen=True, kw_only=True):
+    """`get`: one page of a rollout's view: rows [offset, offset + limit) of each of its lists
+    (waves, devices, excluded), with their totals. A plain `RolloutRef` asks for the first page."""
+
+    rollout_id: str
+    offset: int = 0
+    limit: int = 1000
+
+
 class RolloutView(msgspec.Struct, frozen=True, kw_only=True):
+    """A rollout with one page of its lists (`GetRollout`); the totals say how many there are.
+    Replies to start, pause, resume, cancel and rollback carry the first page."""
+
     rollout_id: str
     app: str
     version: str
@@ -204,6 +287,13 @@ class RolloutView(msgspec.Struct, frozen=True, kw_only=True):
     reason: str = ""
     created_at: datetime | None = None
     version_in_stream: int = 0
+    offset: int = 0
+    limit: int = 0
+    waves_total: int = 0
+    devices_total: int = 0
+    excluded_total: int = 0
+    succeeded_total: int = 0
+    failed_total: int = 0
 
 
 class RolloutSummary(msgspec.Struct, frozen=True, kw_only=True):

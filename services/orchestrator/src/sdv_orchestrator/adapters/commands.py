@@ -1,4 +1,5 @@
-"""`sdv.cmd.orchestrator.*`: create, start, pause, resume, cancel, rollback, get, list."""
+"""`sdv.cmd.orchestrator.*`: create, start, pause, resume, cancel, rollback, get (paged; a plain
+`RolloutRef` gets the first page), list."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from faststream.nats import NatsRouter
 from sdv_events.bus import RequestInfo, register_command
 from sdv_events.schemas.rollouts import (
     CreateRolloutRequest,
+    GetRollout,
     ListRollouts,
     RolloutList,
     RolloutRef,
@@ -38,8 +40,8 @@ def command_router(orchestrator: Orchestrator) -> NatsRouter:
     async def rollback(req: RolloutRef, info: RequestInfo) -> RolloutView:
         return await o.rollback(req.rollout_id, req.reason, metadata=info.metadata())
 
-    async def get(req: RolloutRef, _: RequestInfo) -> RolloutView:
-        return await o.get(req.rollout_id)
+    async def get(req: GetRollout, _: RequestInfo) -> RolloutView:
+        return await o.get(req.rollout_id, req.offset, req.limit)
 
     async def list_(req: ListRollouts, _: RequestInfo) -> RolloutList:
         return RolloutList(await o.list(req.app, req.status, req.limit))
@@ -48,7 +50,7 @@ def command_router(orchestrator: Orchestrator) -> NatsRouter:
         ("create", CreateRolloutRequest, create), ("start", RolloutRef, start),
         ("pause", RolloutRef, pause), ("resume", RolloutRef, resume),
         ("cancel", RolloutRef, cancel), ("rollback", RolloutRef, rollback),
-        ("get", RolloutRef, get), ("list", ListRollouts, list_),
+        ("get", GetRollout, get), ("list", ListRollouts, list_),
     ]:
         register_command(router, SERVICE, name, request_type, handler)  # type: ignore[arg-type]
     return router

@@ -11,6 +11,10 @@ Rules, in decide():
 - a paused rollout still counts reports and still aborts, but starts nothing new.
 Time comes in on the commands (`now`); `evolve` updates the state in place for speed (a 10,000
 device rollout folds tens of thousands of events), so the decider's initial state is a factory.
+No event grows with the fleet: the plan is a header and bounded chunks (domain/plan_events.py),
+and a rollback names no device (each goes back to the previous package its plan recorded).
+A rollout planned with version 1 events (devices inline) folds through the same path and is
+rolled back with a version 1 `RollbackStartedV1`, which read models built then understand.
 """
 
 from __future__ import annotations
@@ -27,17 +31,22 @@ from sdv_events.errors import DomainError
 from sdv_events.schemas.packages import PackageInfo
 from sdv_events.schemas.rollouts import (
     DeviceFailed,
+    DevicesExcluded,
+    DevicesPlanned,
     DeviceSucceeded,
     DeviceTargeted,
     DeviceTimedOut,
     PreviousAssignment,
+    PreviousPackages,
     RollbackStarted,
+    RollbackStartedV1,
     RolloutAborted,
     RolloutCancelled,
     RolloutCompleted,
     RolloutCreated,
     RolloutPaused,
     RolloutPlanned,
+    RolloutPlannedV1,
     RolloutResumed,
     Strategy,
     Target,
@@ -46,15 +55,17 @@ from sdv_events.schemas.rollouts import (
     WaveCompleted,
     WaveStarted,
 )
+from sdv_orchestrator.domain.plan_events import expand_v1, plan_events
 from sdv_orchestrator.domain.planning import plan_waves
 
 Status = Literal["none", "created", "running", "paused", "completed", "aborted", "cancelled",
                  "rolled_back"]
 DeviceStatus = Literal["targeted", "succeeded", "failed", "timed_out"]
 RolloutEvent = (
-    RolloutCreated | RolloutPlanned | WaveStarted | DeviceTargeted | DeviceSucceeded | DeviceFailed
-    | DeviceTimedOut | WaveCompleted | RolloutPaused | RolloutResumed | RolloutAborted
-    | RollbackStarted | RolloutCompleted | RolloutCancelled
+    RolloutCreated | RolloutPlanned | PreviousPackages | DevicesPlanned | DevicesExcluded
+    | WaveStarted | DeviceTargeted | DeviceSucceeded | DeviceFailed | DeviceTimedOut
+    | WaveCompleted | RolloutPaused | RolloutResumed | RolloutAborted | RollbackStarted
+    | RolloutCompleted | RolloutCancelled | RolloutPlannedV1 | RollbackStartedV1
 )
 
 
@@ -74,7 +85,8 @@ class CreateRollout(msgspec.Struct, frozen=True, kw_only=True):
 class StartRollout(msgspec.Struct, frozen=True, kw_only=True):
     device_ids: list[str]  # eligible devices, resolved and filtered by the application
     excluded: dict[str, str] = {}
-    previous: list[PreviousAssignment] = []
+    previous_packages: list[PackageInfo] = []  # distinct packages the devices run now
+    previous: dict[str, int] = {}  # device → index in previous_packages (absent: not installed)
     now: datetime
 
 
@@ -136,7 +148,9 @@ class RolloutState:
     created: RolloutCreated | None = None
     waves: list[list[str]] = field(default_factory=list)
     excluded: dict[str, str] = field(default_factory=dict)
-    previous: dict[str, PreviousAssignment] = field(default_factory=dict)
+    previous_packages: list[PackageInfo] = field(default_factory=list)
+    previous: dict[str, int] = field(default_factory=dict)  # device → index in previous_packages
+    planned_v1: bool = False  # planned with version 1 events: rolled back with version 1
     current_wave: int = -1
     wave_completed_at: datetime | None = None
     counts: list[WaveCount] = field(default_factory=list)
@@ -231,12 +245,10 @@ def _start(cmd: StartRollout, state: RolloutState) -> Sequence[RolloutEvent]:
         raise DomainError(
             f"no eligible device for the target ({len(cmd.excluded)} excluded)", code="no_devices"
         )
-    targeted = {d for wave in waves for d in wave}
-    planned = RolloutPlanned(
-        waves=waves, excluded=cmd.excluded,
-        previous=[p for p in cmd.previous if p.device_id in targeted], planned_at=cmd.now,
-    )
-    return [planned, *_start_wave(state.created, 0, waves[0], cmd.now)]
+    if any(not 0 <= i < len(cmd.previous_packages) for i in cmd.previous.values()):
+        raise _invalid("previous: a device points outside previous_packages")
+    plan = plan_events(waves, cmd.excluded, cmd.previous, cmd.previous_packages, cmd.now)
+    return [*plan, *_start_wave(state.created, 0, waves[0], cmd.now)]
 
 
 def _start_wave(created: RolloutCreated, index: int, wave: list[str], now: datetime) -> list[RolloutEvent]:
@@ -310,11 +322,15 @@ def _advance(
     return []
 
 
-def _rollback(state: RolloutState, reason: str, now: datetime) -> RollbackStarted:
-    touched = sorted(state.devices)
-    return RollbackStarted(
-        [state.previous.get(d, PreviousAssignment(d, None)) for d in touched], reason, now
-    )
+def _rollback(state: RolloutState, reason: str, now: datetime) -> RollbackStarted | RollbackStartedV1:
+    if not state.planned_v1:
+        return RollbackStarted(reason, now, len(state.devices))
+    # Read models that applied a version 1 plan recorded no previous packages: name them.
+    packages = state.previous_packages
+    return RollbackStartedV1([
+        PreviousAssignment(d, None if (ref := state.previous.get(d)) is None else packages[ref])
+        for d in sorted(state.devices)
+    ], reason, now)
 
 
 # --- evolve (in place: see the module docstring) ------------------------------------------------
@@ -322,11 +338,24 @@ def evolve(state: RolloutState, event: RolloutEvent) -> RolloutState:
     match event:
         case RolloutCreated():
             state.status, state.created = "created", event
-        case RolloutPlanned(waves=waves, excluded=excluded, previous=previous):
-            state.waves, state.excluded = waves, excluded
-            state.previous = {p.device_id: p for p in previous}
-            state.counts = [WaveCount(len(w)) for w in waves]
+        case RolloutPlanned(waves=waves):
+            state.waves = [[] for _ in range(waves)]
+            state.counts = [WaveCount(0) for _ in range(waves)]
             state.status = "running"
+        case PreviousPackages(packages=packages):
+            state.previous_packages += packages
+        case DevicesPlanned(devices=devices):
+            for d in devices:
+                state.waves[d.wave].append(d.device_id)
+                state.counts[d.wave].size += 1
+                if d.previous is not None:
+                    state.previous[d.device_id] = d.previous
+        case DevicesExcluded(devices=devices):
+            state.excluded.update((d.device_id, d.reason) for d in devices)
+        case RolloutPlannedV1():
+            for planned in expand_v1(event):
+                evolve(state, planned)
+            state.planned_v1 = True
         case WaveStarted(wave=index):
             state.current_wave, state.wave_completed_at = index, None
         case DeviceTargeted(device_id=device_id, wave=index, deadline=deadline):
@@ -353,7 +382,7 @@ def evolve(state: RolloutState, event: RolloutEvent) -> RolloutState:
             state.status, state.paused_at = "running", None
         case RolloutAborted(reason=reason):
             state.status, state.reason = "aborted", reason
-        case RollbackStarted(reason=reason):
+        case RollbackStarted(reason=reason) | RollbackStartedV1(reason=reason):
             state.status, state.rolled_back = "rolled_back", True
             state.reason = state.reason or reason
         case RolloutCompleted():
