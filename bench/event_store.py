@@ -36,7 +36,7 @@ from sdv_events.codec import encode, encode_metadata
 from sdv_events.envelope import Metadata
 from sdv_events.ids import uuid7
 from sdv_events.logs import configure_logging
-from sdv_events.provisioning import DUPLICATE_WINDOW_S, EVENTS_STREAM, provision
+from sdv_events.provisioning import DUPLICATE_WINDOW_S, provision
 from sdv_events.registry import event
 from sdv_events.relay import Relay, message_of
 from sdv_events.servers import NatsServer, PostgresServer
@@ -454,11 +454,7 @@ async def bench(sizes: Sizes) -> dict[str, float]:
         js = nc.jetstream()
         ctx = Ctx(dsn, nats_url, run, sizes, store, relay_store, raw_pool)
 
-        async def purge_relayed() -> None:  # our events on a JetStream that may be shared
-            with contextlib.suppress(Exception):
-                await js.purge_stream(EVENTS_STREAM, subject=f"sdv.evt.{ctx.category}.>")
-
-        stack.push_async_callback(purge_relayed)
+        # Our relayed events stay on SDV_EVENTS (it denies purges); its retention ages them out.
         await raw_pool.execute(RAW_TABLE.format(schema=schema))
         await provision(js)
         figures: dict[str, float] = {}

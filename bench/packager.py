@@ -48,7 +48,7 @@ from sdv_client.packages import PackagerClient
 from sdv_events.bus import CommandClient
 from sdv_events.logs import configure_logging
 from sdv_events.package_format import read_artifact
-from sdv_events.provisioning import EVENTS_STREAM, PACKAGES_BUCKET
+from sdv_events.provisioning import PACKAGES_BUCKET
 from sdv_events.servers import NatsServer, PostgresServer
 from sdv_events.service import Ping, ServiceHealth
 from sdv_packager.app import load_catalog, serve
@@ -282,9 +282,7 @@ async def bench(sizes: Sizes) -> tuple[Samples, Samples]:
                 for name in cleanup:
                     with contextlib.suppress(Exception):
                         await bucket.delete(name)
-                for app_name in (small_name, wheels_name):
-                    with contextlib.suppress(Exception):
-                        await js.purge_stream(EVENTS_STREAM, subject=f"sdv.evt.package.{app_name}.>")
+                # Our events stay on SDV_EVENTS (it denies purges); its retention ages them out.
 
             stack.push_async_callback(remove_ours)
             stop = asyncio.Event()

@@ -6,6 +6,10 @@ matches. `replicas` is 1 on one machine and 3 on a NATS cluster (see deploy/).
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
 import structlog
 from nats.js import JetStreamContext
 from nats.js.api import (
@@ -16,7 +20,7 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import APIError, BadRequestError, NotFoundError
 
 log = structlog.get_logger("sdv.provisioning")
 
@@ -34,11 +38,43 @@ DUPLICATE_WINDOW_S = 600.0
 _DAY = 86_400.0
 
 
-def stream_configs(replicas: int = 1) -> list[StreamConfig]:
+@dataclass(frozen=True)
+class EventsRetention:
+    """How long and how much of `SDV_EVENTS` JetStream keeps. The bus is a carrier, not the
+    record: each service's PostgreSQL store keeps every event forever and serves it (history,
+    rebuilds), so old messages may go. Every service provisions the stream, so all must agree:
+    set it through the environment the whole suite shares."""
+
+    max_age_s: float = 30 * _DAY
+    max_bytes: int = 10 << 30
+
+    def __post_init__(self) -> None:
+        if self.max_age_s <= 0 or self.max_bytes <= 0:
+            raise ValueError(f"SDV_EVENTS retention must be positive, got {self}")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> EventsRetention:
+        """`SDV_EVENTS_MAX_AGE_S` (seconds) and `SDV_EVENTS_MAX_BYTES`, else the defaults."""
+        default = cls()
+        age = env.get("SDV_EVENTS_MAX_AGE_S") or default.max_age_s
+        size = env.get("SDV_EVENTS_MAX_BYTES") or default.max_bytes
+        try:
+            return cls(max_age_s=float(age), max_bytes=int(size))
+        except ValueError as exc:
+            raise ValueError(f"SDV_EVENTS_MAX_AGE_S / SDV_EVENTS_MAX_BYTES: {exc}") from None
+
+
+def stream_configs(
+    replicas: int = 1, retention: EventsRetention = EventsRetention()
+) -> list[StreamConfig]:
     return [
+        # Nothing may remove single events or purge the stream: a consumer that missed a
+        # removed message would never know. Age and size limits drop the oldest only.
         StreamConfig(
             name=EVENTS_STREAM, subjects=[f"{EVENT_SUBJECT_ROOT}.>"],
             retention=RetentionPolicy.LIMITS, storage=StorageType.FILE,
+            max_age=retention.max_age_s, max_bytes=retention.max_bytes,
+            discard=DiscardPolicy.OLD, deny_delete=True, deny_purge=True,
             duplicate_window=DUPLICATE_WINDOW_S, num_replicas=replicas,
             description="Domain events of every service and device facts of every agent",
         ),
@@ -81,13 +117,25 @@ async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
     wanted = config.as_dict()
     drifted = {k: v for k, v in wanted.items() if current.as_dict().get(k) != v and v is not None}
     if drifted:
-        await js.update_stream(config)
+        try:
+            await js.update_stream(config)
+        except APIError as exc:
+            # The server refuses some changes for good (a smaller replica count on one node,
+            # turning deny_delete/deny_purge off again). Running on the stream as it is beats
+            # not starting; the log says what differs.
+            log.error("stream_update_refused", stream=config.name, fields=sorted(drifted),
+                      error=exc.description, code=exc.err_code)
+            return
         log.info("stream_updated", stream=config.name, fields=sorted(drifted))
 
 
-async def provision(js: JetStreamContext, *, replicas: int = 1) -> None:
-    """Create or update SDV_EVENTS, SDV_LOGS, SDV_DLQ, the KV buckets and the object store."""
-    for config in stream_configs(replicas):
+async def provision(
+    js: JetStreamContext, *, replicas: int = 1, retention: EventsRetention | None = None
+) -> None:
+    """Create or update SDV_EVENTS, SDV_LOGS, SDV_DLQ, the KV buckets and the object store.
+    `retention` of SDV_EVENTS defaults to `EventsRetention.from_env()`."""
+    retention = retention or EventsRetention.from_env()
+    for config in stream_configs(replicas, retention):
         await _ensure_stream(js, config)
     for kv in bucket_configs(replicas):
         try:

@@ -24,6 +24,7 @@ from nats.js import JetStreamContext
 from pydantic import BaseModel, model_validator
 
 from sdv_events.bus import CommandClient, CommandError, RequestInfo, make_broker, register_command
+from sdv_events.history import HISTORY_COMMAND, HistoryQuery, history_handler
 from sdv_events.logs import configure_logging
 from sdv_events.provisioning import provision
 from sdv_events.relay import Relay
@@ -176,6 +177,7 @@ async def run_service(
 
         health = NatsRouter()
         register_command(health, name, "ping", Ping, ping)
+        register_command(health, name, HISTORY_COMMAND, HistoryQuery, history_handler(store))
         for router in (*routers, health):
             broker.include_router(router)
         runtime.spawn(relay.run, "relay", probe=relay.status)

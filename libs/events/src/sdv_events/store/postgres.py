@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -13,9 +13,16 @@ import msgspec
 
 from sdv_events.codec import decode_body, decode_metadata, encode, encode_metadata
 from sdv_events.envelope import Envelope, Metadata
-from sdv_events.errors import ConcurrencyConflict, DuplicateCommand, EventTooLarge
+from sdv_events.errors import (
+    ConcurrencyConflict,
+    DuplicateCommand,
+    EventTooLarge,
+    IdempotencyConflict,
+)
+from sdv_events.idempotency import DEFAULT_KEY_TTL, IdempotencyKey
 from sdv_events.ids import split_stream_id, uuid7
 from sdv_events.registry import EventRegistry, default_registry
+from sdv_events.store.reads import EventFilter, RecordedEvent, page_sql
 from sdv_events.store.schema import check_schema_name, ensure_schema
 
 ANY = -1
@@ -27,6 +34,12 @@ MAX_EVENT_BYTES = 256 * 1024
 _COLUMNS = (
     "global_position, stream_id, version, event_id, type, schema_version, data, metadata, occurred_at"
 )
+
+
+class _OutcomeKind(msgspec.Struct):
+    """The tag of a recorded command outcome (`accepted` / `rejected`), read without its type."""
+
+    type: str = ""
 
 
 class AppendResult(msgspec.Struct, frozen=True):
@@ -71,12 +84,14 @@ class EventStore:
         registry: EventRegistry = default_registry,
         clock: Callable[[], datetime] = utc_now,
         max_event_bytes: int = MAX_EVENT_BYTES,
+        idempotency_ttl: timedelta = DEFAULT_KEY_TTL,
     ) -> None:
         self.pool = pool
         self.schema = check_schema_name(schema)
         self.registry = registry
         self.clock = clock
         self.max_event_bytes = max_event_bytes
+        self.idempotency_ttl = idempotency_ttl
         # In-process tailers (the relay) wait on these instead of polling; appends from other
         # processes are found by their idle poll. (A pg_notify per append serialised every
         # commit of the cluster on the notify queue and halved concurrent append throughput.)
@@ -119,19 +134,20 @@ class EventStore:
         events: Sequence[msgspec.Struct],
         *,
         metadata: Metadata = Metadata(),
-        command_id: str | None = None,
+        key: IdempotencyKey | None = None,
         outcome: bytes | None = None,
     ) -> AppendResult:
-        """Append atomically. Raises `ConcurrencyConflict` when the stream is not at
-        `expected_version` (`ANY` skips the check) and `DuplicateCommand` when `command_id`
-        was already recorded (then nothing is appended)."""
+        """Append atomically, binding `key` (if any) to `outcome`. Raises `ConcurrencyConflict`
+        when the stream is not at `expected_version` (`ANY` skips the check); when `key` is
+        already bound, nothing is appended and it raises `DuplicateCommand` (same request) or
+        `IdempotencyConflict` (another request)."""
         now = self.clock()
         base = max(expected_version, 0)
         envelopes = [
             self.wrap(stream_id, base + i + 1, body, metadata, now) for i, body in enumerate(events)
         ]
         return await self.append_envelopes(
-            stream_id, expected_version, envelopes, command_id=command_id, outcome=outcome
+            stream_id, expected_version, envelopes, key=key, outcome=outcome
         )
 
     async def append_envelopes(
@@ -140,14 +156,14 @@ class EventStore:
         expected_version: int,
         envelopes: list[Envelope],
         *,
-        command_id: str | None = None,
+        key: IdempotencyKey | None = None,
         outcome: bytes | None = None,
     ) -> AppendResult:
         """`append` for envelopes built by the caller (the command runner names their ids in
         the outcome it records)."""
         split_stream_id(stream_id)
-        if command_id is not None and outcome is None:
-            raise ValueError("a command_id needs the outcome to record with it")
+        if key is not None and outcome is None:
+            raise ValueError("an idempotency key needs the outcome to record with it")
         bodies = [encode(e.data) for e in envelopes]
         metas = [encode_metadata(e.metadata) for e in envelopes]
         for envelope, body, meta in zip(envelopes, bodies, metas, strict=True):
@@ -156,22 +172,26 @@ class EventStore:
                                     self.max_event_bytes)
         try:
             row = await self.pool.fetchrow(
-                f"SELECT * FROM {self.schema}.append_events($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)",
+                f"SELECT * FROM {self.schema}.append_events"
+                "($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13)",
                 stream_id, expected_version,
                 [e.event_id for e in envelopes], [e.type for e in envelopes],
                 [e.schema_version for e in envelopes], bodies, metas,
-                [e.occurred_at for e in envelopes], command_id, outcome,
+                [e.occurred_at for e in envelopes],
+                key.command_id if key else None, outcome, key.command if key else None,
+                key.fingerprint if key else None, self.idempotency_ttl if key else None,
             )
-        except asyncpg.UniqueViolationError as exc:
-            if command_id is not None and exc.constraint_name == "commands_pkey":
-                first = await self.command_outcome(command_id)
-                if first is not None:
-                    raise DuplicateCommand(command_id, first) from None
-            raise
         except asyncpg.PostgresError as exc:
-            if getattr(exc, "sqlstate", None) == "SDV01":
+            sqlstate = getattr(exc, "sqlstate", None)
+            if sqlstate == "SDV01":
                 actual = int(getattr(exc, "detail", "-1") or -1)
                 raise ConcurrencyConflict(stream_id, expected_version, actual) from None
+            if sqlstate == "SDV03" and key is not None:
+                first = await self.first_outcome(key)  # IdempotencyConflict for another request
+                if first is not None:
+                    raise DuplicateCommand(key.command_id, first) from None
+                # The binding expired and was pruned since: the next attempt binds the key anew.
+                raise ConcurrencyConflict(stream_id, expected_version, -1) from None
             raise
         assert row is not None
         for waiter in self._append_waiters:
@@ -188,11 +208,52 @@ class EventStore:
         ]
         return AppendResult(next_version, positions, envelopes)
 
-    async def command_outcome(self, command_id: str) -> bytes | None:
-        value = await self.pool.fetchval(
-            f"SELECT outcome FROM {self.schema}.commands WHERE command_id = $1", command_id
+    async def first_outcome(self, key: IdempotencyKey) -> bytes | None:
+        """The outcome `key` is bound to (None: unbound or expired, a new key). Raises
+        `IdempotencyConflict` when it is bound to another request."""
+        row = await self.pool.fetchrow(
+            f"SELECT fingerprint, outcome FROM {self.schema}.idempotency_keys "
+            "WHERE command = $1 AND command_id = $2 AND expires_at > now()",
+            key.command, key.command_id,
         )
-        return bytes(value) if value is not None else None
+        if row is None:
+            return await self._legacy_outcome(key.command_id)
+        if row["fingerprint"] != key.fingerprint:
+            raise IdempotencyConflict(key.command, key.command_id)
+        return bytes(row["outcome"])
+
+    async def _legacy_outcome(self, command_id: str) -> bytes | None:
+        """An acceptance recorded under the global command ids of the previous release (before
+        the upgrade, or by its replicas in a rolling deploy), within the TTL. Such a record has
+        no fingerprint; its rejections were never final."""
+        value = await self.pool.fetchval(
+            f"SELECT outcome FROM {self.schema}.commands "
+            "WHERE command_id = $1 AND recorded_at > now() - $2::interval",
+            command_id, self.idempotency_ttl,
+        )
+        if value is None:
+            return None
+        raw = bytes(value)
+        return raw if msgspec.json.decode(raw, type=_OutcomeKind).type == "accepted" else None
+
+    async def prune_idempotency_keys(self, batch: int = 1000) -> int:
+        """Delete expired keys (and legacy command ids past the TTL), `batch` rows per
+        transaction; returns how many. Rows another pruner holds are skipped, not waited for."""
+        removed = 0
+        for table, expired in (("idempotency_keys", "expires_at <= now()"),
+                               ("commands", "recorded_at <= now() - $2::interval")):
+            while True:
+                status = await self.pool.execute(
+                    f"DELETE FROM {self.schema}.{table} WHERE ctid = ANY(ARRAY("
+                    f"SELECT ctid FROM {self.schema}.{table} WHERE {expired} "
+                    "LIMIT $1 FOR UPDATE SKIP LOCKED))",
+                    batch, *([self.idempotency_ttl] if table == "commands" else []),
+                )
+                count = int(status.split()[-1])
+                removed += count
+                if count < batch:
+                    break
+        return removed
 
     async def stream_version(self, stream_id: str) -> int:
         value = await self.pool.fetchval(
@@ -235,8 +296,8 @@ class EventStore:
     async def stream_ids(self, category: str) -> list[str]:
         """Every stream of a category (`policy` → `policy-a`, `policy-b`, …), sorted."""
         rows = await self.pool.fetch(
-            f"SELECT DISTINCT stream_id FROM {self.schema}.events WHERE stream_id LIKE $1 "
-            "ORDER BY stream_id", f"{category}-%",
+            f"SELECT DISTINCT stream_id FROM {self.schema}.events "
+            "WHERE starts_with(stream_id, $1) ORDER BY stream_id", f"{category}-",
         )
         return [r["stream_id"] for r in rows]
 
@@ -250,28 +311,68 @@ class EventStore:
 
     async def read_all(
         self,
-        from_position: int = 0,
+        after: int = 0,
         batch_size: int = 500,
         *,
-        until: datetime | None = None,
+        to: int | None = None,
+        category: str | None = None,
         since: datetime | None = None,
+        until: datetime | None = None,
+        from_position: int | None = None,
     ) -> AsyncIterator[Envelope]:
-        """Every event after `from_position`, in position order, fetched `batch_size` at a time.
+        """Every event after position `after` (up to `to`, inclusive), in commit order, fetched
+        `batch_size` at a time; only `category`'s streams, and only those recorded in
+        [`since`, `until`), when given. `from_position` is the old name of `after`.
 
-        A point-in-time scan (audit, rebuilds). A transaction still in flight may later commit
-        a lower position than the last one seen here; tailers use the relay's commit-safe cursor.
+        Safe to tail: positions of one schema become visible in commit order (`append_events`
+        holds the schema's append lock until its commit is visible; see relay.py), so a reader
+        that saw position p will never later find a lower one. Keep the last position read and
+        call again with `after=` it: nothing is skipped, nothing read twice.
         """
-        position = from_position
+        position = after if from_position is None else from_position
+        where = EventFilter(to=to, category=category, since=since, until=until)
+        params: list[Any] = [position, batch_size]
+        sql = (f"SELECT {_COLUMNS} FROM {self.schema}.events WHERE global_position > $1"
+               f"{where.conditions(params)} ORDER BY global_position LIMIT $2")
         while True:
-            rows = await self.pool.fetch(
-                f"SELECT {_COLUMNS} FROM {self.schema}.events WHERE global_position > $1 "
-                "AND ($3::timestamptz IS NULL OR recorded_at >= $3) "
-                "AND ($4::timestamptz IS NULL OR recorded_at < $4) "
-                "ORDER BY global_position LIMIT $2",
-                position, batch_size, since, until,
-            )
+            params[0] = position
+            rows = await self.pool.fetch(sql, *params)
             for envelope in self._decode_rows(rows):
                 yield envelope
             if len(rows) < batch_size:
                 return
             position = rows[-1]["global_position"]
+
+    async def read_category(
+        self, category: str, after: int = 0, batch_size: int = 500
+    ) -> AsyncIterator[Envelope]:
+        """Every event of `category`'s streams (`policy` → `policy-a`, …) after `after`, in
+        commit order (`read_all(category=)`)."""
+        async for envelope in self.read_all(after, batch_size, category=category):
+            yield envelope
+
+    async def head(self) -> int:
+        """The highest position written (0 for an empty store). Positions are not dense: a
+        rolled-back append leaves a gap."""
+        value = await self.pool.fetchval(
+            f"SELECT coalesce(max(global_position), 0) FROM {self.schema}.events")
+        return int(value)
+
+    async def read_page(
+        self, after: int, where: EventFilter, *, limit: int, max_bytes: int, overhead: int = 0
+    ) -> tuple[list[RecordedEvent], bool]:
+        """Events as recorded after `after` that match `where`, in commit order: at most
+        `limit`, and no more than fit in `max_bytes` (each counted as body + metadata + stream
+        id + type + `overhead`) — but always the first one. Returns them and whether more match.
+        """
+        sql, params = page_sql(self.schema, where, after, limit, max_bytes, overhead)
+        rows = await self.pool.fetch(sql, *params)
+        records = [
+            RecordedEvent(
+                position=r[0], stream_id=r[1], version=r[2], event_id=r[3], type=r[4],
+                schema_version=r[5], data=bytes(r[6]), metadata=bytes(r[7]), occurred_at=r[8],
+                recorded_at=r[9],
+            )
+            for r in rows
+        ]
+        return records, bool(rows) and rows[0]["fetched"] > len(rows)
