@@ -11,7 +11,8 @@ import pytest
 from sdv_events.commands import Accepted, Rejected, handle_command
 from sdv_events.decider import Decider
 from sdv_events.envelope import Envelope, Metadata
-from sdv_events.errors import DomainError, RetriesExhausted
+from sdv_events.errors import DomainError, IdempotencyConflict, RetriesExhausted
+from sdv_events.idempotency import IdempotencyKey, idempotency_key
 from sdv_events.registry import EventRegistry, event
 from sdv_events.store import ANY, AppendResult, EventStore
 
@@ -29,8 +30,17 @@ class LimitReached(msgspec.Struct, frozen=True):
     limit: int
 
 
+@event("cmdtest.LimitRaised", registry=REG)
+class LimitRaised(msgspec.Struct, frozen=True):
+    limit: int
+
+
 class Increment(msgspec.Struct, frozen=True):
     by: int = 1
+
+
+class RaiseLimit(msgspec.Struct, frozen=True):
+    limit: int
 
 
 class Counter(msgspec.Struct, frozen=True):
@@ -38,7 +48,10 @@ class Counter(msgspec.Struct, frozen=True):
     limit: int = 1_000
 
 
-def decide(command: Increment, state: Counter) -> Sequence[Incremented | LimitReached]:
+def decide(command: Increment | RaiseLimit, state: Counter) -> Sequence[Incremented | LimitReached
+                                                                         | LimitRaised]:
+    if isinstance(command, RaiseLimit):
+        return [LimitRaised(command.limit)]
     if command.by <= 0:
         raise DomainError(f"increment must be positive, got {command.by}", code="invalid_amount")
     if state.value + command.by > state.limit:
@@ -48,14 +61,22 @@ def decide(command: Increment, state: Counter) -> Sequence[Incremented | LimitRe
     return [Incremented(command.by)]
 
 
-def evolve(state: Counter, e: Incremented | LimitReached) -> Counter:
+def evolve(state: Counter, e: Incremented | LimitReached | LimitRaised) -> Counter:
     if isinstance(e, Incremented):
         return msgspec.structs.replace(state, value=state.value + e.by)
+    if isinstance(e, LimitRaised):
+        return msgspec.structs.replace(state, limit=e.limit)
     return state
 
 
 counter = Decider(initial=Counter(), decide=decide, evolve=evolve)
 small = Decider(initial=Counter(limit=3), decide=decide, evolve=evolve)
+
+
+def key(command_id: str, request: msgspec.Struct, command: str = "sdv.cmd.cmdtest.increment"
+        ) -> IdempotencyKey:
+    """What `RequestInfo.idempotency_key` gives the handler of that request."""
+    return idempotency_key(command, command_id, request)
 
 
 @pytest.fixture
@@ -73,7 +94,7 @@ async def value_of(es: EventStore, stream: str) -> int:
 async def test_accepted_command_appends_its_events(es: EventStore) -> None:
     meta = Metadata(correlation_id="corr-1", actor="alice")
 
-    outcome = await handle_command(es, counter, "counter-a", Increment(5), command_id="c-1", metadata=meta)
+    outcome = await handle_command(es, counter, "counter-a", Increment(5), key=key("c-1", Increment(5)), metadata=meta)
 
     assert isinstance(outcome, Accepted)
     assert (outcome.stream_id, outcome.version, outcome.duplicate) == ("counter-a", 1, False)
@@ -99,14 +120,14 @@ async def test_several_events_from_one_decision_append_together(es: EventStore) 
 async def test_domain_error_becomes_rejected_and_appends_nothing(es: EventStore) -> None:
     await handle_command(es, small, "counter-c", Increment(2))
 
-    outcome = await handle_command(es, small, "counter-c", Increment(2), command_id="c-over")
+    outcome = await handle_command(es, small, "counter-c", Increment(2), key=key("c-over", Increment(2)))
 
     assert outcome == Rejected("counter-c", "over_limit", "2 + 2 exceeds 3")
     assert await es.stream_version("counter-c") == 1
 
 
 async def test_rejection_of_a_new_stream_creates_no_stream(es: EventStore) -> None:
-    outcome = await handle_command(es, counter, "counter-d", Increment(0), command_id="c-zero")
+    outcome = await handle_command(es, counter, "counter-d", Increment(0), key=key("c-zero", Increment(0)))
 
     assert isinstance(outcome, Rejected)
     assert outcome.code == "invalid_amount"
@@ -118,10 +139,10 @@ async def test_rejection_of_a_new_stream_creates_no_stream(es: EventStore) -> No
 
 
 async def test_replayed_command_returns_first_outcome_and_appends_nothing(es: EventStore) -> None:
-    first = await handle_command(es, counter, "counter-e", Increment(3), command_id="c-same")
+    first = await handle_command(es, counter, "counter-e", Increment(3), key=key("c-same", Increment(3)))
     version = await es.stream_version("counter-e")
 
-    again = await handle_command(es, counter, "counter-e", Increment(3), command_id="c-same")
+    again = await handle_command(es, counter, "counter-e", Increment(3), key=key("c-same", Increment(3)))
 
     assert isinstance(first, Accepted)
     assert again == msgspec.structs.replace(first, duplicate=True)
@@ -129,41 +150,72 @@ async def test_replayed_command_returns_first_outcome_and_appends_nothing(es: Ev
     assert await value_of(es, "counter-e") == 3
 
 
-async def test_replay_ignores_a_changed_body_under_the_same_command_id(es: EventStore) -> None:
-    """The idempotency key decides, not the payload: a retried request never applies twice."""
-    await handle_command(es, counter, "counter-f", Increment(3), command_id="c-f")
+async def test_same_key_with_another_request_is_a_conflict_and_appends_nothing(es: EventStore) -> None:
+    await handle_command(es, counter, "counter-f", Increment(3), key=key("c-f", Increment(3)))
 
-    again = await handle_command(es, counter, "counter-f", Increment(50), command_id="c-f")
+    with pytest.raises(IdempotencyConflict) as info:
+        await handle_command(es, counter, "counter-f", Increment(50), key=key("c-f", Increment(50)))
 
-    assert again.duplicate
+    assert (info.value.command, info.value.command_id) == ("sdv.cmd.cmdtest.increment", "c-f")
     assert await value_of(es, "counter-f") == 3
 
 
-async def test_replayed_rejection_returns_the_same_rejection(es: EventStore) -> None:
-    await handle_command(es, small, "counter-g", Increment(3))
-    first = await handle_command(es, small, "counter-g", Increment(1), command_id="c-late")
+async def test_same_key_and_request_on_another_stream_returns_the_first_streams_outcome(
+    es: EventStore,
+) -> None:
+    """A service that generates the stream's id (a create without an id) picks another stream on
+    a retry: the first attempt's outcome names the stream it really created."""
+    first = await handle_command(es, counter, "counter-p1", Increment(2), key=key("c-p", Increment(2)))
 
-    again = await handle_command(es, small, "counter-g", Increment(1), command_id="c-late")
+    again = await handle_command(es, counter, "counter-p2", Increment(2), key=key("c-p", Increment(2)))
 
-    assert isinstance(first, Rejected)
     assert again == msgspec.structs.replace(first, duplicate=True)
-    assert (again.code, again.message) == ("over_limit", "3 + 1 exceeds 3")
+    assert again.stream_id == "counter-p1"
+    assert await es.stream_version("counter-p2") == 0
+
+
+async def test_same_command_id_on_another_command_is_an_independent_key(es: EventStore) -> None:
+    first = await handle_command(es, counter, "counter-q", Increment(2), key=key("c-q", Increment(2)))
+
+    other = await handle_command(es, counter, "counter-q", Increment(2),
+                                 key=key("c-q", Increment(2), command="sdv.cmd.cmdtest.bump"))
+
+    assert isinstance(other, Accepted)
+    assert not other.duplicate
+    assert other.version == first.version + 1
+    assert await value_of(es, "counter-q") == 4
+
+
+async def test_a_repeated_rejection_is_decided_again_not_replayed(es: EventStore) -> None:
+    await handle_command(es, small, "counter-g", Increment(3))
+    first = await handle_command(es, small, "counter-g", Increment(1), key=key("c-late", Increment(1)))
+
+    again = await handle_command(es, small, "counter-g", Increment(1), key=key("c-late", Increment(1)))
+
+    assert first == again == Rejected("counter-g", "over_limit", "3 + 1 exceeds 3")
+    assert not again.duplicate
+    assert await es.first_outcome(key("c-late", Increment(1))) is None  # the key is not bound
     assert await es.stream_version("counter-g") == 2  # Incremented + LimitReached, nothing since
 
 
-async def test_a_rejection_stays_the_answer_even_once_the_command_would_pass(es: EventStore) -> None:
-    await handle_command(es, counter, "counter-h", Increment(0), command_id="c-h")
+async def test_a_rejection_is_not_final_a_retry_passes_once_the_state_changed(es: EventStore) -> None:
+    await handle_command(es, small, "counter-h", Increment(3))
+    refused = await handle_command(es, small, "counter-h", Increment(2), key=key("c-h", Increment(2)))
+    await handle_command(es, small, "counter-h", RaiseLimit(10))
 
-    again = await handle_command(es, counter, "counter-h", Increment(5), command_id="c-h")
+    retried = await handle_command(es, small, "counter-h", Increment(2), key=key("c-h", Increment(2)))
+    replayed = await handle_command(es, small, "counter-h", Increment(2), key=key("c-h", Increment(2)))
 
-    assert isinstance(again, Rejected)
-    assert again.duplicate
-    assert await es.stream_version("counter-h") == 0
+    assert isinstance(refused, Rejected)
+    assert isinstance(retried, Accepted)
+    assert not retried.duplicate
+    assert replayed == msgspec.structs.replace(retried, duplicate=True)  # now bound: applied once
+    assert await value_of(es, "counter-h") == 5
 
 
 async def test_concurrent_duplicates_of_one_command_apply_once(es: EventStore) -> None:
     outcomes = await asyncio.gather(
-        *(handle_command(es, counter, "counter-i", Increment(7), command_id="c-i") for _ in range(6))
+        *(handle_command(es, counter, "counter-i", Increment(7), key=key("c-i", Increment(7))) for _ in range(6))
     )
 
     originals = [o for o in outcomes if not o.duplicate]
@@ -226,7 +278,7 @@ class InterferingStore(EventStore):
 async def test_conflict_retry_appends_after_the_other_writer(es: EventStore) -> None:
     racy = InterferingStore(es, interruptions=1)
 
-    outcome = await handle_command(racy, counter, "counter-l", Increment(5), command_id="c-l")
+    outcome = await handle_command(racy, counter, "counter-l", Increment(5), key=key("c-l", Increment(5)))
 
     assert racy.interruptions == 0
     assert isinstance(outcome, Accepted)
@@ -238,7 +290,7 @@ async def test_conflict_retry_decides_again_on_fresh_state(es: EventStore) -> No
     # Decided on value 0 (2 fits under the limit of 3); meanwhile another writer adds 2.
     racy = InterferingStore(es, interruptions=1, by=2)
 
-    outcome = await handle_command(racy, small, "counter-m", Increment(2), command_id="c-m")
+    outcome = await handle_command(racy, small, "counter-m", Increment(2), key=key("c-m", Increment(2)))
 
     assert outcome == Rejected("counter-m", "over_limit", "2 + 2 exceeds 3")
     assert [e.data for e in await es.read_stream("counter-m")] == [Incremented(2)]
@@ -248,14 +300,14 @@ async def test_retries_exhausted_after_max_attempts(es: EventStore) -> None:
     racy = InterferingStore(es, interruptions=1_000)
 
     with pytest.raises(RetriesExhausted) as info:
-        await handle_command(racy, counter, "counter-n", Increment(1), command_id="c-n", max_attempts=3)
+        await handle_command(racy, counter, "counter-n", Increment(1), key=key("c-n", Increment(1)), max_attempts=3)
 
     assert (info.value.stream_id, info.value.attempts) == ("counter-n", 3)
     assert [e.data for e in await es.read_stream("counter-n")] == [Incremented(100)] * 3
-    assert await es.command_outcome("c-n") is None  # not recorded: a later retry may still succeed
+    assert await es.first_outcome(key("c-n", Increment(1))) is None  # a later retry may still pass
     racy.interruptions = 0
     assert isinstance(
-        await handle_command(racy, counter, "counter-n", Increment(1), command_id="c-n"), Accepted
+        await handle_command(racy, counter, "counter-n", Increment(1), key=key("c-n", Increment(1))), Accepted
     )
 
 

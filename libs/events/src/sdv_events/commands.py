@@ -1,5 +1,8 @@
 """The one command runner: load (fold the stream) → decide → append with the expected version →
-on conflict reload and retry (bounded) → typed outcome. No service writes this loop again."""
+on conflict reload and retry (bounded) → typed outcome. No service writes this loop again.
+
+With an idempotency key (see sdv_events.idempotency), an accepted outcome is recorded with the
+events it appended; the same key and request later get that first outcome (`duplicate=True`)."""
 
 from __future__ import annotations
 
@@ -15,7 +18,8 @@ from sdv_events.codec import decode_as, encode
 from sdv_events.decider import Decider
 from sdv_events.envelope import Metadata
 from sdv_events.errors import ConcurrencyConflict, DomainError, DuplicateCommand, RetriesExhausted
-from sdv_events.store.postgres import ANY, EventStore
+from sdv_events.idempotency import IdempotencyKey
+from sdv_events.store.postgres import EventStore
 
 C = TypeVar("C")
 S = TypeVar("S")
@@ -102,19 +106,22 @@ async def handle_command(
     stream_id: str,
     command: C,
     *,
-    command_id: str | None = None,
+    key: IdempotencyKey | None = None,
     metadata: Metadata = Metadata(),
     max_attempts: int = 8,
     cache: StateCache | None = None,
 ) -> CommandOutcome:
-    """Run `command` against the stream. A repeated `command_id` returns the first outcome
-    (with `duplicate=True`) and appends nothing; a `DomainError` becomes `Rejected`."""
+    """Run `command` against the stream; a `DomainError` becomes `Rejected`.
+
+    A `key` already bound to the same request returns the first outcome (`duplicate=True`,
+    perhaps of another stream: ids the first attempt generated) and appends nothing; bound to
+    another request, `IdempotencyConflict`. Only an acceptance binds the key (a rejection is
+    decided again on a retry)."""
     if cache is None:
-        return await _handle(store, decider, stream_id, command, command_id, metadata,
-                             max_attempts, None)
+        return await _handle(store, decider, stream_id, command, key, metadata, max_attempts, None)
     async with cache.lock(stream_id):
         try:
-            return await _handle(store, decider, stream_id, command, command_id, metadata,
+            return await _handle(store, decider, stream_id, command, key, metadata,
                                  max_attempts, cache)
         except BaseException:
             cache.forget(stream_id)  # a failure mid-way may have left the cached state unsure
@@ -126,28 +133,27 @@ async def _handle(
     decider: Decider[C, Any, S],
     stream_id: str,
     command: C,
-    command_id: str | None,
+    key: IdempotencyKey | None,
     metadata: Metadata,
     max_attempts: int,
     cache: StateCache | None,
 ) -> CommandOutcome:
-    if command_id is not None:
-        first = await store.command_outcome(command_id)
+    if key is not None:
+        first = await store.first_outcome(key)
         if first is not None:
             return _first_outcome(first)
-        metadata = msgspec.structs.replace(metadata, causation_id=command_id)
+        metadata = msgspec.structs.replace(metadata, causation_id=key.command_id)
     for attempt in range(1, max_attempts + 1):
         state, version = await _load(store, decider, stream_id, cache)  # lock held by caller
         try:
             new_events = list(decider.decide(command, state))
         except DomainError as err:
-            rejected = Rejected(stream_id, err.code, err.message)
-            if command_id is not None:
-                try:
-                    await store.append(stream_id, ANY, [], command_id=command_id, outcome=encode(rejected))
-                except DuplicateCommand as dup:
-                    return _first_outcome(dup.outcome)
-            return rejected
+            # A concurrent twin of this request may have been accepted meanwhile (and be why
+            # this one is refused): the key's first outcome is then the answer.
+            first = await store.first_outcome(key) if key is not None else None
+            if first is not None:
+                return _first_outcome(first)
+            return Rejected(stream_id, err.code, err.message)
         envelopes = [
             store.wrap(stream_id, version + i + 1, body, metadata, store.clock())
             for i, body in enumerate(new_events)
@@ -158,7 +164,7 @@ async def _handle(
         try:
             await store.append_envelopes(
                 stream_id, version, envelopes,
-                command_id=command_id, outcome=encode(accepted) if command_id else None,
+                key=key, outcome=encode(accepted) if key is not None else None,
             )
         except ConcurrencyConflict:
             log.debug("command_conflict_retry", stream_id=stream_id, attempt=attempt)

@@ -58,12 +58,28 @@ class EventTooLarge(SdvError):
 
 
 class DuplicateCommand(SdvError):
-    """The command id was already handled; `outcome` is the first result (raw bytes)."""
+    """The command's idempotency key is already bound to this request; `outcome` is the first
+    result (raw bytes) and nothing was appended."""
 
     def __init__(self, command_id: str, outcome: bytes) -> None:
         super().__init__(f"command {command_id!r} was already handled")
         self.command_id = command_id
         self.outcome = outcome
+
+
+class IdempotencyConflict(SdvError):
+    """A command id already bound (and not expired) to another request of the same command.
+
+    Nothing was run: the client reused a key; a retry must send the same request, a new
+    request needs a new command id."""
+
+    def __init__(self, command: str, command_id: str) -> None:
+        super().__init__(
+            f"command id {command_id!r} was already used for another {command} request; "
+            "resend the same request to get its outcome, or use a new command id"
+        )
+        self.command = command
+        self.command_id = command_id
 
 
 class DomainError(SdvError):

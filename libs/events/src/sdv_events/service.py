@@ -13,6 +13,7 @@ import signal
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from importlib import metadata
 from typing import Any, Self
 
@@ -25,6 +26,7 @@ from pydantic import BaseModel, model_validator
 
 from sdv_events.bus import CommandClient, CommandError, RequestInfo, make_broker, register_command
 from sdv_events.history import HISTORY_COMMAND, HistoryQuery, history_handler
+from sdv_events.idempotency import DEFAULT_KEY_TTL, key_pruner
 from sdv_events.logs import configure_logging
 from sdv_events.provisioning import provision
 from sdv_events.relay import Relay
@@ -49,6 +51,10 @@ class ServiceSettings(BaseModel):
     nats_credentials: str | None = None
     # The largest event `append` stores (encoded body + metadata), below NATS's max payload.
     max_event_bytes: int = MAX_EVENT_BYTES
+    # Health turns red when the oldest unpublished event is older than this.
+    relay_stuck_after_s: float = 30.0
+    # How long a command's idempotency key returns its first outcome (then it is a new key).
+    idempotency_ttl_s: float = DEFAULT_KEY_TTL.total_seconds()
 
     @model_validator(mode="after")
     def _default_schema(self) -> Self:
@@ -58,10 +64,13 @@ class ServiceSettings(BaseModel):
     @classmethod
     def from_env(cls, service: str, **overrides: Any) -> Self:
         """`SDV_NATS_URL`, `SDV_DATABASE_URL`, `SDV_<SERVICE>_SCHEMA`, `SDV_LOG_LEVEL`,
-        `SDV_NATS_CREDS`, `SDV_MAX_EVENT_BYTES`."""
+        `SDV_NATS_CREDS`, `SDV_MAX_EVENT_BYTES`, `SDV_IDEMPOTENCY_TTL_S`,
+        `SDV_RELAY_STUCK_AFTER_S`."""
         names = {"nats_url": "SDV_NATS_URL", "database_url": "SDV_DATABASE_URL",
                  "schema_name": f"SDV_{service.upper()}_SCHEMA", "log_level": "SDV_LOG_LEVEL",
-                 "nats_credentials": "SDV_NATS_CREDS", "max_event_bytes": "SDV_MAX_EVENT_BYTES"}
+                 "nats_credentials": "SDV_NATS_CREDS", "max_event_bytes": "SDV_MAX_EVENT_BYTES",
+                 "idempotency_ttl_s": "SDV_IDEMPOTENCY_TTL_S",
+                 "relay_stuck_after_s": "SDV_RELAY_STUCK_AFTER_S"}
         values = {key: os.environ[env] for key, env in names.items() if os.environ.get(env)}
         return cls(service=service, **(values | overrides))
 
@@ -158,7 +167,8 @@ async def run_service(
         loop.add_signal_handler(sig, stop.set)
 
     store = await EventStore.open(settings.database_url, settings.schema_name,
-                                  max_event_bytes=settings.max_event_bytes)
+                                  max_event_bytes=settings.max_event_bytes,
+                                  idempotency_ttl=timedelta(seconds=settings.idempotency_ttl_s))
     auth = {"user_credentials": settings.nats_credentials} if settings.nats_credentials else {}
     broker = make_broker(settings.nats_url, name, **auth)
     runtime: ServiceRuntime | None = None
@@ -167,7 +177,7 @@ async def run_service(
         # FastStream 0.7 keeps nats-py's JetStream context here (no public accessor).
         js = broker.config.connection_state.stream
         await provision(js)
-        relay = Relay(store, js)
+        relay = Relay(store, js, stuck_after_s=settings.relay_stuck_after_s)
         runtime = ServiceRuntime(settings, store, broker, js, stop)
         service_runtime = runtime
 
@@ -181,6 +191,7 @@ async def run_service(
         for router in (*routers, health):
             broker.include_router(router)
         runtime.spawn(relay.run, "relay", probe=relay.status)
+        runtime.spawn(key_pruner(store), "idempotency_pruner")
         if on_start is not None:
             await on_start(runtime)
         await broker.start()

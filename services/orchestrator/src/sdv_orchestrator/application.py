@@ -18,10 +18,11 @@ import msgspec
 import structlog
 
 from sdv_events.bus import Conflict, InvalidRequest, NotFound, Rejected
+from sdv_events.commands import Accepted, StateCache, handle_command, load
 from sdv_events.commands import Rejected as RejectedOutcome
-from sdv_events.commands import StateCache, handle_command, load
 from sdv_events.envelope import Metadata
-from sdv_events.ids import stream_id
+from sdv_events.idempotency import IdempotencyKey
+from sdv_events.ids import split_stream_id, stream_id
 from sdv_events.schemas.packages import PackageInfo
 from sdv_events.schemas.rollouts import (
     MAX_PAGE,
@@ -76,13 +77,14 @@ class Orchestrator:
         return self.store.schema
 
     async def run(self, rollout_id: str, command: RolloutCommand, *, metadata: Metadata = Metadata(),
-                  command_id: str | None = None) -> None:
+                  key: IdempotencyKey | None = None) -> Accepted:
         outcome = await handle_command(
             self.store, rollout_decider, rollout_stream(rollout_id), command,
-            command_id=command_id, metadata=metadata, cache=self.cache,
+            key=key, metadata=metadata, cache=self.cache,
         )
         if isinstance(outcome, RejectedOutcome):
             raise _ERRORS.get(outcome.code, Rejected)(outcome.message)
+        return outcome
 
     async def state(self, rollout_id: str) -> RolloutState:
         # `load` takes the stream's lock with the cache (see sdv_events.commands.load).
@@ -98,17 +100,19 @@ class Orchestrator:
             return None
 
     async def create(self, req: CreateRolloutRequest, *, metadata: Metadata = Metadata(),
-                     command_id: str | None = None) -> RolloutView:
+                     key: IdempotencyKey | None = None) -> RolloutView:
         view = await self.peers.package(req.package, req.version)
         if view.yanked:
             raise Rejected(f"{req.package} {req.version} is yanked ({view.yank_reason}); "
                            "it cannot be rolled out")
         rollout_id = req.rollout_id or str(uuid.uuid4())
-        await self.run(rollout_id, CreateRollout(
+        created = await self.run(rollout_id, CreateRollout(
             rollout_id=rollout_id, package=view.info, target=req.target, strategy=req.strategy,
             thresholds=req.thresholds, timeouts=req.timeouts, auto_rollback=req.auto_rollback,
             now=self.clock(), actor=metadata.actor or "",
-        ), metadata=metadata, command_id=command_id)
+        ), metadata=metadata, key=key)
+        # A retry of this request (same key) gets the first attempt's rollout, not a new id.
+        rollout_id = split_stream_id(created.stream_id)[1]
         if req.start:
             return await self.start(rollout_id, metadata=metadata)
         return await self.get(rollout_id)

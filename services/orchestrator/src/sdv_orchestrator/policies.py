@@ -22,6 +22,7 @@ from sdv_events.commands import Rejected as RejectedOutcome
 from sdv_events.commands import handle_command, load
 from sdv_events.envelope import Metadata
 from sdv_events.errors import DecodeError
+from sdv_events.idempotency import IdempotencyKey
 from sdv_events.ids import stream_id
 from sdv_events.provisioning import EVENTS_STREAM
 from sdv_events.schemas.devices import DeviceAccepted, DeviceView, GetDevice
@@ -50,17 +51,17 @@ class Policies:
     commands: CommandClient
 
     async def set(self, policy: RolloutPolicy, *, metadata: Metadata = Metadata(),
-                  command_id: str | None = None) -> RolloutPolicy:
-        await self._run(policy.name, SetPolicy(policy), metadata, command_id)
+                  key: IdempotencyKey | None = None) -> RolloutPolicy:
+        await self._run(policy.name, SetPolicy(policy), metadata, key)
         return policy
 
     async def delete(self, name: str, *, metadata: Metadata = Metadata()) -> None:
         await self._run(name, DeletePolicy(name), metadata, None)
 
     async def _run(self, name: str, command: SetPolicy | DeletePolicy, metadata: Metadata,
-                   command_id: str | None) -> None:
+                   key: IdempotencyKey | None) -> None:
         outcome = await handle_command(self.orchestrator.store, policy_decider,
-                                       stream_id(POLICY, name), command, command_id=command_id,
+                                       stream_id(POLICY, name), command, key=key,
                                        metadata=metadata)
         if isinstance(outcome, RejectedOutcome):
             raise (NotFound if outcome.code == "not_found" else CommandError)(outcome.message)

@@ -20,6 +20,7 @@ from sdv_events.bus import Conflict, InvalidRequest, NotFound, Rejected
 from sdv_events.commands import Rejected as RejectedOutcome
 from sdv_events.commands import handle_command, load
 from sdv_events.envelope import Metadata
+from sdv_events.idempotency import IdempotencyKey
 from sdv_events.ids import stream_id
 from sdv_events.package_format import safe_member_path
 from sdv_events.schemas.packages import (
@@ -92,16 +93,16 @@ class Packager:
     read_model: PackageCatalog
 
     async def _run(self, name: str, command: PackageCommand, metadata: Metadata,
-                   command_id: str | None) -> None:
+                   key: IdempotencyKey | None) -> None:
         outcome = await handle_command(
             self.store, package_decider, stream_id("package", name), command,
-            command_id=command_id, metadata=metadata,
+            key=key, metadata=metadata,
         )
         if isinstance(outcome, RejectedOutcome):
             raise _ERRORS.get(outcome.code, Rejected)(outcome.message)
 
     async def publish_dir(
-        self, app_dir: Path, *, metadata: Metadata = Metadata(), command_id: str | None = None
+        self, app_dir: Path, *, metadata: Metadata = Metadata(), key: IdempotencyKey | None = None
     ) -> PackageInfo:
         try:
             built = await asyncio.to_thread(build_package, app_dir, self.catalog, self.wheels)
@@ -114,7 +115,7 @@ class Packager:
                  size=info.size)
         await self.artifacts.put(info.object_name, built.artifact)
         try:
-            await self._run(info.name, PublishPackage(info), metadata, command_id)
+            await self._run(info.name, PublishPackage(info), metadata, key)
         except Conflict:
             if not await self._referenced(info.name, info.digest):
                 await self.artifacts.delete(info.object_name)
@@ -122,14 +123,14 @@ class Packager:
         return info
 
     async def publish_upload(self, upload: str, *, metadata: Metadata = Metadata(),
-                             command_id: str | None = None) -> PackageInfo:
+                             key: IdempotencyKey | None = None) -> PackageInfo:
         data = await self.artifacts.get(upload)
         if data is None:
             raise NotFound(f"no upload {upload!r} in the object store")
         try:
             with tempfile.TemporaryDirectory(prefix="sdv-upload-") as tmp:
                 app_dir = await asyncio.to_thread(unpack_upload, data, Path(tmp))
-                return await self.publish_dir(app_dir, metadata=metadata, command_id=command_id)
+                return await self.publish_dir(app_dir, metadata=metadata, key=key)
         finally:
             await self.artifacts.delete(upload)
 
@@ -138,14 +139,14 @@ class Packager:
         return any(v.digest == digest for v in state.versions.values())
 
     async def yank(self, name: str, version: str, reason: str, *, metadata: Metadata = Metadata(),
-                   command_id: str | None = None) -> PackageView:
-        await self._run(name, YankPackage(name, version, reason), metadata, command_id)
+                   key: IdempotencyKey | None = None) -> PackageView:
+        await self._run(name, YankPackage(name, version, reason), metadata, key)
         return await self.get(name, version)
 
     async def promote(self, name: str, version: str, channel: str, *,
-                      metadata: Metadata = Metadata(), command_id: str | None = None) -> PackageView:
+                      metadata: Metadata = Metadata(), key: IdempotencyKey | None = None) -> PackageView:
         await self._run(name, PromotePackage(name, version, channel), metadata,  # type: ignore[arg-type]
-                        command_id)
+                        key)
         return await self.get(name, version)
 
     async def get(self, name: str, version: str) -> PackageView:

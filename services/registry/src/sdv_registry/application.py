@@ -20,6 +20,7 @@ from sdv_events.bus import Conflict, Forbidden, InvalidRequest, NotFound, Reject
 from sdv_events.commands import Rejected as RejectedOutcome
 from sdv_events.commands import handle_command, load
 from sdv_events.envelope import Metadata
+from sdv_events.idempotency import IdempotencyKey
 from sdv_events.ids import stream_id
 from sdv_events.schemas.devices import (
     Announce,
@@ -80,9 +81,9 @@ class Registry:
     presence: PresenceMonitor | None = None
 
     async def run(self, device_id: str, command: DeviceCommand, metadata: Metadata = Metadata(),
-                  command_id: str | None = None) -> None:
+                  key: IdempotencyKey | None = None) -> None:
         outcome = await handle_command(self.store, device_decider, device_stream(device_id), command,
-                                       command_id=command_id, metadata=metadata)
+                                       key=key, metadata=metadata)
         if isinstance(outcome, RejectedOutcome):
             raise _ERRORS.get(outcome.code, Rejected)(outcome.message)
 
@@ -123,33 +124,33 @@ class Registry:
     # --- operators ------------------------------------------------------------------------------
 
     async def preauthorize(self, device_id: str, token: str, labels: dict[str, str],
-                           metadata: Metadata = Metadata(), command_id: str | None = None) -> DeviceView:
-        await self.run(device_id, Preauthorize(device_id, sha256_hex(token), labels), metadata, command_id)
+                           metadata: Metadata = Metadata(), key: IdempotencyKey | None = None) -> DeviceView:
+        await self.run(device_id, Preauthorize(device_id, sha256_hex(token), labels), metadata, key)
         return await self.get(device_id)
 
     async def accept(self, device_id: str, reason: str, metadata: Metadata = Metadata(),
-                     command_id: str | None = None) -> DeviceView:
+                     key: IdempotencyKey | None = None) -> DeviceView:
         before = await self.get(device_id) if self.revocations is not None else None
-        await self.run(device_id, Accept(device_id, reason), metadata, command_id)
+        await self.run(device_id, Accept(device_id, reason), metadata, key)
         if before is not None and before.status == "rejected":
             await self._push_revocations()  # a device accepted again leaves the revocation list
         return await self.get(device_id)
 
     async def reject(self, device_id: str, reason: str, metadata: Metadata = Metadata(),
-                     command_id: str | None = None) -> DeviceView:
-        await self.run(device_id, Reject(device_id, reason), metadata, command_id)
+                     key: IdempotencyKey | None = None) -> DeviceView:
+        await self.run(device_id, Reject(device_id, reason), metadata, key)
         await self._push_revocations()
         return await self.get(device_id)
 
     async def decommission(self, device_id: str, reason: str, metadata: Metadata = Metadata(),
-                           command_id: str | None = None) -> DeviceView:
-        await self.run(device_id, Decommission(device_id, reason), metadata, command_id)
+                           key: IdempotencyKey | None = None) -> DeviceView:
+        await self.run(device_id, Decommission(device_id, reason), metadata, key)
         await self._push_revocations()
         return await self.get(device_id)
 
     async def set_labels(self, device_id: str, labels: dict[str, str], remove: list[str],
-                         metadata: Metadata = Metadata(), command_id: str | None = None) -> DeviceView:
-        await self.run(device_id, ChangeLabels(device_id, labels, remove), metadata, command_id)
+                         metadata: Metadata = Metadata(), key: IdempotencyKey | None = None) -> DeviceView:
+        await self.run(device_id, ChangeLabels(device_id, labels, remove), metadata, key)
         return await self.get(device_id)
 
     async def _push_revocations(self) -> None:

@@ -7,6 +7,7 @@ turns an error reply back into the `CommandError` subclass of its code.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -19,7 +20,8 @@ from nats.aio.client import Client as NatsClient
 from sdv_events.bus.tracing import inject, trace_from_headers
 from sdv_events.codec import decode_as, encode
 from sdv_events.envelope import Metadata
-from sdv_events.errors import DecodeError, DomainError, SdvError
+from sdv_events.errors import DecodeError, DomainError, IdempotencyConflict, SdvError
+from sdv_events.idempotency import IdempotencyKey, idempotency_key
 from sdv_events.ids import uuid7
 from sdv_events.subjects import command_subject
 
@@ -108,6 +110,16 @@ class RequestInfo:
     actor: str
     command_id: str
     headers: Mapping[str, str] = field(default_factory=dict)
+    # The decoded request (set by `serve_one` before the handler runs).
+    request: msgspec.Struct | None = None
+
+    @property
+    def idempotency_key(self) -> IdempotencyKey:
+        """The request's idempotency key for the command runner: its command id, scoped by
+        this subject (`sdv.cmd.<service>.<command>`), with the request's fingerprint."""
+        if self.request is None:
+            raise RuntimeError("no decoded request: the key exists once serve_one decoded it")
+        return idempotency_key(self.subject, self.command_id, self.request)
 
     def metadata(self) -> Metadata:
         """Event metadata for what this request causes: who asked, and its trace."""
@@ -132,6 +144,7 @@ async def serve_one(
     )
     try:
         request = decode_as(body, request_type)
+        info = dataclasses.replace(info, request=request)
         result = await handler(request, info)
         return encode(ReplyOk(msgspec.Raw(encode(result))))
     except DecodeError as err:
@@ -140,6 +153,9 @@ async def serve_one(
         reply = ReplyError(err.code, err.message, err.details)
     except DomainError as err:
         reply = ReplyError(err.code, err.message)
+    except IdempotencyConflict as err:
+        reply = ReplyError(Conflict.code, str(err), {"command": err.command,
+                                                     "command_id": err.command_id})
     except Exception as err:
         log.exception("command_failed", subject=subject, command_id=info.command_id)
         reply = ReplyError("internal", f"{type(err).__name__}: {err}")

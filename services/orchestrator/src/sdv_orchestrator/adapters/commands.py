@@ -23,7 +23,7 @@ def command_router(orchestrator: Orchestrator) -> NatsRouter:
     o = orchestrator
 
     async def create(req: CreateRolloutRequest, info: RequestInfo) -> RolloutView:
-        return await o.create(req, metadata=info.metadata(), command_id=info.command_id)
+        return await o.create(req, metadata=info.metadata(), key=info.idempotency_key)
 
     async def start(req: RolloutRef, info: RequestInfo) -> RolloutView:
         return await o.start(req.rollout_id, metadata=info.metadata())

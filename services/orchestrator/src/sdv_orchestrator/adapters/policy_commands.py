@@ -14,7 +14,7 @@ def policy_router(policies: Policies) -> NatsRouter:
     router = NatsRouter()
 
     async def set_policy(req: RolloutPolicy, info: RequestInfo) -> RolloutPolicy:
-        return await policies.set(req, metadata=info.metadata(), command_id=info.command_id)
+        return await policies.set(req, metadata=info.metadata(), key=info.idempotency_key)
 
     async def delete_policy(req: PolicyRef, info: RequestInfo) -> PolicyRef:
         await policies.delete(req.name, metadata=info.metadata())

@@ -26,15 +26,15 @@ def command_router(packager: Packager) -> NatsRouter:
 
     async def publish(req: PublishRequest, info: RequestInfo) -> PackageInfo:
         return await packager.publish_upload(req.upload, metadata=info.metadata(),
-                                             command_id=info.command_id)
+                                             key=info.idempotency_key)
 
     async def yank(req: YankRequest, info: RequestInfo) -> PackageView:
         return await packager.yank(req.name, req.version, req.reason, metadata=info.metadata(),
-                                   command_id=info.command_id)
+                                   key=info.idempotency_key)
 
     async def promote(req: PromoteRequest, info: RequestInfo) -> PackageView:
         return await packager.promote(req.name, req.version, req.channel, metadata=info.metadata(),
-                                      command_id=info.command_id)
+                                      key=info.idempotency_key)
 
     async def get(req: GetPackage, _: RequestInfo) -> PackageView:
         return await packager.get(req.name, req.version)

@@ -31,20 +31,20 @@ def command_router(registry: Registry) -> NatsRouter:
 
     async def preauthorize(req: PreauthorizeDevice, info: RequestInfo) -> DeviceView:
         return await registry.preauthorize(req.device_id, req.token, req.labels,
-                                           info.metadata(), info.command_id)
+                                           info.metadata(), info.idempotency_key)
 
     async def accept(req: AcceptDevice, info: RequestInfo) -> DeviceView:
-        return await registry.accept(req.device_id, req.reason, info.metadata(), info.command_id)
+        return await registry.accept(req.device_id, req.reason, info.metadata(), info.idempotency_key)
 
     async def reject(req: RejectDevice, info: RequestInfo) -> DeviceView:
-        return await registry.reject(req.device_id, req.reason, info.metadata(), info.command_id)
+        return await registry.reject(req.device_id, req.reason, info.metadata(), info.idempotency_key)
 
     async def decommission(req: DecommissionDevice, info: RequestInfo) -> DeviceView:
-        return await registry.decommission(req.device_id, req.reason, info.metadata(), info.command_id)
+        return await registry.decommission(req.device_id, req.reason, info.metadata(), info.idempotency_key)
 
     async def set_labels(req: SetLabels, info: RequestInfo) -> DeviceView:
         return await registry.set_labels(req.device_id, req.labels, req.remove, info.metadata(),
-                                         info.command_id)
+                                         info.idempotency_key)
 
     async def get(req: GetDevice, _: RequestInfo) -> DeviceView:
         return await registry.get(req.device_id)

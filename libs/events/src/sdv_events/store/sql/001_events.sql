@@ -31,7 +31,9 @@ DO $$ BEGIN
     END IF;
 END $$;
 
--- Command idempotency: the first outcome of a command id, stored with its events atomically.
+-- Legacy command ids (global, never pruned by their writer): still written by a previous
+-- release's replicas during a rolling deploy and read as a fallback for keys recorded before the
+-- upgrade. Idempotency keys now live in `idempotency_keys` (002_idempotency.sql). Drop later.
 CREATE TABLE IF NOT EXISTS {schema}.commands (
     command_id  text        PRIMARY KEY,
     stream_id   text        NOT NULL,
@@ -61,11 +63,17 @@ CREATE OR REPLACE TRIGGER events_no_truncate
     BEFORE TRUNCATE ON {schema}.events
     FOR EACH STATEMENT EXECUTE FUNCTION {schema}.refuse_change();
 
--- One round trip, one transaction: check the expected version, record the command outcome,
--- insert the events. p_expected: -1 = any version, 0 = stream must not exist, n = exactly n.
+-- One round trip, one transaction: check the expected version, bind the command's idempotency
+-- key to its outcome, insert the events. p_expected: -1 = any version, 0 = stream must not
+-- exist, n = exactly n. The key is (p_command, p_command_id) with p_fingerprint, kept for p_ttl.
+-- The 10-argument form of the previous release is dropped, so its callers (old replicas in a
+-- rolling deploy, passing no p_command) reach this one and write the legacy `commands` table.
+DROP FUNCTION IF EXISTS {schema}.append_events(
+    text, integer, uuid[], text[], smallint[], bytea[], bytea[], timestamptz[], text, bytea);
 CREATE OR REPLACE FUNCTION {schema}.append_events(
     p_stream text, p_expected integer, p_ids uuid[], p_types text[], p_schema_versions smallint[],
-    p_data bytea[], p_meta bytea[], p_occurred timestamptz[], p_command_id text, p_outcome bytea
+    p_data bytea[], p_meta bytea[], p_occurred timestamptz[], p_command_id text, p_outcome bytea,
+    p_command text DEFAULT NULL, p_fingerprint text DEFAULT NULL, p_ttl interval DEFAULT NULL
 ) RETURNS TABLE (next_version integer, positions bigint[])
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -83,7 +91,23 @@ BEGIN
         RAISE EXCEPTION 'stream % is at version %, expected %', p_stream, cur, p_expected
             USING ERRCODE = 'SDV01', DETAIL = cur::text;
     END IF;
-    IF p_command_id IS NOT NULL THEN
+    IF p_command IS NOT NULL THEN
+        -- Bind the key, or take over an expired binding (an expired key is a new key). A live
+        -- binding stays: SDV03 tells the caller to read it (same request: its first outcome;
+        -- another request: a conflict). Nothing of this append is kept.
+        INSERT INTO {schema}.idempotency_keys AS k
+            (command, command_id, fingerprint, stream_id, outcome, expires_at)
+        VALUES (p_command, p_command_id, p_fingerprint, p_stream, p_outcome, now() + p_ttl)
+        ON CONFLICT (command, command_id) DO UPDATE
+            SET fingerprint = excluded.fingerprint, stream_id = excluded.stream_id,
+                outcome = excluded.outcome, recorded_at = excluded.recorded_at,
+                expires_at = excluded.expires_at
+            WHERE k.expires_at <= now();
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'command id % of % is already bound', p_command_id, p_command
+                USING ERRCODE = 'SDV03';
+        END IF;
+    ELSIF p_command_id IS NOT NULL THEN
         INSERT INTO {schema}.commands (command_id, stream_id, outcome)
         VALUES (p_command_id, p_stream, p_outcome);
     END IF;
