@@ -7,138 +7,48 @@ consumer over `sdv.evt.>`) and compares it with the event table, event id by eve
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import random
-import time
+import sys
 import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from pathlib import Path
+from types import ModuleType
 
 import asyncpg
-import msgspec
 import pytest
 from nats.aio.client import Client as NatsClient
-from nats.aio.msg import Msg
-from nats.js import JetStreamContext
-from nats.js.api import DeliverPolicy
 
-from sdv_events.codec import WireEnvelope, encode, encode_metadata
+from sdv_events.codec import encode, encode_metadata
 from sdv_events.envelope import Metadata
-from sdv_events.errors import ConcurrencyConflict
-from sdv_events.provisioning import EVENTS_STREAM
-from sdv_events.registry import event
 from sdv_events.relay import Relay
 from sdv_events.store import ANY, EventStore
 
 
-@event("relaytest.Ticked")
-class Ticked(msgspec.Struct, frozen=True):
-    writer: int
-    n: int
+def _load_support() -> ModuleType:
+    name = "sdv_relay_test_support"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("relay_support.py"))
+        assert spec is not None
+        assert spec.loader is not None
+        sys.modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[name])
+    return sys.modules[name]
 
 
-TICKED = "relaytest.Ticked.v1"
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-async def wait_until(
-    predicate: Callable[[], Awaitable[bool]], *, timeout: float, what: str, interval: float = 0.05
-) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        if await predicate():
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(interval)
-
-
-async def stream_count(js: JetStreamContext) -> int:
-    info = await js.stream_info(EVENTS_STREAM)
-    return int(info.state.messages)
-
-
-async def read_events(js: JetStreamContext, *, timeout: float = 20.0) -> list[Msg]:
-    """Every message of SDV_EVENTS in stream order, via an ordered consumer over `sdv.evt.>`."""
-    total = await stream_count(js)
-    msgs: list[Msg] = []
-    if total == 0:
-        return msgs
-    sub = await js.subscribe(
-        "sdv.evt.>", stream=EVENTS_STREAM, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
-    )
-    deadline = time.monotonic() + timeout
-    try:
-        while len(msgs) < total:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"read {len(msgs)} of {total} messages before the deadline")
-            msgs.append(await sub.next_msg(timeout=remaining))
-    finally:
-        await sub.unsubscribe()
-    return msgs
-
-
-async def store_events(store: EventStore) -> dict[uuid.UUID, tuple[str, int]]:
-    rows = await store.pool.fetch(f"SELECT event_id, stream_id, version FROM {store.schema}.events")
-    return {r["event_id"]: (r["stream_id"], r["version"]) for r in rows}
-
-
-def assert_exactly_once_in_order(msgs: list[Msg], expected: dict[uuid.UUID, tuple[str, int]]) -> None:
-    """JetStream holds each stored event exactly once, and per stream the versions 1..n in order."""
-    ids = [m.headers["Nats-Msg-Id"] for m in msgs if m.headers]
-    assert len(ids) == len(msgs), "a message without headers reached SDV_EVENTS"
-    duplicates = {i for i in ids if ids.count(i) > 1} if len(set(ids)) != len(ids) else set()
-    assert not duplicates, f"{len(ids) - len(set(ids))} duplicate messages, e.g. {sorted(duplicates)[:3]}"
-    missing = {str(e) for e in expected} - set(ids)
-    assert not missing, f"{len(missing)} events never published, e.g. {sorted(missing)[:3]}"
-    extra = set(ids) - {str(e) for e in expected}
-    assert not extra, f"{len(extra)} unknown events on SDV_EVENTS"
-
-    versions: dict[str, list[int]] = defaultdict(list)
-    last_seq = 0
-    for msg in msgs:
-        seq = msg.metadata.sequence.stream
-        assert seq > last_seq
-        last_seq = seq
-        wire = msgspec.json.decode(msg.data, type=WireEnvelope)
-        assert msg.headers is not None
-        assert str(wire.event_id) == msg.headers["Nats-Msg-Id"]
-        assert expected[wire.event_id] == (wire.stream_id, wire.version)
-        category, entity = wire.stream_id.split("-", 1)
-        assert msg.subject == f"sdv.evt.{category}.{entity}.{wire.type.split('.')[-2]}"
-        assert msg.headers["Sdv-Stream"] == wire.stream_id
-        assert msg.headers["Sdv-Version"] == str(wire.version)
-        versions[wire.stream_id].append(wire.version)
-    for stream_id, seen in versions.items():
-        assert seen == list(range(1, len(seen) + 1)), f"{stream_id} arrived out of order: {seen[:20]}"
-
-
-class RelayTask:
-    """A Relay running in the background until stopped."""
-
-    def __init__(self, relay: Relay) -> None:
-        self.relay = relay
-        self.stop = asyncio.Event()
-        self.task = asyncio.create_task(relay.run(self.stop))
-
-    async def close(self, timeout: float = 10.0) -> None:
-        self.stop.set()
-        await asyncio.wait_for(self.task, timeout)
-
-
-async def append_with_retry(store: EventStore, stream_id: str, bodies: list[Ticked]) -> None:
-    """Expected-version append, reloading and retrying on conflict (what a command handler does)."""
-    for _ in range(200):
-        version = await store.stream_version(stream_id)
-        try:
-            await store.append(stream_id, version, bodies)
-            return
-        except ConcurrencyConflict:
-            await asyncio.sleep(random.random() * 0.005)
-    raise AssertionError(f"{stream_id}: still conflicting after 200 attempts")
+_support = _load_support()
+Ticked = _support.Ticked
+TICKED = _support.TICKED
+wait_until = _support.wait_until
+stream_count = _support.stream_count
+read_events = _support.read_events
+store_events = _support.store_events
+assert_exactly_once_in_order = _support.assert_exactly_once_in_order
+RelayTask = _support.RelayTask
+append_with_retry = _support.append_with_retry
+_count_is = _support.count_is
 
 
 # --------------------------------------------------------------------------- tests
@@ -241,12 +151,6 @@ async def test_an_open_append_holds_later_appends_of_its_schema_so_none_is_skipp
     assert str(a_id) in {m.headers["Nats-Msg-Id"] for m in msgs if m.headers}, "A was skipped"
     assert_exactly_once_in_order(msgs, expected)
     assert relay.relay.stats.duplicates == 0
-
-
-async def _count_is(js: JetStreamContext, n: int) -> bool:
-    count = await stream_count(js)
-    assert count <= n, f"{count} messages on SDV_EVENTS, expected at most {n}"
-    return count == n
 
 
 async def test_crash_between_publish_and_checkpoint_republishes_as_duplicates(
