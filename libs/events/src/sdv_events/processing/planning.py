@@ -1,0 +1,198 @@
+"""From a fetched batch to the ordered steps a consumer takes: decode, dedupe, heal gaps.
+
+Each message becomes one or more steps, in order. A step hands an event over (or not: a
+duplicate, a type the processor does not handle, a dead letter) and says what to record once it
+is done — the stream version or the event id — and the message to ack after its last step. A
+message whose version leaves a gap after the last one handled is preceded by the missing
+events, read from the stream's owning store; it is never applied before them. Planning does
+all its I/O (reads from the owner, dead letters) before the runner opens a transaction.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from nats.aio.msg import Msg
+
+from sdv_events.codec import WireEnvelope, decode_as, decode_body
+from sdv_events.envelope import Envelope
+from sdv_events.errors import DecodeError, SdvError, UnknownEventType
+from sdv_events.ids import InvalidStreamId, split_stream_id
+from sdv_events.processing.categories import is_versioned
+from sdv_events.processing.processor import Start, subject_matches
+from sdv_events.processing.sources import StreamSource
+from sdv_events.registry import EventRegistry
+from sdv_events.subjects import event_subject
+
+
+class GapNotHealed(SdvError):
+    """A stream's versions jump and its owning store could not supply the missing events."""
+
+    def __init__(self, stream_id: str, expected: int, got: int, detail: str) -> None:
+        super().__init__(f"stream {stream_id!r}: version {got} arrived after {expected - 1} and "
+                         f"the owning store could not fill the gap ({detail})")
+        self.stream_id = stream_id
+        self.expected = expected
+        self.got = got
+
+
+@dataclass
+class Step:
+    seq: int
+    event: Envelope | None = None  # handed to the processor when set
+    version: tuple[str, int] | None = None  # record: stream → version
+    event_id: uuid.UUID | None = None  # record: handled event id (devices' facts)
+    msg: Msg | None = None  # ack once this step is done (a message's last step)
+    healed: bool = False
+
+
+@dataclass(frozen=True)
+class Blocked:
+    """The consumer stops here: an event this build cannot read, in a trusted category."""
+
+    msg: Msg
+    stream_id: str
+    version: int
+    type: str
+    reason: str
+
+
+@dataclass
+class Plan:
+    steps: list[Step]
+    blocked: Blocked | None = None
+    duplicates: int = 0
+    dead_letters: int = 0
+    healed: int = 0
+
+
+DeadLetter = Callable[[Msg, DecodeError, str], Awaitable[None]]
+# Given the stream ids and event ids of a batch: (last version handled per stream, ids handled).
+LoadLedger = Callable[[set[str], set[uuid.UUID]], Awaitable[tuple[dict[str, int], set[uuid.UUID]]]]
+
+
+@dataclass
+class Planner:
+    consumer: str
+    filter_subjects: Sequence[str]
+    registry: EventRegistry
+    source: StreamSource | None
+    start: Start
+    dead_letter: DeadLetter
+
+    def handles(self, subject: str) -> bool:
+        return any(subject_matches(subject, p) for p in self.filter_subjects)
+
+    async def plan(self, msgs: Sequence[Msg], load: LoadLedger, since: datetime | None) -> Plan:
+        """The steps for `msgs`, in order. The ledger is loaded once for the batch and updated
+        as the plan goes, so a duplicate inside the batch is one too."""
+        wires: list[tuple[Msg, WireEnvelope | DecodeError]] = []
+        for msg in msgs:
+            try:
+                decoded = decode_as(bytes(msg.data), WireEnvelope)
+                split_stream_id(decoded.stream_id)
+                wires.append((msg, decoded))
+            except DecodeError as err:
+                wires.append((msg, err))
+            except InvalidStreamId as exc:
+                wires.append((msg, DecodeError("invalid_value", str(exc), path="$.stream_id")))
+        versions, seen = await load({w.stream_id for _, w in wires if isinstance(w, WireEnvelope)},
+                                    {w.event_id for _, w in wires if isinstance(w, WireEnvelope)})
+        plan = Plan([])
+        for msg, wire in wires:
+            seq = msg.metadata.sequence.stream
+            if isinstance(wire, DecodeError):
+                await self.dead_letter(msg, wire, f"{self.consumer}:{seq}")
+                plan.dead_letters += 1
+                plan.steps.append(Step(seq, msg=msg))
+                continue
+            category, _ = split_stream_id(wire.stream_id)
+            if not is_versioned(category):
+                await self._by_id(plan, msg, seq, wire, seen)
+                continue
+            last = versions.get(wire.stream_id)
+            if last is not None and wire.version <= last:
+                plan.duplicates += 1
+                plan.steps.append(Step(seq, msg=msg))
+                continue
+            if wire.version > (last or 0) + 1:
+                try:
+                    await self._heal(plan, seq, wire, last, since)
+                except UnknownEventType as err:
+                    plan.blocked = Blocked(msg, wire.stream_id, wire.version, err.type_name,
+                                           f"the owning store's {err.type_name} is unknown to "
+                                           "this build: upgrade needed")
+                    return plan
+            step = Step(seq, version=(wire.stream_id, wire.version), msg=msg)
+            versions[wire.stream_id] = wire.version
+            if self.handles(msg.subject):
+                try:
+                    step.event = self._envelope(wire)
+                except UnknownEventType as err:
+                    plan.blocked = Blocked(msg, wire.stream_id, wire.version, err.type_name,
+                                           f"{err.type_name} is unknown to this build "
+                                           "(a newer writer): upgrade needed")
+                    versions[wire.stream_id] = wire.version - 1
+                    return plan
+                except DecodeError as err:
+                    await self.dead_letter(msg, err, f"{self.consumer}:{wire.stream_id}:{wire.version}")
+                    plan.dead_letters += 1
+            plan.steps.append(step)
+        return plan
+
+    async def _by_id(self, plan: Plan, msg: Msg, seq: int, wire: WireEnvelope,
+                     seen: set[uuid.UUID]) -> None:
+        if wire.event_id in seen:
+            plan.duplicates += 1
+            plan.steps.append(Step(seq, msg=msg))
+            return
+        seen.add(wire.event_id)
+        step = Step(seq, event_id=wire.event_id, msg=msg)
+        if self.handles(msg.subject):
+            try:  # untrusted: what this build cannot read is dead-lettered, never waited for
+                step.event = self._envelope(wire)
+            except DecodeError as err:
+                await self.dead_letter(msg, err, f"{self.consumer}:{wire.event_id}")
+                plan.dead_letters += 1
+        plan.steps.append(step)
+
+    async def _heal(self, plan: Plan, seq: int, wire: WireEnvelope, last: int | None,
+                    since: datetime | None) -> None:
+        expected = (last or 0) + 1
+        fresh = last is None and self.start == "new"
+        if self.source is None:
+            if fresh:
+                return  # a consumer of new events meets this stream mid-way: nothing to fill
+            raise GapNotHealed(wire.stream_id, expected, wire.version, "no source to heal from")
+        try:
+            found = await self.source.read_stream(wire.stream_id, expected)
+        except UnknownEventType:
+            raise
+        except Exception as exc:
+            raise GapNotHealed(wire.stream_id, expected, wire.version,
+                               f"{type(exc).__name__}: {exc}") from exc
+        missing = [e for e in found if e.version < wire.version]
+        if fresh:
+            # Only what happened since this consumer was created: older events were never
+            # meant for it (a policy must not start rollouts for last year's releases).
+            missing = [e for e in missing if since is not None and e.occurred_at >= since]
+        elif [e.version for e in missing] != list(range(expected, wire.version)):
+            raise GapNotHealed(wire.stream_id, expected, wire.version,
+                               f"it returned versions {[e.version for e in missing][:10]}")
+        for event in missing:
+            subject = event_subject(event.stream_id, event.type)
+            plan.steps.append(Step(seq, event=event if self.handles(subject) else None,
+                                   version=(event.stream_id, event.version), healed=True))
+            plan.healed += 1
+
+    def _envelope(self, wire: WireEnvelope) -> Envelope:
+        body = decode_body(wire.type, bytes(wire.data), registry=self.registry, path="$.data")
+        return Envelope(
+            event_id=wire.event_id, stream_id=wire.stream_id, version=wire.version, type=wire.type,
+            schema_version=wire.schema_version, occurred_at=wire.occurred_at, data=body,
+            correlation_id=wire.correlation_id, causation_id=wire.causation_id, actor=wire.actor,
+            trace=wire.trace, position=wire.position,
+        )

@@ -1,0 +1,444 @@
+"""The one consumer runner: every projection, policy and fact handler of the suite runs in it.
+
+The rules, in one place:
+- fetch from a durable JetStream pull consumer, resumed from the checkpoint (the stream
+  sequence, kept with the stream's creation time: a recreated stream is read from its start);
+- decode; a message that is not an event at all is dead-lettered (`SDV_DLQ`, reason in headers);
+- dedupe by `(stream_id, version)` — or by event id for devices' facts — whatever the JetStream
+  sequence, so a duplicate published after JetStream's dedupe window changes nothing;
+- a gap or a regression in a stream's versions is healed from the owning store before the
+  message is applied: events are never applied out of order (planning.py);
+- an event of a type this build does not know, in a services' category (a newer writer in a
+  rolling deploy), stops the consumer there: no ack, no checkpoint past it; health says so until
+  a build that knows it restarts the consumer, which then goes on from that event;
+- a handler that raises is retried with backoff, alone, `max_attempts` times, then the event is
+  parked (dead letter with the reason `apply_failed`), counted, and processing goes on;
+- a projection's rows, the stream versions and the checkpoint commit in one transaction, with
+  no network I/O in it; its side effects run after the commit (`WithSideEffects`);
+- acks after the commit; one runner per consumer leads (a PostgreSQL advisory lock), replicas
+  stand by; errors it cannot handle escape to the service's Supervisor, which restarts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal, cast
+
+import asyncpg
+import structlog
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
+
+from sdv_events.aio import sleep_or_stop
+from sdv_events.bus.deadletter import dead_letter, park
+from sdv_events.codec import encode
+from sdv_events.errors import DecodeError
+from sdv_events.processing.categories import consumer_subjects, is_versioned
+from sdv_events.processing.ledger import Ledger
+from sdv_events.processing.planning import Blocked, GapNotHealed, Planner, Step
+from sdv_events.processing.processor import (
+    Processor,
+    Projection,
+    WithSideEffects,
+    category_of_subject,
+    start_of,
+)
+from sdv_events.processing.rebuild import Rebuilt, rebuild_from_store
+from sdv_events.processing.sources import StreamSource
+from sdv_events.provisioning import EVENTS_STREAM
+from sdv_events.registry import EventRegistry, default_registry
+from sdv_events.store.postgres import EventStore, pooled_session
+from sdv_events.subjects import event_subject
+from sdv_events.supervision import Status
+
+log = structlog.get_logger("sdv.consumer")
+Outcome = Literal["standby", "caught_up", "blocked", "gap", "stopped"]
+# Devices' fact ids are remembered this long: far past any JetStream redelivery.
+EVENT_ID_RETENTION_S = 7 * 86_400.0
+
+
+@dataclass
+class ConsumerStats:
+    applied: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+    parked: int = 0
+    healed: int = 0
+    retries: int = 0
+    effect_errors: int = 0
+    last_error: str | None = None
+    blocked: Blocked | None = None
+    gap: str | None = None
+    state: str = "starting"
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+def _same_stream(a: datetime | None, b: datetime | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return abs((a - b).total_seconds()) < 0.001
+
+
+class ConsumerRunner:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        schema: str,
+        js: JetStreamContext,
+        consumer: Processor | Projection,
+        *,
+        source: StreamSource | None = None,
+        registry: EventRegistry = default_registry,
+        stream: str = EVENTS_STREAM,
+        batch_size: int = 256,
+        fetch_timeout_s: float = 0.5,
+        ack_wait_s: float = 60.0,
+        max_attempts: int = 5,
+        retry_initial_s: float = 0.2,
+        retry_max_s: float = 5.0,
+    ) -> None:
+        self.pool = pool
+        self.schema = schema
+        self.js = js
+        self.consumer = consumer
+        # A projection applies inside the runner's transaction; a processor acts outside one.
+        self.transactional = callable(getattr(consumer, "apply", None))
+        # Devices' facts are deduped by event id: only then is the id ledger worth a query.
+        self._by_id = any(c == "*" or not is_versioned(c)
+                          for c in _categories(consumer.filter_subjects))
+        self.source = source
+        self.registry = registry
+        self.stream = stream
+        self.batch_size = batch_size
+        self.fetch_timeout_s = fetch_timeout_s
+        self.ack_wait_s = ack_wait_s
+        self.max_attempts = max_attempts
+        self.retry_initial_s = retry_initial_s
+        self.retry_max_s = retry_max_s
+        self.name = consumer.name
+        self.durable = f"c_{schema}_{consumer.name}"
+        self.ledger = Ledger(schema, consumer.name)
+        self.stats = ConsumerStats()
+        self.log = log.bind(consumer=self.name, schema=schema)
+        self._stop = asyncio.Event()
+        self._since: datetime | None = None
+        self._leading = False
+        # Held while a batch is handled; a rebuild in this process takes it to pause the feed.
+        self.batch_lock = asyncio.Lock()
+        self._planner = Planner(self.name, tuple(consumer.filter_subjects), registry, source,
+                                start_of(consumer), self._dead_letter)
+
+    # ------------------------------------------------------------------ running
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Feed the consumer until `stop` (spawned under the service's Supervisor). While
+        another runner leads, stand by; stopped at an unreadable event, wait for an upgrade."""
+        self._stop = stop
+        gap_failures = 0
+        while not stop.is_set():
+            outcome = await self._lead(stop, until_caught_up=False)
+            if outcome == "standby":
+                self.stats.state = "standby"
+                await sleep_or_stop(stop, 1.0)
+            elif outcome == "blocked":
+                await stop.wait()  # leadership released: an upgraded replica may take over
+            elif outcome == "gap":
+                gap_failures += 1
+                await sleep_or_stop(stop, self._backoff(gap_failures))
+
+    async def catch_up(self, stop: asyncio.Event | None = None) -> Outcome:
+        """Feed until nothing is pending (tests, tools); `standby` if another runner leads."""
+        self._stop = stop or asyncio.Event()
+        return await self._lead(self._stop, until_caught_up=True)
+
+    async def status(self) -> Status:
+        """The health probe: stopped at an event, waiting on a gap, or fine, with figures."""
+        s = self.stats
+        detail: dict[str, int | float | str] = {
+            "applied": s.applied, "duplicates": s.duplicates, "dead_lettered": s.dead_lettered,
+            "parked": s.parked, "healed": s.healed, "state": s.state,
+        }
+        if self._leading:
+            with contextlib.suppress(Exception):
+                detail["pending"] = await self.pending()
+        if s.blocked is not None:
+            b = s.blocked
+            return Status(False, f"stopped at {b.stream_id} v{b.version} ({b.type}): {b.reason}",
+                          detail)
+        if s.gap is not None:
+            return Status(False, f"waiting to heal a gap: {s.gap}", detail)
+        return Status(True, "", detail)
+
+    @property
+    def leading(self) -> bool:
+        return self._leading
+
+    async def rebuild(self, source: Literal["store"] = "store", *, store: EventStore,
+                      service: str | None = None, nc: NatsClient | None = None) -> Rebuilt:
+        """Rebuild the projection from PostgreSQL alone (see rebuild.py) and swap it in."""
+        if source != "store":
+            raise ValueError(f"unknown rebuild source {source!r}")
+        await self.ledger.create(self.pool)
+        return await rebuild_from_store(self, store, service=service, nc=nc)
+
+    async def pending(self) -> int:
+        info = await self.js.consumer_info(self.stream, self.durable)
+        return int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+
+    async def _lead(self, stop: asyncio.Event, until_caught_up: bool) -> Outcome:
+        async with pooled_session(self.pool) as lock_conn:
+            if not await self.try_lock(lock_conn):
+                return "standby"
+            self._leading = True
+            self.stats.state = "leading"
+            try:
+                return await self._feed(stop, until_caught_up)
+            finally:
+                self._leading = False
+
+    async def try_lock(self, conn: asyncpg.Connection) -> bool:
+        return bool(await conn.fetchval(
+            "SELECT pg_try_advisory_lock(hashtext($1), hashtext($2))",
+            f"sdv_consumer:{self.schema}", self.name))
+
+    async def _feed(self, stop: asyncio.Event, until_caught_up: bool) -> Outcome:
+        await self.ledger.create(self.pool)
+        await self.ledger.prune_events(self.pool, EVENT_ID_RETENTION_S)
+        await self._after_commit()  # effects a crash left behind
+        await self._open_consumer()
+        sub = await self.js.pull_subscribe_bind(self.durable, self.stream)
+        try:
+            while not stop.is_set():
+                try:
+                    msgs = await sub.fetch(self.batch_size, timeout=self.fetch_timeout_s)
+                except TimeoutError:
+                    if self.stats.effect_errors:
+                        await self._after_commit()
+                    if until_caught_up and await self.pending() == 0:
+                        return "caught_up"
+                    continue
+                async with self.batch_lock:
+                    outcome = await self._handle_batch(msgs)
+                if outcome is not None:
+                    return outcome
+            return "stopped"
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def _open_consumer(self) -> None:
+        """(Re)create the durable at the checkpoint: the checkpoint, not JetStream's ack state,
+        says where to resume (a batch handled but not acked before a crash is not redone)."""
+        info = await self.js.stream_info(self.stream)
+        created, last_seq = info.created, int(info.state.last_seq)
+        position = await self.ledger.position(self.pool)
+        if position is None:
+            start_seq = last_seq + 1 if start_of(self.consumer) == "new" else 1
+            await self.ledger.set_position(self.pool, start_seq - 1, created)
+        elif not _same_stream(position.stream_created, created):
+            self.log.warning("stream_recreated_reading_from_its_start", stream=self.stream,
+                             checkpoint=position.seq)
+            start_seq = 1
+            await self.ledger.set_position(self.pool, 0, created)
+        else:
+            start_seq = position.seq + 1
+        position = await self.ledger.position(self.pool)
+        self._since = position.since if position is not None else None
+        self.stats.parked = position.parked if position is not None else 0
+        with contextlib.suppress(NotFoundError):
+            await self.js.delete_consumer(self.stream, self.durable)
+        subjects = consumer_subjects(self.consumer.filter_subjects)
+        await self.js.add_consumer(self.stream, ConsumerConfig(
+            durable_name=self.durable,
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=start_seq,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=self.ack_wait_s,
+            max_ack_pending=self.batch_size * 4,
+            filter_subject=subjects[0] if len(subjects) == 1 else None,
+            filter_subjects=subjects if len(subjects) > 1 else None,
+        ))
+        self.log.info("consumer_started", start_seq=start_seq, subjects=subjects)
+
+    # ------------------------------------------------------------------ one batch
+
+    async def _handle_batch(self, msgs: Sequence[Msg]) -> Outcome | None:
+        try:
+            plan = await self._planner.plan(msgs, self._load_ledger, self._since)
+        except GapNotHealed as err:
+            self.stats.gap = str(err)
+            self.log.error("gap_not_healed", stream_id=err.stream_id, expected=err.expected,
+                           version=err.got, error=str(err))
+            return "gap"
+        self.stats.gap = None
+        self.stats.duplicates += plan.duplicates
+        self.stats.dead_lettered += plan.dead_letters
+        self.stats.healed += plan.healed
+        if plan.healed:
+            self.log.warning("gap_healed_from_owning_store", events=plan.healed)
+        done = await self._execute(plan.steps)
+        if done < len(plan.steps):
+            return "stopped"  # stopping while retrying: the rest is redelivered
+        if plan.blocked is not None:
+            b = plan.blocked
+            self.stats.blocked = b
+            self.stats.state = "blocked"
+            self.log.error("consumer_stopped_upgrade_needed", stream_id=b.stream_id,
+                           version=b.version, type=b.type, subject=b.msg.subject, reason=b.reason)
+            return "blocked"
+        return None
+
+    async def _execute(self, steps: list[Step]) -> int:
+        """Run the steps in order; returns how many are done (all unless stopped)."""
+        i = 0
+        while i < len(steps):
+            done, error = await self._attempt(steps[i:])
+            i += done
+            if i == len(steps):
+                break
+            if not await self._retry_or_park(steps[i], error):
+                return i
+            i += 1
+        return i
+
+    async def _attempt(self, steps: list[Step]) -> tuple[int, BaseException | None]:
+        """Hand the steps over and record them; on the first failure, record those before it.
+        Returns (steps done, the failure)."""
+        done, error = len(steps), None
+        if self.transactional:
+            projection = cast(Projection, self.consumer)
+            async with self.pool.acquire() as conn, conn.transaction():
+                for n, step in enumerate(steps):
+                    if step.event is None:
+                        continue
+                    try:
+                        async with conn.transaction():  # a savepoint: undo this event alone
+                            await projection.apply(conn, step.event)
+                    except Exception as exc:
+                        done, error = n, exc
+                        break
+                await self._record(conn, steps[:done])
+        else:
+            processor = cast(Processor, self.consumer)
+            events = [s.event for s in steps if s.event is not None]
+            try:
+                if events:
+                    await processor.handle(events)
+            except Exception as exc:
+                if len(events) > 1:  # find the one that fails: hand them over one at a time
+                    return await self._attempt_each(steps)
+                done = next(n for n, s in enumerate(steps) if s.event is not None)
+                error = exc
+            async with self.pool.acquire() as conn, conn.transaction():
+                await self._record(conn, steps[:done])
+        await self._after_done(steps[:done])
+        return done, error
+
+    async def _attempt_each(self, steps: list[Step]) -> tuple[int, BaseException | None]:
+        done = 0
+        while done < len(steps):
+            n, error = await self._attempt(steps[done:done + 1])
+            done += n
+            if error is not None:
+                return done, error
+        return done, None
+
+    async def _retry_or_park(self, step: Step, error: BaseException | None) -> bool:
+        """Retry a failing step alone with backoff; park it when it keeps failing. False when
+        the runner was stopped meanwhile."""
+        event = step.event
+        assert event is not None
+        bound = self.log.bind(stream_id=event.stream_id, version=event.version, type=event.type)
+        for attempt in range(2, self.max_attempts + 1):
+            delay = self._backoff(attempt - 1)
+            bound.warning("handler_failed_retrying", attempt=attempt - 1, retry_in_s=round(delay, 2),
+                          error=_cause(error), exc_info=error)
+            self.stats.retries += 1
+            await sleep_or_stop(self._stop, delay)
+            if self._stop.is_set():
+                return False
+            done, error = await self._attempt([step])
+            if done:
+                return True
+        reason = _cause(error)
+        bound.error("handler_failed_parked", attempts=self.max_attempts, error=reason,
+                    exc_info=error)
+        subject = step.msg.subject if step.msg is not None else event_subject(event.stream_id,
+                                                                               event.type)
+        payload = bytes(step.msg.data) if step.msg is not None else encode(event)
+        key = f"{event.stream_id}:{event.version}" if step.version else str(event.event_id)
+        await park(self.js, subject=subject, payload=payload, reason="apply_failed",
+                   detail=reason, consumer=self.durable,
+                   headers=step.msg.headers if step.msg is not None else None,
+                   dedupe_id=f"{self.durable}:parked:{key}")
+        async with self.pool.acquire() as conn, conn.transaction():
+            await self._record(conn, [step], parked=1)
+        self.stats.parked += 1
+        await self._after_done([step])
+        return True
+
+    async def _record(self, conn: asyncpg.Connection, steps: Sequence[Step], parked: int = 0) -> None:
+        versions: dict[str, int] = {}
+        for step in steps:
+            if step.version is not None:
+                versions[step.version[0]] = step.version[1]
+        acked = [s.seq for s in steps if s.msg is not None]
+        await self.ledger.record(conn, versions=versions,
+                                 event_ids=[s.event_id for s in steps if s.event_id is not None],
+                                 seq=max(acked) if acked else None, parked=parked)
+
+    async def _after_done(self, steps: Sequence[Step]) -> None:
+        """After the commit: side effects, then acks."""
+        if not steps:
+            return
+        self.stats.applied += sum(1 for s in steps if s.event is not None)
+        if self.transactional:
+            await self._after_commit()
+        for step in steps:
+            if step.msg is not None:
+                await step.msg.ack()
+
+    async def _after_commit(self) -> None:
+        if not isinstance(self.consumer, WithSideEffects):
+            return
+        try:
+            await self.consumer.after_commit()
+            self.stats.effect_errors = 0
+        except Exception as exc:  # recorded as rows: retried at the next batch or idle fetch
+            self.stats.effect_errors += 1
+            self.stats.last_error = _cause(exc)
+            self.log.warning("side_effects_failed_will_retry", error=self.stats.last_error,
+                             failures=self.stats.effect_errors)
+
+    async def _load_ledger(self, streams: set[str], ids: set[uuid.UUID]
+                           ) -> tuple[dict[str, int], set[uuid.UUID]]:
+        versions = await self.ledger.versions(self.pool, streams) if streams else {}
+        seen = await self.ledger.seen(self.pool, ids) if ids and self._by_id else set()
+        return versions, seen
+
+    async def _dead_letter(self, msg: Msg, err: DecodeError, dedupe_id: str) -> None:
+        await dead_letter(self.js, subject=msg.subject, payload=bytes(msg.data), error=err,
+                          consumer=self.durable, headers=msg.headers, dedupe_id=dedupe_id)
+
+    def _backoff(self, failures: int) -> float:
+        delay = min(self.retry_max_s, self.retry_initial_s * 2 ** (failures - 1))
+        return float(delay * random.uniform(0.8, 1.2))
+
+
+def _cause(exc: BaseException | None) -> str:
+    text = f"{type(exc).__name__}: {exc}" if exc is not None else "unknown error"
+    return text if len(text) <= 500 else text[:497] + "..."
+
+
+def _categories(subjects: Sequence[str]) -> list[str]:
+    """The categories a processor's subjects name (`*` for a subject naming none)."""
+    return [category_of_subject(s) or "*" for s in subjects]
