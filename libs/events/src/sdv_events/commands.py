@@ -17,7 +17,14 @@ import structlog
 from sdv_events.codec import decode_as, encode
 from sdv_events.decider import Decider
 from sdv_events.envelope import Metadata
-from sdv_events.errors import ConcurrencyConflict, DomainError, DuplicateCommand, RetriesExhausted
+from sdv_events.errors import (
+    ConcurrencyConflict,
+    DomainError,
+    DuplicateCommand,
+    RetriesExhausted,
+    UnknownEventType,
+    UpgradeNeeded,
+)
 from sdv_events.idempotency import IdempotencyKey
 from sdv_events.store.postgres import EventStore
 
@@ -92,7 +99,11 @@ async def _load(
 ) -> tuple[S, int]:
     cached = cache.get(stream_id) if cache is not None else None
     state, version = cached if cached is not None else (decider.empty(), 0)
-    for event in await store.read_stream(stream_id, from_version=version + 1):
+    try:
+        events = await store.read_stream(stream_id, from_version=version + 1)
+    except UnknownEventType as err:
+        raise UpgradeNeeded(stream_id, err.type_name) from err
+    for event in events:
         state = decider.evolve(state, event.data)
         version = event.version
     if cache is not None:

@@ -94,6 +94,19 @@ class DomainError(SdvError):
         self.message = message
 
 
+class UpgradeNeeded(SdvError):
+    """A stream holds an event this build cannot read (a newer writer in a rolling deploy): the
+    request was fine, this service is too old to fold the stream. Retry once it is upgraded."""
+
+    def __init__(self, stream_id: str, type_name: str) -> None:
+        super().__init__(
+            f"stream {stream_id!r} holds a {type_name} event this build of the service does not "
+            "know: upgrade the service (the request itself was valid)"
+        )
+        self.stream_id = stream_id
+        self.type_name = type_name
+
+
 class RetriesExhausted(SdvError):
     def __init__(self, stream_id: str, attempts: int) -> None:
         super().__init__(f"stream {stream_id!r}: still conflicting after {attempts} attempts")

@@ -19,6 +19,7 @@ from sdv_events.bus.rpc import (
     RequestInfo,
     RequestTimeout,
     ServiceUnavailable,
+    UpgradeRequired,
 )
 from sdv_events.bus.tracing import configure_tracing, current_trace, extract, inject
 
@@ -29,8 +30,8 @@ if TYPE_CHECKING:
 __all__ = [
     "CommandClient", "CommandError", "Conflict", "Forbidden", "Internal", "InvalidRequest",
     "NotFound", "Rejected", "RequestInfo", "RequestTimeout", "ServiceUnavailable",
-    "configure_tracing", "current_trace", "dead_letter", "extract", "inject", "make_broker",
-    "register_command",
+    "UpgradeRequired", "configure_tracing", "current_trace", "dead_letter", "extract", "inject",
+    "make_broker", "register_command",
 ]
 
 

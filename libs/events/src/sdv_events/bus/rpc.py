@@ -20,7 +20,14 @@ from nats.aio.client import Client as NatsClient
 from sdv_events.bus.tracing import inject, trace_from_headers
 from sdv_events.codec import decode_as, encode
 from sdv_events.envelope import Metadata
-from sdv_events.errors import DecodeError, DomainError, IdempotencyConflict, SdvError
+from sdv_events.errors import (
+    DecodeError,
+    DomainError,
+    IdempotencyConflict,
+    SdvError,
+    UnknownEventType,
+    UpgradeNeeded,
+)
 from sdv_events.idempotency import IdempotencyKey, idempotency_key
 from sdv_events.ids import uuid7
 from sdv_events.subjects import command_subject
@@ -90,10 +97,17 @@ class RequestTimeout(CommandError):
     code = "timeout"
 
 
+class UpgradeRequired(CommandError):
+    """The service cannot read an event of the stream (written by a newer build): not the
+    request's fault; retry once the service is upgraded."""
+
+    code = "upgrade_needed"
+
+
 _BY_CODE: dict[str, type[CommandError]] = {
     cls.code: cls
     for cls in (InvalidRequest, NotFound, Conflict, Rejected, Forbidden, Internal,
-                ServiceUnavailable, RequestTimeout)
+                ServiceUnavailable, RequestTimeout, UpgradeRequired)
 }
 
 
@@ -147,6 +161,11 @@ async def serve_one(
         info = dataclasses.replace(info, request=request)
         result = await handler(request, info)
         return encode(ReplyOk(msgspec.Raw(encode(result))))
+    except UpgradeNeeded as err:
+        reply = ReplyError(UpgradeRequired.code, str(err), {"stream_id": err.stream_id,
+                                                            "type": err.type_name})
+    except UnknownEventType as err:  # read by the handler (the request decoded): too old a build
+        reply = ReplyError(UpgradeRequired.code, str(err), {"type": err.type_name})
     except DecodeError as err:
         reply = ReplyError("invalid_request", str(err), {"reason": err.reason, "path": err.path})
     except CommandError as err:
