@@ -21,6 +21,7 @@ from rich.table import Table
 from sdv_client.app_cli import app as apps_app
 from sdv_client.device_cli import app as devices_app
 from sdv_client.health import SERVICES, ServiceStatus, nats_credentials, ping_all, quiet, status_of
+from sdv_client.history_cli import history
 from sdv_client.package_cli import app as package_app
 from sdv_client.rollout_cli import app as rollout_app
 from sdv_client.rollout_cli import policy_app
@@ -32,6 +33,7 @@ app.add_typer(devices_app, name="devices")
 app.add_typer(rollout_app, name="rollout")
 app.add_typer(policy_app, name="policy")
 app.add_typer(apps_app, name="app")
+app.command("history")(history)
 out = Console()
 err = Console(stderr=True)
 
