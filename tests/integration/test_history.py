@@ -8,6 +8,7 @@ real `run_service` runtime, its events written by a store on the same schema.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import uuid
 from collections import defaultdict
@@ -19,7 +20,9 @@ import msgspec
 import nats
 import pytest
 from nats.aio.client import Client as NatsClient
+from typer.testing import CliRunner, Result
 
+from sdv_client.cli import app as cli_app
 from sdv_events.bus import CommandClient, InvalidRequest
 from sdv_events.bus.rpc import Reply, ReplyError, ReplyOk, error_from_reply
 from sdv_events.codec import decode_as, encode
@@ -268,3 +271,49 @@ async def test_bad_history_queries_get_invalid_request_with_a_reason(
 async def test_the_history_client_raises_invalid_request(served: Served) -> None:
     with pytest.raises(InvalidRequest, match="limit"):
         await history(served, HistoryQuery(limit=0))
+
+
+async def sdv(url: str, *args: str) -> Result:
+    """`sdv <args>` with SDV_NATS_URL=url, off the event loop (the CLI runs its own)."""
+    return await asyncio.to_thread(CliRunner().invoke, cli_app, list(args),
+                                   env={"SDV_NATS_URL": url, "COLUMNS": "200"})
+
+
+async def test_sdv_history_lists_a_services_events_with_who_caused_them(
+    served: Served, fresh_nats_url: str,
+) -> None:
+    for n in range(5):
+        await served.store.append("note-a", ANY, [Noted(f"n{n}")], metadata=meta(n))
+    await served.store.append("memo-b", ANY, [Noted("memo")], metadata=meta(9))
+
+    result = await sdv(fresh_nats_url, "history", SERVICE, "--stream", "note-a", "--limit", "3",
+                       "--json")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    doc = json.loads(result.stdout)
+    assert [e["data"] for e in doc["events"]] == [{"text": "n0"}, {"text": "n1"}, {"text": "n2"}]
+    assert [(e["version"], e["actor"], e["correlation_id"], e["causation_id"])
+            for e in doc["events"]] == [(n + 1, f"user-{n}", f"corr-{n}", f"cmd-{n}")
+                                        for n in range(3)]
+    assert doc["more"] is True
+    rest = await sdv(fresh_nats_url, "history", SERVICE, "--stream", "note-a", "--after",
+                     str(doc["next_after"]), "--json")
+    assert [e["data"]["text"] for e in json.loads(rest.stdout)["events"]] == ["n3", "n4"]
+    assert json.loads(rest.stdout)["more"] is False
+
+    table = await sdv(fresh_nats_url, "history", SERVICE, "--category", "memo",
+                      "--since", "2000-01-01T00:00:00Z")
+    assert table.exit_code == 0, table.stdout + table.stderr
+    for text in ("memo-b", "Noted", "user-0", "corr-9", "1 event(s)"):
+        assert text in table.stdout
+
+
+async def test_sdv_history_refuses_bad_input_with_its_exit_codes(
+    served: Served, fresh_nats_url: str,
+) -> None:
+    usage = await sdv(fresh_nats_url, "history", SERVICE, "--since", "yesterday")
+    assert usage.exit_code == 2
+    refused = await sdv(fresh_nats_url, "history", SERVICE, "--after", "9", "--to", "3", "--json")
+    assert refused.exit_code == 1
+    assert json.loads(refused.stdout)["code"] == "invalid_request"
+    nobody = await sdv(fresh_nats_url, "history", "nosuchservice", "--json")
+    assert nobody.exit_code == 3

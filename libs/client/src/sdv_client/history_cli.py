@@ -11,7 +11,7 @@ import typer
 from nats.aio.client import Client as NatsClient
 from rich.table import Table
 
-from sdv_client.cli_support import JsonOption, builtins, emit_json, out, run, user
+from sdv_client.cli_support import JsonOption, emit_json, out, run, user
 from sdv_events.bus import CommandClient
 from sdv_events.history import MAX_LIMIT, HistoryEvent, HistoryQuery, history_pages
 from sdv_events.registry import short_name
@@ -45,8 +45,7 @@ async def _collect(nc: NatsClient, service: str, query: HistoryQuery, limit: int
 
 
 def _doc(event: HistoryEvent) -> dict[str, Any]:
-    doc: dict[str, Any] = builtins(msgspec.structs.replace(event, data=msgspec.Raw(b"null")))
-    doc["data"] = msgspec.json.decode(bytes(event.data))
+    doc: dict[str, Any] = msgspec.json.decode(msgspec.json.encode(event))  # the body as JSON
     return doc
 
 
