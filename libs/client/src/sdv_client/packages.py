@@ -49,8 +49,10 @@ class PackagerClient:
         self.commands = CommandClient(nc, actor=actor, timeout=10.0)
 
     async def publish_dir(self, app_dir: Path, *, command_id: str | None = None) -> PackageInfo:
+        """With a `command_id`, a retry is the same request (the upload is named after it), so
+        the packager answers with the first outcome instead of a conflict."""
         bucket = await self.nc.jetstream().object_store(PACKAGES_BUCKET)
-        upload = f"uploads/{uuid7()}.tar.gz"
+        upload = f"uploads/{command_id or uuid7()}.tar.gz"
         await bucket.put(upload, tar_app_dir(app_dir))
         return await self.commands.call(SERVICE, "publish", PublishRequest(upload), PackageInfo,
                                         timeout=PUBLISH_TIMEOUT_S, command_id=command_id)
