@@ -162,10 +162,11 @@ async def test_restart_rebuilds_identical_state_from_the_event_store(
         before = await eventually(settled)
         assert before, await _snapshot(ops)
 
-    # Registry down: drop its read model and checkpoint, as if it started on a new database host.
+    # Registry down: drop its read model and its consumer's ledger, as if it started on a new database host.
     conn = await asyncpg.connect(database_url)
-    await conn.execute(f"DROP TABLE {schema}.devices; DELETE FROM {schema}.checkpoints "
-                       "WHERE name = 'projection:device_inventory'")
+    await conn.execute(f"DROP TABLE {schema}.devices; "
+                       f"DELETE FROM {schema}.consumer_streams WHERE consumer = 'device_inventory'; "
+                       f"DELETE FROM {schema}.consumer_positions WHERE consumer = 'device_inventory'")
     await conn.close()
 
     async with running_registry(settings):

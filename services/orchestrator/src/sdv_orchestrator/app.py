@@ -8,15 +8,22 @@ import asyncio
 import functools
 
 from sdv_events.bus import CommandClient
-from sdv_events.projections import ProjectionRunner
+from sdv_events.processing import (
+    ConsumerRunner,
+    HistorySource,
+    OwnThenHistory,
+    Processor,
+    Projection,
+    StoreSource,
+)
 from sdv_events.provisioning import DESIRED_BUCKET
 from sdv_events.service import ServiceRuntime, run_service
 from sdv_orchestrator.adapters.commands import command_router
-from sdv_orchestrator.adapters.facts import consume_facts, tick_active
+from sdv_orchestrator.adapters.facts import AgentFacts, tick_active
 from sdv_orchestrator.adapters.peers import Peers
 from sdv_orchestrator.adapters.policy_commands import policy_router
 from sdv_orchestrator.application import Orchestrator
-from sdv_orchestrator.policies import Policies, consume_policy_events
+from sdv_orchestrator.policies import Policies, PolicyEvents
 from sdv_orchestrator.projections import DesiredStates, RolloutCatalog
 from sdv_orchestrator.settings import SERVICE, OrchestratorSettings, load_settings
 
@@ -25,21 +32,23 @@ async def serve(settings: OrchestratorSettings, stop: asyncio.Event | None = Non
     async def on_start(runtime: ServiceRuntime) -> None:
         schema = settings.schema_name
         catalog = RolloutCatalog(schema)
-        desired = DesiredStates(schema, await runtime.js.key_value(DESIRED_BUCKET))
+        desired = DesiredStates(schema, await runtime.js.key_value(DESIRED_BUCKET), runtime.store.pool)
         async with runtime.store.pool.acquire() as conn:
             await catalog.create(conn)
             await desired.create(conn)
         nc = runtime.broker.config.connection_state.connection
         orchestrator = Orchestrator(runtime.store, Peers(CommandClient(nc, actor=SERVICE)), desired)
         runtime.broker.include_router(command_router(orchestrator))
-        for projection in (catalog, desired):
-            runner = ProjectionRunner(runtime.store.pool, schema, runtime.js, projection)
-            runtime.spawn(runner.run, projection.name)
-        runtime.spawn(functools.partial(consume_facts, orchestrator, runtime.js), "agent_facts")
-        runtime.spawn(functools.partial(tick_active, orchestrator, every_s=settings.tick_s), "ticker")
         policies = Policies(orchestrator, orchestrator.peers.commands)
         runtime.broker.include_router(policy_router(policies))
-        runtime.spawn(functools.partial(consume_policy_events, policies, runtime.js), "policies")
+        # One runner for every consumer: read models, agents' facts, policies.
+        source = OwnThenHistory(StoreSource(runtime.store), HistorySource(nc))
+        consumers: list[Projection | Processor] = [
+            catalog, desired, AgentFacts(orchestrator), PolicyEvents(policies)]
+        for consumer in consumers:
+            runner = ConsumerRunner(runtime.store.pool, schema, runtime.js, consumer, source=source)
+            runtime.spawn(runner.run, consumer.name, probe=runner.status)
+        runtime.spawn(functools.partial(tick_active, orchestrator, every_s=settings.tick_s), "ticker")
 
     await run_service(SERVICE, settings, on_start=on_start, stop=stop)
 

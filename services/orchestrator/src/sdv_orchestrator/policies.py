@@ -1,30 +1,25 @@
 """Policies, event → command: a package version landing on a watched channel starts a rollout;
 a newly accepted device that a policy's selector picks gets the fleet's current version.
 
-A durable consumer feeds them; rollout ids are derived from (policy, digest / device), and
-creating and starting a rollout are idempotent, so a redelivered event starts nothing twice.
+The shared consumer runner (sdv_events.processing) feeds them; rollout ids are derived from
+(policy, digest / device), and creating and starting a rollout are idempotent, so a redelivered
+event starts nothing twice.
 """
 
 from __future__ import annotations
 
-import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import msgspec
 import structlog
-from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from sdv_events.aio import sleep_or_stop
 from sdv_events.bus import CommandClient, CommandError, NotFound
-from sdv_events.codec import decode_envelope
 from sdv_events.commands import Rejected as RejectedOutcome
 from sdv_events.commands import handle_command, load
-from sdv_events.envelope import Metadata
-from sdv_events.errors import DecodeError
+from sdv_events.envelope import Envelope, Metadata
 from sdv_events.idempotency import IdempotencyKey
 from sdv_events.ids import stream_id
-from sdv_events.provisioning import EVENTS_STREAM
 from sdv_events.schemas.devices import DeviceAccepted, DeviceView, GetDevice
 from sdv_events.schemas.packages import PackageInfo, PackagePromoted, PackagePublished
 from sdv_events.schemas.rollouts import CreateRolloutRequest, RolloutPolicy
@@ -39,7 +34,6 @@ from sdv_orchestrator.domain.policy import (
 )
 
 log = structlog.get_logger("sdv.orchestrator.policies")
-DURABLE = "orchestrator_policies"
 SUBJECTS = ["sdv.evt.package.*.PackagePublished", "sdv.evt.package.*.PackagePromoted",
             "sdv.evt.device.*.DeviceAccepted"]
 POLICY = "policy"
@@ -118,34 +112,23 @@ class Policies:
                  app=view.app, version=view.version, status=view.status)
 
 
-async def consume_policy_events(policies: Policies, js: JetStreamContext, stop: asyncio.Event) -> None:
-    await js.add_consumer(EVENTS_STREAM, ConsumerConfig(
-        durable_name=DURABLE, deliver_policy=DeliverPolicy.NEW, ack_policy=AckPolicy.EXPLICIT,
-        filter_subjects=SUBJECTS, ack_wait=120, max_ack_pending=256,
-    ))
-    sub = await js.pull_subscribe_bind(DURABLE, EVENTS_STREAM)
-    try:
-        while not stop.is_set():
-            try:
-                msgs = await sub.fetch(32, timeout=0.5)
-            except TimeoutError:
-                continue
-            for msg in msgs:
-                try:
-                    await dispatch(policies, msg.data)
-                except DecodeError:
-                    pass  # the projections dead-letter undecodable events; nothing to do here
-                except Exception:
-                    log.exception("policy_event_failed", subject=msg.subject)
-                    await sleep_or_stop(stop, 1.0)
-                    continue  # not acked: redelivered after ack_wait
-                await msg.ack()
-    finally:
-        await sub.unsubscribe()
+class PolicyEvents:
+    """The processor the shared consumer runner feeds: releases and acceptances → rollouts.
+    Events from before the orchestrator first ran are not its business (`start = "new"`)."""
+
+    name = "policies"
+    filter_subjects = tuple(SUBJECTS)
+    start = "new"
+
+    def __init__(self, policies: Policies) -> None:
+        self.policies = policies
+
+    async def handle(self, events: Sequence[Envelope]) -> None:
+        for event in events:
+            await dispatch(self.policies, event.data)
 
 
-async def dispatch(policies: Policies, payload: bytes) -> None:
-    data = decode_envelope(payload).data
+async def dispatch(policies: Policies, data: object) -> None:
     match data:
         case PackagePublished(package=info):
             await policies.on_release(info.name, info.version, info.digest, info.channel)

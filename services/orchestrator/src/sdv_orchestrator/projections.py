@@ -3,20 +3,24 @@
 - `RolloutCatalog`: one summary row per rollout (list, active rollouts for the ticker), and the
   release of device reservations when a rollout ends;
 - `DesiredStates`: per device the app assignments the rollouts made, and the desired-state
-  document in KV `sdv_desired` — a projection of events, so it can be rebuilt. The KV write
-  happens inside the read-model transaction, before its commit: a crash after the write
-  re-applies the same event after restart, producing the same document (agents are
-  level-triggered), and a crash before it loses nothing. It keeps each rollout's previous
+  document in KV `sdv_desired` — a projection of events, so it can be rebuilt. No network I/O
+  inside the read-model transaction: `apply` marks the device dirty (a row, committed with the
+  rest), and `after_commit` writes the documents of dirty devices to KV, then clears their marks;
+  a crash between the commit and the write leaves the mark, drained at the next start. A
+  rebuild replays into shadow tables without writing anything, then compares every device's
+  document with KV and writes only those that differ. It keeps each rollout's previous
   packages (from its plan chunks) so that a rollback, which names no device, finds them in its
   own tables: the devices the rollout still owns and the package each ran before.
 """
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
 
 import asyncpg
 import msgspec
+from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from sdv_events.envelope import Envelope
@@ -44,6 +48,8 @@ from sdv_events.schemas.rollouts import (
 from sdv_orchestrator.domain.plan_events import expand_v1
 
 _enc = msgspec.json.Encoder()
+# Dirty devices whose documents are written per round after a commit.
+DRAIN_BATCH = 512
 TERMINAL = ("completed", "aborted", "cancelled", "rolled_back")
 
 
@@ -54,9 +60,16 @@ def rollout_id_of(event: Envelope) -> str:
 class RolloutCatalog:
     name = "rollout_catalog"
     filter_subjects = ("sdv.evt.rollout.>",)
+    # `reservations` is the application's (it reserves at start); the catalog only releases
+    # them, and a rebuild leaves them where they are.
+    tables = ("rollouts",)
 
-    def __init__(self, schema: str) -> None:
+    def __init__(self, schema: str, *, reservations_schema: str | None = None) -> None:
         self.schema = schema
+        self.reservations_schema = reservations_schema or schema
+
+    def at(self, schema: str) -> RolloutCatalog:
+        return RolloutCatalog(schema, reservations_schema=self.reservations_schema)
 
     async def create(self, conn: asyncpg.Connection) -> None:
         await conn.execute(f"""
@@ -65,10 +78,11 @@ class RolloutCatalog:
                 status text NOT NULL, devices integer NOT NULL DEFAULT 0,
                 succeeded integer NOT NULL DEFAULT 0, failed integer NOT NULL DEFAULT 0,
                 created_at timestamptz NOT NULL, updated_at timestamptz NOT NULL);
-            CREATE TABLE IF NOT EXISTS {self.schema}.reservations (
+            CREATE TABLE IF NOT EXISTS {self.reservations_schema}.reservations (
                 device_id text NOT NULL, app text NOT NULL, rollout_id text NOT NULL,
                 PRIMARY KEY (device_id, app));
-            CREATE INDEX IF NOT EXISTS reservations_rollout ON {self.schema}.reservations (rollout_id);
+            CREATE INDEX IF NOT EXISTS reservations_rollout
+                ON {self.reservations_schema}.reservations (rollout_id);
         """)
 
     async def reset(self, conn: asyncpg.Connection) -> None:
@@ -82,8 +96,9 @@ class RolloutCatalog:
             rollout_id, status, at,
         )
         if status in TERMINAL:
-            await conn.execute(f"DELETE FROM {self.schema}.reservations WHERE rollout_id = $1",
-                               rollout_id)
+            await conn.execute(
+                f"DELETE FROM {self.reservations_schema}.reservations WHERE rollout_id = $1",
+                rollout_id)
 
     async def apply(self, conn: asyncpg.Connection, event: Envelope) -> None:
         rid, at, t = rollout_id_of(event), event.occurred_at, self.schema
@@ -124,10 +139,16 @@ class RolloutCatalog:
 class DesiredStates:
     name = "desired_states"
     filter_subjects = ("sdv.evt.rollout.>",)
+    tables = ("rollout_packages", "device_apps", "device_revisions", "rollout_previous_packages",
+              "rollout_previous")
 
-    def __init__(self, schema: str, kv: KeyValue) -> None:
+    def __init__(self, schema: str, kv: KeyValue, pool: asyncpg.Pool | None = None, *,
+                 replaying: bool = False) -> None:
         self.schema = schema
         self.kv = kv
+        self.pool = pool
+        # A rebuild's shadow: marks nothing dirty (the swap compares every device with KV).
+        self.replaying = replaying
         # rollout id → its package (encoded, decoded): fixed at RolloutCreated, so a cache
         # saves a query and a decode per targeted device.
         self._packages: dict[str, tuple[bytes, PackageInfo]] = {}
@@ -147,7 +168,19 @@ class DesiredStates:
             CREATE TABLE IF NOT EXISTS {self.schema}.rollout_previous (
                 rollout_id text NOT NULL, device_id text NOT NULL, ref integer NOT NULL,
                 PRIMARY KEY (rollout_id, device_id));
+            CREATE TABLE IF NOT EXISTS {self.schema}.desired_dirty (
+                device_id text PRIMARY KEY, at timestamptz NOT NULL,
+                verify boolean NOT NULL DEFAULT false, gen bigint NOT NULL DEFAULT 1);
         """)
+
+    def at(self, schema: str) -> DesiredStates:
+        return DesiredStates(schema, self.kv, self.pool, replaying=True)
+
+    async def seed(self, conn: asyncpg.Connection, live_schema: str) -> None:
+        """Revisions carry over into a rebuild: agents ignore documents not newer than the last
+        one they saw, so a rebuilt document must count on from the live revision."""
+        await conn.execute(f"INSERT INTO {self.schema}.device_revisions "
+                           f"SELECT device_id, revision FROM {live_schema}.device_revisions")
 
     async def reset(self, conn: asyncpg.Connection) -> None:
         # Revisions are kept: agents ignore documents not newer than the last one they saw.
@@ -195,22 +228,15 @@ class DesiredStates:
                 # it was before the statement, which is right for the other apps; this app's
                 # assignment is the one just made.
                 raw, package = await self._package(conn, rid)
-                rows = await conn.fetch(f"""
+                await conn.execute(f"""
                     WITH assigned AS (
                         INSERT INTO {t}.device_apps VALUES ($1, $2, $3, $4)
                         ON CONFLICT (device_id, app)
-                        DO UPDATE SET package = excluded.package, rollout_id = excluded.rollout_id),
-                    bumped AS (
-                        INSERT INTO {t}.device_revisions VALUES ($1, 1) ON CONFLICT (device_id)
-                        DO UPDATE SET revision = device_revisions.revision + 1 RETURNING revision)
-                    SELECT b.revision, o.app, o.package, o.rollout_id FROM bumped b
-                    LEFT JOIN {t}.device_apps o ON o.device_id = $1 AND o.app <> $2""",
+                        DO UPDATE SET package = excluded.package, rollout_id = excluded.rollout_id)
+                    INSERT INTO {t}.device_revisions VALUES ($1, 1) ON CONFLICT (device_id)
+                    DO UPDATE SET revision = device_revisions.revision + 1""",
                     device_id, package.name, raw, rid)
-                apps = {r["app"]: DesiredApp(package=msgspec.json.decode(r["package"], type=PackageInfo),
-                                             rollout_id=r["rollout_id"])
-                        for r in rows if r["app"] is not None}
-                apps[package.name] = DesiredApp(package=package, rollout_id=rid)
-                await self._put(device_id, rows[0]["revision"], apps, event.occurred_at)
+                await self._mark(conn, [device_id], event.occurred_at)
             case PreviousPackages() | DevicesPlanned():
                 await self._plan(conn, rid, event.data)
             case RolloutPlannedV1():
@@ -279,22 +305,84 @@ class DesiredStates:
                 rollout_id, [d for d, _ in rows], [r for _, r in rows])
 
     async def _write(self, conn: asyncpg.Connection, device_id: str, at: datetime) -> None:
-        revision = await conn.fetchval(
+        await conn.execute(
             f"INSERT INTO {self.schema}.device_revisions VALUES ($1, 1) ON CONFLICT (device_id) "
-            "DO UPDATE SET revision = device_revisions.revision + 1 RETURNING revision", device_id,
+            "DO UPDATE SET revision = device_revisions.revision + 1", device_id,
         )
-        rows = await conn.fetch(
-            f"SELECT app, package, rollout_id FROM {self.schema}.device_apps WHERE device_id = $1",
-            device_id,
-        )
-        apps = {
-            r["app"]: DesiredApp(package=msgspec.json.decode(r["package"], type=PackageInfo),
-                                 rollout_id=r["rollout_id"])
-            for r in rows
-        }
-        await self._put(device_id, revision, apps, at)
+        await self._mark(conn, [device_id], at)
 
-    async def _put(self, device_id: str, revision: int, apps: dict[str, DesiredApp],
-                   at: datetime) -> None:
-        doc = DesiredState(device_id=device_id, revision=revision, apps=apps, updated_at=at)
-        await self.kv.put(device_id, _enc.encode(doc))
+    async def _mark(self, conn: asyncpg.Connection, device_ids: list[str], at: datetime) -> None:
+        """The device's document must be (re)written to KV once this transaction commits."""
+        if self.replaying:
+            return
+        await conn.execute(
+            f"INSERT INTO {self.schema}.desired_dirty AS d (device_id, at) "
+            "SELECT unnest($1::text[]), $2 ON CONFLICT (device_id) "
+            "DO UPDATE SET at = excluded.at, verify = false, gen = d.gen + 1", device_ids, at)
+
+    # --- side effects, after the commit (sdv_events.processing.WithSideEffects) -------------
+
+    async def after_commit(self) -> None:
+        """Write the documents of dirty devices to KV, then clear their marks (a mark set
+        again meanwhile stays: its newer document is written next time)."""
+        assert self.pool is not None, "DesiredStates needs a pool to write documents"
+        while True:
+            dirty = await self.pool.fetch(
+                f"SELECT device_id, at, verify, gen FROM {self.schema}.desired_dirty "
+                "ORDER BY device_id LIMIT $1", DRAIN_BATCH)
+            if not dirty:
+                return
+            docs = await self._documents(self.pool, [r["device_id"] for r in dirty])
+            for start in range(0, len(dirty), 64):
+                await asyncio.gather(*(self._put(docs[r["device_id"]], r["at"], verify=r["verify"])
+                                       for r in dirty[start:start + 64]))
+            await self.pool.execute(
+                f"DELETE FROM {self.schema}.desired_dirty d USING unnest($1::text[], $2::bigint[]) "
+                "AS u(device_id, gen) WHERE d.device_id = u.device_id AND d.gen = u.gen",
+                [r["device_id"] for r in dirty], [r["gen"] for r in dirty])
+            if len(dirty) < DRAIN_BATCH:
+                return
+
+    async def after_swap(self, conn: asyncpg.Connection) -> None:
+        """A rebuild was swapped in: every device that ever had a document is checked against
+        KV, and only a document that differs is written."""
+        await conn.execute(
+            f"INSERT INTO {self.schema}.desired_dirty AS d (device_id, at, verify) "
+            f"SELECT device_id, now(), true FROM {self.schema}.device_revisions "
+            "ON CONFLICT (device_id) DO UPDATE SET verify = true, gen = d.gen + 1")
+
+    async def after_rebuild(self) -> None:
+        await self.after_commit()
+
+    async def _documents(self, conn: asyncpg.Pool, device_ids: list[str]
+                         ) -> dict[str, tuple[int, dict[str, DesiredApp], str]]:
+        """Per device: its revision and apps, as the tables say now."""
+        revisions = {r["device_id"]: int(r["revision"]) for r in await conn.fetch(
+            f"SELECT device_id, revision FROM {self.schema}.device_revisions "
+            "WHERE device_id = ANY($1::text[])", device_ids)}
+        apps: dict[str, dict[str, DesiredApp]] = {d: {} for d in device_ids}
+        for r in await conn.fetch(
+                f"SELECT device_id, app, package, rollout_id FROM {self.schema}.device_apps "
+                "WHERE device_id = ANY($1::text[])", device_ids):
+            apps[r["device_id"]][r["app"]] = DesiredApp(
+                package=msgspec.json.decode(r["package"], type=PackageInfo),
+                rollout_id=r["rollout_id"])
+        return {d: (revisions.get(d, 0), apps[d], d) for d in device_ids}
+
+    async def _put(self, doc: tuple[int, dict[str, DesiredApp], str], at: datetime, *,
+                   verify: bool) -> None:
+        revision, apps, device_id = doc
+        if verify and await self._unchanged(device_id, apps):
+            return
+        state = DesiredState(device_id=device_id, revision=revision, apps=apps, updated_at=at)
+        await self.kv.put(device_id, _enc.encode(state))
+
+    async def _unchanged(self, device_id: str, apps: dict[str, DesiredApp]) -> bool:
+        try:
+            entry = await self.kv.get(device_id)
+        except KeyNotFoundError:
+            return not apps
+        if entry.value is None:
+            return not apps
+        current = msgspec.json.decode(entry.value, type=DesiredState)
+        return current.apps == apps

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from importlib import resources
 
-from sdv_events.projections import ProjectionRunner
+from sdv_events.processing import ConsumerRunner, HistorySource, OwnThenHistory, StoreSource
 from sdv_events.service import ServiceRuntime, run_service
 from sdv_packager.adapters.artifacts import ArtifactStore
 from sdv_packager.adapters.commands import command_router
@@ -34,8 +34,10 @@ async def serve(settings: PackagerSettings, stop: asyncio.Event | None = None) -
             wheels=settings.wheel_source(), read_model=read_model,
         )
         runtime.broker.include_router(command_router(packager))
-        runner = ProjectionRunner(runtime.store.pool, settings.schema_name, runtime.js, read_model)
-        runtime.spawn(runner.run, "package_catalog")
+        nc = runtime.broker.config.connection_state.connection
+        runner = ConsumerRunner(runtime.store.pool, settings.schema_name, runtime.js, read_model,
+                                source=OwnThenHistory(StoreSource(runtime.store), HistorySource(nc)))
+        runtime.spawn(runner.run, read_model.name, probe=runner.status)
 
     await run_service(SERVICE, settings, on_start=on_start, stop=stop)
 

@@ -20,9 +20,13 @@ _encoder = msgspec.json.Encoder()
 class PackageCatalog:
     name = "package_catalog"
     filter_subjects = ("sdv.evt.package.>",)
+    tables = ("packages",)
 
     def __init__(self, schema: str) -> None:
         self.table = f"{schema}.packages"
+
+    def at(self, schema: str) -> PackageCatalog:
+        return PackageCatalog(schema)
 
     async def create(self, conn: asyncpg.Connection) -> None:
         await conn.execute(f"""

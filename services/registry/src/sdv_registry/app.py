@@ -11,7 +11,7 @@ import nats
 from nats.aio.client import Client as NatsClient
 
 from sdv_events.auth import Trust, raw_creds
-from sdv_events.projections import ProjectionRunner
+from sdv_events.processing import ConsumerRunner, HistorySource, OwnThenHistory, StoreSource
 from sdv_events.service import ServiceRuntime, run_service
 from sdv_registry.adapters.admission_log import AdmissionLog
 from sdv_registry.adapters.announce import subscribe_announcements
@@ -59,14 +59,15 @@ async def serve(settings: RegistrySettings, stop: asyncio.Event | None = None) -
         registry = Registry(runtime.store, inventory, issuer, revocations, fleet_hash,
                             settings.pending_retry_s)
         runtime.broker.include_router(command_router(registry))
-        runner = ProjectionRunner(runtime.store.pool, schema, runtime.js, inventory)
-        runtime.spawn(runner.run, "device_inventory")
+        nc = runtime.broker.config.connection_state.connection
+        runner = ConsumerRunner(runtime.store.pool, schema, runtime.js, inventory,
+                                source=OwnThenHistory(StoreSource(runtime.store), HistorySource(nc)))
+        runtime.spawn(runner.run, inventory.name, probe=runner.status)
 
         monitor = PresenceMonitor(registry.run, silence_s=settings.heartbeat_silence_s,
                                   monotonic=time.monotonic, clock=wall_clock)
         monitor.restore(await admission.online_devices())
         registry.presence = monitor
-        nc = runtime.broker.config.connection_state.connection
         await subscribe_announcements(nc, registry)
         await subscribe_heartbeats(nc, monitor)
         runtime.spawn(monitor.run, "presence")

@@ -46,9 +46,13 @@ def view_of(row: asyncpg.Record) -> DeviceView:
 class DeviceInventory:
     name = "device_inventory"
     filter_subjects = ("sdv.evt.device.>",)
+    tables = ("devices",)
 
     def __init__(self, schema: str) -> None:
         self.table = f"{schema}.devices"
+
+    def at(self, schema: str) -> DeviceInventory:
+        return DeviceInventory(schema)
 
     async def create(self, conn: asyncpg.Connection) -> None:
         index = self.table.replace(".", "_")

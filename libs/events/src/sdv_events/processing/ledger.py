@@ -35,20 +35,32 @@ class Ledger:
         self.schema = schema
         self.consumer = consumer
 
-    async def create(self, conn: Conn) -> None:
+    async def create(self, pool: asyncpg.Pool | asyncpg.Connection) -> None:
+        """Idempotent; concurrent callers (several consumers of one service starting together)
+        serialise, as CREATE TABLE IF NOT EXISTS alone races."""
+        if isinstance(pool, asyncpg.Pool):
+            async with pool.acquire() as conn:
+                await self._create(conn)
+        else:
+            await self._create(pool)
+
+    async def _create(self, conn: asyncpg.Connection) -> None:
         s = self.schema
-        await conn.execute(f"""
-            CREATE TABLE IF NOT EXISTS {s}.consumer_streams (
-                consumer text NOT NULL, stream_id text NOT NULL, version integer NOT NULL,
-                PRIMARY KEY (consumer, stream_id));
-            CREATE TABLE IF NOT EXISTS {s}.consumer_events (
-                consumer text NOT NULL, event_id uuid NOT NULL,
-                seen_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (consumer, event_id));
-            CREATE TABLE IF NOT EXISTS {s}.consumer_positions (
-                consumer text PRIMARY KEY, seq bigint NOT NULL DEFAULT 0,
-                stream_created timestamptz, since timestamptz NOT NULL DEFAULT now(),
-                parked bigint NOT NULL DEFAULT 0, updated_at timestamptz NOT NULL DEFAULT now());
-        """)
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext('sdv_schema_setup'))")
+            await conn.execute(f"""
+                CREATE TABLE IF NOT EXISTS {s}.consumer_streams (
+                    consumer text NOT NULL, stream_id text NOT NULL, version integer NOT NULL,
+                    PRIMARY KEY (consumer, stream_id));
+                CREATE TABLE IF NOT EXISTS {s}.consumer_events (
+                    consumer text NOT NULL, event_id uuid NOT NULL,
+                    seen_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (consumer, event_id));
+                CREATE TABLE IF NOT EXISTS {s}.consumer_positions (
+                    consumer text PRIMARY KEY, seq bigint NOT NULL DEFAULT 0,
+                    stream_created timestamptz, since timestamptz NOT NULL DEFAULT now(),
+                    parked bigint NOT NULL DEFAULT 0,
+                    updated_at timestamptz NOT NULL DEFAULT now());
+            """)
 
     async def position(self, conn: Conn) -> Position | None:
         row = await conn.fetchrow(

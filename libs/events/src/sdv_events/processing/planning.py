@@ -109,6 +109,16 @@ class Planner:
                 plan.dead_letters += 1
                 plan.steps.append(Step(seq, msg=msg))
                 continue
+            if msg.subject != event_subject(wire.stream_id, wire.type):
+                # The subject is what NATS permissions vouch for (a device publishes only under
+                # its own id): an envelope claiming another stream or type is refused.
+                await self.dead_letter(msg, DecodeError(
+                    "invalid_value", f"subject {msg.subject!r} does not match the envelope's "
+                    f"stream {wire.stream_id!r} and type {wire.type!r}", path="$.stream_id"),
+                    f"{self.consumer}:{seq}")
+                plan.dead_letters += 1
+                plan.steps.append(Step(seq, msg=msg))
+                continue
             category, _ = split_stream_id(wire.stream_id)
             if not is_versioned(category):
                 await self._by_id(plan, msg, seq, wire, seen)
