@@ -235,6 +235,21 @@ async def test_an_expired_key_is_pruned_and_then_treated_as_new(es: EventStore) 
     assert [e.data.text for e in await es.read_stream("note-n7")] == ["a", "b"]
 
 
+async def test_the_pruner_outlives_a_failing_round(es: EventStore, database_url: str) -> None:
+    """Pruning is not urgent (expired keys are already ignored): a database it cannot reach is
+    retried at its next round, not counted as a failing task that would stop the service."""
+    unreachable = await EventStore.open(database_url, es.schema)
+    await unreachable.close()
+    stop = asyncio.Event()
+    pruner = asyncio.create_task(key_pruner(unreachable, every_s=0.01)(stop))
+
+    await asyncio.sleep(0.2)
+
+    assert not pruner.done()
+    stop.set()
+    await asyncio.wait_for(pruner, 5.0)
+
+
 # --- schema --------------------------------------------------------------------------------------
 
 OLD_APPEND_EVENTS = """

@@ -70,9 +70,16 @@ def key_pruner(store: EventStore, *, every_s: float = PRUNE_EVERY_S) -> Work:
 
     async def prune(stop: asyncio.Event) -> None:
         while not stop.is_set():
-            removed = await store.prune_idempotency_keys()
-            if removed:
-                log.info("idempotency_keys_pruned", schema=store.schema, removed=removed)
+            try:
+                removed = await store.prune_idempotency_keys()
+            except Exception as exc:
+                # Nothing waits on pruning (expired keys are already ignored): a database
+                # outage is retried at the next round, it must not use up the restarts that
+                # would stop the service.
+                log.warning("idempotency_prune_failed", schema=store.schema, error=repr(exc))
+            else:
+                if removed:
+                    log.info("idempotency_keys_pruned", schema=store.schema, removed=removed)
             await sleep_or_stop(stop, every_s)
 
     return prune
