@@ -435,8 +435,10 @@ async def test_rebuild_does_not_resend_unchanged_desired_documents(
     after = await documents()
     # Unchanged documents were not written again (same KV revision); the two that differed were.
     assert {d: after[d] for d in devices[:4]} == {d: before[d] for d in devices[:4]}
-    assert after["dev-4"][1] == "1.0.0" and after["dev-4"][0] > before["dev-4"][0]
-    assert after["dev-5"][1] == "1.0.0" and after["dev-5"][0] > revision_5
+    assert after["dev-4"][1] == "1.0.0"
+    assert after["dev-4"][0] > before["dev-4"][0]
+    assert after["dev-5"][1] == "1.0.0"
+    assert after["dev-5"][0] > revision_5
     # And the document's own revision keeps growing, so agents accept the rewrite.
     doc_5 = msgspec.json.decode((await kv.get("dev-5")).value or b"{}")
     assert doc_5["revision"] > stale["revision"]
