@@ -1,14 +1,16 @@
-"""ProjectionRunner: a toy read model (counts per stream) fed from SDV_EVENTS by a real Relay.
+"""A projection in the consumer runner: a toy read model (counts per stream) fed from SDV_EVENTS
+by a real Relay.
 
-Exactly once in effect across crashes (after the commit and before the acks, and in the middle
-of a batch), the checkpoint advancing over ignored events, and rebuild() reproducing the model.
+Exactly once in effect across a crash after the commit and before the acks, a transient apply
+failure retried and applied once, the checkpoint advancing over ignored events, and
+rebuild("store") reproducing the model.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import asyncpg
 import msgspec
@@ -20,7 +22,8 @@ from nats.js.api import DeliverPolicy
 
 from sdv_events.codec import WireEnvelope
 from sdv_events.envelope import Envelope
-from sdv_events.projections import ProjectionBusy, ProjectionRunner
+from sdv_events.processing import ConsumerRunner
+from sdv_events.processing.planning import Step
 from sdv_events.provisioning import EVENTS_STREAM
 from sdv_events.registry import event
 from sdv_events.relay import Relay
@@ -49,9 +52,21 @@ class StreamCounts:
     name = "stream_counts"
     filter_subjects = ("sdv.evt.counter.>",)
 
+    tables = ("stream_counts",)
+
     def __init__(self, schema: str, *, fail_on: tuple[str, int] | None = None) -> None:
+        self.schema = schema
         self.table = f"{schema}.stream_counts"
         self.fail_on = fail_on  # (stream_id, version): raise once, mid-batch
+
+    def at(self, schema: str) -> StreamCounts:
+        return StreamCounts(schema)
+
+    async def create(self, conn: asyncpg.Connection) -> None:
+        await conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {self.table} (stream_id text PRIMARY KEY, "
+            "events int NOT NULL, total bigint NOT NULL, last_version int NOT NULL)"
+        )
 
     async def apply(self, conn: asyncpg.Connection, event: Envelope) -> None:
         if self.fail_on == (event.stream_id, event.version):
@@ -174,16 +189,32 @@ async def projection(store: EventStore) -> StreamCounts:
     return proj
 
 
+class CrashingRunner(ConsumerRunner):
+    """Dies after its n-th commit, before the acks (the process killed at the worst moment)."""
+
+    def __init__(self, *args: object, crash_after: int, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.crash_after = crash_after
+        self.commits = 0
+
+    async def _after_done(self, steps: Sequence[Step]) -> None:
+        self.commits += 1
+        if self.commits == self.crash_after:
+            raise Crash("process died after the commit, before the acks")
+        await super()._after_done(steps)
+
+
 def runner_for(
     store: EventStore, js: JetStreamContext, projection: StreamCounts, **kwargs: object
-) -> ProjectionRunner:
-    return ProjectionRunner(
-        store.pool, store.schema, js, projection, batch_size=10, fetch_timeout_s=0.2, **kwargs  # type: ignore[arg-type]
+) -> ConsumerRunner:
+    return ConsumerRunner(
+        store.pool, store.schema, js, projection, batch_size=10, fetch_timeout_s=0.2,  # type: ignore[arg-type]
+        retry_initial_s=0.01,
     )
 
 
-async def catch_up(runner: ProjectionRunner, timeout: float = 30.0) -> None:
-    await asyncio.wait_for(runner.run(asyncio.Event(), until_caught_up=True), timeout)
+async def catch_up(runner: ConsumerRunner, timeout: float = 30.0) -> None:
+    assert await asyncio.wait_for(runner.catch_up(), timeout) == "caught_up"
 
 
 # --------------------------------------------------------------------------- tests
@@ -199,35 +230,22 @@ async def test_crash_after_commit_before_ack_applies_nothing_twice(
     counter_msgs = [m for m in msgs if m.subject.startswith("sdv.evt.counter.")]
     assert len(counter_msgs) == 120 + 40
 
-    commits = 0
-
-    async def crash_after_third_commit(applied: int) -> None:
-        nonlocal commits
-        commits += 1
-        if commits == 3:
-            raise Crash("process died after the commit, before the acks")
-
-    first = runner_for(store, js, projection, after_commit=crash_after_third_commit)
+    first = CrashingRunner(store.pool, store.schema, js, projection, batch_size=10,
+                           fetch_timeout_s=0.2, crash_after=3)
     with pytest.raises(Crash):
-        await asyncio.wait_for(first.run(asyncio.Event()), 30)
-    crashed_at = await first.checkpoint()
-    assert commits == 3
-    # Three batches are in the read model; the third was never acked.
-    handled_before_crash = sum(1 for m in counter_msgs if m.metadata.sequence.stream <= crashed_at)
-    assert 3 <= handled_before_crash <= 30
-    assert await projection.rows(store.pool) == expected_rows(msgs, up_to_seq=crashed_at)
+        await asyncio.wait_for(first.catch_up(), 30)
     info = await js.consumer_info(EVENTS_STREAM, first.durable)
     assert info.num_ack_pending > 0, "the crashed batch should still be unacknowledged"
+    partial = await projection.rows(store.pool)
+    assert partial
+    assert partial != expected_rows(msgs)
 
     second = runner_for(store, js, projection)
     await catch_up(second)
     assert await projection.rows(store.pool) == expected_rows(msgs)
-    # The new runner started after the checkpoint: it handled each remaining message once.
-    assert second.applied == len(counter_msgs) - handled_before_crash
-    assert await second.checkpoint() == counter_msgs[-1].metadata.sequence.stream
 
 
-async def test_crash_in_the_middle_of_a_batch_rolls_it_back(
+async def test_apply_failing_once_is_retried_and_applied_once(
     store: EventStore, nc: NatsClient, projection: StreamCounts
 ) -> None:
     js = nc.jetstream()
@@ -236,20 +254,11 @@ async def test_crash_in_the_middle_of_a_batch_rolls_it_back(
     msgs = await read_events(js)
 
     failing = StreamCounts(store.schema, fail_on=("counter-2", 9))
-    first = runner_for(store, js, failing)
-    with pytest.raises(Crash):
-        await asyncio.wait_for(first.run(asyncio.Event()), 30)
-    crashed_at = await first.checkpoint()
-    # Nothing of the failed batch is in the read model: it ends exactly at the checkpoint.
-    assert await projection.rows(store.pool) == expected_rows(msgs, up_to_seq=crashed_at)
-    failed_seq = next(
-        m.metadata.sequence.stream for m in msgs
-        if m.headers and m.headers["Sdv-Stream"] == "counter-2" and m.headers["Sdv-Version"] == "9"
-    )
-    assert crashed_at < failed_seq
-
-    second = runner_for(store, js, failing)  # fail_on was consumed: the restart succeeds
-    await catch_up(second)
+    runner = runner_for(store, js, failing)
+    await catch_up(runner)
+    assert failing.fail_on is None, "the failure happened"
+    assert runner.stats.retries == 1
+    assert runner.stats.parked == 0
     assert await projection.rows(store.pool) == expected_rows(msgs)
 
 
@@ -268,21 +277,20 @@ async def test_checkpoint_advances_over_ignored_events(
     for n in range(25):
         await store.append(f"counter-{n % 4}", ANY, [Noted(text=f"ignored {n}")])
     await relay_everything(store, js)
-    tail = await last_seq(js)
     runner = runner_for(store, js, projection)
     await catch_up(runner)
-    assert runner.applied == 25  # handed to apply() …
+    assert runner.stats.applied == 25  # handed to apply() …
     assert await projection.rows(store.pool) == model  # … which changed nothing
-    assert await runner.checkpoint() == tail
 
     # A restart starts after them: nothing left to deliver.
     restarted = runner_for(store, js, projection)
     await catch_up(restarted)
-    assert restarted.applied == 0
+    assert restarted.stats.applied == 0
+    assert restarted.stats.duplicates == 0
     assert await restarted.pending() == 0
 
 
-async def test_rebuild_from_zero_gives_the_identical_read_model(
+async def test_rebuild_from_the_store_gives_the_identical_read_model(
     store: EventStore, nc: NatsClient, projection: StreamCounts
 ) -> None:
     js = nc.jetstream()
@@ -301,35 +309,10 @@ async def test_rebuild_from_zero_gives_the_identical_read_model(
         f"INSERT INTO {projection.table} VALUES ('counter-bogus', 1, 1, 1)"
     )
 
-    rebuilder = runner_for(store, js, projection)
-    await asyncio.wait_for(rebuilder.rebuild(), 30)
+    rebuilt = await asyncio.wait_for(runner_for(store, js, projection).rebuild(store=store), 30)
     assert await projection.rows(store.pool) == before
-    assert rebuilder.applied == 160
-    assert await rebuilder.checkpoint() == max(
-        m.metadata.sequence.stream for m in msgs if m.subject.startswith("sdv.evt.counter.")
-    )
-
-
-async def test_rebuild_is_refused_while_another_runner_leads_and_nothing_is_wiped(
-    store: EventStore, nc: NatsClient, projection: StreamCounts
-) -> None:
-    js = nc.jetstream()
-    await write_events(store)
-    await relay_everything(store, js)
-    live = runner_for(store, js, projection)
-    stop = asyncio.Event()
-    task = asyncio.create_task(live.run(stop))
-    try:
-        expected = expected_rows(await read_events(js))
-        await wait_until(lambda: _rows_equal(projection, store, expected), timeout=20,
-                         what="the live runner to catch up")
-        with pytest.raises(ProjectionBusy, match="stop it before rebuilding"):
-            await runner_for(store, js, projection).rebuild()
-        assert await projection.rows(store.pool) == expected
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
-
-
-async def _rows_equal(projection: StreamCounts, store: EventStore, expected: list[Row]) -> bool:
-    return await projection.rows(store.pool) == expected
+    assert rebuilt.applied == 160
+    # The live consumer resumes after the rebuild without applying anything twice.
+    resumed = runner_for(store, js, projection)
+    await catch_up(resumed)
+    assert await projection.rows(store.pool) == before
