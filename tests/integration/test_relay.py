@@ -99,22 +99,23 @@ async def test_concurrent_writers_every_event_exactly_once_in_stream_order(
     assert set(per_stream) == set(streams)
 
 
-async def test_an_open_append_holds_later_appends_of_its_schema_so_none_is_skipped(
+async def test_transaction_committing_after_a_later_one_is_not_skipped(
     store: EventStore, nc: NatsClient, database_url: str
 ) -> None:
-    """Commit order is position order: while append A's transaction is open, B (of the same
-    schema) waits for it instead of committing a higher position first, so the relay, tailing
-    by position, never steps over A."""
+    """A takes a lower position and stays open; B, with a higher one, commits first. The relay
+    publishes neither while A is open (B sits above a position that may still appear), then
+    both, A first — A is never skipped."""
     js = nc.jetstream()
     schema = store.schema
     relay = RelayTask(Relay(store, js, batch_size=10, idle_poll_s=0.02))
     raw = await asyncpg.connect(database_url)
     try:
+        # Committed before A starts: must get out even while A is open.
         await store.append("thing-a", 0, [Ticked(0, 1)])
         await store.append("thing-c", 0, [Ticked(0, 1)])
         await wait_until(lambda: _count_is(js, 2), timeout=10, what="the two early events")
 
-        # Transaction A takes the next position and stays open.
+        # Transaction A takes the lower position and stays open.
         tx_a = raw.transaction()
         await tx_a.start()
         a_id = uuid.uuid4()
@@ -126,31 +127,62 @@ async def test_an_open_append_holds_later_appends_of_its_schema_so_none_is_skipp
         assert row_a is not None
         position_a = row_a["positions"][0]
 
-        # B waits for A rather than committing a higher position before it.
-        b = asyncio.create_task(store.append("thing-b", 0, [Ticked(2, 1)]))
-        await asyncio.sleep(0.5)
-        assert not b.done(), "B committed while A, holding a lower position, was still open"
+        # B (another stream) appends concurrently, with a higher position, and commits first.
+        result_b = await asyncio.wait_for(store.append("thing-b", 0, [Ticked(2, 1)]), 5)
+        assert result_b.positions[0] > position_a
+        await store.append("thing-c", ANY, [Ticked(2, 2)])
+
+        # Many polls while A is open: nothing above A's position may go out before A.
+        await asyncio.sleep(1.0)
         assert await stream_count(js) == 2
 
         await tx_a.commit()
-        result_b = await asyncio.wait_for(b, 10)
-        assert result_b.positions[0] > position_a
-        await store.append("thing-c", ANY, [Ticked(2, 2)])
         await store.append("thing-a", ANY, [Ticked(3, 3)])
+        await store.append("thing-b", ANY, [Ticked(3, 2)])
 
         expected = await store_events(store)
-        assert len(expected) == 6
-        await wait_until(lambda: _count_is(js, 6), timeout=15,
-                         what="all 6 events, A included, on SDV_EVENTS")
+        assert len(expected) == 7
+        await wait_until(lambda: _count_is(js, 7), timeout=15,
+                         what="all 7 events, A included, on SDV_EVENTS")
     finally:
         if not raw.is_closed():
             await raw.close()
         await relay.close()
 
     msgs = await read_events(js)
-    assert str(a_id) in {m.headers["Nats-Msg-Id"] for m in msgs if m.headers}, "A was skipped"
+    ids = [m.headers["Nats-Msg-Id"] for m in msgs if m.headers]
+    assert str(a_id) in ids, "A was skipped"
+    assert ids.index(str(a_id)) < ids.index(str(result_b.events[0].event_id))
     assert_exactly_once_in_order(msgs, expected)
     assert relay.relay.stats.duplicates == 0
+
+
+async def test_an_open_append_of_another_schema_holds_nothing_back(
+    store: EventStore, nc: NatsClient, database_url: str, schema: str
+) -> None:
+    """Only this schema's appends in flight can hold its relay back."""
+    js = nc.jetstream()
+    other = await EventStore.open(database_url, f"{schema}_other")
+    raw = await asyncpg.connect(database_url)
+    relay = RelayTask(Relay(store, js, batch_size=10, idle_poll_s=0.02))
+    try:
+        tx = raw.transaction()
+        await tx.start()
+        await raw.fetchrow(
+            f"SELECT * FROM {other.schema}.append_events($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)",
+            "thing-z", -1, [uuid.uuid4()], [TICKED], [1], [encode(Ticked(9, 9))],
+            [encode_metadata(Metadata())], [datetime.now(UTC)], None, None,
+        )
+        for n in range(5):
+            await store.append("thing-a", ANY, [Ticked(0, n)])
+        await wait_until(lambda: _count_is(js, 5), timeout=5,
+                         what="this schema's events while another schema's append stays open")
+        await tx.rollback()
+    finally:
+        await relay.close()
+        await raw.close()
+        await other.pool.execute(f"DROP SCHEMA {other.schema} CASCADE")
+        await other.close()
 
 
 async def test_crash_between_publish_and_checkpoint_republishes_as_duplicates(

@@ -77,8 +77,12 @@ async def test_stream_deleted_and_recreated_under_load_every_later_event_publish
     try:
         await support.wait_until(lambda: _at_least(js, 100), timeout=10, what="100 events out")
         await js.delete_stream(EVENTS_STREAM)
-        await asyncio.sleep(1.0)  # appends go on; every publish fails meanwhile
+        # Appends go on; every publish fails meanwhile, and the relay says so.
+        await support.wait_until(lambda: _async_true(relay.relay.stats.errors > 0), timeout=15,
+                                 what="the relay to meet the missing stream")
+        await asyncio.sleep(1.0)
         errors_while_gone = relay.relay.stats.errors
+        assert "stream" in (relay.relay.stats.last_error or "").lower(), relay.relay.stats.last_error
         await provision(js)
         await asyncio.sleep(1.0)
         writing.clear()
@@ -106,6 +110,10 @@ async def test_stream_deleted_and_recreated_under_load_every_later_event_publish
     assert positions, "nothing reached the recreated stream"
     assert positions == all_positions[all_positions.index(positions[0]):]
     assert len(positions) > 50
+
+
+async def _async_true(value: bool) -> bool:
+    return value
 
 
 async def _at_least(js: object, n: int) -> bool:

@@ -4,16 +4,19 @@ The append-only `events` table is the outbox: every append already writes its ro
 transaction, so a second outbox table would only double the writes. The relay tails the table
 by position and checkpoints after JetStream acknowledged.
 
-Why tailing by position alone never skips: positions come from a sequence when a row is
-inserted, not when its transaction commits, so in general transaction A may take position 10,
-B position 11, and B commit first — a reader that advanced to 11 would skip 10 forever. Here
-`append_events` holds a per-schema lock from before it draws positions until its commit is
-visible (pyeventsourcing's approach), so positions of one schema become visible in order: a
-reader that sees position p sees every lower position that will ever exist. Unlike a cursor on
-`pg_snapshot_xmin`, nothing outside the schema can hold the relay back (xmin is cluster-wide:
-an idle transaction in another database stalled every relay), and a position survives a
-`pg_dump` restore (transaction ids restart in a new cluster; the sequence is restored). The
-cost is one appending transaction per schema at a time (bench/event_store.py measures it).
+Why the relay never skips although positions are not drawn in commit order: a position comes
+from a sequence when a row is inserted, not when its transaction commits, so transaction A may
+take position 10, B position 11, and B commit first; a reader that advanced to 11 would skip 10
+forever. So the relay publishes only up to `EventStore.safe_head()`: the highest position seen
+once every append of this schema that was in flight when it was seen has ended (each append
+holds a shared per-schema advisory lock from before it draws a position until its commit is
+visible, so `pg_locks` lists them). Appends run concurrently; the relay waits only for appends
+of its own schema, and only for those in flight. An earlier design compared transaction ids
+with `pg_snapshot_xmin`, which is cluster-wide — an idle transaction in another database
+stalled every relay — and whose ids restart in a restored cluster, so after a `pg_dump`
+restore new events sat below the checkpoint forever; positions come from a sequence that
+pg_dump restores. Per stream, position order is version order: `append_events` holds a
+per-stream lock until commit, so version n+1 draws its position after version n committed.
 
 Exactly once: each message carries `Nats-Msg-Id = event_id`. A relay that crashes after
 publishing but before checkpointing publishes the same ids again on restart and JetStream drops
@@ -53,7 +56,8 @@ _encoder = msgspec.json.Encoder()
 _SELECT = """
 SELECT global_position, stream_id, version, event_id, type, schema_version, data, metadata,
        occurred_at
-FROM {schema}.events WHERE global_position > $1 ORDER BY global_position LIMIT $2
+FROM {schema}.events WHERE global_position > $1 AND global_position <= $2
+ORDER BY global_position LIMIT $3
 """
 _CHECKPOINT = """
 INSERT INTO {schema}.checkpoints (name, position, updated_at) VALUES ($1, $2, now())
@@ -135,6 +139,8 @@ class Relay:
         self.stats = RelayStats()
         self.state: RelayState = "starting"
         self._wake = asyncio.Event()
+        self._safe = 0  # publish no further than this (EventStore.safe_head)
+        self._position: int | None = None  # the checkpoint, while leading
         schema = store.schema
         self._select = _SELECT.format(schema=schema)
         self._checkpoint_sql = _CHECKPOINT.format(schema=schema)
@@ -156,8 +162,12 @@ class Relay:
 
     async def publish_batch(self, conn: asyncpg.Connection) -> int:
         """Publish the next batch after the checkpoint; returns how many events went out."""
-        position = await self.checkpoint(conn)
-        rows = await conn.fetch(self._select, position, self.batch_size)
+        if self._position is None:  # read once per leadership; only the leader writes it
+            self._position = await self.checkpoint(conn)
+        position = self._position
+        if self._safe <= position:
+            self._safe = await self.store.safe_head(conn)
+        rows = await conn.fetch(self._select, position, self._safe, self.batch_size)
         if not rows:
             return 0
         futures = []
@@ -169,6 +179,7 @@ class Relay:
         if self.after_publish is not None:
             await self.after_publish(len(rows))
         await conn.execute(self._checkpoint_sql, self.name, rows[-1]["global_position"])
+        self._position = rows[-1]["global_position"]
         self.stats.published += len(rows) - duplicates
         self.stats.duplicates += duplicates
         self.stats.batches += 1
@@ -209,6 +220,7 @@ class Relay:
                 return False
             self._log.info("relay_leading")
             self.state = "leading"
+            self._position = None
             unsubscribe = self.store.on_append(self._wake)
             try:
                 while not stop.is_set():

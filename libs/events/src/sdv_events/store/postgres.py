@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -96,6 +97,20 @@ class EventStore:
         # processes are found by their idle poll. (A pg_notify per append serialised every
         # commit of the cluster on the notify queue and halved concurrent append throughput.)
         self._append_waiters: set[asyncio.Event] = set()
+        appends_lock = (
+            "locktype = 'advisory' AND classid = hashtext('sdv_append')::oid "
+            f"AND objid = hashtext('{self.schema}')::oid AND objsubid = 2"
+        )
+        # One statement: its snapshot (for max) is taken before pg_locks is read.
+        self._observe_sql = (
+            f"SELECT (SELECT coalesce(max(global_position), 0) FROM {self.schema}.events) AS head, "
+            "(SELECT coalesce(array_agg(virtualtransaction), '{}') FROM pg_locks "
+            f"WHERE {appends_lock}) AS in_flight"
+        )
+        self._still_sql = (
+            "SELECT coalesce(array_agg(virtualtransaction), '{}') FROM pg_locks "
+            f"WHERE {appends_lock} AND virtualtransaction = ANY($1::text[])"
+        )
 
     def on_append(self, waiter: asyncio.Event) -> Callable[[], None]:
         """Set `waiter` after every append through this store; returns the unsubscribe."""
@@ -324,12 +339,14 @@ class EventStore:
         `batch_size` at a time; only `category`'s streams, and only those recorded in
         [`since`, `until`), when given. `from_position` is the old name of `after`.
 
-        Safe to tail: positions of one schema become visible in commit order (`append_events`
-        holds the schema's append lock until its commit is visible; see relay.py), so a reader
-        that saw position p will never later find a lower one. Keep the last position read and
-        call again with `after=` it: nothing is skipped, nothing read twice.
+        Safe to tail: it reads no further than `safe_head()` at the call, below which no event
+        can still appear, so a reader that saw position p will never later find a lower one.
+        Keep the last position read and call again with `after=` it: nothing is skipped,
+        nothing read twice.
         """
         position = after if from_position is None else from_position
+        safe = await self.safe_head()
+        to = safe if to is None else min(to, safe)
         where = EventFilter(to=to, category=category, since=since, until=until)
         params: list[Any] = [position, batch_size]
         sql = (f"SELECT {_COLUMNS} FROM {self.schema}.events WHERE global_position > $1"
@@ -351,6 +368,40 @@ class EventStore:
         async for envelope in self.read_all(after, batch_size, category=category):
             yield envelope
 
+    async def safe_head(
+        self, conn: asyncpg.Connection | None = None, *, max_wait_s: float | None = None
+    ) -> int:
+        """The highest position below which nothing more will ever appear: every event at or
+        below it that will ever be visible is visible now. Tailers read up to it, never past.
+
+        Positions are drawn when a row is inserted, not when its transaction commits, so the
+        highest visible position may sit above a lower one whose transaction is still open.
+        Every append holds a shared per-schema lock from before it draws a position until its
+        commit is visible, so the appends in flight are listed in `pg_locks`. The head seen in
+        one statement is safe once every append that was in flight at that statement has
+        ended; appends that start later draw higher positions. Only this schema's appends
+        count: a transaction elsewhere in the cluster holds nothing back (unlike
+        `pg_snapshot_xmin`, which is cluster-wide). An append left open holds tailers back
+        while it stays open — never skipped. With `max_wait_s`, raises `TimeoutError` when
+        those appends are still open after that long."""
+        if conn is None:
+            async with self.pool.acquire() as own:
+                return await self.safe_head(own, max_wait_s=max_wait_s)
+        row = await conn.fetchrow(self._observe_sql)
+        assert row is not None
+        head, in_flight = int(row["head"]), list(row["in_flight"])
+        delay, waited = 0.0005, 0.0
+        while in_flight:
+            await asyncio.sleep(delay)
+            waited += delay
+            delay = min(delay * 2, 0.05)
+            in_flight = list(await conn.fetchval(self._still_sql, in_flight))
+            if in_flight and max_wait_s is not None and waited >= max_wait_s:
+                raise TimeoutError(
+                    f"{len(in_flight)} append(s) of schema {self.schema} still open after "
+                    f"{waited:.1f}s (they may commit positions below {head})")
+        return head
+
     async def head(self) -> int:
         """The highest position written (0 for an empty store). Positions are not dense: a
         rolled-back append leaves a gap."""
@@ -365,6 +416,10 @@ class EventStore:
         `limit`, and no more than fit in `max_bytes` (each counted as body + metadata + stream
         id + type + `overhead`) — but always the first one. Returns them and whether more match.
         """
+        # No further than the safe head, so that paging on with `after=` never skips an event
+        # still being committed below a page's last position.
+        safe = await self.safe_head(max_wait_s=5.0)
+        where = dataclasses.replace(where, to=safe if where.to is None else min(where.to, safe))
         sql, params = page_sql(self.schema, where, after, limit, max_bytes, overhead)
         rows = await self.pool.fetch(sql, *params)
         records = [

@@ -80,12 +80,14 @@ DECLARE
     n integer := coalesce(array_length(p_ids, 1), 0);
     cur integer;
 BEGIN
-    -- Commit order = position order (see relay.py): one appending transaction per schema at a
-    -- time, from before it draws a position until it has committed (an xact lock is released
-    -- after the commit became visible). A reader that sees position p then sees every lower
-    -- position that will ever exist, so tailing by position alone never skips. It also
-    -- serialises the version check below, per stream and for the whole schema.
-    PERFORM pg_advisory_xact_lock(hashtext('sdv_append'), hashtext('{schema}'));
+    -- Held from before this transaction draws a position until its commit is visible (xact
+    -- locks are released after that): a shared lock, so appends run concurrently, and a
+    -- reader can list the appends of this schema still in flight — the only ones that may
+    -- yet commit a position below the highest it sees (EventStore.safe_head, relay.py).
+    PERFORM pg_advisory_xact_lock_shared(hashtext('sdv_append'), hashtext('{schema}'));
+    -- One append per stream at a time, to its commit: versions of a stream get positions in
+    -- version order, and the version check below cannot race.
+    PERFORM pg_advisory_xact_lock(hashtext('{schema}'), hashtext(p_stream));
     SELECT coalesce(max(e.version), 0) INTO cur FROM {schema}.events e WHERE e.stream_id = p_stream;
     IF p_expected <> -1 AND cur <> p_expected THEN
         RAISE EXCEPTION 'stream % is at version %, expected %', p_stream, cur, p_expected
