@@ -14,8 +14,9 @@ import pytest
 from sdv_client.packages import PackagerClient
 from sdv_events.bus import Conflict, InvalidRequest, NotFound, Rejected
 from sdv_events.package_format import verify_artifact
-from sdv_events.projections import ProjectionRunner
+from sdv_events.processing import ConsumerRunner
 from sdv_events.service import wait_until_ready
+from sdv_events.store import EventStore
 from sdv_packager.app import serve
 from sdv_packager.projections import PackageCatalog
 from sdv_packager.settings import PackagerSettings
@@ -133,15 +134,17 @@ async def test_yank_and_promote_show_in_list_and_rebuild_gives_the_same_list(
     pool = await store_pool.create_pool(database_url, min_size=1, max_size=2)
     js = client.nc.jetstream()
     read_model = PackageCatalog(schema)
-    # A second runner on the same projection waits for the service's (advisory lock); rebuild
-    # through a copy of the read model in its own table instead, then compare.
-    rebuilt = PackageCatalog(schema)
-    rebuilt.table = f"{schema}.packages_rebuilt"
-    rebuilt.name = "package_catalog_rebuilt"
-    runner = ProjectionRunner(pool, schema, js, rebuilt)
-    await asyncio.wait_for(runner.rebuild(), 20)
+    # The service's runner leads its projection (advisory lock); rebuild the same projection
+    # from the service's event store into a schema of its own instead, then compare.
+    copy = f"{schema}_copy"
+    await pool.execute(f"CREATE SCHEMA {copy}")
+    rebuilt = PackageCatalog(copy)
+    runner = ConsumerRunner(pool, copy, js, rebuilt)
+    store = EventStore(pool, schema)
+    await asyncio.wait_for(runner.rebuild("store", store=store), 20)
     after = await rebuilt.list(pool, "door-watch", None, True)
     assert after == before == await read_model.list(pool, "door-watch", None, True)
+    await pool.execute(f"DROP SCHEMA {copy} CASCADE")
     await pool.close()
 
 
