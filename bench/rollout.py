@@ -5,6 +5,7 @@ baseline measured in the same run.
     .venv/bin/python bench/rollout.py --quick        # 1,000 devices
     .venv/bin/python bench/rollout.py                # 10,000 devices
     .venv/bin/python bench/rollout.py --devices 3000 --profile /tmp/orch.prof
+    .venv/bin/python bench/rollout.py --quick --upgrade   # 1,000 devices already on 1.0.0 → 2.0.0
 
 Starts its own NATS and PostgreSQL (`sdv_events.servers`) unless SDV_NATS_URL / SDV_DATABASE_URL
 name existing ones (then it works in fresh schemas `bench_<run>_{p,r,o}`). The packager and the
@@ -21,6 +22,11 @@ The devices are simulated by one client in this process: one KV watcher over all
 (an envelope on `sdv.evt.agent.<device>.AppHealthy` with a `Nats-Msg-Id`, as the edge agent
 publishes it), published asynchronously. Nothing is installed.
 
+`--upgrade`: every device first gets 1.0.0 by a rollout of its own (not timed; the orchestrator
+assigns it in its desired-state read model, as for a real fleet), then 2.0.0 is published and
+the timed rollout upgrades all of them, so its plan records a previous version per device
+(the case that used to produce one event over NATS's max payload above ~1,150 devices).
+
 Figures: `seconds` = create request sent → `RolloutCompleted` received on the bus;
 `devices_per_s`; `events_appended` = events of the rollout's stream in the event store;
 `facts_published`; `raw_publish_s` = that many plain `js.publish_async` of a payload of the
@@ -30,9 +36,12 @@ reservations, first wave appended); `waves_s` = per wave, WaveStarted → WaveCo
 times); `last_desired_doc_s` = create → the last desired document seen by the simulated devices, and
 `after_last_doc_s` = from there to RolloutCompleted (small: desired-state writing is the
 critical path);
-`get_reply_bytes` = size of the `get` reply of the completed rollout (it lists every device;
-NATS refuses messages over 1 MB by default); `orchestrator_cpu_s` and `orchestrator_cpu_pct`
-over the timed part; `goal_s` 30 for 10,000.
+`get_reply_bytes` = size of the `get` reply of the completed rollout (its first page: at most
+1,000 devices; NATS refuses messages over 1 MB by default); `orchestrator_cpu_s` and
+`orchestrator_cpu_pct` over the timed part; `max_event_bytes` / `max_event_type` = the largest
+event body stored in the orchestrator's schema during the run (`max(length(data))` of
+`<schema>.events`), beside the store's 256 KiB limit and NATS's 1 MB; `upgrade`, and with it
+`first_rollout_s` (the untimed-for-the-goal rollout of 1.0.0); `goal_s` 30 for 10,000.
 The last line is one JSON object.
 """
 
@@ -101,6 +110,8 @@ APP = "bench-app"
 CAPS = Capabilities(hardware_type="linux-generic", arch="x86_64", runtimes=["native"],
                     python_version="3.11.9", agent_version="bench", memory_mb=4096, storage_mb=32768)
 GOAL_S, GOAL_DEVICES = 30.0, 10_000
+MAX_PAYLOAD = 1024 * 1024  # NATS's default max_payload
+MAX_EVENT_BYTES = 256 * 1024  # the event store's default limit on one event's body
 _desired = msgspec.json.Decoder(DesiredState)
 
 
@@ -298,9 +309,55 @@ async def raw_publish(nc: NatsClient, run: str, count: int, payload: bytes) -> f
         await js.delete_stream(name)
 
 
-async def bench(devices: int, profile: str | None) -> dict[str, Any]:
+async def publish_version(nc: NatsClient, tmp: Path, version: str) -> Any:
+    app = tmp / f"app-{version}"
+    app.mkdir()
+    (app / "sdv-app.toml").write_text(
+        f'[app]\nname = "{APP}"\nversion = "{version}"\nentry_point = "main.py"\n')
+    (app / "main.py").write_text(f"print('bench {version}')\n")
+    return await PackagerClient(nc, actor="bench").publish_dir(app)
+
+
+async def timed_rollout(nc: NatsClient, ops: CommandClient, fleet: SimulatedFleet, run: str,
+                        rollout_id: str, package: Any, pid: int) -> dict[str, Any]:
+    """One canary rollout of `package` to `bench=<run>`, create request → RolloutCompleted."""
+    fleet.digest, fleet.answered, fleet.last_doc_at, fleet.docs = package.digest, set(), {}, 0
+    done = asyncio.get_running_loop().create_future()
+
+    async def on_end(msg: Any) -> None:
+        if not done.done():
+            done.set_result((time.perf_counter(), msg.subject.rsplit(".", 1)[1]))
+
+    subs = [await nc.subscribe(f"sdv.evt.rollout.{rollout_id}.{t}", cb=on_end)
+            for t in ("RolloutCompleted", "RolloutAborted")]
+    request = CreateRolloutRequest(
+        package=APP, version=package.version, target=Target(selector=f"bench={run}"),
+        strategy=Strategy(kind="canary", waves=["1%", "10%", "100%"]),
+        thresholds=Thresholds(0.95, 0.05), timeouts=Timeouts(600.0, 0.0),
+        rollout_id=rollout_id,
+    )
+    say(f"rollout of {package.version} starts")
+    cpu0 = cpu_seconds(pid)
+    start = time.perf_counter()
+    view = await ops.call("orchestrator", "create", request, RolloutView, timeout=300)
+    plan_s = time.perf_counter() - start
+    say(f"planned in {plan_s:.2f}s: waves {[w.size for w in view.waves]}")
+    end, outcome = await asyncio.wait_for(done, 600)
+    seconds = end - start
+    cpu = cpu_seconds(pid) - cpu0
+    say(f"{outcome} after {seconds:.2f}s")
+    for sub in subs:
+        await sub.unsubscribe()
+    if outcome != "RolloutCompleted":
+        raise RuntimeError(f"rollout {rollout_id} ended with {outcome}")
+    return {"seconds": seconds, "start": start, "end": end, "plan_s": plan_s, "view": view,
+            "cpu": cpu, "last_doc": max(fleet.last_doc_at.values()), "facts": len(fleet.answered)}
+
+
+async def bench(devices: int, profile: str | None, upgrade: bool = False) -> dict[str, Any]:
     run = uuid.uuid4().hex[:8]
     tmp = Path(tempfile.mkdtemp(prefix="sdv-bench-rollout-"))
+    first: dict[str, Any] | None = None
     with servers() as (nats_url, db_url):
         nc = await nats.connect(nats_url, max_reconnect_attempts=-1)
         agents_nc = await nats.connect(nats_url, max_reconnect_attempts=-1, pending_size=256 * 1024 * 1024)
@@ -318,12 +375,7 @@ async def bench(devices: int, profile: str | None) -> dict[str, Any]:
                     in_process("registry", serve_registry, registry, nc), \
                     orchestrator_process(nats_url, db_url, schemas["o"], tmp / "orchestrator.log", nc,
                                          profile) as orchestrator:
-                app = tmp / "app"
-                app.mkdir()
-                (app / "sdv-app.toml").write_text(
-                    f'[app]\nname = "{APP}"\nversion = "1.0.0"\nentry_point = "main.py"\n')
-                (app / "main.py").write_text("print('bench')\n")
-                package = await PackagerClient(nc, actor="bench").publish_dir(app)
+                package = await publish_version(nc, tmp, "1.0.0")
                 say(f"registering {devices} devices")
                 t0 = time.perf_counter()
                 await register(nc, ops, run, devices)
@@ -331,38 +383,19 @@ async def bench(devices: int, profile: str | None) -> dict[str, Any]:
                 await quiesce(nc)  # e.g. the policy consumer has seen every DeviceAccepted
 
                 fleet = SimulatedFleet(agents_nc)
-                fleet.digest = package.digest
                 await fleet.start()
+                if upgrade:
+                    # Every device gets 1.0.0 the way a real fleet does (a completed rollout:
+                    # desired state assigned by the orchestrator), then the measured upgrade.
+                    first = await timed_rollout(nc, ops, fleet, run, f"bench-{run}-v1", package,
+                                                orchestrator.pid)
+                    package = await publish_version(nc, tmp, "2.0.0")
+                    await quiesce(nc)
                 rollout_id = f"bench-{run}"
-                done = asyncio.get_running_loop().create_future()
-
-                async def on_end(msg: Any) -> None:
-                    if not done.done():
-                        done.set_result((time.perf_counter(), msg.subject.rsplit(".", 1)[1]))
-
-                subs = [await nc.subscribe(f"sdv.evt.rollout.{rollout_id}.{t}", cb=on_end)
-                        for t in ("RolloutCompleted", "RolloutAborted")]
-                request = CreateRolloutRequest(
-                    package=APP, version="1.0.0", target=Target(selector=f"bench={run}"),
-                    strategy=Strategy(kind="canary", waves=["1%", "10%", "100%"]),
-                    thresholds=Thresholds(0.95, 0.05), timeouts=Timeouts(600.0, 0.0),
-                    rollout_id=rollout_id,
-                )
-                say("rollout starts")
-                cpu0 = cpu_seconds(orchestrator.pid)
-                start = time.perf_counter()
-                view = await ops.call("orchestrator", "create", request, RolloutView, timeout=300)
-                plan_s = time.perf_counter() - start
-                say(f"planned in {plan_s:.2f}s: waves {[w.size for w in view.waves]}")
-                end, outcome = await asyncio.wait_for(done, 600)
-                seconds = end - start
-                last_doc = max(fleet.last_doc_at.values())
-                cpu = cpu_seconds(orchestrator.pid) - cpu0
-                say(f"{outcome} after {seconds:.2f}s")
-                for sub in subs:
-                    await sub.unsubscribe()
+                timed = await timed_rollout(nc, ops, fleet, run, rollout_id, package, orchestrator.pid)
+                seconds, start, end, view = timed["seconds"], timed["start"], timed["end"], timed["view"]
                 await fleet.stop()
-                # `get` lists every device of the rollout in one reply (NATS max payload: 1 MB).
+                # `get` replies with the first page of the rollout's devices (NATS max payload: 1 MB).
                 reply = await nc.request("sdv.cmd.orchestrator.get", encode(RolloutRef(rollout_id)),
                                          timeout=60)
                 get_bytes = len(reply.data)
@@ -371,7 +404,12 @@ async def bench(devices: int, profile: str | None) -> dict[str, Any]:
                 rows = await pool.fetch(
                     f"SELECT type, data, occurred_at FROM {schemas['o']}.events WHERE stream_id = $1 "
                     "ORDER BY version", stream_id("rollout", rollout_id))
+                largest = await pool.fetchrow(
+                    f"SELECT type, length(data) AS bytes FROM {schemas['o']}.events "
+                    "ORDER BY length(data) DESC LIMIT 1")
                 await pool.close()
+                say(f"largest event stored: {largest['bytes']} bytes ({largest['type']}); "
+                    f"NATS max payload {MAX_PAYLOAD}, store limit {MAX_EVENT_BYTES}")
                 events = len(rows)
                 waves: dict[int, list[float]] = {}
                 for row in rows:
@@ -387,21 +425,26 @@ async def bench(devices: int, profile: str | None) -> dict[str, Any]:
                     data=msgspec.json.decode(sample["data"], type=DeviceTargeted)))
                 say(f"raw baseline: {events} js.publish_async of {len(payload)} bytes")
                 raw_s = await raw_publish(nc, run, events, payload)
-                if outcome != "RolloutCompleted":
-                    raise RuntimeError(f"rollout ended with {outcome}")
+                say(f"rollout {seconds:.2f}s vs raw {raw_s:.2f}s: ratio {seconds / raw_s:.1f}")
         finally:
             await agents_nc.close()
             await nc.drain()
+    cpu = timed["cpu"]
     result = {
-        "bench": "rollout", "devices": devices, "seconds": round(seconds, 3),
+        "bench": "rollout", "devices": devices, "upgrade": upgrade, "seconds": round(seconds, 3),
         "devices_per_s": round(devices / seconds, 1), "events_appended": events,
-        "facts_published": len(fleet.answered), "raw_publish_s": round(raw_s, 3),
-        "ratio": round(seconds / raw_s, 1), "plan_s": round(plan_s, 3), "waves": [w.size for w in view.waves],
+        "facts_published": timed["facts"], "raw_publish_s": round(raw_s, 3),
+        "ratio": round(seconds / raw_s, 1), "plan_s": round(timed["plan_s"], 3),
+        "waves": [w.size for w in view.waves],
         "waves_s": waves_s, "desired_docs_seen": fleet.docs,
-        "last_desired_doc_s": round(last_doc - start, 3), "after_last_doc_s": round(end - last_doc, 3),
+        "last_desired_doc_s": round(timed["last_doc"] - start, 3),
+        "after_last_doc_s": round(end - timed["last_doc"], 3),
         "get_reply_bytes": get_bytes, "orchestrator_cpu_s": round(cpu, 2), "orchestrator_cpu_pct": round(100 * cpu / seconds, 1),
+        "max_event_bytes": largest["bytes"], "max_event_type": largest["type"],
         "goal_s": GOAL_S * devices / GOAL_DEVICES, "goal_met": seconds <= GOAL_S * devices / GOAL_DEVICES,
     }
+    if first is not None:
+        result["first_rollout_s"] = round(first["seconds"], 3)
     return result
 
 
@@ -410,9 +453,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="1,000 devices instead of 10,000")
     parser.add_argument("--devices", type=int, help="any other fleet size")
     parser.add_argument("--profile", help="run the orchestrator under cProfile, write stats here")
+    parser.add_argument("--upgrade", action="store_true",
+                        help="every device first gets 1.0.0 by a rollout; measure the upgrade to 2.0.0")
     args = parser.parse_args()
     devices = args.devices or (1_000 if args.quick else 10_000)
-    result = asyncio.run(bench(devices, args.profile))
+    result = asyncio.run(bench(devices, args.profile, args.upgrade))
     if args.profile and Path(args.profile).exists():
         stats = pstats.Stats(args.profile)
         stats.sort_stats("cumulative").print_stats(40)

@@ -439,7 +439,9 @@ async def test_real_agents_failing_health_abort_and_roll_back(suite: Any, fleet:
             fell_back += 1
             assert any(line.startswith("v3 crashing") for line in fleet.console(device_id))
         else:
-            assert "AppStopped" in kinds, kinds  # stopped by the orchestrator's rollback
+            # Stopped by the orchestrator's rollback — or the rollback came while v3 was still
+            # being installed, and v3 never started there.
+            assert "AppStopped" in kinds or "AppStarted" not in kinds, kinds
     assert fell_back >= 1
 
     # Wave 3 never touched: same desired document, same v1 process, no v3 fact at all.
