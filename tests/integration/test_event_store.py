@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import UTC, datetime
 
 import asyncpg
 import msgspec
@@ -287,3 +288,20 @@ async def test_unregistered_event_body_is_refused_before_writing(es: EventStore)
     with pytest.raises(TypeError, match="not a registered event type"):
         await es.append("device-t", ANY, [Renamed("ok"), NotAnEvent(1)])
     assert await es.stream_version("device-t") == 0
+
+
+async def test_schema_setup_does_not_wait_for_an_append_in_flight(es: EventStore, database_url: str) -> None:
+    """Setup runs at every start while other replicas append: it must not lock `events`
+    (a no-op CREATE INDEX IF NOT EXISTS / CREATE OR REPLACE TRIGGER would, until it commits)."""
+    writer = await asyncpg.connect(database_url)
+    starter = await asyncpg.connect(database_url)
+    try:
+        async with writer.transaction():
+            await writer.fetchrow(
+                f"SELECT * FROM {es.schema}.append_events($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)",
+                "note-open", -1, [uuid.uuid4()], ["storetest.Noted.v1"], [1], [b'{"text":"x"}'],
+                [b"{}"], [datetime.now(UTC)], None, None)
+            await asyncio.wait_for(ensure_schema(starter, es.schema), timeout=5.0)
+    finally:
+        await writer.close()
+        await starter.close()

@@ -17,12 +17,18 @@ CREATE TABLE IF NOT EXISTS {schema}.events (
     tx_id           xid8        NOT NULL DEFAULT pg_current_xact_id(),
     UNIQUE (stream_id, version)
 );
-CREATE INDEX IF NOT EXISTS events_tx_cursor ON {schema}.events (tx_id, global_position);
-CREATE INDEX IF NOT EXISTS events_recorded_at ON {schema}.events (recorded_at);
+-- DDL on `events` below runs only when missing: even a no-op CREATE INDEX IF NOT EXISTS or
+-- CREATE OR REPLACE TRIGGER locks the table against appends until the setup commits, and an
+-- ALTER TABLE would deadlock with them. (The old `events_tx_cursor` index, of the cursor that
+-- compared transaction ids, is no longer created.)
+DO $$ BEGIN
+    IF to_regclass('{schema}.events_recorded_at') IS NULL THEN
+        CREATE INDEX events_recorded_at ON {schema}.events (recorded_at);
+    END IF;
+END $$;
 
 -- Defence in depth behind EventStore.append's typed size check: a row the relay could never
 -- publish (NATS max_payload is 1 MiB, the envelope adds its fields) is refused by the table.
--- (Checked first: ALTER TABLE takes an exclusive lock that would deadlock with live appends.)
 DO $$ BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_constraint
                    WHERE conname = 'events_bounded' AND conrelid = '{schema}.events'::regclass) THEN
@@ -56,12 +62,20 @@ BEGIN
         USING ERRCODE = 'SDV02';
 END $$;
 
-CREATE OR REPLACE TRIGGER events_append_only
-    BEFORE UPDATE OR DELETE ON {schema}.events
-    FOR EACH ROW EXECUTE FUNCTION {schema}.refuse_change();
-CREATE OR REPLACE TRIGGER events_no_truncate
-    BEFORE TRUNCATE ON {schema}.events
-    FOR EACH STATEMENT EXECUTE FUNCTION {schema}.refuse_change();
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'events_append_only'
+                   AND tgrelid = '{schema}.events'::regclass) THEN
+        CREATE TRIGGER events_append_only
+            BEFORE UPDATE OR DELETE ON {schema}.events
+            FOR EACH ROW EXECUTE FUNCTION {schema}.refuse_change();
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'events_no_truncate'
+                   AND tgrelid = '{schema}.events'::regclass) THEN
+        CREATE TRIGGER events_no_truncate
+            BEFORE TRUNCATE ON {schema}.events
+            FOR EACH STATEMENT EXECUTE FUNCTION {schema}.refuse_change();
+    END IF;
+END $$;
 
 -- One round trip, one transaction: check the expected version, bind the command's idempotency
 -- key to its outcome, insert the events. p_expected: -1 = any version, 0 = stream must not
