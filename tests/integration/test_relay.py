@@ -107,7 +107,7 @@ async def test_transaction_committing_after_a_later_one_is_not_skipped(
     both, A first — A is never skipped."""
     js = nc.jetstream()
     schema = store.schema
-    relay = RelayTask(Relay(store, js, batch_size=10, idle_poll_s=0.02))
+    relay = RelayTask(Relay(store, js, batch_size=10, idle_poll_s=0.02, stuck_after_s=1.0))
     raw = await asyncpg.connect(database_url)
     try:
         # Committed before A starts: must get out even while A is open.
@@ -133,8 +133,13 @@ async def test_transaction_committing_after_a_later_one_is_not_skipped(
         await store.append("thing-c", ANY, [Ticked(2, 2)])
 
         # Many polls while A is open: nothing above A's position may go out before A.
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(2.5)
         assert await stream_count(js) == 2
+        # ... and the relay says why it is stuck.
+        status = await relay.relay.status()
+        assert not status.healthy
+        assert "held back" in status.reason, status.reason
+        assert status.detail["behind"] == 2  # B and C committed; A is not visible yet
 
         await tx_a.commit()
         await store.append("thing-a", ANY, [Ticked(3, 3)])

@@ -82,6 +82,8 @@ class RelayStats:
     batches: int = 0
     errors: int = 0
     last_error: str | None = None
+    # Why nothing could go out on the last try: appends of this schema still open below.
+    held_back: str | None = None
 
 
 class RelayNotLeader(Exception):
@@ -166,7 +168,12 @@ class Relay:
             self._position = await self.checkpoint(conn)
         position = self._position
         if self._safe <= position:
-            self._safe = await self.store.safe_head(conn)
+            try:  # bounded, so a stop or a health question never waits on someone's transaction
+                self._safe = await self.store.safe_head(conn, max_wait_s=1.0)
+            except TimeoutError as held:
+                self.stats.held_back = str(held)
+                return 0
+            self.stats.held_back = None
         rows = await conn.fetch(self._select, position, self._safe, self.batch_size)
         if not rows:
             return 0
@@ -249,8 +256,11 @@ class Relay:
         }
         if self.stats.last_error:
             detail["last_error"] = self.stats.last_error
+        if self.stats.held_back:
+            detail["held_back"] = self.stats.held_back
         if age > self.stuck_after_s:
             reason = (f"relay stuck: {behind} event(s) unpublished, the oldest for {age:.0f}s"
-                      + (f" (last error: {self.stats.last_error})" if self.stats.last_error else ""))
+                      + (f" (last error: {self.stats.last_error})" if self.stats.last_error else "")
+                      + (f" (held back: {self.stats.held_back})" if self.stats.held_back else ""))
             return Status(False, reason, detail)
         return Status(True, "", detail)
