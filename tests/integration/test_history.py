@@ -256,6 +256,8 @@ async def test_read_all_by_category_and_position_range(store: EventStore) -> Non
     ({"category": "Note-"}, "bad_category"),
     ({"since": "2026-11-30T12:00:00"}, "wrong_type"),  # no time zone
     ({"limit": "ten"}, "wrong_type"),
+    ({"after": 2**63}, "out_of_range"),
+    ({"stream_id": "note-a", "from_version": 2**31}, "out_of_range"),
 ])
 async def test_bad_history_queries_get_invalid_request_with_a_reason(
     served: Served, query: dict[str, object], reason: str,

@@ -49,6 +49,8 @@ EVENT_OVERHEAD_BYTES = 384
 # The reply envelope around the page (`{"status":"ok","result":{"events":[…],…}}`).
 _PAGE_OVERHEAD_BYTES = 256
 _CATEGORY_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+_MAX_POSITION = 2**63 - 1  # bigint
+_MAX_VERSION = 2**31 - 1  # integer
 
 AwareDatetime = Annotated[datetime, msgspec.Meta(tz=True)]
 
@@ -116,6 +118,11 @@ def check_query(query: HistoryQuery) -> EventFilter:
                        f"limit must be between 1 and {MAX_LIMIT}, got {query.limit}")
     if query.after < 0:
         raise _invalid("negative_position", "after", f"after must be ≥ 0, got {query.after}")
+    for field, value, bound in (("after", query.after, _MAX_POSITION),
+                                ("to", query.to or 0, _MAX_POSITION),
+                                ("from_version", query.from_version, _MAX_VERSION)):
+        if value > bound:
+            raise _invalid("out_of_range", field, f"{field} must be ≤ {bound}, got {value}")
     if query.to is not None and query.to < query.after:
         raise _invalid("inverted_range", "to",
                        f"position range inverted: to={query.to} is before after={query.after}")
