@@ -14,8 +14,9 @@ import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
+import asyncpg
 import msgspec
 import nats
 import pytest
@@ -23,9 +24,9 @@ from nats.aio.client import Client as NatsClient
 from typer.testing import CliRunner, Result
 
 from sdv_client.cli import app as cli_app
-from sdv_events.bus import CommandClient, InvalidRequest
+from sdv_events.bus import CommandClient, InvalidRequest, ServiceUnavailable
 from sdv_events.bus.rpc import Reply, ReplyError, ReplyOk, error_from_reply
-from sdv_events.codec import decode_as, encode
+from sdv_events.codec import decode_as, encode, encode_metadata
 from sdv_events.envelope import Envelope, Metadata, TraceContext
 from sdv_events.history import PAGE_BYTES, HistoryPage, HistoryQuery, history_pages, read_history
 from sdv_events.registry import EventRegistry, event
@@ -181,6 +182,54 @@ async def test_a_history_page_holds_one_event_larger_than_the_page_bound(
     pages = [p async for p in history_pages(served.client, SERVICE, HistoryQuery(limit=50))]
     assert [len(p.events) for p in pages] == [1, 1]
     assert pages[0].events[0].envelope(REG).data == Blob("x" * 700_000)
+
+
+
+async def open_append(raw: asyncpg.Connection, schema: str, stream: str, text: str) -> uuid.UUID:
+    """An append whose transaction stays open: it holds a position that is not visible yet."""
+    event_id = uuid.uuid4()
+    await raw.fetchrow(
+        f"SELECT * FROM {schema}.append_events($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)",
+        stream, -1, [event_id], ["historytest.Noted.v1"], [1], [encode(Noted(text))],
+        [encode_metadata(Metadata())], [datetime.now(UTC)], None, None,
+    )
+    return event_id
+
+
+async def test_history_waits_for_an_append_in_flight_below_its_page_and_never_skips_it(
+    served: Served, database_url: str,
+) -> None:
+    es = served.store
+    raw = await asyncpg.connect(database_url)
+    try:
+        tx = raw.transaction()
+        await tx.start()
+        a_id = await open_append(raw, es.schema, "note-a", "A")
+        b = await es.append("note-b", ANY, [Noted("B")])  # a higher position, committed first
+        asking = asyncio.create_task(history(served, HistoryQuery()))
+        await asyncio.sleep(0.5)
+        assert not asking.done()  # B is not served above A's open position
+        await tx.commit()
+        events = await asyncio.wait_for(asking, 10)
+    finally:
+        await raw.close()
+    assert ids(events) == [a_id, b.events[0].event_id]
+
+
+async def test_history_answers_unavailable_while_an_append_stays_open_too_long(
+    served: Served, database_url: str,
+) -> None:
+    raw = await asyncpg.connect(database_url)
+    try:
+        tx = raw.transaction()
+        await tx.start()
+        await open_append(raw, served.store.schema, "note-a", "A")
+        with pytest.raises(ServiceUnavailable, match="try again"):
+            await history(served, HistoryQuery())
+        await tx.rollback()
+    finally:
+        await raw.close()
+    assert await history(served, HistoryQuery()) == []
 
 
 async def test_read_all_tail_never_skips_under_concurrent_writers(store: EventStore) -> None:

@@ -25,7 +25,13 @@ import msgspec
 import structlog
 from nats.aio.client import Client as NatsClient
 
-from sdv_events.bus.rpc import CommandClient, Handler, InvalidRequest, RequestInfo
+from sdv_events.bus.rpc import (
+    CommandClient,
+    Handler,
+    InvalidRequest,
+    RequestInfo,
+    ServiceUnavailable,
+)
 from sdv_events.codec import decode_body, decode_metadata
 from sdv_events.envelope import Envelope, TraceContext
 from sdv_events.ids import InvalidStreamId, split_stream_id
@@ -167,10 +173,13 @@ def history_handler(store: EventStore, *, page_bytes: int = PAGE_BYTES) -> Handl
 
     async def history(query: HistoryQuery, info: RequestInfo) -> HistoryPage:
         where = check_query(query)
-        records, more = await store.read_page(
-            query.after, where, limit=query.limit, max_bytes=page_bytes - _PAGE_OVERHEAD_BYTES,
-            overhead=EVENT_OVERHEAD_BYTES,
-        )
+        try:
+            records, more = await store.read_page(
+                query.after, where, limit=query.limit,
+                max_bytes=page_bytes - _PAGE_OVERHEAD_BYTES, overhead=EVENT_OVERHEAD_BYTES,
+            )
+        except TimeoutError as exc:  # an append left open holds the safe head back
+            raise ServiceUnavailable(f"history not readable yet, try again: {exc}") from None
         next_after = records[-1].position if records else query.after
         log.debug("history_page", actor=info.actor, events=len(records), after=query.after,
                   next_after=next_after, more=more)
