@@ -50,6 +50,10 @@ async def test_simulated_canary_to_20_agents_all_healthy_completes_on_the_new_ve
     events = await suite.events(view.rollout_id)
     assert sorted(b.device_id for b in bodies(events, DeviceTargeted)) == sorted(suite.agents)
     assert sorted(b.device_id for b in bodies(events, DeviceSucceeded)) == sorted(suite.agents)
+    # Each decision names the agent's fact it rests on: the history stands without the bus.
+    assert all(b.fact_id is not None and b.observed_at is not None
+               for b in bodies(events, DeviceSucceeded))
+    assert len({b.fact_id for b in bodies(events, DeviceSucceeded)}) == 20
 
 
 async def test_simulated_failures_above_threshold_in_wave_2_abort_and_roll_waves_1_2_back(suite: Any) -> None:

@@ -259,3 +259,19 @@ def test_random_report_sequences_never_exceed_thresholds_silently(steps, n, erro
             assert count.succeeded / count.size >= 1 - error
     outcomes = [e for e in run.events if isinstance(e, DeviceSucceeded | DeviceFailed | DeviceTimedOut)]
     assert len({e.device_id for e in outcomes}) == len(outcomes), "a device was counted twice"
+
+
+def test_a_decision_on_a_device_records_the_fact_it_rests_on() -> None:
+    """Device facts live only on the bus; the rollout's own events name the fact and when the
+    device observed it, so its history stands from PostgreSQL alone."""
+    import uuid
+
+    run = started()
+    [canary] = wave_devices(run, 0)
+    fact_id, observed = uuid.uuid4(), T0 - timedelta(seconds=3)
+    new = run(ReportDevices([Report(canary, True, "", fact_id, observed)], T0))
+    assert new[0] == DeviceSucceeded(canary, 0, fact_id, observed)
+    second = wave_devices(run, 1)
+    failed_id = uuid.uuid4()
+    new = run(ReportDevices([Report(second[0], False, "install: bad signature", failed_id, T0)], T0))
+    assert new[0] == DeviceFailed(second[0], 1, "install: bad signature", failed_id, T0)

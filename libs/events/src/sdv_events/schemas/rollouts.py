@@ -13,6 +13,7 @@ decodable for histories written before; an upcaster cannot split one event into 
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 from typing import Literal
 
@@ -143,6 +144,10 @@ class DeviceTargeted(msgspec.Struct, frozen=True):
 class DeviceSucceeded(msgspec.Struct, frozen=True):
     device_id: str
     wave: int
+    # The device's fact this decision rests on (its event id and when the device observed it):
+    # recorded here so the rollout's history stands without the bus (facts live only there).
+    fact_id: uuid.UUID | None = None
+    observed_at: datetime | None = None
 
 
 @event("orchestrator.DeviceFailed")
@@ -150,6 +155,8 @@ class DeviceFailed(msgspec.Struct, frozen=True):
     device_id: str
     wave: int
     reason: str
+    fact_id: uuid.UUID | None = None  # as in DeviceSucceeded
+    observed_at: datetime | None = None
 
 
 @event("orchestrator.DeviceTimedOut")

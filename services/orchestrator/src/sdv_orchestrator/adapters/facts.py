@@ -20,14 +20,17 @@ log = structlog.get_logger("sdv.orchestrator.facts")
 SUBJECTS = ["sdv.evt.agent.*.AppHealthy", "sdv.evt.agent.*.AppFailed", "sdv.evt.agent.*.AppRolledBack"]
 
 
-def report_of(fact: AppFact) -> Report | None:
+def report_of(event: Envelope) -> Report | None:
+    """The report a fact makes, naming the fact (recorded in the rollout's own events)."""
+    fact, at = event.data, event.occurred_at
     match fact:
         case AppHealthy():
-            return Report(fact.device_id, True)
+            return Report(fact.device_id, True, "", event.event_id, at)
         case AppFailed(reason=reason, stage=stage):
-            return Report(fact.device_id, False, f"{stage}: {reason}")
+            return Report(fact.device_id, False, f"{stage}: {reason}", event.event_id, at)
         case AppRolledBack(reason=reason):
-            return Report(fact.device_id, False, f"rolled back on the device: {reason}")
+            return Report(fact.device_id, False, f"rolled back on the device: {reason}",
+                          event.event_id, at)
     return None
 
 
@@ -53,7 +56,7 @@ class AgentFacts:
             # its NATS permissions confine to its own id) names this stream; the body must agree.
             if not isinstance(fact, AppFact) or event.stream_id != f"agent-{fact.device_id}":
                 continue
-            report = report_of(fact)
+            report = report_of(event)
             if report is None or fact.rollout_id is None:
                 continue
             if fact.rollout_id not in digests:

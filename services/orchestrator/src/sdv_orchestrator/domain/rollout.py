@@ -19,6 +19,7 @@ rolled back with a version 1 `RollbackStartedV1`, which read models built then u
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -94,6 +95,8 @@ class Report(msgspec.Struct, frozen=True):
     device_id: str
     ok: bool
     reason: str = ""
+    fact_id: uuid.UUID | None = None  # the device's fact reporting it, recorded in the event
+    observed_at: datetime | None = None
 
 
 class ReportDevices(msgspec.Struct, frozen=True):
@@ -268,8 +271,10 @@ def _report(state: RolloutState, reports: Sequence[Report], now: datetime) -> Se
             continue
         seen.add(report.device_id)
         wave = entry[0]
-        events.append(DeviceSucceeded(report.device_id, wave) if report.ok
-                      else DeviceFailed(report.device_id, wave, report.reason or "failed"))
+        events.append(
+            DeviceSucceeded(report.device_id, wave, report.fact_id, report.observed_at) if report.ok
+            else DeviceFailed(report.device_id, wave, report.reason or "failed", report.fact_id,
+                              report.observed_at))
     return [*events, *_advance(state, now, pending=events)]
 
 
