@@ -305,3 +305,18 @@ async def test_schema_setup_does_not_wait_for_an_append_in_flight(es: EventStore
     finally:
         await writer.close()
         await starter.close()
+
+
+async def test_a_position_sequence_cache_is_reset_so_tailers_cannot_skip(es: EventStore, database_url: str) -> None:
+    """With CACHE 20, session A drew 1 and 2 while B drew 21: a tailer read [1, 21] and never 2.
+    Setup (at every start, and after a pg_dump restore that carried the setting) puts it back."""
+    await es.pool.execute(f"ALTER SEQUENCE {es.schema}.events_global_position_seq CACHE 20")
+    conn = await asyncpg.connect(database_url)
+    try:
+        await ensure_schema(conn, es.schema)
+        cache = await conn.fetchval(
+            "SELECT cache_size FROM pg_sequences WHERE schemaname = $1 "
+            "AND sequencename = 'events_global_position_seq'", es.schema)
+    finally:
+        await conn.close()
+    assert cache == 1

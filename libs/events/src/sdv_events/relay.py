@@ -46,7 +46,7 @@ from nats.js import JetStreamContext
 
 from sdv_events.aio import sleep_or_stop, wait_any
 from sdv_events.codec import WireEnvelope, decode_metadata
-from sdv_events.store.postgres import EventStore, pooled_session
+from sdv_events.store.postgres import EventStore, ObservedHead, pooled_session
 from sdv_events.subjects import event_subject
 from sdv_events.supervision import Status
 
@@ -143,6 +143,7 @@ class Relay:
         self._wake = asyncio.Event()
         self._safe = 0  # publish no further than this (EventStore.safe_head)
         self._position: int | None = None  # the checkpoint, while leading
+        self._observed: ObservedHead | None = None  # a head waiting for its appends to end
         schema = store.schema
         self._select = _SELECT.format(schema=schema)
         self._checkpoint_sql = _CHECKPOINT.format(schema=schema)
@@ -168,11 +169,16 @@ class Relay:
             self._position = await self.checkpoint(conn)
         position = self._position
         if self._safe <= position:
-            try:  # bounded, so a stop or a health question never waits on someone's transaction
-                self._safe = await self.store.safe_head(conn, max_wait_s=1.0)
+            # Bounded, so a stop never waits on someone's transaction; the same observation is
+            # waited on at the next try (a fresh one could always find new appends behind it).
+            if self._observed is None:
+                self._observed = await self.store.observe_head(conn)
+            try:
+                await self.store.wait_appends(conn, self._observed, max_wait_s=1.0)
             except TimeoutError as held:
                 self.stats.held_back = str(held)
                 return 0
+            self._safe, self._observed = self._observed.head, None
             self.stats.held_back = None
         rows = await conn.fetch(self._select, position, self._safe, self.batch_size)
         if not rows:
@@ -227,7 +233,7 @@ class Relay:
                 return False
             self._log.info("relay_leading")
             self.state = "leading"
-            self._position = None
+            self._position, self._observed = None, None
             unsubscribe = self.store.on_append(self._wake)
             try:
                 while not stop.is_set():

@@ -43,6 +43,14 @@ class _OutcomeKind(msgspec.Struct):
     type: str = ""
 
 
+@dataclasses.dataclass
+class ObservedHead:
+    """A head position and the appends of the schema that were in flight when it was seen."""
+
+    head: int
+    in_flight: list[str]
+
+
 class AppendResult(msgspec.Struct, frozen=True):
     next_version: int
     positions: list[int]
@@ -387,20 +395,35 @@ class EventStore:
         if conn is None:
             async with self.pool.acquire() as own:
                 return await self.safe_head(own, max_wait_s=max_wait_s)
+        observed = await self.observe_head(conn)
+        await self.wait_appends(conn, observed, max_wait_s=max_wait_s)
+        return observed.head
+
+    async def observe_head(self, conn: asyncpg.Connection) -> ObservedHead:
+        """The highest visible position and the appends in flight when it was seen (one
+        statement: its snapshot is taken before `pg_locks` is read). `head` is safe once
+        `wait_appends` returns for it."""
         row = await conn.fetchrow(self._observe_sql)
         assert row is not None
-        head, in_flight = int(row["head"]), list(row["in_flight"])
+        return ObservedHead(int(row["head"]), list(row["in_flight"]))
+
+    async def wait_appends(
+        self, conn: asyncpg.Connection, observed: ObservedHead, *, max_wait_s: float | None = None
+    ) -> None:
+        """Until every append in `observed.in_flight` has ended (dropping the ended ones from
+        it, so a caller that timed out can go on waiting on the same set — a fresh observation
+        could always find new appends behind a busy stream). `TimeoutError` after
+        `max_wait_s`."""
         delay, waited = 0.0005, 0.0
-        while in_flight:
+        while observed.in_flight:
             await asyncio.sleep(delay)
             waited += delay
             delay = min(delay * 2, 0.05)
-            in_flight = list(await conn.fetchval(self._still_sql, in_flight))
-            if in_flight and max_wait_s is not None and waited >= max_wait_s:
+            observed.in_flight = list(await conn.fetchval(self._still_sql, observed.in_flight))
+            if observed.in_flight and max_wait_s is not None and waited >= max_wait_s:
                 raise TimeoutError(
-                    f"{len(in_flight)} append(s) of schema {self.schema} still open after "
-                    f"{waited:.1f}s (they may commit positions below {head})")
-        return head
+                    f"{len(observed.in_flight)} append(s) of schema {self.schema} still open "
+                    f"after {waited:.1f}s (they may commit positions below {observed.head})")
 
     async def head(self) -> int:
         """The highest position written (0 for an empty store). Positions are not dense: a

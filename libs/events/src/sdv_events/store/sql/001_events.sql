@@ -21,6 +21,16 @@ CREATE TABLE IF NOT EXISTS {schema}.events (
 -- CREATE OR REPLACE TRIGGER locks the table against appends until the setup commits, and an
 -- ALTER TABLE would deadlock with them. (The old `events_tx_cursor` index, of the cursor that
 -- compared transaction ids, is no longer created.)
+-- Positions must be drawn in the order appends take them: with a sequence CACHE above 1 a
+-- session hands out numbers from its own block, below another session's later ones, and a
+-- tailer reading up to the safe head would step over them (EventStore.safe_head). pg_dump
+-- carries a CACHE setting over, so it is checked at every start.
+DO $$ BEGIN
+    IF (SELECT cache_size FROM pg_sequences WHERE schemaname = '{schema}'
+        AND sequencename = 'events_global_position_seq') <> 1 THEN
+        ALTER SEQUENCE {schema}.events_global_position_seq CACHE 1;
+    END IF;
+END $$;
 DO $$ BEGIN
     IF to_regclass('{schema}.events_recorded_at') IS NULL THEN
         CREATE INDEX events_recorded_at ON {schema}.events (recorded_at);
