@@ -5,7 +5,6 @@ the ticker, on the shared service runtime."""
 from __future__ import annotations
 
 import asyncio
-import functools
 
 from sdv_events.bus import CommandClient
 from sdv_events.processing import (
@@ -19,9 +18,10 @@ from sdv_events.processing import (
 from sdv_events.provisioning import DESIRED_BUCKET
 from sdv_events.service import ServiceRuntime, run_service
 from sdv_orchestrator.adapters.commands import command_router
-from sdv_orchestrator.adapters.facts import AgentFacts, tick_active
+from sdv_orchestrator.adapters.facts import AgentFacts
 from sdv_orchestrator.adapters.peers import Peers
 from sdv_orchestrator.adapters.policy_commands import policy_router
+from sdv_orchestrator.adapters.ticker import Ticker
 from sdv_orchestrator.application import Orchestrator
 from sdv_orchestrator.policies import Policies, PolicyEvents
 from sdv_orchestrator.projections import DesiredStates, RolloutCatalog
@@ -48,7 +48,8 @@ async def serve(settings: OrchestratorSettings, stop: asyncio.Event | None = Non
         for consumer in consumers:
             runner = ConsumerRunner(runtime.store.pool, schema, runtime.js, consumer, source=source)
             runtime.spawn(runner.run, consumer.name, probe=runner.status)
-        runtime.spawn(functools.partial(tick_active, orchestrator, every_s=settings.tick_s), "ticker")
+        ticker = Ticker(orchestrator.active, orchestrator.tick, every_s=settings.tick_s)
+        runtime.spawn(ticker.run, "ticker", probe=ticker.status)
 
     await run_service(SERVICE, settings, on_start=on_start, stop=stop)
 
