@@ -4,6 +4,11 @@ a newly accepted device that a policy's selector picks gets the fleet's current 
 The shared consumer runner (sdv_events.processing) feeds them; rollout ids are derived from
 (policy, digest / device), and creating and starting a rollout are idempotent, so a redelivered
 event starts nothing twice.
+
+A refusal (a yanked or unknown package, an overlapping rollout) is an outcome: logged, not
+retried. Anything else escapes to the runner, which decides (processing/failures.py): a peer or
+a connection away (the packager or the registry briefly down) is waited out, retried for as long
+as it lasts, so a release or an acceptance is never lost to an outage.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from dataclasses import dataclass
 import msgspec
 import structlog
 
-from sdv_events.bus import CommandClient, CommandError, NotFound
+from sdv_events.bus import CommandClient, CommandError, Conflict, NotFound, Rejected
 from sdv_events.commands import Rejected as RejectedOutcome
 from sdv_events.commands import handle_command, load
 from sdv_events.envelope import Envelope, Metadata
@@ -37,6 +42,8 @@ log = structlog.get_logger("sdv.orchestrator.policies")
 SUBJECTS = ["sdv.evt.package.*.PackagePublished", "sdv.evt.package.*.PackagePromoted",
             "sdv.evt.device.*.DeviceAccepted"]
 POLICY = "policy"
+# What makes a policy's rollout an outcome rather than a failure: the suite said no.
+POLICY_REFUSALS = (Rejected, Conflict, NotFound)
 
 
 @dataclass
@@ -80,7 +87,8 @@ class Policies:
                 continue
             if policy.target.selector:
                 # The device's own stream (folded by `get`), not the registry's read model,
-                # which may not have caught up with an acceptance that just happened.
+                # which may not have caught up with an acceptance that just happened. The
+                # registry away: this raises, and the runner waits until it answers.
                 device = await self.commands.call("registry", "get", GetDevice(device_id), DeviceView)
                 if not parse_selector(policy.target.selector).matches(device.labels):
                     continue
@@ -104,7 +112,7 @@ class Policies:
         meta = Metadata(actor=f"policy:{policy.name}")
         try:
             view = await self.orchestrator.create(request, metadata=meta)
-        except CommandError as err:  # e.g. yanked, or overlapping an active rollout
+        except POLICY_REFUSALS as err:  # e.g. yanked, or overlapping an active rollout
             log.warning("policy_rollout_refused", policy=policy.name, app=request.package,
                         version=request.version, code=err.code, error=err.message)
             return

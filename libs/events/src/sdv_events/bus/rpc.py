@@ -219,9 +219,11 @@ class CommandClient:
                 subject, encode(request), timeout=timeout or self.timeout, headers=headers
             )
         except nats.errors.NoRespondersError:
-            raise ServiceUnavailable(f"no {answerer} answers {subject}") from None
+            raise ServiceUnavailable(f"no {answerer} answers {subject}",
+                                     details={"subject": subject}) from None
         except nats.errors.TimeoutError:
-            raise RequestTimeout(f"{subject}: no reply within {timeout or self.timeout:.1f}s") from None
+            raise RequestTimeout(f"{subject}: no reply within {timeout or self.timeout:.1f}s",
+                                 details={"subject": subject}) from None
         try:
             reply: Reply = decode_as(msg.data, Reply)  # type: ignore[arg-type]
         except DecodeError as err:

@@ -1,10 +1,22 @@
 """A consumer's bookkeeping in its service's PostgreSQL schema, written in the same transaction
-as a projection's rows: the last version handled per stream, the event ids handled (devices'
-facts), and the position on JetStream to resume from.
+as a projection's rows: the last version handled per stream (with that event's id), the facts
+handled (devices' events, by stream and event id), and the position on JetStream to resume from.
 
 The JetStream position is only where to resume, never what decides a duplicate: it is kept with
 the stream's creation time, so a stream deleted and recreated (sequences restart at 1) is
 noticed and read from its start instead of from an old, meaningless sequence.
+
+A fact is known by `(stream_id, event_id)`, never by its id alone: fact ids are predictable, and
+a device may publish any id on its own subject — keyed by id alone, it could make another
+device's real fact a "duplicate". (`consumer_events`, keyed by id alone before, is no longer
+read; it is left for builds that still use it and can be dropped once none runs.)
+
+The last version's event id is what tells a duplicate from a divergent history: the same
+(stream, version) with another id (an owner restored from an older backup that wrote on).
+
+Setup runs at every start, on live tables: it looks in the catalog first and runs DDL only for
+what is missing (a no-op `CREATE INDEX IF NOT EXISTS` or `ALTER TABLE` still takes its lock and
+would wait for, or deadlock with, the live consumers).
 """
 
 from __future__ import annotations
@@ -13,11 +25,42 @@ import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TypeAlias
+from typing import NamedTuple, TypeAlias
 
 import asyncpg
 
 Conn: TypeAlias = "asyncpg.Connection | asyncpg.Pool"
+# A device's fact: (stream id, event id).
+FactKey: TypeAlias = tuple[str, uuid.UUID]
+
+_TABLES = {
+    "consumer_streams": """
+        CREATE TABLE {s}.consumer_streams (
+            consumer text NOT NULL, stream_id text NOT NULL, version integer NOT NULL,
+            event_id uuid, PRIMARY KEY (consumer, stream_id))""",
+    "consumer_facts": """
+        CREATE TABLE {s}.consumer_facts (
+            consumer text NOT NULL, stream_id text NOT NULL, event_id uuid NOT NULL,
+            seen_at timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (consumer, stream_id, event_id))""",
+    "consumer_facts_seen_at": """
+        CREATE INDEX consumer_facts_seen_at ON {s}.consumer_facts (consumer, seen_at)""",
+    "consumer_positions": """
+        CREATE TABLE {s}.consumer_positions (
+            consumer text PRIMARY KEY, seq bigint NOT NULL DEFAULT 0,
+            stream_created timestamptz, since timestamptz NOT NULL DEFAULT now(),
+            parked bigint NOT NULL DEFAULT 0,
+            updated_at timestamptz NOT NULL DEFAULT now())""",
+}
+# Columns added after a table first shipped: (table, column, definition).
+_COLUMNS = [("consumer_streams", "event_id", "uuid")]
+
+
+class Handled(NamedTuple):
+    """The last event handled on a stream (its id is None when recorded by an older build)."""
+
+    version: int
+    event_id: uuid.UUID | None
 
 
 @dataclass(frozen=True)
@@ -36,31 +79,40 @@ class Ledger:
         self.consumer = consumer
 
     async def create(self, pool: asyncpg.Pool | asyncpg.Connection) -> None:
-        """Idempotent; concurrent callers (several consumers of one service starting together)
-        serialise, as CREATE TABLE IF NOT EXISTS alone races."""
+        """Idempotent and cheap on an existing schema (catalog reads, no DDL, no lock);
+        concurrent callers creating what is missing serialise on an advisory lock."""
         if isinstance(pool, asyncpg.Pool):
             async with pool.acquire() as conn:
                 await self._create(conn)
         else:
             await self._create(pool)
 
+    async def _missing(self, conn: asyncpg.Connection) -> tuple[list[str], list[tuple[str, str, str]]]:
+        present = {r["relname"] for r in await conn.fetch(
+            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = $1 AND c.relname = ANY($2::text[])", self.schema, list(_TABLES))}
+        columns = {(r["table_name"], r["column_name"]) for r in await conn.fetch(
+            "SELECT table_name, column_name FROM information_schema.columns "
+            "WHERE table_schema = $1 AND table_name = ANY($2::text[])",
+            self.schema, [t for t, _, _ in _COLUMNS])}
+        tables = [name for name in _TABLES if name not in present]
+        added = [c for c in _COLUMNS if c[0] in present and (c[0], c[1]) not in columns]
+        return tables, added
+
     async def _create(self, conn: asyncpg.Connection) -> None:
-        s = self.schema
+        tables, added = await self._missing(conn)
+        if not tables and not added:
+            return
         async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext('sdv_schema_setup'))")
-            await conn.execute(f"""
-                CREATE TABLE IF NOT EXISTS {s}.consumer_streams (
-                    consumer text NOT NULL, stream_id text NOT NULL, version integer NOT NULL,
-                    PRIMARY KEY (consumer, stream_id));
-                CREATE TABLE IF NOT EXISTS {s}.consumer_events (
-                    consumer text NOT NULL, event_id uuid NOT NULL,
-                    seen_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (consumer, event_id));
-                CREATE TABLE IF NOT EXISTS {s}.consumer_positions (
-                    consumer text PRIMARY KEY, seq bigint NOT NULL DEFAULT 0,
-                    stream_created timestamptz, since timestamptz NOT NULL DEFAULT now(),
-                    parked bigint NOT NULL DEFAULT 0,
-                    updated_at timestamptz NOT NULL DEFAULT now());
-            """)
+            # A one-time change to a live table waits for its lock a bounded time, not forever.
+            await conn.execute("SET LOCAL lock_timeout = '10s'")
+            tables, added = await self._missing(conn)  # another starter may have done it
+            for name in tables:
+                await conn.execute(_TABLES[name].format(s=self.schema))
+            for table, column, definition in added:
+                await conn.execute(
+                    f"ALTER TABLE {self.schema}.{table} ADD COLUMN {column} {definition}")
 
     async def position(self, conn: Conn) -> Position | None:
         row = await conn.fetchrow(
@@ -77,40 +129,49 @@ class Ledger:
             "stream_created = excluded.stream_created, updated_at = now()",
             self.consumer, seq, stream_created)
 
-    async def versions(self, conn: Conn, stream_ids: Iterable[str]) -> dict[str, int]:
+    async def versions(self, conn: Conn, stream_ids: Iterable[str]) -> dict[str, Handled]:
         rows = await conn.fetch(
-            f"SELECT stream_id, version FROM {self.schema}.consumer_streams "
+            f"SELECT stream_id, version, event_id FROM {self.schema}.consumer_streams "
             "WHERE consumer = $1 AND stream_id = ANY($2::text[])", self.consumer, list(stream_ids))
-        return {r["stream_id"]: int(r["version"]) for r in rows}
+        return {r["stream_id"]: Handled(int(r["version"]), r["event_id"]) for r in rows}
 
-    async def seen(self, conn: Conn, event_ids: Iterable[uuid.UUID]) -> set[uuid.UUID]:
+    async def seen(self, conn: Conn, facts: Iterable[FactKey]) -> set[FactKey]:
+        """Which of these facts were handled: by stream and id together."""
+        keys = list(facts)
         rows = await conn.fetch(
-            f"SELECT event_id FROM {self.schema}.consumer_events "
-            "WHERE consumer = $1 AND event_id = ANY($2::uuid[])", self.consumer, list(event_ids))
-        return {r["event_id"] for r in rows}
+            f"SELECT f.stream_id, f.event_id FROM {self.schema}.consumer_facts f "
+            "JOIN unnest($2::text[], $3::uuid[]) AS k(stream_id, event_id) "
+            "USING (stream_id, event_id) WHERE f.consumer = $1",
+            self.consumer, [s for s, _ in keys], [e for _, e in keys])
+        return {(r["stream_id"], r["event_id"]) for r in rows}
 
     async def record(
         self,
         conn: asyncpg.Connection,
         *,
-        versions: Mapping[str, int],
-        event_ids: Iterable[uuid.UUID] = (),
+        versions: Mapping[str, Handled],
+        facts: Iterable[FactKey] = (),
         seq: int | None = None,
         parked: int = 0,
     ) -> None:
         """Inside the caller's transaction: what was handled, and where to resume."""
         if versions:
             await conn.execute(
-                f"INSERT INTO {self.schema}.consumer_streams AS c (consumer, stream_id, version) "
-                "SELECT $1, s, v FROM unnest($2::text[], $3::int[]) AS u(s, v) "
+                f"INSERT INTO {self.schema}.consumer_streams AS c "
+                "(consumer, stream_id, version, event_id) "
+                "SELECT $1, s, v, e FROM unnest($2::text[], $3::int[], $4::uuid[]) AS u(s, v, e) "
                 "ON CONFLICT (consumer, stream_id) DO UPDATE "
-                "SET version = greatest(c.version, excluded.version)",
-                self.consumer, list(versions), list(versions.values()))
-        ids = list(event_ids)
-        if ids:
+                "SET version = greatest(c.version, excluded.version), "
+                "event_id = CASE WHEN excluded.version >= c.version THEN excluded.event_id "
+                "ELSE c.event_id END",
+                self.consumer, list(versions), [h.version for h in versions.values()],
+                [h.event_id for h in versions.values()])
+        keys = list(facts)
+        if keys:
             await conn.execute(
-                f"INSERT INTO {self.schema}.consumer_events (consumer, event_id) "
-                "SELECT $1, unnest($2::uuid[]) ON CONFLICT DO NOTHING", self.consumer, ids)
+                f"INSERT INTO {self.schema}.consumer_facts (consumer, stream_id, event_id) "
+                "SELECT $1, s, e FROM unnest($2::text[], $3::uuid[]) AS u(s, e) "
+                "ON CONFLICT DO NOTHING", self.consumer, [s for s, _ in keys], [e for _, e in keys])
         if seq is not None or parked:
             await conn.execute(
                 f"INSERT INTO {self.schema}.consumer_positions (consumer, seq, parked) "
@@ -119,8 +180,12 @@ class Ledger:
                 "parked = consumer_positions.parked + $3, updated_at = now()",
                 self.consumer, seq, parked)
 
-    async def prune_events(self, conn: Conn, older_than_s: float) -> None:
-        """Event ids are kept long past any redelivery (JetStream redelivers within minutes)."""
-        await conn.execute(
-            f"DELETE FROM {self.schema}.consumer_events WHERE consumer = $1 "
-            "AND seen_at < now() - make_interval(secs => $2)", self.consumer, older_than_s)
+    async def prune_facts(self, conn: Conn, older_than_s: float, limit: int) -> int:
+        """Forget at most `limit` facts handled longer ago than `older_than_s` (kept long past
+        any redelivery: JetStream redelivers within minutes). Returns how many went."""
+        status = await conn.execute(
+            f"DELETE FROM {self.schema}.consumer_facts WHERE (consumer, stream_id, event_id) IN ("
+            f"SELECT consumer, stream_id, event_id FROM {self.schema}.consumer_facts "
+            "WHERE consumer = $1 AND seen_at < now() - make_interval(secs => $2) LIMIT $3)",
+            self.consumer, older_than_s, limit)
+        return int(status.split()[-1])

@@ -10,10 +10,10 @@ all its I/O (reads from the owner, dead letters) before the runner opens a trans
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Literal
 
 from nats.aio.msg import Msg
 
@@ -22,6 +22,7 @@ from sdv_events.envelope import Envelope
 from sdv_events.errors import DecodeError, SdvError, UnknownEventType
 from sdv_events.ids import InvalidStreamId, split_stream_id
 from sdv_events.processing.categories import is_versioned
+from sdv_events.processing.ledger import FactKey, Handled
 from sdv_events.processing.processor import Start, subject_matches
 from sdv_events.processing.sources import StreamSource
 from sdv_events.registry import EventRegistry
@@ -43,21 +44,33 @@ class GapNotHealed(SdvError):
 class Step:
     seq: int
     event: Envelope | None = None  # handed to the processor when set
-    version: tuple[str, int] | None = None  # record: stream → version
-    event_id: uuid.UUID | None = None  # record: handled event id (devices' facts)
+    version: tuple[str, Handled] | None = None  # record: stream → version (and its event id)
+    fact: FactKey | None = None  # record: a device's fact handled
     msg: Msg | None = None  # ack once this step is done (a message's last step)
     healed: bool = False
 
 
+BlockKind = Literal["upgrade_needed", "divergent_history"]
+
+
 @dataclass(frozen=True)
 class Blocked:
-    """The consumer stops here: an event this build cannot read, in a trusted category."""
+    """The consumer stops here, in a trusted category: an event this build cannot read
+    (`upgrade_needed`), or a version it already handled under another event id
+    (`divergent_history`: an operator must decide)."""
 
     msg: Msg
     stream_id: str
     version: int
     type: str
     reason: str
+    kind: BlockKind = "upgrade_needed"
+
+    @property
+    def summary(self) -> str:
+        if self.kind == "divergent_history":
+            return self.reason
+        return f"stopped at {self.stream_id} v{self.version} ({self.type}): {self.reason}"
 
 
 @dataclass
@@ -70,8 +83,8 @@ class Plan:
 
 
 DeadLetter = Callable[[Msg, DecodeError, str], Awaitable[None]]
-# Given the stream ids and event ids of a batch: (last version handled per stream, ids handled).
-LoadLedger = Callable[[set[str], set[uuid.UUID]], Awaitable[tuple[dict[str, int], set[uuid.UUID]]]]
+# Given the stream ids and facts of a batch: (last event handled per stream, facts handled).
+LoadLedger = Callable[[set[str], set[FactKey]], Awaitable[tuple[dict[str, Handled], set[FactKey]]]]
 
 
 @dataclass
@@ -99,8 +112,9 @@ class Planner:
                 wires.append((msg, err))
             except InvalidStreamId as exc:
                 wires.append((msg, DecodeError("invalid_value", str(exc), path="$.stream_id")))
-        versions, seen = await load({w.stream_id for _, w in wires if isinstance(w, WireEnvelope)},
-                                    {w.event_id for _, w in wires if isinstance(w, WireEnvelope)})
+        versions, seen = await load(
+            {w.stream_id for _, w in wires if isinstance(w, WireEnvelope)},
+            {(w.stream_id, w.event_id) for _, w in wires if isinstance(w, WireEnvelope)})
         plan = Plan([])
         for msg, wire in wires:
             seq = msg.metadata.sequence.stream
@@ -123,7 +137,15 @@ class Planner:
             if not is_versioned(category):
                 await self._by_id(plan, msg, seq, wire, seen)
                 continue
-            last = versions.get(wire.stream_id)
+            handled = versions.get(wire.stream_id)
+            last = handled.version if handled is not None else None
+            if handled is not None and wire.version == handled.version and \
+                    handled.event_id is not None and handled.event_id != wire.event_id:
+                plan.blocked = Blocked(
+                    msg, wire.stream_id, wire.version, wire.type,
+                    f"divergent history: {wire.stream_id} v{wire.version} is {handled.event_id} "
+                    f"here, {wire.event_id} on the bus", kind="divergent_history")
+                return plan
             if last is not None and wire.version <= last:
                 plan.duplicates += 1
                 plan.steps.append(Step(seq, msg=msg))
@@ -136,8 +158,9 @@ class Planner:
                                            f"the owning store's {err.type_name} is unknown to "
                                            "this build: upgrade needed")
                     return plan
-            step = Step(seq, version=(wire.stream_id, wire.version), msg=msg)
-            versions[wire.stream_id] = wire.version
+            step = Step(seq, version=(wire.stream_id, Handled(wire.version, wire.event_id)),
+                        msg=msg)
+            versions[wire.stream_id] = Handled(wire.version, wire.event_id)
             if self.handles(msg.subject):
                 try:
                     step.event = self._envelope(wire)
@@ -145,7 +168,7 @@ class Planner:
                     plan.blocked = Blocked(msg, wire.stream_id, wire.version, err.type_name,
                                            f"{err.type_name} is unknown to this build "
                                            "(a newer writer): upgrade needed")
-                    versions[wire.stream_id] = wire.version - 1
+                    versions[wire.stream_id] = Handled(wire.version - 1, None)
                     return plan
                 except DecodeError as err:
                     await self.dead_letter(msg, err, f"{self.consumer}:{wire.stream_id}:{wire.version}")
@@ -154,18 +177,21 @@ class Planner:
         return plan
 
     async def _by_id(self, plan: Plan, msg: Msg, seq: int, wire: WireEnvelope,
-                     seen: set[uuid.UUID]) -> None:
-        if wire.event_id in seen:
+                     seen: set[FactKey]) -> None:
+        # By stream and id: the subject vouches for the stream, nothing vouches for the id (a
+        # device could reuse another device's fact id on its own subject).
+        key = (wire.stream_id, wire.event_id)
+        if key in seen:
             plan.duplicates += 1
             plan.steps.append(Step(seq, msg=msg))
             return
-        seen.add(wire.event_id)
-        step = Step(seq, event_id=wire.event_id, msg=msg)
+        seen.add(key)
+        step = Step(seq, fact=key, msg=msg)
         if self.handles(msg.subject):
             try:  # untrusted: what this build cannot read is dead-lettered, never waited for
                 step.event = self._envelope(wire)
             except DecodeError as err:
-                await self.dead_letter(msg, err, f"{self.consumer}:{wire.event_id}")
+                await self.dead_letter(msg, err, f"{self.consumer}:{wire.stream_id}:{wire.event_id}")
                 plan.dead_letters += 1
         plan.steps.append(step)
 
@@ -195,7 +221,8 @@ class Planner:
         for event in missing:
             subject = event_subject(event.stream_id, event.type)
             plan.steps.append(Step(seq, event=event if self.handles(subject) else None,
-                                   version=(event.stream_id, event.version), healed=True))
+                                   version=(event.stream_id, Handled(event.version, event.event_id)),
+                                   healed=True))
             plan.healed += 1
 
     def _envelope(self, wire: WireEnvelope) -> Envelope:

@@ -31,7 +31,7 @@ from sdv_events.envelope import Envelope
 from sdv_events.errors import SdvError
 from sdv_events.history import MAX_LIMIT, HistoryQuery, read_history
 from sdv_events.processing.categories import is_versioned
-from sdv_events.processing.ledger import Ledger
+from sdv_events.processing.ledger import Handled, Ledger
 from sdv_events.processing.processor import (
     Projection,
     SeedsShadow,
@@ -159,13 +159,13 @@ async def _apply(pool: asyncpg.Pool, built: Projection, ledger: Ledger,
         return 0
     applied = 0
     async with pool.acquire() as conn, conn.transaction():
-        versions: dict[str, int] = {}
+        versions: dict[str, Handled] = {}
         for event in events:
             if any(subject_matches(event_subject(event.stream_id, event.type), p)
                    for p in built.filter_subjects):
                 await built.apply(conn, event)
                 applied += 1
-            versions[event.stream_id] = event.version
+            versions[event.stream_id] = Handled(event.version, event.event_id)
         await ledger.record(conn, versions=versions)
     return applied
 
@@ -193,7 +193,8 @@ async def _swap(runner: ConsumerRunner, projection: Projection, live: str, shado
         await conn.execute(
             f"DELETE FROM {live}.consumer_streams WHERE consumer = $1", runner.name)
         await conn.execute(
-            f"INSERT INTO {live}.consumer_streams SELECT * FROM {shadow}.consumer_streams "
+            f"INSERT INTO {live}.consumer_streams (consumer, stream_id, version, event_id) "
+            f"SELECT consumer, stream_id, version, event_id FROM {shadow}.consumer_streams "
             "WHERE consumer = $1", runner.name)
         await runner.ledger.set_position(conn, seq, created)
         if isinstance(projection, WithSideEffects):

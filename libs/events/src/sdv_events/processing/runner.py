@@ -4,15 +4,27 @@ The rules, in one place:
 - fetch from a durable JetStream pull consumer, resumed from the checkpoint (the stream
   sequence, kept with the stream's creation time: a recreated stream is read from its start);
 - decode; a message that is not an event at all is dead-lettered (`SDV_DLQ`, reason in headers);
-- dedupe by `(stream_id, version)` — or by event id for devices' facts — whatever the JetStream
-  sequence, so a duplicate published after JetStream's dedupe window changes nothing;
+- dedupe by `(stream_id, version)` — or by `(stream_id, event_id)` for devices' facts, never by
+  an id alone (a device could reuse another's) — whatever the JetStream sequence, so a duplicate
+  published after JetStream's dedupe window changes nothing; facts handled are forgotten after
+  `fact_retention_s`, pruned on a timer while the runner leads, a bounded number per round;
+- the same `(stream_id, version)` under another event id than the one handled is a divergent
+  history (its owner was restored from an older backup and wrote on): the consumer stops there —
+  no ack, no checkpoint — and health and logs say "divergent history: …" until an operator
+  decides (rebuild the read model, or fix the ledger); it looks again every `blocked_recheck_s`;
 - a gap or a regression in a stream's versions is healed from the owning store before the
   message is applied: events are never applied out of order (planning.py);
 - an event of a type this build does not know, in a services' category (a newer writer in a
   rolling deploy), stops the consumer there: no ack, no checkpoint past it; health says so until
   a build that knows it restarts the consumer, which then goes on from that event;
-- a handler that raises is retried with backoff, alone, `max_attempts` times, then the event is
-  parked (dead letter with the reason `apply_failed`), counted, and processing goes on;
+- a handler that raises is judged by `failures.classify` (read the rules there): a permanent
+  failure (the event's own fault) is parked at once (dead letter with the reason
+  `apply_failed`), counted, and processing goes on; a transient one (a peer or a connection
+  away) is retried with capped backoff for as long as it lasts, health saying "waiting on
+  <what>: <error>"; anything else is retried `max_attempts` times with backoff, then parked.
+  One log line per failure, no traceback dump;
+- health turns red when the oldest message not yet handled is older than `max_lag_s` (lag as
+  age, not only as a count), counted from when this runner took the lead at the earliest;
 - a projection's rows, the stream versions and the checkpoint commit in one transaction, with
   no network I/O in it; its side effects run after the commit (`WithSideEffects`);
 - acks after the commit; one runner per consumer leads (a PostgreSQL advisory lock), replicas
@@ -23,8 +35,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
-import uuid
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -41,9 +54,11 @@ from nats.js.errors import NotFoundError
 from sdv_events.aio import sleep_or_stop
 from sdv_events.bus.deadletter import dead_letter, park
 from sdv_events.codec import encode
+from sdv_events.envelope import Envelope
 from sdv_events.errors import DecodeError
 from sdv_events.processing.categories import consumer_subjects, is_versioned
-from sdv_events.processing.ledger import Ledger
+from sdv_events.processing.failures import cause, classify, dependency, waiting_on, where
+from sdv_events.processing.ledger import FactKey, Handled, Ledger
 from sdv_events.processing.planning import Blocked, GapNotHealed, Planner, Step
 from sdv_events.processing.processor import (
     Processor,
@@ -64,6 +79,13 @@ log = structlog.get_logger("sdv.consumer")
 Outcome = Literal["standby", "caught_up", "blocked", "gap", "stopped"]
 # Devices' fact ids are remembered this long: far past any JetStream redelivery.
 EVENT_ID_RETENTION_S = 7 * 86_400.0
+# Health turns red when the oldest message not yet handled is older than this.
+DEFAULT_MAX_LAG_S = 30.0
+
+
+def default_max_lag_s() -> float:
+    """`SDV_CONSUMER_MAX_LAG_S`, else 30 s."""
+    return float(os.environ.get("SDV_CONSUMER_MAX_LAG_S") or DEFAULT_MAX_LAG_S)
 
 
 @dataclass
@@ -75,7 +97,10 @@ class ConsumerStats:
     healed: int = 0
     retries: int = 0
     effect_errors: int = 0
+    pruned: int = 0
     last_error: str | None = None
+    # "waiting on <what>: <error>" while a transient failure lasts.
+    waiting: str | None = None
     blocked: Blocked | None = None
     gap: str | None = None
     state: str = "starting"
@@ -105,6 +130,11 @@ class ConsumerRunner:
         max_attempts: int = 5,
         retry_initial_s: float = 0.2,
         retry_max_s: float = 5.0,
+        max_lag_s: float | None = None,
+        fact_retention_s: float = EVENT_ID_RETENTION_S,
+        prune_every_s: float = 600.0,
+        prune_batch: int = 5000,
+        blocked_recheck_s: float = 30.0,
     ) -> None:
         self.pool = pool
         self.schema = schema
@@ -124,6 +154,11 @@ class ConsumerRunner:
         self.max_attempts = max_attempts
         self.retry_initial_s = retry_initial_s
         self.retry_max_s = retry_max_s
+        self.max_lag_s = default_max_lag_s() if max_lag_s is None else max_lag_s
+        self.fact_retention_s = fact_retention_s
+        self.prune_every_s = prune_every_s
+        self.prune_batch = prune_batch
+        self.blocked_recheck_s = blocked_recheck_s
         self.name = consumer.name
         self.durable = f"c_{schema}_{consumer.name}"
         self.ledger = Ledger(schema, consumer.name)
@@ -132,6 +167,11 @@ class ConsumerRunner:
         self._stop = asyncio.Event()
         self._since: datetime | None = None
         self._leading = False
+        self._lead_started = 0.0  # wall clock, when this runner took the lead
+        # Wall clock of the oldest message not yet handled (None: nothing in hand).
+        self._oldest_at: float | None = None
+        self._batch_times: dict[int, float] = {}
+        self._next_prune = 0.0
         # Held while a batch is handled; a rebuild in this process takes it to pause the feed.
         self.batch_lock = asyncio.Lock()
         self._planner = Planner(self.name, tuple(consumer.filter_subjects), registry, source,
@@ -143,14 +183,28 @@ class ConsumerRunner:
         """Feed the consumer until `stop` (spawned under the service's Supervisor). While
         another runner leads, stand by; stopped at an unreadable event, wait for an upgrade."""
         self._stop = stop
-        gap_failures = 0
+        gap_failures = waits = 0
         while not stop.is_set():
-            outcome = await self._lead(stop, until_caught_up=False)
+            try:
+                outcome = await self._lead(stop, until_caught_up=False)
+            except Exception as exc:
+                if classify(exc) != "transient" or stop.is_set():
+                    raise  # to the Supervisor, which restarts the runner
+                waits += 1
+                self._wait(exc, waits, self.log)
+                await sleep_or_stop(stop, self._backoff(waits))
+                continue
+            waits = 0
             if outcome == "standby":
                 self.stats.state = "standby"
+                self._oldest_at = None  # the leader elsewhere reports the lag
                 await sleep_or_stop(stop, 1.0)
             elif outcome == "blocked":
-                await stop.wait()  # leadership released: an upgraded replica may take over
+                blocked = self.stats.blocked
+                if blocked is not None and blocked.kind == "divergent_history":
+                    await sleep_or_stop(stop, self.blocked_recheck_s)  # an operator may fix it
+                else:
+                    await stop.wait()  # leadership released: an upgraded replica may take over
             elif outcome == "gap":
                 gap_failures += 1
                 await sleep_or_stop(stop, self._backoff(gap_failures))
@@ -170,13 +224,25 @@ class ConsumerRunner:
         if self._leading:
             with contextlib.suppress(Exception):
                 detail["pending"] = await self.pending()
+        age = self.oldest_unprocessed_age_s()
+        if age is not None:
+            detail["oldest_unprocessed_age_s"] = round(age, 3)
         if s.blocked is not None:
-            b = s.blocked
-            return Status(False, f"stopped at {b.stream_id} v{b.version} ({b.type}): {b.reason}",
-                          detail)
+            return Status(False, s.blocked.summary, detail)
         if s.gap is not None:
             return Status(False, f"waiting to heal a gap: {s.gap}", detail)
+        if s.waiting is not None:
+            return Status(False, s.waiting, detail)
+        if age is not None and age > self.max_lag_s:
+            return Status(False, f"lagging: the oldest message not yet handled is {age:.1f} s "
+                                 f"old (limit {self.max_lag_s:g} s)", detail)
         return Status(True, "", detail)
+
+    def oldest_unprocessed_age_s(self) -> float | None:
+        """How long the oldest message in hand has waited (since its publication, or since this
+        runner took the lead if later); None when nothing is in hand."""
+        oldest = self._oldest_at
+        return None if oldest is None else max(0.0, time.time() - oldest)
 
     @property
     def leading(self) -> bool:
@@ -199,6 +265,8 @@ class ConsumerRunner:
             if not await self.try_lock(lock_conn):
                 return "standby"
             self._leading = True
+            self._lead_started = time.time()
+            self._next_prune = 0.0
             self.stats.state = "leading"
             try:
                 return await self._feed(stop, until_caught_up)
@@ -212,24 +280,31 @@ class ConsumerRunner:
 
     async def _feed(self, stop: asyncio.Event, until_caught_up: bool) -> Outcome:
         await self.ledger.create(self.pool)
-        await self.ledger.prune_events(self.pool, EVENT_ID_RETENTION_S)
         await self._after_commit()  # effects a crash left behind
         await self._open_consumer()
         sub = await self.js.pull_subscribe_bind(self.durable, self.stream)
+        self.stats.waiting = None
         try:
             while not stop.is_set():
+                if self._by_id and time.monotonic() >= self._next_prune:
+                    await self._prune()
                 try:
                     msgs = await sub.fetch(self.batch_size, timeout=self.fetch_timeout_s)
                 except TimeoutError:
+                    self._oldest_at = None  # nothing in hand: caught up
                     if self.stats.effect_errors:
                         await self._after_commit()
                     if until_caught_up and await self.pending() == 0:
                         return "caught_up"
                     continue
+                self._batch_times = {m.metadata.sequence.stream: m.metadata.timestamp.timestamp()
+                                     for m in msgs}
+                self._mark_oldest(msgs[0].metadata.sequence.stream)
                 async with self.batch_lock:
                     outcome = await self._handle_batch(msgs)
                 if outcome is not None:
                     return outcome
+                self._oldest_at = None
             return "stopped"
         finally:
             with contextlib.suppress(Exception):
@@ -280,6 +355,8 @@ class ConsumerRunner:
                            version=err.got, error=str(err))
             return "gap"
         self.stats.gap = None
+        if plan.blocked is None:
+            self.stats.blocked = None  # whatever stopped it before was resolved
         self.stats.duplicates += plan.duplicates
         self.stats.dead_lettered += plan.dead_letters
         self.stats.healed += plan.healed
@@ -292,7 +369,7 @@ class ConsumerRunner:
             b = plan.blocked
             self.stats.blocked = b
             self.stats.state = "blocked"
-            self.log.error("consumer_stopped_upgrade_needed", stream_id=b.stream_id,
+            self.log.error(f"consumer_stopped_{b.kind}", stream_id=b.stream_id,
                            version=b.version, type=b.type, subject=b.msg.subject, reason=b.reason)
             return "blocked"
         return None
@@ -301,13 +378,20 @@ class ConsumerRunner:
         """Run the steps in order; returns how many are done (all unless stopped)."""
         i = 0
         while i < len(steps):
-            done, error = await self._attempt(steps[i:])
+            self._mark_oldest(steps[i].seq)
+            try:
+                done, error = await self._attempt(steps[i:])
+            except Exception as exc:  # the bookkeeping failed (PostgreSQL away?)
+                if classify(exc) != "transient":
+                    raise
+                done, error = 0, exc
             i += done
             if i == len(steps):
                 break
             if not await self._retry_or_park(steps[i], error):
                 return i
             i += 1
+        self.stats.waiting = None
         return i
 
     async def _attempt(self, steps: list[Step]) -> tuple[int, BaseException | None]:
@@ -353,29 +437,67 @@ class ConsumerRunner:
         return done, None
 
     async def _retry_or_park(self, step: Step, error: BaseException | None) -> bool:
-        """Retry a failing step alone with backoff; park it when it keeps failing. False when
-        the runner was stopped meanwhile."""
+        """Retry a failing step alone: while its failure is transient, for as long as it lasts;
+        an unknown failure `max_attempts` times; a permanent one not at all. Then park it.
+        False when the runner was stopped meanwhile."""
         event = step.event
-        assert event is not None
-        bound = self.log.bind(stream_id=event.stream_id, version=event.version, type=event.type)
-        for attempt in range(2, self.max_attempts + 1):
-            delay = self._backoff(attempt - 1)
-            bound.warning("handler_failed_retrying", attempt=attempt - 1, retry_in_s=round(delay, 2),
-                          error=_cause(error), exc_info=error)
+        bound = self.log.bind(seq=step.seq) if event is None else self.log.bind(
+            stream_id=event.stream_id, version=event.version, type=event.type,
+            event_id=str(event.event_id))
+        attempts = waits = 0
+        while True:
+            kind = classify(error) if error is not None else "unknown"
+            if event is None and kind != "transient":  # only the bookkeeping failed
+                raise error if error is not None else RuntimeError("bookkeeping failed")
+            if kind == "transient":
+                waits += 1
+                delay = self._backoff(waits)
+                self._wait(error, waits, bound, delay)
+            else:
+                attempts += 1
+                if kind == "permanent" or attempts >= self.max_attempts:
+                    assert event is not None
+                    await self._park(step, event, error, kind, attempts, bound)
+                    return True
+                delay = self._backoff(attempts)
+                bound.warning("handler_failed_retrying", attempt=attempts,
+                              retry_in_s=round(delay, 2), error=cause(error), where=where(error))
             self.stats.retries += 1
             await sleep_or_stop(self._stop, delay)
             if self._stop.is_set():
                 return False
-            done, error = await self._attempt([step])
+            try:
+                done, error = await self._attempt([step])
+            except Exception as exc:
+                if classify(exc) != "transient":
+                    raise
+                done, error = 0, exc
             if done:
+                if waits:
+                    bound.info("dependency_back", waited_retries=waits)
+                self.stats.waiting = None
                 return True
-        reason = _cause(error)
-        bound.error("handler_failed_parked", attempts=self.max_attempts, error=reason,
-                    exc_info=error)
+
+    def _wait(self, error: BaseException | None, waits: int, bound: structlog.typing.FilteringBoundLogger,
+              delay: float | None = None) -> None:
+        """A transient failure: say what we wait on, in health and in one log line."""
+        assert error is not None
+        self.stats.waiting = waiting_on(error)
+        self.stats.last_error = cause(error)
+        bound.warning("waiting_on_dependency", waiting_on=dependency(error), error=cause(error),
+                      retries=waits, retry_in_s=round(delay or self._backoff(waits), 2))
+
+    async def _park(self, step: Step, event: Envelope, error: BaseException | None,
+                    kind: str, attempts: int, bound: structlog.typing.FilteringBoundLogger) -> None:
+        reason = cause(error)
+        self.stats.last_error = reason
+        bound.error("handler_failed_parked", failure=kind, attempts=attempts, error=reason,
+                    where=where(error))
         subject = step.msg.subject if step.msg is not None else event_subject(event.stream_id,
                                                                                event.type)
         payload = bytes(step.msg.data) if step.msg is not None else encode(event)
-        key = f"{event.stream_id}:{event.version}" if step.version else str(event.event_id)
+        key = (f"{event.stream_id}:{event.version}" if step.version
+               else f"{event.stream_id}:{event.event_id}")
         await park(self.js, subject=subject, payload=payload, reason="apply_failed",
                    detail=reason, consumer=self.durable,
                    headers=step.msg.headers if step.msg is not None else None,
@@ -384,16 +506,15 @@ class ConsumerRunner:
             await self._record(conn, [step], parked=1)
         self.stats.parked += 1
         await self._after_done([step])
-        return True
 
     async def _record(self, conn: asyncpg.Connection, steps: Sequence[Step], parked: int = 0) -> None:
-        versions: dict[str, int] = {}
+        versions: dict[str, Handled] = {}
         for step in steps:
             if step.version is not None:
                 versions[step.version[0]] = step.version[1]
         acked = [s.seq for s in steps if s.msg is not None]
         await self.ledger.record(conn, versions=versions,
-                                 event_ids=[s.event_id for s in steps if s.event_id is not None],
+                                 facts=[s.fact for s in steps if s.fact is not None],
                                  seq=max(acked) if acked else None, parked=parked)
 
     async def _after_done(self, steps: Sequence[Step]) -> None:
@@ -415,15 +536,36 @@ class ConsumerRunner:
             self.stats.effect_errors = 0
         except Exception as exc:  # recorded as rows: retried at the next batch or idle fetch
             self.stats.effect_errors += 1
-            self.stats.last_error = _cause(exc)
+            self.stats.last_error = cause(exc)
             self.log.warning("side_effects_failed_will_retry", error=self.stats.last_error,
                              failures=self.stats.effect_errors)
 
-    async def _load_ledger(self, streams: set[str], ids: set[uuid.UUID]
-                           ) -> tuple[dict[str, int], set[uuid.UUID]]:
+    async def _load_ledger(self, streams: set[str], facts: set[FactKey]
+                           ) -> tuple[dict[str, Handled], set[FactKey]]:
         versions = await self.ledger.versions(self.pool, streams) if streams else {}
-        seen = await self.ledger.seen(self.pool, ids) if ids and self._by_id else set()
+        seen = await self.ledger.seen(self.pool, facts) if facts and self._by_id else set()
         return versions, seen
+
+    async def _prune(self) -> None:
+        """One bounded round of forgetting old facts; soon again while there is more."""
+        try:
+            gone = await self.ledger.prune_facts(self.pool, self.fact_retention_s,
+                                                 self.prune_batch)
+        except Exception as exc:  # not urgent: try again at the next round
+            self.log.warning("fact_prune_failed", error=cause(exc))
+            self._next_prune = time.monotonic() + self.prune_every_s
+            return
+        self.stats.pruned += gone
+        if gone:
+            self.log.info("facts_pruned", facts=gone)
+        more = gone >= self.prune_batch
+        self._next_prune = time.monotonic() + (min(1.0, self.prune_every_s) if more
+                                               else self.prune_every_s)
+
+    def _mark_oldest(self, seq: int) -> None:
+        published = self._batch_times.get(seq)
+        if published is not None:
+            self._oldest_at = max(published, self._lead_started)
 
     async def _dead_letter(self, msg: Msg, err: DecodeError, dedupe_id: str) -> None:
         await dead_letter(self.js, subject=msg.subject, payload=bytes(msg.data), error=err,
@@ -432,11 +574,6 @@ class ConsumerRunner:
     def _backoff(self, failures: int) -> float:
         delay = min(self.retry_max_s, self.retry_initial_s * 2 ** (failures - 1))
         return float(delay * random.uniform(0.8, 1.2))
-
-
-def _cause(exc: BaseException | None) -> str:
-    text = f"{type(exc).__name__}: {exc}" if exc is not None else "unknown error"
-    return text if len(text) <= 500 else text[:497] + "..."
 
 
 def _categories(subjects: Sequence[str]) -> list[str]:

@@ -12,6 +12,7 @@ import structlog
 
 from sdv_events.aio import sleep_or_stop
 from sdv_events.envelope import Envelope
+from sdv_events.ids import InvalidStreamId
 from sdv_events.schemas.agent import AppFact, AppFailed, AppHealthy, AppRolledBack
 from sdv_orchestrator.application import Orchestrator
 from sdv_orchestrator.domain.rollout import Report
@@ -60,14 +61,23 @@ class AgentFacts:
             if report is None or fact.rollout_id is None:
                 continue
             if fact.rollout_id not in digests:
-                state = await self.orchestrator.state_or_none(fact.rollout_id)
-                created = state.created if state is not None else None
-                digests[fact.rollout_id] = created.package.digest if created is not None else None
+                digests[fact.rollout_id] = await self._digest(fact.rollout_id)
             if digests[fact.rollout_id] != fact.digest:
                 continue  # about another version (e.g. the old one healthy again after a rollback)
             by_rollout[fact.rollout_id].append(report)
         for rollout_id, reports in by_rollout.items():
             await self.orchestrator.report(rollout_id, reports)
+
+    async def _digest(self, rollout_id: str) -> str | None:
+        """The digest the rollout deploys; None for a rollout unknown here — including an id
+        that cannot even name one (a device says what it likes: its fact is not our error)."""
+        try:
+            state = await self.orchestrator.state_or_none(rollout_id)
+        except InvalidStreamId:
+            log.debug("fact_names_an_invalid_rollout_id", rollout_id=rollout_id[:100])
+            return None
+        created = state.created if state is not None else None
+        return created.package.digest if created is not None else None
 
 
 async def tick_active(orchestrator: Orchestrator, stop: asyncio.Event, every_s: float = 1.0) -> None:
