@@ -6,17 +6,19 @@ that says so), and read models rebuilt from PostgreSQL alone."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import asyncpg
 import msgspec
 import pytest
+import structlog
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from sdv_events.bus.rpc import CommandClient, UpgradeRequired, serve_one
+from sdv_events.bus.rpc import CommandClient, InvalidRequest, UpgradeRequired, serve_one
 from sdv_events.codec import encode
 from sdv_events.commands import handle_command
 from sdv_events.decider import Decider
@@ -481,3 +483,349 @@ async def test_a_processor_sees_each_event_once_in_stream_order_across_restarts(
     assert recorder.seen == [("tally-3", v) for v in range(1, 7)]
 
 
+
+
+# ------------------------------------------------------------------ hostile devices, failures, lag
+
+
+class FactRecorder:
+    """A facts processor: records (stream, device) of each AppHealthy; `refuse` names rollout
+    ids whose facts fail as the orchestrator's lookup once did (an invalid stream id)."""
+
+    name = "facts"
+    filter_subjects = ("sdv.evt.agent.*.AppHealthy",)
+    start = "all"
+
+    def __init__(self, *, refuse: str | None = None) -> None:
+        self.refuse = refuse
+        self.seen: list[tuple[str, str]] = []
+
+    async def create(self, conn: asyncpg.Connection) -> None:
+        pass
+
+    async def handle(self, events: Sequence[Envelope]) -> None:
+        from sdv_events.ids import stream_id
+
+        for envelope in events:  # a batch fails whole, as a handler that looks everything up first
+            if envelope.data.rollout_id == self.refuse:
+                stream_id("rollout", envelope.data.rollout_id)  # raises InvalidStreamId
+        self.seen.extend((e.stream_id, e.data.device_id) for e in events)
+
+
+def fact(device: str, event_id: uuid.UUID | None = None, rollout_id: str = "r1") -> Envelope:
+    from sdv_events.ids import uuid7
+    from sdv_events.schemas.agent import AppHealthy
+
+    body = AppHealthy(device_id=device, app="app", version="2", digest="d" * 64,
+                      desired_revision=3, rollout_id=rollout_id)
+    return Envelope(event_id=event_id or uuid7(), stream_id=f"agent-{device}", version=1,
+                    type="agent.AppHealthy.v1", schema_version=1, occurred_at=datetime.now(UTC),
+                    data=body)
+
+
+async def test_a_device_reusing_another_devices_fact_id_does_not_make_that_fact_a_duplicate(
+    store: EventStore, nc: NatsClient
+) -> None:
+    from sdv_edge_agent.domain.facts import fact_event_id, fact_msg_id
+
+    js = nc.jetstream()
+    # The victim's fact id is computable from public facts (device, app, digest, revision).
+    victim_id = fact_event_id(fact_msg_id("victim", "app", "d" * 64, 3, "agent.AppHealthy.v1"))
+    # The attacker publishes, on its own permitted subject, an envelope carrying that id.
+    await publish(js, fact("evil", victim_id), msg_id="evil-1")
+    recorder = FactRecorder()
+    runner = await runner_for(store, js, recorder)
+    assert await runner.catch_up() == "caught_up"
+    assert recorder.seen == [("agent-evil", "evil")]
+
+    # Then the victim reports, with its real id: handled, not taken for a duplicate.
+    await publish(js, fact("victim", victim_id), msg_id="victim-1")
+    assert await runner.catch_up() == "caught_up"
+    assert recorder.seen == [("agent-evil", "evil"), ("agent-victim", "victim")]
+    assert runner.stats.duplicates == 0
+    # Its own fact again (republished past JetStream's window) is the duplicate.
+    await publish(js, fact("victim", victim_id), msg_id="victim-1-again")
+    assert await runner.catch_up() == "caught_up"
+    assert len(recorder.seen) == 2
+    assert runner.stats.duplicates == 1
+
+
+async def test_ledger_setup_upgrades_an_old_schema_once_and_then_never_waits_on_live_consumers(
+    store: EventStore, database_url: str
+) -> None:
+    from sdv_events.processing.ledger import Ledger
+
+    s = store.schema
+    # The ledger as an older build left it: facts keyed by id alone, versions without ids.
+    await store.pool.execute(f"""
+        CREATE TABLE {s}.consumer_streams (consumer text NOT NULL, stream_id text NOT NULL,
+            version integer NOT NULL, PRIMARY KEY (consumer, stream_id));
+        CREATE TABLE {s}.consumer_events (consumer text NOT NULL, event_id uuid NOT NULL,
+            seen_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (consumer, event_id));
+        INSERT INTO {s}.consumer_streams VALUES ('tally', 'tally-1', 7)""")
+    ledger = Ledger(s, "tally")
+    await ledger.create(store.pool)
+    assert await ledger.versions(store.pool, ["tally-1"]) == {"tally-1": (7, None)}
+    assert await ledger.position(store.pool) is None  # the missing table was created
+
+    # A live consumer holds its tables in an open transaction; setup at another start must
+    # not take a lock behind it (a no-op DDL would wait here).
+    live = await asyncpg.connect(database_url)
+    try:
+        tx = live.transaction()
+        await tx.start()
+        await live.execute(f"UPDATE {s}.consumer_streams SET version = 8")
+        await live.execute(f"INSERT INTO {s}.consumer_facts (consumer, stream_id, event_id) "
+                           "VALUES ('tally', 'agent-x', gen_random_uuid())")
+        await live.execute(f"INSERT INTO {s}.consumer_positions (consumer) VALUES ('tally')")
+        await asyncio.wait_for(Ledger(s, "other").create(store.pool), 2.0)
+        await tx.rollback()
+    finally:
+        await live.close()
+
+
+async def test_hostile_facts_are_parked_at_once_and_do_not_delay_the_good_ones(
+    store: EventStore, nc: NatsClient
+) -> None:
+    js = nc.jetstream()
+    for i in range(100):
+        await publish(js, fact(f"good{i}"))
+        if i % 20 == 0:
+            await publish(js, fact("evil", rollout_id="NOT.VALID"))
+    recorder = FactRecorder(refuse="NOT.VALID")
+    runner = ConsumerRunner(store.pool, store.schema, js, recorder, batch_size=50,
+                            fetch_timeout_s=0.2)
+    lines = structlog.testing.CapturingLogger()
+    runner.log = structlog.wrap_logger(lines, processors=[structlog.processors.KeyValueRenderer()])
+    started = asyncio.get_running_loop().time()
+    assert await asyncio.wait_for(runner.catch_up(), 30) == "caught_up"
+    took = asyncio.get_running_loop().time() - started
+    assert len(recorder.seen) == 100
+    assert took < 3.0, f"100 good facts took {took:.1f} s behind 5 hostile ones"
+    assert runner.stats.parked == 5
+    assert runner.stats.retries == 0  # bad data is not retried
+    assert len(await dead_letters(js)) == 5
+    # One log line per hostile fact, with where it failed, and no traceback.
+    assert [call.method_name for call in lines.calls] == ["error"] * 5, lines.calls
+    for call in lines.calls:
+        [line] = call.args
+        assert "event='handler_failed_parked'" in line
+        assert "failure='permanent'" in line
+        assert "where='ids.py:" in line
+        assert "exc_info" not in line
+        assert "Traceback" not in line
+
+
+class Gate:
+    """A processor whose `handle` waits until the gate opens."""
+
+    name = "gated"
+    filter_subjects = ("sdv.evt.tally.*.Added",)
+
+    def __init__(self) -> None:
+        self.open = asyncio.Event()
+        self.seen = 0
+
+    async def handle(self, events: Sequence[Envelope]) -> None:
+        await self.open.wait()
+        self.seen += len(events)
+
+
+async def test_consumer_health_turns_red_when_the_oldest_unhandled_message_is_older_than_the_limit(
+    store: EventStore, nc: NatsClient
+) -> None:
+    js = nc.jetstream()
+    for envelope in (await store.append("tally-1", ANY, [Added(1), Added(2)])).events:
+        await publish(js, envelope)
+    gate = Gate()
+    runner = ConsumerRunner(store.pool, store.schema, js, gate, fetch_timeout_s=0.2,
+                            max_lag_s=1.0)
+    stop = asyncio.Event()
+    task = asyncio.create_task(runner.run(stop))
+    try:
+        await asyncio.sleep(0.5)
+        early = await runner.status()
+        assert early.healthy, early  # in hand, but younger than the limit
+        await asyncio.sleep(1.2)
+        late = await runner.status()
+        assert not late.healthy
+        assert late.reason.startswith("lagging: the oldest message not yet handled is")
+        assert float(late.detail["oldest_unprocessed_age_s"]) > 1.0
+        gate.open.set()
+        for _ in range(50):
+            if gate.seen == 2 and (await runner.status()).healthy:
+                break
+            await asyncio.sleep(0.1)
+        assert gate.seen == 2
+        assert (await runner.status()).healthy
+    finally:
+        gate.open.set()
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+
+class Caller:
+    """A processor that asks a service for each event (a policy asking the packager)."""
+
+    name = "caller"
+    filter_subjects = ("sdv.evt.tally.*.Added",)
+
+    def __init__(self, client: CommandClient) -> None:
+        self.client = client
+        self.answers: list[int] = []
+
+    async def create(self, conn: asyncpg.Connection) -> None:
+        pass
+
+    async def handle(self, events: Sequence[Envelope]) -> None:
+        for envelope in events:
+            self.answers.append((await self.client.call("doubler", "double", Score(
+                envelope.data.amount), dict))["points"])
+
+
+async def test_a_handler_waiting_on_an_absent_service_is_retried_until_it_answers_never_parked(
+    store: EventStore, nc: NatsClient
+) -> None:
+    js = nc.jetstream()
+    for envelope in (await store.append("tally-1", ANY, [Added(1), Added(2)])).events:
+        await publish(js, envelope)
+    caller = Caller(CommandClient(nc, timeout=0.5))
+    runner = ConsumerRunner(store.pool, store.schema, js, caller, fetch_timeout_s=0.2,
+                            max_attempts=2, retry_initial_s=0.05, retry_max_s=0.2)
+    stop = asyncio.Event()
+    task = asyncio.create_task(runner.run(stop))
+    try:
+        # No doubler answers: far more retries than max_attempts, and nothing parked.
+        for _ in range(100):
+            if runner.stats.retries >= 6:
+                break
+            await asyncio.sleep(0.05)
+        status = await runner.status()
+        assert not status.healthy
+        assert status.reason.startswith("waiting on sdv.cmd.doubler.double: ServiceUnavailable")
+        assert runner.stats.parked == 0
+
+        async def double(request: Score, _: object) -> dict[str, int]:
+            return {"points": request.points * 2}
+
+        async def answer(msg: Msg) -> None:
+            await msg.respond(await serve_one(msg.data, msg.subject, msg.headers or {}, Score,
+                                              double))
+
+        sub = await nc.subscribe("sdv.cmd.doubler.double", cb=answer)
+        try:
+            for _ in range(100):
+                if len(caller.answers) == 2:
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            await sub.unsubscribe()
+        assert caller.answers == [2, 4]
+        assert runner.stats.parked == 0
+        assert (await runner.status()).healthy
+        assert await dead_letters(js) == []
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+
+async def test_a_refused_request_is_parked_at_once_not_retried(
+    store: EventStore, nc: NatsClient
+) -> None:
+    """The other side of the rule: what the peer refuses is the event's fault, not an outage."""
+    js = nc.jetstream()
+    for envelope in (await store.append("tally-1", ANY, [Added(1), Added(2)])).events:
+        await publish(js, envelope)
+
+    async def refuse(request: Score, _: object) -> dict[str, int]:
+        if request.points == 1:
+            raise InvalidRequest("one is not doubled")
+        return {"points": request.points * 2}
+
+    async def answer(msg: Msg) -> None:
+        await msg.respond(await serve_one(msg.data, msg.subject, msg.headers or {}, Score, refuse))
+
+    sub = await nc.subscribe("sdv.cmd.doubler.double", cb=answer)
+    try:
+        caller = Caller(CommandClient(nc, timeout=2.0))
+        runner = await runner_for(store, js, caller)
+        assert await runner.catch_up() == "caught_up"
+    finally:
+        await sub.unsubscribe()
+    assert caller.answers == [4]
+    assert (runner.stats.parked, runner.stats.retries) == (1, 0)
+
+
+async def test_a_long_lived_leader_prunes_old_fact_ids_on_a_timer_a_bounded_number_per_round(
+    store: EventStore, nc: NatsClient
+) -> None:
+    js = nc.jetstream()
+    for i in range(10):
+        await publish(js, fact(f"dev{i}"))
+    recorder = FactRecorder()
+    runner = ConsumerRunner(store.pool, store.schema, js, recorder, fetch_timeout_s=0.1,
+                            fact_retention_s=1.0, prune_every_s=0.3, prune_batch=4)
+    stop = asyncio.Event()
+    task = asyncio.create_task(runner.run(stop))
+
+    async def remembered() -> int:
+        return int(await store.pool.fetchval(
+            f"SELECT count(*) FROM {store.schema}.consumer_facts WHERE consumer = 'facts'"))
+
+    try:
+        for _ in range(100):
+            if len(recorder.seen) == 10:
+                break
+            await asyncio.sleep(0.05)
+        assert await remembered() == 10  # younger than the retention: kept
+        counts = []
+        for _ in range(100):
+            counts.append(await remembered())
+            if counts[-1] == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert counts[-1] == 0, counts  # forgotten while the same runner kept leading
+        assert runner.leading
+        assert runner.stats.pruned == 10
+        assert 4 in counts or 8 in counts or 6 in counts or 2 in counts, counts  # several rounds
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+
+def envelope_of(event_id: uuid.UUID, version: int, amount: int) -> Envelope:
+    return Envelope(event_id=event_id, stream_id="tally-1", version=version,
+                    type="constest.Added.v1", schema_version=1, occurred_at=datetime.now(UTC),
+                    data=Added(amount))
+
+
+async def test_the_same_stream_version_under_another_event_id_blocks_the_consumer_as_divergent_history(
+    store: EventStore, nc: NatsClient
+) -> None:
+    """The owner was restored from an older backup and wrote on: its new v3 is not the v3 this
+    consumer handled. Dropping it as a duplicate would hide the fork; the consumer stops."""
+    from sdv_events.ids import uuid7
+
+    js = nc.jetstream()
+    ids = [uuid7() for _ in range(3)]
+    for version, event_id in enumerate(ids, start=1):
+        await publish(js, envelope_of(event_id, version, version))
+    tally = Tally(store.schema)
+    runner = await runner_for(store, js, tally)
+    assert await runner.catch_up() == "caught_up"
+    assert await tally.rows(store.pool) == {"tally-1": (6, [1, 2, 3])}
+
+    # After the restore: v3 and v4 written anew.
+    forked = uuid7()
+    await publish(js, envelope_of(forked, 3, 30))
+    await publish(js, envelope_of(uuid7(), 4, 40))
+    assert await runner.catch_up() == "blocked"
+    assert await tally.rows(store.pool) == {"tally-1": (6, [1, 2, 3])}  # nothing dropped or applied
+    status = await runner.status()
+    assert not status.healthy
+    assert status.reason == f"divergent history: tally-1 v3 is {ids[2]} here, {forked} on the bus"
+    assert await dead_letters(js) == []
+    # Not acked, not checkpointed: a restarted consumer stops at the same place.
+    again = await runner_for(store, js, tally)
+    assert await again.catch_up() == "blocked"
+    assert (await again.status()).reason == status.reason

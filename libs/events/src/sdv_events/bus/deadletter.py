@@ -40,8 +40,10 @@ async def park(
     path: str = "$",
     headers: Mapping[str, str] | None = None,
     dedupe_id: str | None = None,
+    log_it: bool = True,
 ) -> None:
-    """Publish to the dead-letter stream with `reason` (`malformed`, … or `apply_failed`)."""
+    """Publish to the dead-letter stream with `reason` (`malformed`, … or `apply_failed`);
+    `log_it=False` when the caller logs the failure itself (one line per failure)."""
     out = {k: v for k, v in (headers or {}).items() if not k.startswith("Nats-")}
     out.update({
         "Sdv-Dlq-Reason": reason,
@@ -53,5 +55,6 @@ async def park(
     if dedupe_id is not None:
         out["Nats-Msg-Id"] = dedupe_id
     await js.publish(dead_letter_subject(subject), payload, headers=out)
-    log.warning("dead_lettered", subject=subject, consumer=consumer, reason=reason, path=path,
-                detail=detail)
+    if log_it:
+        log.warning("dead_lettered", subject=subject, consumer=consumer, reason=reason,
+                    path=path, detail=detail)

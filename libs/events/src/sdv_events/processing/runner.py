@@ -297,6 +297,8 @@ class ConsumerRunner:
                     if until_caught_up and await self.pending() == 0:
                         return "caught_up"
                     continue
+                if not msgs:
+                    continue
                 self._batch_times = {m.metadata.sequence.stream: m.metadata.timestamp.timestamp()
                                      for m in msgs}
                 self._mark_oldest(msgs[0].metadata.sequence.stream)
@@ -491,8 +493,6 @@ class ConsumerRunner:
                     kind: str, attempts: int, bound: structlog.typing.FilteringBoundLogger) -> None:
         reason = cause(error)
         self.stats.last_error = reason
-        bound.error("handler_failed_parked", failure=kind, attempts=attempts, error=reason,
-                    where=where(error))
         subject = step.msg.subject if step.msg is not None else event_subject(event.stream_id,
                                                                                event.type)
         payload = bytes(step.msg.data) if step.msg is not None else encode(event)
@@ -501,10 +501,12 @@ class ConsumerRunner:
         await park(self.js, subject=subject, payload=payload, reason="apply_failed",
                    detail=reason, consumer=self.durable,
                    headers=step.msg.headers if step.msg is not None else None,
-                   dedupe_id=f"{self.durable}:parked:{key}")
+                   dedupe_id=f"{self.durable}:parked:{key}", log_it=False)
         async with self.pool.acquire() as conn, conn.transaction():
             await self._record(conn, [step], parked=1)
         self.stats.parked += 1
+        bound.error("handler_failed_parked", failure=kind, attempts=attempts, error=reason,
+                    where=where(error), subject=subject)
         await self._after_done([step])
 
     async def _record(self, conn: asyncpg.Connection, steps: Sequence[Step], parked: int = 0) -> None:
