@@ -19,10 +19,10 @@ import statistics
 import sys
 import time
 import uuid
-import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 import msgspec
@@ -64,12 +64,13 @@ class Sizes:
     fold_reps: int
     relay_n: int           # events relayed (and raw messages published) in all
     relay_rounds: int      # alternating raw / relay rounds, relay_n / relay_rounds each
+    writers_each: int      # single-event appends per writer in the 16-writer phase
 
 
 QUICK = Sizes(single_n=1000, batch_events=500, batch_tasks=4, batch_total=40_000, batch_rounds=2,
-              fold_len=10_000, fold_reps=7, relay_n=20_000, relay_rounds=2)
+              fold_len=10_000, fold_reps=7, relay_n=20_000, relay_rounds=2, writers_each=250)
 FULL = Sizes(single_n=5000, batch_events=500, batch_tasks=4, batch_total=150_000, batch_rounds=3,
-             fold_len=100_000, fold_reps=7, relay_n=100_000, relay_rounds=4)
+             fold_len=100_000, fold_reps=7, relay_n=100_000, relay_rounds=4, writers_each=1000)
 
 RAW_TABLE = """
 CREATE TABLE {schema}.raw_events (
@@ -126,7 +127,9 @@ class Ctx:
     sizes: Sizes
     store: EventStore        # schema bench_<run>: phases 1-3
     relay_store: EventStore  # schema bench_<run>_relay: phase 4 only
+    writers_store: EventStore  # schema bench_<run>_w16: phase 5 only
     raw_pool: asyncpg.Pool
+    nc: Any
 
     @property
     def category(self) -> str:
@@ -425,6 +428,70 @@ async def relay_throughput(ctx: Ctx, js: JetStreamContext) -> dict[str, float]:
     }
 
 
+# --- 5. sixteen concurrent writers, relay running ------------------------------------------
+WRITERS = 16
+
+
+async def concurrent_writers(ctx: Ctx, js: JetStreamContext) -> dict[str, float]:
+    """16 tasks appending one event per call (what command handlers do) to streams of their
+    own while the relay publishes: appends/s against 16 tasks of raw single-row INSERTs, and
+    the relay's lag — from an append returning to its event arriving on the bus — p50/p99.
+    (Appends of one schema commit one at a time: the price of a cursor that never skips.)"""
+    s = ctx.sizes
+    store = ctx.writers_store
+    raw_sql = RAW_INSERT.format(schema=ctx.store.schema)
+    appended_at: dict[str, float] = {}
+    arrived_at: dict[str, float] = {}
+    total = WRITERS * s.writers_each
+    all_arrived = asyncio.Event()
+    subject = f"sdv.evt.{ctx.category}w.>"
+
+    async def on_msg(msg: Any) -> None:
+        if msg.headers:
+            arrived_at[msg.headers["Nats-Msg-Id"]] = time.perf_counter()
+            if len(arrived_at) >= total:
+                all_arrived.set()
+
+    sub = await ctx.nc.subscribe(subject, cb=on_msg)
+    relay = Relay(store, js, name=f"bench-w-{ctx.run}", batch_size=1000)
+    stop = asyncio.Event()
+    relay_task = asyncio.create_task(relay.run(stop))
+
+    async def lib_writer(k: int) -> None:
+        sid = f"{ctx.category}w-{k}"
+        version = 0
+        for i in range(s.writers_each):
+            result = await store.append(sid, version, [thing(i)], metadata=META)
+            appended_at[str(result.events[0].event_id)] = time.perf_counter()
+            version = result.next_version
+
+    async def raw_writer(k: int) -> None:
+        rows = [raw_row(f"w16-{ctx.run}-{k}", i + 1, i) for i in range(s.writers_each)]
+        async with ctx.raw_pool.acquire() as conn:
+            for row in rows:
+                await conn.execute(raw_sql, *row)
+
+    try:
+        lib_s = await run_tasks(WRITERS, lib_writer)
+        raw_s = await run_tasks(WRITERS, raw_writer)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(all_arrived.wait(), 60)
+        missing = set(appended_at) - set(arrived_at)
+        check(not missing, f"{len(missing)} appended events never reached the bus")
+    finally:
+        stop.set()
+        await relay_task
+        await sub.unsubscribe()
+    # An event can arrive before its writer resumes after the append returned: lag 0 then.
+    lags = [max(0.0, arrived_at[i] - t) * 1000 for i, t in appended_at.items()]
+    return {
+        "appends_16_writers_per_s": total / lib_s,
+        "raw_inserts_16_writers_per_s": total / raw_s,
+        "relay_lag_p50_ms": statistics.median(lags),
+        "relay_lag_p99_ms": pct(lags, 0.99),
+    }
+
+
 # --- harness -------------------------------------------------------------------------------
 
 
@@ -441,18 +508,20 @@ async def bench(sizes: Sizes) -> dict[str, float]:
     run = uuid.uuid4().hex[:8]
     schema = f"bench_{run}"
     async with servers() as (dsn, nats_url), contextlib.AsyncExitStack() as stack:
-        raw_pool = await asyncpg.create_pool(dsn, min_size=1, max_size=sizes.batch_tasks + 1)
+        raw_pool = await asyncpg.create_pool(dsn, min_size=1, max_size=max(sizes.batch_tasks + 1, WRITERS))
         stack.push_async_callback(raw_pool.close)
-        for name in (schema, f"{schema}_relay"):  # pushed first, run last: after the stores close
+        for name in (schema, f"{schema}_relay", f"{schema}_w16"):  # pushed first, run last: after the stores close
             stack.push_async_callback(raw_pool.execute, f"DROP SCHEMA IF EXISTS {name} CASCADE")
         store = await EventStore.open(dsn, schema, max_size=10)
         stack.push_async_callback(store.close)
         relay_store = await EventStore.open(dsn, f"{schema}_relay", max_size=4)
         stack.push_async_callback(relay_store.close)
+        writers_store = await EventStore.open(dsn, f"{schema}_w16", max_size=WRITERS + 2)
+        stack.push_async_callback(writers_store.close)
         nc = await nats.connect(nats_url, name=f"bench-{run}")
         stack.push_async_callback(nc.drain)
         js = nc.jetstream()
-        ctx = Ctx(dsn, nats_url, run, sizes, store, relay_store, raw_pool)
+        ctx = Ctx(dsn, nats_url, run, sizes, store, relay_store, writers_store, raw_pool, nc)
 
         # Our relayed events stay on SDV_EVENTS (it denies purges); its retention ages them out.
         await raw_pool.execute(RAW_TABLE.format(schema=schema))
@@ -463,6 +532,7 @@ async def bench(sizes: Sizes) -> dict[str, float]:
             ("batched appends", lambda: batched_appends(ctx)),
             ("fold", lambda: fold(ctx)),
             ("relay", lambda: relay_throughput(ctx, js)),
+            ("16 writers", lambda: concurrent_writers(ctx, js)),
         ]
         for name, phase in phases:
             t0 = time.perf_counter()
@@ -478,11 +548,13 @@ def report(f: dict[str, float], sizes: Sizes) -> dict[str, object]:
         "append_ratio": f["append_events_per_s"] / f["raw_executemany_rows_per_s"],
         "fold_ratio": f["fold_events_per_s"] / f["raw_fetch_rows_per_s"],
         "relay_ratio": f["relay_events_per_s"] / f["raw_publish_async_per_s"],
+        "writers_16_ratio": f["appends_16_writers_per_s"] / f["raw_inserts_16_writers_per_s"],
     }
     for key in ["append_events_per_s", "raw_executemany_rows_per_s", "fold_events_per_s",
                 "raw_fetch_rows_per_s", "relay_events_per_s", "raw_publish_async_per_s",
                 "single_append_p50_ms", "single_append_p99_ms", "raw_insert_p50_ms",
-                "raw_insert_p99_ms", "single_appends_per_s"]:
+                "raw_insert_p99_ms", "single_appends_per_s", "appends_16_writers_per_s",
+                "raw_inserts_16_writers_per_s", "relay_lag_p50_ms", "relay_lag_p99_ms"]:
         out[key] = f[key]
     out = {k: round(v, 4) if isinstance(v, float) else v for k, v in out.items()}
 
@@ -510,6 +582,11 @@ def report(f: dict[str, float], sizes: Sizes) -> dict[str, object]:
                   f"{int(f['relay_message_bytes'])} B payload), events/s",
                   f"{f['relay_events_per_s']:,.0f}", f"{f['raw_publish_async_per_s']:,.0f}",
                   ratio_cell(out["relay_ratio"]))  # type: ignore[arg-type]
+    table.add_row(f"{WRITERS} writers, one event per append, appends/s (relay running)",
+                  f"{f['appends_16_writers_per_s']:,.0f}", f"{f['raw_inserts_16_writers_per_s']:,.0f}",
+                  ratio_cell(out["writers_16_ratio"]))  # type: ignore[arg-type]
+    table.add_row("  relay lag under that load, append → on the bus, p50 / p99 (ms)",
+                  f"{f['relay_lag_p50_ms']:.1f} / {f['relay_lag_p99_ms']:.1f}", "", "")
     console.print(table)
     return out
 
@@ -519,10 +596,6 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller sizes, under a minute")
     args = parser.parse_args()
     configure_logging("bench", level="WARNING")
-    # The relay hands its connection back to the pool with its LISTEN still registered (the
-    # pool's reset runs UNLISTEN *): asyncpg warns each time a relay stops. Not a bench finding.
-    warnings.filterwarnings("ignore", message=".*active notification listener",
-                            category=asyncpg.InterfaceWarning)
     sizes = QUICK if args.quick else FULL
     started = time.perf_counter()
     figures = asyncio.run(bench(sizes))
