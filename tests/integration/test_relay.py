@@ -295,3 +295,34 @@ async def test_two_relays_on_one_store_only_one_leads(
 
     msgs = await read_events(js)
     assert_exactly_once_in_order(msgs, await store_events(store))
+
+
+async def test_a_checkpoint_of_the_previous_release_resumes_without_a_skip(store: EventStore, nc: NatsClient) -> None:
+    """The previous relay's cursor was (transaction id, position): an event with a lower
+    position but a later transaction could still be unpublished behind it. The new relay resumes
+    below the first event that cursor had not passed; what is published again is deduplicated."""
+    js = nc.jetstream()
+    for n in range(6):
+        await store.append(f"thing-{n % 2}", ANY, [Ticked(0, n)])
+    rows = await store.pool.fetch(
+        f"SELECT global_position, tx_id::text AS tx FROM {store.schema}.events ORDER BY global_position")
+    # As if the old relay had published the 1st, 2nd and 4th (its order put the 4th before the
+    # 3rd: a lower transaction id) and stopped there: the 3rd, 5th and 6th are unpublished.
+    for i in (0, 1, 3):
+        await js.publish("sdv.evt.thing.x.Ticked", b"{}", headers={"Nats-Msg-Id": str(
+            await store.pool.fetchval(f"SELECT event_id FROM {store.schema}.events WHERE global_position = $1",
+                                      rows[i]["global_position"]))})
+    third_tx = int(rows[2]["tx"])
+    await store.pool.execute(
+        f"INSERT INTO {store.schema}.checkpoints (name, tx_id, position) VALUES ('relay', $1::text::xid8, $2)",
+        str(third_tx - 1), rows[3]["global_position"])
+    relay = RelayTask(Relay(store, js, batch_size=10, idle_poll_s=0.02))
+    try:
+        await wait_until(lambda: _count_is(js, 6), timeout=10, what="the three unpublished events")
+    finally:
+        await relay.close()
+    assert relay.relay.stats.published == 3
+    cursor = await store.pool.fetchrow(
+        f"SELECT tx_id::text AS tx, position FROM {store.schema}.checkpoints WHERE name = 'relay'")
+    assert cursor["tx"] == "0"
+    assert cursor["position"] == rows[-1]["global_position"]

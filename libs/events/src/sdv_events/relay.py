@@ -63,6 +63,18 @@ _CHECKPOINT = """
 INSERT INTO {schema}.checkpoints (name, position, updated_at) VALUES ($1, $2, now())
 ON CONFLICT (name) DO UPDATE SET position = excluded.position, updated_at = now()
 """
+# A checkpoint written by the previous release's relay is a (transaction id, position) pair in
+# that order: an event with a lower position but a later transaction may still be unpublished.
+# Resume just below the first event that cursor had not passed (what was published since is
+# deduplicated), and mark the checkpoint as a plain position (tx_id 0).
+_MIGRATE = """
+UPDATE {schema}.checkpoints AS c SET tx_id = '0', updated_at = now(), position = least(
+    c.position,
+    coalesce((SELECT min(e.global_position) - 1 FROM {schema}.events AS e
+              WHERE (e.tx_id, e.global_position) > (c.tx_id, c.position)), c.position))
+WHERE c.name = $1 AND c.tx_id <> '0'
+RETURNING c.position
+"""
 # Lag, counted up to a cap so a huge backlog costs a bounded scan.
 _LAG = """
 SELECT count(*) AS behind, min(recorded_at) AS oldest, now() AS now FROM (
@@ -148,6 +160,7 @@ class Relay:
         self._select = _SELECT.format(schema=schema)
         self._checkpoint_sql = _CHECKPOINT.format(schema=schema)
         self._lag_sql = _LAG.format(schema=schema)
+        self._migrate_sql = _MIGRATE.format(schema=schema)
         self._lock_key = (f"sdv_relay:{schema}", name)
         self._log = log.bind(relay=name, schema=schema)
 
@@ -231,6 +244,9 @@ class Relay:
                 self.state = "standby"
                 await sleep_or_stop(stop, 1.0)
                 return False
+            migrated = await conn.fetchval(self._migrate_sql, self.name)
+            if migrated is not None:
+                self._log.warning("relay_checkpoint_migrated", resume_after=migrated)
             self._log.info("relay_leading")
             self.state = "leading"
             self._position, self._observed = None, None
