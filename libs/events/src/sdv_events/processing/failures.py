@@ -19,6 +19,8 @@ it itself; what reaches the runner is classified here.
 
 from __future__ import annotations
 
+import errno
+import socket
 import traceback
 from typing import Literal
 
@@ -54,7 +56,9 @@ _TRANSIENT: tuple[type[BaseException], ...] = (
     UpgradeRequired,
     UpgradeNeeded,
     UnknownEventType,  # read from a store by the handler: this build is too old, not the event
-    OSError,  # ConnectionError, TimeoutError (asyncio's and nats-py's too)
+    ConnectionError,
+    TimeoutError,  # asyncio's and nats-py's too
+    socket.gaierror,  # a name that does not resolve (yet)
     asyncpg.PostgresConnectionError,
     asyncpg.exceptions.OperatorInterventionError,  # admin shutdown, cannot connect now
     asyncpg.exceptions.InsufficientResourcesError,  # too many connections, disk full
@@ -86,9 +90,18 @@ _PERMANENT: tuple[type[BaseException], ...] = (
 )
 
 
+# Network errors that reach us as a bare OSError (a connect to an unreachable host).
+_NETWORK_ERRNOS = frozenset({
+    errno.ENETDOWN, errno.ENETUNREACH, errno.ENETRESET, errno.EHOSTDOWN, errno.EHOSTUNREACH,
+    errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.EPIPE, errno.ETIMEDOUT,
+})
+
+
 def classify(exc: BaseException) -> FailureKind:
     # Transient first: some transient errors are also ValueErrors or DecodeErrors.
     if isinstance(exc, _TRANSIENT):
+        return "transient"
+    if isinstance(exc, OSError) and exc.errno in _NETWORK_ERRNOS:
         return "transient"
     if isinstance(exc, _PERMANENT):
         return "permanent"
