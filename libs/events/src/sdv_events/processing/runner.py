@@ -28,7 +28,9 @@ The rules, in one place:
 - a projection's rows, the stream versions and the checkpoint commit in one transaction, with
   no network I/O in it; its side effects run after the commit (`WithSideEffects`);
 - acks after the commit; one runner per consumer leads (a PostgreSQL advisory lock), replicas
-  stand by; errors it cannot handle escape to the service's Supervisor, which restarts it.
+  stand by; a transient failure outside a handler (PostgreSQL or NATS away while fetching or
+  recording) is waited out the same way, in the runner; other errors it cannot handle escape to
+  the service's Supervisor, which restarts it.
 """
 
 from __future__ import annotations
