@@ -8,9 +8,12 @@ a fresh NATS server each (`fresh_nats_url`: it starts in milliseconds).
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import nats
 import pytest
@@ -22,6 +25,20 @@ from sdv_events.servers import NatsServer, PostgresServer
 from sdv_events.store import EventStore
 
 configure_logging("tests", level=os.environ.get("SDV_LOG_LEVEL", "WARNING"))
+
+
+def _load_by_path(name: str, path: Path) -> None:
+    """tests/ is not a package: shared test modules are loaded here, once, by path; test
+    modules take them from `sys.modules`."""
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec is not None
+        assert spec.loader is not None
+        sys.modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[name])
+
+
+_load_by_path("sdv_relay_test_support", Path(__file__).parent / "integration" / "relay_support.py")
 
 
 def _docker_wanted() -> bool:

@@ -7,15 +7,12 @@ consumer over `sdv.evt.>`) and compares it with the event table, event id by eve
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import random
 import sys
 import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from pathlib import Path
-from types import ModuleType
 
 import asyncpg
 import pytest
@@ -26,19 +23,7 @@ from sdv_events.envelope import Metadata
 from sdv_events.relay import Relay
 from sdv_events.store import ANY, EventStore
 
-
-def _load_support() -> ModuleType:
-    name = "sdv_relay_test_support"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("relay_support.py"))
-        assert spec is not None
-        assert spec.loader is not None
-        sys.modules[name] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules[name])
-    return sys.modules[name]
-
-
-_support = _load_support()
+_support = sys.modules["sdv_relay_test_support"]
 Ticked = _support.Ticked
 TICKED = _support.TICKED
 wait_until = _support.wait_until

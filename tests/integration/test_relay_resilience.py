@@ -8,13 +8,11 @@ over the bound is offered; nats-server is SIGKILLed in the middle of a pipelined
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import random
 import sys
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
-from types import ModuleType
 
 import asyncpg
 import msgspec
@@ -31,19 +29,7 @@ from sdv_events.relay import Relay
 from sdv_events.servers import NatsServer
 from sdv_events.store import ANY, EventStore
 
-
-def _load_support() -> ModuleType:
-    name = "sdv_relay_test_support"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("relay_support.py"))
-        assert spec is not None
-        assert spec.loader is not None
-        sys.modules[name] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules[name])
-    return sys.modules[name]
-
-
-support = _load_support()
+support = sys.modules["sdv_relay_test_support"]
 Ticked = support.Ticked
 
 

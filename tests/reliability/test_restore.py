@@ -9,11 +9,9 @@ every append after the restore sat below the checkpoint and was skipped forever.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import asyncpg
 from nats.aio.client import Client as NatsClient
@@ -23,20 +21,7 @@ from sdv_events.servers import PostgresServer
 from sdv_events.servers.postgres import _bin_dir
 from sdv_events.store import ANY, EventStore
 
-
-def _load_support() -> ModuleType:
-    name = "sdv_relay_test_support"
-    if name not in sys.modules:
-        path = Path(__file__).parents[1] / "integration" / "relay_support.py"
-        spec = importlib.util.spec_from_file_location(name, path)
-        assert spec is not None
-        assert spec.loader is not None
-        sys.modules[name] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules[name])
-    return sys.modules[name]
-
-
-support = _load_support()
+support = sys.modules["sdv_relay_test_support"]
 Ticked = support.Ticked
 
 
