@@ -24,7 +24,7 @@ from sdv_events.codec import WireEnvelope
 from sdv_events.envelope import Envelope
 from sdv_events.processing import ConsumerRunner
 from sdv_events.processing.planning import Step
-from sdv_events.provisioning import EVENTS_STREAM
+from sdv_events.provisioning import EVENTS_STREAM, provision
 from sdv_events.registry import event
 from sdv_events.relay import Relay
 from sdv_events.store import ANY, EventStore
@@ -209,7 +209,7 @@ def runner_for(
 ) -> ConsumerRunner:
     return ConsumerRunner(
         store.pool, store.schema, js, projection, batch_size=10, fetch_timeout_s=0.2,  # type: ignore[arg-type]
-        retry_initial_s=0.01,
+        retry_initial_s=0.01, **kwargs,
     )
 
 
@@ -316,3 +316,53 @@ async def test_rebuild_from_the_store_gives_the_identical_read_model(
     resumed = runner_for(store, js, projection)
     await catch_up(resumed)
     assert await projection.rows(store.pool) == before
+
+
+async def test_a_first_start_builds_from_the_store_whatever_the_bus_still_holds(
+    store: EventStore, nc: NatsClient, projection: StreamCounts
+) -> None:
+    """A projection with no recorded position is built from PostgreSQL before it follows the
+    bus: events JetStream no longer holds (retention, a recreated stream) are in it, and a model
+    an older build left behind (with a checkpoint of its own) is replaced, not counted twice."""
+    js = nc.jetstream()
+    await write_events(store, rounds=10)
+    await relay_everything(store, js)
+    expected = expected_rows(await read_events(js))
+    # What an older build's runner left: the model already applied, and no ledger of ours.
+    legacy = runner_for(store, js, projection)
+    await catch_up(legacy)
+    assert await projection.rows(store.pool) == expected
+
+    async def forget_the_ledger() -> None:
+        await store.pool.execute(f"DELETE FROM {store.schema}.consumer_positions")
+        await store.pool.execute(f"DELETE FROM {store.schema}.consumer_streams")
+
+    await forget_the_ledger()
+    await catch_up(runner_for(store, js, projection, build_from=store))
+    assert await projection.rows(store.pool) == expected, "the bus's events were applied twice"
+
+    # No model, no ledger, and the bus lost its history: built from PostgreSQL all the same.
+    await forget_the_ledger()
+    async with store.pool.acquire() as conn:
+        await projection.reset(conn)
+    await js.delete_stream(EVENTS_STREAM)
+    await provision(js)
+    await catch_up(runner_for(store, js, projection, build_from=store))
+    assert await projection.rows(store.pool) == expected, "history the bus no longer holds is missing"
+    # It follows the bus from there: new events arrive once.
+    await store.append("counter-0", ANY, [Counted(amount=7)])
+    stop = asyncio.Event()
+    relay = asyncio.create_task(Relay(store, js, idle_poll_s=0.02).run(stop))
+    try:  # the relay had published everything before: only the new event goes out
+
+        async def out() -> bool:
+            return int((await js.stream_info(EVENTS_STREAM)).state.messages) == 1
+
+        await wait_until(out, timeout=20, what="the new event on the recreated stream")
+    finally:
+        stop.set()
+        await relay
+    await catch_up(runner_for(store, js, projection, build_from=store))
+    rows = dict((r[0], r) for r in await projection.rows(store.pool))
+    before = dict((r[0], r) for r in expected)
+    assert rows["counter-0"][1:3] == (before["counter-0"][1] + 1, before["counter-0"][2] + 7)

@@ -46,7 +46,8 @@ async def serve(settings: OrchestratorSettings, stop: asyncio.Event | None = Non
         consumers: list[Projection | Processor] = [
             catalog, desired, AgentFacts(orchestrator), PolicyEvents(policies)]
         for consumer in consumers:
-            runner = ConsumerRunner(runtime.store.pool, schema, runtime.js, consumer, source=source)
+            runner = ConsumerRunner(runtime.store.pool, schema, runtime.js, consumer, source=source,
+                                    build_from=runtime.store, service=SERVICE, nc=nc)
             runtime.spawn(runner.run, consumer.name, probe=runner.status)
         ticker = Ticker(orchestrator.active, orchestrator.tick, every_s=settings.tick_s)
         runtime.spawn(ticker.run, "ticker", probe=ticker.status)

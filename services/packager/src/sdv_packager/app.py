@@ -36,7 +36,8 @@ async def serve(settings: PackagerSettings, stop: asyncio.Event | None = None) -
         runtime.broker.include_router(command_router(packager))
         nc = runtime.broker.config.connection_state.connection
         runner = ConsumerRunner(runtime.store.pool, settings.schema_name, runtime.js, read_model,
-                                source=OwnThenHistory(StoreSource(runtime.store), HistorySource(nc)))
+                                source=OwnThenHistory(StoreSource(runtime.store), HistorySource(nc)),
+                                build_from=runtime.store, service=SERVICE, nc=nc)
         runtime.spawn(runner.run, read_model.name, probe=runner.status)
 
     await run_service(SERVICE, settings, on_start=on_start, stop=stop)

@@ -61,7 +61,8 @@ async def serve(settings: RegistrySettings, stop: asyncio.Event | None = None) -
         runtime.broker.include_router(command_router(registry))
         nc = runtime.broker.config.connection_state.connection
         runner = ConsumerRunner(runtime.store.pool, schema, runtime.js, inventory,
-                                source=OwnThenHistory(StoreSource(runtime.store), HistorySource(nc)))
+                                source=OwnThenHistory(StoreSource(runtime.store), HistorySource(nc)),
+                                build_from=runtime.store, service=SERVICE, nc=nc)
         runtime.spawn(runner.run, inventory.name, probe=runner.status)
 
         monitor = PresenceMonitor(registry.run, silence_s=settings.heartbeat_silence_s,

@@ -137,8 +137,16 @@ class ConsumerRunner:
         prune_every_s: float = 600.0,
         prune_batch: int = 5000,
         blocked_recheck_s: float = 30.0,
+        build_from: EventStore | None = None,
+        service: str | None = None,
+        nc: NatsClient | None = None,
     ) -> None:
         self.pool = pool
+        # Where a projection without a recorded position is first built from (rebuild.py);
+        # `service` and `nc` reach the owners of categories the service does not hold.
+        self.build_from = build_from
+        self.service = service
+        self.nc = nc
         self.schema = schema
         self.js = js
         self.consumer = consumer
@@ -317,9 +325,19 @@ class ConsumerRunner:
     async def _open_consumer(self) -> None:
         """(Re)create the durable at the checkpoint: the checkpoint, not JetStream's ack state,
         says where to resume (a batch handled but not acked before a crash is not redone)."""
+        position = await self.ledger.position(self.pool)
+        if position is None and self.transactional and self.build_from is not None:
+            # A projection with no recorded position is built from PostgreSQL first: its first
+            # build does not depend on what JetStream still retains, and a read model an older
+            # build left behind (its own checkpoint, not this ledger) is replaced, not fed the
+            # same events a second time. The rebuild records where the bus takes over.
+            built = await rebuild_from_store(self, self.build_from, service=self.service,
+                                             nc=self.nc)
+            self.log.info("built_from_store", events=built.events, applied=built.applied,
+                          checkpoint=built.checkpoint)
+            position = await self.ledger.position(self.pool)
         info = await self.js.stream_info(self.stream)
         created, last_seq = info.created, int(info.state.last_seq)
-        position = await self.ledger.position(self.pool)
         if position is None:
             start_seq = last_seq + 1 if start_of(self.consumer) == "new" else 1
             await self.ledger.set_position(self.pool, start_seq - 1, created)

@@ -1,16 +1,14 @@
-"""Agents' facts → rollout reports, fed by the shared consumer runner (sdv_events.processing),
-and the ticker. Each batch of outcome facts is grouped by rollout into one `ReportDevices` per
-rollout; the decider ignores a device already counted, so a redelivered fact changes nothing."""
+"""Agents' facts → rollout reports, fed by the shared consumer runner (sdv_events.processing).
+Each batch of outcome facts is grouped by rollout into one `ReportDevices` per rollout; the
+decider ignores a device already counted, so a redelivered fact changes nothing."""
 
 from __future__ import annotations
 
-import asyncio
 from collections import defaultdict
 from collections.abc import Sequence
 
 import structlog
 
-from sdv_events.aio import sleep_or_stop
 from sdv_events.envelope import Envelope
 from sdv_events.ids import InvalidStreamId
 from sdv_events.schemas.agent import AppFact, AppFailed, AppHealthy, AppRolledBack
@@ -78,14 +76,3 @@ class AgentFacts:
             return None
         created = state.created if state is not None else None
         return created.package.digest if created is not None else None
-
-
-async def tick_active(orchestrator: Orchestrator, stop: asyncio.Event, every_s: float = 1.0) -> None:
-    """Timeouts and soak times advance on the clock, not only on reports."""
-    while not stop.is_set():
-        try:
-            for rollout_id in await orchestrator.active():
-                await orchestrator.tick(rollout_id)
-        except Exception:
-            log.exception("tick_failed")
-        await sleep_or_stop(stop, every_s)
