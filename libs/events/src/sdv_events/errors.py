@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Literal
 
 DecodeReason = Literal[
-    "malformed", "unknown_type", "missing_field", "wrong_type", "invalid_value", "too_large"
+    "malformed", "unknown_type", "missing_field", "wrong_type", "invalid_value", "too_large",
+    "too_deep",
 ]
 
 

@@ -3,18 +3,47 @@ nats-py (the edge agent) do not import FastStream at all."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
+
+import msgspec
 from faststream.nats import NatsMessage, NatsRouter
 
+from sdv_events.bus.request_limits import MAX_REQUEST_BYTES
 from sdv_events.bus.rpc import Handler, Req, serve_one
 from sdv_events.subjects import command_subject
 
+_commands: dict[str, type[msgspec.Struct]] = {}
+
+
+def registered_commands() -> Mapping[str, type[msgspec.Struct]]:
+    """Every command subject registered in this process, with its request type (what a test
+    enumerates to send every command the same hostile input)."""
+    return MappingProxyType(_commands)
+
+
+async def _body_as_is(msg: NatsMessage) -> bytes:
+    """FastStream's decoder would `json.loads` the body before the handler runs and, when that
+    raises (nesting deeper than the recursion limit, an integer of over 4300 digits), drop the
+    request without a reply. Commands decode their own bodies, within bounds (`serve_one`)."""
+    return msg.body
+
 
 def register_command(
-    router: NatsRouter, service: str, name: str, request_type: type[Req], handler: Handler[Req]
+    router: NatsRouter,
+    service: str,
+    name: str,
+    request_type: type[Req],
+    handler: Handler[Req],
+    *,
+    max_bytes: int = MAX_REQUEST_BYTES,
 ) -> None:
-    """Serve `sdv.cmd.<service>.<name>` in the service's queue group (replicas share the load)."""
+    """Serve `sdv.cmd.<service>.<name>` in the service's queue group (replicas share the load).
+    A request over `max_bytes` is answered `invalid_request` without being decoded."""
     subject = command_subject(service, name)
+    _commands[subject] = request_type
 
-    @router.subscriber(subject, queue=f"sdv-{service}")
+    @router.subscriber(subject, queue=f"sdv-{service}", decoder=_body_as_is)
     async def _serve(msg: NatsMessage) -> bytes:
-        return await serve_one(msg.body, subject, msg.headers or {}, request_type, handler)
+        return await serve_one(msg.body, subject, msg.headers or {}, request_type, handler,
+                               max_bytes=max_bytes)

@@ -17,6 +17,7 @@ import nats.errors
 import structlog
 from nats.aio.client import Client as NatsClient
 
+from sdv_events.bus.request_limits import MAX_REQUEST_BYTES, MAX_REQUEST_DEPTH, check_request
 from sdv_events.bus.tracing import inject, trace_from_headers
 from sdv_events.codec import decode_as, encode
 from sdv_events.envelope import Metadata
@@ -147,9 +148,18 @@ Handler = Callable[[Req, RequestInfo], Awaitable[Any]]
 
 
 async def serve_one(
-    body: bytes, subject: str, headers: Mapping[str, str], request_type: type[Req], handler: Handler[Req]
+    body: bytes,
+    subject: str,
+    headers: Mapping[str, str],
+    request_type: type[Req],
+    handler: Handler[Req],
+    *,
+    max_bytes: int = MAX_REQUEST_BYTES,
+    max_depth: int = MAX_REQUEST_DEPTH,
 ) -> bytes:
-    """Decode → handle → encode the reply. Every failure becomes a typed error reply."""
+    """Bound → decode → handle → encode the reply. Every failure becomes a typed error reply:
+    a request over `max_bytes`, nested deeper than `max_depth`, malformed or of the wrong shape
+    is `invalid_request` naming the reason and the path; it never reaches the handler."""
     info = RequestInfo(
         subject=subject,
         actor=headers.get(ACTOR_HEADER, "anonymous"),
@@ -157,6 +167,7 @@ async def serve_one(
         headers=headers,
     )
     try:
+        check_request(body, max_bytes=max_bytes, max_depth=max_depth)
         request = decode_as(body, request_type)
         info = dataclasses.replace(info, request=request)
         result = await handler(request, info)
