@@ -366,7 +366,10 @@ class DesiredStates:
                 "WHERE device_id = ANY($1::text[])", device_ids):
             apps[r["device_id"]][r["app"]] = DesiredApp(
                 package=msgspec.json.decode(r["package"], type=PackageInfo),
-                rollout_id=r["rollout_id"])
+                rollout_id=r["rollout_id"],
+                # Only a rollback restores an assignment without a rollout (rollout_id NULL):
+                # it may take a device back to an older version, nothing else may.
+                rollback=r["rollout_id"] is None)
         return {d: (revisions.get(d, 0), apps[d], d) for d in device_ids}
 
     async def _put(self, doc: tuple[int, dict[str, DesiredApp], str], at: datetime, *,

@@ -25,6 +25,9 @@ class DesiredApp(msgspec.Struct, frozen=True, kw_only=True):
     state: RunState = "running"
     config: dict[str, str] = {}  # environment for the app
     rollout_id: str | None = None
+    # Set by the orchestrator on an assignment restored by a rollback: only then does an agent
+    # install a version older than the one it runs (older documents decode as False).
+    rollback: bool = False
 
 
 class DesiredState(msgspec.Struct, frozen=True, kw_only=True):
