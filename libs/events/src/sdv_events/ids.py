@@ -25,6 +25,10 @@ def uuid7(unix_ms: int | None = None) -> uuid.UUID:
 class InvalidStreamId(ValueError):
     """A stream id is `<category>-<id>`: category lowercase, id safe as one NATS subject token."""
 
+    def __init__(self, message: str, stream_id: str = "") -> None:
+        super().__init__(message)
+        self.stream_id = stream_id
+
 
 def split_stream_id(stream_id: str) -> tuple[str, str]:
     """`rollout-0193ab…` → (`rollout`, `0193ab…`). The id part may itself contain hyphens."""
@@ -32,7 +36,7 @@ def split_stream_id(stream_id: str) -> tuple[str, str]:
     if match is None:
         raise InvalidStreamId(
             f"invalid stream id {stream_id!r}: expected '<category>-<id>' with a lowercase "
-            "category and an id of letters, digits, '_' or '-'"
+            "category and an id of letters, digits, '_' or '-'", stream_id
         )
     return match.group(1), match.group(2)
 

@@ -17,6 +17,7 @@ import nats.errors
 import structlog
 from nats.aio.client import Client as NatsClient
 
+from sdv_events.bus.request_fields import field_holding, nul_path
 from sdv_events.bus.request_limits import MAX_REQUEST_BYTES, MAX_REQUEST_DEPTH, check_request
 from sdv_events.bus.tracing import inject, trace_from_headers
 from sdv_events.codec import decode_as, encode
@@ -30,7 +31,7 @@ from sdv_events.errors import (
     UpgradeNeeded,
 )
 from sdv_events.idempotency import IdempotencyKey, idempotency_key
-from sdv_events.ids import uuid7
+from sdv_events.ids import InvalidStreamId, uuid7
 from sdv_events.subjects import command_subject
 
 T = TypeVar("T")
@@ -159,7 +160,9 @@ async def serve_one(
 ) -> bytes:
     """Bound → decode → handle → encode the reply. Every failure becomes a typed error reply:
     a request over `max_bytes`, nested deeper than `max_depth`, malformed or of the wrong shape
-    is `invalid_request` naming the reason and the path; it never reaches the handler."""
+    is `invalid_request` naming the reason and the path; it never reaches the handler. So is
+    text holding a NUL, and a name or id the handler finds is no valid stream id (the reply names
+    the field that sent it)."""
     info = RequestInfo(
         subject=subject,
         actor=headers.get(ACTOR_HEADER, "anonymous"),
@@ -169,8 +172,10 @@ async def serve_one(
     try:
         check_request(body, max_bytes=max_bytes, max_depth=max_depth)
         request = decode_as(body, request_type)
+        if (path := nul_path(body, request)) is not None:
+            raise DecodeError("invalid_value", "text may not contain a NUL character", path=path)
         info = dataclasses.replace(info, request=request)
-        result = await handler(request, info)
+        result = await _handle(handler, request, info)
         return encode(ReplyOk(msgspec.Raw(encode(result))))
     except UpgradeNeeded as err:
         reply = ReplyError(UpgradeRequired.code, str(err), {"stream_id": err.stream_id,
@@ -190,6 +195,18 @@ async def serve_one(
         log.exception("command_failed", subject=subject, command_id=info.command_id)
         reply = ReplyError("internal", f"{type(err).__name__}: {err}")
     return encode(reply)
+
+
+async def _handle(handler: Handler[Req], request: Req, info: RequestInfo) -> Any:
+    """Run the handler; a stream id it could not build from a request field is that field's
+    fault (`invalid_request` at its path), any other invalid stream id a bug (`internal`)."""
+    try:
+        return await handler(request, info)
+    except InvalidStreamId as err:
+        path = field_holding(request, err.stream_id)
+        if path is None:
+            raise
+        raise DecodeError("invalid_value", f"not a valid name or id: {err}", path=path) from None
 
 
 class CommandClient:
