@@ -17,6 +17,7 @@ from sdv_packager.build.dockerfile import DOCKERFILE, render_dockerfile
 from sdv_packager.build.errors import AppInvalid, Problem
 from sdv_packager.build.sources import check_python, collect_sources
 from sdv_packager.build.wheels import WheelSource, download_wheels
+from sdv_packager.domain.dependencies import parse_dependencies
 from sdv_packager.domain.manifest import MANIFEST_FILE, AppManifest, ManifestError, parse_manifest
 from sdv_packager.domain.vss import VssCatalog
 
@@ -69,7 +70,8 @@ def build_package(app_dir: Path, catalog: VssCatalog, wheels: WheelSource) -> Bu
     manifest = PackageManifest(
         name=a.name, version=a.version, description=a.description, entry_point=a.entry_point,
         python_version=a.python, runtime=a.runtime, channel=a.channel, hot_swap=a.hot_swap,
-        dependencies=list(a.dependencies), vss_reads=list(app.vss.reads),
+        dependencies=[d.requirement for d in parse_dependencies(a.dependencies)],
+        vss_reads=list(app.vss.reads),
         vss_writes=list(app.vss.writes),
         resources={"memory_mb": app.resources.memory, "cpu": app.resources.cpu},
         health=app.health.model_dump(exclude_none=True), security=app.security.model_dump(),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from sdv_packager.build.errors import Problem
+from sdv_packager.build.errors import AppInvalid, Problem
 
 # Never packaged: build output, caches, VCS metadata, local environments, secrets by habit.
 _SKIP_DIRS = {"__pycache__", ".git", ".hg", ".venv", "venv", ".mypy_cache", ".pytest_cache",
@@ -30,7 +30,8 @@ def collect_sources(app_dir: Path) -> dict[str, bytes]:
         data = path.read_bytes()
         total += len(data)
         if total > MAX_APP_BYTES:
-            raise ValueError(f"app sources exceed {MAX_APP_BYTES // (1024 * 1024)} MB")
+            raise AppInvalid([Problem(rel.as_posix(), "app sources exceed "
+                                      f"{MAX_APP_BYTES // (1024 * 1024)} MB")])
         files[rel.as_posix()] = data
     return files
 

@@ -9,8 +9,9 @@ import re
 import tomllib
 from typing import Annotated, Any, Literal
 
-from packaging.requirements import InvalidRequirement, Requirement
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from sdv_packager.domain.dependencies import parse_dependencies
 
 MANIFEST_FILE = "sdv-app.toml"
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}[a-z0-9]$")
@@ -115,11 +116,7 @@ class AppSection(_Strict):
     @field_validator("dependencies")
     @classmethod
     def _deps(cls, value: list[str]) -> list[str]:
-        for index, spec in enumerate(value):
-            try:
-                Requirement(spec)
-            except InvalidRequirement as exc:
-                raise ValueError(f"dependency [{index}] {spec!r} is not PEP 508: {exc}") from None
+        parse_dependencies(value)  # DependencyRefused is a ValueError: names every refused line
         return value
 
 
