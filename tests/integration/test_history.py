@@ -368,3 +368,10 @@ async def test_sdv_history_refuses_bad_input_with_its_exit_codes(
     assert json.loads(refused.stdout)["code"] == "invalid_request"
     nobody = await sdv(fresh_nats_url, "history", "nosuchservice", "--json")
     assert nobody.exit_code == 3
+
+
+async def test_sdv_rebuild_names_the_read_models_a_service_has(served: Served, fresh_nats_url: str) -> None:
+    """A service with no read model of that name says so (exit 1, not_found), in JSON too."""
+    refused = await sdv(fresh_nats_url, "rebuild", SERVICE, "no_such_model", "--json")
+    assert refused.exit_code == 1, refused.stdout + refused.stderr
+    assert json.loads(refused.stdout)["code"] == "not_found"

@@ -12,7 +12,8 @@ import nats
 import pytest
 
 from sdv_events.auth import raw_creds
-from sdv_events.bus import CommandClient, InvalidRequest
+from sdv_events.bus import CommandClient, InvalidRequest, NotFound
+from sdv_events.processing.admin import ReadModelRebuilt, RebuildReadModel
 from sdv_events.schemas.devices import (
     AcceptDevice,
     CountDevices,
@@ -177,3 +178,29 @@ async def test_restart_rebuilds_identical_state_from_the_event_store(
         after = await eventually(rebuilt)
         assert after == before, (await _snapshot(ops), before)
     await nc.close()
+
+
+async def test_an_operator_rebuilds_the_inventory_from_postgres_while_the_registry_runs(
+    registry: Harness, database_url: str, schema: str,
+) -> None:
+    await _fleet(registry)
+
+    async def settled() -> dict[str, Any] | None:  # every device in, every label set
+        snap = await _snapshot(registry.ops)
+        return snap if snap["count"].total == len(FLEET) + 1 and all(
+            d.labels for d in snap["list"].devices) else None
+
+    before = await eventually(settled)
+    assert before
+    conn = await asyncpg.connect(database_url)
+    await conn.execute(f"UPDATE {schema}.devices SET labels = '{{}}'::jsonb")  # a damaged model
+    await conn.close()
+    assert await _snapshot(registry.ops) != before
+
+    done = await registry.ops.call("registry", "rebuild", RebuildReadModel("device_inventory"),
+                                   ReadModelRebuilt, timeout=60)
+    assert done.consumer == "device_inventory"
+    assert done.applied >= 5
+    assert await _snapshot(registry.ops) == before
+    with pytest.raises(NotFound, match="no consumer named 'nosuch'"):
+        await registry.ops.call("registry", "rebuild", RebuildReadModel("nosuch"), ReadModelRebuilt)

@@ -23,6 +23,7 @@ from sdv_client.device_cli import app as devices_app
 from sdv_client.health import SERVICES, ServiceStatus, nats_credentials, ping_all, quiet, status_of
 from sdv_client.history_cli import history
 from sdv_client.package_cli import app as package_app
+from sdv_client.rebuild_cli import rebuild
 from sdv_client.rollout_cli import app as rollout_app
 from sdv_client.rollout_cli import policy_app
 from sdv_client.suite import Suite, SuiteError
@@ -34,6 +35,7 @@ app.add_typer(rollout_app, name="rollout")
 app.add_typer(policy_app, name="policy")
 app.add_typer(apps_app, name="app")
 app.command("history")(history)
+app.command("rebuild")(rebuild)
 out = Console()
 err = Console(stderr=True)
 

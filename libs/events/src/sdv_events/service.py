@@ -28,6 +28,8 @@ from sdv_events.bus import CommandClient, CommandError, RequestInfo, make_broker
 from sdv_events.history import HISTORY_COMMAND, HistoryQuery, history_handler
 from sdv_events.idempotency import DEFAULT_KEY_TTL, key_pruner
 from sdv_events.logs import configure_logging
+from sdv_events.processing.admin import REBUILD_COMMAND, RebuildReadModel, rebuild_handler
+from sdv_events.processing.runner import ConsumerRunner
 from sdv_events.provisioning import provision
 from sdv_events.relay import Relay
 from sdv_events.store import EventStore
@@ -127,9 +129,17 @@ class ServiceRuntime:
     js: JetStreamContext
     stop: asyncio.Event
     supervisor: Supervisor = field(init=False)
+    # The service's consumers by name: `rebuild` serves their read models.
+    consumers: dict[str, ConsumerRunner] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.supervisor = Supervisor(self.stop)
+
+    def run_consumer(self, runner: ConsumerRunner) -> None:
+        """Spawn a consumer runner (supervised, its lag in ping) and offer its read model to
+        `sdv.cmd.<service>.rebuild`."""
+        self.consumers[runner.name] = runner
+        self.spawn(runner.run, runner.name, probe=runner.status)
 
     def spawn(self, work: Work, name: str, *, probe: Probe | None = None) -> None:
         """Run `work(stop)` until shutdown (projections, policies), supervised: restarted when
@@ -188,6 +198,8 @@ async def run_service(
         health = NatsRouter()
         register_command(health, name, "ping", Ping, ping)
         register_command(health, name, HISTORY_COMMAND, HistoryQuery, history_handler(store))
+        register_command(health, name, REBUILD_COMMAND, RebuildReadModel, rebuild_handler(
+            runtime.consumers, store, name, broker.config.connection_state.connection))
         for router in (*routers, health):
             broker.include_router(router)
         runtime.spawn(relay.run, "relay", probe=relay.status)

@@ -48,7 +48,7 @@ async def serve(settings: OrchestratorSettings, stop: asyncio.Event | None = Non
         for consumer in consumers:
             runner = ConsumerRunner(runtime.store.pool, schema, runtime.js, consumer, source=source,
                                     build_from=runtime.store, service=SERVICE, nc=nc)
-            runtime.spawn(runner.run, consumer.name, probe=runner.status)
+            runtime.run_consumer(runner)
         ticker = Ticker(orchestrator.active, orchestrator.tick, every_s=settings.tick_s)
         runtime.spawn(ticker.run, "ticker", probe=ticker.status)
 

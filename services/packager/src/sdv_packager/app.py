@@ -38,7 +38,7 @@ async def serve(settings: PackagerSettings, stop: asyncio.Event | None = None) -
         runner = ConsumerRunner(runtime.store.pool, settings.schema_name, runtime.js, read_model,
                                 source=OwnThenHistory(StoreSource(runtime.store), HistorySource(nc)),
                                 build_from=runtime.store, service=SERVICE, nc=nc)
-        runtime.spawn(runner.run, read_model.name, probe=runner.status)
+        runtime.run_consumer(runner)
 
     await run_service(SERVICE, settings, on_start=on_start, stop=stop)
 

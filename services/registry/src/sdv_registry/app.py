@@ -63,7 +63,7 @@ async def serve(settings: RegistrySettings, stop: asyncio.Event | None = None) -
         runner = ConsumerRunner(runtime.store.pool, schema, runtime.js, inventory,
                                 source=OwnThenHistory(StoreSource(runtime.store), HistorySource(nc)),
                                 build_from=runtime.store, service=SERVICE, nc=nc)
-        runtime.spawn(runner.run, inventory.name, probe=runner.status)
+        runtime.run_consumer(runner)
 
         monitor = PresenceMonitor(registry.run, silence_s=settings.heartbeat_silence_s,
                                   monotonic=time.monotonic, clock=wall_clock)
