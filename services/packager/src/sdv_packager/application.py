@@ -8,8 +8,6 @@ digest → store the artifact by digest → `PublishPackage` through the shared 
 from __future__ import annotations
 
 import asyncio
-import io
-import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +20,6 @@ from sdv_events.commands import handle_command, load
 from sdv_events.envelope import Metadata
 from sdv_events.idempotency import IdempotencyKey
 from sdv_events.ids import stream_id
-from sdv_events.package_format import safe_member_path
 from sdv_events.schemas.packages import (
     HealthCheck,
     PackageInfo,
@@ -31,9 +28,10 @@ from sdv_events.schemas.packages import (
     Security,
 )
 from sdv_events.store import EventStore
-from sdv_packager.adapters.artifacts import ArtifactStore
+from sdv_packager.adapters.artifacts import UPLOAD_PREFIX, ArtifactStore, is_upload
 from sdv_packager.build.errors import AppInvalid
 from sdv_packager.build.pipeline import BuiltPackage, build_package
+from sdv_packager.build.upload import unpack_upload
 from sdv_packager.build.wheels import WheelSource
 from sdv_packager.domain.package import (
     PackageCommand,
@@ -64,23 +62,6 @@ def package_info(built: BuiltPackage, signer: Signer) -> PackageInfo:
         security=Security(app.security.sandbox, app.security.network),
         dependencies=m.dependencies, bundled_wheels=m.wheels,
     )
-
-
-def unpack_upload(data: bytes, dest: Path) -> Path:
-    """An uploaded app tarball → directory, refusing absolute, parent or link members."""
-    try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tar:
-            for member in tar.getmembers():
-                if not safe_member_path(member.name.removeprefix("./") or "."):
-                    raise InvalidRequest(f"upload member {member.name!r} escapes the app directory")
-                if not (member.isfile() or member.isdir()):
-                    raise InvalidRequest(f"upload member {member.name!r} is not a file or directory")
-            tar.extractall(dest, filter="data")
-    except tarfile.TarError as exc:
-        raise InvalidRequest(f"upload is not a tar archive: {exc}") from None
-    entries = [p for p in dest.iterdir()]
-    # Accept both "files at the root" and "one top folder".
-    return entries[0] if len(entries) == 1 and entries[0].is_dir() else dest
 
 
 @dataclass
@@ -124,6 +105,9 @@ class Packager:
 
     async def publish_upload(self, upload: str, *, metadata: Metadata = Metadata(),
                              key: IdempotencyKey | None = None) -> PackageInfo:
+        if not is_upload(upload):
+            # Releases live under their digest: publish consumes (deletes) only raw uploads.
+            raise InvalidRequest(f"{upload!r} is not an upload (names start with {UPLOAD_PREFIX!r})")
         data = await self.artifacts.get(upload)
         if data is None:
             raise NotFound(f"no upload {upload!r} in the object store")

@@ -13,6 +13,11 @@ from sdv_events.provisioning import PACKAGES_BUCKET
 UPLOAD_PREFIX = "uploads/"
 
 
+def is_upload(name: str) -> bool:
+    """A raw upload (consumed by publish), never a release artifact (named by its digest)."""
+    return name.startswith(UPLOAD_PREFIX) and ".." not in name.split("/")
+
+
 class ArtifactStore:
     def __init__(self, bucket: ObjectStore) -> None:
         self.bucket = bucket
