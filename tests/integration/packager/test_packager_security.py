@@ -228,7 +228,8 @@ async def test_pip_runs_without_access_to_the_signing_key(
     seen = await spied_publish(start_packager, shared_dir, tmp_path, monkeypatch)
     assert int(seen["uid"]) != 0
     assert "0" not in seen["groups"].split()
-    assert seen["key_rc"] != "0" and seen["key"] == ""
+    assert seen["key_rc"] != "0"
+    assert seen["key"] == ""
 
 
 async def test_pip_runs_with_a_scrubbed_environment_in_its_own_directories(
@@ -236,10 +237,12 @@ async def test_pip_runs_with_a_scrubbed_environment_in_its_own_directories(
 ) -> None:
     seen = await spied_publish(start_packager, shared_dir, tmp_path, monkeypatch)
     env = dict(line.split("=", 1) for line in seen["env"].splitlines() if "=" in line)
-    assert "SDV_PROBE_SECRET" not in env and not any(k.startswith(("SDV_", "PIP_")) for k in env)
+    assert "SDV_PROBE_SECRET" not in env
+    assert not any(k.startswith(("SDV_", "PIP_")) for k in env)
     sandbox = Path(seen["cwd"]).parent
     assert Path(seen["cwd"]) == sandbox / "work"
-    assert env["HOME"] == str(sandbox / "home") and env["TMPDIR"] == str(sandbox / "tmp")
+    assert env["HOME"] == str(sandbox / "home")
+    assert env["TMPDIR"] == str(sandbox / "tmp")
     assert not sandbox.exists()  # removed after the build
 
 
