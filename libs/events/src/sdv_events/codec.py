@@ -22,6 +22,8 @@ MAX_MESSAGE_BYTES = 1024 * 1024
 
 _encoder = msgspec.json.Encoder()
 _PATH_RE = re.compile(r" - at `(\$[^`]*)`$")
+# A value of the right type outside its constraints (pattern, length, bounds): a bad value.
+_CONSTRAINT_RE = re.compile(r"^Expected `[^`]+` (matching regex|of length|[<>]=? |that is a multiple)")
 
 
 class WireEnvelope(msgspec.Struct, frozen=True, kw_only=True):
@@ -44,6 +46,8 @@ class WireEnvelope(msgspec.Struct, frozen=True, kw_only=True):
 def _classify(message: str) -> DecodeReason:
     if message.startswith("Object missing required field"):
         return "missing_field"
+    if _CONSTRAINT_RE.match(message):
+        return "invalid_value"
     if message.startswith("Expected `"):
         return "wrong_type"
     return "invalid_value"

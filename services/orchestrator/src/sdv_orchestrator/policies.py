@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import msgspec
 import structlog
 
-from sdv_events.bus import CommandClient, CommandError, Conflict, NotFound, Rejected
+from sdv_events.bus import CommandClient, Conflict, NotFound, Rejected
+from sdv_events.bus.rpc import ReplyError, error_from_reply
 from sdv_events.commands import Rejected as RejectedOutcome
 from sdv_events.commands import handle_command, load
 from sdv_events.envelope import Envelope, Metadata
@@ -65,7 +66,8 @@ class Policies:
                                        stream_id(POLICY, name), command, key=key,
                                        metadata=metadata)
         if isinstance(outcome, RejectedOutcome):
-            raise (NotFound if outcome.code == "not_found" else CommandError)(outcome.message)
+            # The decider's code (invalid_request, not_found) is what the client branches on.
+            raise error_from_reply(ReplyError(outcome.code, outcome.message))
 
     async def all(self) -> list[RolloutPolicy]:
         found = []

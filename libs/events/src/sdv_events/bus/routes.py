@@ -4,6 +4,7 @@ nats-py (the edge agent) do not import FastStream at all."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from types import MappingProxyType
 
 import msgspec
@@ -13,12 +14,21 @@ from sdv_events.bus.request_limits import MAX_REQUEST_BYTES
 from sdv_events.bus.rpc import Handler, Req, serve_one
 from sdv_events.subjects import command_subject
 
-_commands: dict[str, type[msgspec.Struct]] = {}
+
+@dataclass(frozen=True)
+class CommandSpec:
+    """What a served command accepts: its request type and its size limit in bytes."""
+
+    request_type: type[msgspec.Struct]
+    max_bytes: int
 
 
-def registered_commands() -> Mapping[str, type[msgspec.Struct]]:
-    """Every command subject registered in this process, with its request type (what a test
-    enumerates to send every command the same hostile input)."""
+_commands: dict[str, CommandSpec] = {}
+
+
+def registered_commands() -> Mapping[str, CommandSpec]:
+    """Every command subject registered in this process (what a test enumerates to send every
+    command the same hostile input, so a new command is covered without being listed)."""
     return MappingProxyType(_commands)
 
 
@@ -41,7 +51,7 @@ def register_command(
     """Serve `sdv.cmd.<service>.<name>` in the service's queue group (replicas share the load).
     A request over `max_bytes` is answered `invalid_request` without being decoded."""
     subject = command_subject(service, name)
-    _commands[subject] = request_type
+    _commands[subject] = CommandSpec(request_type, max_bytes)
 
     @router.subscriber(subject, queue=f"sdv-{service}", decoder=_body_as_is)
     async def _serve(msg: NatsMessage) -> bytes:
