@@ -15,7 +15,6 @@ import lzma
 import tarfile
 import zlib
 from pathlib import Path
-from typing import BinaryIO
 
 from sdv_events.bus import InvalidRequest
 from sdv_events.package_format import safe_member_path
@@ -34,7 +33,7 @@ class UploadRefused(InvalidRequest):
 class _Bounded(io.RawIOBase):
     """Reads of a decompressing stream that stop with `UploadRefused` past `limit` bytes."""
 
-    def __init__(self, inner: BinaryIO, limit: int) -> None:
+    def __init__(self, inner: io.BufferedIOBase, limit: int) -> None:
         self.inner, self.limit, self.count = inner, limit, 0
 
     def readable(self) -> bool:
@@ -49,7 +48,7 @@ class _Bounded(io.RawIOBase):
         return len(data)
 
 
-def _decompressed(data: bytes) -> BinaryIO:
+def _decompressed(data: bytes) -> io.BufferedIOBase:
     raw = io.BytesIO(data)
     if data[:2] == b"\x1f\x8b":
         return gzip.GzipFile(fileobj=raw, mode="rb")
