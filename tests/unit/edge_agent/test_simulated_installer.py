@@ -52,7 +52,8 @@ async def test_one_full_check_per_artifact_for_many_devices_and_no_venv(
     for installer in devices:
         done = await installer.install(info, artifact)
         assert installer.installed(info) == done
-        assert sorted(p.name for p in done.root.iterdir()) == [".installed"]  # no files, no venv
+        # No files, no venv: the marker, and the signed manifest every start checks again.
+        assert sorted(p.name for p in done.root.iterdir()) == [".installed", ".signed"]
     assert (verified.full_checks, verified.reused) == (1, 19)
     assert psutil.Process().children(recursive=True) == children  # no pip, no python -m venv
 

@@ -18,11 +18,13 @@ from functools import partial
 from pathlib import Path
 from typing import Protocol
 
+import msgspec
 import structlog
 
 from sdv_edge_agent.adapters import sandbox
 from sdv_edge_agent.adapters.packages import InstalledVersion, Installer
 from sdv_edge_agent.adapters.store import AgentStore
+from sdv_edge_agent.domain.admission import admission_problem, valid_app_name
 from sdv_edge_agent.domain.records import AppRecord
 from sdv_edge_agent.domain.restarts import RestartPolicy
 from sdv_edge_agent.ports import (
@@ -37,11 +39,22 @@ from sdv_edge_agent.ports import (
 )
 from sdv_edge_agent.projections import reported_state
 from sdv_edge_agent.supervisor import AppSupervisor, OpRefused, OpRequest, Poke
-from sdv_events.schemas.agent import AppFact
-from sdv_events.schemas.deployment import DesiredApp, DesiredState, ReportedState
+from sdv_events.schemas.agent import AppFact, AppFailed
+from sdv_events.schemas.deployment import DesiredApp, DesiredState, ReportedApp, ReportedState
 from sdv_events.schemas.packages import PackageInfo
 
 log = structlog.get_logger("sdv.agent")
+
+
+class Refusal(msgspec.Struct, frozen=True):
+    """A desired entry the agent refused before touching anything for it."""
+
+    version: str
+    digest: str
+    reason: str
+
+
+REFUSED_META = "refused"
 
 
 class RuntimeUnavailable(OSError):
@@ -94,6 +107,8 @@ class Agent:
         self._health_command = health_command or self.run_health_process
         self.python_version = installer.python_version
         self.desired: DesiredState | None = None
+        # Desired entries refused at admission (key → why), reported as FAILED; see on_desired.
+        self.refused: dict[str, Refusal] = {}
         self.supervisors: dict[str, AppSupervisor] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -102,6 +117,9 @@ class Agent:
     async def start(self) -> None:
         """Load state from SQLite, re-adopt live processes, then reconcile every known app."""
         self.desired = self.store.load_desired()
+        raw = self.store.get_meta(REFUSED_META)
+        if raw is not None:
+            self.refused = msgspec.json.decode(raw, type=dict[str, Refusal])
         for record in self.store.load_apps():
             supervisor = self._supervisor(record.name, record)
             await supervisor.recover()
@@ -160,6 +178,7 @@ class Agent:
         if desired.device_id != self.device_id or desired.revision <= self.revision:
             return
         old = self.desired
+        desired = self._admit(desired, old)
         self.desired = desired
         self.store.save_desired(desired)
         log.info("desired_state", revision=desired.revision, apps=sorted(desired.apps))
@@ -171,6 +190,33 @@ class Agent:
                 self.store.save_app(supervisor.record)
             supervisor.post(Poke())
         self.changed()
+
+    def _admit(self, desired: DesiredState, old: DesiredState | None) -> DesiredState:
+        """The document without the entries admission refuses (an app key that is not the signed
+        package name, config setting loader variables, …): nothing is created, written or started
+        for them — no supervisor, no directory, no console. A refused key that names an app
+        already here keeps that app's previous entry (it stays as it is). Each refusal is
+        reported: an `AppFailed` fact (stage `admission`) and FAILED in the reported state."""
+        apps: dict[str, DesiredApp] = {}
+        refused: dict[str, Refusal] = {}
+        for key, app in desired.apps.items():
+            problem = admission_problem(key, app)
+            if problem is None:
+                apps[key] = app
+                continue
+            refused[key] = Refusal(app.package.version, app.package.digest, problem)
+            kept = old.apps.get(key) if old is not None and valid_app_name(key) else None
+            if kept is not None:
+                apps[key] = kept
+            log.warning("desired_entry_refused", app=key[:80], reason=problem, revision=desired.revision)
+            self.facts.emit(AppFailed(
+                device_id=self.device_id, app=key[:128], version=app.package.version,
+                digest=app.package.digest, desired_revision=desired.revision,
+                rollout_id=app.rollout_id, reason=problem, stage="admission",
+            ))
+        self.refused = refused
+        self.store.set_meta(REFUSED_META, msgspec.json.encode(refused))
+        return msgspec.structs.replace(desired, apps=apps)
 
     # --- ops -----------------------------------------------------------------------------------
 
@@ -188,19 +234,39 @@ class Agent:
         self.on_change()
 
     def reported(self) -> ReportedState:
-        return reported_state(
+        state = reported_state(
             self.device_id, self.revision, (s.record for s in self.supervisors.values()),
             agent_version=self.options.agent_version, now=datetime.now(UTC),
         )
+        if not self.refused:
+            return state
+        apps = dict(state.apps)
+        for key, refusal in self.refused.items():
+            error = f"{refusal.version}: admission: {refusal.reason}"
+            here = apps.get(key)
+            apps[key] = (msgspec.structs.replace(here, last_error=error) if here is not None else
+                         ReportedApp(name=key, version=refusal.version, digest=refusal.digest,
+                                     state="FAILED", last_error=error))
+        return msgspec.structs.replace(state, apps=apps)
+
+    def app_path(self, kind: str, app: str) -> Path:
+        """`<data dir>/<kind>/<app>`: only for a valid app name (admission refuses the others
+        before any of this runs; this is the last line, should a path ever get here another way)."""
+        if not valid_app_name(app):
+            raise ValueError(f"{app[:80]!r} is not a valid app name: not used as a path")
+        return self.options.data_dir / kind / app
 
     def run_dir(self, app: str, package: PackageInfo) -> Path:
-        return self.options.data_dir / "run" / app / f"{package.version}-{package.digest[:12]}"
+        return self.app_path("run", app) / f"{package.version}-{package.digest[:12]}"
 
     def remove_app_files(self, app: str) -> None:
-        """Everything of the app on disk: versions, venvs, console files, its HOME."""
+        """Everything of the app on disk: versions, venvs, console files, its HOME, its /tmp."""
+        if not valid_app_name(app):
+            log.error("remove_refused_invalid_name", app=app[:80])
+            return
         self.installer.remove_app(app)
-        for kind in ("run", "home"):
-            shutil.rmtree(self.options.data_dir / kind / app, ignore_errors=True)
+        for kind in ("run", "home", "tmp"):
+            shutil.rmtree(self.app_path(kind, app), ignore_errors=True)
         for runtime in self.runtimes.values():
             runtime.release(app)
 
@@ -209,7 +275,7 @@ class Agent:
         self.installer.prune(app, keep)
         for runtime in self.runtimes.values():
             runtime.prune(app, keep)
-        runs = self.options.data_dir / "run" / app
+        runs = self.app_path("run", app)
         if runs.is_dir():
             wanted = {self.run_dir(app, p).name for p in keep}
             for child in runs.iterdir():
@@ -234,14 +300,29 @@ class Agent:
             return Sandbox(level, no_network=no_network)
         key = f"uid:{package.name}"
         raw = self.store.get_meta(key)
+        # Allocated once per name and kept; past the range's end: UidsExhausted (the start fails).
         uid = int(raw) if raw is not None else sandbox.app_uid(self.store.next_counter("app_uid"))
         if raw is None:
             self.store.set_meta(key, str(uid).encode())
-        return Sandbox(level, uid, uid, no_network=package.security.network == "none")
+        visible = [self.options.data_dir, Path(os.path.realpath(self.installer.python)).parent.parent]
+        binds = sandbox.private_tmp_binds(self.app_path("tmp", package.name), visible)
+        return Sandbox(level, uid, uid, no_network=package.security.network == "none", binds=binds)
+
+    def app_tmpdir(self, app: str, owner: Sandbox) -> str | None:
+        """TMPDIR for the app: /tmp where it is its own (mount namespace), else, for a confined app
+        of an agent that cannot mount, a directory of its own (advice apps may ignore); an app
+        with sandbox "none" shares the system's."""
+        if owner.binds:
+            return "/tmp"
+        if not owner.confined:
+            return None
+        tmp = self.app_path("tmp", app) / "tmp"
+        tmp.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return str(tmp)
 
     def app_home(self, app: str, owner: Sandbox) -> Path:
         """The app's one writable directory (HOME), owned by the user it runs as."""
-        home = self.options.data_dir / "home" / app
+        home = self.app_path("home", app)
         home.mkdir(parents=True, exist_ok=True, mode=0o700)
         if owner.uid is not None and owner.gid is not None:
             # HOME itself only: its parent is the agent's, so the app cannot swap it for a link,
@@ -253,9 +334,12 @@ class Agent:
     def app_env(self, record: AppRecord, package: PackageInfo, installed: InstalledVersion) -> dict[str, str]:
         host, port = self.databroker()
         venv = installed.root / "venv"
-        home = self.app_home(record.name, self.sandbox_for(package))
+        owner = self.sandbox_for(package)
+        home = self.app_home(record.name, owner)
+        tmpdir = self.app_tmpdir(record.name, owner)
         return {
-            **record.config,
+            **record.config,  # admission refused loader and agent-owned variables in it
+            **({"TMPDIR": tmpdir} if tmpdir else {}),
             "PATH": f"{venv / 'bin'}:{self.options.base_path}",
             "VIRTUAL_ENV": str(venv),
             "HOME": str(home),

@@ -24,6 +24,10 @@ class Sandbox:
     uid: int | None = None  # None: the agent's own user
     gid: int | None = None
     no_network: bool = False  # an empty network namespace of its own
+    # (source, target) bind mounts made in a mount namespace of its own: its private /tmp,
+    # /var/tmp and /dev/shm (see adapters/sandbox.py private_tmp_binds). Bytes: used between
+    # fork and exec.
+    binds: tuple[tuple[bytes, bytes], ...] = ()
 
     @property
     def confined(self) -> bool:

@@ -22,6 +22,7 @@ import structlog
 
 from sdv_edge_agent.adapters.cancel import reraise_if_cancelling
 from sdv_edge_agent.adapters.packages import InstalledVersion, InstallError
+from sdv_edge_agent.domain.admission import is_downgrade
 from sdv_edge_agent.domain.lifecycle import LIVE, AppState, transition
 from sdv_edge_agent.domain.reconcile import (
     Idle,
@@ -195,7 +196,7 @@ class AppSupervisor:
             step = next_step(self.agent.desired_app(self.name), self.record.local_view(self._alive()))
             if isinstance(step, Idle):
                 return
-            if isinstance(step, Install | Upgrade) and time.monotonic() < self.install_not_before:
+            if isinstance(step, Install | Upgrade | Start) and time.monotonic() < self.install_not_before:
                 return  # a delayed Poke comes when it is time to try again
             self.log.debug("step", step=type(step).__name__)
             await self._take(step)
@@ -260,6 +261,10 @@ class AppSupervisor:
             self._emit(AppDownloadStarted, package, size=package.size)
             artifact = await self.agent.download(package)
             installed = await self.agent.installer.install(package, artifact)
+        else:  # already here (same digest): the description must still be what was signed
+            problem = self.agent.installer.signed_problem(package)
+            if problem is not None:
+                raise InstallError("verify", problem)
         # The runtime's part of the install (a container image): failing it fails the install.
         await self.agent.runtime_for(package).prepare(package, installed.app_dir)
         return installed
@@ -272,6 +277,19 @@ class AppSupervisor:
         self._save()
         self.log.info("download_retry", reason=err.message, delay_s=delay)
         asyncio.get_running_loop().call_later(delay, self.post, Poke())
+
+    def _downgrade_refused(self, package: PackageInfo) -> bool:
+        """An older version than the active one is installed only when the orchestrator marked
+        the desired entry as a rollback; otherwise the version is refused (the app stays)."""
+        active, desired = self.record.package, self.agent.desired_app(self.name)
+        if active is None or not is_downgrade(active.version, package.version):
+            return False
+        if desired is not None and desired.rollback:
+            return False
+        self._refuse(package, f"{package.version} is older than the active {active.version}: a downgrade "
+                              "needs the orchestrator's rollback flag", "verify")
+        self._save()
+        return True
 
     def _refuse(self, package: PackageInfo, err: InstallError | str, stage: str) -> None:
         reason = err.message if isinstance(err, InstallError) else err
@@ -307,6 +325,8 @@ class AppSupervisor:
     async def _cold_upgrade(self, package: PackageInfo) -> None:
         """Prepare the new version while the old one still runs; a version that fails to download
         or verify never interrupts the running one."""
+        if self._downgrade_refused(package):
+            return
         try:
             await self._fetch_and_install(package)
         except InstallError as err:
@@ -333,6 +353,8 @@ class AppSupervisor:
 
     async def _hot_swap(self, package: PackageInfo) -> None:
         """Start the new version beside the old; the old stops only once the new is healthy."""
+        if self._downgrade_refused(package):
+            return
         try:
             installed = await self._fetch_and_install(package)
         except InstallError as err:
@@ -414,10 +436,23 @@ class AppSupervisor:
 
     async def _spawn(self) -> None:
         package = self.record.package
-        installed = self.agent.installer.installed(package) if package else None
-        if package is None or installed is None:
+        if package is None:
             self._move(S.FAILED)
             self.record.last_error = "the active version is not installed on the device"
+            self._save()
+            return
+        try:
+            # Every start: the description must verify against the signed manifest kept at
+            # install (a version gone from disk, or installed without one, is fetched again).
+            installed = await self._fetch_and_install(package)
+        except InstallError as err:
+            if err.transient:
+                self._retry_later(err)
+                return
+            self._move(S.FAILED)
+            self.record.failed_digest, self.record.failed_rollout = package.digest, self.record.rollout_id
+            self.record.last_error = f"{package.version}: {err.stage}: {err.message}"
+            self._emit(AppFailed, package, reason=err.message, stage=err.stage)
             self._save()
             return
         try:
@@ -654,6 +689,13 @@ class AppSupervisor:
             self.log.warning("runtime_unavailable", runtime=record.package.runtime, pid=record.pid)
             return
         installed = self.agent.installer.installed(record.package)
+        problem = self.agent.installer.signed_problem(record.package) if installed is not None else None
+        if problem is not None:
+            # Not what was signed (the kept manifest or the description changed while the agent
+            # was away): its process is not adopted; reconcile starts it again, which refuses it.
+            self.log.warning("not_adopted_unsigned", pid=record.pid, reason=problem)
+            self.agent.runtime_for(record.package).kill_orphan(record.pid, record.pid_started)
+            installed = None
         if installed is not None:
             try:
                 self.instance = await self._launch(record.package, installed,

@@ -1,9 +1,13 @@
 """Getting an app version onto the device: verify the downloaded artifact (`downloads.py`), install.
 
 Nothing of a package is written to disk before the whole artifact verified (digest, Ed25519
-signature with the packager key this agent trusts, every member's sha256): a tampered package
-never gets a file on the device, let alone a process. An install goes to a temporary directory
-and is renamed into place once complete, so a crash mid-install leaves no half-installed version.
+signature with the packager key this agent trusts, every member's sha256; inflating it bounded,
+see `artifact.py`): a tampered package never gets a file on the device, let alone a process.
+The signed manifest and its signature are kept beside the installed version (`.signed`), and
+every start checks the package description it is given against them again (`signed_problem`):
+a desired document that reuses an installed digest cannot change how that code runs.
+An install goes to a temporary directory and is renamed into place once complete, so a crash
+mid-install leaves no half-installed version.
 Each native version gets its own venv; bundled wheels install offline (`--no-index --find-links`).
 A docker version gets no venv here: its image (built by the docker runtime from the package's
 Dockerfile) holds one.
@@ -21,14 +25,23 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
 import structlog
 
+from sdv_edge_agent.adapters.artifact import DEFAULT_MAX_UNPACKED, check_recorded, verify_bounded
+from sdv_edge_agent.domain.admission import valid_app_name
 from sdv_events.errors import SdvError
-from sdv_events.package_format import PackageManifest, PackageVerificationError, verify_artifact
+from sdv_events.package_format import PackageManifest, PackageVerificationError
 from sdv_events.schemas.packages import HealthCheck, PackageInfo, Resources, Security
 
 log = structlog.get_logger("sdv.agent.packages")
 COMPLETE_MARKER = ".installed"
+SIGNED_RECORD = ".signed"  # {"manifest": the signed package.json, "signature": base64}
+
+
+class SignedRecord(msgspec.Struct, frozen=True):
+    manifest: str
+    signature: str
 
 
 class InstallError(SdvError):
@@ -73,6 +86,16 @@ def unsigned_differences(manifest: PackageManifest, package: PackageInfo) -> lis
             for field, value in signed.items() if getattr(package, field) != value]
 
 
+def _description_problem(manifest: PackageManifest, package: PackageInfo) -> str | None:
+    if (manifest.name, manifest.version) != (package.name, package.version):
+        return (f"artifact holds {manifest.name} {manifest.version}, "
+                f"not {package.name} {package.version}")
+    differs = unsigned_differences(manifest, package)
+    if differs:
+        return "the package description does not match what was signed: " + "; ".join(differs)
+    return None
+
+
 def _lay_out(root: Path, members: dict[str, bytes]) -> Path:
     root.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
@@ -93,8 +116,17 @@ def _read_only_for_apps(staging: Path) -> None:
         path.chmod(0o755 if path.is_dir() or mode & 0o100 else 0o644)
 
 
-def _commit(staging: Path, root: Path, digest: str) -> None:
+def write_signed(root: Path, raw_manifest: bytes, signature: str) -> None:
+    record = SignedRecord(raw_manifest.decode(), signature)
+    tmp = root / f"{SIGNED_RECORD}.tmp"
+    tmp.write_bytes(msgspec.json.encode(record))
+    tmp.chmod(0o644)
+    tmp.replace(root / SIGNED_RECORD)
+
+
+def _commit(staging: Path, root: Path, digest: str, raw_manifest: bytes, signature: str) -> None:
     _read_only_for_apps(staging)
+    write_signed(staging, raw_manifest, signature)
     (staging / COMPLETE_MARKER).write_text(digest)
     if root.exists():
         shutil.rmtree(root)  # an earlier, incomplete attempt
@@ -129,8 +161,9 @@ def python_version_of(python: str) -> str:
 
 class Installer:
     def __init__(self, apps_dir: Path, public_key_b64: str, *, python: str | None = None,
-                 pip_timeout_s: float = 300.0) -> None:
+                 pip_timeout_s: float = 300.0, max_unpacked: int = DEFAULT_MAX_UNPACKED) -> None:
         self.apps_dir = apps_dir
+        self.max_unpacked = max_unpacked
         self.public_key_b64 = public_key_b64
         self.pip_timeout_s = pip_timeout_s
         self.python = python or default_app_python()
@@ -138,48 +171,74 @@ class Installer:
         # What each package's `python_version` must equal: its wheels were chosen for it.
         self.python_version = ".".join(self.python_full_version.split(".")[:2])
 
+    def app_root(self, name: str) -> Path:
+        if not valid_app_name(name):  # admission refuses these first; a path is never built of one
+            raise InstallError("verify", f"{name[:80]!r} is not a valid app name")
+        return self.apps_dir / name
+
     def location(self, package: PackageInfo) -> Path:
-        return self.apps_dir / package.name / f"{package.version}-{package.digest[:12]}"
+        return self.app_root(package.name) / f"{package.version}-{package.digest[:12]}"
 
     def installed(self, package: PackageInfo) -> InstalledVersion | None:
+        """The version, if completely installed with its signed manifest kept (one installed by an
+        agent that kept none counts as not installed: it is downloaded and verified again)."""
         root = self.location(package)
         marker = root / COMPLETE_MARKER
-        if marker.is_file() and marker.read_text().strip() == package.digest:
+        if (marker.is_file() and marker.read_text().strip() == package.digest
+                and (root / SIGNED_RECORD).is_file()):
             return InstalledVersion(package, root)
         return None
 
-    def verify(self, package: PackageInfo, artifact: bytes) -> tuple[PackageManifest, dict[str, bytes]]:
+    def signed_problem(self, package: PackageInfo) -> str | None:
+        """Why this package description may not run the installed version (None: it may): the
+        kept manifest must verify with this agent's packager key and equal the description in
+        everything that decides how the app runs. Checked before every start."""
         try:
-            manifest, members = verify_artifact(
+            record = msgspec.json.decode((self.location(package) / SIGNED_RECORD).read_bytes(),
+                                         type=SignedRecord)
+            manifest = check_recorded(record.manifest.encode(), record.signature, self.public_key_b64)
+        except (OSError, msgspec.DecodeError, msgspec.ValidationError, PackageVerificationError) as exc:
+            return f"the installed version's signed manifest does not verify: {exc}"
+        return _description_problem(manifest, package)
+
+    def verify(self, package: PackageInfo, artifact: bytes) -> tuple[PackageManifest, dict[str, bytes]]:
+        manifest, _raw, members = self.verify_raw(package, artifact)
+        return manifest, members
+
+    def verify_raw(self, package: PackageInfo,
+                   artifact: bytes) -> tuple[PackageManifest, bytes, dict[str, bytes]]:
+        try:
+            manifest, raw, members = verify_bounded(
                 artifact, digest=package.digest, signature_b64=package.signature,
-                public_key_b64=self.public_key_b64,
+                public_key_b64=self.public_key_b64, max_unpacked=self.max_unpacked,
             )
         except PackageVerificationError as exc:
             raise InstallError("verify", str(exc)) from None
-        if (manifest.name, manifest.version) != (package.name, package.version):
-            raise InstallError("verify", f"artifact holds {manifest.name} {manifest.version}, "
-                                         f"not {package.name} {package.version}")
-        differs = unsigned_differences(manifest, package)
-        if differs:
-            raise InstallError("verify", "the package description does not match what was signed: "
-                                         + "; ".join(differs))
+        problem = _description_problem(manifest, package)
+        if problem is not None:
+            raise InstallError("verify", problem)
         if manifest.entry_point not in members:
             raise InstallError("verify", f"entry point {manifest.entry_point} is not in the artifact")
-        return manifest, members
+        return manifest, raw, members
 
     async def install(self, package: PackageInfo, artifact: bytes) -> InstalledVersion:
         """Verify, then lay out files, and for native apps the venv and wheels. Idempotent per
         digest."""
-        manifest, members = await asyncio.to_thread(self.verify, package, artifact)  # hashes every member
+        manifest, raw, members = await asyncio.to_thread(self.verify_raw, package, artifact)
         done = self.installed(package)
         if done is not None:
             return done
         root = self.location(package)
+        marker = root / COMPLETE_MARKER
+        if marker.is_file() and marker.read_text().strip() == package.digest:
+            # Installed by an agent that kept no signed manifest: keep the files, add the record.
+            await asyncio.to_thread(write_signed, root, raw, package.signature)
+            return InstalledVersion(package, root)
         staging = await asyncio.to_thread(_lay_out, root, members)
         try:
             if package.runtime != "docker":  # a docker image holds the app's venv
                 await self._venv(staging, manifest)
-            await asyncio.to_thread(_commit, staging, root, package.digest)
+            await asyncio.to_thread(_commit, staging, root, package.digest, raw, package.signature)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -213,12 +272,12 @@ class Installer:
         shutil.rmtree(self.location(package), ignore_errors=True)
 
     def remove_app(self, name: str) -> None:
-        shutil.rmtree(self.apps_dir / name, ignore_errors=True)
+        shutil.rmtree(self.app_root(name), ignore_errors=True)
 
     def prune(self, name: str, keep: list[PackageInfo]) -> None:
         """Remove every installed version of `name` but the ones to keep (active and previous)."""
         keep_dirs = {self.location(p).name for p in keep}
-        app_root = self.apps_dir / name
+        app_root = self.app_root(name)
         if not app_root.is_dir():
             return
         for child in app_root.iterdir():

@@ -22,6 +22,7 @@ import structlog
 from sdv_edge_agent.adapters.cancel import reraise_if_cancelling
 from sdv_edge_agent.adapters.link import NatsLink
 from sdv_edge_agent.adapters.store import AgentStore
+from sdv_edge_agent.domain.admission import valid_app_name
 from sdv_edge_agent.domain.facts import fact_event_id, fact_msg_id
 from sdv_events.codec import encode
 from sdv_events.envelope import Envelope
@@ -119,6 +120,13 @@ class LogShipper(_Flusher):
         rows = self.store.unsent_logs(self.batch)
         if not rows:
             return False
+        bad = [row.id for row in rows if not valid_app_name(row.app)]
+        if bad:  # no valid subject token: dropped once, never retried (admission keeps these out)
+            log.error("log_lines_dropped_invalid_app", lines=len(bad))
+            self.store.mark_logs_sent(bad)
+            rows = [row for row in rows if valid_app_name(row.app)]
+            if not rows:
+                return True
         js = self.link.js
         futures = []
         for row in rows:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import msgspec
 
-from sdv_edge_agent.adapters.packages import COMPLETE_MARKER, InstalledVersion, Installer
+from sdv_edge_agent.adapters.packages import COMPLETE_MARKER, InstalledVersion, Installer, write_signed
 from sdv_events.schemas.packages import PackageInfo
 
 VerifiedKey = tuple[str, str]  # (sha256 of the whole package description, packager key)
@@ -28,7 +28,7 @@ class VerifiedArtifacts:
     """What passed verification in this process, shared by all its simulated devices."""
 
     def __init__(self) -> None:
-        self._passed: set[VerifiedKey] = set()
+        self._passed: dict[VerifiedKey, bytes] = {}  # → the signed manifest that passed
         self.full_checks = 0
         self.reused = 0
 
@@ -36,13 +36,15 @@ class VerifiedArtifacts:
         # Every field, not just digest and signature: the description must match what was signed.
         return (hashlib.sha256(msgspec.json.encode(package)).hexdigest(), public_key_b64)
 
-    def passed(self, package: PackageInfo, public_key_b64: str, artifact: bytes) -> bool:
-        if self.key(package, public_key_b64) not in self._passed:
-            return False
-        return hashlib.sha256(artifact).hexdigest() == package.digest
+    def passed(self, package: PackageInfo, public_key_b64: str, artifact: bytes) -> bytes | None:
+        """The signed manifest these bytes were verified with, if they were."""
+        raw = self._passed.get(self.key(package, public_key_b64))
+        if raw is None or hashlib.sha256(artifact).hexdigest() != package.digest:
+            return None
+        return raw
 
-    def remember(self, package: PackageInfo, public_key_b64: str) -> None:
-        self._passed.add(self.key(package, public_key_b64))
+    def remember(self, package: PackageInfo, public_key_b64: str, raw_manifest: bytes) -> None:
+        self._passed[self.key(package, public_key_b64)] = raw_manifest
 
 
 class SimulatedInstaller(Installer):
@@ -53,17 +55,19 @@ class SimulatedInstaller(Installer):
         self.verified = verified
 
     async def install(self, package: PackageInfo, artifact: bytes) -> InstalledVersion:
-        if self.verified.passed(package, self.public_key_b64, artifact):
+        raw = self.verified.passed(package, self.public_key_b64, artifact)
+        if raw is not None:
             self.verified.reused += 1
         else:
-            self.verify(package, artifact)  # raises InstallError("verify", …) as on a device
+            _, raw, _ = self.verify_raw(package, artifact)  # raises InstallError("verify", …) as on a device
             self.verified.full_checks += 1
-            self.verified.remember(package, self.public_key_b64)
+            self.verified.remember(package, self.public_key_b64, raw)
         done = self.installed(package)
         if done is not None:
             return done
         root = self.location(package)
         root.mkdir(parents=True, exist_ok=True)
+        write_signed(root, raw, package.signature)  # checked before every start, as on a device
         tmp = root / f"{COMPLETE_MARKER}.tmp"
         tmp.write_text(package.digest)
         tmp.replace(root / COMPLETE_MARKER)
