@@ -22,6 +22,7 @@ import pytest
 from msgspec import inspect as mi
 from nats.aio.client import Client as NatsClient
 
+from sdv_events.auth import announce_subject
 from sdv_events.bus.request_limits import MAX_REQUEST_DEPTH
 from sdv_events.bus.routes import CommandSpec, registered_commands
 from sdv_events.bus.rpc import Reply, ReplyError, ReplyOk
@@ -156,6 +157,25 @@ async def test_every_command_answers_deeply_nested_json_with_invalid_request(fle
         assert_invalid_request(subject, reply)
         assert isinstance(reply, ReplyError)
         assert reply.details["reason"] != "too_deep"
+
+
+async def test_every_command_answers_malformed_or_wrongly_typed_json_with_invalid_request(
+    fleet: Fleet,
+) -> None:
+    for subject in fleet.commands:
+        for body in (b"", b"{not json", b'{"a": 1', b"\xff\xfe{}", b"[]", b"null", b'"text"', b"1e999"):
+            reply = await fleet.send(subject, body)
+            assert_invalid_request(f"{subject} {body!r}", reply)
+
+
+async def test_device_announcements_have_the_same_bounds(fleet: Fleet) -> None:
+    """The registry serves announcements with nats-py, not `register_command`: same layer."""
+    subject = announce_subject("probe-device")
+    assert_invalid_request(subject, await fleet.send(subject, b"[" * 100_000 + b"]" * 100_000),
+                           "too_deep")
+    assert_invalid_request(subject, await fleet.send(subject, HUGE_INTEGER))
+    assert_invalid_request(subject, await fleet.send(subject, b'{"x":"' + b"y" * 300_000 + b'"}'),
+                           "too_large")
 
 
 def _fields(spec: CommandSpec) -> list[mi.Field]:
