@@ -459,8 +459,8 @@ class AppSupervisor:
             self.instance = await self._launch(package, installed)
         except OSError as err:
             reason = f"cannot start: {err}"
-            owner = self.agent.sandbox_for(package)
-            if isinstance(err, PermissionError) and owner.uid is not None:
+            owner = self.agent.sandbox_for(package) if isinstance(err, PermissionError) else None
+            if owner is not None and owner.uid is not None:
                 reason += (f" (the app runs as uid {owner.uid}: every directory above the agent's data "
                            "directory must be searchable by other users, or set security.sandbox = none)")
             self.log.warning("start_failed", reason=reason)
