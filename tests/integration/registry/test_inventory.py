@@ -185,12 +185,13 @@ async def test_an_operator_rebuilds_the_inventory_from_postgres_while_the_regist
 ) -> None:
     await _fleet(registry)
 
-    async def settled() -> dict[str, Any] | None:  # every device in, every label set
+    async def settled() -> dict[str, Any] | None:  # every device in, every label set, and calm
         snap = await _snapshot(registry.ops)
-        return snap if snap["count"].total == len(FLEET) + 1 and all(
-            d.labels for d in snap["list"].devices) else None
+        done = snap["count"].total == len(FLEET) + 1 and all(
+            d.labels and d.version == snap["get"][d.device_id].version for d in snap["list"].devices)
+        return snap if done and snap == await _snapshot(registry.ops) else None
 
-    before = await eventually(settled)
+    before = await eventually(settled, timeout=30)
     assert before
     conn = await asyncpg.connect(database_url)
     await conn.execute(f"UPDATE {schema}.devices SET labels = '{{}}'::jsonb")  # a damaged model
