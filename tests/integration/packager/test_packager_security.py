@@ -23,7 +23,7 @@ import pytest
 from sdv_client.packages import PackagerClient
 from sdv_events.bus import InvalidRequest
 from sdv_events.package_format import verify_artifact
-from sdv_events.provisioning import PACKAGES_BUCKET
+from sdv_events.provisioning import UPLOADS_BUCKET
 from sdv_events.schemas.packages import PackageInfo, PublishRequest
 from sdv_events.service import wait_until_ready
 from sdv_packager.app import serve
@@ -277,7 +277,7 @@ async def test_decompression_bomb_upload_is_refused_before_it_fills_the_disk(
             await asyncio.sleep(0.005)
 
     async with start_packager() as client:
-        bucket = await client.nc.jetstream().object_store(PACKAGES_BUCKET)
+        bucket = await client.nc.jetstream().object_store(UPLOADS_BUCKET)
         await bucket.put("uploads/bomb.tar.gz", data)
         watcher = asyncio.create_task(watch_disk())
         try:

@@ -63,9 +63,12 @@ def test_public_keys_are_checked_for_role_and_checksum() -> None:
 def test_device_permissions_name_only_that_device() -> None:
     perms = device_permissions("orin-7")
     for subject in [*perms.pub_allow, *perms.sub_allow]:
-        assert "orin-7" in subject or "OBJ_sdv_packages" in subject or subject in {
-            "$JS.API.STREAM.INFO.KV_sdv_desired", "$JS.FC.KV_sdv_desired.>", "$JS.API.STREAM.NAMES"}
+        assert "orin-7" in subject or subject.startswith("$JS.API.DIRECT.GET.OBJ_sdv_packages")
         assert subject not in {">", "sdv.>", "_INBOX.>"}
+        # No stream info (it lists every device's key) and no consumer (deliver subject, durables).
+        assert ".STREAM." not in subject
+        assert ".CONSUMER." not in subject
+        assert "$JS.FC." not in subject
     assert "_INBOX.orin-7.>" in perms.sub_allow
 
 

@@ -10,7 +10,7 @@ from nats.aio.client import Client as NatsClient
 
 from sdv_events.bus import CommandClient
 from sdv_events.ids import uuid7
-from sdv_events.provisioning import PACKAGES_BUCKET
+from sdv_events.provisioning import PACKAGES_BUCKET, UPLOADS_BUCKET
 from sdv_events.schemas.packages import (
     Channel,
     GetPackage,
@@ -51,7 +51,7 @@ class PackagerClient:
     async def publish_dir(self, app_dir: Path, *, command_id: str | None = None) -> PackageInfo:
         """With a `command_id`, a retry is the same request (the upload is named after it), so
         the packager answers with the first outcome instead of a conflict."""
-        bucket = await self.nc.jetstream().object_store(PACKAGES_BUCKET)
+        bucket = await self.nc.jetstream().object_store(UPLOADS_BUCKET)  # devices cannot read it
         upload = f"uploads/{command_id or uuid7()}.tar.gz"
         await bucket.put(upload, tar_app_dir(app_dir))
         return await self.commands.call(SERVICE, "publish", PublishRequest(upload), PackageInfo,

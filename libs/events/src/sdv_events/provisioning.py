@@ -30,6 +30,9 @@ DLQ_STREAM = "SDV_DLQ"
 DESIRED_BUCKET = "sdv_desired"
 REPORTED_BUCKET = "sdv_reported"
 PACKAGES_BUCKET = "sdv_packages"
+# Operators' raw app uploads (consumed by the packager's publish): a bucket of its own, because
+# devices may read `sdv_packages` and an upload may hold what the packager leaves out (`.env`).
+UPLOADS_BUCKET = "sdv_uploads"
 EVENT_SUBJECT_ROOT = "sdv.evt"
 DLQ_SUBJECT_ROOT = "sdv.dlq"
 # Nats-Msg-Id dedupe horizon: a relay restarted within it never duplicates an event. The
@@ -132,7 +135,7 @@ async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
 async def provision(
     js: JetStreamContext, *, replicas: int = 1, retention: EventsRetention | None = None
 ) -> None:
-    """Create or update SDV_EVENTS, SDV_LOGS, SDV_DLQ, the KV buckets and the object store.
+    """Create or update SDV_EVENTS, SDV_LOGS, SDV_DLQ, the KV buckets and the object stores.
     `retention` of SDV_EVENTS defaults to `EventsRetention.from_env()`."""
     retention = retention or EventsRetention.from_env()
     for config in stream_configs(replicas, retention):
@@ -143,12 +146,15 @@ async def provision(
         except (NotFoundError, BadRequestError):
             await js.create_key_value(kv)
             log.info("bucket_created", bucket=kv.bucket)
-    try:
-        await js.object_store(PACKAGES_BUCKET)
-    except (NotFoundError, BadRequestError):
-        await js.create_object_store(
-            PACKAGES_BUCKET,
-            ObjectStoreConfig(storage=StorageType.FILE, replicas=replicas,
-                              description="Signed vehicle-app package artifacts by digest"),
-        )
-        log.info("object_store_created", bucket=PACKAGES_BUCKET)
+    for bucket, description in (
+        (PACKAGES_BUCKET, "Signed vehicle-app package artifacts by digest"),
+        (UPLOADS_BUCKET, "Raw app uploads awaiting publish (never readable by devices)"),
+    ):
+        try:
+            await js.object_store(bucket)
+        except (NotFoundError, BadRequestError):
+            await js.create_object_store(
+                bucket,
+                ObjectStoreConfig(storage=StorageType.FILE, replicas=replicas, description=description),
+            )
+            log.info("object_store_created", bucket=bucket)

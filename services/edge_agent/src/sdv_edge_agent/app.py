@@ -29,6 +29,7 @@ from sdv_edge_agent.adapters.docker_runtime import DockerRuntime
 from sdv_edge_agent.adapters.downloads import Downloader
 from sdv_edge_agent.adapters.enrolment import Enrolment, capabilities
 from sdv_edge_agent.adapters.heartbeat import HeartbeatSender, device_metrics
+from sdv_edge_agent.adapters.id_secret import load_or_create_secret
 from sdv_edge_agent.adapters.kuksa import Databroker
 from sdv_edge_agent.adapters.link import NatsLink
 from sdv_edge_agent.adapters.native import NativeRuntime
@@ -37,6 +38,7 @@ from sdv_edge_agent.adapters.packages import Installer
 from sdv_edge_agent.adapters.publishers import FactOutbox, LogShipper, ReportedWriter
 from sdv_edge_agent.adapters.store import AgentStore
 from sdv_edge_agent.application import Agent, AgentOptions
+from sdv_edge_agent.domain.facts import IdSealer
 from sdv_edge_agent.domain.restarts import RestartPolicy
 from sdv_edge_agent.ports import HealthCommand, Runtime
 from sdv_edge_agent.settings import SERVICE, AgentSettings, SettingsError, load_settings
@@ -124,8 +126,9 @@ def build_agent(settings: AgentSettings, *, runtimes: list[Runtime], installer: 
     settings.data_dir.chmod(0o711)
     store = AgentStore(settings.data_dir / "agent.db")
     link = NatsLink(settings.nats_url, settings.device_id, creds=settings.nats_creds)
-    facts = FactOutbox(link, store, settings.device_id)
-    logs = LogShipper(link, store, settings.device_id)
+    sealer = IdSealer(settings.device_id, load_or_create_secret(settings.data_dir))
+    facts = FactOutbox(link, store, settings.device_id, sealer)
+    logs = LogShipper(link, store, settings.device_id, sealer)
     downloader = Downloader(link, settings.data_dir / "downloads")
     options = AgentOptions(
         device_id=settings.device_id, data_dir=settings.data_dir, agent_version=agent_version,

@@ -237,9 +237,18 @@ class AppSupervisor:
         fact = cls(
             device_id=self.agent.device_id, app=self.name, version=package.version,
             digest=package.digest, desired_revision=self.agent.revision,
-            rollout_id=self.record.rollout_id, **fields,
+            rollout_id=self._rollout_for(package), **fields,
         )
         self.agent.facts.emit(fact)
+
+    def _rollout_for(self, package: PackageInfo) -> str | None:
+        """A fact about the version the desired entry asks for belongs to that entry's rollout
+        (an upgrade refused before it was adopted still fails *its* rollout at once); facts about
+        the version that runs keep the rollout that put it there."""
+        desired = self.agent.desired_app(self.name)
+        if desired is not None and desired.package.digest == package.digest:
+            return desired.rollout_id
+        return self.record.rollout_id
 
     def _adopt_desired_fields(self) -> None:
         desired = self.agent.desired_app(self.name)

@@ -1,11 +1,14 @@
 """Who may publish and subscribe where (DESIGN.md, "The bus"; FACTS.md, "NATS per-device
 permissions"). The server enforces these; every entry is one a device needs, nothing wider.
 
-A device reads only its own desired-state key (named consumers put the key into the
-consumer-create subject, direct gets put it into the get subject), reads package objects, and
-publishes only subjects carrying its own id. Its inbox is `_INBOX.<device_id>` so no device can
-read another's replies. Before acceptance a device holds only the shared enrolment user, which
-may announce and hear the answer on the enrolment inbox, nothing else.
+A device reads only its own desired-state key (a core subscription to the key's subject, direct
+gets with the key in the get subject) and package objects (direct gets: metadata by subject,
+chunks by sequence), and publishes only subjects carrying its own id. It may call no other
+JetStream API: no STREAM.INFO (with a subject filter it lists every device's key), no consumer
+of any kind (a consumer's deliver subject is the creator's free choice, unchecked by the server,
+and durable ones outlive the device's connection). Its inbox is `_INBOX.<device_id>` so no device
+can read another's replies. Before acceptance a device holds only the shared enrolment user,
+which may announce and hear the answer on the enrolment inbox, nothing else.
 """
 
 from __future__ import annotations
@@ -29,25 +32,18 @@ def device_inbox_prefix(device_id: str) -> str:
 
 def device_permissions(device_id: str) -> Permissions:
     kv, obj = f"KV_{DESIRED_BUCKET}", f"OBJ_{PACKAGES_BUCKET}"
+    desired_key = f"$KV.{DESIRED_BUCKET}.{device_id}"
     return Permissions(
         pub_allow=(
             f"sdv.evt.agent.{device_id}.>",
             heartbeat_subject(device_id),
             f"sdv.logs.{device_id}.>",
             f"$KV.{REPORTED_BUCKET}.{device_id}",
-            f"$JS.API.STREAM.INFO.{kv}",
-            f"$JS.API.CONSUMER.CREATE.{kv}.*.$KV.{DESIRED_BUCKET}.{device_id}",
-            f"$JS.API.DIRECT.GET.{kv}.$KV.{DESIRED_BUCKET}.{device_id}",
-            f"$JS.FC.{kv}.>",
-            f"$JS.API.STREAM.INFO.{obj}",
-            f"$JS.API.STREAM.MSG.GET.{obj}",
-            f"$JS.API.CONSUMER.CREATE.{obj}",
-            f"$JS.API.CONSUMER.CREATE.{obj}.*.$O.{PACKAGES_BUCKET}.C.*",
-            f"$JS.API.CONSUMER.INFO.{obj}.*",
-            f"$JS.FC.{obj}.>",
-            "$JS.API.STREAM.NAMES",
+            f"$JS.API.DIRECT.GET.{kv}.{desired_key}",
+            f"$JS.API.DIRECT.GET.{obj}",
+            f"$JS.API.DIRECT.GET.{obj}.$O.{PACKAGES_BUCKET}.M.*",
         ),
-        sub_allow=(f"{device_inbox_prefix(device_id)}.>", f"sdv.device.{device_id}.ops.>"),
+        sub_allow=(f"{device_inbox_prefix(device_id)}.>", f"sdv.device.{device_id}.ops.>", desired_key),
         resp_max=1,
         resp_ttl_s=DEVICE_RESP_TTL_S,
     )

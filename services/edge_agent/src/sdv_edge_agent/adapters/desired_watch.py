@@ -1,27 +1,26 @@
 """Watching this device's own key in KV `sdv_desired`, in a way per-device permissions allow.
 
-nats-py's `kv.watch` creates an unnamed consumer, whose filter travels in the request body where
-the server's permissions cannot see it; a *named* consumer puts the filter into the create subject
-(`$JS.API.CONSUMER.CREATE.KV_sdv_desired.<name>.$KV.sdv_desired.<id>`), which a device may be
-allowed for its own key only (FACTS.md). Each subscription gets a fresh name: a reused name would
-collide with the server's not-yet-expired consumer.
+A KV put is a publish on `$KV.sdv_desired.<id>`: the device subscribes to that one subject with a
+plain (core) subscription and reads the key's current value with a direct get
+(`$JS.API.DIRECT.GET.KV_sdv_desired.$KV.sdv_desired.<id>`). It creates no JetStream consumer, so
+its permissions grant none: a consumer's deliver subject is whatever its creator writes into the
+request body, which the server does not check against the creator's permissions (FACTS.md).
 
-Only the newest document matters (level-triggered), so instead of repairing sequence gaps the
-watch simply subscribes anew, delivering the last value, after every reconnect; a direct get of
-the key every `resync_s` backs it up. Duplicates and old revisions are the reconciler's to ignore.
+Only the newest document matters (level-triggered): after every (re)connect the watch subscribes
+anew and then gets the current value; a direct get every `resync_s` backs it up (a put published
+while the link was down is caught by the get after the reconnect). Duplicates and old revisions
+are the reconciler's to ignore.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
 from collections.abc import Callable
 
 import structlog
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from sdv_edge_agent.adapters.cancel import reraise_if_cancelling
@@ -48,20 +47,17 @@ class DesiredWatch:
         self._sub: Subscription | None = None
 
     async def subscribe(self) -> None:
-        """(Re)subscribe, delivering the current value first. Called on every (re)connect."""
+        """(Re)subscribe, then read the current value. Called on every (re)connect."""
         if self._sub is not None:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
             self._sub = None
-        config = ConsumerConfig(
-            name=f"desired_{self.device_id}_{secrets.token_hex(6)}",
-            deliver_policy=DeliverPolicy.LAST_PER_SUBJECT, ack_policy=AckPolicy.NONE,
-            mem_storage=True, num_replicas=1, inactive_threshold=10.0,
-        )
-        self._sub = await self.link.js.subscribe(
-            self.subject, stream=self.stream, config=config, cb=self._on_msg, manual_ack=True,
-        )
-        log.info("desired_watch_subscribed", consumer=config.name)
+        nc = self.link.nc
+        if nc is None:
+            return
+        self._sub = await nc.subscribe(self.subject, cb=self._on_msg)
+        log.info("desired_watch_subscribed", subject=self.subject)
+        await self.fetch()
 
     async def _on_msg(self, msg: Msg) -> None:
         if msg.subject != self.subject:  # a deliver subject can be replayed onto: check what came

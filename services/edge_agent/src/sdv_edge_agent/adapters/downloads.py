@@ -6,7 +6,12 @@ The object store keeps an artifact as chunk messages on `$O.sdv_packages.C.<nuid
 `<digest>.json` (written atomically, every MiB and whenever an attempt ends), the last chunk's
 stream sequence and the bytes it vouches for. After
 a broken link, a timeout or an agent restart, the next attempt truncates the file to what the
-record vouches for and asks an ordered consumer for the chunks after that sequence only.
+record vouches for and asks for the chunks after that sequence only.
+
+Everything is read with JetStream *direct gets* (the object's metadata by its subject, each chunk
+as the next message on the object's chunk subject after a sequence): a device creates no
+consumer and needs no stream info, so its permissions grant neither (a consumer's deliver
+subject would be the device's choice, FACTS.md).
 
 The complete file is checked against the object's SHA-256 before anyone sees it (the installer
 then verifies the signature and every member); a mismatch discards the partial so the next
@@ -30,8 +35,9 @@ from typing import BinaryIO
 
 import nats.errors
 import structlog
-from nats.js.api import ConsumerConfig, DeliverPolicy
-from nats.js.errors import ObjectNotFoundError
+from nats.aio.msg import Msg
+from nats.js.api import ObjectInfo
+from nats.js.errors import NotFoundError, ObjectNotFoundError
 
 from sdv_edge_agent.adapters.cancel import reraise_if_cancelling
 from sdv_edge_agent.adapters.link import NatsLink
@@ -43,6 +49,7 @@ log = structlog.get_logger("sdv.agent.download")
 MAX_ARTIFACT_BYTES = 512 * 1024 * 1024
 RECORD_EVERY_BYTES = 1 << 20
 OBJECT_STREAM = f"OBJ_{PACKAGES_BUCKET}"
+DIRECT_GET = f"$JS.API.DIRECT.GET.{OBJECT_STREAM}"
 Progress = Callable[[int, int], None]  # (bytes so far, total)
 
 
@@ -144,8 +151,7 @@ class Downloader:
         except TimeoutError:
             raise InstallError("download", "not connected to NATS", transient=True) from None
         try:
-            store = await self.link.js.object_store(PACKAGES_BUCKET)
-            info = await store.get_info(name)
+            info = await self._info(name)
         except ObjectNotFoundError:
             raise InstallError("download", f"{name}: not in {PACKAGES_BUCKET}") from None
         except Exception as exc:
@@ -179,27 +185,47 @@ class Downloader:
                  seconds=round(time.monotonic() - started, 3))
         return data
 
-    async def _receive(self, partial: PartialDownload, total: int, name: str) -> None:
-        config = None
-        if partial.last_seq:
-            config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-                                    opt_start_seq=partial.last_seq + 1)
-            log.info("download_resumed", object=name, have_bytes=partial.size, of_bytes=total)
+    async def _info(self, name: str) -> ObjectInfo:
+        """The object's metadata message, read by a direct get of its subject."""
+        meta = f"$O.{PACKAGES_BUCKET}.M.{base64.urlsafe_b64encode(name.encode()).decode()}"
         try:
-            sub = await self.link.js.subscribe(f"$O.{PACKAGES_BUCKET}.C.{partial.nuid}", stream=OBJECT_STREAM,
-                                               ordered_consumer=True, config=config)
-        except Exception as exc:
-            reraise_if_cancelling(exc)
-            raise InstallError("download", f"{name}: {type(exc).__name__}: {exc}", transient=True) from None
+            raw = await self.link.js.get_last_msg(OBJECT_STREAM, meta, direct=True)
+        except NotFoundError:
+            raise ObjectNotFoundError from None
+        try:
+            info = ObjectInfo.from_response(json.loads(raw.data or b""))
+        except (ValueError, TypeError, KeyError) as exc:
+            raise InstallError("download", f"{name}: unreadable object metadata: {exc}") from None
+        if info.deleted:
+            raise ObjectNotFoundError
+        return info
+
+    async def _next_chunk(self, subject: str, after_seq: int) -> Msg:
+        nc = self.link.nc
+        if nc is None:
+            raise InstallError("download", "not connected to NATS", transient=True)
+        request = json.dumps({"seq": after_seq + 1, "next_by_subj": subject}).encode()
+        return await nc.request(DIRECT_GET, request, timeout=self.idle_timeout_s)
+
+    async def _receive(self, partial: PartialDownload, total: int, name: str) -> None:
+        if partial.last_seq:
+            log.info("download_resumed", object=name, have_bytes=partial.size, of_bytes=total)
+        subject = f"$O.{PACKAGES_BUCKET}.C.{partial.nuid}"
         try:
             while partial.size < total:
                 try:
-                    msg = await sub.next_msg(timeout=self.idle_timeout_s)
+                    msg = await self._next_chunk(subject, partial.last_seq)
                 except nats.errors.TimeoutError:
                     raise InstallError("download", f"{name}: no data for {self.idle_timeout_s:.0f}s "
                                                    f"({partial.size} of {total} bytes kept; resumes)",
                                        transient=True) from None
-                partial.append(msg.data, msg.metadata.sequence.stream)
+                headers = msg.headers or {}
+                seq = headers.get("Nats-Sequence")
+                if headers.get("Nats-Subject") != subject or seq is None:
+                    status = headers.get("Status", "?")
+                    raise InstallError("download", f"{name}: chunks end at {partial.size} of {total} "
+                                                   f"bytes (status {status})", transient=True)
+                partial.append(msg.data, int(seq))
                 if self.progress is not None:
                     self.progress(partial.size, total)
         except InstallError:
@@ -215,8 +241,6 @@ class Downloader:
                 log.warning("download_progress_not_saved", object=name, error=str(exc))
             with contextlib.suppress(OSError):
                 partial.close()
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
 
     def prune(self, max_age_s: float) -> int:
         """Partial downloads nobody resumed for `max_age_s` (a version no longer wanted)."""

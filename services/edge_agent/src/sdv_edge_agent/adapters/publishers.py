@@ -1,11 +1,12 @@
 """Everything the agent sends to the cloud goes through SQLite first and is flushed in order.
 
 - Device facts: envelopes (stream `agent-<device_id>`, version from a local counter) in an
-  outbox, published to JetStream with `Nats-Msg-Id` = the fact's stable id; a row is marked sent
+  outbox, published to JetStream with `Nats-Msg-Id` = the fact's stable id, sealed with this
+  device's secret (`domain/facts.py`: no other device can pre-empt it); a row is marked sent
   only after JetStream acknowledged it, so a lost ack means a resend the server drops.
 - Console lines: rows of the `logs` table, published to `sdv.logs.<device>.<app>.<stream>` with
-  `Nats-Msg-Id` = `<device>.<row id>`: buffered on disk while disconnected, flushed on reconnect,
-  nothing lost and nothing doubled (within SDV_LOGS' duplicate window).
+  `Nats-Msg-Id` = the row id sealed with the device's secret: buffered on disk while
+  disconnected, flushed on reconnect, nothing lost and nothing doubled (within SDV_LOGS' duplicate window).
 - Reported state: the latest document only, written to KV `sdv_reported` (a plain publish on the
   key's subject, so the device needs no stream-info rights) whenever it changed.
 """
@@ -23,7 +24,7 @@ from sdv_edge_agent.adapters.cancel import reraise_if_cancelling
 from sdv_edge_agent.adapters.link import NatsLink
 from sdv_edge_agent.adapters.store import AgentStore
 from sdv_edge_agent.domain.admission import valid_app_name
-from sdv_edge_agent.domain.facts import fact_event_id, fact_msg_id
+from sdv_edge_agent.domain.facts import IdSealer, fact_event_id
 from sdv_events.codec import encode
 from sdv_events.envelope import Envelope
 from sdv_events.ids import stream_id
@@ -72,19 +73,20 @@ class _Flusher:
 
 
 class FactOutbox(_Flusher):
-    def __init__(self, link: NatsLink, store: AgentStore, device_id: str,
+    def __init__(self, link: NatsLink, store: AgentStore, device_id: str, sealer: IdSealer,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         super().__init__(link, "facts")
         self.store = store
         self.device_id = device_id
+        self.sealer = sealer
         self.stream = stream_id("agent", device_id)
         self.clock = clock
 
     def emit(self, fact: AppFact, occurrence: int = 0) -> bool:
         """Record a fact for sending; False if this very fact was already recorded."""
         type_name, schema_version = default_registry.describe(fact)
-        msg_id = fact_msg_id(self.device_id, fact.app, fact.digest, fact.desired_revision,
-                             type_name, occurrence)
+        msg_id = self.sealer.fact_id(fact.app, fact.digest, fact.desired_revision, type_name,
+                                     occurrence)
         if self.store.has_fact(msg_id):
             return False
         version = self.store.next_counter("fact_version")
@@ -110,10 +112,12 @@ class FactOutbox(_Flusher):
 
 
 class LogShipper(_Flusher):
-    def __init__(self, link: NatsLink, store: AgentStore, device_id: str, batch: int = 500) -> None:
+    def __init__(self, link: NatsLink, store: AgentStore, device_id: str, sealer: IdSealer,
+                 batch: int = 500) -> None:
         super().__init__(link, "logs")
         self.store = store
         self.device_id = device_id
+        self.sealer = sealer
         self.batch = batch
 
     async def flush(self) -> bool:
@@ -130,7 +134,7 @@ class LogShipper(_Flusher):
         js = self.link.js
         futures = []
         for row in rows:
-            headers = {"Nats-Msg-Id": f"{self.device_id}.{row.id}", "Sdv-Seq": str(row.id),
+            headers = {"Nats-Msg-Id": self.sealer.log_id(row.id), "Sdv-Seq": str(row.id),
                        "Sdv-Ts": f"{row.ts:.6f}"}
             futures.append(await js.publish_async(
                 logs_subject(self.device_id, row.app, row.stream), row.line.encode(), headers=headers,
