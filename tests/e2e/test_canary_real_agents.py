@@ -43,15 +43,13 @@ import psutil
 import pytest
 from nats.aio.msg import Msg
 
-from sdv_events.auth import Role, announce_subject, new_keypair, public_key
-from sdv_events.bus.rpc import Reply, ReplyError, error_from_reply
-from sdv_events.codec import decode_as, decode_envelope, encode
+from sdv_events import enrolment
+from sdv_events.auth import Role, new_keypair
+from sdv_events.codec import decode_envelope
 from sdv_events.envelope import Envelope
 from sdv_events.provisioning import REPORTED_BUCKET
 from sdv_events.schemas.deployment import ReportedApp, ReportedState
 from sdv_events.schemas.devices import (
-    Announce,
-    AnnounceReply,
     DeviceList,
     DeviceView,
     Kuksa,
@@ -169,13 +167,8 @@ class RealFleet:
             token = f"tok-{uuid.uuid4().hex}"
             await self.suite.commands.call("registry", "preauthorize",
                                            PreauthorizeDevice(device_id, token, LABELS), DeviceView)
-            body = Announce(device_id=device_id, public_key=public_key(new_keypair(Role.USER)),
-                            capabilities=caps, token=token)
-            msg = await self.suite.nc.request(announce_subject(device_id), encode(body), timeout=10)
-            reply: Reply = decode_as(msg.data, Reply)  # type: ignore[arg-type]
-            if isinstance(reply, ReplyError):
-                raise error_from_reply(reply)
-            answer = decode_as(bytes(reply.result), AnnounceReply)
+            answer = await enrolment.announce(self.suite.nc, new_keypair(Role.USER), device_id, caps,
+                                              token=token, timeout=10)
             assert answer.status == "accepted", answer
 
         await asyncio.gather(*(one(d) for d in device_ids))

@@ -24,6 +24,7 @@ from nats.aio.client import Client as NatsClient
 
 from sdv_client.health import SERVICES, ping_all
 from sdv_client.suite import Suite
+from sdv_events import enrolment
 from sdv_events.auth import (
     ENROL_INBOX_PREFIX,
     Role,
@@ -35,7 +36,6 @@ from sdv_events.auth import (
 )
 from sdv_events.auth.creds import format_creds
 from sdv_events.bus import CommandClient
-from sdv_events.bus.rpc import Reply, ReplyError, error_from_reply
 from sdv_events.codec import decode_as, encode
 from sdv_events.schemas.devices import (
     AcceptDevice,
@@ -151,11 +151,9 @@ def _announce(device_id: str, key: Any) -> bytes:
 
 
 async def _request_announce(nc: NatsClient, device_id: str, key: Any) -> AnnounceReply:
-    msg = await nc.request(announce_subject(device_id), _announce(device_id, key), timeout=5)
-    reply: Reply = decode_as(msg.data, Reply)  # type: ignore[arg-type]
-    if isinstance(reply, ReplyError):
-        raise error_from_reply(reply)
-    return decode_as(bytes(reply.result), AnnounceReply)
+    """The agent's exchange: a nonce, then the announce signed with the device's own key."""
+    caps = decode_as(_announce(device_id, key), Announce).capabilities
+    return await enrolment.announce(nc, key, device_id, caps, timeout=5)
 
 
 async def _enrolment_client(suite: Suite, errors: Errors) -> NatsClient:

@@ -32,10 +32,10 @@ import nats
 from nats.aio.client import Client as NatsClient
 
 from sdv_client.packages import PackagerClient
-from sdv_events.auth import Role, announce_subject, new_keypair, public_key
+from sdv_events import enrolment
+from sdv_events.auth import Role, new_keypair
 from sdv_events.bus import CommandClient
-from sdv_events.bus.rpc import Reply, ReplyError, error_from_reply
-from sdv_events.codec import decode_as, encode
+from sdv_events.codec import encode
 from sdv_events.envelope import Envelope
 from sdv_events.ids import stream_id
 from sdv_events.provisioning import DESIRED_BUCKET, provision
@@ -43,8 +43,6 @@ from sdv_events.registry import default_registry
 from sdv_events.schemas.agent import AppFact, AppFailed, AppHealthy
 from sdv_events.schemas.deployment import DesiredState
 from sdv_events.schemas.devices import (
-    Announce,
-    AnnounceReply,
     Capabilities,
     DeviceList,
     DeviceView,
@@ -422,13 +420,8 @@ class SimAgent:
     async def start(self) -> None:
         self._nc = await nats.connect(self.url)
         key = new_keypair(Role.USER)
-        body = Announce(device_id=self.device_id, public_key=public_key(key),
-                        capabilities=self.caps, token=self.token)
-        msg = await self._nc.request(announce_subject(self.device_id), encode(body), timeout=10)
-        reply: Reply = decode_as(msg.data, Reply)  # type: ignore[arg-type]
-        if isinstance(reply, ReplyError):
-            raise error_from_reply(reply)
-        answer = decode_as(bytes(reply.result), AnnounceReply)
+        answer = await enrolment.announce(self._nc, key, self.device_id, self.caps,
+                                          token=self.token, timeout=10)
         assert answer.status == "accepted", answer
         # A registry without a trust file admits devices but mints no NATS credentials.
         assert answer.credentials is None, answer

@@ -17,6 +17,7 @@ import nats
 import pytest
 from nats.aio.client import Client as NatsClient
 
+from sdv_events import enrolment
 from sdv_events.auth import (
     ENROL_INBOX_PREFIX,
     Role,
@@ -31,8 +32,9 @@ from sdv_events.auth import (
 from sdv_events.auth.creds import format_creds
 from sdv_events.bus import CommandClient
 from sdv_events.bus.rpc import Reply, ReplyError, error_from_reply
-from sdv_events.codec import decode_as, encode
-from sdv_events.schemas.devices import Announce, AnnounceReply, Capabilities, Kuksa
+from sdv_events.codec import decode_as
+from sdv_events.enrolment import SEALED_HEADER, SEALED_SCHEME, open_sealed
+from sdv_events.schemas.devices import AnnounceReply, Capabilities, Kuksa
 from sdv_events.servers import NatsServer
 from sdv_events.service import wait_until_ready
 from sdv_events.store import EventStore
@@ -75,23 +77,36 @@ class Agent:
     async def _error(self, exc: Exception) -> None:
         self.errors.append(str(exc).lower())
 
-    async def announce_raw(self, payload: bytes, subject: str | None = None) -> AnnounceReply:
-        nc = await nats.connect(self.url, user_credentials=raw_creds(self.enrol_creds),
-                                inbox_prefix=ENROL_INBOX_PREFIX, error_cb=self._error,
-                                allow_reconnect=False)
+    async def enrol_connection(self) -> NatsClient:
+        return await nats.connect(self.url, user_credentials=raw_creds(self.enrol_creds),
+                                  inbox_prefix=ENROL_INBOX_PREFIX, error_cb=self._error,
+                                  allow_reconnect=False)
+
+    async def announce_raw(self, payload: bytes, subject: str | None = None, reader: Any = None
+                           ) -> AnnounceReply:
+        """One announce request as given (no challenge round); the reply unsealed with this
+        agent's key (or `reader`'s: the key the payload names) when the registry sealed it."""
+        nc = await self.enrol_connection()
         try:
             msg = await nc.request(subject or announce_subject(self.device_id), payload, timeout=5)
         finally:
             await nc.close()
-        reply: Reply = decode_as(msg.data, Reply)  # type: ignore[arg-type]
+        data = msg.data
+        if (msg.headers or {}).get(SEALED_HEADER) == SEALED_SCHEME:
+            data = open_sealed(reader or self.key, data)
+        reply: Reply = decode_as(data, Reply)  # type: ignore[arg-type]
         if isinstance(reply, ReplyError):
             raise error_from_reply(reply)
         return decode_as(bytes(reply.result), AnnounceReply)
 
     async def announce(self, token: str | None = None, **caps: Any) -> AnnounceReply:
-        body = Announce(device_id=self.device_id, public_key=self.public_key,
-                        capabilities=capabilities(**caps), token=token)
-        return await self.announce_raw(encode(body))
+        """The agent's exchange: ask for a nonce, announce signed with its own key."""
+        nc = await self.enrol_connection()
+        try:
+            return await enrolment.announce(nc, self.key, self.device_id, capabilities(**caps),
+                                            token=token)
+        finally:
+            await nc.close()
 
     async def connect(self, reply: AnnounceReply, **options: Any) -> NatsClient:
         assert reply.credentials is not None, reply

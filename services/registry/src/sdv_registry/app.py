@@ -5,6 +5,7 @@ projection and heartbeat presence, on the shared service runtime."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 
 import nats
@@ -17,6 +18,7 @@ from sdv_registry.adapters.admission_log import AdmissionLog
 from sdv_registry.adapters.announce import subscribe_announcements
 from sdv_registry.adapters.commands import command_router
 from sdv_registry.adapters.heartbeats import subscribe_heartbeats
+from sdv_registry.adapters.rate_limit import AnnounceLimiter
 from sdv_registry.adapters.revocations import Revocations
 from sdv_registry.application import Registry, sha256_hex
 from sdv_registry.credentials import CredentialIssuer
@@ -58,6 +60,9 @@ async def serve(settings: RegistrySettings, stop: asyncio.Event | None = None) -
         fleet_hash = sha256_hex(settings.fleet_token) if settings.fleet_token else None
         registry = Registry(runtime.store, inventory, issuer, revocations, fleet_hash,
                             settings.pending_retry_s)
+        if issuer is not None:  # replicas share the trust file, so they accept each other's nonces
+            registry.nonce_secret = hashlib.sha256(
+                b"sdv-announce-nonce\n" + bytes(issuer.trust.account_signing.seed)).digest()
         runtime.broker.include_router(command_router(registry))
         nc = runtime.broker.config.connection_state.connection
         runner = ConsumerRunner(runtime.store.pool, schema, runtime.js, inventory,
@@ -69,7 +74,9 @@ async def serve(settings: RegistrySettings, stop: asyncio.Event | None = None) -
                                   monotonic=time.monotonic, clock=wall_clock)
         monitor.restore(await admission.online_devices())
         registry.presence = monitor
-        await subscribe_announcements(nc, registry)
+        limiter = AnnounceLimiter(settings.announce_per_device_rate, settings.announce_per_device_burst,
+                                  settings.announce_global_rate, settings.announce_global_burst)
+        await subscribe_announcements(nc, registry, limiter)
         await subscribe_heartbeats(nc, monitor)
         runtime.spawn(monitor.run, "presence")
 

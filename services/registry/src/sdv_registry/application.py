@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 
 import structlog
 
@@ -19,6 +20,13 @@ from sdv_events.auth import InvalidPublicKey, Role, check_public_key
 from sdv_events.bus import Conflict, Forbidden, InvalidRequest, NotFound, Rejected
 from sdv_events.commands import Rejected as RejectedOutcome
 from sdv_events.commands import handle_command, load
+from sdv_events.enrolment import (
+    InvalidSignature,
+    issue_nonce,
+    key_fingerprint,
+    nonce_is_valid,
+    verify_announce,
+)
 from sdv_events.envelope import Metadata
 from sdv_events.idempotency import IdempotencyKey
 from sdv_events.ids import stream_id
@@ -79,6 +87,8 @@ class Registry:
     fleet_token_sha256: str | None = None
     pending_retry_s: float = 10.0
     presence: PresenceMonitor | None = None
+    # Keys the announce nonces (replicas must share it: app.py derives it from the trust file).
+    nonce_secret: bytes = field(default_factory=lambda: os.urandom(32))
 
     async def run(self, device_id: str, command: DeviceCommand, metadata: Metadata = Metadata(),
                   key: IdempotencyKey | None = None) -> None:
@@ -99,6 +109,17 @@ class Registry:
             check_public_key(request.public_key, Role.USER)
         except InvalidPublicKey as err:
             raise InvalidRequest(str(err), details={"path": "$.public_key"}) from None
+        if request.nonce is None or request.signature is None:
+            return AnnounceReply(device_id=did, status="challenge",
+                                 nonce=issue_nonce(self.nonce_secret, did),
+                                 message="sign this announce over the nonce with the device's key")
+        if not nonce_is_valid(self.nonce_secret, did, request.nonce):
+            raise Forbidden("the nonce is stale or not the registry's: announce again for a new one",
+                            details={"reason": "stale_nonce"})
+        try:
+            verify_announce(request)
+        except InvalidSignature as err:
+            raise Forbidden(str(err), details={"reason": "bad_signature"}) from None
         token_hash = sha256_hex(request.token) if request.token else None
         fleet_ok = bool(token_hash and self.fleet_token_sha256
                         and hmac.compare_digest(token_hash, self.fleet_token_sha256))
@@ -108,6 +129,9 @@ class Registry:
         await self.run(did, command, metadata)
         state, _ = await load(self.store, device_decider, device_stream(did))
         assert state.status is not None
+        if state.refuses(request.public_key) and request.public_key != state.public_key:
+            return AnnounceReply(device_id=did, status="rejected",
+                                 message="this key was rejected or decommissioned for this device")
         if state.status != "accepted":
             messages = {"pending": "waiting for an operator to accept this device",
                         "rejected": "an operator rejected this device",
@@ -129,9 +153,10 @@ class Registry:
         return await self.get(device_id)
 
     async def accept(self, device_id: str, reason: str, metadata: Metadata = Metadata(),
-                     key: IdempotencyKey | None = None) -> DeviceView:
+                     key: IdempotencyKey | None = None, key_fingerprint: str | None = None
+                     ) -> DeviceView:
         before = await self.get(device_id) if self.revocations is not None else None
-        await self.run(device_id, Accept(device_id, reason), metadata, key)
+        await self.run(device_id, Accept(device_id, reason, key_fingerprint), metadata, key)
         if before is not None and before.status == "rejected":
             await self._push_revocations()  # a device accepted again leaves the revocation list
         return await self.get(device_id)
@@ -168,6 +193,7 @@ class Registry:
         assert state.status is not None
         return DeviceView(
             device_id=device_id, status=state.status, public_key=state.public_key,
+            key_fingerprint=key_fingerprint(state.public_key) if state.public_key else None,
             capabilities=state.capabilities, labels=dict(state.labels), online=state.online,
             last_seen_at=state.last_seen_at, admitted_by=state.admitted_by,
             created_at=history[0].occurred_at, updated_at=history[-1].occurred_at,

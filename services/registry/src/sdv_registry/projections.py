@@ -9,6 +9,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from sdv_events.enrolment import key_fingerprint
 from sdv_events.envelope import Envelope
 from sdv_events.schemas.devices import (
     Capabilities,
@@ -36,6 +37,7 @@ def view_of(row: asyncpg.Record) -> DeviceView:
     caps = row["capabilities"]
     return DeviceView(
         device_id=row["device_id"], status=row["status"], public_key=row["public_key"],
+        key_fingerprint=key_fingerprint(row["public_key"]) if row["public_key"] else None,
         capabilities=_capabilities.decode(caps) if caps is not None else None,
         labels=msgspec.json.decode(row["labels"]), online=row["online"],
         last_seen_at=row["last_seen_at"], admitted_by=row["admitted_by"],

@@ -20,6 +20,11 @@ class RegistrySettings(ServiceSettings):
     fleet_token: str | None = None
     heartbeat_silence_s: float = 15.0  # silence after which an online device goes offline
     pending_retry_s: float = 10.0  # what pending devices are told about announcing again
+    # Announce rate limits (token buckets; one enrolment is two announces: challenge, signed).
+    announce_per_device_rate: float = 1.0  # per second, for each device id
+    announce_per_device_burst: float = 30.0
+    announce_global_rate: float = 200.0  # per second, all ids together
+    announce_global_burst: float = 1000.0
 
 
 def load_settings() -> RegistrySettings:

@@ -15,6 +15,7 @@ from sdv_events.bus.rpc import (
     Internal,
     InvalidRequest,
     NotFound,
+    RateLimited,
     Rejected,
     RequestInfo,
     RequestTimeout,
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CommandClient", "CommandError", "Conflict", "Forbidden", "Internal", "InvalidRequest",
-    "NotFound", "Rejected", "RequestInfo", "RequestTimeout", "ServiceUnavailable",
+    "NotFound", "RateLimited", "Rejected", "RequestInfo", "RequestTimeout", "ServiceUnavailable",
     "UpgradeRequired", "configure_tracing", "current_trace", "dead_letter", "extract", "inject",
     "make_broker", "register_command",
 ]

@@ -87,6 +87,12 @@ class Forbidden(CommandError):
     code = "forbidden"
 
 
+class RateLimited(CommandError):
+    """Too many requests from this source: `details["retry_after_s"]` says when to try again."""
+
+    code = "rate_limited"
+
+
 class Internal(CommandError):
     code = "internal"
 
@@ -108,7 +114,7 @@ class UpgradeRequired(CommandError):
 
 _BY_CODE: dict[str, type[CommandError]] = {
     cls.code: cls
-    for cls in (InvalidRequest, NotFound, Conflict, Rejected, Forbidden, Internal,
+    for cls in (InvalidRequest, NotFound, Conflict, Rejected, Forbidden, RateLimited, Internal,
                 ServiceUnavailable, RequestTimeout, UpgradeRequired)
 }
 

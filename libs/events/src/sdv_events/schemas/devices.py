@@ -20,6 +20,9 @@ ShortText = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 Labels = Annotated[dict[str, str], msgspec.Meta(max_length=64)]
 
 DeviceStatus = Literal["preauthorized", "pending", "accepted", "rejected", "decommissioned"]
+# What an announce is answered with: the device's status, or a nonce to sign (sdv_events.enrolment).
+AnnounceStatus = Literal["preauthorized", "pending", "accepted", "rejected", "decommissioned",
+                         "challenge"]
 RuntimeKind = Literal["docker", "native"]
 # How an accepted device got in: an operator's accept, its own pre-authorisation, the fleet token.
 AdmittedBy = Literal["operator", "preauthorized", "fleet_token"]
@@ -114,12 +117,16 @@ class DeviceDecommissioned(msgspec.Struct, frozen=True):
 
 class Announce(msgspec.Struct, frozen=True, kw_only=True):
     """An agent introduces itself with its own public nkey (it keeps the seed). `token` is a
-    pre-authorisation or fleet enrolment token, when it has one."""
+    pre-authorisation or fleet enrolment token, when it has one. `nonce` is the registry's
+    challenge and `signature` the key's over the rest (sdv_events.enrolment): an announce without
+    them is answered with a challenge only."""
 
     device_id: DeviceId
     public_key: UserPublicKey
     capabilities: Capabilities
     token: Annotated[str, msgspec.Meta(max_length=256)] | None = None
+    nonce: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    signature: Annotated[str, msgspec.Meta(max_length=128)] | None = None
 
 
 class DeviceCredentials(msgspec.Struct, frozen=True):
@@ -133,18 +140,23 @@ class DeviceCredentials(msgspec.Struct, frozen=True):
 
 class AnnounceReply(msgspec.Struct, frozen=True, kw_only=True):
     device_id: str
-    status: DeviceStatus
+    status: AnnounceStatus
     credentials: DeviceCredentials | None = None
     retry_after_s: float = 0.0  # pending: announce again after this long
     message: str = ""
+    nonce: str = ""  # status "challenge": sign the announce over this nonce
 
 
 # --- registry commands and queries (sdv.cmd.registry.<name>) ---------------------------------
 
 
 class AcceptDevice(msgspec.Struct, frozen=True):
+    """`key_fingerprint` (as a device view shows it): accept only if the device still announces
+    that key — the operator admits the key they saw, never one swapped in since."""
+
     device_id: DeviceId
     reason: Text = ""
+    key_fingerprint: Annotated[str, msgspec.Meta(max_length=64)] | None = None
 
 
 class RejectDevice(msgspec.Struct, frozen=True):
@@ -202,6 +214,7 @@ class DeviceView(msgspec.Struct, frozen=True, kw_only=True):
     device_id: str
     status: DeviceStatus
     public_key: str | None = None
+    key_fingerprint: str | None = None  # of public_key (sdv_events.enrolment.key_fingerprint)
     capabilities: Capabilities | None = None
     labels: dict[str, str] = {}
     online: bool = False

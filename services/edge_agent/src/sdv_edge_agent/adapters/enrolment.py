@@ -2,11 +2,13 @@
 
 The device makes its own user nkey (the seed never leaves `<data_dir>/device.nk`, mode 0600) and
 announces on `sdv.announce.<device_id>` — over the shared enrolment user, whose only rights are to
-announce and to hear replies under `_ENROL` — with its capabilities and public key. The reply
-(`sdv_events.schemas.devices.AnnounceReply`) says pending (announce again after
-`retry_after_s`), rejected, or accepted with a user JWT for that key. JWT + seed become
-`<data_dir>/device.creds`, which the agent's connection reads on every (re)connect; renewal is
-another announce before the JWT expires.
+announce and to hear replies under `_ENROL` — with its capabilities and public key, signed with
+that key over the registry's nonce (`sdv_events.enrolment`: possession of the key is proved, and
+replies are sealed to it). The reply (`sdv_events.schemas.devices.AnnounceReply`) says pending
+(announce again after `retry_after_s`), rejected, or accepted with a user JWT for that key.
+JWT + seed become `<data_dir>/device.creds`, which the agent's connection reads on every
+(re)connect; renewal is another announce, signed by the same registered key, before the JWT
+expires. A `rate_limited` refusal is waited out for the `retry_after_s` it names.
 """
 
 from __future__ import annotations
@@ -25,12 +27,12 @@ import psutil
 import structlog
 
 from sdv_edge_agent.adapters.cancel import reraise_if_cancelling
-from sdv_events.auth import ENROL_INBOX_PREFIX, announce_subject, format_creds, new_keypair, public_key
+from sdv_events import enrolment
+from sdv_events.auth import ENROL_INBOX_PREFIX, format_creds, new_keypair, public_key
 from sdv_events.auth.keys import Role, keypair_from_seed, seed_of
-from sdv_events.bus.rpc import Reply, ReplyError
-from sdv_events.codec import decode_as, encode
+from sdv_events.bus.rpc import CommandError, RateLimited
 from sdv_events.errors import DecodeError
-from sdv_events.schemas.devices import Announce, AnnounceReply, Capabilities, Kuksa
+from sdv_events.schemas.devices import AnnounceReply, Capabilities, Kuksa
 
 log = structlog.get_logger("sdv.agent.enrol")
 RENEW_AT = 0.8  # of a credential's lifetime
@@ -38,6 +40,12 @@ RENEW_AT = 0.8  # of a credential's lifetime
 
 class EnrolmentRejected(Exception):
     pass
+
+
+class EnrolmentThrottled(Exception):
+    def __init__(self, retry_after_s: float) -> None:
+        super().__init__(f"rate limited; retry in {retry_after_s:.1f} s")
+        self.retry_after_s = retry_after_s
 
 
 def capabilities(data_dir: Path, *, hardware_type: str, agent_version: str,
@@ -85,18 +93,16 @@ class Enrolment:
             user_credentials=str(self.enrol_creds) if self.enrol_creds else None,
         )
         try:
-            request = Announce(device_id=self.device_id, public_key=self.public_key,
-                               capabilities=self.capabilities(), token=self.token)
-            msg = await nc.request(announce_subject(self.device_id), encode(request), timeout=5)
-        finally:
-            await nc.close()
-        try:
-            reply = decode_as(msg.data, Reply)  # type: ignore[arg-type]
-            if isinstance(reply, ReplyError):
-                raise EnrolmentRejected(f"{reply.code}: {reply.message}")
-            return decode_as(bytes(reply.result), AnnounceReply)
+            return await enrolment.announce(nc, self.keypair, self.device_id, self.capabilities(),
+                                            token=self.token, timeout=5)
+        except RateLimited as err:
+            raise EnrolmentThrottled(float(err.details.get("retry_after_s", "5"))) from None
+        except CommandError as err:
+            raise EnrolmentRejected(f"{err.code}: {err.message}") from None
         except DecodeError as err:
             raise EnrolmentRejected(f"unreadable announce reply: {err}") from None
+        finally:
+            await nc.close()
 
     async def until_accepted(self) -> Path | None:
         """Announce until accepted; the creds file to connect with (None: the registry issues
@@ -105,6 +111,10 @@ class Enrolment:
         while True:
             try:
                 reply = await self.announce_once()
+            except EnrolmentThrottled as err:
+                log.info("announce_rate_limited", retry_in_s=err.retry_after_s)
+                await asyncio.sleep(min(max(err.retry_after_s, 0.1), 60.0))
+                continue
             except EnrolmentRejected as err:
                 log.error("announce_refused", reason=str(err))
                 await asyncio.sleep(30)

@@ -34,7 +34,8 @@ def command_router(registry: Registry) -> NatsRouter:
                                            info.metadata(), info.idempotency_key)
 
     async def accept(req: AcceptDevice, info: RequestInfo) -> DeviceView:
-        return await registry.accept(req.device_id, req.reason, info.metadata(), info.idempotency_key)
+        return await registry.accept(req.device_id, req.reason, info.metadata(), info.idempotency_key,
+                                     key_fingerprint=req.key_fingerprint)
 
     async def reject(req: RejectDevice, info: RequestInfo) -> DeviceView:
         return await registry.reject(req.device_id, req.reason, info.metadata(), info.idempotency_key)

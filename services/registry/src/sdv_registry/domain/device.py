@@ -1,13 +1,20 @@
 """The device aggregate (stream `device-<device_id>`): admission, capabilities, labels, presence.
 
     (unknown) ──announce──▶ pending ──accept──▶ accepted ──decommission──▶ decommissioned
-        │                      └──reject──▶ rejected ──accept──▶ accepted      (final)
+        │                      └──reject──▶ rejected ──accept──▶ accepted     (its key: final)
+        │                                      └──announce with another key──▶ pending
         └──preauthorize──▶ preauthorized ──announce with its token──▶ accepted
 
-A device is known by its own public nkey: the first key announced is the one an operator
-accepts, and an announce with another key is refused until the device is rejected or
-decommissioned — a second party cannot swap its key in. Announcing again with the same key is
-how an agent renews its credentials; it changes state only when the capabilities changed.
+A device is known by its own public nkey (every announce is signed by the key it names; the
+application checks that before this decider runs). The key announced is the one an operator
+accepts — and, when the operator names its fingerprint, only that key — and an announce with
+another key is refused while the device is pending or accepted: a second party cannot swap its
+key in or rewrite the capabilities. Announcing again with the same key is how an agent renews
+its credentials; it changes state only when the capabilities changed.
+
+Rejecting or decommissioning a device refuses its key for good and frees the id: another key
+(the real device after a squatter was rejected, a reinstalled one) announces it anew as pending,
+without the fleet token's shortcut, and waits for an operator. The refused keys stay refused.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from datetime import datetime
 import msgspec
 
 from sdv_events.decider import Decider
+from sdv_events.enrolment import key_fingerprint
 from sdv_events.errors import DomainError
 from sdv_events.labels import check_key, check_labels
 from sdv_events.schemas.devices import (
@@ -64,6 +72,7 @@ class Preauthorize(msgspec.Struct, frozen=True):
 class Accept(msgspec.Struct, frozen=True):
     device_id: str
     reason: str = ""
+    key_fingerprint: str | None = None  # accept only while the device announces this key
 
 
 class Reject(msgspec.Struct, frozen=True):
@@ -109,6 +118,10 @@ class DeviceState:
     admitted_by: AdmittedBy | None = None
     online: bool = False
     last_seen_at: datetime | None = None
+    refused_keys: frozenset[str] = frozenset()  # rejected or decommissioned, never admitted again
+
+    def refuses(self, key: str) -> bool:
+        return key in self.refused_keys
 
 
 def _known(state: DeviceState, device_id: str) -> DeviceStatus:
@@ -135,8 +148,11 @@ def _announce(cmd: AnnounceDevice, state: DeviceState) -> list[DeviceEvent]:
         if cmd.fleet_token_valid:
             events.append(DeviceAccepted(did, cmd.public_key, "fleet_token"))
         return events
-    if state.status in ("rejected", "decommissioned"):
+    if state.refuses(cmd.public_key):
         return []  # the reply tells the device; nothing about it changes
+    if state.status in ("rejected", "decommissioned"):
+        # The refused key is gone; another key starts over and waits for an operator.
+        return [DeviceAnnounced(did, cmd.public_key, cmd.capabilities)]
     if cmd.public_key != state.public_key:
         raise DomainError(
             f"device {did!r} is {state.status} with another public key; an operator must reject "
@@ -158,12 +174,16 @@ def decide(command: DeviceCommand, state: DeviceState) -> Sequence[DeviceEvent]:
             if state.token_sha256 == token and state.labels == labels:
                 return []
             return [DevicePreauthorized(did, token, check_labels(labels))]
-        case Accept(device_id=did, reason=reason):
+        case Accept(device_id=did, reason=reason, key_fingerprint=fingerprint):
             status = _known(state, did)
-            if status == "accepted":
-                return []
             if state.public_key is None:
                 raise DomainError(f"device {did!r} has not announced itself yet", code="conflict")
+            if fingerprint is not None and fingerprint != key_fingerprint(state.public_key):
+                raise DomainError(
+                    f"device {did!r} now announces key {key_fingerprint(state.public_key)}, not "
+                    f"{fingerprint}: look at it again before accepting", code="conflict")
+            if status == "accepted":
+                return []
             return [DeviceAccepted(did, state.public_key, "operator", reason)]
         case Reject(device_id=did, reason=reason):
             status = _known(state, did)
@@ -197,9 +217,11 @@ def evolve(state: DeviceState, event: DeviceEvent) -> DeviceState:
         case DeviceAnnounced(public_key=key, capabilities=caps):
             return replace(state, status="pending", public_key=key, capabilities=caps)
         case DeviceAccepted(public_key=key, admitted_by=by):
-            return replace(state, status="accepted", public_key=key, admitted_by=by)
-        case DeviceRejected():
-            return replace(state, status="rejected", admitted_by=None)
+            return replace(state, status="accepted", public_key=key, admitted_by=by,
+                           refused_keys=state.refused_keys - {key})
+        case DeviceRejected(public_key=key):
+            refused = state.refused_keys | ({key} if key else set())
+            return replace(state, status="rejected", admitted_by=None, refused_keys=refused)
         case DeviceCapabilitiesUpdated(capabilities=caps):
             return replace(state, capabilities=caps)
         case DeviceLabelsChanged(labels=labels):
@@ -208,8 +230,9 @@ def evolve(state: DeviceState, event: DeviceEvent) -> DeviceState:
             return replace(state, online=True, last_seen_at=seen_at)
         case DeviceWentOffline(last_seen_at=last_seen):
             return replace(state, online=False, last_seen_at=last_seen)
-        case DeviceDecommissioned():
-            return replace(state, status="decommissioned", admitted_by=None)
+        case DeviceDecommissioned(public_key=key):
+            refused = state.refused_keys | ({key} if key else set())
+            return replace(state, status="decommissioned", admitted_by=None, refused_keys=refused)
     return state
 
 
