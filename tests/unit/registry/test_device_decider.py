@@ -86,14 +86,29 @@ def test_reject_and_decommission_carry_the_key_to_revoke() -> None:
         DeviceDecommissioned(D, KEY, "sold")]
 
 
-def test_rejected_or_decommissioned_device_announcing_changes_nothing() -> None:
+def test_a_refused_key_changes_nothing_and_another_key_starts_over_as_pending() -> None:
+    """Rejecting a squatter frees the id for the real device's key (issue 11): never the
+    rejected or decommissioned key, and never by the fleet token's shortcut."""
     rejected = [ANNOUNCED, DeviceRejected(D, KEY)]
     assert device_decider.run(rejected, announce()) == []
-    assert device_decider.run(rejected, announce(OTHER_KEY)) == []
+    assert device_decider.run(rejected, announce(OTHER_KEY)) == [DeviceAnnounced(D, OTHER_KEY, CAPS)]
+    retried = [*rejected, DeviceAnnounced(D, OTHER_KEY, CAPS)]
+    assert device_decider.run(retried, announce()) == []  # the rejected key stays refused
+    assert device_decider.run(retried, Accept(D)) == [DeviceAccepted(D, OTHER_KEY, "operator")]
     gone = [ANNOUNCED, ACCEPTED, DeviceDecommissioned(D, KEY)]
     assert device_decider.run(gone, announce()) == []
     refused(gone, Accept(D), "conflict")
+    fleet = AnnounceDevice(device_id=D, public_key=OTHER_KEY, capabilities=CAPS, fleet_token_valid=True)
+    assert device_decider.run(gone, fleet) == [DeviceAnnounced(D, OTHER_KEY, CAPS)]
     assert device_decider.run(gone, Decommission(D)) == []
+
+
+def test_accept_naming_a_key_fingerprint_admits_only_that_key() -> None:
+    from sdv_events.enrolment import key_fingerprint
+
+    refused([ANNOUNCED], Accept(D, "", key_fingerprint(OTHER_KEY)), "conflict")
+    assert device_decider.run([ANNOUNCED], Accept(D, "", key_fingerprint(KEY))) == [
+        DeviceAccepted(D, KEY, "operator")]
 
 
 def test_rejected_device_can_be_accepted_later() -> None:

@@ -38,7 +38,12 @@ from sdv_events.auth.keys import Role, check_public_key, public_key
 from sdv_events.auth.permissions import announce_subject
 from sdv_events.bus.rpc import Reply, ReplyError, error_from_reply
 from sdv_events.codec import decode_as, encode
+from sdv_events.fingerprint import key_fingerprint
 from sdv_events.schemas.devices import Announce, AnnounceReply, Capabilities
+
+__all__ = ["SEALED_HEADER", "SEALED_SCHEME", "InvalidSignature", "announce", "issue_nonce",
+           "key_fingerprint", "nonce_is_valid", "open_sealed", "seal_to", "sign_announce",
+           "verify_announce"]
 
 SEALED_HEADER = "Sdv-Sealed"
 SEALED_SCHEME = "x25519-sealedbox"
@@ -79,12 +84,6 @@ def verify_announce(announce: Announce) -> None:
         _verify_key(announce.public_key).verify(signing_input(announce), sig)
     except (binascii.Error, ValueError, nacl.exceptions.BadSignatureError):
         raise InvalidSignature("the signature is not the announced key's over this announce") from None
-
-
-def key_fingerprint(user_public_key: str) -> str:
-    """A short, stable name of a device key an operator can compare (SHA-256, 16 hex digits)."""
-    digest = hashlib.sha256(user_public_key.encode()).hexdigest()[:16]
-    return ":".join(digest[i:i + 4] for i in range(0, 16, 4))
 
 
 # --- nonces (stateless, shared by the registry's replicas through `secret`) ----------------

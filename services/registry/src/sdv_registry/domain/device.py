@@ -27,8 +27,8 @@ from datetime import datetime
 import msgspec
 
 from sdv_events.decider import Decider
-from sdv_events.enrolment import key_fingerprint
 from sdv_events.errors import DomainError
+from sdv_events.fingerprint import key_fingerprint
 from sdv_events.labels import check_key, check_labels
 from sdv_events.schemas.devices import (
     AdmittedBy,
