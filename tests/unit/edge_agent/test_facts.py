@@ -28,3 +28,34 @@ def test_event_id_is_derived_from_the_msg_id() -> None:
     assert fact_event_id(msg_id) == fact_event_id(msg_id)
     assert fact_event_id(msg_id) != fact_event_id(msg_id + ":1")
     assert fact_event_id(msg_id).version == 5
+
+
+def test_sealed_ids_are_stable_on_this_device_and_unpredictable_without_its_secret() -> None:
+    from sdv_edge_agent.domain.facts import IdSealer
+
+    mine = IdSealer("car-1", b"k" * 32)
+    fact = mine.fact_id("a", DIGEST, 1, "agent.AppHealthy.v1")
+    assert fact == IdSealer("car-1", b"k" * 32).fact_id("a", DIGEST, 1, "agent.AppHealthy.v1")
+    assert fact.startswith("car-1:")
+    assert fact != IdSealer("car-1", b"x" * 32).fact_id("a", DIGEST, 1, "agent.AppHealthy.v1")
+    assert fact != fact_msg_id("car-1", "a", DIGEST, 1, "agent.AppHealthy.v1")
+    assert mine.log_id(7) == mine.log_id(7) != mine.log_id(8)
+    assert mine.log_id(7) != IdSealer("car-1", b"x" * 32).log_id(7)
+
+
+def test_a_short_secret_is_refused() -> None:
+    import pytest
+
+    from sdv_edge_agent.domain.facts import IdSealer
+
+    with pytest.raises(ValueError, match="32 bytes"):
+        IdSealer("car-1", b"short")
+
+
+def test_the_secret_is_made_once_owner_only_and_kept(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from sdv_edge_agent.adapters.id_secret import SECRET_FILE, load_or_create_secret
+
+    first = load_or_create_secret(tmp_path)
+    assert len(first) == 32
+    assert (tmp_path / SECRET_FILE).stat().st_mode & 0o777 == 0o600
+    assert load_or_create_secret(tmp_path) == first
