@@ -40,6 +40,7 @@ def show(view: DeviceView, as_json: bool) -> None:
     table = Table(show_header=False, box=None)
     caps = view.capabilities
     rows = [("device", view.device_id), ("status", view.status),
+            ("key", view.key_fingerprint or "-"),
             ("online", "yes" if view.online else "no"),
             ("labels", ", ".join(f"{k}={v}" for k, v in sorted(view.labels.items())) or "-")]
     if caps is not None:
@@ -86,9 +87,12 @@ def get(device_id: str, as_json: bool = JsonOption) -> None:
 
 
 @app.command("accept")
-def accept(device_id: str, reason: str = typer.Option(""), as_json: bool = JsonOption) -> None:
+def accept(device_id: str, reason: str = typer.Option(""),
+           key: str = typer.Option(None, "--key", help="the key fingerprint `sdv device get` showed: "
+                                   "accept only if the device still announces that key"),
+           as_json: bool = JsonOption) -> None:
     """Admit a pending device: it gets credentials at its next announce."""
-    show(call("accept", AcceptDevice(device_id, reason), DeviceView, as_json), as_json)
+    show(call("accept", AcceptDevice(device_id, reason, key), DeviceView, as_json), as_json)
 
 
 @app.command("reject")
