@@ -88,7 +88,7 @@ def get(device_id: str, as_json: bool = JsonOption) -> None:
 
 @app.command("accept")
 def accept(device_id: str, reason: str = typer.Option(""),
-           key: str = typer.Option(None, "--key", help="the key fingerprint `sdv device get` showed: "
+           key: str = typer.Option(None, "--key", help="the key fingerprint `sdv devices get` showed: "
                                    "accept only if the device still announces that key"),
            as_json: bool = JsonOption) -> None:
     """Admit a pending device: it gets credentials at its next announce."""
