@@ -33,5 +33,9 @@ def load_settings() -> RegistrySettings:
         "credential_ttl_s": os.environ.get("SDV_REGISTRY_CREDENTIAL_TTL_S"),
         "fleet_token": os.environ.get("SDV_FLEET_TOKEN"),
         "heartbeat_silence_s": os.environ.get("SDV_REGISTRY_HEARTBEAT_SILENCE_S"),
+        "announce_per_device_rate": os.environ.get("SDV_REGISTRY_ANNOUNCE_PER_DEVICE_RATE"),
+        "announce_per_device_burst": os.environ.get("SDV_REGISTRY_ANNOUNCE_PER_DEVICE_BURST"),
+        "announce_global_rate": os.environ.get("SDV_REGISTRY_ANNOUNCE_RATE"),
+        "announce_global_burst": os.environ.get("SDV_REGISTRY_ANNOUNCE_BURST"),
     }
     return RegistrySettings.from_env(SERVICE, **{k: v for k, v in env.items() if v})
