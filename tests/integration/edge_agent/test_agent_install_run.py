@@ -165,5 +165,5 @@ async def test_a_package_for_a_runtime_this_device_lacks_is_refused(fleet: Any, 
     await fleet.desire("car-6", 1, {"boxed": pkg})
     failed = await fleet.fact("car-6", "AppFailed", app="boxed")
     assert failed.data.stage == "install"
-    assert failed.data.reason == "needs the docker runtime; this device runs native apps only"
+    assert failed.data.reason == "needs the docker runtime; the docker runtime is not available on this device (it runs native apps only)"
     assert "AppDownloadStarted" not in fleet.fact_types("car-6", "boxed")

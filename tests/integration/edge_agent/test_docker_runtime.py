@@ -286,7 +286,7 @@ async def test_docker_package_is_refused_on_a_device_without_a_docker_engine(
 
     failed = await fleet.fact("dk-none", "AppFailed", app="ticker")
     assert failed.data.stage == "install"
-    assert failed.data.reason == "needs the docker runtime; this device runs native apps only"
+    assert failed.data.reason == "needs the docker runtime; the docker runtime is not available on this device (it runs native apps only)"
     rep = await fleet.until_state("dk-none", "ticker", "FAILED")
     assert "needs the docker runtime" in (rep.last_error or "")
     assert "docker_runtime_unavailable" in agent.log()

@@ -260,8 +260,10 @@ class AppSupervisor:
 
     async def _fetch_and_install(self, package: PackageInfo) -> InstalledVersion:
         if package.runtime not in self.agent.runtimes:
-            raise InstallError("install", f"needs the {package.runtime} runtime; this device runs "
-                                          f"{', '.join(sorted(self.agent.runtimes))} apps only")
+            # Whether the device has no such runtime or its engine did not come up with the agent.
+            raise InstallError("install", f"needs the {package.runtime} runtime; the "
+                                          f"{package.runtime} runtime is not available on this device "
+                                          f"(it runs {', '.join(sorted(self.agent.runtimes))} apps only)")
         if package.python_version != self.agent.python_version:
             raise InstallError("install", f"needs Python {package.python_version}; this device has "
                                           f"{self.agent.python_version}")
