@@ -16,7 +16,6 @@ so upcasting old versions happens at the reader (`HistoryEvent.envelope`).
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated
@@ -32,8 +31,8 @@ from sdv_events.bus.rpc import (
     RequestInfo,
     ServiceUnavailable,
 )
-from sdv_events.codec import decode_body, decode_metadata
-from sdv_events.envelope import Envelope, TraceContext
+from sdv_events.codec import WireEnvelope, decode_body, decode_metadata
+from sdv_events.envelope import Envelope
 from sdv_events.ids import InvalidStreamId, split_stream_id
 from sdv_events.registry import EventRegistry, default_registry
 from sdv_events.store.reads import EventFilter, RecordedEvent
@@ -75,22 +74,11 @@ class HistoryQuery(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True
     limit: int = DEFAULT_LIMIT
 
 
-class HistoryEvent(msgspec.Struct, frozen=True, kw_only=True):
-    """One recorded event as the history serves it: the body still JSON (`data`)."""
+class HistoryEvent(WireEnvelope, frozen=True, kw_only=True):
+    """One recorded event as the history serves it: the envelope as on the bus (the body still
+    JSON, `data`) and when the store recorded it."""
 
-    position: int
-    event_id: uuid.UUID
-    stream_id: str
-    version: int
-    type: str
-    schema_version: int
-    occurred_at: datetime
     recorded_at: datetime
-    data: msgspec.Raw
-    correlation_id: str | None = None
-    causation_id: str | None = None
-    actor: str | None = None
-    trace: TraceContext = TraceContext()
 
     def envelope(self, registry: EventRegistry = default_registry) -> Envelope:
         """The typed envelope (old versions upcast); `DecodeError` for a type `registry` does
