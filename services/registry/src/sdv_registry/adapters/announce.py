@@ -70,6 +70,9 @@ async def subscribe_announcements(nc: NatsClient, registry: Registry, limiter: A
                 except InvalidPublicKey:
                     pass  # the reply says so, in clear; it holds nothing of anyone else
             await nc.publish(msg.reply, reply, headers=headers)
+        except Exception as exc:  # a request's own task: nobody awaits it, so say it here
+            log.error("announce_reply_failed", device_id=device_id[:64],
+                      error=f"{type(exc).__name__}: {exc}")
         finally:
             slots.release()
 
