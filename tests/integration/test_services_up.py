@@ -63,9 +63,11 @@ def test_sdv_up_check_json_starts_everything_and_stops(tmp_path: Path) -> None:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
     assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == sorted(f"{n}.log" for n in SERVICES)
-    if "SDV_NATS_URL" not in os.environ:  # embedded NATS in operator mode: credentials kept, owner-only
+    if "SDV_NATS_URL" not in os.environ:  # embedded NATS in operator mode over TLS: keys kept, owner-only
         nats_dir = tmp_path / "nats"
         assert report["nats_creds"] == str(nats_dir / "service.creds")
         assert report["enrol_creds"] == str(nats_dir / "enrol.creds")
-        for name in ("trust.json", "service.creds", "enrol.creds"):
+        assert report["nats_ca"] == str(nats_dir / "tls" / "ca.pem")
+        assert report["nats_url"].startswith("tls://127.0.0.1:")
+        for name in ("trust.json", "service.creds", "enrol.creds", "tls/ca-key.pem", "tls/server-key.pem"):
             assert stat.S_IMODE((nats_dir / name).stat().st_mode) == 0o600, name

@@ -1,5 +1,5 @@
-"""The suite as `sdv up` runs it by default: embedded NATS in operator mode, so the server itself
-enforces who may do what. Services answer ping over it with the service credentials `sdv up`
+"""The suite as `sdv up` runs it by default: embedded NATS in operator mode over TLS (clients pin
+its CA: test_suite_tls.py), so the server itself enforces who may do what. Services answer ping over it with the service credentials `sdv up`
 wrote; a client without credentials is refused; the enrolment credentials can announce and
 nothing else; a device the registry accepted connects with the credentials it was issued and
 can publish its heartbeat (and no more)."""
@@ -34,6 +34,7 @@ from sdv_events.auth import (
     raw_creds,
     seed_of,
 )
+from sdv_events.auth.client_tls import tls_options
 from sdv_events.auth.creds import format_creds
 from sdv_events.bus import CommandClient
 from sdv_events.codec import decode_as, encode
@@ -89,16 +90,23 @@ async def suite(tmp_path_factory: pytest.TempPathFactory, database_url: str) -> 
 
 @pytest.fixture(scope="module")
 async def ops(suite: Suite) -> AsyncIterator[CommandClient]:
-    nc = await nats.connect(str(suite.nats_url), user_credentials=suite.nats_creds)
+    nc = await nats.connect(str(suite.nats_url), user_credentials=suite.nats_creds, **_tls(suite))
     yield CommandClient(nc, actor="operator:test", timeout=5.0)
     await nc.close()
 
 
+def _tls(suite: Suite) -> dict[str, Any]:
+    """The suite's NATS requires TLS: pin the CA `sdv up` made."""
+    return tls_options(str(suite.nats_url), suite.nats_ca)
+
+
 def _sdv_ping(suite: Suite, *args: str, creds: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "SDV_NATS_CREDS"}
+    env = {k: v for k, v in os.environ.items() if k not in ("SDV_NATS_CREDS", "SDV_NATS_CA")}
     env["SDV_NATS_URL"] = str(suite.nats_url)
     if creds:
         env["SDV_NATS_CREDS"] = creds
+    if "--data-dir" not in args:
+        env["SDV_NATS_CA"] = str(suite.nats_ca)
     return subprocess.run([str(SDV), "ping", "--json", "--timeout", "3", *args], env=env,
                           capture_output=True, text=True, timeout=30, check=False)
 
@@ -140,7 +148,7 @@ async def test_a_client_without_credentials_is_refused(suite: Suite) -> None:
     errors = Errors()
     with pytest.raises(Exception) as caught:  # noqa: PT011 - nats-py raises several kinds here
         await nats.connect(str(suite.nats_url), allow_reconnect=False, connect_timeout=2,
-                           max_reconnect_attempts=1, error_cb=errors.record)
+                           max_reconnect_attempts=1, error_cb=errors.record, **_tls(suite))
     assert "authorization violation" in " ".join([str(caught.value).lower(), *errors])
 
 
@@ -159,7 +167,8 @@ async def _request_announce(nc: NatsClient, device_id: str, key: Any) -> Announc
 async def _enrolment_client(suite: Suite, errors: Errors) -> NatsClient:
     assert suite.enrol_creds is not None
     return await nats.connect(str(suite.nats_url), user_credentials=str(suite.enrol_creds),
-                              inbox_prefix=ENROL_INBOX_PREFIX, error_cb=errors.record, allow_reconnect=False)
+                              inbox_prefix=ENROL_INBOX_PREFIX, error_cb=errors.record, allow_reconnect=False,
+                              **_tls(suite))
 
 
 async def test_enrolment_credentials_announce_but_read_no_events(suite: Suite, ops: CommandClient) -> None:
@@ -214,6 +223,7 @@ async def test_an_accepted_device_connects_with_its_credentials_and_heartbeats(
     device = await nats.connect(
         str(suite.nats_url), user_credentials=raw_creds(format_creds(reply.credentials.jwt, seed_of(key))),
         inbox_prefix=reply.credentials.inbox_prefix, error_cb=errors.record, allow_reconnect=False,
+        **_tls(suite),
     )
     try:
         await device.publish(f"sdv.hb.{device_id}", b"")
@@ -244,14 +254,17 @@ async def test_an_accepted_device_connects_with_its_credentials_and_heartbeats(
 
 
 def test_a_second_sdv_up_on_the_same_data_dir_reuses_the_chain_of_trust(tmp_path: Path) -> None:
-    """Device credentials stay valid across restarts only if the keys do: the trust is made once."""
-    env = {k: v for k, v in os.environ.items() if k not in ("SDV_NATS_URL", "SDV_NATS_CREDS")}
+    """Device credentials stay valid across restarts only if the keys do: the trust is made once.
+    So is the TLS CA agents pin, and the server certificate it signed."""
+    env = {k: v for k, v in os.environ.items() if k not in ("SDV_NATS_URL", "SDV_NATS_CREDS", "SDV_NATS_CA")}
     trust_file = tmp_path / "nats" / "trust.json"
-    seen = []
+    seen, certs = [], []
     for _ in range(2):
         result = subprocess.run([str(SDV), "up", "--check", "--json", "--data-dir", str(tmp_path)],
                                 env=env, capture_output=True, text=True, timeout=25, check=False)
         assert result.returncode == 0, result.stdout + result.stderr
         assert json.loads(result.stdout)["nats_creds"] == str(tmp_path / "nats" / "service.creds")
         seen.append(trust_file.read_text())
+        certs.append([(tmp_path / "nats" / "tls" / name).read_bytes() for name in ("ca.pem", "server.pem")])
     assert seen[0] == seen[1]
+    assert certs[0] == certs[1]

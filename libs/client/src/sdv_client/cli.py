@@ -19,14 +19,16 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn
 from rich.table import Table
 
 from sdv_client.app_cli import app as apps_app
+from sdv_client.deploy_cli import app as deploy_app
 from sdv_client.device_cli import app as devices_app
-from sdv_client.health import SERVICES, ServiceStatus, nats_credentials, ping_all, quiet, status_of
+from sdv_client.health import SERVICES, ServiceStatus, nats_ca, nats_credentials, ping_all, quiet, status_of
 from sdv_client.history_cli import history
 from sdv_client.package_cli import app as package_app
 from sdv_client.rebuild_cli import rebuild
 from sdv_client.rollout_cli import app as rollout_app
 from sdv_client.rollout_cli import policy_app
 from sdv_client.suite import Suite, SuiteError
+from sdv_events.auth.client_tls import NatsCaError, tls_hint, tls_options
 
 app = typer.Typer(help="SDV Fleet: package, roll out and watch vehicle apps.", no_args_is_help=True)
 app.add_typer(package_app, name="package")
@@ -34,6 +36,7 @@ app.add_typer(devices_app, name="devices")
 app.add_typer(rollout_app, name="rollout")
 app.add_typer(policy_app, name="policy")
 app.add_typer(apps_app, name="app")
+app.add_typer(deploy_app, name="deploy")
 app.command("history")(history)
 app.command("rebuild")(rebuild)
 out = Console()
@@ -109,16 +112,18 @@ async def _up(suite: Suite, *, check: bool, as_json: bool, timeout: float) -> in
             err.print("interrupted during start-up")
             return 130
         extra = {"nats_url": suite.nats_url, "database_url": suite.database_url,
-                 "data_dir": str(suite.dir), "nats_creds": suite.nats_creds,
+                 "data_dir": str(suite.dir), "nats_creds": suite.nats_creds, "nats_ca": suite.nats_ca,
                  "enrol_creds": str(suite.enrol_creds) if suite.enrol_creds else None}
         _print(statuses, as_json, extra)
         if check:
             return 0
         creds = f" SDV_NATS_CREDS={suite.nats_creds}" if suite.nats_creds else ""
-        err.print(f"suite running: `SDV_NATS_URL={suite.nats_url}{creds} sdv ping` checks it; "
+        ca = f" SDV_NATS_CA={suite.nats_ca}" if suite.nats_ca else ""
+        err.print(f"suite running: `SDV_NATS_URL={suite.nats_url}{creds}{ca} sdv ping` checks it; "
                   "Ctrl-C stops it")
         if suite.enrol_creds is not None:
-            err.print(f"agents enrol with `sdv-agent --enrol --nats-url {suite.nats_url} "
+            pin = f" --nats-ca {suite.nats_ca}" if suite.nats_ca else ""
+            err.print(f"agents enrol with `sdv-agent --enrol --nats-url {suite.nats_url}{pin} "
                       f"--enrol-creds {suite.enrol_creds} …`; accept them with sdv.cmd.registry.accept")
         while not stop.is_set():
             for name in suite.restart_exited():
@@ -156,20 +161,25 @@ def up(
 
     The embedded NATS enforces per-user permissions (operator mode): its keys are kept in
     <data-dir>/nats/trust.json, the services' credentials in <data-dir>/nats/service.creds and
-    the agents' enrolment credentials in <data-dir>/nats/enrol.creds."""
+    the agents' enrolment credentials in <data-dir>/nats/enrol.creds. It requires TLS: clients pin
+    the CA in <data-dir>/nats/tls/ca.pem (SDV_NATS_CA)."""
     suite = Suite(data_dir=data_dir, nats_port=nats_port)
     raise typer.Exit(asyncio.run(_up(suite, check=check, as_json=as_json, timeout=timeout)))
 
 
-async def _ping(url: str, creds: str | None, timeout: float, as_json: bool) -> int:
+async def _ping(url: str, creds: str | None, ca: str | None, timeout: float, as_json: bool) -> int:
     auth = {"user_credentials": creds} if creds else {}
     try:
         # max_reconnect_attempts=0 would mean "retry forever" to nats-py's initial connect.
         nc = await nats.connect(url, name="sdv-ping", connect_timeout=2, max_reconnect_attempts=1,
                                 reconnect_time_wait=0.2, allow_reconnect=False, error_cb=quiet,
-                                **auth)
+                                **auth, **tls_options(url, ca))
+    except NatsCaError as exc:
+        _fail(str(exc), as_json)
+        return 1
     except Exception as exc:
-        hint = "" if creds else " (an operator-mode server needs SDV_NATS_CREDS or --data-dir)"
+        hint = tls_hint(exc, ca) or (
+            "" if creds else " (an operator-mode server needs SDV_NATS_CREDS or --data-dir)")
         _fail(f"cannot reach NATS at {url}: {exc!r}{hint}", as_json)
         return 1
     try:
@@ -177,7 +187,7 @@ async def _ping(url: str, creds: str | None, timeout: float, as_json: bool) -> i
     finally:
         await nc.close()
     statuses = [status_of(name, answer) for name, answer in answers.items()]
-    _print(statuses, as_json, {"nats_url": url, "nats_creds": creds})
+    _print(statuses, as_json, {"nats_url": url, "nats_creds": creds, "nats_ca": ca})
     return 0 if all(s.state == "up" for s in statuses) else 1
 
 
@@ -185,17 +195,18 @@ async def _ping(url: str, creds: str | None, timeout: float, as_json: bool) -> i
 def ping(
     timeout: float = typer.Option(2.0, help="Seconds to wait for each answer."),
     data_dir: Path | None = typer.Option(None, help="The --data-dir of `sdv up`: connect with the "
-                                         "service credentials it wrote (default: SDV_NATS_CREDS)."),
+                                         "service credentials and CA it wrote (default: SDV_NATS_CREDS, "
+                                         "SDV_NATS_CA)."),
     as_json: bool = JsonOption,
 ) -> None:
     """Ping every service of a running suite (NATS at SDV_NATS_URL, credentials from
-    SDV_NATS_CREDS or --data-dir); exit 1 if one is down."""
+    SDV_NATS_CREDS and the CA to pin from SDV_NATS_CA, or both from --data-dir); exit 1 if one is down."""
     url = os.environ.get("SDV_NATS_URL", "nats://127.0.0.1:4222")
     creds = nats_credentials(data_dir)
     if creds is not None and not Path(creds).is_file():
         _fail(f"no NATS credentials at {creds} (SDV_NATS_CREDS, or the --data-dir of sdv up)", as_json)
         raise typer.Exit(1)
-    raise typer.Exit(asyncio.run(_ping(url, creds, timeout, as_json)))
+    raise typer.Exit(asyncio.run(_ping(url, creds, nats_ca(data_dir), timeout, as_json)))
 
 
 def main() -> None:

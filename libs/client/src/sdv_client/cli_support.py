@@ -1,4 +1,4 @@
-"""What every `sdv` sub-command shares: connecting to NATS with the suite's credentials,
+"""What every `sdv` sub-command shares: connecting to NATS with the suite's credentials and CA,
 turning typed command errors into exit codes, and `--json` output.
 
 Exit codes: 0 done; 1 the service refused (invalid, conflict, not found, rejected, …); 2 usage
@@ -23,7 +23,8 @@ import typer
 from nats.aio.client import Client as NatsClient
 from rich.console import Console
 
-from sdv_client.health import nats_credentials
+from sdv_client.health import nats_ca, nats_credentials
+from sdv_events.auth.client_tls import NatsCaError, tls_hint, tls_options
 from sdv_events.bus import CommandError, RequestTimeout, ServiceUnavailable
 
 T = TypeVar("T")
@@ -81,7 +82,12 @@ def failure_of(exc: CommandError, service: str) -> Failure:
 
 
 async def with_nats(work: Callable[[NatsClient], Awaitable[T]], service: str) -> T:
-    url = nats_url()
+    url, ca = nats_url(), nats_ca()
+    try:
+        tls = tls_options(url, ca)
+    except NatsCaError as exc:
+        raise Failure(str(exc), code="bad_ca", exit_code=2) from None
+
     async def quiet(_: Exception) -> None:  # the failure is reported below, once
         return None
 
@@ -90,10 +96,10 @@ async def with_nats(work: Callable[[NatsClient], Awaitable[T]], service: str) ->
         nc: NatsClient = await asyncio.wait_for(nats.connect(
             url, name=f"sdv-cli-{service}", connect_timeout=2, allow_reconnect=False,
             max_reconnect_attempts=1, reconnect_time_wait=0.1, error_cb=quiet,
-            user_credentials=nats_credentials(),
+            user_credentials=nats_credentials(), **tls,
         ), CONNECT_TIMEOUT_S)
     except Exception as exc:
-        raise Failure(f"cannot reach NATS at {url}: {exc!r}", code="unreachable",
+        raise Failure(f"cannot reach NATS at {url}: {exc!r}{tls_hint(exc, ca)}", code="unreachable",
                       exit_code=EXIT_UNREACHABLE) from None
     try:
         return await work(nc)

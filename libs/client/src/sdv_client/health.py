@@ -1,5 +1,5 @@
 """Is each service answering? `sdv.cmd.<service>.ping` for every service of the suite, at once;
-and where `sdv up` keeps the NATS credentials that asking needs."""
+and where `sdv up` keeps the NATS credentials and CA that asking needs."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from typing import Literal
 import msgspec
 from nats.aio.client import Client as NatsClient
 
+from sdv_events.auth.certificates import CA_FILE
+from sdv_events.auth.client_tls import ca_from_env
 from sdv_events.bus import CommandClient, CommandError
 from sdv_events.service import Ping, ServiceHealth
 
@@ -23,6 +25,7 @@ CREDS_ENV = "SDV_NATS_CREDS"
 TRUST_FILE = "trust.json"
 SERVICE_CREDS_FILE = "service.creds"
 ENROL_CREDS_FILE = "enrol.creds"
+TLS_DIR = "tls"  # the CA, and the server certificate it signed (sdv_events.auth.certificates)
 
 
 def service_creds_path(data_dir: Path) -> Path:
@@ -35,6 +38,18 @@ def nats_credentials(data_dir: Path | None = None) -> str | None:
     if data_dir is not None:
         return str(service_creds_path(data_dir))
     return os.environ.get(CREDS_ENV) or None
+
+
+def tls_dir(data_dir: Path) -> Path:
+    return data_dir / "nats" / TLS_DIR
+
+
+def nats_ca(data_dir: Path | None = None) -> str | None:
+    """The CA to pin: the one `sdv up --data-dir <data_dir>` made when a data dir is named, else
+    `SDV_NATS_CA`, else None (a server without TLS, or one the system's authorities vouch for)."""
+    if data_dir is not None:
+        return str(tls_dir(data_dir) / CA_FILE)
+    return ca_from_env()
 
 # up: answers ping, every task healthy · unhealthy: answers, but a task failed, restarts or is
 # stuck (a lagging relay, a consumer stopped at an event it cannot read) · starting: its process

@@ -12,8 +12,13 @@ writes, owner-only, beside it:
   the enrolment inbox); the registry mints each accepted device its own credentials from the
   trust file (`SDV_TRUST_FILE`, given to the registry only) and pushes revocations.
 
-With `SDV_NATS_URL` the suite uses that server as it is configured, and `SDV_NATS_CREDS` (when
-set) as the services' credentials.
+It requires TLS of every client: `sdv up` keeps a CA of its own and the server certificate it
+signed in `<data-dir>/nats/tls/` (`sdv_events.auth.certificates`: made once, renewed before they
+expire; the CA key owner-only), serves `tls://127.0.0.1:<port>`, and every client pins
+`tls/ca.pem` (`SDV_NATS_CA`, the agent's `--nats-ca`): no other CA is trusted.
+
+With `SDV_NATS_URL` the suite uses that server as it is configured, and `SDV_NATS_CREDS` /
+`SDV_NATS_CA` (when set) as the services' credentials and pinned CA.
 
 Services run in process groups of their own: Ctrl-C in a terminal reaches `sdv up` only, which
 then stops the services before the servers they depend on.
@@ -44,6 +49,7 @@ from sdv_client.health import (
     ENROL_CREDS_FILE,
     SERVICE_CREDS_FILE,
     SERVICES,
+    TLS_DIR,
     TRUST_FILE,
     ServiceStatus,
     State,
@@ -52,6 +58,8 @@ from sdv_client.health import (
     status_of,
 )
 from sdv_events.auth import Trust, render_server_config
+from sdv_events.auth.certificates import ServerTls, ensure_server_tls
+from sdv_events.auth.client_tls import CA_ENV, NatsCaError, ca_from_env, tls_options
 from sdv_events.servers import NatsServer, PostgresServer
 
 STOP_GRACE_S = 10.0
@@ -132,6 +140,8 @@ class Suite:
     services: tuple[str, ...] = SERVICES
     # The services' `.creds` file for a NATS named by nats_url; the embedded NATS makes its own.
     nats_creds: str | None = field(default_factory=lambda: os.environ.get(CREDS_ENV) or None)
+    # The CA to pin for a NATS named by nats_url; the embedded NATS makes its own.
+    nats_ca: str | None = field(default_factory=ca_from_env)
 
     def __post_init__(self) -> None:
         self._own_dir = self.data_dir is None
@@ -163,11 +173,15 @@ class Suite:
         if missing:
             raise SuiteError(f"not installed in this environment: {', '.join(f'sdv_{n}' for n in missing)}")
         await asyncio.gather(self._start_nats(), self._start_postgres())
+        try:
+            tls = tls_options(str(self.nats_url), self.nats_ca)
+        except NatsCaError as exc:
+            raise SuiteError(str(exc)) from exc
         for proc in self.processes.values():
             proc.start(self._service_env(proc.name))
         auth = {"user_credentials": self.nats_creds} if self.nats_creds else {}
         self._nc = await nats.connect(str(self.nats_url), name="sdv-up", max_reconnect_attempts=-1,
-                                      error_cb=quiet, **auth)
+                                      error_cb=quiet, **auth, **tls)
 
     def _service_env(self, service: str) -> dict[str, str]:
         # SDV_DATA_DIR: where services keep files of their own (e.g. the packager's signing key),
@@ -176,6 +190,9 @@ class Suite:
                    SDV_DATA_DIR=str(self.dir))
         if self.nats_creds:
             env[CREDS_ENV] = self.nats_creds
+        env.pop(CA_ENV, None)
+        if self.nats_ca:
+            env[CA_ENV] = self.nats_ca
         if self.trust_file is not None:
             # The operator and account signing keys: only the registry mints device credentials.
             env.pop("SDV_TRUST_FILE", None)
@@ -198,10 +215,20 @@ class Suite:
             service_creds = write_private(nats_dir / SERVICE_CREDS_FILE, trust.service_creds("service"))
             self.enrol_creds = write_private(nats_dir / ENROL_CREDS_FILE, trust.enrol_creds())
             self.trust_file, self.nats_creds = trust_file, str(service_creds)
+            tls = await self._nats_tls(nats_dir / TLS_DIR)
             self._nats = NatsServer(port=self.nats_port, store_dir=nats_dir,
-                                    config_text=render_server_config(trust))
+                                    config_text=render_server_config(trust), tls=tls)
             await _start_server("NATS", self._nats.start, nats_dir / "nats.log")
             self.nats_url = self._nats.url
+
+    async def _nats_tls(self, directory: Path) -> ServerTls:
+        """The CA and server certificate (kept, or renewed when they expire soon); clients pin the CA."""
+        try:
+            tls = await asyncio.to_thread(ensure_server_tls, directory)
+        except (OSError, ValueError) as exc:
+            raise SuiteError(f"cannot make the NATS TLS certificates in {directory}: {exc!r}") from exc
+        self.nats_ca = str(tls.ca_file)
+        return tls
 
     async def _start_postgres(self) -> None:
         if self.database_url is None:

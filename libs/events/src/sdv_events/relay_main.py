@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 
 import nats
 
+from sdv_events.auth.client_tls import ca_from_env, tls_options
 from sdv_events.logs import configure_logging
 from sdv_events.provisioning import provision
 from sdv_events.relay import Relay
@@ -20,7 +22,10 @@ from sdv_events.store import EventStore
 
 async def run(database_url: str, schema: str, nats_url: str, batch_size: int) -> None:
     store = await EventStore.open(database_url, schema)
-    nc = await nats.connect(nats_url, name=f"sdv-relay-{schema}", max_reconnect_attempts=-1)
+    # The suite's credentials and CA, as the services get them (SDV_NATS_CREDS, SDV_NATS_CA).
+    nc = await nats.connect(nats_url, name=f"sdv-relay-{schema}", max_reconnect_attempts=-1,
+                            user_credentials=os.environ.get("SDV_NATS_CREDS") or None,
+                            **tls_options(nats_url, ca_from_env()))
     js = nc.jetstream()
     await provision(js)
     stop = asyncio.Event()

@@ -24,6 +24,7 @@ from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from pydantic import BaseModel, model_validator
 
+from sdv_events.auth.client_tls import CA_ENV
 from sdv_events.bus import CommandClient, CommandError, RequestInfo, make_broker, register_command
 from sdv_events.history import HISTORY_COMMAND, HistoryQuery, history_handler
 from sdv_events.idempotency import DEFAULT_KEY_TTL, key_pruner
@@ -51,6 +52,9 @@ class ServiceSettings(BaseModel):
     log_level: str = "INFO"
     # A `.creds` file (user JWT + nkey seed) for a NATS server in operator mode; None = no auth.
     nats_credentials: str | None = None
+    # The CA certificate the NATS server's certificate must be signed by (pinned: no other CA is
+    # trusted); None = the system's authorities, for a server that requires TLS at all.
+    nats_ca: str | None = None
     # The largest event `append` stores (encoded body + metadata), below NATS's max payload.
     max_event_bytes: int = MAX_EVENT_BYTES
     # Health turns red when the oldest unpublished event is older than this.
@@ -66,12 +70,12 @@ class ServiceSettings(BaseModel):
     @classmethod
     def from_env(cls, service: str, **overrides: Any) -> Self:
         """`SDV_NATS_URL`, `SDV_DATABASE_URL`, `SDV_<SERVICE>_SCHEMA`, `SDV_LOG_LEVEL`,
-        `SDV_NATS_CREDS`, `SDV_MAX_EVENT_BYTES`, `SDV_IDEMPOTENCY_TTL_S`,
+        `SDV_NATS_CREDS`, `SDV_NATS_CA`, `SDV_MAX_EVENT_BYTES`, `SDV_IDEMPOTENCY_TTL_S`,
         `SDV_RELAY_STUCK_AFTER_S`."""
         names = {"nats_url": "SDV_NATS_URL", "database_url": "SDV_DATABASE_URL",
                  "schema_name": f"SDV_{service.upper()}_SCHEMA", "log_level": "SDV_LOG_LEVEL",
-                 "nats_credentials": "SDV_NATS_CREDS", "max_event_bytes": "SDV_MAX_EVENT_BYTES",
-                 "idempotency_ttl_s": "SDV_IDEMPOTENCY_TTL_S",
+                 "nats_credentials": "SDV_NATS_CREDS", "nats_ca": CA_ENV,
+                 "max_event_bytes": "SDV_MAX_EVENT_BYTES", "idempotency_ttl_s": "SDV_IDEMPOTENCY_TTL_S",
                  "relay_stuck_after_s": "SDV_RELAY_STUCK_AFTER_S"}
         values = {key: os.environ[env] for key, env in names.items() if os.environ.get(env)}
         return cls(service=service, **(values | overrides))
@@ -176,11 +180,12 @@ async def run_service(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
+    # First: an unusable CA file (NatsCaError) stops the service before anything is opened.
+    broker = make_broker(settings.nats_url, name, credentials=settings.nats_credentials,
+                         ca_file=settings.nats_ca)
     store = await EventStore.open(settings.database_url, settings.schema_name,
                                   max_event_bytes=settings.max_event_bytes,
                                   idempotency_ttl=timedelta(seconds=settings.idempotency_ttl_s))
-    auth = {"user_credentials": settings.nats_credentials} if settings.nats_credentials else {}
-    broker = make_broker(settings.nats_url, name, **auth)
     runtime: ServiceRuntime | None = None
     try:
         await broker.connect()

@@ -125,7 +125,7 @@ def build_agent(settings: AgentSettings, *, runtimes: list[Runtime], installer: 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     settings.data_dir.chmod(0o711)
     store = AgentStore(settings.data_dir / "agent.db")
-    link = NatsLink(settings.nats_url, settings.device_id, creds=settings.nats_creds)
+    link = NatsLink(settings.nats_url, settings.device_id, creds=settings.nats_creds, ca=settings.nats_ca)
     sealer = IdSealer(settings.device_id, load_or_create_secret(settings.data_dir))
     facts = FactOutbox(link, store, settings.device_id, sealer)
     logs = LogShipper(link, store, settings.device_id, sealer)
@@ -245,7 +245,7 @@ async def connect(settings: AgentSettings, link: NatsLink, databroker: Databroke
         return
     enrolment = Enrolment(
         settings.nats_url, settings.device_id, settings.data_dir, enrol_creds=settings.enrol_creds,
-        token=settings.fleet_token,
+        token=settings.fleet_token, ca=settings.nats_ca,
         capabilities=lambda: capabilities(settings.data_dir, hardware_type=settings.hardware_type,
                                           agent_version=agent.options.agent_version,
                                           databroker=databroker.found, runtimes=sorted(agent.runtimes),

@@ -3,6 +3,10 @@
   SDV_DEVICE_ID                  this device's id (required)
   SDV_NATS_URL                   nats://127.0.0.1:4222
   SDV_AGENT_NATS_CREDS           a NATS .creds file (the device's user JWT + nkey seed), optional
+  SDV_NATS_CA                    the fleet's CA certificate (PEM) to pin: the NATS server's
+                                 certificate must be signed by it, no other CA is trusted
+                                 (`sdv up`: <data-dir>/nats/tls/ca.pem); a tls:// URL starts TLS
+                                 with its first byte
   SDV_AGENT_DATA_DIR             SQLite database, installed apps, console files
                                  (else $SDV_DATA_DIR/agent, else ~/.sdv-agent/<id>)
   SDV_AGENT_PACKAGER_KEY         the packager's Ed25519 public key, base64 (required: no
@@ -44,6 +48,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from sdv_events.auth.client_tls import CA_ENV, NatsCaError, pinned_context
+
 SERVICE = "edge_agent"
 
 
@@ -68,6 +74,7 @@ class AgentSettings:
     data_dir: Path
     packager_public_key: str
     nats_creds: Path | None = None
+    nats_ca: Path | None = None
     databroker: str | None = None
     heartbeat_s: float = 5.0
     monitor_s: float = 1.0
@@ -92,6 +99,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device-id")
     p.add_argument("--nats-url")
     p.add_argument("--nats-creds", type=Path)
+    p.add_argument("--nats-ca", type=Path, help="the fleet's CA certificate to pin (PEM)")
     p.add_argument("--data-dir", type=Path)
     p.add_argument("--packager-key", help="packager Ed25519 public key (base64)")
     p.add_argument("--packager-key-file", type=Path)
@@ -161,6 +169,12 @@ def load_settings(argv: list[str] | None = None, env: dict[str, str] | None = No
                             "SDV_AGENT_PACKAGER_KEY; without it no package can be verified")
     creds_env = env.get("SDV_AGENT_NATS_CREDS")
     creds = args.nats_creds or (Path(creds_env) if creds_env else None)
+    ca = args.nats_ca or (Path(env[CA_ENV]) if env.get(CA_ENV) else None)
+    if ca is not None:
+        try:
+            pinned_context(ca)
+        except NatsCaError as err:
+            raise SettingsError(str(err)) from None
     # SDV_DATA_DIR: the suite-wide service data directory (the container images mount it).
     shared = Path(env["SDV_DATA_DIR"]) / "agent" if env.get("SDV_DATA_DIR") else None
     data_dir = args.data_dir or Path(env.get("SDV_AGENT_DATA_DIR") or shared
@@ -172,7 +186,7 @@ def load_settings(argv: list[str] | None = None, env: dict[str, str] | None = No
     return AgentSettings(
         device_id=device_id,
         nats_url=args.nats_url or env.get("SDV_NATS_URL", "nats://127.0.0.1:4222"),
-        data_dir=data_dir, packager_public_key=key, nats_creds=creds,
+        data_dir=data_dir, packager_public_key=key, nats_creds=creds, nats_ca=ca,
         databroker=args.databroker or env.get("SDV_AGENT_DATABROKER") or None,
         heartbeat_s=args.heartbeat_s or num("SDV_AGENT_HEARTBEAT_S", 5.0),
         monitor_s=num("SDV_AGENT_MONITOR_S", 1.0),

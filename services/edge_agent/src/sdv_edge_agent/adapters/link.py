@@ -19,17 +19,19 @@ from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
 from sdv_edge_agent.adapters.cancel import reraise_if_cancelling
+from sdv_events.auth.client_tls import tls_hint, tls_options
 
 log = structlog.get_logger("sdv.agent.link")
 Hook = Callable[[], Awaitable[None]]
 
 
 class NatsLink:
-    def __init__(self, url: str, device_id: str, *, creds: Path | None = None,
+    def __init__(self, url: str, device_id: str, *, creds: Path | None = None, ca: Path | None = None,
                  request_timeout_s: float = 5.0) -> None:
         self.url = url
         self.device_id = device_id
         self.creds = creds
+        self.ca = ca  # the fleet CA to pin (sdv_events.auth.client_tls)
         self.request_timeout_s = request_timeout_s
         self.connected = asyncio.Event()
         self.nc: NatsClient | None = None
@@ -62,11 +64,12 @@ class NatsLink:
                     max_outstanding_pings=2, allow_reconnect=True,
                     user_credentials=str(self.creds) if self.creds else None,
                     error_cb=self._on_error, disconnected_cb=self._on_disconnected,
-                    reconnected_cb=self._on_reconnected,
+                    reconnected_cb=self._on_reconnected, **tls_options(self.url, self.ca),
                 )
             except Exception as exc:
                 reraise_if_cancelling(exc)
-                log.info("nats_connect_failed", url=self.url, reason=str(exc) or type(exc).__name__,
+                log.info("nats_connect_failed", url=self.url,
+                         reason=(str(exc) or type(exc).__name__) + tls_hint(exc, self.ca),
                          retry_in_s=round(delay, 1))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
