@@ -36,7 +36,7 @@ def init(
         return
     out.print(f"wrote {done.directory}: docker compose up --build -d, then from this machine\n"
               f"  SDV_NATS_URL=tls://127.0.0.1:4222 SDV_NATS_CREDS={done.directory / 'service.creds'} "
-              f"SDV_NATS_CA={done.tls.ca_file} sdv ping")
+              f"SDV_NATS_CA={done.tls.ca_file} sdv ping", soft_wrap=True)
     if done.shared_files:
         err.print(f"[yellow]not run as root: {', '.join(p.name for p in done.shared_files)} are readable "
                   f"by all (the containers' uid must read them); only the owner-only {done.directory} "
