@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
+from sdv_events.auth.client_tls import tls_options
 from sdv_events.codec import decode_envelope, encode
 from sdv_events.envelope import Envelope
 from sdv_events.provisioning import DESIRED_BUCKET, PACKAGES_BUCKET, REPORTED_BUCKET, provision
@@ -274,9 +275,10 @@ class LogMsg:
 class Fleet:
     """One test's cloud side: a NATS client, a packager key, fact and console collectors."""
 
-    def __init__(self, nats_url: str, root: Path, creds: Path | None = None) -> None:
+    def __init__(self, nats_url: str, root: Path, creds: Path | None = None, ca: Path | None = None) -> None:
         self.nats_url = nats_url
         self.creds = creds
+        self.ca = ca  # the CA to pin on a TLS server
         self.root = root
         self.signer = Signer(Ed25519PrivateKey.generate())
         self.facts: list[Envelope] = []
@@ -288,7 +290,8 @@ class Fleet:
 
     async def open(self) -> Fleet:
         self.nc = await nats.connect(self.nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.2,
-                                     user_credentials=str(self.creds) if self.creds else None)
+                                     user_credentials=str(self.creds) if self.creds else None,
+                                     **tls_options(self.nats_url, self.ca))
         self.js = self.nc.jetstream()
         await provision(self.js)
         await self.nc.subscribe("sdv.evt.agent.>", cb=self._on_fact)
