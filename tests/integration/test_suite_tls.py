@@ -114,3 +114,34 @@ def test_sdv_ping_without_the_ca_says_to_set_sdv_nats_ca(suite: Suite) -> None:
 
 async def _ignore(_: Exception) -> None:
     """nats-py would log a traceback for each refused connection: the test asserts the raise."""
+
+
+async def test_a_machine_in_the_middle_answering_without_tls_never_sees_the_credentials(suite: Suite) -> None:
+    """Someone between client and server answers as a NATS that needs no TLS. A client on a
+    `tls://` URL starts TLS with its first byte, so it sends nothing but a TLS hello and fails on
+    the impostor's plaintext — no CONNECT, no JWT, no signed nonce."""
+    received = bytearray()
+
+    async def impostor(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b'INFO {"server_id":"mitm","version":"2.15.1","proto":1,"max_payload":1048576,'
+                     b'"auth_required":true,"tls_required":false,"nonce":"abc"}\r\n')
+        await writer.drain()
+        with contextlib.suppress(ConnectionError):
+            while chunk := await reader.read(65536):
+                received.extend(chunk)
+        writer.close()
+
+    server = await asyncio.start_server(impostor, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    url = f"tls://127.0.0.1:{port}"
+    try:
+        with pytest.raises(Exception):  # noqa: B017, PT011 - the kind depends on where the TLS hello breaks
+            await nats.connect(url, user_credentials=suite.nats_creds, allow_reconnect=False, connect_timeout=2,
+                               max_reconnect_attempts=1, error_cb=_ignore, **tls_options(url, suite.nats_ca))
+    finally:
+        server.close()
+        await server.wait_closed()
+
+    assert received[:1] == b"\x16"  # a TLS handshake record
+    assert b"CONNECT" not in received
+    assert b"eyJ" not in received  # no JWT
