@@ -13,6 +13,7 @@ STREAM_OWNERS: Mapping[str, str] = MappingProxyType({
     "device": "registry",
     "rollout": "orchestrator",
     "policy": "orchestrator",
+    "facts": "monitor",
 })
 
 

@@ -1,0 +1,203 @@
+"""The monitor's own events: device facts it received, recorded in its event store.
+
+Agents publish facts straight to JetStream (`sdv.evt.agent.<device>.<Type>`); no vehicle keeps
+them for us. The monitor records each one it receives, once, as `DeviceFactRecorded` in stream
+`facts-<device_id>` of its own store, so that the audit trail, the hash chains and every rebuild
+of the fleet's read models have the devices' side of the story too — from PostgreSQL, not from
+a stream whose retention may already have dropped it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any
+
+import msgspec
+
+from sdv_events.registry import event
+from sdv_events.schemas.devices import DeviceId
+
+# A fact bigger than this is recorded without its body (a device may publish whatever it likes;
+# one hostile fact must not make the recording fail forever).
+MAX_RECORDED_FACT_BYTES = 16 * 1024
+FACTS_CATEGORY = "facts"
+
+
+@event("monitor.DeviceFactRecorded")
+class DeviceFactRecorded(msgspec.Struct, frozen=True, kw_only=True):
+    device_id: str  # from the subject the device published on (NATS permissions vouch for it)
+    fact_id: uuid.UUID  # the fact envelope's event id
+    fact_type: str  # e.g. `agent.AppHealthy.v1`
+    occurred_at: datetime  # when the device says it happened
+    data: dict[str, Any] = {}  # the fact's body, as the device sent it
+    oversized_bytes: int = 0  # set (and `data` left empty) when the body was too large to keep
+
+
+# --- what the monitor serves (NATS queries `sdv.cmd.monitor.*` and its HTTP API) -------------
+# Bounded, validated requests: a query names at most a page.
+
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")]
+Limit = Annotated[int, msgspec.Meta(ge=1, le=1000)]
+Offset = Annotated[int, msgspec.Meta(ge=0, le=10_000_000)]
+
+
+class FleetDevice(msgspec.Struct, frozen=True, kw_only=True):
+    device_id: str
+    status: str  # preauthorized | pending | accepted | rejected | decommissioned
+    online: bool
+    last_seen_at: datetime | None = None
+    labels: dict[str, str] = {}
+    agent_version: str | None = None
+    arch: str | None = None
+    hardware_type: str | None = None
+    admitted_by: str | None = None
+    apps: int = 0
+    apps_failed: int = 0
+    updated_at: datetime
+
+
+class DeviceApp(msgspec.Struct, frozen=True, kw_only=True):
+    app: str
+    desired_version: str | None = None
+    desired_rollout: str | None = None
+    installed_version: str | None = None
+    state: str  # the agent's lifecycle state, PENDING before the device said anything
+    healthy: bool = False
+    last_error: str | None = None
+    since: datetime
+    restarts: int | None = None  # from the agent's reported state (None: not reported)
+    reported_state: str | None = None
+    pid: int | None = None
+
+
+class HistoryEntry(msgspec.Struct, frozen=True, kw_only=True):
+    at: datetime
+    source: str  # registry | orchestrator | device
+    type: str
+    summary: str
+    app: str | None = None
+    rollout_id: str | None = None
+
+
+class DeviceDetail(msgspec.Struct, frozen=True, kw_only=True):
+    device: FleetDevice
+    capabilities: dict[str, Any] | None = None
+    apps: list[DeviceApp] = []
+    history: list[HistoryEntry] = []
+
+
+class DevicePage(msgspec.Struct, frozen=True, kw_only=True):
+    items: list[FleetDevice]
+    total: int
+    offset: int
+    limit: int
+
+
+class RolloutRow(msgspec.Struct, frozen=True, kw_only=True):
+    rollout_id: str
+    app: str
+    version: str
+    status: str
+    created_by: str = ""
+    target: str = ""
+    strategy: str = ""
+    devices: int = 0
+    waves: int = 0
+    current_wave: int = -1
+    excluded: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    timed_out: int = 0
+    reason: str = ""
+    created_at: datetime
+    updated_at: datetime
+    ended_at: datetime | None = None
+
+
+class RolloutWave(msgspec.Struct, frozen=True, kw_only=True):
+    wave: int
+    size: int
+    state: str
+    succeeded: int
+    failed: int
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+
+
+class RolloutDevice(msgspec.Struct, frozen=True, kw_only=True):
+    device_id: str
+    wave: int
+    status: str  # planned | targeted | succeeded | failed | timed_out
+    targeted_at: datetime | None = None
+    deadline: datetime | None = None
+    finished_at: datetime | None = None
+    reason: str = ""
+
+
+class ExcludedDeviceRow(msgspec.Struct, frozen=True, kw_only=True):
+    device_id: str
+    reason: str
+
+
+class RolloutDetail(msgspec.Struct, frozen=True, kw_only=True):
+    rollout: RolloutRow
+    waves: list[RolloutWave] = []
+    devices: list[RolloutDevice] = []
+    devices_total: int = 0
+    excluded: list[ExcludedDeviceRow] = []
+    offset: int = 0
+    limit: int = 0
+
+
+class RolloutPage(msgspec.Struct, frozen=True, kw_only=True):
+    items: list[RolloutRow]
+    total: int
+    offset: int
+    limit: int
+
+
+class PackageRow(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    version: str
+    digest: str
+    channel: str
+    runtime: str
+    size: int
+    yanked: bool
+    yank_reason: str | None = None
+    published_at: datetime
+    installed_on: int = 0  # devices whose agent said it installed this version
+    desired_on: int = 0  # devices a rollout assigned this version to
+
+
+class PackagePage(msgspec.Struct, frozen=True, kw_only=True):
+    items: list[PackageRow]
+    total: int
+    offset: int
+    limit: int
+
+
+class FleetStatus(msgspec.Struct, frozen=True, kw_only=True):
+    devices: int
+    online: int
+    by_status: dict[str, int] = {}
+    apps_by_state: dict[str, int] = {}
+    active_rollouts: list[RolloutRow] = []
+
+
+class GetDeviceInventory(msgspec.Struct, frozen=True, kw_only=True):
+    device_id: DeviceId
+    history_limit: Limit = 50
+
+
+class ListFleet(msgspec.Struct, frozen=True, kw_only=True):
+    status: Annotated[str, msgspec.Meta(max_length=32)] | None = None
+    online: bool | None = None
+    app: Id | None = None
+    limit: Limit = 100
+    offset: Offset = 0
+
+
+class GetFleetStatus(msgspec.Struct, frozen=True, kw_only=True):
+    pass

@@ -1,0 +1,42 @@
+"""`sdv.cmd.monitor.*`: read queries over the monitor's views (the CLI's `devices get`,
+`status`), a few lines each."""
+
+from __future__ import annotations
+
+from faststream.nats import NatsRouter
+
+from sdv_events.bus import RequestInfo, register_command
+from sdv_events.bus.rpc import NotFound
+from sdv_events.schemas.monitor import (
+    DeviceDetail,
+    DevicePage,
+    FleetStatus,
+    GetDeviceInventory,
+    GetFleetStatus,
+    ListFleet,
+)
+from sdv_monitor.queries import Queries
+from sdv_monitor.settings import SERVICE
+
+
+def command_router(queries: Queries) -> NatsRouter:
+    router = NatsRouter()
+
+    async def device(req: GetDeviceInventory, _: RequestInfo) -> DeviceDetail:
+        found = await queries.device(req.device_id, history_limit=req.history_limit)
+        if found is None:
+            raise NotFound(f"the monitor knows no device {req.device_id!r}")
+        return found
+
+    async def fleet(req: ListFleet, _: RequestInfo) -> DevicePage:
+        return await queries.devices(status=req.status, online=req.online, app=req.app,
+                                     limit=req.limit, offset=req.offset)
+
+    async def status(_: GetFleetStatus, __: RequestInfo) -> FleetStatus:
+        return await queries.status()
+
+    for name, request_type, handler in [
+        ("device", GetDeviceInventory, device), ("fleet", ListFleet, fleet), ("status", GetFleetStatus, status),
+    ]:
+        register_command(router, SERVICE, name, request_type, handler)  # type: ignore[arg-type]
+    return router
