@@ -83,14 +83,14 @@ class Inventory:
                     FROM {s}.inventory_rollouts WHERE rollout_id = $2
                     ON CONFLICT (device_id, app) DO UPDATE SET desired_version = excluded.desired_version,
                         desired_digest = excluded.desired_digest, desired_rollout = excluded.desired_rollout,
-                        updated_at = excluded.updated_at""", d, rid, event.occurred_at)
+                        updated_at = greatest(device_apps.updated_at, excluded.updated_at)""", d, rid, event.occurred_at)
             case RollbackStarted() | RollbackStartedV1():
                 # Devices this rollout still owns go back to what they ran before it (or lose the app).
                 await conn.execute(f"""
                     UPDATE {s}.device_apps a SET
                         desired_version = coalesce(p.version, pp.version),
                         desired_digest = coalesce(p.digest, pp.digest), desired_rollout = NULL,
-                        updated_at = $2
+                        updated_at = greatest(a.updated_at, $2)
                     FROM {s}.device_apps a2
                     LEFT JOIN {s}.inventory_previous p ON p.rollout_id = $1 AND p.device_id = a2.device_id
                     LEFT JOIN {s}.inventory_previous_packages pp ON pp.rollout_id = $1 AND pp.ref = p.ref
@@ -116,6 +116,6 @@ class Inventory:
                 since = CASE WHEN a.state = $5 THEN a.since ELSE $9 END,
                 state = $5, healthy = coalesce($6, a.healthy),
                 last_error = CASE WHEN $11 THEN NULL ELSE coalesce($7, a.last_error) END,
-                fact_rollout = coalesce($8, a.fact_rollout), updated_at = $9""",
+                fact_rollout = coalesce($8, a.fact_rollout), updated_at = greatest(a.updated_at, $9)""",
             fact.device_id, fact.app, installed_version, installed_digest, change.state, change.healthy,
             change.last_error, fact.rollout_id, at, change.removed, change.clear_error)
