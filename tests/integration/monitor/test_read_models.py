@@ -31,10 +31,12 @@ async def test_a_rollout_drives_fleet_rollout_inventory_and_package_views(suite:
     detail = await monitor.until(settled, 15.0, "the monitor sees the second rollout rolled back")
     rollout = detail["rollout"]
     assert (rollout["app"], rollout["version"], rollout["devices"]) == (APP, "1.1.0", 6)
-    assert rollout["failed"] >= 1 and "failed" in rollout["reason"]
+    assert rollout["failed"] >= 1
+    assert "failed" in rollout["reason"]
     assert [w["size"] for w in detail["waves"]] == [1, 5]
     statuses = Counter(d["status"] for d in detail["devices"])
-    assert statuses["failed"] == 1 and detail["devices_total"] == 6
+    assert statuses["failed"] == 1
+    assert detail["devices_total"] == 6
 
     fleet = await monitor.get("/api/devices")
     assert fleet["total"] == 6
@@ -58,7 +60,8 @@ async def test_a_rollout_drives_fleet_rollout_inventory_and_package_views(suite:
     assert any("accepted" in line for line in lines)
     assert any(f"rollout {second.rollout_id}: failed" in line for line in lines)
     assert any(f"rollout {first.rollout_id}: succeeded" in line for line in lines)
-    assert doc["device"]["device_id"] == failing and doc["capabilities"]["arch"] == "x86_64"
+    assert doc["device"]["device_id"] == failing
+    assert doc["capabilities"]["arch"] == "x86_64"
 
     # A device that took 1.1.0 in the canary wave and was rolled back shows it in its history.
     canary = next(d["device_id"] for d in detail["devices"] if d["wave"] == 0)
@@ -72,7 +75,8 @@ async def test_a_rollout_drives_fleet_rollout_inventory_and_package_views(suite:
     assert by_version["1.0.0"]["desired_on"] == 6
 
     status = await monitor.get("/api/status")
-    assert status["devices"] == 6 and status["by_status"] == {"accepted": 6}
+    assert status["devices"] == 6
+    assert status["by_status"] == {"accepted": 6}
 
 
 TABLES = ("devices", "device_apps", "rollouts", "rollout_waves", "rollout_devices", "rollout_excluded",
@@ -113,7 +117,8 @@ async def test_rebuild_from_the_services_stores_gives_identical_tables(suite: An
     await monitor.until(caught_up, 15.0, "the monitor caught up")
     schema = monitor.settings.schema_name
     before = await _snapshot(h, schema)
-    assert len(before["devices"]) == 5 and len(before["rollouts"]) == 2
+    assert len(before["devices"]) == 5
+    assert len(before["rollouts"]) == 2
 
     client = CommandClient(h.nc, actor="test", timeout=60.0)
     done = await client.call("monitor", REBUILD_COMMAND, RebuildReadModel("monitor_views"), ReadModelRebuilt)

@@ -22,6 +22,7 @@ from sdv_client.app_cli import app as apps_app
 from sdv_client.device_cli import app as devices_app
 from sdv_client.health import SERVICES, ServiceStatus, nats_credentials, ping_all, quiet, status_of
 from sdv_client.history_cli import history
+from sdv_client.inventory_cli import status as fleet_status
 from sdv_client.package_cli import app as package_app
 from sdv_client.rebuild_cli import rebuild
 from sdv_client.rollout_cli import app as rollout_app
@@ -36,6 +37,7 @@ app.add_typer(policy_app, name="policy")
 app.add_typer(apps_app, name="app")
 app.command("history")(history)
 app.command("rebuild")(rebuild)
+app.command("status")(fleet_status)
 out = Console()
 err = Console(stderr=True)
 

@@ -30,7 +30,7 @@ ACTIVE = ("created", "running", "paused")
 
 def _row(cls: Any, record: asyncpg.Record, **extra: Any) -> Any:
     """The view `cls` from a row's columns of the same names (`extra` overrides)."""
-    fields = {f: record[f] for f in cls.__struct_fields__ if f in record.keys() and f not in extra}
+    fields = {f: record[f] for f in cls.__struct_fields__ if f in record and f not in extra}
     return cls(**fields, **extra)
 
 
@@ -73,9 +73,8 @@ class Queries:
         clause = " AND ".join(where)
         async with self.pool.acquire() as conn:
             total = await conn.fetchval(f"SELECT count(*) FROM {self.s}.devices d WHERE {clause}", *params)
-            rows = await conn.fetch(self._devices_sql(clause) +
-                                    f" ORDER BY d.device_id LIMIT ${len(params) + 1} OFFSET ${len(params) + 2}",
-                                    *params, limit, offset)
+            page = f" ORDER BY d.device_id LIMIT ${len(params) + 1} OFFSET ${len(params) + 2}"
+            rows = await conn.fetch(self._devices_sql(clause) + page, *params, limit, offset)
         return DevicePage(items=[_device(r) for r in rows], total=int(total), offset=offset, limit=limit)
 
     async def device(self, device_id: str, *, history_limit: int = 50) -> DeviceDetail | None:
@@ -130,9 +129,11 @@ class Queries:
             total = await conn.fetchval(f"SELECT count(*) FROM {s}.rollout_devices WHERE rollout_id = $1",
                                         rollout_id)
             devices = await conn.fetch(f"SELECT * FROM {s}.rollout_devices WHERE rollout_id = $1 "
-                                       "ORDER BY wave, device_id LIMIT $2 OFFSET $3", rollout_id, limit, offset)
+                                       "ORDER BY wave, device_id LIMIT $2 OFFSET $3",
+                                       rollout_id, limit, offset)
             excluded = await conn.fetch(f"SELECT device_id, reason FROM {s}.rollout_excluded "
-                                        "WHERE rollout_id = $1 ORDER BY device_id LIMIT $2", rollout_id, limit)
+                                        "WHERE rollout_id = $1 ORDER BY device_id LIMIT $2",
+                                        rollout_id, limit)
         return RolloutDetail(rollout=_row(RolloutRow, row), waves=[_row(RolloutWave, w) for w in waves],
                              devices=[_row(RolloutDevice, d) for d in devices], devices_total=int(total),
                              excluded=[_row(ExcludedDeviceRow, e) for e in excluded], offset=offset,

@@ -36,7 +36,8 @@ def command_router(queries: Queries) -> NatsRouter:
         return await queries.status()
 
     for name, request_type, handler in [
-        ("device", GetDeviceInventory, device), ("fleet", ListFleet, fleet), ("status", GetFleetStatus, status),
+        ("device", GetDeviceInventory, device), ("fleet", ListFleet, fleet),
+        ("status", GetFleetStatus, status),
     ]:
         register_command(router, SERVICE, name, request_type, handler)  # type: ignore[arg-type]
     return router

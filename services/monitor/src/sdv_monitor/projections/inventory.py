@@ -10,8 +10,8 @@ import asyncpg
 from sdv_events.envelope import Envelope
 from sdv_events.ids import split_stream_id
 from sdv_events.schemas.rollouts import (
-    DeviceTargeted,
     DevicesPlanned,
+    DeviceTargeted,
     PreviousPackages,
     RollbackStarted,
     RollbackStartedV1,
@@ -63,7 +63,8 @@ class Inventory:
                                    "ON CONFLICT DO NOTHING", rid, p.name, p.version, p.digest)
             case PreviousPackages(first=first, packages=packages):
                 await conn.executemany(
-                    f"INSERT INTO {s}.inventory_previous_packages VALUES ($1,$2,$3,$4) ON CONFLICT DO NOTHING",
+                    f"INSERT INTO {s}.inventory_previous_packages VALUES ($1,$2,$3,$4) "
+                    "ON CONFLICT DO NOTHING",
                     [(rid, first + i, p.version, p.digest) for i, p in enumerate(packages)])
             case DevicesPlanned(devices=devices):
                 await conn.executemany(
@@ -83,7 +84,8 @@ class Inventory:
                     FROM {s}.inventory_rollouts WHERE rollout_id = $2
                     ON CONFLICT (device_id, app) DO UPDATE SET desired_version = excluded.desired_version,
                         desired_digest = excluded.desired_digest, desired_rollout = excluded.desired_rollout,
-                        updated_at = greatest(device_apps.updated_at, excluded.updated_at)""", d, rid, event.occurred_at)
+                        updated_at = greatest(device_apps.updated_at, excluded.updated_at)""",
+                    d, rid, event.occurred_at)
             case RollbackStarted() | RollbackStartedV1():
                 # Devices this rollout still owns go back to what they ran before it (or lose the app).
                 await conn.execute(f"""
