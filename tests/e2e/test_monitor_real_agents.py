@@ -18,7 +18,8 @@ until = fleet_harness.until
 def _load(name: str, path: Path) -> Any:
     if name not in sys.modules:
         spec = importlib.util.spec_from_file_location(name, path)
-        assert spec is not None and spec.loader is not None
+        assert spec is not None
+        assert spec.loader is not None
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
         spec.loader.exec_module(module)
@@ -59,7 +60,8 @@ async def test_inventory_shows_what_real_agents_run_with_their_facts_and_reporte
             doc = await until(shown, 20, f"the monitor shows {APP} running on {device_id}")
             (app,) = doc["apps"]
             assert (app["app"], app["installed_version"], app["desired_version"]) == (APP, "1.0.0", "1.0.0")
-            assert app["restarts"] == 0 and app["reported_state"] == "RUNNING"
+            assert app["restarts"] == 0
+            assert app["reported_state"] == "RUNNING"
             lines = [h["summary"] for h in doc["history"]]
             # The agent's own account, in its words: download, install, start, healthy.
             for step in ("download of 1.0.0 started", "1.0.0 installed", "1.0.0 started", "1.0.0 healthy"):
