@@ -19,6 +19,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn
 from rich.table import Table
 
 from sdv_client.app_cli import app as apps_app
+from sdv_client.audit_cli import app as audit_app
 from sdv_client.device_cli import app as devices_app
 from sdv_client.health import SERVICES, ServiceStatus, nats_credentials, ping_all, quiet, status_of
 from sdv_client.history_cli import history
@@ -35,6 +36,7 @@ app.add_typer(devices_app, name="devices")
 app.add_typer(rollout_app, name="rollout")
 app.add_typer(policy_app, name="policy")
 app.add_typer(apps_app, name="app")
+app.add_typer(audit_app, name="audit")
 app.command("history")(history)
 app.command("rebuild")(rebuild)
 app.command("status")(fleet_status)

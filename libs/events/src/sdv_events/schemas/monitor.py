@@ -201,3 +201,43 @@ class ListFleet(msgspec.Struct, frozen=True, kw_only=True):
 
 class GetFleetStatus(msgspec.Struct, frozen=True, kw_only=True):
     pass
+
+
+class AuditEvent(msgspec.Struct, frozen=True, kw_only=True):
+    event_id: uuid.UUID
+    at: datetime  # when it happened (a device fact: when the device says it did)
+    service: str  # whose store holds it: packager | registry | orchestrator | device
+    stream_id: str
+    version: int
+    type: str
+    actor: str | None = None
+    correlation_id: str | None = None
+    causation_id: str | None = None
+    device_id: str | None = None
+    rollout_id: str | None = None
+    package: str | None = None
+    data: Any = None
+
+
+AuditText = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+
+
+class AuditQuery(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Filters combine (AND). Oldest first; page on with `after` = the last page's `next_after`."""
+
+    rollout: Id | None = None
+    device: DeviceId | None = None
+    package: Id | None = None
+    stream: Id | None = None
+    correlation: AuditText | None = None
+    actor: AuditText | None = None
+    type: AuditText | None = None  # `AppHealthy` or a full type `agent.AppHealthy.v1`
+    since: Annotated[datetime, msgspec.Meta(tz=True)] | None = None
+    until: Annotated[datetime, msgspec.Meta(tz=True)] | None = None
+    after: Annotated[str, msgspec.Meta(max_length=100)] | None = None
+    limit: Limit = 100
+
+
+class AuditPage(msgspec.Struct, frozen=True, kw_only=True):
+    items: list[AuditEvent]
+    next_after: str | None = None  # set when more may follow

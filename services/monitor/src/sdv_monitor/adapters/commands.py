@@ -8,6 +8,8 @@ from faststream.nats import NatsRouter
 from sdv_events.bus import RequestInfo, register_command
 from sdv_events.bus.rpc import NotFound
 from sdv_events.schemas.monitor import (
+    AuditPage,
+    AuditQuery,
     DeviceDetail,
     DevicePage,
     FleetStatus,
@@ -15,6 +17,7 @@ from sdv_events.schemas.monitor import (
     GetFleetStatus,
     ListFleet,
 )
+from sdv_monitor.audit_queries import audit
 from sdv_monitor.queries import Queries
 from sdv_monitor.settings import SERVICE
 
@@ -35,9 +38,12 @@ def command_router(queries: Queries) -> NatsRouter:
     async def status(_: GetFleetStatus, __: RequestInfo) -> FleetStatus:
         return await queries.status()
 
+    async def audit_(req: AuditQuery, _: RequestInfo) -> AuditPage:
+        return await audit(queries.pool, queries.s, req)
+
     for name, request_type, handler in [
         ("device", GetDeviceInventory, device), ("fleet", ListFleet, fleet),
-        ("status", GetFleetStatus, status),
+        ("status", GetFleetStatus, status), ("audit", AuditQuery, audit_),
     ]:
         register_command(router, SERVICE, name, request_type, handler)  # type: ignore[arg-type]
     return router

@@ -16,8 +16,11 @@ import uvicorn
 from fastapi import FastAPI, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 
+from sdv_events.bus import CommandError
 from sdv_events.schemas.devices import DEVICE_ID_PATTERN
 from sdv_events.schemas.monitor import (
+    AuditPage,
+    AuditQuery,
     DeviceDetail,
     DevicePage,
     FleetStatus,
@@ -26,6 +29,7 @@ from sdv_events.schemas.monitor import (
     RolloutPage,
 )
 from sdv_monitor.adapters.openapi import install, json_response
+from sdv_monitor.audit_queries import audit
 from sdv_monitor.queries import Queries
 
 log = structlog.get_logger("sdv.monitor.http")
@@ -101,7 +105,25 @@ def create_app(queries: Queries, readiness: Readiness, *, version: str = "0") ->
         return _json(await queries.packages(name=name, channel=channel, include_yanked=include_yanked,
                                             limit=limit, offset=offset))
 
-    install(app, [FleetStatus, DevicePage, DeviceDetail, RolloutPage, RolloutDetail, PackagePage])
+    @app.get("/api/audit", responses=json_response(AuditPage))
+    async def audit_events(request: Request) -> Response:
+        """Every event of every service and device fact, oldest first. Query parameters are the
+        fields of `AuditQuery` (rollout, device, package, stream, correlation, actor, type,
+        since, until, after, limit)."""
+        allowed = set(AuditQuery.__struct_fields__)
+        params = dict(request.query_params)
+        if unknown := sorted(set(params) - allowed):
+            return JSONResponse({"error": "invalid_request", "message": f"unknown parameter(s): {unknown}"},
+                                status_code=422)
+        try:
+            query = msgspec.convert(params, AuditQuery, strict=False)
+            return _json(await audit(queries.pool, queries.s, query))
+        except msgspec.ValidationError as exc:
+            return JSONResponse({"error": "invalid_request", "message": str(exc)}, status_code=422)
+        except CommandError as exc:
+            return JSONResponse({"error": exc.code, "message": exc.message}, status_code=422)
+
+    install(app, [AuditPage, FleetStatus, DevicePage, DeviceDetail, RolloutPage, RolloutDetail, PackagePage])
     return app
 
 

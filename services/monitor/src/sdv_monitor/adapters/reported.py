@@ -18,6 +18,7 @@ from nats.js.kv import KeyValue
 
 from sdv_events.provisioning import REPORTED_BUCKET
 from sdv_events.schemas.deployment import ReportedState
+from sdv_monitor.domain.app_state import text
 
 log = structlog.get_logger("sdv.monitor.reported")
 MAX_DOCUMENT_BYTES = 256 * 1024
@@ -77,12 +78,12 @@ class ReportedStates:
             await conn.execute(
                 f"INSERT INTO {self.s}.reported_devices VALUES ($1,$2,$3,$4) ON CONFLICT (device_id) "
                 "DO UPDATE SET agent_version = $2, desired_revision = $3, updated_at = $4",
-                key, state.agent_version[:100], state.desired_revision, state.updated_at)
+                key, text(state.agent_version, 64), state.desired_revision, state.updated_at)
             await conn.execute(f"DELETE FROM {self.s}.reported_apps WHERE device_id = $1", key)
             await conn.executemany(
                 f"INSERT INTO {self.s}.reported_apps VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)",
-                [(key, a.name[:200], a.version[:100], a.digest[:100], a.state, a.healthy, a.restarts,
-                  (a.last_error or None) and a.last_error[:1000], a.pid, a.started_at)
+                [(key, text(a.name, 128), text(a.version, 64), text(a.digest, 128), a.state, a.healthy,
+                  a.restarts, a.last_error and text(a.last_error, 1000), a.pid, a.started_at)
                  for a in list(state.apps.values())[:200]])
         self.applied += 1
 

@@ -35,6 +35,11 @@ class AppChange:
     action: str = ""  # one line for the device's history
 
 
+def text(value: str, limit: int = 500) -> str:
+    """A device's words as a text column can hold them: no NUL, bounded."""
+    return value.replace("\x00", "\ufffd")[:limit]
+
+
 def change_of(fact: AppFact) -> AppChange | None:
     v = fact.version
     match fact:
@@ -47,10 +52,12 @@ def change_of(fact: AppFact) -> AppChange | None:
         case AppHealthy():
             return AppChange("RUNNING", healthy=True, installed=True, clear_error=True,
                              action=f"{v} healthy")
-        case AppFailed(reason=reason, stage=stage):
+        case AppFailed(reason=raw_reason, stage=raw_stage):
+            reason, stage = text(raw_reason), text(raw_stage, 32)
             return AppChange("FAILED", healthy=False, last_error=f"{stage}: {reason}",
                              action=f"{v} failed at {stage}: {reason}")
-        case AppRolledBack(to_version=to, reason=reason):
+        case AppRolledBack(to_version=raw_to, reason=raw_reason):
+            to, reason = raw_to and text(raw_to, 64), text(raw_reason)
             return AppChange("RUNNING" if to else "STOPPED", healthy=False, installed=to is not None,
                              installed_version=to, last_error=f"rolled back: {reason}",
                              removed=to is None, action=f"{v} rolled back to {to or 'nothing'}: {reason}")

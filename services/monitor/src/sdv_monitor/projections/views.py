@@ -9,6 +9,7 @@ from typing import Protocol, Self
 import asyncpg
 
 from sdv_events.envelope import Envelope
+from sdv_monitor.projections.audit import AuditTrail
 from sdv_monitor.projections.fleet import Fleet
 from sdv_monitor.projections.history import DeviceHistory
 from sdv_monitor.projections.inventory import Inventory
@@ -29,7 +30,7 @@ class MonitorViews:
     # Services' categories whole (the runner needs them whole to find gaps), and the facts the
     # monitor recorded itself.
     filter_subjects = ("sdv.evt.device.>", "sdv.evt.rollout.>", "sdv.evt.package.>",
-                       "sdv.evt.facts.>")
+                       "sdv.evt.policy.>", "sdv.evt.facts.>")
 
     def __init__(self, schema: str) -> None:
         self.schema = schema
@@ -38,8 +39,9 @@ class MonitorViews:
         self.rollouts = Rollouts(schema)
         self.packages = Packages(schema)
         self.history = DeviceHistory(schema)
+        self.audit = AuditTrail(schema)
         self.parts: tuple[Part, ...] = (self.fleet, self.inventory, self.rollouts, self.packages,
-                                        self.history)
+                                        self.history, self.audit)
         self.tables = tuple(t for part in self.parts for t in part.tables)
 
     def at(self, schema: str) -> Self:
