@@ -47,10 +47,11 @@ class Monitor:
         return response.json()
 
 
-async def start_monitor(suite: Any, schema: str) -> Monitor:
+async def start_monitor(suite: Any, schema: str, **overrides: Any) -> Monitor:
     harness = load_harness()
     settings = MonitorSettings(service="monitor", nats_url=suite.url, database_url=suite.database_url,
-                               schema_name=schema, log_level="WARNING", http_port=free_port())
+                               schema_name=schema, log_level="WARNING", http_port=free_port(),
+                               **overrides)
     running = await harness.start_service("monitor", serve_monitor, settings, suite.nc)
     http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{settings.http_port}", timeout=10.0)
     await harness.until(lambda: _answers(http), 15.0, "the monitor's HTTP API answers")
@@ -76,3 +77,13 @@ async def monitor(suite: Any, schema: str) -> AsyncIterator[Monitor]:
     yield started
     await started.http.aclose()
     await started.running.stop()
+
+
+@pytest.fixture
+def load_harness_module() -> ModuleType:
+    return load_harness()
+
+
+@pytest.fixture
+def start_monitor_fn() -> Any:
+    return start_monitor

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn
 from rich.table import Table
 
+from sdv_client.alerts_cli import app as alerts_app
 from sdv_client.app_cli import app as apps_app
 from sdv_client.audit_cli import app as audit_app
 from sdv_client.device_cli import app as devices_app
@@ -37,6 +38,7 @@ app.add_typer(rollout_app, name="rollout")
 app.add_typer(policy_app, name="policy")
 app.add_typer(apps_app, name="app")
 app.add_typer(audit_app, name="audit")
+app.add_typer(alerts_app, name="alerts")
 app.command("history")(history)
 app.command("rebuild")(rebuild)
 app.command("status")(fleet_status)

@@ -64,6 +64,9 @@ def status(as_json: bool = JsonOption) -> None:
     out.print(f"[bold]{found.devices}[/] device(s): [green]{found.online} online[/], "
               f"{found.devices - found.online} offline; "
               + ", ".join(f"{k} {v}" for k, v in sorted(found.by_status.items())))
+    if found.open_alerts:
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(found.open_alerts.items()))
+        out.print(f"[red]open alerts:[/] {counts} (sdv alerts list)")
     if found.apps_by_state:
         out.print("apps: " + ", ".join(f"{k} {v}" for k, v in sorted(found.apps_by_state.items())))
     table = Table("rollout", "app", "version", "status", "wave", "progress", title="active rollouts")

@@ -14,6 +14,7 @@ STREAM_OWNERS: Mapping[str, str] = MappingProxyType({
     "rollout": "orchestrator",
     "policy": "orchestrator",
     "facts": "monitor",
+    "alert": "monitor",
 })
 
 

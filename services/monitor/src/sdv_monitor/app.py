@@ -8,10 +8,13 @@ import asyncio
 
 from sdv_events.processing import ConsumerRunner, HistorySource, OwnThenHistory, StoreSource
 from sdv_events.service import ServiceRuntime, run_service, service_version
+from sdv_monitor.adapters.alert_watch import AlertWatch
 from sdv_monitor.adapters.commands import command_router
 from sdv_monitor.adapters.fact_recorder import FactRecorder
+from sdv_monitor.adapters.heartbeats import HeartbeatTracker
 from sdv_monitor.adapters.http_api import create_app, serve_http
 from sdv_monitor.adapters.reported import ReportedStates
+from sdv_monitor.domain.alerts import Thresholds
 from sdv_monitor.projections import MonitorViews
 from sdv_monitor.queries import Queries
 from sdv_monitor.settings import SERVICE, MonitorSettings, load_settings
@@ -32,11 +35,17 @@ async def serve(settings: MonitorSettings, stop: asyncio.Event | None = None) ->
                                                 build_from=runtime.store, service=SERVICE, nc=nc))
         runtime.spawn(reported.run, "reported_states")
         queries = Queries(pool, schema)
-        runtime.broker.include_router(command_router(queries))
 
         async def readiness() -> list[str]:
             health = await runtime.health(SERVICE, service_version(SERVICE), 0.0, 0)
             return list(health.problems)
+
+        thresholds = Thresholds(offline_after_s=settings.alert_offline_after_s,
+                                crash_restarts=settings.alert_crash_restarts)
+        alerts = AlertWatch(runtime.store, schema, nc, HeartbeatTracker(), readiness, thresholds=thresholds,
+                            every_s=settings.alert_every_s, service_grace_s=settings.alert_service_grace_s)
+        runtime.spawn(alerts.run, "alerts")
+        runtime.broker.include_router(command_router(queries, alerts))
 
         api = create_app(queries, readiness, version=service_version(SERVICE))
         runtime.spawn(lambda stop: serve_http(api, settings.http_host, settings.http_port, stop),

@@ -28,7 +28,8 @@ def parse_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
 
 
 def _where(query: AuditQuery) -> tuple[str, list[Any]]:
-    where, params = ["true"], []
+    where: list[str] = ["true"]
+    params: list[Any] = []
 
     def add(sql: str, value: Any) -> None:
         params.append(value)

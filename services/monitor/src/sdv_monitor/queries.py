@@ -9,6 +9,8 @@ import asyncpg
 import msgspec
 
 from sdv_events.schemas.monitor import (
+    AlertPage,
+    AlertView,
     DeviceApp,
     DeviceDetail,
     DevicePage,
@@ -59,7 +61,8 @@ class Queries:
 
     async def devices(self, *, status: str | None = None, online: bool | None = None,
                       app: str | None = None, limit: int = 100, offset: int = 0) -> DevicePage:
-        where, params = ["true"], []
+        where: list[str] = ["true"]
+        params: list[Any] = []
         if status is not None:
             params.append(status)
             where.append(f"d.status = ${len(params)}")
@@ -102,7 +105,8 @@ class Queries:
 
     async def rollouts(self, *, app: str | None = None, status: str | None = None,
                        limit: int = 100, offset: int = 0) -> RolloutPage:
-        where, params = ["true"], []
+        where: list[str] = ["true"]
+        params: list[Any] = []
         if app is not None:
             params.append(app)
             where.append(f"app = ${len(params)}")
@@ -144,7 +148,8 @@ class Queries:
     async def packages(self, *, name: str | None = None, channel: str | None = None,
                        include_yanked: bool = True, limit: int = 100, offset: int = 0) -> PackagePage:
         s = self.s
-        where, params = ["true"], []
+        where: list[str] = ["true"]
+        params: list[Any] = []
         if name is not None:
             params.append(name)
             where.append(f"p.name = ${len(params)}")
@@ -177,7 +182,33 @@ class Queries:
             apps = await conn.fetch(f"SELECT state, count(*) AS n FROM {s}.device_apps GROUP BY state")
             active = await conn.fetch(f"SELECT * FROM {s}.rollouts WHERE status = ANY($1) "
                                       "ORDER BY created_at DESC LIMIT 20", list(ACTIVE))
+            alerts = await conn.fetch(f"SELECT severity, count(*) AS n FROM {s}.alerts "
+                                      "WHERE state <> 'resolved' GROUP BY severity")
         return FleetStatus(devices=sum(r["n"] for r in by_status), online=sum(r["up"] for r in by_status),
                            by_status={r["status"]: r["n"] for r in by_status},
                            apps_by_state={r["state"]: r["n"] for r in apps},
-                           active_rollouts=[_row(RolloutRow, r) for r in active])
+                           active_rollouts=[_row(RolloutRow, r) for r in active],
+                           open_alerts={r["severity"]: r["n"] for r in alerts})
+
+    # --- alerts ------------------------------------------------------------------------------
+
+    async def alerts(self, *, state: str = "active", kind: str | None = None, device: str | None = None,
+                     limit: int = 100, offset: int = 0) -> AlertPage:
+        where: list[str] = ["true"]
+        params: list[Any] = []
+        states = {"active": ["open", "acknowledged"], "all": None}.get(state, [state])
+        if states is not None:
+            params.append(states)
+            where.append(f"state = ANY(${len(params)})")
+        for column, value in (("kind", kind), ("device_id", device)):
+            if value is not None:
+                params.append(value)
+                where.append(f"{column} = ${len(params)}")
+        clause = " AND ".join(where)
+        async with self.pool.acquire() as conn:
+            total = await conn.fetchval(f"SELECT count(*) FROM {self.s}.alerts WHERE {clause}", *params)
+            rows = await conn.fetch(f"SELECT * FROM {self.s}.alerts WHERE {clause} ORDER BY raised_at DESC, "
+                                    f"alert_id LIMIT ${len(params) + 1} OFFSET ${len(params) + 2}",
+                                    *params, limit, offset)
+        return AlertPage(items=[_row(AlertView, r) for r in rows], total=int(total), offset=offset,
+                         limit=limit)

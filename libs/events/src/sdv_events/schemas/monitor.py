@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -184,6 +184,7 @@ class FleetStatus(msgspec.Struct, frozen=True, kw_only=True):
     by_status: dict[str, int] = {}
     apps_by_state: dict[str, int] = {}
     active_rollouts: list[RolloutRow] = []
+    open_alerts: dict[str, int] = {}  # severity → alerts not yet resolved
 
 
 class GetDeviceInventory(msgspec.Struct, frozen=True, kw_only=True):
@@ -241,3 +242,68 @@ class AuditQuery(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
 class AuditPage(msgspec.Struct, frozen=True, kw_only=True):
     items: list[AuditEvent]
     next_after: str | None = None  # set when more may follow
+
+
+# --- alerts: events of the monitor's own store, stream `alert-<key>` (one per condition) --------
+
+ALERT_CATEGORY = "alert"
+Severity = Literal["warning", "critical"]
+
+
+@event("monitor.AlertRaised")
+class AlertRaised(msgspec.Struct, frozen=True, kw_only=True):
+    alert_id: str  # `<stream entity>.<n>`: the n-th time this condition held
+    kind: str  # device_offline | app_failed | app_crash_loop | rollout_failed | service_unhealthy
+    subject: str  # what it is about: a device, `device/app`, a rollout, a service
+    severity: Severity
+    message: str
+    device_id: str | None = None
+    rollout_id: str | None = None
+
+
+@event("monitor.AlertAcknowledged")
+class AlertAcknowledged(msgspec.Struct, frozen=True, kw_only=True):
+    alert_id: str
+    note: str = ""
+
+
+@event("monitor.AlertResolved")
+class AlertResolved(msgspec.Struct, frozen=True, kw_only=True):
+    alert_id: str
+    reason: str  # why: the condition cleared (and how), or an operator closed it
+
+
+class AlertView(msgspec.Struct, frozen=True, kw_only=True):
+    alert_id: str
+    kind: str
+    subject: str
+    severity: str
+    state: str  # open | acknowledged | resolved
+    message: str
+    device_id: str | None = None
+    rollout_id: str | None = None
+    raised_at: datetime
+    acknowledged_by: str | None = None
+    acknowledged_at: datetime | None = None
+    resolved_at: datetime | None = None
+    resolution: str | None = None
+
+
+class ListAlerts(msgspec.Struct, frozen=True, kw_only=True):
+    state: Literal["open", "acknowledged", "resolved", "active", "all"] = "active"
+    kind: Annotated[str, msgspec.Meta(max_length=32)] | None = None
+    device: DeviceId | None = None
+    limit: Limit = 100
+    offset: Offset = 0
+
+
+class AlertPage(msgspec.Struct, frozen=True, kw_only=True):
+    items: list[AlertView]
+    total: int
+    offset: int
+    limit: int
+
+
+class AcknowledgeAlert(msgspec.Struct, frozen=True, kw_only=True):
+    alert_id: Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.-]+$")]
+    note: Annotated[str, msgspec.Meta(max_length=500)] = ""

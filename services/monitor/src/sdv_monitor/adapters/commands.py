@@ -8,6 +8,9 @@ from faststream.nats import NatsRouter
 from sdv_events.bus import RequestInfo, register_command
 from sdv_events.bus.rpc import NotFound
 from sdv_events.schemas.monitor import (
+    AcknowledgeAlert,
+    AlertPage,
+    AlertView,
     AuditPage,
     AuditQuery,
     DeviceDetail,
@@ -15,14 +18,16 @@ from sdv_events.schemas.monitor import (
     FleetStatus,
     GetDeviceInventory,
     GetFleetStatus,
+    ListAlerts,
     ListFleet,
 )
+from sdv_monitor.adapters.alert_watch import AlertWatch
 from sdv_monitor.audit_queries import audit
 from sdv_monitor.queries import Queries
 from sdv_monitor.settings import SERVICE
 
 
-def command_router(queries: Queries) -> NatsRouter:
+def command_router(queries: Queries, alerts: AlertWatch) -> NatsRouter:
     router = NatsRouter()
 
     async def device(req: GetDeviceInventory, _: RequestInfo) -> DeviceDetail:
@@ -41,9 +46,17 @@ def command_router(queries: Queries) -> NatsRouter:
     async def audit_(req: AuditQuery, _: RequestInfo) -> AuditPage:
         return await audit(queries.pool, queries.s, req)
 
+    async def list_alerts(req: ListAlerts, _: RequestInfo) -> AlertPage:
+        return await queries.alerts(state=req.state, kind=req.kind, device=req.device, limit=req.limit,
+                                    offset=req.offset)
+
+    async def ack(req: AcknowledgeAlert, info: RequestInfo) -> AlertView:
+        return await alerts.acknowledge(req.alert_id, req.note, info.metadata())
+
     for name, request_type, handler in [
         ("device", GetDeviceInventory, device), ("fleet", ListFleet, fleet),
         ("status", GetFleetStatus, status), ("audit", AuditQuery, audit_),
+        ("alerts", ListAlerts, list_alerts), ("ack_alert", AcknowledgeAlert, ack),
     ]:
-        register_command(router, SERVICE, name, request_type, handler)  # type: ignore[arg-type]
+        register_command(router, SERVICE, name, request_type, handler)
     return router

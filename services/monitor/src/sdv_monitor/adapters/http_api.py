@@ -5,6 +5,7 @@ reason, unknown ids 404), and a database that does not answer is 503, never a st
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
@@ -19,6 +20,7 @@ from fastapi.responses import JSONResponse, Response
 from sdv_events.bus import CommandError
 from sdv_events.schemas.devices import DEVICE_ID_PATTERN
 from sdv_events.schemas.monitor import (
+    AlertPage,
     AuditPage,
     AuditQuery,
     DeviceDetail,
@@ -34,6 +36,7 @@ from sdv_monitor.queries import Queries
 
 log = structlog.get_logger("sdv.monitor.http")
 NAME = r"^[A-Za-z0-9_.:-]{1,128}$"
+STATES = r"^(open|acknowledged|resolved|active|all)$"
 Limit = Annotated[int, Query(ge=1, le=1000)]
 Offset = Annotated[int, Query(ge=0, le=10_000_000)]
 Readiness = Callable[[], Awaitable[list[str]]]
@@ -105,6 +108,14 @@ def create_app(queries: Queries, readiness: Readiness, *, version: str = "0") ->
         return _json(await queries.packages(name=name, channel=channel, include_yanked=include_yanked,
                                             limit=limit, offset=offset))
 
+    @app.get("/api/alerts", responses=json_response(AlertPage))
+    async def alerts(state: Annotated[str, Query(pattern=STATES)] = "active",
+                     kind: Annotated[str | None, Query(pattern=r"^[a-z_]{1,32}$")] = None,
+                     device: Annotated[str | None, Query(pattern=DEVICE_ID_PATTERN)] = None,
+                     limit: Limit = 100, offset: Offset = 0) -> Response:
+        return _json(await queries.alerts(state=state, kind=kind, device=device, limit=limit,
+                                          offset=offset))
+
     @app.get("/api/audit", responses=json_response(AuditPage))
     async def audit_events(request: Request) -> Response:
         """Every event of every service and device fact, oldest first. Query parameters are the
@@ -123,7 +134,8 @@ def create_app(queries: Queries, readiness: Readiness, *, version: str = "0") ->
         except CommandError as exc:
             return JSONResponse({"error": exc.code, "message": exc.message}, status_code=422)
 
-    install(app, [AuditPage, FleetStatus, DevicePage, DeviceDetail, RolloutPage, RolloutDetail, PackagePage])
+    install(app, [AlertPage, AuditPage, FleetStatus, DevicePage, DeviceDetail, RolloutPage, RolloutDetail,
+                  PackagePage])
     return app
 
 
@@ -139,7 +151,8 @@ async def serve_http(app: FastAPI, host: str, port: int, stop: asyncio.Event) ->
     """Run uvicorn until `stop`."""
     sock = listen(host, port)
     server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="off"))
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    # The service owns SIGTERM/SIGINT (run_service): uvicorn must not capture them.
+    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
     serving = asyncio.create_task(server.serve(sockets=[sock]))
     stopping = asyncio.create_task(stop.wait())
     log.info("http_api_listening", url=f"http://{host}:{sock.getsockname()[1]}")

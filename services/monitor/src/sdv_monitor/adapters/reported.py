@@ -50,7 +50,7 @@ class ReportedStates:
         try:
             while not stop.is_set():
                 try:
-                    entry = await watcher.updates(timeout=1.0)
+                    entry = await watcher.updates(timeout=1.0)  # type: ignore[no-untyped-call]
                 except TimeoutError:
                     continue
                 if entry is None:  # end of the initial values
@@ -58,7 +58,7 @@ class ReportedStates:
                 await self.apply(entry.key, entry.value, deleted=entry.operation is not None
                                  and str(entry.operation) in ("DEL", "PURGE"))
         finally:
-            await watcher.stop()
+            await watcher.stop()  # type: ignore[no-untyped-call]
 
     async def apply(self, key: str, value: bytes | None, *, deleted: bool = False) -> None:
         if deleted or not value:

@@ -72,6 +72,8 @@ class AuditTrail:
             device = getattr(data, "device_id", None)
             package = data.package.name if isinstance(data, RolloutCreated) else \
                 await self._rollout_app(conn, entity)
+        elif category == "alert":
+            device, rollout = getattr(data, "device_id", None), getattr(data, "rollout_id", None)
         elif category == "facts":
             # Shown as the device's fact: its stream, type and time, recorded by the monitor.
             device, service = entity, "device"

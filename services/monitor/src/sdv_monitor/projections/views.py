@@ -9,6 +9,7 @@ from typing import Protocol, Self
 import asyncpg
 
 from sdv_events.envelope import Envelope
+from sdv_monitor.projections.alerts import Alerts
 from sdv_monitor.projections.audit import AuditTrail
 from sdv_monitor.projections.fleet import Fleet
 from sdv_monitor.projections.history import DeviceHistory
@@ -18,7 +19,8 @@ from sdv_monitor.projections.rollouts import Rollouts
 
 
 class Part(Protocol):
-    tables: Sequence[str]
+    @property
+    def tables(self) -> Sequence[str]: ...
 
     async def create(self, conn: asyncpg.Connection) -> None: ...
 
@@ -30,7 +32,7 @@ class MonitorViews:
     # Services' categories whole (the runner needs them whole to find gaps), and the facts the
     # monitor recorded itself.
     filter_subjects = ("sdv.evt.device.>", "sdv.evt.rollout.>", "sdv.evt.package.>",
-                       "sdv.evt.policy.>", "sdv.evt.facts.>")
+                       "sdv.evt.policy.>", "sdv.evt.facts.>", "sdv.evt.alert.>")
 
     def __init__(self, schema: str) -> None:
         self.schema = schema
@@ -40,8 +42,9 @@ class MonitorViews:
         self.packages = Packages(schema)
         self.history = DeviceHistory(schema)
         self.audit = AuditTrail(schema)
+        self.alerts = Alerts(schema)
         self.parts: tuple[Part, ...] = (self.fleet, self.inventory, self.rollouts, self.packages,
-                                        self.history, self.audit)
+                                        self.history, self.audit, self.alerts)
         self.tables = tuple(t for part in self.parts for t in part.tables)
 
     def at(self, schema: str) -> Self:
