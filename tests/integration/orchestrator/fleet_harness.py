@@ -185,6 +185,7 @@ class Suite:
     packages: PackagerClient = None  # type: ignore[assignment]
     commands: CommandClient = None  # type: ignore[assignment]
     tick_s: float = 0.2
+    heartbeat_silence_s: float = 3600.0  # the registry's: how long without a heartbeat is offline
     agents: dict[str, SimAgent] = field(default_factory=dict)
     _apps: int = 0
     eventually = staticmethod(eventually)
@@ -208,7 +209,8 @@ class Suite:
         # No trust file: devices are admitted but get no NATS credentials (a plain NATS server).
         self.registry = await start_service("registry", serve_registry, RegistrySettings(
             service="registry", nats_url=self.url, database_url=self.database_url,
-            schema_name=f"{self.schema}_r", log_level="WARNING", heartbeat_silence_s=3600.0,
+            schema_name=f"{self.schema}_r", log_level="WARNING",
+            heartbeat_silence_s=self.heartbeat_silence_s,
         ), self.nc)
         if orchestrator:
             await self.start_orchestrator()
@@ -379,8 +381,10 @@ async def _true(value: bool) -> bool:
 
 @contextlib.asynccontextmanager
 async def running_suite(url: str, database_url: str, schema: str, tmp_path: Path,
-                        tick_s: float = 0.2, orchestrator: bool = True) -> AsyncIterator[Suite]:
-    suite = Suite(url, database_url, schema, tmp_path, tick_s=tick_s)
+                        tick_s: float = 0.2, orchestrator: bool = True,
+                        heartbeat_silence_s: float = 3600.0) -> AsyncIterator[Suite]:
+    suite = Suite(url, database_url, schema, tmp_path, tick_s=tick_s,
+                  heartbeat_silence_s=heartbeat_silence_s)
     try:
         yield await suite.open(orchestrator)
     finally:

@@ -18,11 +18,14 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn
 from rich.table import Table
 
+from sdv_client.alerts_cli import app as alerts_app
 from sdv_client.app_cli import app as apps_app
+from sdv_client.audit_cli import app as audit_app
 from sdv_client.deploy_cli import app as deploy_app
 from sdv_client.device_cli import app as devices_app
 from sdv_client.health import SERVICES, ServiceStatus, nats_ca, nats_credentials, ping_all, quiet, status_of
 from sdv_client.history_cli import history
+from sdv_client.inventory_cli import status as fleet_status
 from sdv_client.package_cli import app as package_app
 from sdv_client.rebuild_cli import rebuild
 from sdv_client.rollout_cli import app as rollout_app
@@ -37,8 +40,11 @@ app.add_typer(rollout_app, name="rollout")
 app.add_typer(policy_app, name="policy")
 app.add_typer(apps_app, name="app")
 app.add_typer(deploy_app, name="deploy")
+app.add_typer(audit_app, name="audit")
+app.add_typer(alerts_app, name="alerts")
 app.command("history")(history)
 app.command("rebuild")(rebuild)
+app.command("status")(fleet_status)
 out = Console()
 err = Console(stderr=True)
 

@@ -7,6 +7,7 @@ from nats.aio.client import Client as NatsClient
 from rich.table import Table
 
 from sdv_client.cli_support import JsonOption, builtins, emit_json, out, run, user
+from sdv_client.inventory_cli import inventory_or_reason, print_inventory
 from sdv_events.bus import CommandClient
 from sdv_events.schemas.devices import (
     AcceptDevice,
@@ -20,6 +21,7 @@ from sdv_events.schemas.devices import (
     RejectDevice,
     SetLabels,
 )
+from sdv_events.schemas.monitor import DeviceDetail
 
 SERVICE = "registry"
 app = typer.Typer(help="Devices: admission, labels, presence.", no_args_is_help=True)
@@ -82,8 +84,21 @@ def count(selector: str = typer.Option("", "--selector", "-l"), as_json: bool = 
 
 
 @app.command("get")
-def get(device_id: str, as_json: bool = JsonOption) -> None:
-    show(call("get", GetDevice(device_id), DeviceView, as_json), as_json)
+def get(device_id: str, history: int = typer.Option(20, min=1, max=1000, help="history lines"),
+        as_json: bool = JsonOption) -> None:
+    """The device (registry) with its apps and recent history (monitor)."""
+    async def work(nc: NatsClient) -> tuple[DeviceView, DeviceDetail | None, str | None]:
+        view = await CommandClient(nc, actor=f"cli:{user()}", timeout=30.0).call(
+            SERVICE, "get", GetDevice(device_id), DeviceView)
+        return (view, *await inventory_or_reason(nc, device_id, history))
+
+    view, detail, reason = run(work, as_json, SERVICE)
+    if as_json:
+        emit_json({"ok": True, "device": builtins(view), "inventory": builtins(detail),
+                   "inventory_error": reason})
+        return
+    show(view, as_json)
+    print_inventory(detail, reason)
 
 
 @app.command("accept")

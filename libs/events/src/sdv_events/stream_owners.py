@@ -13,6 +13,8 @@ STREAM_OWNERS: Mapping[str, str] = MappingProxyType({
     "device": "registry",
     "rollout": "orchestrator",
     "policy": "orchestrator",
+    "facts": "monitor",
+    "alert": "monitor",
 })
 
 

@@ -1,15 +1,58 @@
-"""Composition root of the monitor: settings, routers, the shared service runtime."""
+"""Composition root of the monitor: settings → the fact recorder (agents' facts into its own
+store), the read models (one projection, built from the services' stores), the reported-state
+watch, NATS queries and the HTTP API, on the shared service runtime."""
+
+from __future__ import annotations
 
 import asyncio
 
-from sdv_events.service import run_service
-from sdv_monitor.adapters import routers
-from sdv_monitor.settings import SERVICE, load_settings
+from sdv_events.processing import ConsumerRunner, HistorySource, OwnThenHistory, StoreSource
+from sdv_events.service import ServiceRuntime, run_service, service_version
+from sdv_monitor.adapters.alert_watch import AlertWatch
+from sdv_monitor.adapters.commands import command_router
+from sdv_monitor.adapters.fact_recorder import FactRecorder
+from sdv_monitor.adapters.heartbeats import HeartbeatTracker
+from sdv_monitor.adapters.http_api import create_app, serve_http
+from sdv_monitor.adapters.reported import ReportedStates
+from sdv_monitor.domain.alerts import Thresholds
+from sdv_monitor.projections import MonitorViews
+from sdv_monitor.queries import Queries
+from sdv_monitor.settings import SERVICE, MonitorSettings, load_settings
 
 
-async def serve() -> None:
-    await run_service(SERVICE, load_settings(), routers=routers())
+async def serve(settings: MonitorSettings, stop: asyncio.Event | None = None) -> None:
+    async def on_start(runtime: ServiceRuntime) -> None:
+        schema, pool = settings.schema_name, runtime.store.pool
+        views = MonitorViews(schema)
+        reported = ReportedStates(pool, schema, runtime.js)
+        async with pool.acquire() as conn:
+            await views.create(conn)
+            await reported.create(conn)
+        nc = runtime.broker.config.connection_state.connection
+        source = OwnThenHistory(StoreSource(runtime.store), HistorySource(nc))
+        for consumer in (FactRecorder(runtime.store), views):
+            runtime.run_consumer(ConsumerRunner(pool, schema, runtime.js, consumer, source=source,
+                                                build_from=runtime.store, service=SERVICE, nc=nc))
+        runtime.spawn(reported.run, "reported_states")
+        queries = Queries(pool, schema)
+
+        async def readiness() -> list[str]:
+            health = await runtime.health(SERVICE, service_version(SERVICE), 0.0, 0)
+            return list(health.problems)
+
+        thresholds = Thresholds(offline_after_s=settings.alert_offline_after_s,
+                                crash_restarts=settings.alert_crash_restarts)
+        alerts = AlertWatch(runtime.store, schema, nc, HeartbeatTracker(), readiness, thresholds=thresholds,
+                            every_s=settings.alert_every_s, service_grace_s=settings.alert_service_grace_s)
+        runtime.spawn(alerts.run, "alerts")
+        runtime.broker.include_router(command_router(queries, alerts))
+
+        api = create_app(queries, readiness, version=service_version(SERVICE))
+        runtime.spawn(lambda stop: serve_http(api, settings.http_host, settings.http_port, stop),
+                      "http_api")
+
+    await run_service(SERVICE, settings, on_start=on_start, stop=stop)
 
 
 def main() -> None:
-    asyncio.run(serve())
+    asyncio.run(serve(load_settings()))

@@ -1,10 +1,2 @@
-"""Thin adapters of the monitor: FastStream routers (commands on `sdv.cmd.monitor.*`) and the HTTP API,
-server-sent events for the dashboard, Prometheus metrics.
-"""
-
-from faststream.nats import NatsRouter
-
-
-def routers() -> list[NatsRouter]:
-    """The service's routers; none yet (the shared runtime serves `ping`)."""
-    return []
+"""Thin adapters of the monitor: the fact recorder, the reported-state watch, NATS queries
+(`sdv.cmd.monitor.*`) and the HTTP API."""

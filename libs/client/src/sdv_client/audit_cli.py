@@ -1,0 +1,80 @@
+"""`sdv audit`: every event of every service and every device fact, in order, with who caused
+it — from the monitor's audit trail (`sdv.cmd.monitor.audit`), filtered and paged; a table,
+`--json`, or `--jsonl` (one event per line, for export)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import msgspec
+import typer
+from nats.aio.client import Client as NatsClient
+from rich.table import Table
+
+from sdv_client.cli_support import JsonOption, emit_json, out, run, user
+from sdv_client.history_cli import _instant
+from sdv_events.bus import CommandClient
+from sdv_events.registry import short_name
+from sdv_events.schemas.monitor import AuditEvent, AuditPage, AuditQuery
+
+app = typer.Typer(help="The audit trail: who did what, to which vehicle, when.",
+                  invoke_without_command=True)
+
+
+async def collect(nc: NatsClient, query: AuditQuery, limit: int) -> tuple[list[AuditEvent], str | None]:
+    client = CommandClient(nc, actor=f"cli:{user()}", timeout=30.0)
+    events: list[AuditEvent] = []
+    while True:
+        page = await client.call("monitor", "audit", query, AuditPage)
+        events.extend(page.items)
+        if page.next_after is None or len(events) >= limit:
+            return events[:limit], page.next_after if len(events) >= limit else None
+        query = msgspec.structs.replace(query, after=page.next_after,
+                                        limit=min(1000, limit - len(events)))
+
+
+@app.callback()
+def audit(
+    ctx: typer.Context,
+    rollout: str = typer.Option(None, "--rollout",
+                                help="Events of one rollout (and devices' facts about it)."),
+    device: str = typer.Option(None, "--device", help="Events about one device, its facts included."),
+    package: str = typer.Option(None, "--package", help="Events about one app (package name)."),
+    stream: str = typer.Option(None, "--stream", help="One stream, e.g. rollout-<id> or agent-<device>."),
+    correlation: str = typer.Option(None, "--correlation", help="One correlation id."),
+    actor: str = typer.Option(None, "--actor", help="Who caused it, e.g. cli:alice or device:car-1."),
+    type_: str = typer.Option(None, "--type", help="Event type, e.g. DeviceFailed."),
+    since: str = typer.Option(None, "--since", help="At or after (ISO 8601)."),
+    until: str = typer.Option(None, "--until", help="Before (ISO 8601)."),
+    after: str = typer.Option(None, "--after", help="Continue after this cursor (from --json)."),
+    limit: int = typer.Option(200, "--limit", min=1, max=1_000_000, help="At most this many events."),
+    as_json: bool = JsonOption,
+    jsonl: bool = typer.Option(False, "--jsonl", help="One JSON event per line (export)."),
+) -> None:
+    """Every event of every service and every device fact, oldest first."""
+    if ctx.invoked_subcommand is not None:
+        return
+    query = AuditQuery(rollout=rollout, device=device, package=package, stream=stream,
+                       correlation=correlation, actor=actor, type=type_,
+                       since=_instant(since, "--since"), until=_instant(until, "--until"),
+                       after=after, limit=min(limit, 1000))
+    events, next_after = run(lambda nc: collect(nc, query, limit), as_json or jsonl, "monitor")
+    docs: list[dict[str, Any]] = msgspec.to_builtins(events)
+    if jsonl:
+        for doc in docs:
+            sys.stdout.write(json.dumps(doc) + "\n")
+        return
+    if as_json:
+        emit_json({"ok": True, "events": docs, "next_after": next_after})
+        return
+    table = Table("at", "service", "actor", "event", "stream", "device", "correlation", "caused by",
+                  title=f"{len(events)} event(s)")
+    for e in events:
+        table.add_row(e.at.astimezone().strftime("%Y-%m-%d %H:%M:%S.%f")[:-3], e.service, e.actor or "",
+                      short_name(e.type), e.stream_id, e.device_id or "", (e.correlation_id or "")[:13],
+                      (e.causation_id or "")[:13])
+    out.print(table)
+    if next_after:
+        out.print(f"more: --after '{next_after}'")

@@ -1,0 +1,57 @@
+"""Agents' heartbeats (`sdv.hb.<device>`, core NATS): the latest word per device on its KUKSA
+databroker, for the alert rules. In memory (heartbeats are not events); a device's subject is
+vouched for by its NATS permissions and must match the body."""
+
+from __future__ import annotations
+
+import time
+
+import msgspec
+import structlog
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from sdv_events.schemas.heartbeat import Heartbeat
+
+log = structlog.get_logger("sdv.monitor.heartbeats")
+MAX_HEARTBEAT_BYTES = 64 * 1024
+_decode = msgspec.json.Decoder(Heartbeat).decode
+
+
+class HeartbeatTracker:
+    def __init__(self) -> None:
+        self.databroker: dict[str, tuple[bool, float]] = {}  # device → (reachable, when)
+        self.received = 0
+        self.refused = 0
+        self._sub: Subscription | None = None
+
+    async def start(self, nc: NatsClient) -> None:
+        self._sub = await nc.subscribe("sdv.hb.*", cb=self._on)
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+
+    async def _on(self, msg: Msg) -> None:
+        device_id = msg.subject.split(".", 2)[2]
+        try:
+            if len(msg.data) > MAX_HEARTBEAT_BYTES:
+                raise ValueError(f"{len(msg.data)} bytes")
+            beat = _decode(msg.data)
+            if beat.device_id != device_id:
+                raise ValueError("the body names another device")
+        except (msgspec.DecodeError, ValueError) as exc:
+            self.refused += 1
+            if self.refused % 100 == 1:
+                log.warning("heartbeat_refused", device_id=device_id[:64], error=str(exc)[:200],
+                            refused=self.refused)
+            return
+        self.received += 1
+        self.databroker[device_id] = (beat.databroker is not None, time.monotonic())
+
+    def databroker_missing(self, expected: set[str], fresh_s: float) -> list[str]:
+        """Devices expected to have a databroker whose latest (fresh) heartbeat found none."""
+        now = time.monotonic()
+        return sorted(d for d in expected if (seen := self.databroker.get(d)) is not None
+                      and not seen[0] and now - seen[1] <= fresh_s)

@@ -1,0 +1,166 @@
+"""The monitor's read-only HTTP API (FastAPI on uvicorn): the read models as JSON, health and
+readiness, OpenAPI at `/openapi.json`. Parameters are validated (bad ones get 422 with the
+reason, unknown ids 404), and a database that does not answer is 503, never a stack trace."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
+
+import asyncpg
+import msgspec
+import structlog
+import uvicorn
+from fastapi import FastAPI, Path, Query, Request
+from fastapi.responses import JSONResponse, Response
+
+from sdv_events.bus import CommandError
+from sdv_events.schemas.devices import DEVICE_ID_PATTERN
+from sdv_events.schemas.monitor import (
+    AlertPage,
+    AuditPage,
+    AuditQuery,
+    DeviceDetail,
+    DevicePage,
+    FleetStatus,
+    PackagePage,
+    RolloutDetail,
+    RolloutPage,
+)
+from sdv_monitor.adapters.openapi import install, json_response
+from sdv_monitor.audit_queries import audit
+from sdv_monitor.queries import Queries
+
+log = structlog.get_logger("sdv.monitor.http")
+NAME = r"^[A-Za-z0-9_.:-]{1,128}$"
+STATES = r"^(open|acknowledged|resolved|active|all)$"
+Limit = Annotated[int, Query(ge=1, le=1000)]
+Offset = Annotated[int, Query(ge=0, le=10_000_000)]
+Readiness = Callable[[], Awaitable[list[str]]]
+
+
+def _json(view: Any, status: int = 200) -> Response:
+    return Response(msgspec.json.encode(view), status_code=status, media_type="application/json")
+
+
+def _missing(what: str, key: str) -> Response:
+    return JSONResponse({"error": "not_found", "message": f"no {what} {key!r}"}, status_code=404)
+
+
+def create_app(queries: Queries, readiness: Readiness, *, version: str = "0") -> FastAPI:
+    app = FastAPI(title="SDV Fleet monitor", version=version, docs_url="/docs", redoc_url=None,
+                  description="Read-only views of the fleet, its software and its rollouts.")
+
+    @app.exception_handler(asyncpg.PostgresError)
+    @app.exception_handler(OSError)
+    async def unavailable(request: Request, exc: Exception) -> Response:
+        log.warning("http_read_failed", path=request.url.path, error=repr(exc)[:300])
+        return JSONResponse({"error": "unavailable", "message": "the read models cannot be read now"},
+                            status_code=503)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, bool]:
+        return {"ok": True}
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        problems = await readiness()
+        return JSONResponse({"ready": not problems, "problems": problems},
+                            status_code=503 if problems else 200)
+
+    @app.get("/api/status", responses=json_response(FleetStatus))
+    async def status() -> Response:
+        return _json(await queries.status())
+
+    @app.get("/api/devices", responses=json_response(DevicePage))
+    async def devices(status: Annotated[str | None, Query(pattern=r"^[a-z_]{1,32}$")] = None,
+                      online: bool | None = None,
+                      app_name: Annotated[str | None, Query(alias="app", pattern=NAME)] = None,
+                      limit: Limit = 100, offset: Offset = 0) -> Response:
+        return _json(await queries.devices(status=status, online=online, app=app_name, limit=limit,
+                                           offset=offset))
+
+    @app.get("/api/devices/{device_id}", responses=json_response(DeviceDetail))
+    async def device(device_id: Annotated[str, Path(pattern=DEVICE_ID_PATTERN)],
+                     history_limit: Limit = 50) -> Response:
+        found = await queries.device(device_id, history_limit=history_limit)
+        return _missing("device", device_id) if found is None else _json(found)
+
+    @app.get("/api/rollouts", responses=json_response(RolloutPage))
+    async def rollouts(app_name: Annotated[str | None, Query(alias="app", pattern=NAME)] = None,
+                       status: Annotated[str | None, Query(pattern=r"^[a-z_]{1,32}$")] = None,
+                       limit: Limit = 100, offset: Offset = 0) -> Response:
+        return _json(await queries.rollouts(app=app_name, status=status, limit=limit, offset=offset))
+
+    @app.get("/api/rollouts/{rollout_id}", responses=json_response(RolloutDetail))
+    async def rollout(rollout_id: Annotated[str, Path(pattern=NAME)], limit: Limit = 1000,
+                      offset: Offset = 0) -> Response:
+        found = await queries.rollout(rollout_id, limit=limit, offset=offset)
+        return _missing("rollout", rollout_id) if found is None else _json(found)
+
+    @app.get("/api/packages", responses=json_response(PackagePage))
+    async def packages(name: Annotated[str | None, Query(pattern=NAME)] = None,
+                       channel: Annotated[str | None, Query(pattern=r"^(dev|beta|stable)$")] = None,
+                       include_yanked: bool = True, limit: Limit = 100, offset: Offset = 0) -> Response:
+        return _json(await queries.packages(name=name, channel=channel, include_yanked=include_yanked,
+                                            limit=limit, offset=offset))
+
+    @app.get("/api/alerts", responses=json_response(AlertPage))
+    async def alerts(state: Annotated[str, Query(pattern=STATES)] = "active",
+                     kind: Annotated[str | None, Query(pattern=r"^[a-z_]{1,32}$")] = None,
+                     device: Annotated[str | None, Query(pattern=DEVICE_ID_PATTERN)] = None,
+                     limit: Limit = 100, offset: Offset = 0) -> Response:
+        return _json(await queries.alerts(state=state, kind=kind, device=device, limit=limit,
+                                          offset=offset))
+
+    @app.get("/api/audit", responses=json_response(AuditPage))
+    async def audit_events(request: Request) -> Response:
+        """Every event of every service and device fact, oldest first. Query parameters are the
+        fields of `AuditQuery` (rollout, device, package, stream, correlation, actor, type,
+        since, until, after, limit)."""
+        allowed = set(AuditQuery.__struct_fields__)
+        params = dict(request.query_params)
+        if unknown := sorted(set(params) - allowed):
+            return JSONResponse({"error": "invalid_request", "message": f"unknown parameter(s): {unknown}"},
+                                status_code=422)
+        try:
+            query = msgspec.convert(params, AuditQuery, strict=False)
+            return _json(await audit(queries.pool, queries.s, query))
+        except msgspec.ValidationError as exc:
+            return JSONResponse({"error": "invalid_request", "message": str(exc)}, status_code=422)
+        except CommandError as exc:
+            return JSONResponse({"error": exc.code, "message": exc.message}, status_code=422)
+
+    install(app, [AlertPage, AuditPage, FleetStatus, DevicePage, DeviceDetail, RolloutPage, RolloutDetail,
+                  PackagePage])
+    return app
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """Bound here, not by uvicorn (which exits the process when it cannot bind): a port in use
+    is an OSError the supervisor logs and retries."""
+    sock = socket.create_server((host, port), reuse_port=False)
+    sock.setblocking(False)
+    return sock
+
+
+async def serve_http(app: FastAPI, host: str, port: int, stop: asyncio.Event) -> None:
+    """Run uvicorn until `stop`."""
+    sock = listen(host, port)
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="off"))
+    # The service owns SIGTERM/SIGINT (run_service): uvicorn must not capture them.
+    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    stopping = asyncio.create_task(stop.wait())
+    log.info("http_api_listening", url=f"http://{host}:{sock.getsockname()[1]}")
+    try:
+        await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if serving.done():
+            serving.result()
+    finally:
+        server.should_exit = True
+        await asyncio.gather(serving, return_exceptions=True)
+        stopping.cancel()

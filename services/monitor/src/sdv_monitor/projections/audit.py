@@ -1,0 +1,90 @@
+"""The audit trail: every event of every service and every device fact the monitor recorded,
+one row each with who, what, when, where it belongs (device, rollout, package) and what caused
+it — so `sdv audit` answers "which software ran on which vehicle, from when, approved by whom"
+from one indexed table, also while the services that wrote the events are down."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from sdv_events.envelope import Envelope
+from sdv_events.ids import split_stream_id
+from sdv_events.schemas.monitor import DeviceFactRecorded
+from sdv_events.schemas.rollouts import PolicySet, RolloutCreated
+from sdv_events.stream_owners import owner_of
+from sdv_monitor.projections.facts import fact_of
+
+_json = msgspec.json.Encoder()
+
+
+def _body(event: Envelope) -> Any:
+    if isinstance(event.data, DeviceFactRecorded):
+        return event.data.data  # the device's own words, not our wrapper
+    return msgspec.to_builtins(event.data)
+
+
+class AuditTrail:
+    tables = ("audit_events",)
+
+    def __init__(self, schema: str) -> None:
+        self.s = schema
+        self.table = f"{schema}.audit_events"
+
+    async def create(self, conn: asyncpg.Connection) -> None:
+        t, i = self.table, f"{self.s}_audit"
+        await conn.execute(f"""
+            CREATE TABLE IF NOT EXISTS {t} (
+                event_id uuid PRIMARY KEY, service text NOT NULL, stream_id text NOT NULL,
+                version integer NOT NULL, type text NOT NULL, occurred_at timestamptz NOT NULL,
+                actor text, correlation_id text, causation_id text,
+                device_id text, rollout_id text, package text, data json NOT NULL);
+            CREATE INDEX IF NOT EXISTS {i}_time ON {t} (occurred_at, event_id);
+            CREATE INDEX IF NOT EXISTS {i}_stream ON {t} (stream_id, version);
+            CREATE INDEX IF NOT EXISTS {i}_device ON {t} (device_id, occurred_at);
+            CREATE INDEX IF NOT EXISTS {i}_rollout ON {t} (rollout_id, occurred_at);
+            CREATE INDEX IF NOT EXISTS {i}_package ON {t} (package, occurred_at);
+            CREATE INDEX IF NOT EXISTS {i}_correlation ON {t} (correlation_id);
+            CREATE INDEX IF NOT EXISTS {i}_actor ON {t} (actor, occurred_at)""")
+
+    async def _rollout_app(self, conn: asyncpg.Connection, rollout_id: str) -> str | None:
+        found: str | None = await conn.fetchval(
+            f"SELECT package FROM {self.table} WHERE rollout_id = $1 AND package IS NOT NULL LIMIT 1",
+            rollout_id)
+        return found
+
+    async def apply(self, conn: asyncpg.Connection, event: Envelope) -> None:
+        category, entity = split_stream_id(event.stream_id)
+        data = event.data
+        device = rollout = package = None
+        stream, occurred_at, type_ = event.stream_id, event.occurred_at, event.type
+        service = owner_of(event.stream_id) or "unknown"
+        if category == "device":
+            device = entity
+        elif category == "package":
+            package = entity
+        elif category == "policy":
+            package = data.policy.app if isinstance(data, PolicySet) else None
+        elif category == "rollout":
+            rollout = entity
+            device = getattr(data, "device_id", None)
+            package = data.package.name if isinstance(data, RolloutCreated) else \
+                await self._rollout_app(conn, entity)
+        elif category == "alert":
+            device, rollout = getattr(data, "device_id", None), getattr(data, "rollout_id", None)
+        elif category == "facts":
+            # Shown as the device's fact: its stream, type and time, recorded by the monitor.
+            device, service = entity, "device"
+            if isinstance(data, DeviceFactRecorded):
+                stream, type_, occurred_at = f"agent-{entity}", data.fact_type, data.occurred_at
+            fact = fact_of(event)
+            if fact is not None:
+                rollout, package = fact.rollout_id, fact.app
+        await conn.execute(
+            f"INSERT INTO {self.table} VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13) "
+            "ON CONFLICT (event_id) DO NOTHING",
+            event.event_id, service, stream, event.version, type_,
+            occurred_at, event.actor, event.correlation_id, event.causation_id, device,
+            rollout, package, _json.encode(_body(event)).decode().replace("\\u0000", "\\ufffd"))

@@ -1,0 +1,82 @@
+"""Fleet: one row per device — admission, presence, labels, capabilities, agent version —
+from the registry's device events."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from sdv_events.envelope import Envelope
+from sdv_events.schemas.devices import (
+    DeviceAccepted,
+    DeviceAnnounced,
+    DeviceCameOnline,
+    DeviceCapabilitiesUpdated,
+    DeviceDecommissioned,
+    DeviceLabelsChanged,
+    DevicePreauthorized,
+    DeviceRejected,
+    DeviceWentOffline,
+)
+
+_json = msgspec.json.Encoder()
+
+
+def _caps(caps: Any) -> dict[str, Any]:
+    return {"capabilities": _json.encode(caps).decode(), "agent_version": caps.agent_version,
+            "arch": caps.arch, "hardware_type": caps.hardware_type}
+
+
+class Fleet:
+    tables = ("devices",)
+
+    def __init__(self, schema: str) -> None:
+        self.table = f"{schema}.devices"
+
+    async def create(self, conn: asyncpg.Connection) -> None:
+        index = self.table.replace(".", "_")
+        await conn.execute(f"""
+            CREATE TABLE IF NOT EXISTS {self.table} (
+                device_id text PRIMARY KEY, status text NOT NULL, online boolean NOT NULL DEFAULT false,
+                last_seen_at timestamptz, labels jsonb NOT NULL DEFAULT '{{}}', capabilities jsonb,
+                agent_version text, arch text, hardware_type text, admitted_by text,
+                created_at timestamptz NOT NULL, updated_at timestamptz NOT NULL);
+            CREATE INDEX IF NOT EXISTS {index}_status ON {self.table} (status, online)""")
+
+    async def _upsert(self, conn: asyncpg.Connection, event: Envelope, **values: Any) -> None:
+        columns = ["device_id", "created_at", "updated_at", *values]
+        params = [event.data.device_id, event.occurred_at, event.occurred_at, *values.values()]
+        updates = ", ".join(f"{c} = excluded.{c}" for c in ["updated_at", *values])
+        marks = ", ".join(f"${i}" for i in range(1, len(params) + 1))
+        await conn.execute(f"INSERT INTO {self.table} ({', '.join(columns)}) VALUES ({marks}) "
+                           f"ON CONFLICT (device_id) DO UPDATE SET {updates}", *params)
+
+    async def _update(self, conn: asyncpg.Connection, event: Envelope, **values: Any) -> None:
+        sets = ", ".join(f"{c} = ${i}" for i, c in enumerate(values, start=3))
+        await conn.execute(f"UPDATE {self.table} SET updated_at = $2, {sets} WHERE device_id = $1",
+                           event.data.device_id, event.occurred_at, *values.values())
+
+    async def apply(self, conn: asyncpg.Connection, event: Envelope) -> None:
+        match event.data:
+            case DevicePreauthorized(labels=labels):
+                await self._upsert(conn, event, status="preauthorized",
+                                   labels=_json.encode(labels).decode())
+            case DeviceAnnounced(capabilities=caps):
+                # As the registry folds it: a key announced (first, or after a rejection) waits.
+                await self._upsert(conn, event, status="pending", **_caps(caps))
+            case DeviceAccepted(admitted_by=by):
+                await self._update(conn, event, status="accepted", admitted_by=by)
+            case DeviceRejected():
+                await self._update(conn, event, status="rejected")
+            case DeviceDecommissioned():
+                await self._update(conn, event, status="decommissioned", online=False)
+            case DeviceCapabilitiesUpdated(capabilities=caps):
+                await self._update(conn, event, **_caps(caps))
+            case DeviceLabelsChanged(labels=labels):
+                await self._update(conn, event, labels=_json.encode(labels).decode())
+            case DeviceCameOnline(seen_at=seen_at):
+                await self._update(conn, event, online=True, last_seen_at=seen_at)
+            case DeviceWentOffline(last_seen_at=last_seen):
+                await self._update(conn, event, online=False, last_seen_at=last_seen)

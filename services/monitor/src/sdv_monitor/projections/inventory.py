@@ -1,0 +1,123 @@
+"""Software inventory: per device and app, what should run (version, rollout — from the
+orchestrator's rollout events) and what runs (installed version, lifecycle state, health, last
+error, since when — from the device's recorded facts). Restarts and live metrics come from the
+agents' reported state (`adapters/reported.py`), joined at query time: they are not events."""
+
+from __future__ import annotations
+
+import asyncpg
+
+from sdv_events.envelope import Envelope
+from sdv_events.ids import split_stream_id
+from sdv_events.schemas.rollouts import (
+    DevicesPlanned,
+    DeviceTargeted,
+    PreviousPackages,
+    RollbackStarted,
+    RollbackStartedV1,
+    RolloutCreated,
+    RolloutPlannedV1,
+)
+from sdv_monitor.domain.app_state import change_of
+from sdv_monitor.projections.facts import fact_of
+
+
+class Inventory:
+    tables = ("device_apps", "inventory_rollouts", "inventory_previous", "inventory_previous_packages")
+
+    def __init__(self, schema: str) -> None:
+        self.s = schema
+
+    async def create(self, conn: asyncpg.Connection) -> None:
+        s = self.s
+        await conn.execute(f"""
+            CREATE TABLE IF NOT EXISTS {s}.device_apps (
+                device_id text NOT NULL, app text NOT NULL,
+                desired_version text, desired_digest text, desired_rollout text,
+                installed_version text, installed_digest text, state text NOT NULL DEFAULT 'PENDING',
+                healthy boolean NOT NULL DEFAULT false, last_error text, fact_rollout text,
+                since timestamptz NOT NULL, updated_at timestamptz NOT NULL,
+                PRIMARY KEY (device_id, app));
+            CREATE INDEX IF NOT EXISTS {s}_device_apps_installed ON {s}.device_apps (app, installed_version);
+            CREATE TABLE IF NOT EXISTS {s}.inventory_rollouts (
+                rollout_id text PRIMARY KEY, app text NOT NULL, version text NOT NULL, digest text NOT NULL);
+            CREATE TABLE IF NOT EXISTS {s}.inventory_previous (
+                rollout_id text NOT NULL, device_id text NOT NULL, ref integer NOT NULL,
+                version text, digest text, PRIMARY KEY (rollout_id, device_id));
+            CREATE TABLE IF NOT EXISTS {s}.inventory_previous_packages (
+                rollout_id text NOT NULL, ref integer NOT NULL, version text NOT NULL,
+                digest text NOT NULL, PRIMARY KEY (rollout_id, ref));""")
+
+    async def apply(self, conn: asyncpg.Connection, event: Envelope) -> None:
+        category, entity = split_stream_id(event.stream_id)
+        if category == "rollout":
+            await self._rollout(conn, entity, event)
+        elif category == "facts":
+            await self._fact(conn, event)
+
+    async def _rollout(self, conn: asyncpg.Connection, rid: str, event: Envelope) -> None:
+        s = self.s
+        match event.data:
+            case RolloutCreated(package=p):
+                await conn.execute(f"INSERT INTO {s}.inventory_rollouts VALUES ($1,$2,$3,$4) "
+                                   "ON CONFLICT DO NOTHING", rid, p.name, p.version, p.digest)
+            case PreviousPackages(first=first, packages=packages):
+                await conn.executemany(
+                    f"INSERT INTO {s}.inventory_previous_packages VALUES ($1,$2,$3,$4) "
+                    "ON CONFLICT DO NOTHING",
+                    [(rid, first + i, p.version, p.digest) for i, p in enumerate(packages)])
+            case DevicesPlanned(devices=devices):
+                await conn.executemany(
+                    f"INSERT INTO {s}.inventory_previous (rollout_id, device_id, ref) VALUES ($1,$2,$3) "
+                    "ON CONFLICT DO NOTHING",
+                    [(rid, d.device_id, d.previous) for d in devices if d.previous is not None])
+            case RolloutPlannedV1(previous=previous):
+                await conn.executemany(
+                    f"INSERT INTO {s}.inventory_previous VALUES ($1,$2,-1,$3,$4) ON CONFLICT DO NOTHING",
+                    [(rid, p.device_id, p.package.version, p.package.digest)
+                     for p in previous if p.package is not None])
+            case DeviceTargeted(device_id=d):
+                await conn.execute(f"""
+                    INSERT INTO {s}.device_apps (device_id, app, desired_version, desired_digest,
+                        desired_rollout, since, updated_at)
+                    SELECT $1, app, version, digest, rollout_id, $3, $3
+                    FROM {s}.inventory_rollouts WHERE rollout_id = $2
+                    ON CONFLICT (device_id, app) DO UPDATE SET desired_version = excluded.desired_version,
+                        desired_digest = excluded.desired_digest, desired_rollout = excluded.desired_rollout,
+                        updated_at = greatest(device_apps.updated_at, excluded.updated_at)""",
+                    d, rid, event.occurred_at)
+            case RollbackStarted() | RollbackStartedV1():
+                # Devices this rollout still owns go back to what they ran before it (or lose the app).
+                await conn.execute(f"""
+                    UPDATE {s}.device_apps a SET
+                        desired_version = coalesce(p.version, pp.version),
+                        desired_digest = coalesce(p.digest, pp.digest), desired_rollout = NULL,
+                        updated_at = greatest(a.updated_at, $2)
+                    FROM {s}.device_apps a2
+                    LEFT JOIN {s}.inventory_previous p ON p.rollout_id = $1 AND p.device_id = a2.device_id
+                    LEFT JOIN {s}.inventory_previous_packages pp ON pp.rollout_id = $1 AND pp.ref = p.ref
+                    WHERE a.device_id = a2.device_id AND a.app = a2.app AND a.desired_rollout = $1""",
+                    rid, event.occurred_at)
+
+    async def _fact(self, conn: asyncpg.Connection, event: Envelope) -> None:
+        fact = fact_of(event)
+        change = change_of(fact) if fact is not None else None
+        if fact is None or change is None:
+            return
+        installed_version = change.installed_version or (fact.version if change.installed else None)
+        installed_digest = fact.digest if change.installed and change.installed_version is None else None
+        at = event.data.occurred_at
+        await conn.execute(f"""
+            INSERT INTO {self.s}.device_apps AS a (device_id, app, installed_version, installed_digest,
+                state, healthy, last_error, fact_rollout, since, updated_at)
+            VALUES ($1, $2, $3, $4, $5, coalesce($6, false), $7, $8, $9, $9)
+            ON CONFLICT (device_id, app) DO UPDATE SET
+                installed_version = CASE WHEN $10 THEN NULL ELSE coalesce($3, a.installed_version) END,
+                installed_digest = CASE WHEN $10 THEN NULL
+                                        WHEN $3 IS NOT NULL THEN $4 ELSE a.installed_digest END,
+                since = CASE WHEN a.state = $5 THEN a.since ELSE $9 END,
+                state = $5, healthy = coalesce($6, a.healthy),
+                last_error = CASE WHEN $11 THEN NULL ELSE coalesce($7, a.last_error) END,
+                fact_rollout = coalesce($8, a.fact_rollout), updated_at = greatest(a.updated_at, $9)""",
+            fact.device_id, fact.app, installed_version, installed_digest, change.state, change.healthy,
+            change.last_error, fact.rollout_id, at, change.removed, change.clear_error)

@@ -1,0 +1,44 @@
+"""Packages: every published version with its channel and yank state (from the packager's
+events); where each version runs is a query over the inventory (`queries.py`)."""
+
+from __future__ import annotations
+
+import asyncpg
+
+from sdv_events.envelope import Envelope
+from sdv_events.schemas.packages import PackagePromoted, PackagePublished, PackageYanked
+
+
+class Packages:
+    tables = ("packages",)
+
+    def __init__(self, schema: str) -> None:
+        self.table = f"{schema}.packages"
+
+    async def create(self, conn: asyncpg.Connection) -> None:
+        await conn.execute(f"""
+            CREATE TABLE IF NOT EXISTS {self.table} (
+                name text NOT NULL, version text NOT NULL, digest text NOT NULL,
+                channel text NOT NULL, runtime text NOT NULL, size bigint NOT NULL,
+                key_id text NOT NULL, description text NOT NULL DEFAULT '',
+                yanked boolean NOT NULL DEFAULT false, yank_reason text,
+                published_at timestamptz NOT NULL, updated_at timestamptz NOT NULL,
+                PRIMARY KEY (name, version))""")
+
+    async def apply(self, conn: asyncpg.Connection, event: Envelope) -> None:
+        at = event.occurred_at
+        match event.data:
+            case PackagePublished(package=p):
+                await conn.execute(
+                    f"INSERT INTO {self.table} (name, version, digest, channel, runtime, size, key_id, "
+                    "description, published_at, updated_at) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$9) "
+                    "ON CONFLICT (name, version) DO NOTHING",
+                    p.name, p.version, p.digest, p.channel, p.runtime, p.size, p.key_id,
+                    p.description[:500], at)
+            case PackageYanked(name=name, version=version, reason=reason):
+                await conn.execute(f"UPDATE {self.table} SET yanked = true, yank_reason = $3, "
+                                   "updated_at = $4 WHERE name = $1 AND version = $2",
+                                   name, version, reason, at)
+            case PackagePromoted(name=name, version=version, to_channel=channel):
+                await conn.execute(f"UPDATE {self.table} SET channel = $3, updated_at = $4 "
+                                   "WHERE name = $1 AND version = $2", name, version, channel, at)

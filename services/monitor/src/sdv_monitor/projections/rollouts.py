@@ -1,0 +1,162 @@
+"""Rollouts: status, waves, per-device outcome and timings, excluded devices with reasons —
+from the orchestrator's rollout events (`rollout-<id>`)."""
+
+from __future__ import annotations
+
+import asyncpg
+
+from sdv_events.envelope import Envelope
+from sdv_events.ids import split_stream_id
+from sdv_events.schemas.rollouts import (
+    DeviceFailed,
+    DevicesExcluded,
+    DevicesPlanned,
+    DeviceSucceeded,
+    DeviceTargeted,
+    DeviceTimedOut,
+    RollbackStarted,
+    RollbackStartedV1,
+    RolloutAborted,
+    RolloutCancelled,
+    RolloutCompleted,
+    RolloutCreated,
+    RolloutPaused,
+    RolloutPlanned,
+    RolloutPlannedV1,
+    RolloutResumed,
+    WaveCompleted,
+    WaveStarted,
+)
+
+TERMINAL = ("completed", "aborted", "cancelled", "rolled_back")
+
+
+class Rollouts:
+    tables = ("rollouts", "rollout_waves", "rollout_devices", "rollout_excluded")
+
+    def __init__(self, schema: str) -> None:
+        self.s = schema
+
+    async def create(self, conn: asyncpg.Connection) -> None:
+        s = self.s
+        await conn.execute(f"""
+            CREATE TABLE IF NOT EXISTS {s}.rollouts (
+                rollout_id text PRIMARY KEY, app text NOT NULL, version text NOT NULL,
+                digest text NOT NULL, status text NOT NULL, created_by text NOT NULL DEFAULT '',
+                target text NOT NULL DEFAULT '', strategy text NOT NULL DEFAULT '',
+                devices integer NOT NULL DEFAULT 0, waves integer NOT NULL DEFAULT 0,
+                excluded integer NOT NULL DEFAULT 0, current_wave integer NOT NULL DEFAULT -1,
+                succeeded integer NOT NULL DEFAULT 0, failed integer NOT NULL DEFAULT 0,
+                timed_out integer NOT NULL DEFAULT 0, reason text NOT NULL DEFAULT '',
+                created_at timestamptz NOT NULL, updated_at timestamptz NOT NULL,
+                ended_at timestamptz);
+            CREATE INDEX IF NOT EXISTS {s}_rollouts_app ON {s}.rollouts (app, created_at);
+            CREATE TABLE IF NOT EXISTS {s}.rollout_waves (
+                rollout_id text NOT NULL, wave integer NOT NULL, size integer NOT NULL DEFAULT 0,
+                state text NOT NULL DEFAULT 'waiting', succeeded integer NOT NULL DEFAULT 0,
+                failed integer NOT NULL DEFAULT 0, started_at timestamptz, completed_at timestamptz,
+                PRIMARY KEY (rollout_id, wave));
+            CREATE TABLE IF NOT EXISTS {s}.rollout_devices (
+                rollout_id text NOT NULL, device_id text NOT NULL, wave integer NOT NULL,
+                status text NOT NULL DEFAULT 'planned', targeted_at timestamptz,
+                deadline timestamptz, finished_at timestamptz, reason text NOT NULL DEFAULT '',
+                PRIMARY KEY (rollout_id, device_id));
+            CREATE INDEX IF NOT EXISTS {s}_rollout_devices_device ON {s}.rollout_devices (device_id);
+            CREATE TABLE IF NOT EXISTS {s}.rollout_excluded (
+                rollout_id text NOT NULL, device_id text NOT NULL, reason text NOT NULL,
+                PRIMARY KEY (rollout_id, device_id));""")
+
+    async def _set(self, conn: asyncpg.Connection, rid: str, event: Envelope, sql: str,
+                   *args: object) -> None:
+        await conn.execute(f"UPDATE {self.s}.rollouts SET updated_at = $2, {sql} WHERE rollout_id = $1",
+                           rid, event.occurred_at, *args)
+
+    async def _end(self, conn: asyncpg.Connection, rid: str, event: Envelope, status: str,
+                   reason: str = "") -> None:
+        await self._set(conn, rid, event, "status = $3, reason = $4, ended_at = $2", status, reason)
+
+    async def _device(self, conn: asyncpg.Connection, rid: str, event: Envelope, device_id: str,
+                      status: str, reason: str = "") -> None:
+        await conn.execute(
+            f"UPDATE {self.s}.rollout_devices SET status = $3, reason = $4, finished_at = $5 "
+            "WHERE rollout_id = $1 AND device_id = $2", rid, device_id, status, reason, event.occurred_at)
+
+    async def apply(self, conn: asyncpg.Connection, event: Envelope) -> None:
+        category, rid = split_stream_id(event.stream_id)
+        if category != "rollout":
+            return
+        s, data = self.s, event.data
+        match data:
+            case RolloutCreated(package=p, target=target, strategy=strategy, created_by=by):
+                what = target.selector or ",".join(target.device_ids or [])
+                await conn.execute(
+                    f"INSERT INTO {s}.rollouts (rollout_id, app, version, digest, status, created_by, "
+                    "target, strategy, created_at, updated_at) VALUES ($1,$2,$3,$4,'created',$5,$6,$7,$8,$8) "
+                    "ON CONFLICT DO NOTHING", rid, p.name, p.version, p.digest, by, what[:1000],
+                    f"{strategy.kind} {' '.join(strategy.waves)}", event.occurred_at)
+            case RolloutPlanned(devices=n, waves=waves, excluded=excluded):
+                await self._set(conn, rid, event, "status = 'running', devices = $3, waves = $4, "
+                                "excluded = $5", n, waves, excluded)
+            case RolloutPlannedV1(waves=waves, excluded=excluded):
+                await self._set(conn, rid, event, "status = 'running', devices = $3, waves = $4, "
+                                "excluded = $5", sum(len(w) for w in waves), len(waves), len(excluded))
+                await conn.executemany(
+                    f"INSERT INTO {s}.rollout_devices (rollout_id, device_id, wave) VALUES ($1,$2,$3) "
+                    "ON CONFLICT DO NOTHING", [(rid, d, i) for i, w in enumerate(waves) for d in w])
+                await conn.executemany(
+                    f"INSERT INTO {s}.rollout_excluded VALUES ($1,$2,$3) ON CONFLICT DO NOTHING",
+                    [(rid, d, why) for d, why in excluded.items()])
+            case DevicesPlanned(devices=devices):
+                await conn.executemany(
+                    f"INSERT INTO {s}.rollout_devices (rollout_id, device_id, wave) VALUES ($1,$2,$3) "
+                    "ON CONFLICT DO NOTHING", [(rid, d.device_id, d.wave) for d in devices])
+            case DevicesExcluded(devices=devices):
+                await conn.executemany(
+                    f"INSERT INTO {s}.rollout_excluded VALUES ($1,$2,$3) ON CONFLICT DO NOTHING",
+                    [(rid, d.device_id, d.reason) for d in devices])
+            case WaveStarted(wave=wave, size=size, at=at):
+                await conn.execute(
+                    f"INSERT INTO {s}.rollout_waves (rollout_id, wave, size, state, started_at) "
+                    "VALUES ($1,$2,$3,'running',$4) ON CONFLICT (rollout_id, wave) DO UPDATE SET "
+                    "state = 'running', size = excluded.size, started_at = excluded.started_at",
+                    rid, wave, size, at)
+                await self._set(conn, rid, event, "current_wave = $3", wave)
+            case DeviceTargeted(device_id=d, wave=wave, deadline=deadline):
+                await conn.execute(
+                    f"INSERT INTO {s}.rollout_devices (rollout_id, device_id, wave, status, targeted_at, "
+                    "deadline) VALUES ($1,$2,$3,'targeted',$4,$5) ON CONFLICT (rollout_id, device_id) "
+                    "DO UPDATE SET status = 'targeted', targeted_at = $4, deadline = $5",
+                    rid, d, wave, event.occurred_at, deadline)
+            case DeviceSucceeded(device_id=d, wave=wave):
+                await self._device(conn, rid, event, d, "succeeded")
+                await self._set(conn, rid, event, "succeeded = succeeded + 1")
+                await self._wave_count(conn, rid, wave, "succeeded")
+            case DeviceFailed(device_id=d, wave=wave, reason=reason):
+                await self._device(conn, rid, event, d, "failed", reason)
+                await self._set(conn, rid, event, "failed = failed + 1")
+                await self._wave_count(conn, rid, wave, "failed")
+            case DeviceTimedOut(device_id=d, wave=wave):
+                await self._device(conn, rid, event, d, "timed_out", "no report before the deadline")
+                await self._set(conn, rid, event, "failed = failed + 1, timed_out = timed_out + 1")
+                await self._wave_count(conn, rid, wave, "failed")
+            case WaveCompleted(wave=wave, at=at):
+                await conn.execute(f"UPDATE {s}.rollout_waves SET state = 'completed', completed_at = $3 "
+                                   "WHERE rollout_id = $1 AND wave = $2", rid, wave, at)
+            case RolloutPaused(reason=reason):
+                await self._set(conn, rid, event, "status = 'paused', reason = $3", reason)
+            case RolloutResumed():
+                await self._set(conn, rid, event, "status = 'running', reason = ''")
+            case RolloutAborted(reason=reason, wave=wave):
+                await conn.execute(f"UPDATE {s}.rollout_waves SET state = 'aborted' "
+                                   "WHERE rollout_id = $1 AND wave = $2", rid, wave)
+                await self._end(conn, rid, event, "aborted", reason)
+            case RollbackStarted(reason=reason) | RollbackStartedV1(reason=reason):
+                await self._end(conn, rid, event, "rolled_back", reason)
+            case RolloutCompleted():
+                await self._end(conn, rid, event, "completed")
+            case RolloutCancelled(reason=reason):
+                await self._end(conn, rid, event, "cancelled", reason)
+
+    async def _wave_count(self, conn: asyncpg.Connection, rid: str, wave: int, column: str) -> None:
+        await conn.execute(f"UPDATE {self.s}.rollout_waves SET {column} = {column} + 1 "
+                           "WHERE rollout_id = $1 AND wave = $2", rid, wave)

@@ -1,0 +1,214 @@
+"""Reads over the monitor's read models, shared by its NATS queries and its HTTP API. Every
+read is one page at most; results are the shared view types (`sdv_events.schemas.monitor`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from sdv_events.schemas.monitor import (
+    AlertPage,
+    AlertView,
+    DeviceApp,
+    DeviceDetail,
+    DevicePage,
+    ExcludedDeviceRow,
+    FleetDevice,
+    FleetStatus,
+    HistoryEntry,
+    PackagePage,
+    PackageRow,
+    RolloutDetail,
+    RolloutDevice,
+    RolloutPage,
+    RolloutRow,
+    RolloutWave,
+)
+
+ACTIVE = ("created", "running", "paused")
+
+
+def _row(cls: Any, record: asyncpg.Record, **extra: Any) -> Any:
+    """The view `cls` from a row's columns of the same names (`extra` overrides)."""
+    fields = {f: record[f] for f in cls.__struct_fields__ if f in record and f not in extra}
+    return cls(**fields, **extra)
+
+
+def _device(record: asyncpg.Record) -> FleetDevice:
+    return _row(FleetDevice, record, labels=msgspec.json.decode(record["labels"] or "{}"))
+
+
+class Queries:
+    def __init__(self, pool: asyncpg.Pool, schema: str) -> None:
+        self.pool = pool
+        self.s = schema
+
+    # --- devices ---------------------------------------------------------------------------
+
+    def _devices_sql(self, where: str) -> str:
+        s = self.s
+        return f"""
+            SELECT d.device_id, d.status, d.online, d.last_seen_at, d.labels::text AS labels,
+                   coalesce(r.agent_version, d.agent_version) AS agent_version, d.arch, d.hardware_type,
+                   d.admitted_by, d.updated_at,
+                   (SELECT count(*) FROM {s}.device_apps a WHERE a.device_id = d.device_id)::int AS apps,
+                   (SELECT count(*) FROM {s}.device_apps a WHERE a.device_id = d.device_id
+                        AND a.state = 'FAILED')::int AS apps_failed
+            FROM {s}.devices d LEFT JOIN {s}.reported_devices r ON r.device_id = d.device_id
+            WHERE {where}"""
+
+    async def devices(self, *, status: str | None = None, online: bool | None = None,
+                      app: str | None = None, limit: int = 100, offset: int = 0) -> DevicePage:
+        where: list[str] = ["true"]
+        params: list[Any] = []
+        if status is not None:
+            params.append(status)
+            where.append(f"d.status = ${len(params)}")
+        if online is not None:
+            params.append(online)
+            where.append(f"d.online = ${len(params)}")
+        if app is not None:
+            params.append(app)
+            where.append(f"EXISTS (SELECT 1 FROM {self.s}.device_apps a WHERE a.device_id = d.device_id "
+                         f"AND a.app = ${len(params)})")
+        clause = " AND ".join(where)
+        async with self.pool.acquire() as conn:
+            total = await conn.fetchval(f"SELECT count(*) FROM {self.s}.devices d WHERE {clause}", *params)
+            page = f" ORDER BY d.device_id LIMIT ${len(params) + 1} OFFSET ${len(params) + 2}"
+            rows = await conn.fetch(self._devices_sql(clause) + page, *params, limit, offset)
+        return DevicePage(items=[_device(r) for r in rows], total=int(total), offset=offset, limit=limit)
+
+    async def device(self, device_id: str, *, history_limit: int = 50) -> DeviceDetail | None:
+        s = self.s
+        async with self.pool.acquire() as conn:
+            row = await conn.fetchrow(self._devices_sql("d.device_id = $1"), device_id)
+            if row is None:
+                return None
+            caps = await conn.fetchval(f"SELECT capabilities::text FROM {s}.devices WHERE device_id = $1",
+                                       device_id)
+            apps = await conn.fetch(f"""
+                SELECT a.app, a.desired_version, a.desired_rollout, a.installed_version, a.state,
+                       a.healthy, a.last_error, a.since, r.restarts, r.state AS reported_state, r.pid
+                FROM {s}.device_apps a LEFT JOIN {s}.reported_apps r
+                    ON r.device_id = a.device_id AND r.app = a.app
+                WHERE a.device_id = $1 ORDER BY a.app""", device_id)
+            history = await conn.fetch(f"""
+                SELECT at, source, type, summary, app, rollout_id FROM {s}.device_history
+                WHERE device_id = $1 ORDER BY at DESC, event_id DESC LIMIT $2""", device_id, history_limit)
+        return DeviceDetail(device=_device(row), capabilities=msgspec.json.decode(caps) if caps else None,
+                            apps=[_row(DeviceApp, a) for a in apps],
+                            history=[_row(HistoryEntry, h) for h in history])
+
+    # --- rollouts --------------------------------------------------------------------------
+
+    async def rollouts(self, *, app: str | None = None, status: str | None = None,
+                       limit: int = 100, offset: int = 0) -> RolloutPage:
+        where: list[str] = ["true"]
+        params: list[Any] = []
+        if app is not None:
+            params.append(app)
+            where.append(f"app = ${len(params)}")
+        if status is not None:
+            params.append(status)
+            where.append(f"status = ${len(params)}")
+        clause = " AND ".join(where)
+        async with self.pool.acquire() as conn:
+            total = await conn.fetchval(f"SELECT count(*) FROM {self.s}.rollouts WHERE {clause}", *params)
+            rows = await conn.fetch(f"SELECT * FROM {self.s}.rollouts WHERE {clause} ORDER BY created_at "
+                                    f"DESC, rollout_id LIMIT ${len(params) + 1} OFFSET ${len(params) + 2}",
+                                    *params, limit, offset)
+        return RolloutPage(items=[_row(RolloutRow, r) for r in rows], total=int(total), offset=offset,
+                           limit=limit)
+
+    async def rollout(self, rollout_id: str, *, limit: int = 1000, offset: int = 0) -> RolloutDetail | None:
+        s = self.s
+        async with self.pool.acquire() as conn:
+            row = await conn.fetchrow(f"SELECT * FROM {s}.rollouts WHERE rollout_id = $1", rollout_id)
+            if row is None:
+                return None
+            waves = await conn.fetch(f"SELECT * FROM {s}.rollout_waves WHERE rollout_id = $1 ORDER BY wave",
+                                     rollout_id)
+            total = await conn.fetchval(f"SELECT count(*) FROM {s}.rollout_devices WHERE rollout_id = $1",
+                                        rollout_id)
+            devices = await conn.fetch(f"SELECT * FROM {s}.rollout_devices WHERE rollout_id = $1 "
+                                       "ORDER BY wave, device_id LIMIT $2 OFFSET $3",
+                                       rollout_id, limit, offset)
+            excluded = await conn.fetch(f"SELECT device_id, reason FROM {s}.rollout_excluded "
+                                        "WHERE rollout_id = $1 ORDER BY device_id LIMIT $2",
+                                        rollout_id, limit)
+        return RolloutDetail(rollout=_row(RolloutRow, row), waves=[_row(RolloutWave, w) for w in waves],
+                             devices=[_row(RolloutDevice, d) for d in devices], devices_total=int(total),
+                             excluded=[_row(ExcludedDeviceRow, e) for e in excluded], offset=offset,
+                             limit=limit)
+
+    # --- packages --------------------------------------------------------------------------
+
+    async def packages(self, *, name: str | None = None, channel: str | None = None,
+                       include_yanked: bool = True, limit: int = 100, offset: int = 0) -> PackagePage:
+        s = self.s
+        where: list[str] = ["true"]
+        params: list[Any] = []
+        if name is not None:
+            params.append(name)
+            where.append(f"p.name = ${len(params)}")
+        if channel is not None:
+            params.append(channel)
+            where.append(f"p.channel = ${len(params)}")
+        if not include_yanked:
+            where.append("NOT p.yanked")
+        clause = " AND ".join(where)
+        async with self.pool.acquire() as conn:
+            total = await conn.fetchval(f"SELECT count(*) FROM {s}.packages p WHERE {clause}", *params)
+            rows = await conn.fetch(f"""
+                SELECT p.*,
+                    (SELECT count(*) FROM {s}.device_apps a WHERE a.app = p.name
+                        AND a.installed_digest = p.digest)::int AS installed_on,
+                    (SELECT count(*) FROM {s}.device_apps a WHERE a.app = p.name
+                        AND a.desired_digest = p.digest)::int AS desired_on
+                FROM {s}.packages p WHERE {clause} ORDER BY p.name, p.published_at DESC
+                LIMIT ${len(params) + 1} OFFSET ${len(params) + 2}""", *params, limit, offset)
+        return PackagePage(items=[_row(PackageRow, r) for r in rows], total=int(total), offset=offset,
+                           limit=limit)
+
+    # --- one screen ------------------------------------------------------------------------
+
+    async def status(self) -> FleetStatus:
+        s = self.s
+        async with self.pool.acquire() as conn:
+            by_status = await conn.fetch(f"SELECT status, count(*) AS n, count(*) FILTER (WHERE online) "
+                                         f"AS up FROM {s}.devices GROUP BY status")
+            apps = await conn.fetch(f"SELECT state, count(*) AS n FROM {s}.device_apps GROUP BY state")
+            active = await conn.fetch(f"SELECT * FROM {s}.rollouts WHERE status = ANY($1) "
+                                      "ORDER BY created_at DESC LIMIT 20", list(ACTIVE))
+            alerts = await conn.fetch(f"SELECT severity, count(*) AS n FROM {s}.alerts "
+                                      "WHERE state <> 'resolved' GROUP BY severity")
+        return FleetStatus(devices=sum(r["n"] for r in by_status), online=sum(r["up"] for r in by_status),
+                           by_status={r["status"]: r["n"] for r in by_status},
+                           apps_by_state={r["state"]: r["n"] for r in apps},
+                           active_rollouts=[_row(RolloutRow, r) for r in active],
+                           open_alerts={r["severity"]: r["n"] for r in alerts})
+
+    # --- alerts ------------------------------------------------------------------------------
+
+    async def alerts(self, *, state: str = "active", kind: str | None = None, device: str | None = None,
+                     limit: int = 100, offset: int = 0) -> AlertPage:
+        where: list[str] = ["true"]
+        params: list[Any] = []
+        states = {"active": ["open", "acknowledged"], "all": None}.get(state, [state])
+        if states is not None:
+            params.append(states)
+            where.append(f"state = ANY(${len(params)})")
+        for column, value in (("kind", kind), ("device_id", device)):
+            if value is not None:
+                params.append(value)
+                where.append(f"{column} = ${len(params)}")
+        clause = " AND ".join(where)
+        async with self.pool.acquire() as conn:
+            total = await conn.fetchval(f"SELECT count(*) FROM {self.s}.alerts WHERE {clause}", *params)
+            rows = await conn.fetch(f"SELECT * FROM {self.s}.alerts WHERE {clause} ORDER BY raised_at DESC, "
+                                    f"alert_id LIMIT ${len(params) + 1} OFFSET ${len(params) + 2}",
+                                    *params, limit, offset)
+        return AlertPage(items=[_row(AlertView, r) for r in rows], total=int(total), offset=offset,
+                         limit=limit)
