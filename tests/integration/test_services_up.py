@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from sdv_client.health import SERVICES
@@ -28,6 +29,11 @@ async def test_every_service_answers_and_a_killed_one_is_reported_down(
         statuses = await suite.wait_ready(timeout=45)
         assert {s.service: s.state for s in statuses} == dict.fromkeys(SERVICES, "up")
         assert all(s.version and s.pid for s in statuses)
+        # The monitor's HTTP API listens on the port the suite gave it and says what it sees.
+        async with httpx.AsyncClient(base_url=str(suite.monitor_url), timeout=10) as http:
+            assert (await http.get("/healthz")).status_code == 200
+            status = (await http.get("/api/status")).json()
+            assert {"devices", "online", "active_rollouts"} <= status.keys()
 
         victim = suite.processes["monitor"]
         old_pid = victim.pid

@@ -119,7 +119,8 @@ async def _up(suite: Suite, *, check: bool, as_json: bool, timeout: float) -> in
             return 130
         extra = {"nats_url": suite.nats_url, "database_url": suite.database_url,
                  "data_dir": str(suite.dir), "nats_creds": suite.nats_creds, "nats_ca": suite.nats_ca,
-                 "enrol_creds": str(suite.enrol_creds) if suite.enrol_creds else None}
+                 "enrol_creds": str(suite.enrol_creds) if suite.enrol_creds else None,
+                 "monitor_url": suite.monitor_url}
         _print(statuses, as_json, extra)
         if check:
             return 0
@@ -127,6 +128,8 @@ async def _up(suite: Suite, *, check: bool, as_json: bool, timeout: float) -> in
         ca = f" SDV_NATS_CA={suite.nats_ca}" if suite.nats_ca else ""
         err.print(f"suite running: `SDV_NATS_URL={suite.nats_url}{creds}{ca} sdv ping` checks it; "
                   "Ctrl-C stops it")
+        if suite.monitor_url:
+            err.print(f"monitor API: {suite.monitor_url}/api/status (OpenAPI: {suite.monitor_url}/docs)")
         if suite.enrol_creds is not None:
             pin = f" --nats-ca {suite.nats_ca}" if suite.nats_ca else ""
             err.print(f"agents enrol with `sdv-agent --enrol --nats-url {suite.nats_url}{pin} "

@@ -60,7 +60,7 @@ from sdv_client.health import (
 from sdv_events.auth import Trust, render_server_config
 from sdv_events.auth.certificates import ServerTls, ensure_server_tls
 from sdv_events.auth.client_tls import CA_ENV, NatsCaError, ca_from_env, tls_options
-from sdv_events.servers import NatsServer, PostgresServer
+from sdv_events.servers import NatsServer, PostgresServer, free_port
 
 STOP_GRACE_S = 10.0
 MAX_BACKOFF_S = 30.0
@@ -142,6 +142,9 @@ class Suite:
     nats_creds: str | None = field(default_factory=lambda: os.environ.get(CREDS_ENV) or None)
     # The CA to pin for a NATS named by nats_url; the embedded NATS makes its own.
     nats_ca: str | None = field(default_factory=ca_from_env)
+    # The monitor's HTTP API (dashboard, /api, /metrics): SDV_MONITOR_HTTP_PORT, else a free port.
+    monitor_http_port: int = field(
+        default_factory=lambda: int(os.environ.get("SDV_MONITOR_HTTP_PORT") or free_port()))
 
     def __post_init__(self) -> None:
         self._own_dir = self.data_dir is None
@@ -156,6 +159,10 @@ class Suite:
         # the agents' enrolment credentials.
         self.trust_file: Path | None = None
         self.enrol_creds: Path | None = None
+
+    @property
+    def monitor_url(self) -> str | None:
+        return f"http://127.0.0.1:{self.monitor_http_port}" if "monitor" in self.services else None
 
     async def __aenter__(self) -> Suite:
         try:
@@ -193,6 +200,8 @@ class Suite:
         env.pop(CA_ENV, None)
         if self.nats_ca:
             env[CA_ENV] = self.nats_ca
+        if service == "monitor":
+            env["SDV_MONITOR_HTTP_PORT"] = str(self.monitor_http_port)
         if self.trust_file is not None:
             # The operator and account signing keys: only the registry mints device credentials.
             env.pop("SDV_TRUST_FILE", None)
