@@ -27,9 +27,9 @@ from sdv_events.bus.request_limits import MAX_REQUEST_DEPTH
 from sdv_events.bus.routes import CommandSpec, registered_commands
 from sdv_events.bus.rpc import Reply, ReplyError, ReplyOk
 from sdv_events.codec import decode_as, encode
-from sdv_events.servers import NatsServer
-from sdv_events.service import run_service, wait_until_ready
-from sdv_monitor.adapters import routers as monitor_routers
+from sdv_events.servers import NatsServer, free_port
+from sdv_events.service import wait_until_ready
+from sdv_monitor.app import serve as serve_monitor
 from sdv_monitor.settings import MonitorSettings
 from sdv_orchestrator.app import serve as serve_orchestrator
 from sdv_orchestrator.settings import OrchestratorSettings
@@ -99,9 +99,8 @@ async def fleet(own_nats: NatsServer, database_url: str,
             service="registry", schema_name=f"{schema}_r", **common), stop),
         "orchestrator": lambda stop: serve_orchestrator(OrchestratorSettings(
             service="orchestrator", schema_name=f"{schema}_o", **common), stop),
-        "monitor": lambda stop: run_service("monitor", MonitorSettings(
-            service="monitor", schema_name=f"{schema}_m", **common),
-            routers=monitor_routers(), stop=stop),
+        "monitor": lambda stop: serve_monitor(MonitorSettings(
+            service="monitor", schema_name=f"{schema}_m", http_port=free_port(), **common), stop),
     }
     nc = await nats.connect(url)
     running: list[tuple[asyncio.Event, asyncio.Task[None]]] = []
