@@ -7,12 +7,14 @@ from __future__ import annotations
 import asyncio
 
 from sdv_events.processing import ConsumerRunner, HistorySource, OwnThenHistory, StoreSource
-from sdv_events.service import ServiceRuntime, run_service, service_version
+from sdv_events.service import ServiceHealth, ServiceRuntime, run_service, service_version
 from sdv_monitor.adapters.alert_watch import AlertWatch
 from sdv_monitor.adapters.commands import command_router
 from sdv_monitor.adapters.fact_recorder import FactRecorder
 from sdv_monitor.adapters.heartbeats import HeartbeatTracker
 from sdv_monitor.adapters.http_api import create_app, serve_http
+from sdv_monitor.adapters.live import LiveFeed
+from sdv_monitor.adapters.metrics import Metrics
 from sdv_monitor.adapters.reported import ReportedStates
 from sdv_monitor.domain.alerts import Thresholds
 from sdv_monitor.projections import MonitorViews
@@ -47,7 +49,15 @@ async def serve(settings: MonitorSettings, stop: asyncio.Event | None = None) ->
         runtime.spawn(alerts.run, "alerts")
         runtime.broker.include_router(command_router(queries, alerts))
 
-        api = create_app(queries, readiness, version=service_version(SERVICE))
+        live = LiveFeed(runtime.js)
+        runtime.spawn(live.run, "live_feed")
+
+        async def health() -> dict[str, ServiceHealth | None]:
+            own = await runtime.health(SERVICE, service_version(SERVICE), 0.0, 0)
+            return {**alerts.health, SERVICE: own}
+
+        metrics = Metrics(pool, schema, live, health)
+        api = create_app(queries, readiness, live, metrics, version=service_version(SERVICE))
         runtime.spawn(lambda stop: serve_http(api, settings.http_host, settings.http_port, stop),
                       "http_api")
 

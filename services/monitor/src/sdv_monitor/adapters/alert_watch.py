@@ -66,7 +66,8 @@ class AlertWatch:
         self.streams: dict[str, Open] = {}
         self._unhealthy_since: dict[str, float] = {}
         self.evaluations = 0
-        self.last_error: str | None = None
+        # The latest ping answer of each peer (None: it did not answer), for /metrics.
+        self.health: dict[str, ServiceHealth | None] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
         await self.load()
@@ -203,7 +204,9 @@ class AlertWatch:
             try:
                 health = await client.call(service, "ping", Ping(), ServiceHealth)
             except CommandError as exc:
+                self.health[service] = None
                 return [f"does not answer ping ({exc.code})"]
+            self.health[service] = health
             return list(health.problems)
 
         found = dict(zip(PEERS, await asyncio.gather(*(problems_of(p) for p in PEERS)), strict=True))

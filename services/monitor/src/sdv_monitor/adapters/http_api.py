@@ -7,17 +7,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any
 
 import asyncpg
 import msgspec
 import structlog
 import uvicorn
-from fastapi import FastAPI, Path, Query, Request
+from fastapi import FastAPI, Header, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
+from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from sdv_events.bus import CommandError
+from sdv_events.registry import short_name
 from sdv_events.schemas.devices import DEVICE_ID_PATTERN
 from sdv_events.schemas.monitor import (
     AlertPage,
@@ -30,6 +32,8 @@ from sdv_events.schemas.monitor import (
     RolloutDetail,
     RolloutPage,
 )
+from sdv_monitor.adapters.live import Filter, LiveFeed
+from sdv_monitor.adapters.metrics import Metrics
 from sdv_monitor.adapters.openapi import install, json_response
 from sdv_monitor.audit_queries import audit
 from sdv_monitor.queries import Queries
@@ -50,7 +54,8 @@ def _missing(what: str, key: str) -> Response:
     return JSONResponse({"error": "not_found", "message": f"no {what} {key!r}"}, status_code=404)
 
 
-def create_app(queries: Queries, readiness: Readiness, *, version: str = "0") -> FastAPI:
+def create_app(queries: Queries, readiness: Readiness, live: LiveFeed, metrics: Metrics, *,
+               version: str = "0") -> FastAPI:
     app = FastAPI(title="SDV Fleet monitor", version=version, docs_url="/docs", redoc_url=None,
                   description="Read-only views of the fleet, its software and its rollouts.")
 
@@ -133,6 +138,30 @@ def create_app(queries: Queries, readiness: Readiness, *, version: str = "0") ->
             return JSONResponse({"error": "invalid_request", "message": str(exc)}, status_code=422)
         except CommandError as exc:
             return JSONResponse({"error": exc.code, "message": exc.message}, status_code=422)
+
+    @app.get("/api/stream")
+    async def stream(request: Request, rollout: Annotated[str | None, Query(pattern=NAME)] = None,
+                     device: Annotated[str | None, Query(pattern=DEVICE_ID_PATTERN)] = None,
+                     alerts: bool = False,
+                     last_event_id: Annotated[int | None, Header(ge=0)] = None) -> EventSourceResponse:
+        """Server-sent events: the bus's events as they happen (a rollout's, a device's, or
+        alerts only). Reconnect with `Last-Event-ID` to get what was missed."""
+        wanted = Filter(rollout=rollout, device=device, alerts=alerts)
+
+        async def events() -> AsyncIterator[ServerSentEvent]:
+            async for event in live.follow(wanted, last_event_id):
+                if isinstance(event, str):
+                    yield ServerSentEvent(data="{}", event=event)
+                else:
+                    yield ServerSentEvent(data=event.json.decode(), event=short_name(event.type),
+                                          id=str(event.seq))
+
+        return EventSourceResponse(events(), ping=15)
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        body, content_type = await metrics.render()
+        return Response(body, media_type=content_type)
 
     install(app, [AlertPage, AuditPage, FleetStatus, DevicePage, DeviceDetail, RolloutPage, RolloutDetail,
                   PackagePage])
