@@ -111,8 +111,11 @@ async def test_rebuild_from_the_services_stores_gives_identical_tables(suite: An
     async def caught_up() -> bool:
         doc = await monitor.get(f"/api/rollouts/{second.rollout_id}")
         history = await monitor.get(f"/api/devices/{agents[0].device_id}")
+        (app,) = history["apps"]
+        # Everything settled: the failure recorded, the rollback answered by the device.
         return doc["rollout"]["status"] == "rolled_back" and any(
-            "1.1.0 failed" in e["summary"] for e in history["history"])
+            "1.1.0 failed" in e["summary"] for e in history["history"]) and (
+            app["desired_version"], app["installed_version"], app["state"]) == ("1.0.0", "1.0.0", "RUNNING")
 
     await monitor.until(caught_up, 15.0, "the monitor caught up")
     schema = monitor.settings.schema_name
@@ -125,7 +128,9 @@ async def test_rebuild_from_the_services_stores_gives_identical_tables(suite: An
     assert done.events > 0
     after = await _snapshot(h, schema)
     for table in TABLES:
-        assert after[table] == before[table], (table, [(a, b) for a, b in zip(after[table], before[table], strict=False) if a != b][:2])
+        diff = [[(i, x, y) for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y]
+                for a, b in zip(after[table], before[table], strict=False) if a != b]
+        assert after[table] == before[table], (table, diff[:2])
 
 
 BAD_REQUESTS = [
