@@ -25,8 +25,10 @@ import pytest
 
 from sdv_client.suite import Suite
 from sdv_events.bus import CommandClient
+from sdv_events.history import HistoryQuery, read_history
 from sdv_events.processing.admin import REBUILD_COMMAND, ReadModelRebuilt, RebuildReadModel
 from sdv_events.registry import event
+from sdv_events.schemas.rollouts import ListRollouts, PolicyList, RolloutPolicy, Target
 from sdv_events.servers import PostgresServer
 from sdv_events.store import ANY, EventStore
 from sdv_events.store.roles import STORE_OWNER, STORE_TABLE_GRANTS, provision_services
@@ -110,6 +112,20 @@ async def test_embedded_postgres_refuses_a_connection_without_the_password(
     assert {r["address"] for r in rules} == {None, "127.0.0.1", "::1"}  # socket, loopback only
 
 
+async def as_an_earlier_release_left_it(data_dir: Path) -> None:
+    """Make a stopped server's data dir what an earlier release left: `initdb --auth=trust`'s
+    rules, no superuser password, no password file."""
+    with PostgresServer(data_dir=data_dir) as server:
+        conn = await asyncpg.connect(server.url)
+        try:
+            await conn.execute("ALTER ROLE postgres PASSWORD NULL")
+        finally:
+            await conn.close()
+    (data_dir / "pgdata" / "pg_hba.conf").write_text(
+        "local all all trust\nhost all all 127.0.0.1/32 trust\nhost all all ::1/128 trust\n")
+    (data_dir / "superuser.pgpass").unlink()
+
+
 async def test_a_trust_auth_data_dir_from_an_earlier_sdv_up_is_migrated_and_keeps_its_data(
     scratch: Path, tmp_path: Path
 ) -> None:
@@ -118,13 +134,9 @@ async def test_a_trust_auth_data_dir_from_an_earlier_sdv_up_is_migrated_and_keep
         store = await EventStore.open(first.url, "legacy")
         try:
             await store.append("thing-1", ANY, [Noted("written before the upgrade")])
-            await store.pool.execute("ALTER ROLE postgres PASSWORD NULL")
         finally:
             await store.close()
-    # What an earlier release left: `initdb --auth=trust`'s rules and no password anywhere.
-    (data_dir / "pgdata" / "pg_hba.conf").write_text(
-        "local all all trust\nhost all all 127.0.0.1/32 trust\nhost all all ::1/128 trust\n")
-    (data_dir / "superuser.pgpass").unlink()
+    await as_an_earlier_release_left_it(data_dir)
 
     with PostgresServer(data_dir=data_dir) as upgraded:
         with pytest.raises(asyncpg.InvalidPasswordError):
@@ -286,9 +298,18 @@ async def test_sdv_up_gives_each_service_its_own_role(scratch: Path) -> None:
         assert connected == {f"sdv_{name}" for name in suite.services}  # none as postgres
         assert not any(r["rolsuper"] or r["rolcreaterole"] or r["rolcreatedb"] for r in roles)
 
-        # A read model is rebuilt through a shadow schema, under the service's own role.
+        # Under its role a service appends (binding an idempotency key), relays, projects,
+        # answers history, and rebuilds a read model through a shadow schema of its own.
         assert suite._nc is not None
         client = CommandClient(suite._nc, actor="test", timeout=60.0)
+        policy = RolloutPolicy(name="least-privilege", app="some-app", channel="dev",
+                               target=Target(selector="env=test"))
+        await client.call("orchestrator", "set_policy", policy, RolloutPolicy)
+        listed = await client.call("orchestrator", "list_policies", ListRollouts(), PolicyList)
+        assert [p.name for p in listed.policies] == ["least-privilege"]
+        history = [e async for e in read_history(suite._nc, "orchestrator",
+                                                 HistoryQuery(category="policy"))]
+        assert [e.type for e in history] == ["orchestrator.PolicySet.v1"]
         for service, read_model in (("orchestrator", "desired_states"),
                                     ("registry", "device_inventory")):
             done = await client.call(service, REBUILD_COMMAND, RebuildReadModel(read_model),
@@ -300,6 +321,33 @@ async def test_sdv_up_gives_each_service_its_own_role(scratch: Path) -> None:
     async with Suite(data_dir=data_dir, nats_url=None, database_url=None) as again:
         await again.wait_ready(timeout=90)
     assert {p.name: p.read_text() for p in (data_dir / "postgres" / "roles").iterdir()} == before
+
+
+async def test_sdv_up_on_a_data_dir_of_an_earlier_release_migrates_it_and_every_service_comes_up(
+    scratch: Path,
+) -> None:
+    """Before: trust auth, every service connected as the superuser and made its schema and
+    read models itself. After: passwords, the roles own what they should, services come up."""
+    data_dir = scratch / "sdv"
+    with PostgresServer(data_dir=data_dir / "postgres") as server:
+        async with Suite(data_dir=data_dir, nats_url=None, database_url=server.url) as earlier:
+            await earlier.wait_ready(timeout=90)
+    await as_an_earlier_release_left_it(data_dir / "postgres")
+
+    async with Suite(data_dir=data_dir, nats_url=None, database_url=None) as suite:
+        await suite.wait_ready(timeout=90)
+        admin = await asyncpg.connect(str(suite.database_url))
+        try:
+            owners = {(r["nspname"], r["relname"]): r["owner"] for r in await admin.fetch(
+                "SELECT n.nspname, c.relname, c.relowner::regrole::text AS owner FROM pg_class c "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'r' "
+                "AND n.nspname = ANY($1::text[])", list(suite.services))}
+        finally:
+            await admin.close()
+    assert owners[("orchestrator", "events")] == STORE_OWNER
+    assert owners[("orchestrator", "rollouts")] == "sdv_orchestrator"  # a read model
+    assert {o for (schema, _), o in owners.items() if schema == "registry"} == {
+        STORE_OWNER, "sdv_registry"}
 
 
 @pytest.fixture(autouse=True)
