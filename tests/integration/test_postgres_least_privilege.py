@@ -31,7 +31,12 @@ from sdv_events.registry import event
 from sdv_events.schemas.rollouts import ListRollouts, PolicyList, RolloutPolicy, Target
 from sdv_events.servers import PostgresServer
 from sdv_events.store import ANY, EventStore
-from sdv_events.store.roles import STORE_OWNER, STORE_TABLE_GRANTS, provision_services
+from sdv_events.store.roles import (
+    STORE_OWNER,
+    STORE_TABLE_GRANTS,
+    ProvisioningError,
+    provision_services,
+)
 from sdv_events.store.schema import SchemaNotSetUp, schema_sql
 
 pytestmark = pytest.mark.timeout(120)
@@ -261,6 +266,16 @@ async def test_provisioning_takes_over_a_schema_an_earlier_sdv_up_made_as_superu
             await store.pool.execute("DELETE FROM gamma.events")
     finally:
         await store.close()
+
+
+async def test_a_damaged_password_file_stops_provisioning_and_names_the_file(
+    server: PostgresServer, scratch: Path
+) -> None:
+    roles = scratch / "roles"
+    roles.mkdir(mode=0o700)
+    (roles / "alpha.pgpass").write_text("*:*:*:someone_else:pw\n")
+    with pytest.raises(ProvisioningError, match=r"alpha\.pgpass holds no password for 'sdv_alpha'"):
+        await provision_services(server.url, {"alpha": "alpha"}, roles)
 
 
 def test_every_table_of_the_event_store_has_its_grants_listed() -> None:

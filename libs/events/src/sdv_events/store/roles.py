@@ -9,9 +9,10 @@ drop the table or the schema. (No service owns its schema: in PostgreSQL the own
 may drop everything in it, whoever owns that.) It has no rights on another service's schema, is
 no superuser, and cannot create roles or databases.
 
-It may create schemas (`CREATE` on the database): `sdv rebuild` builds a read model in a shadow
-schema of its own and swaps its tables in (processing/rebuild.py). What it creates it owns; it
-reaches nothing of anyone else's that way.
+It may create schemas (`CREATE` on the database, which also lets it install trusted
+extensions): `sdv rebuild` builds a read model in a shadow schema of its own and swaps its
+tables in (processing/rebuild.py). What it creates it owns; it reaches nothing of anyone else's
+that way.
 
 Provisioning runs as a superuser before the services start (`sdv up`) and sets the event store
 up too (`ensure_schema`), which the services then only check (`SDV_SCHEMA_SETUP=0`). It takes
