@@ -13,6 +13,7 @@ import sys
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import msgspec
@@ -115,8 +116,8 @@ async def test_idle_transaction_in_another_database_does_not_hold_the_relay(
     other_db = f"sdv_other_{store.schema}"
     admin = await asyncpg.connect(database_url)
     await admin.execute(f"CREATE DATABASE {other_db}")
-    base = database_url.rsplit("/", 1)[0]
-    stranger = await asyncpg.connect(f"{base}/{other_db}")
+    # The URL's query (e.g. its passfile) may hold slashes too: replace its path only.
+    stranger = await asyncpg.connect(urlunsplit(urlsplit(database_url)._replace(path=f"/{other_db}")))
     relay = support.RelayTask(Relay(store, js, batch_size=50, idle_poll_s=0.02))
     try:
         tx = stranger.transaction()

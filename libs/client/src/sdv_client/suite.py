@@ -20,6 +20,13 @@ expire; the CA key owner-only), serves `tls://127.0.0.1:<port>`, and every clien
 With `SDV_NATS_URL` the suite uses that server as it is configured, and `SDV_NATS_CREDS` /
 `SDV_NATS_CA` (when set) as the services' credentials and pinned CA.
 
+The embedded PostgreSQL takes SCRAM passwords only (Unix socket and loopback). `sdv up` connects
+as its superuser (password in `<data-dir>/postgres/superuser.pgpass`) to give each service a
+login role of its own, `sdv_<service>` (password in `<data-dir>/postgres/roles/<service>.pgpass`,
+owner-only), that reaches its own schema only and cannot rewrite its events
+(`sdv_events/store/roles.py`); each service gets a `SDV_DATABASE_URL` of its role. With
+`SDV_DATABASE_URL` every service uses that URL, as it is.
+
 Services run in process groups of their own: Ctrl-C in a terminal reaches `sdv up` only, which
 then stops the services before the servers they depend on.
 """
@@ -61,6 +68,7 @@ from sdv_events.auth import Trust, render_server_config
 from sdv_events.auth.certificates import ServerTls, ensure_server_tls
 from sdv_events.auth.client_tls import CA_ENV, NatsCaError, ca_from_env, tls_options
 from sdv_events.servers import NatsServer, PostgresServer, free_port
+from sdv_events.store.roles import ProvisioningError, provision_services
 
 STOP_GRACE_S = 10.0
 MAX_BACKOFF_S = 30.0
@@ -153,6 +161,8 @@ class Suite:
         self.processes = {n: ServiceProcess(n, self.dir / "logs" / f"{n}.log") for n in self.services}
         self._nats: NatsServer | None = None
         self._postgres: PostgresServer | None = None
+        # Each service's own database URL (its role), when the embedded PostgreSQL runs.
+        self.service_database_urls: dict[str, str] = {}
         self._nc: NatsClient | None = None
         self._answered: set[str] = set()
         # Set when the embedded NATS runs in operator mode: the trust file (registry only) and
@@ -202,6 +212,10 @@ class Suite:
             env[CA_ENV] = self.nats_ca
         if service == "monitor":
             env["SDV_MONITOR_HTTP_PORT"] = str(self.monitor_http_port)
+        if service in self.service_database_urls:
+            # Its own role, which may not run the event store's DDL: `sdv up` did (roles.py).
+            env["SDV_DATABASE_URL"] = self.service_database_urls[service]
+            env["SDV_SCHEMA_SETUP"] = "0"
         if self.trust_file is not None:
             # The operator and account signing keys: only the registry mints device credentials.
             env.pop("SDV_TRUST_FILE", None)
@@ -248,6 +262,12 @@ class Suite:
             self._postgres = PostgresServer(data_dir=self.dir / "postgres")
             await _start_server("PostgreSQL", self._postgres.start, self.dir / "postgres" / "postgres.log")
             self.database_url = self._postgres.url
+            schemas = {n: os.environ.get(f"SDV_{n.upper()}_SCHEMA") or n for n in self.services}
+            try:
+                self.service_database_urls = await provision_services(
+                    self.database_url, schemas, self.dir / "postgres" / "roles")
+            except ProvisioningError as exc:
+                raise SuiteError(str(exc)) from exc
 
     async def status(self, *, timeout: float = 1.0) -> list[ServiceStatus]:
         assert self._nc is not None, "start() first"

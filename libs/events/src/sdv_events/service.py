@@ -49,6 +49,9 @@ class ServiceSettings(BaseModel):
     database_url: str = "postgresql://postgres@127.0.0.1:5432/postgres"
     # The PostgreSQL schema of the service's event store (`schema` would shadow BaseModel.schema).
     schema_name: str = ""
+    # False where the schema's owner sets the event store up and this service's role may not
+    # (`sdv up`'s role per service, sdv_events/store/roles.py): then only checked at start.
+    schema_setup: bool = True
     log_level: str = "INFO"
     # A `.creds` file (user JWT + nkey seed) for a NATS server in operator mode; None = no auth.
     nats_credentials: str | None = None
@@ -71,12 +74,12 @@ class ServiceSettings(BaseModel):
     def from_env(cls, service: str, **overrides: Any) -> Self:
         """`SDV_NATS_URL`, `SDV_DATABASE_URL`, `SDV_<SERVICE>_SCHEMA`, `SDV_LOG_LEVEL`,
         `SDV_NATS_CREDS`, `SDV_NATS_CA`, `SDV_MAX_EVENT_BYTES`, `SDV_IDEMPOTENCY_TTL_S`,
-        `SDV_RELAY_STUCK_AFTER_S`."""
+        `SDV_RELAY_STUCK_AFTER_S`, `SDV_SCHEMA_SETUP`."""
         names = {"nats_url": "SDV_NATS_URL", "database_url": "SDV_DATABASE_URL",
                  "schema_name": f"SDV_{service.upper()}_SCHEMA", "log_level": "SDV_LOG_LEVEL",
                  "nats_credentials": "SDV_NATS_CREDS", "nats_ca": CA_ENV,
                  "max_event_bytes": "SDV_MAX_EVENT_BYTES", "idempotency_ttl_s": "SDV_IDEMPOTENCY_TTL_S",
-                 "relay_stuck_after_s": "SDV_RELAY_STUCK_AFTER_S"}
+                 "relay_stuck_after_s": "SDV_RELAY_STUCK_AFTER_S", "schema_setup": "SDV_SCHEMA_SETUP"}
         values = {key: os.environ[env] for key, env in names.items() if os.environ.get(env)}
         return cls(service=service, **(values | overrides))
 
@@ -184,6 +187,7 @@ async def run_service(
     broker = make_broker(settings.nats_url, name, credentials=settings.nats_credentials,
                          ca_file=settings.nats_ca)
     store = await EventStore.open(settings.database_url, settings.schema_name,
+                                  setup=settings.schema_setup,
                                   max_event_bytes=settings.max_event_bytes,
                                   idempotency_ttl=timedelta(seconds=settings.idempotency_ttl_s))
     runtime: ServiceRuntime | None = None

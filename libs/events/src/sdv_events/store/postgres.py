@@ -24,7 +24,7 @@ from sdv_events.idempotency import DEFAULT_KEY_TTL, IdempotencyKey
 from sdv_events.ids import split_stream_id, uuid7
 from sdv_events.registry import EventRegistry, default_registry
 from sdv_events.store.reads import EventFilter, RecordedEvent, page_sql
-from sdv_events.store.schema import check_schema_name, ensure_schema
+from sdv_events.store.schema import check_schema_name, check_schema_set_up, ensure_schema
 
 ANY = -1
 NO_STREAM = 0
@@ -127,13 +127,20 @@ class EventStore:
 
     @classmethod
     async def open(
-        cls, dsn: str, schema: str, *, min_size: int = 1, max_size: int = 10, **kwargs: Any
+        cls, dsn: str, schema: str, *, min_size: int = 1, max_size: int = 10,
+        setup: bool = True, **kwargs: Any
     ) -> EventStore:
+        """A pool on `dsn` and the schema set up (`setup`), or checked to be (`setup=False`,
+        for a role that may not run the store's DDL: store/roles.py)."""
         pool = await asyncpg.create_pool(
             dsn, min_size=min_size, max_size=max_size, reset=_light_reset
         )
-        async with pool.acquire() as conn:
-            await ensure_schema(conn, schema)
+        try:
+            async with pool.acquire() as conn:
+                await (ensure_schema if setup else check_schema_set_up)(conn, schema)
+        except BaseException:
+            await pool.close()
+            raise
         return cls(pool, schema, **kwargs)
 
     async def close(self) -> None:

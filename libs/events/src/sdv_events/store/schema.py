@@ -1,4 +1,6 @@
-"""Idempotent schema setup: numbered `.sql` files applied under an advisory lock."""
+"""Idempotent schema setup: numbered `.sql` files applied under an advisory lock; or, where
+the schema's owner sets it up (`sdv up` with a role per service, store/roles.py), a check at
+start that it did."""
 
 from __future__ import annotations
 
@@ -7,7 +9,14 @@ from importlib import resources
 
 import asyncpg
 
+from sdv_events.errors import SdvError
+
 _SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,47}$")
+
+
+class SchemaNotSetUp(SdvError):
+    """The event store's schema is missing or out of this role's reach, and this process may
+    not set it up itself."""
 
 
 def check_schema_name(schema: str) -> str:
@@ -29,3 +38,26 @@ async def ensure_schema(conn: asyncpg.Connection, schema: str) -> None:
         await conn.execute("SELECT pg_advisory_xact_lock(hashtext('sdv_schema_setup'))")
         for sql in schema_sql(schema):
             await conn.execute(sql)
+
+
+async def check_schema_set_up(conn: asyncpg.Connection, schema: str) -> None:
+    """Raise `SchemaNotSetUp` unless this role can read and append to `schema`'s events: a
+    service that leaves setup to the schema's owner fails at start, with the reason, rather
+    than at its first append."""
+    events = f"{check_schema_name(schema)}.events"
+    try:
+        problem = await conn.fetchval(
+            "SELECT CASE WHEN to_regclass($1) IS NULL THEN 'it has no events table' "
+            "WHEN to_regprocedure($2) IS NULL THEN 'it has no append_events function' "
+            "WHEN NOT has_table_privilege($1, 'SELECT, INSERT') "
+            "THEN 'this role may not read and insert events' END",
+            events, f"{schema}.append_events(text, integer, uuid[], text[], smallint[], bytea[], "
+            "bytea[], timestamptz[], text, bytea, text, text, interval)")
+    except asyncpg.InsufficientPrivilegeError as exc:
+        problem = str(exc)
+    if problem is not None:
+        user = await conn.fetchval("SELECT current_user")
+        raise SchemaNotSetUp(
+            f"event store schema {schema!r} is not set up for role {user!r}: {problem}. Its "
+            "owner sets it up (as `sdv up` does before starting the services); or unset "
+            "SDV_SCHEMA_SETUP to let this process set it up with its own rights")
