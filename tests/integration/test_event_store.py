@@ -227,7 +227,8 @@ async def test_concurrent_schema_setup_on_a_fresh_schema(database_url: str, sche
         tables = await conns[0].fetch(
             "SELECT table_name FROM information_schema.tables WHERE table_schema = $1 ORDER BY 1", schema
         )
-        assert [t["table_name"] for t in tables] == ["checkpoints", "commands", "events", "idempotency_keys"]
+        assert [t["table_name"] for t in tables] == ["chain_backfill", "checkpoints", "commands", "event_hashes",
+                                                   "events", "idempotency_keys"]
         pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
         es = EventStore(pool, schema, registry=REG)
         try:

@@ -121,3 +121,35 @@ async def test_audit_of_a_rollout_lists_every_event_in_order_with_device_facts(s
                 {"since": "2030-01-01T00:00:00Z", "until": "2020-01-01T00:00:00Z"}):
         response = await monitor.http.get("/api/audit", params=bad)
         assert response.status_code == 422, (bad, response.text)
+
+
+async def test_audit_verify_finds_an_edited_event_in_a_services_store(suite: Any, monitor: Any) -> None:
+    import asyncpg
+
+    await suite.add_agents(2)
+    v1 = await suite.publish(APP, "4.0.0")
+    done = await suite.create(v1, selector="fleet=sim", kind="all-at-once")
+    await suite.wait_status(done.rollout_id, "completed")
+    code, doc, _ = await cli(suite, "audit", "verify", "--json")
+    assert code == 0
+    assert doc["ok"] is True
+    assert all(r["problems"] == [] and r["events"] > 0 for r in doc["stores"].values())
+
+    victim = (await suite.events(done.rollout_id))[0]  # RolloutCreated: who asked for what
+    conn = await asyncpg.connect(suite.database_url)
+    try:
+        async with conn.transaction():
+            table = f"{suite.orchestrator_schema}.events"
+            await conn.execute(f"ALTER TABLE {table} DISABLE TRIGGER USER")
+            await conn.execute(f"UPDATE {table} SET metadata = $1 WHERE event_id = $2",
+                               b'{"actor":"cli:someone-else"}', victim.event_id)
+            await conn.execute(f"ALTER TABLE {table} ENABLE TRIGGER USER")
+    finally:
+        await conn.close()
+    code, doc, _ = await cli(suite, "audit", "verify", "--json")
+    assert code == 1
+    assert doc["ok"] is False
+    (problem,) = doc["stores"]["orchestrator"]["problems"]
+    assert (problem["stream_id"], problem["version"], problem["kind"], problem["event_id"]) == (
+        f"rollout-{done.rollout_id}", 1, "altered", str(victim.event_id))
+    assert all(not r["problems"] for s, r in doc["stores"].items() if s != "orchestrator")

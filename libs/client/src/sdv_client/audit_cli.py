@@ -14,10 +14,12 @@ from nats.aio.client import Client as NatsClient
 from rich.table import Table
 
 from sdv_client.cli_support import JsonOption, emit_json, out, run, user
+from sdv_client.health import SERVICES
 from sdv_client.history_cli import _instant
 from sdv_events.bus import CommandClient
 from sdv_events.registry import short_name
 from sdv_events.schemas.monitor import AuditEvent, AuditPage, AuditQuery
+from sdv_events.store.chain import VERIFY_COMMAND, ChainReport, VerifyChain
 
 app = typer.Typer(help="The audit trail: who did what, to which vehicle, when.",
                   invoke_without_command=True)
@@ -78,3 +80,34 @@ def audit(
     out.print(table)
     if next_after:
         out.print(f"more: --after '{next_after}'")
+
+
+@app.command("verify")
+def verify(
+    service: list[str] = typer.Option(None, "--service", help="Only this service's store (repeat)."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Walk every stream's hash chain in each service's store; name the first event of a stream
+    that was altered, removed or moved. Exit code 1 when any chain is broken."""
+    services = service or list(SERVICES)
+
+    async def work(nc: NatsClient) -> dict[str, ChainReport]:
+        client = CommandClient(nc, actor=f"cli:{user()}", timeout=600.0)
+        return {s: await client.call(s, VERIFY_COMMAND, VerifyChain(), ChainReport) for s in services}
+
+    reports = run(work, as_json, "services")
+    broken = any(r.problems for r in reports.values())
+    if as_json:
+        emit_json({"ok": not broken, "stores": {s: msgspec.to_builtins(r) for s, r in reports.items()}})
+    else:
+        table = Table("service", "streams", "events", "chain", title="hash chains")
+        for name, r in reports.items():
+            table.add_row(name, str(r.streams), str(r.events),
+                          "[green]intact[/]" if r.intact else f"[red]{len(r.problems)} broken stream(s)[/]")
+        out.print(table)
+        for name, r in reports.items():
+            for p in r.problems:
+                out.print(f"[red]{name}[/] {p.stream_id} v{p.version} ({p.event_id or '-'}): "
+                          f"[bold]{p.kind}[/] — {p.detail}", highlight=False)
+    if broken:
+        raise typer.Exit(1)

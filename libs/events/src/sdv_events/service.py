@@ -34,6 +34,7 @@ from sdv_events.processing.runner import ConsumerRunner
 from sdv_events.provisioning import provision
 from sdv_events.relay import Relay
 from sdv_events.store import EventStore
+from sdv_events.store.chain import VERIFY_COMMAND, ChainReport, VerifyChain, verify_chain
 from sdv_events.store.postgres import MAX_EVENT_BYTES
 from sdv_events.supervision import Probe, Supervisor, TaskHealth, Work
 
@@ -207,6 +208,12 @@ async def run_service(
         health = NatsRouter()
         register_command(health, name, "ping", Ping, ping)
         register_command(health, name, HISTORY_COMMAND, HistoryQuery, history_handler(store))
+
+        async def verify(_: VerifyChain, info: RequestInfo) -> ChainReport:
+            log.info("chain_verification_requested", actor=info.actor)
+            return await verify_chain(store.pool, store.schema)
+
+        register_command(health, name, VERIFY_COMMAND, VerifyChain, verify)
         register_command(health, name, REBUILD_COMMAND, RebuildReadModel, rebuild_handler(
             runtime.consumers, store, name, broker.config.connection_state.connection))
         for router in (*routers, health):

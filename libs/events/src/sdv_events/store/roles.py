@@ -43,6 +43,8 @@ STORE_OWNER = "sdv_store_owner"
 # The event store's tables and what a service may do to each (it owns none of them).
 STORE_TABLE_GRANTS = {
     "events": "SELECT, INSERT",
+    "event_hashes": "SELECT, INSERT",
+    "chain_backfill": "SELECT",
     "commands": "SELECT, INSERT, UPDATE, DELETE",
     "checkpoints": "SELECT, INSERT, UPDATE, DELETE",
     "idempotency_keys": "SELECT, INSERT, UPDATE, DELETE",

@@ -103,6 +103,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     n integer := coalesce(array_length(p_ids, 1), 0);
     cur integer;
+    appended bigint[];
 BEGIN
     -- Held from before this transaction draws a position until its commit is visible (xact
     -- locks are released after that): a shared lock, so appends run concurrently, and a
@@ -141,7 +142,6 @@ BEGIN
         RETURN QUERY SELECT cur, ARRAY[]::bigint[];
         RETURN;
     END IF;
-    RETURN QUERY
     WITH ins AS (
         INSERT INTO {schema}.events
             (stream_id, version, event_id, type, schema_version, data, metadata, occurred_at)
@@ -152,5 +152,9 @@ BEGIN
         RETURNING global_position
     )
     -- Concurrent inserts may interleave sequence values, so return each row's own position.
-    SELECT cur + n, array_agg(ins.global_position ORDER BY ins.global_position) FROM ins;
+    SELECT array_agg(ins.global_position ORDER BY ins.global_position) INTO appended FROM ins;
+    -- The stream's hash chain (003_hash_chain.sql) grows in the same transaction, under the
+    -- stream's lock taken above.
+    PERFORM {schema}.chain_stream(p_stream);
+    RETURN QUERY SELECT cur + n, appended;
 END $$;
