@@ -153,3 +153,18 @@ async def test_audit_verify_finds_an_edited_event_in_a_services_store(suite: Any
     assert (problem["stream_id"], problem["version"], problem["kind"], problem["event_id"]) == (
         f"rollout-{done.rollout_id}", 1, "altered", str(victim.event_id))
     assert all(not r["problems"] for s, r in doc["stores"].items() if s != "orchestrator")
+
+
+async def test_audit_replay_folds_a_rollout_in_a_fresh_process_and_equals_the_live_view(
+        suite: Any, monitor: Any) -> None:
+    agents = await suite.add_agents(4)
+    v1 = await suite.publish(APP, "5.0.0")
+    agents[3].script["5.0.0"] = "fail"
+    done = await suite.create(v1, selector="fleet=sim", waves=["1", "100%"], error=0.5)
+    await suite.wait_status(done.rollout_id, "completed", "rolled_back", "aborted")
+    code, doc, _ = await cli(suite, "audit", "replay", "--rollout", done.rollout_id, "--json")
+    assert code == 0, doc
+    assert doc["equal"] is True and doc["differences"] == [] and doc["events"] == len(
+        await suite.events(done.rollout_id))
+    code, doc, _ = await cli(suite, "audit", "replay", "--rollout", "r-never-was", "--json")
+    assert code == 1 and "no events" in doc["error"]

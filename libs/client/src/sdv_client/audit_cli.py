@@ -5,6 +5,8 @@ it — from the monitor's audit trail (`sdv.cmd.monitor.audit`), filtered and pa
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 from typing import Any
 
@@ -111,3 +113,28 @@ def verify(
                           f"[bold]{p.kind}[/] — {p.detail}", highlight=False)
     if broken:
         raise typer.Exit(1)
+
+
+@app.command("replay")
+def replay(rollout: str = typer.Option(..., "--rollout", help="The rollout to fold again."),
+           as_json: bool = JsonOption) -> None:
+    """Fold a rollout's events from the orchestrator's store in a fresh process and compare the
+    result with the live view. Exit code 1 when they differ."""
+    env = dict(os.environ)
+    result = subprocess.run([sys.executable, "-m", "sdv_orchestrator.replay", rollout], env=env,
+                            capture_output=True, text=True, timeout=600, check=False)
+    try:
+        doc = json.loads(result.stdout.strip().splitlines()[-1])
+    except (json.JSONDecodeError, IndexError):
+        doc = {"ok": False, "error": f"the replay process failed: {result.stderr.strip()[-500:]}"}
+        result.returncode = result.returncode or 3
+    if as_json:
+        emit_json(doc)
+    elif doc.get("equal"):
+        out.print(f"rollout {rollout}: {doc['events']} event(s) folded again in a fresh process — "
+                  f"[green]equal[/] to the live view ({doc['status']})")
+    else:
+        out.print(f"[red]rollout {rollout}: {doc.get('error') or 'differs from the live view'}[/]")
+        for line in doc.get("differences", []):
+            out.print(f"  {line}", highlight=False)
+    raise typer.Exit(result.returncode)

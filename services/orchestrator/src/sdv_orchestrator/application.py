@@ -27,10 +27,8 @@ from sdv_events.schemas.packages import PackageInfo
 from sdv_events.schemas.rollouts import (
     MAX_PAGE,
     CreateRolloutRequest,
-    DeviceProgressView,
     RolloutSummary,
     RolloutView,
-    WaveView,
 )
 from sdv_events.store import EventStore
 from sdv_orchestrator.adapters.peers import Peers
@@ -50,6 +48,7 @@ from sdv_orchestrator.domain.rollout import (
     Tick,
     rollout_decider,
 )
+from sdv_orchestrator.domain.rollout_view import view_of
 from sdv_orchestrator.projections import TERMINAL, DesiredStates
 
 log = structlog.get_logger("sdv.orchestrator")
@@ -207,31 +206,7 @@ class Orchestrator:
         (`limit` at most MAX_PAGE), so a reply stays small whatever the fleet."""
         if offset < 0 or not 0 < limit <= MAX_PAGE:
             raise InvalidRequest(f"offset must be >= 0 and limit in [1, {MAX_PAGE}]")
-        s = await self.state(rollout_id)
-        assert s.created is not None
-        end = offset + limit
-        waves = []
-        for index, count in enumerate(s.counts[offset:end], start=offset):
-            if index < s.current_wave or (index == s.current_wave and s.wave_completed_at):
-                wave_state = "completed"
-            elif index == s.current_wave:
-                wave_state = "aborted" if s.status in ("aborted", "rolled_back") else "running"
-            else:
-                wave_state = "waiting"
-            waves.append(WaveView(index, count.size, count.succeeded, count.failed, count.pending,
-                                  wave_state))
-        devices = sorted(s.devices)[offset:end]
-        excluded = sorted(s.excluded)[offset:end]
-        return RolloutView(
-            rollout_id=rollout_id, app=s.created.package.name, version=s.created.package.version,
-            status=s.status, target=s.created.target, strategy=s.created.strategy, waves=waves,
-            devices=[DeviceProgressView(d, s.devices[d][0], s.devices[d][1]) for d in devices],
-            excluded={d: s.excluded[d] for d in excluded}, current_wave=s.current_wave,
-            reason=s.reason, created_at=s.created.created_at, offset=offset, limit=limit,
-            waves_total=len(s.counts), devices_total=len(s.devices), excluded_total=len(s.excluded),
-            succeeded_total=sum(c.succeeded for c in s.counts),
-            failed_total=sum(c.failed for c in s.counts),
-        )
+        return view_of(rollout_id, await self.state(rollout_id), offset, limit)
 
     async def list(self, app: str | None, status: str | None, limit: int) -> list[RolloutSummary]:
         rows = await self.store.pool.fetch(
