@@ -164,7 +164,10 @@ async def test_audit_replay_folds_a_rollout_in_a_fresh_process_and_equals_the_li
     await suite.wait_status(done.rollout_id, "completed", "rolled_back", "aborted")
     code, doc, _ = await cli(suite, "audit", "replay", "--rollout", done.rollout_id, "--json")
     assert code == 0, doc
-    assert doc["equal"] is True and doc["differences"] == [] and doc["events"] == len(
+    assert doc["equal"] is True
+    assert doc["differences"] == []
+    assert doc["events"] == len(
         await suite.events(done.rollout_id))
     code, doc, _ = await cli(suite, "audit", "replay", "--rollout", "r-never-was", "--json")
-    assert code == 1 and "no events" in doc["error"]
+    assert code == 1
+    assert "no events" in doc["error"]
