@@ -176,3 +176,35 @@ async def test_a_service_that_stops_answering_raises_an_alert_that_resolves_when
         return any(a["alert_id"] == alert["alert_id"] and a["state"] == "resolved" for a in await alerts(monitor))
 
     await monitor.until(resolved, 20.0, "the service alert resolved")
+
+
+async def test_a_device_whose_databroker_is_unreachable_raises_an_alert_until_it_is_back(
+        suite: Any, monitor: Any) -> None:
+    (agent,) = await suite.add_agents(1)  # its capabilities say a KUKSA databroker is present
+    device = agent.device_id
+    broker: str | None = None  # the agent's heartbeats say it cannot reach the databroker
+
+    async def heartbeats() -> None:
+        seq = 0
+        while True:
+            seq += 1
+            await beat(suite, device, seq, databroker=broker)
+            await asyncio.sleep(0.3)
+
+    task = asyncio.create_task(heartbeats())
+    try:
+        async def raised() -> Any:
+            found = [a for a in await alerts(monitor, "active") if a["kind"] == "databroker_unreachable"]
+            return found[0] if found else None
+
+        alert = await monitor.until(raised, 20.0, "a databroker alert")
+        assert alert["device_id"] == device and "KUKSA" in alert["message"]
+        broker = "127.0.0.1:55555"
+
+        async def resolved() -> bool:
+            return any(a["alert_id"] == alert["alert_id"] and a["state"] == "resolved"
+                       for a in await alerts(monitor))
+
+        await monitor.until(resolved, 20.0, "the databroker alert resolved")
+    finally:
+        task.cancel()
