@@ -54,7 +54,7 @@ async def test_inventory_shows_what_real_agents_run_with_their_facts_and_reporte
                 doc = await monitor.get(f"/api/devices/{device_id}")
                 apps = doc["apps"]
                 ok = (len(apps) == 1 and apps[0]["state"] == "RUNNING" and apps[0]["healthy"]
-                      and apps[0]["pid"] == reported[device_id].pid)
+                      and apps[0]["pid"] == reported[device_id].pid and apps[0]["rss_bytes"])
                 return doc if ok else None
 
             doc = await until(shown, 20, f"the monitor shows {APP} running on {device_id}")

@@ -36,7 +36,8 @@ async def serve(settings: MonitorSettings, stop: asyncio.Event | None = None) ->
             runtime.run_consumer(ConsumerRunner(pool, schema, runtime.js, consumer, source=source,
                                                 build_from=runtime.store, service=SERVICE, nc=nc))
         runtime.spawn(reported.run, "reported_states")
-        queries = Queries(pool, schema)
+        heartbeats = HeartbeatTracker()
+        queries = Queries(pool, schema, live=heartbeats.with_live_health)
 
         async def readiness() -> list[str]:
             health = await runtime.health(SERVICE, service_version(SERVICE), 0.0, 0)
@@ -44,7 +45,7 @@ async def serve(settings: MonitorSettings, stop: asyncio.Event | None = None) ->
 
         thresholds = Thresholds(offline_after_s=settings.alert_offline_after_s,
                                 crash_restarts=settings.alert_crash_restarts)
-        alerts = AlertWatch(runtime.store, schema, nc, HeartbeatTracker(), readiness, thresholds=thresholds,
+        alerts = AlertWatch(runtime.store, schema, nc, heartbeats, readiness, thresholds=thresholds,
                             every_s=settings.alert_every_s, service_grace_s=settings.alert_service_grace_s)
         runtime.spawn(alerts.run, "alerts")
         runtime.broker.include_router(command_router(queries, alerts))

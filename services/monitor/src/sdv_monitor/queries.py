@@ -3,6 +3,7 @@ read is one page at most; results are the shared view types (`sdv_events.schemas
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
@@ -41,9 +42,11 @@ def _device(record: asyncpg.Record) -> FleetDevice:
 
 
 class Queries:
-    def __init__(self, pool: asyncpg.Pool, schema: str) -> None:
+    def __init__(self, pool: asyncpg.Pool, schema: str,
+                 live: Callable[[DeviceDetail], DeviceDetail] = lambda detail: detail) -> None:
         self.pool = pool
         self.s = schema
+        self.live = live  # adds what the device's latest heartbeat says (not stored)
 
     # --- devices ---------------------------------------------------------------------------
 
@@ -97,9 +100,9 @@ class Queries:
             history = await conn.fetch(f"""
                 SELECT at, source, type, summary, app, rollout_id FROM {s}.device_history
                 WHERE device_id = $1 ORDER BY at DESC, event_id DESC LIMIT $2""", device_id, history_limit)
-        return DeviceDetail(device=_device(row), capabilities=msgspec.json.decode(caps) if caps else None,
-                            apps=[_row(DeviceApp, a) for a in apps],
-                            history=[_row(HistoryEntry, h) for h in history])
+        return self.live(DeviceDetail(
+            device=_device(row), capabilities=msgspec.json.decode(caps) if caps else None,
+            apps=[_row(DeviceApp, a) for a in apps], history=[_row(HistoryEntry, h) for h in history]))
 
     # --- rollouts --------------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ import msgspec
 
 from sdv_events.registry import event
 from sdv_events.schemas.devices import DeviceId
+from sdv_events.schemas.heartbeat import DeviceMetrics
 
 # A fact bigger than this is recorded without its body (a device may publish whatever it likes;
 # one hostile fact must not make the recording fail forever).
@@ -69,6 +70,10 @@ class DeviceApp(msgspec.Struct, frozen=True, kw_only=True):
     restarts: int | None = None  # from the agent's reported state (None: not reported)
     reported_state: str | None = None
     pid: int | None = None
+    # From the agent's latest heartbeat (None: none since the monitor started).
+    cpu_pct: float | None = None
+    rss_bytes: int | None = None
+    uptime_s: float | None = None
 
 
 class HistoryEntry(msgspec.Struct, frozen=True, kw_only=True):
@@ -85,6 +90,10 @@ class DeviceDetail(msgspec.Struct, frozen=True, kw_only=True):
     capabilities: dict[str, Any] | None = None
     apps: list[DeviceApp] = []
     history: list[HistoryEntry] = []
+    # The agent's latest heartbeat: the device's load and its KUKSA databroker (None: unknown).
+    heartbeat_at: datetime | None = None
+    metrics: DeviceMetrics | None = None
+    databroker: str | None = None
 
 
 class DevicePage(msgspec.Struct, frozen=True, kw_only=True):

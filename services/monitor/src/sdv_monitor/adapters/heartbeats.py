@@ -13,6 +13,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from sdv_events.schemas.heartbeat import Heartbeat
+from sdv_events.schemas.monitor import DeviceDetail
 
 log = structlog.get_logger("sdv.monitor.heartbeats")
 MAX_HEARTBEAT_BYTES = 64 * 1024
@@ -22,6 +23,7 @@ _decode = msgspec.json.Decoder(Heartbeat).decode
 class HeartbeatTracker:
     def __init__(self) -> None:
         self.databroker: dict[str, tuple[bool, float]] = {}  # device → (reachable, when)
+        self.latest: dict[str, Heartbeat] = {}  # device → its latest heartbeat
         self.received = 0
         self.refused = 0
         self._sub: Subscription | None = None
@@ -49,6 +51,20 @@ class HeartbeatTracker:
             return
         self.received += 1
         self.databroker[device_id] = (beat.databroker is not None, time.monotonic())
+        self.latest[device_id] = beat
+
+    def with_live_health(self, detail: DeviceDetail) -> DeviceDetail:
+        """The device's view with what its latest heartbeat says (load, per-app cpu/memory)."""
+        beat = self.latest.get(detail.device.device_id)
+        if beat is None:
+            return detail
+        apps = []
+        for app in detail.apps:
+            m = beat.apps.get(app.app)
+            apps.append(app if m is None else msgspec.structs.replace(
+                app, cpu_pct=m.cpu_pct, rss_bytes=m.rss_bytes, uptime_s=m.uptime_s))
+        return msgspec.structs.replace(detail, apps=apps, heartbeat_at=beat.sent_at, metrics=beat.device,
+                                       databroker=beat.databroker)
 
     def databroker_missing(self, expected: set[str], fresh_s: float) -> list[str]:
         """Devices expected to have a databroker whose latest (fresh) heartbeat found none."""
