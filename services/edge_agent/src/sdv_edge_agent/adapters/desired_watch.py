@@ -8,9 +8,9 @@ request body, which the server does not check against the creator's permissions 
 
 Only the newest document matters (level-triggered): after every (re)connect the watch subscribes
 anew and then gets the current value; a direct get every `resync_s` backs it up (a put published
-while the link was down is caught by the get after the reconnect). Duplicates and old revisions
-are the reconciler's to ignore. What arrives goes to the agent as bytes: it acts only on a
-document the orchestrator signed for this device (`Agent.receive_desired`).
+while the link was down is caught by the get after the reconnect). What arrives goes to the
+agent as bytes (`Agent.receive_desired`): it acts only on a document the orchestrator signed for
+this device, ignores the one it already has and refuses an older one.
 """
 
 from __future__ import annotations
