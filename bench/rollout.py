@@ -18,9 +18,11 @@ is accepted), until the registry's inventory lists them all. The rollout targets
 `bench=<run>`, so planning asks the registry for the devices over the bus inside the timed part.
 
 The devices are simulated by one client in this process: one KV watcher over all of
-`sdv_desired`, and for each desired document naming the rollout's package an `AppHealthy` fact
-(an envelope on `sdv.evt.agent.<device>.AppHealthy` with a `Nats-Msg-Id`, as the edge agent
-publishes it), published asynchronously. Nothing is installed.
+`sdv_desired` that verifies each document as an agent does, with the orchestrator's public key
+(asked with `sdv.cmd.orchestrator.public_key`; a document that does not verify is counted in
+`untrusted_docs` and answered by nothing), and for each desired document naming the rollout's
+package an `AppHealthy` fact (an envelope on `sdv.evt.agent.<device>.AppHealthy` with a
+`Nats-Msg-Id`, as the edge agent publishes it), published asynchronously. Nothing is installed.
 
 `--upgrade`: every device first gets 1.0.0 by a rollout of its own (not timed; the orchestrator
 assigns it in its desired-state read model, as for a real fleet), then 2.0.0 is published and
@@ -72,13 +74,14 @@ from sdv_client.packages import PackagerClient
 from sdv_events.auth import Role, new_keypair
 from sdv_events.bus import CommandClient
 from sdv_events.codec import encode
+from sdv_events.desired_signing import DesiredVerifier, UntrustedDesired
 from sdv_events.enrolment import announce as signed_announce
 from sdv_events.envelope import Envelope
 from sdv_events.ids import stream_id
 from sdv_events.provisioning import DESIRED_BUCKET, provision
 from sdv_events.registry import default_registry
 from sdv_events.schemas.agent import AppHealthy
-from sdv_events.schemas.deployment import DesiredState
+from sdv_events.schemas.deployment import GetPublicKey
 from sdv_events.schemas.devices import (
     Capabilities,
     DeviceList,
@@ -86,6 +89,7 @@ from sdv_events.schemas.devices import (
     ListDevices,
     PreauthorizeDevice,
 )
+from sdv_events.schemas.packages import SigningKey
 from sdv_events.schemas.rollouts import (
     CreateRolloutRequest,
     DeviceTargeted,
@@ -110,7 +114,6 @@ CAPS = Capabilities(hardware_type="linux-generic", arch="x86_64", runtimes=["nat
 GOAL_S, GOAL_DEVICES = 30.0, 10_000
 MAX_PAYLOAD = 1024 * 1024  # NATS's default max_payload
 MAX_EVENT_BYTES = 256 * 1024  # the event store's default limit on one event's body
-_desired = msgspec.json.Decoder(DesiredState)
 
 
 def say(text: str) -> None:
@@ -169,7 +172,8 @@ async def in_process(name: str, serve: Any, settings: Any, nc: NatsClient) -> As
 async def orchestrator_process(nats_url: str, db_url: str, schema: str, log: Path, nc: NatsClient,
                                profile: str | None) -> AsyncIterator[asyncio.subprocess.Process]:
     env = os.environ | {"SDV_NATS_URL": nats_url, "SDV_DATABASE_URL": db_url,
-                        "SDV_ORCHESTRATOR_SCHEMA": schema, "SDV_LOG_LEVEL": "WARNING"}
+                        "SDV_ORCHESTRATOR_SCHEMA": schema, "SDV_LOG_LEVEL": "WARNING",
+                        "SDV_ORCHESTRATOR_SIGNING_KEY": str(log.parent / "keys" / "orchestrator-ed25519.pem")}
     prof = ["-m", "cProfile", "-o", profile] if profile else []
     with log.open("wb") as out:
         proc = await asyncio.create_subprocess_exec(sys.executable, *prof, "-m", "sdv_orchestrator",
@@ -214,12 +218,14 @@ class SimulatedFleet:
     """All devices in one client: a KV watcher over `sdv_desired`, AppHealthy for each new
     desired version of the rollout's package."""
 
-    def __init__(self, nc: NatsClient) -> None:
+    def __init__(self, nc: NatsClient, verifier: DesiredVerifier) -> None:
         self.nc = nc
         self.js = nc.jetstream()
+        self.verifier = verifier
         self.digest = ""
         self.answered: set[str] = set()
         self.docs = 0
+        self.untrusted = 0
         self.last_doc_at: dict[str, float] = {}  # device → when its last document arrived
         self.pending: list[asyncio.Future[Any]] = []
         self.task: asyncio.Task[None] | None = None
@@ -240,7 +246,12 @@ class SimulatedFleet:
             if entry is None or not entry.value:
                 continue
             self.docs += 1
-            doc = _desired.decode(entry.value)
+            try:  # as every agent does (a replayed revision is the agent's own check, not timed here)
+                doc = self.verifier.open(entry.value, device_id=entry.key)
+            except UntrustedDesired as refused:
+                self.untrusted += 1
+                say(f"untrusted desired document for {entry.key}: {refused.cause}: {refused}")
+                continue
             self.last_doc_at[doc.device_id] = time.perf_counter()
             app = doc.apps.get(APP)
             if app is None or app.package.digest != self.digest or doc.device_id in self.answered:
@@ -379,7 +390,8 @@ async def bench(devices: int, profile: str | None, upgrade: bool = False) -> dic
                 say(f"registered in {time.perf_counter() - t0:.1f}s")
                 await quiesce(nc)  # e.g. the policy consumer has seen every DeviceAccepted
 
-                fleet = SimulatedFleet(agents_nc)
+                key = await ops.call("orchestrator", "public_key", GetPublicKey(), SigningKey)
+                fleet = SimulatedFleet(agents_nc, DesiredVerifier(key.public_key_b64))
                 await fleet.start()
                 if upgrade:
                     # Every device gets 1.0.0 the way a real fleet does (a completed rollout:
@@ -433,7 +445,7 @@ async def bench(devices: int, profile: str | None, upgrade: bool = False) -> dic
         "facts_published": timed["facts"], "raw_publish_s": round(raw_s, 3),
         "ratio": round(seconds / raw_s, 1), "plan_s": round(timed["plan_s"], 3),
         "waves": [w.size for w in view.waves],
-        "waves_s": waves_s, "desired_docs_seen": fleet.docs,
+        "waves_s": waves_s, "desired_docs_seen": fleet.docs, "untrusted_docs": fleet.untrusted,
         "last_desired_doc_s": round(timed["last_doc"] - start, 3),
         "after_last_doc_s": round(end - timed["last_doc"], 3),
         "get_reply_bytes": get_bytes, "orchestrator_cpu_s": round(cpu, 2), "orchestrator_cpu_pct": round(100 * cpu / seconds, 1),

@@ -48,7 +48,7 @@ from sdv_events.auth import Role, new_keypair
 from sdv_events.codec import decode_envelope
 from sdv_events.envelope import Envelope
 from sdv_events.provisioning import REPORTED_BUCKET
-from sdv_events.schemas.deployment import ReportedApp, ReportedState
+from sdv_events.schemas.deployment import GetPublicKey, ReportedApp, ReportedState
 from sdv_events.schemas.devices import (
     DeviceList,
     DeviceView,
@@ -56,7 +56,7 @@ from sdv_events.schemas.devices import (
     ListDevices,
     PreauthorizeDevice,
 )
-from sdv_events.schemas.packages import PackageInfo
+from sdv_events.schemas.packages import PackageInfo, SigningKey
 from sdv_events.schemas.rollouts import (
     DeviceFailed,
     DeviceSucceeded,
@@ -120,6 +120,7 @@ class RealFleet:
     suite: Any
     root: Path
     public_key: str
+    orchestrator_key: str
     agents: dict[str, Any] = field(default_factory=dict)  # device id → agent_harness.AgentProc
     heartbeats: dict[str, float] = field(default_factory=dict)  # device id → first heartbeat (monotonic)
     started_at: float = 0.0  # when the agent processes were spawned (monotonic)
@@ -151,7 +152,7 @@ class RealFleet:
         self.started_at = time.monotonic()
         for device_id in device_ids:
             agent = agent_harness.AgentProc(
-                device_id, self.root / device_id, self.suite.url, self.public_key,
+                device_id, self.root / device_id, self.suite.url, self.public_key, self.orchestrator_key,
                 {"SDV_AGENT_HEARTBEAT_S": "1", "SDV_LOG_LEVEL": "INFO"})
             self.agents[device_id] = agent
             agent.start()
@@ -257,7 +258,8 @@ class RealFleet:
 
     def fact_types(self, device_id: str, version: str) -> list[str]:
         return [f.type.split(".")[1] for f in self.facts
-                if f.data.device_id == device_id and f.data.app == APP and f.data.version == version]
+                if f.data.device_id == device_id and getattr(f.data, "app", None) == APP
+                and f.data.version == version]
 
     async def assert_really_runs(self, device_id: str, app: ReportedApp, tag: str) -> None:
         """The reported pid is alive, the only app process of that agent, started from its data
@@ -297,7 +299,10 @@ def leftovers(root: Path) -> list[str]:
 @pytest.fixture
 async def fleet(suite: Any, tmp_path: Path) -> AsyncIterator[RealFleet]:
     key = await suite.packages.signing_key()
-    fleet = await RealFleet(suite, tmp_path / "agents", key.public_key_b64).open()
+    # What an operator configures agents with: the orchestrator's key, asked from the orchestrator.
+    orchestrator = await suite.commands.call("orchestrator", "public_key", GetPublicKey(), SigningKey)
+    fleet = await RealFleet(suite, tmp_path / "agents", key.public_key_b64,
+                            orchestrator.public_key_b64).open()
     try:
         yield fleet
     finally:

@@ -31,9 +31,9 @@ from sdv_edge_agent.adapters.simulated_runtime import FailurePlan
 from sdv_events.codec import decode_envelope
 from sdv_events.envelope import Envelope
 from sdv_events.provisioning import REPORTED_BUCKET
-from sdv_events.schemas.deployment import ReportedApp, ReportedState
+from sdv_events.schemas.deployment import GetPublicKey, ReportedApp, ReportedState
 from sdv_events.schemas.devices import DeviceList, DeviceView, ListDevices, PreauthorizeDevice
-from sdv_events.schemas.packages import PackageInfo
+from sdv_events.schemas.packages import PackageInfo, SigningKey
 from sdv_events.schemas.rollouts import DeviceSucceeded, DeviceTargeted, RollbackStarted
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
@@ -64,10 +64,11 @@ until, bodies = fleet_harness.until, fleet_harness.bodies
 class SimulatedFleet:
     """One simulator process enrolled with the registry, and what the bus saw of its devices."""
 
-    def __init__(self, suite: Any, root: Path, public_key: str) -> None:
+    def __init__(self, suite: Any, root: Path, public_key: str, orchestrator_key: str) -> None:
         self.suite = suite
         self.root = root
         self.public_key = public_key
+        self.orchestrator_key = orchestrator_key
         self.token = f"tok-{uuid.uuid4().hex}"
         self.facts: list[Envelope] = []
         self.simulator: Any = None
@@ -77,7 +78,7 @@ class SimulatedFleet:
         `--enrol`, and wait until the registry lists every device as accepted."""
         await self.suite.nc.subscribe("sdv.evt.agent.>", cb=self._on_fact)
         self.simulator = agent_harness.SimulatorProc(
-            AGENTS, self.root, self.suite.url, self.public_key,
+            AGENTS, self.root, self.suite.url, self.public_key, self.orchestrator_key,
             ["--enrol", "--fleet-token", self.token, *args], {"SDV_LOG_LEVEL": "INFO"})
         devices: list[str] = self.simulator.device_ids
         await asyncio.gather(*(self.suite.commands.call(
@@ -98,7 +99,8 @@ class SimulatedFleet:
 
     def fact_types(self, device_id: str, version: str) -> list[str]:
         return [f.type.split(".")[1] for f in self.facts
-                if f.data.device_id == device_id and f.data.app == APP and f.data.version == version]
+                if f.data.device_id == device_id and getattr(f.data, "app", None) == APP
+                and f.data.version == version]
 
     async def reported(self, device_id: str) -> ReportedState | None:
         try:
@@ -134,7 +136,8 @@ class SimulatedFleet:
 @pytest.fixture
 async def fleet(suite: Any, tmp_path: Path) -> AsyncIterator[SimulatedFleet]:
     key = await suite.packages.signing_key()
-    fleet = SimulatedFleet(suite, tmp_path / "simulator", key.public_key_b64)
+    orchestrator = await suite.commands.call("orchestrator", "public_key", GetPublicKey(), SigningKey)
+    fleet = SimulatedFleet(suite, tmp_path / "simulator", key.public_key_b64, orchestrator.public_key_b64)
     try:
         yield fleet
     finally:

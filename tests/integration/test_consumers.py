@@ -379,6 +379,9 @@ async def test_rebuild_is_refused_while_another_runner_leads_and_nothing_is_wipe
 async def test_rebuild_does_not_resend_unchanged_desired_documents(
     store: EventStore, nc: NatsClient
 ) -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from sdv_events.desired_signing import DesiredSigner
     from sdv_events.provisioning import DESIRED_BUCKET
     from sdv_events.schemas.packages import PackageInfo
     from sdv_events.schemas.rollouts import (
@@ -412,7 +415,9 @@ async def test_rebuild_does_not_resend_unchanged_desired_documents(
             *[DeviceTargeted(d, 0, now) for d in (devices if n == 0 else devices[:3])],
         ])
     await relay_all(store, js)
-    desired = DesiredStates(store.schema, kv, store.pool)
+    signer = DesiredSigner(Ed25519PrivateKey.generate())
+    verifier = signer.verifier()
+    desired = DesiredStates(store.schema, kv, signer, store.pool)
     live = await runner_for(store, js, desired, source=StoreSource(store))
     assert await live.catch_up() == "caught_up"
 
@@ -420,16 +425,17 @@ async def test_rebuild_does_not_resend_unchanged_desired_documents(
         found = {}
         for d in devices:
             entry = await kv.get(d)
-            doc = msgspec.json.decode(entry.value or b"{}")
-            found[d] = (entry.revision, doc["apps"]["app"]["package"]["version"])
+            doc = verifier.open(entry.value or b"", device_id=d)  # every document is signed
+            found[d] = (entry.revision, doc.apps["app"].package.version)
         return found
 
     before = await documents()
     assert [v for _, v in before.values()] == ["2.0.0"] * 3 + ["1.0.0"] * 3
-    # One document went missing from KV (deleted by hand), one is stale: those two differ.
+    # One document went missing from KV (deleted by hand); one is the very same document but
+    # unsigned (as an orchestrator before signing wrote it, or a forger): agents refuse it, so it
+    # differs too — the orchestrator takes nothing unsigned for its own document.
     await kv.delete("dev-4")
-    stale = msgspec.json.decode((await kv.get("dev-5")).value or b"{}")
-    stale["apps"]["app"]["package"]["version"] = "0.9.0"
+    stale = msgspec.json.decode((await kv.get("dev-5")).value or b"{}")["document"]
     await kv.put("dev-5", msgspec.json.encode(stale))
     revision_5 = (await kv.get("dev-5")).revision
 
@@ -442,8 +448,8 @@ async def test_rebuild_does_not_resend_unchanged_desired_documents(
     assert after["dev-5"][1] == "1.0.0"
     assert after["dev-5"][0] > revision_5
     # And the document's own revision keeps growing, so agents accept the rewrite.
-    doc_5 = msgspec.json.decode((await kv.get("dev-5")).value or b"{}")
-    assert doc_5["revision"] > stale["revision"]
+    doc_5 = verifier.open((await kv.get("dev-5")).value or b"", device_id="dev-5")
+    assert doc_5.revision > stale["revision"]
     assert not await store.pool.fetchval(f"SELECT count(*) FROM {store.schema}.desired_dirty")
 
 

@@ -98,7 +98,8 @@ async def fleet(own_nats: NatsServer, database_url: str,
         "registry": lambda stop: serve_registry(RegistrySettings(
             service="registry", schema_name=f"{schema}_r", **common), stop),
         "orchestrator": lambda stop: serve_orchestrator(OrchestratorSettings(
-            service="orchestrator", schema_name=f"{schema}_o", **common), stop),
+            service="orchestrator", schema_name=f"{schema}_o", signing_key_path=Path(keys) / "o.pem",
+            **common), stop),
         "monitor": lambda stop: serve_monitor(MonitorSettings(
             service="monitor", schema_name=f"{schema}_m", http_port=free_port(), **common), stop),
     }

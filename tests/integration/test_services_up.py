@@ -69,6 +69,12 @@ def test_sdv_up_check_json_starts_everything_and_stops(tmp_path: Path) -> None:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
     assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == sorted(f"{n}.log" for n in SERVICES)
+    # What agents pin (--orchestrator-key-file): the orchestrator's own key, not the packager's.
+    keys = tmp_path / "keys"
+    assert report["orchestrator_key_file"] == str(keys / "orchestrator-ed25519.pub")
+    assert stat.S_IMODE((keys / "orchestrator-ed25519.pem").stat().st_mode) == 0o600
+    assert (keys / "orchestrator-ed25519.pub").read_text().strip()
+    assert (keys / "orchestrator-ed25519.pem").read_bytes() != (keys / "packager-ed25519.pem").read_bytes()
     if "SDV_NATS_URL" not in os.environ:  # embedded NATS in operator mode over TLS: keys kept, owner-only
         nats_dir = tmp_path / "nats"
         assert report["nats_creds"] == str(nats_dir / "service.creds")

@@ -49,6 +49,7 @@ class OrchestratorProcess:
         env = os.environ | {
             "SDV_NATS_URL": self.suite.url, "SDV_DATABASE_URL": self.suite.database_url,
             "SDV_ORCHESTRATOR_SCHEMA": self.suite.orchestrator_schema, "SDV_LOG_LEVEL": "WARNING",
+            "SDV_ORCHESTRATOR_SIGNING_KEY": str(self.suite.orchestrator_key_path),
         }
         with self.log.open("ab") as out:
             self.proc = await asyncio.create_subprocess_exec(

@@ -60,6 +60,7 @@ def test_the_same_contracts_catch_violations(tmp_path: Path) -> None:
         "sdv_edge_agent/adapters/__init__.py": "",
         "sdv_edge_agent/adapters/runner.py": "import subprocess\n",
         "sdv_events/decider.py": "import time\n",
+        "sdv_events/desired_signing.py": "import os\n",
         # The shared library depending on a service.
         "sdv_events/store.py": "import sdv_monitor\n",
     }
@@ -75,6 +76,7 @@ def test_the_same_contracts_catch_violations(tmp_path: Path) -> None:
         "sdv_packager.domain -> asyncpg",
         "sdv_edge_agent.adapters.runner -> subprocess",
         "sdv_events.decider -> time",
+        "sdv_events.desired_signing -> os",
         "sdv_events.store -> sdv_monitor",
     ]:
         assert expected in out, f"{expected!r} not reported:\n{out}"

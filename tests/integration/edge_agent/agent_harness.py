@@ -3,6 +3,8 @@
 Loaded by path (tests/ is not a package): `conftest.py` here and tests/reliability/test_agent_*.py
 use the same helpers. Nothing here fakes the agent: it runs as `python -m sdv_edge_agent`, reads
 its desired state from KV, downloads artifacts from the object store, runs apps as processes.
+The `Fleet` plays the orchestrator's part in KV with a key of its own: it signs every desired
+document it writes (`sdv_events.desired_signing`), and its agents pin that key.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
 from sdv_events.auth.client_tls import tls_options
-from sdv_events.codec import decode_envelope, encode
+from sdv_events.codec import decode_envelope
+from sdv_events.desired_signing import DesiredSigner
 from sdv_events.envelope import Envelope
 from sdv_events.provisioning import DESIRED_BUCKET, PACKAGES_BUCKET, REPORTED_BUCKET, provision
 from sdv_events.schemas.deployment import DesiredApp, DesiredState, ReportedState, RunState
@@ -156,6 +159,7 @@ class AgentProc:
     data_dir: Path
     nats_url: str
     public_key: str
+    orchestrator_key: str
     env: dict[str, str] = field(default_factory=dict)
     args: list[str] = field(default_factory=list)
     process: subprocess.Popen[bytes] | None = None
@@ -173,7 +177,7 @@ class AgentProc:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "sdv_edge_agent", "--device-id", self.device_id,
              "--nats-url", self.nats_url, "--data-dir", str(self.data_dir),
-             "--packager-key", self.public_key, *self.args],
+             "--packager-key", self.public_key, "--orchestrator-key", self.orchestrator_key, *self.args],
             env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )
         out.close()
@@ -212,6 +216,7 @@ class SimulatorProc:
     data_dir: Path
     nats_url: str
     public_key: str
+    orchestrator_key: str
     args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     prefix: str = "sim"
@@ -238,7 +243,7 @@ class SimulatorProc:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "sdv_edge_agent", "--simulate", str(self.agents), "--sim-prefix", self.prefix,
              "--nats-url", self.nats_url, "--data-dir", str(self.data_dir), "--packager-key", self.public_key,
-             *self.args],
+             "--orchestrator-key", self.orchestrator_key, *self.args],
             env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )
         out.close()
@@ -273,7 +278,8 @@ class LogMsg:
 
 
 class Fleet:
-    """One test's cloud side: a NATS client, a packager key, fact and console collectors."""
+    """One test's cloud side: a NATS client, a packager key, an orchestrator key, fact and
+    console collectors."""
 
     def __init__(self, nats_url: str, root: Path, creds: Path | None = None, ca: Path | None = None) -> None:
         self.nats_url = nats_url
@@ -281,6 +287,7 @@ class Fleet:
         self.ca = ca  # the CA to pin on a TLS server
         self.root = root
         self.signer = Signer(Ed25519PrivateKey.generate())
+        self.orchestrator = DesiredSigner(Ed25519PrivateKey.generate())
         self.facts: list[Envelope] = []
         self.logs: list[LogMsg] = []
         self.agents: list[AgentProc] = []
@@ -345,20 +352,26 @@ class Fleet:
                 desired[name] = DesiredApp(package=spec[0], state=spec[1], rollout_id=f"r{revision}")
             else:
                 desired[name] = DesiredApp(package=spec, rollout_id=f"r{revision}")
+        await self.put_desired(device_id, self.orchestrator.sign(
+            DesiredState(device_id=device_id, revision=revision, apps=desired)))
+
+    async def put_desired(self, device_id: str, value: bytes) -> None:
+        """Any bytes into the device's desired key: what whoever can write KV can do."""
         kv = await self.js.key_value(DESIRED_BUCKET)
-        await kv.put(device_id, encode(DesiredState(device_id=device_id, revision=revision, apps=desired)))
+        await kv.put(device_id, value)
 
     # --- agents ------------------------------------------------------------------------------
 
     def agent(self, device_id: str, args: list[str] | None = None, **env: str) -> AgentProc:
-        agent = AgentProc(device_id, self.root / device_id, self.nats_url, self.signer.public_key_b64, env,
-                          list(args or []))
+        agent = AgentProc(device_id, self.root / device_id, self.nats_url, self.signer.public_key_b64,
+                          self.orchestrator.public_key_b64, env, list(args or []))
         self.agents.append(agent)
         return agent.start()
 
     def simulator(self, agents: int, *args: str, prefix: str = "sim", **env: str) -> SimulatorProc:
         simulator = SimulatorProc(agents, self.root / f"{prefix}-fleet", self.nats_url,
-                                  self.signer.public_key_b64, list(args), env, prefix)
+                                  self.signer.public_key_b64, self.orchestrator.public_key_b64,
+                                  list(args), env, prefix)
         self.simulators.append(simulator)
         return simulator.start()
 
@@ -379,12 +392,12 @@ class Fleet:
                 await asyncio.wait_for(self._changed.wait(), 0.05)
 
     def fact_types(self, device_id: str, app: str | None = None) -> list[str]:
-        return [f.type.split(".")[1] for f in self.facts
-                if f.data.device_id == device_id and (app is None or f.data.app == app)]
+        return [f.type.split(".")[1] for f in self.facts  # DesiredRefused is about no app
+                if f.data.device_id == device_id and (app is None or getattr(f.data, "app", None) == app)]
 
     def find_facts(self, device_id: str, kind: str, **match: Any) -> list[Envelope]:
         return [f for f in self.facts if f.data.device_id == device_id and f.type.split(".")[1] == kind
-                and all(getattr(f.data, k) == v for k, v in match.items())]
+                and all(getattr(f.data, k, None) == v for k, v in match.items())]
 
     async def fact(self, device_id: str, kind: str, timeout: float = 15.0, **match: Any) -> Envelope:
         found = await self.until(lambda: self.find_facts(device_id, kind, **match), timeout,

@@ -1,7 +1,9 @@
 """Attacks on a vehicle through its desired document and its packages, each performed against a
-real agent (issue 11, "the agent trusts only what is signed"). The desired document is not
-signed: whoever writes it may change anything in it, and none of that may change how signed code
-runs, reach outside the app's own directories, or inflate an artifact before it is verified.
+real agent (issue 11, "the agent trusts only what is signed"). The desired document is signed by
+the orchestrator (test_desired_signatures.py refuses everything else); these tests assume a writer
+who can sign anyway — a compromised orchestrator — as a second line: whatever it changes in a
+document may not change how signed code runs, reach outside the app's own directories, or inflate
+an artifact before it is verified.
 
 Sandboxing apps into users and mount namespaces of their own needs root: those tests skip
 elsewhere; the others run as any user."""

@@ -8,7 +8,10 @@ answered yet with an `AppHealthy` or `AppFailed` fact — an envelope on
 `sdv.evt.agent.<device>.<Type>` with a `Nats-Msg-Id`, as the real edge agent publishes it. It
 installs nothing: what it does per version is scripted (`ok`, `fail`, `silent`, or held until a
 gate opens). It records every desired document it saw, so tests can check that revisions only
-increase and which versions a device was ever asked to run.
+increase and which versions a device was ever asked to run. Like the real agent, it acts only on
+documents that verify with the orchestrator's public key (the suite creates the orchestrator's key
+file before any orchestrator starts, so agents can pin it from the start); one that does not is
+recorded in `untrusted` and fails the checks of `assert_clean_completion`.
 
 Loaded by path (`load_harness()` in conftest) so tests/reliability can share it.
 """
@@ -27,7 +30,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import nats
 from nats.aio.client import Client as NatsClient
 
@@ -36,8 +38,10 @@ from sdv_events import enrolment
 from sdv_events.auth import Role, new_keypair
 from sdv_events.bus import CommandClient
 from sdv_events.codec import encode
+from sdv_events.desired_signing import DesiredSigner, DesiredVerifier, UntrustedDesired
 from sdv_events.envelope import Envelope
 from sdv_events.ids import stream_id
+from sdv_events.key_files import load_or_create_ed25519
 from sdv_events.provisioning import DESIRED_BUCKET, provision
 from sdv_events.registry import default_registry
 from sdv_events.schemas.agent import AppFact, AppFailed, AppHealthy
@@ -196,7 +200,18 @@ class Suite:
     def orchestrator_schema(self) -> str:
         return f"{self.schema}_o"
 
+    @property
+    def orchestrator_key_path(self) -> Path:
+        return self.tmp_path / "keys" / "orchestrator-ed25519.pem"
+
+    @property
+    def verifier(self) -> DesiredVerifier:
+        """What an agent pins: the orchestrator's public key (its key file is made on `open`, as
+        an installation provisions it; every orchestrator of the suite signs with it)."""
+        return DesiredSigner(load_or_create_ed25519(self.orchestrator_key_path)).verifier()
+
     async def open(self, orchestrator: bool = True) -> Suite:
+        load_or_create_ed25519(self.orchestrator_key_path)
         self.nc = await nats.connect(self.url)
         await provision(self.nc.jetstream())
         self.packages = PackagerClient(self.nc, actor="test")
@@ -220,6 +235,7 @@ class Suite:
         return OrchestratorSettings(
             service="orchestrator", nats_url=self.url, database_url=self.database_url,
             schema_name=self.orchestrator_schema, log_level="WARNING", tick_s=self.tick_s,
+            signing_key_path=self.orchestrator_key_path,
         )
 
     async def start_orchestrator(self) -> Running:
@@ -261,7 +277,8 @@ class Suite:
         """`count` simulated agents `<prefix>-00…`, pre-authorised with `labels`, announced,
         accepted and watching their desired state; returns once the registry lists them."""
         labels = labels or {"fleet": "sim"}
-        agents = [SimAgent(f"{prefix}-{i:02d}", self.url, capabilities(**caps))
+        verifier = self.verifier
+        agents = [SimAgent(f"{prefix}-{i:02d}", self.url, capabilities(**caps), verifier)
                   for i in range(start, start + count)]
         for agent in agents:
             await self.commands.call("registry", "preauthorize",
@@ -314,12 +331,13 @@ class Suite:
         return view
 
     async def desired(self, device_id: str) -> DesiredState | None:
+        """The device's document, verified as an agent verifies it (UntrustedDesired otherwise)."""
         kv = await self.nc.jetstream().key_value(DESIRED_BUCKET)
         try:
             entry = await kv.get(device_id)
         except nats.js.errors.KeyNotFoundError:
             return None
-        return msgspec.json.decode(entry.value or b"", type=DesiredState)
+        return self.verifier.open(entry.value or b"", device_id=device_id)
 
     async def without_desired(self, device_ids: list[str]) -> bool:
         """True when none of these devices has a desired-state document."""
@@ -361,6 +379,7 @@ class Suite:
         assert (row.devices, row.succeeded, row.failed) == (len(devices), len(devices), 0)
         for device_id in devices:
             agent = self.agents[device_id]
+            assert agent.untrusted == [], agent.untrusted
             assert await self.eventually(lambda a=agent: _true(a.running.get(app) == done.version))
             doc = await self.desired(device_id)
             assert (doc.apps[app].package.digest, doc.apps[app].rollout_id) == (digest, rollout_id)
@@ -405,6 +424,7 @@ class SimAgent:
     device_id: str
     url: str
     caps: Capabilities
+    verifier: DesiredVerifier  # the orchestrator's public key, as an agent pins it
     default: str = "ok"
     script: dict[str, str] = field(default_factory=dict)
     gate: asyncio.Event | None = None
@@ -412,6 +432,7 @@ class SimAgent:
     token: str = field(default_factory=lambda: f"tok-{uuid.uuid4().hex}")
     docs: list[DesiredState] = field(default_factory=list)  # every document seen, in order
     stale: list[DesiredState] = field(default_factory=list)  # documents seen that were not newer
+    untrusted: list[str] = field(default_factory=list)  # documents refused: cause and reason
     running: dict[str, str] = field(default_factory=dict)  # app → version it would run now
     facts: list[tuple[str, str, str | None]] = field(default_factory=list)  # (type, version, rollout)
     _answered: set[tuple[str, str | None]] = field(default_factory=set)
@@ -463,7 +484,11 @@ class SimAgent:
                     continue
                 if entry is None or not entry.value:
                     continue
-                doc = msgspec.json.decode(entry.value, type=DesiredState)
+                try:  # replays (older revisions) are kept in `stale`: the agent's own check is tested elsewhere
+                    doc = self.verifier.open(entry.value, device_id=self.device_id)
+                except UntrustedDesired as refused:
+                    self.untrusted.append(f"{refused.cause}: {refused}")
+                    continue
                 if doc.revision <= self._revision:
                     self.stale.append(doc)  # level-triggered: not newer, ignored
                     continue

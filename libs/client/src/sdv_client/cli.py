@@ -120,7 +120,8 @@ async def _up(suite: Suite, *, check: bool, as_json: bool, timeout: float) -> in
         extra = {"nats_url": suite.nats_url, "database_url": suite.database_url,
                  "data_dir": str(suite.dir), "nats_creds": suite.nats_creds, "nats_ca": suite.nats_ca,
                  "enrol_creds": str(suite.enrol_creds) if suite.enrol_creds else None,
-                 "monitor_url": suite.monitor_url}
+                 "monitor_url": suite.monitor_url,
+                 "orchestrator_key_file": str(suite.dir / "keys" / "orchestrator-ed25519.pub")}
         _print(statuses, as_json, extra)
         if check:
             return 0
@@ -133,7 +134,9 @@ async def _up(suite: Suite, *, check: bool, as_json: bool, timeout: float) -> in
         if suite.enrol_creds is not None:
             pin = f" --nats-ca {suite.nats_ca}" if suite.nats_ca else ""
             err.print(f"agents enrol with `sdv-agent --enrol --nats-url {suite.nats_url}{pin} "
-                      f"--enrol-creds {suite.enrol_creds} …`; accept them with sdv.cmd.registry.accept")
+                      f"--enrol-creds {suite.enrol_creds} --orchestrator-key-file "
+                      f"{suite.dir / 'keys' / 'orchestrator-ed25519.pub'} …`; accept them with "
+                      "sdv.cmd.registry.accept")
         while not stop.is_set():
             for name in suite.restart_exited():
                 err.print(f"[yellow]{name} exited; restarted (log: {suite.processes[name].log_path})[/]")

@@ -42,6 +42,7 @@ from sdv_edge_agent.domain.facts import IdSealer
 from sdv_edge_agent.domain.restarts import RestartPolicy
 from sdv_edge_agent.ports import HealthCommand, Runtime
 from sdv_edge_agent.settings import SERVICE, AgentSettings, SettingsError, load_settings
+from sdv_events.desired_signing import DesiredVerifier
 from sdv_events.logs import configure_logging
 from sdv_events.schemas.heartbeat import AppMetrics, Heartbeat
 
@@ -141,11 +142,13 @@ def build_agent(settings: AgentSettings, *, runtimes: list[Runtime], installer: 
     agent = Agent(
         options, store=store, installer=installer, runtimes=runtimes, facts=facts,
         download=downloader.fetch, databroker=databroker,
+        desired_verifier=DesiredVerifier(settings.orchestrator_public_key),
         on_change=lambda: reported.wake() if reported else None, on_logs=logs.wake,
         health_command=health_command,
     )
     reported = ReportedWriter(link, settings.device_id, agent.reported)
-    watch = DesiredWatch(link, settings.device_id, agent.on_desired, first_resync_s=RESYNC_S * (1 + phase))
+    watch = DesiredWatch(link, settings.device_id, agent.receive_desired,
+                         first_resync_s=RESYNC_S * (1 + phase))
     ops = OpsServer(link, agent, store, settings.device_id)
     heartbeat = HeartbeatSender(link, settings.device_id, settings.heartbeat_s,
                                 heartbeat_builder(agent, databroker, settings),

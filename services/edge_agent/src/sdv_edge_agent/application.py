@@ -39,7 +39,9 @@ from sdv_edge_agent.ports import (
 )
 from sdv_edge_agent.projections import reported_state
 from sdv_edge_agent.supervisor import AppSupervisor, OpRefused, OpRequest, Poke
-from sdv_events.schemas.agent import AppFact, AppFailed
+from sdv_events.desired_signing import DesiredVerifier, UntrustedDesired
+from sdv_events.package_format import sha256_hex
+from sdv_events.schemas.agent import AppFact, AppFailed, DesiredRefused
 from sdv_events.schemas.deployment import DesiredApp, DesiredState, ReportedApp, ReportedState
 from sdv_events.schemas.packages import PackageInfo
 
@@ -62,7 +64,7 @@ class RuntimeUnavailable(OSError):
 
 
 class Facts(Protocol):
-    def emit(self, fact: AppFact, occurrence: int = 0) -> bool: ...
+    def emit(self, fact: AppFact | DesiredRefused, occurrence: int = 0) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,7 @@ class Agent:
         facts: Facts,
         download: Callable[[PackageInfo], Awaitable[bytes]],
         databroker: Callable[[], tuple[str, int]],
+        desired_verifier: DesiredVerifier,
         on_change: Callable[[], None] = lambda: None,
         on_logs: Callable[[], None] = lambda: None,
         health_command: HealthCommand | None = None,
@@ -102,6 +105,7 @@ class Agent:
         self.facts = RepeatCounting(facts, store)
         self.download = download
         self.databroker = databroker
+        self.desired_verifier = desired_verifier
         self.on_change = on_change
         self.on_logs = on_logs
         self._health_command = health_command or self.run_health_process
@@ -109,6 +113,10 @@ class Agent:
         self.desired: DesiredState | None = None
         # Desired entries refused at admission (key → why), reported as FAILED; see on_desired.
         self.refused: dict[str, Refusal] = {}
+        # The desired document refused last (why, and the sha256 of its bytes), until one is
+        # accepted again; see receive_desired.
+        self.desired_refused: str | None = None
+        self._refused_digest: str | None = None
         self.supervisors: dict[str, AppSupervisor] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -172,12 +180,45 @@ class Agent:
         app = self.desired_app(name)
         return app.rollout_id if app else None
 
+    def receive_desired(self, raw: bytes) -> None:
+        """The value of this device's desired key, as read from KV: acted on only if the
+        orchestrator key this agent pins signed it, for this device, with a revision not older
+        than the newest accepted (persisted in SQLite, so a restart does not reopen the door to
+        an old document written back). Anything else is refused: logged with its cause,
+        reported (a `DesiredRefused` fact, `desired_refused` in the reported state), and what
+        runs keeps running. The same document again (redelivery, resync) changes nothing."""
+        try:
+            desired = self.desired_verifier.accept(raw, device_id=self.device_id,
+                                                   accepted_revision=self.revision)
+        except UntrustedDesired as refusal:
+            self._refuse_document(raw, refusal)
+            return
+        if desired is not None:
+            self.on_desired(desired)
+        elif self.desired_refused is not None:  # the key holds the accepted document again
+            self.desired_refused = self._refused_digest = None
+            self.changed()
+
+    def _refuse_document(self, raw: bytes, refusal: UntrustedDesired) -> None:
+        digest = sha256_hex(raw)
+        if digest == self._refused_digest:
+            return  # the same bytes again (every resync): refused and reported once
+        self._refused_digest = digest
+        self.desired_refused = f"{refusal.cause}: {refusal}"
+        log.error("desired_document_refused", cause=refusal.cause, reason=str(refusal),
+                  revision=refusal.revision, accepted_revision=self.revision, digest=digest[:16])
+        self.facts.emit(DesiredRefused(
+            device_id=self.device_id, cause=refusal.cause, reason=str(refusal),
+            revision=refusal.revision, accepted_revision=self.revision, digest=digest))
+        self.changed()
+
     def on_desired(self, desired: DesiredState) -> None:
-        """A desired document arrived: newer revisions replace the current one, older or equal
-        ones are dropped (redelivery, reordering, a stale resync)."""
+        """A verified desired document (see receive_desired): newer revisions replace the
+        current one, older or equal ones are dropped (redelivery, reordering, a stale resync)."""
         if desired.device_id != self.device_id or desired.revision <= self.revision:
             return
         old = self.desired
+        self.desired_refused = self._refused_digest = None
         desired = self._admit(desired, old)
         self.desired = desired
         self.store.save_desired(desired)
@@ -238,6 +279,8 @@ class Agent:
             self.device_id, self.revision, (s.record for s in self.supervisors.values()),
             agent_version=self.options.agent_version, now=datetime.now(UTC),
         )
+        if self.desired_refused is not None:
+            state = msgspec.structs.replace(state, desired_refused=self.desired_refused)
         if not self.refused:
             return state
         apps = dict(state.apps)
@@ -427,9 +470,9 @@ class RepeatCounting:
         self.inner = inner
         self.store = store
 
-    def emit(self, fact: AppFact, occurrence: int = 0) -> bool:
+    def emit(self, fact: AppFact | DesiredRefused, occurrence: int = 0) -> bool:
         kind = type(fact).__name__
-        if kind not in self.ONCE:
+        if isinstance(fact, AppFact) and kind not in self.ONCE:
             key = f"occ:{fact.app}:{fact.digest[:16]}:{fact.desired_revision}:{kind}"
             occurrence = self.store.next_counter(key) - 1
         return self.inner.emit(fact, occurrence)

@@ -11,6 +11,10 @@
                                  (else $SDV_DATA_DIR/agent, else ~/.sdv-agent/<id>)
   SDV_AGENT_PACKAGER_KEY         the packager's Ed25519 public key, base64 (required: no
   SDV_AGENT_PACKAGER_KEY_FILE      package is installed unless its signature verifies)
+  SDV_AGENT_ORCHESTRATOR_KEY     the orchestrator's Ed25519 public key, base64 (required: no
+  SDV_AGENT_ORCHESTRATOR_KEY_FILE  desired document is acted on unless it verifies with it;
+                                 `sdv.cmd.orchestrator.public_key` or the orchestrator's
+                                 `<data-dir>/keys/orchestrator-ed25519.pub` give it)
   SDV_AGENT_DATABROKER           host:port of the KUKSA databroker (then 127.0.0.1:55555 is tried)
   SDV_AGENT_HEARTBEAT_S          5
   SDV_AGENT_MONITOR_S            1    (usage sampling of app processes, and the RSS watchdog)
@@ -49,6 +53,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sdv_events.auth.client_tls import CA_ENV, NatsCaError, pinned_context
+from sdv_events.desired_signing import parse_public_key, public_key_b64
 
 SERVICE = "edge_agent"
 
@@ -73,6 +78,7 @@ class AgentSettings:
     nats_url: str
     data_dir: Path
     packager_public_key: str
+    orchestrator_public_key: str
     nats_creds: Path | None = None
     nats_ca: Path | None = None
     databroker: str | None = None
@@ -103,6 +109,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", type=Path)
     p.add_argument("--packager-key", help="packager Ed25519 public key (base64)")
     p.add_argument("--packager-key-file", type=Path)
+    p.add_argument("--orchestrator-key", help="orchestrator Ed25519 public key (base64): desired "
+                   "documents are acted on only when signed with it")
+    p.add_argument("--orchestrator-key-file", type=Path)
     p.add_argument("--databroker", help="KUKSA databroker host:port")
     p.add_argument("--heartbeat-s", type=float)
     p.add_argument("--log-level")
@@ -150,6 +159,36 @@ def _simulation(args: argparse.Namespace, env: dict[str, str]) -> SimulationSett
     )
 
 
+def _key(given: str | None, file: Path | None, env: dict[str, str], name: str) -> str:
+    """A base64 public key: the option, else `<name>`, else the file (option, else `<name>_FILE`)."""
+    key = given or env.get(name, "")
+    file = file or (Path(env[f"{name}_FILE"]) if env.get(f"{name}_FILE") else None)
+    if not key and file is not None:
+        try:
+            key = file.read_text().strip()
+        except OSError as err:
+            raise SettingsError(f"cannot read the key file {file}: {err.strerror or err}") from None
+    return key
+
+
+def _orchestrator_key(args: argparse.Namespace, env: dict[str, str], *, packager_key: str) -> str:
+    """Required, like the packager's: there is no mode that acts on unsigned desired documents."""
+    key = _key(args.orchestrator_key, args.orchestrator_key_file, env, "SDV_AGENT_ORCHESTRATOR_KEY")
+    if not key:
+        raise SettingsError(
+            "no orchestrator public key: pass --orchestrator-key(-file) or set SDV_AGENT_ORCHESTRATOR_KEY "
+            "(`sdv.cmd.orchestrator.public_key`, or the orchestrator's keys/orchestrator-ed25519.pub); "
+            "without it no desired document can be trusted")
+    try:
+        parsed = parse_public_key(key)
+    except ValueError as err:
+        raise SettingsError(f"the orchestrator public key is not an Ed25519 public key: {err}") from None
+    if key.strip() == packager_key.strip():
+        raise SettingsError("the orchestrator public key is the packager's: the orchestrator signs "
+                            "desired documents with a key of its own")
+    return public_key_b64(parsed)
+
+
 def load_settings(argv: list[str] | None = None, env: dict[str, str] | None = None) -> AgentSettings:
     env = dict(os.environ if env is None else env)
     args = _parser().parse_args(argv)
@@ -159,14 +198,11 @@ def load_settings(argv: list[str] | None = None, env: dict[str, str] | None = No
         raise SettingsError("no device id: pass --device-id or set SDV_DEVICE_ID")
     if not _token_ok(device_id):
         raise SettingsError(f"device id {device_id!r} must be letters, digits, '-' or '_' (a subject token)")
-    key = args.packager_key or env.get("SDV_AGENT_PACKAGER_KEY", "")
-    key_file = args.packager_key_file or (Path(env["SDV_AGENT_PACKAGER_KEY_FILE"])
-                                          if env.get("SDV_AGENT_PACKAGER_KEY_FILE") else None)
-    if not key and key_file is not None:
-        key = key_file.read_text().strip()
+    key = _key(args.packager_key, args.packager_key_file, env, "SDV_AGENT_PACKAGER_KEY")
     if not key:
         raise SettingsError("no packager public key: pass --packager-key(-file) or set "
                             "SDV_AGENT_PACKAGER_KEY; without it no package can be verified")
+    orchestrator_key = _orchestrator_key(args, env, packager_key=key)
     creds_env = env.get("SDV_AGENT_NATS_CREDS")
     creds = args.nats_creds or (Path(creds_env) if creds_env else None)
     ca = args.nats_ca or (Path(env[CA_ENV]) if env.get(CA_ENV) else None)
@@ -186,7 +222,8 @@ def load_settings(argv: list[str] | None = None, env: dict[str, str] | None = No
     return AgentSettings(
         device_id=device_id,
         nats_url=args.nats_url or env.get("SDV_NATS_URL", "nats://127.0.0.1:4222"),
-        data_dir=data_dir, packager_public_key=key, nats_creds=creds, nats_ca=ca,
+        data_dir=data_dir, packager_public_key=key, orchestrator_public_key=orchestrator_key,
+        nats_creds=creds, nats_ca=ca,
         databroker=args.databroker or env.get("SDV_AGENT_DATABROKER") or None,
         heartbeat_s=args.heartbeat_s or num("SDV_AGENT_HEARTBEAT_S", 5.0),
         monitor_s=num("SDV_AGENT_MONITOR_S", 1.0),

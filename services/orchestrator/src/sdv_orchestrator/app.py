@@ -1,12 +1,16 @@
-"""Composition root of the orchestrator: store, peers (packager and registry over the bus),
-read models (rollout catalog, desired states → KV), command router, agents' facts consumer and
-the ticker, on the shared service runtime."""
+"""Composition root of the orchestrator: its signing key, store, peers (packager and registry
+over the bus), read models (rollout catalog, desired states → KV, signed), command routers,
+agents' facts consumer and the ticker, on the shared service runtime."""
 
 from __future__ import annotations
 
 import asyncio
 
+import structlog
+
 from sdv_events.bus import CommandClient
+from sdv_events.desired_signing import DesiredSigner
+from sdv_events.key_files import load_or_create_ed25519, write_public_key
 from sdv_events.processing import (
     ConsumerRunner,
     HistorySource,
@@ -17,7 +21,7 @@ from sdv_events.processing import (
 )
 from sdv_events.provisioning import DESIRED_BUCKET
 from sdv_events.service import ServiceRuntime, run_service
-from sdv_orchestrator.adapters.commands import command_router
+from sdv_orchestrator.adapters.commands import command_router, public_key_router
 from sdv_orchestrator.adapters.facts import AgentFacts
 from sdv_orchestrator.adapters.peers import Peers
 from sdv_orchestrator.adapters.policy_commands import policy_router
@@ -27,18 +31,27 @@ from sdv_orchestrator.policies import Policies, PolicyEvents
 from sdv_orchestrator.projections import DesiredStates, RolloutCatalog
 from sdv_orchestrator.settings import SERVICE, OrchestratorSettings, load_settings
 
+log = structlog.get_logger("sdv.orchestrator")
+
 
 async def serve(settings: OrchestratorSettings, stop: asyncio.Event | None = None) -> None:
+    signer = DesiredSigner(load_or_create_ed25519(settings.signing_key_path))
+    write_public_key(settings.public_key_path, signer.public_key_b64)
+
     async def on_start(runtime: ServiceRuntime) -> None:
+        log.info("desired_signing_key", key_id=signer.key_id, public_key=signer.public_key_b64,
+                 public_key_file=str(settings.public_key_path))
         schema = settings.schema_name
         catalog = RolloutCatalog(schema)
-        desired = DesiredStates(schema, await runtime.js.key_value(DESIRED_BUCKET), runtime.store.pool)
+        desired = DesiredStates(schema, await runtime.js.key_value(DESIRED_BUCKET), signer,
+                                runtime.store.pool)
         async with runtime.store.pool.acquire() as conn:
             await catalog.create(conn)
             await desired.create(conn)
         nc = runtime.broker.config.connection_state.connection
         orchestrator = Orchestrator(runtime.store, Peers(CommandClient(nc, actor=SERVICE)), desired)
         runtime.broker.include_router(command_router(orchestrator))
+        runtime.broker.include_router(public_key_router(signer))
         policies = Policies(orchestrator, orchestrator.peers.commands)
         runtime.broker.include_router(policy_router(policies))
         # One runner for every consumer: read models, agents' facts, policies.

@@ -10,7 +10,9 @@
   rebuild replays into shadow tables without writing anything, then compares every device's
   document with KV and writes only those that differ. It keeps each rollout's previous
   packages (from its plan chunks) so that a rollback, which names no device, finds them in its
-  own tables: the devices the rollout still owns and the package each ran before.
+  own tables: the devices the rollout still owns and the package each ran before. Every
+  document is signed with the orchestrator's key (`sdv_events.desired_signing`): agents act on
+  nothing else.
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ from datetime import datetime
 
 import asyncpg
 import msgspec
+import structlog
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
+from sdv_events.desired_signing import DesiredSigner, UntrustedDesired
 from sdv_events.envelope import Envelope
 from sdv_events.ids import split_stream_id
 from sdv_events.schemas.deployment import DesiredApp, DesiredState
@@ -47,6 +51,7 @@ from sdv_events.schemas.rollouts import (
 )
 from sdv_orchestrator.domain.plan_events import expand_v1
 
+log = structlog.get_logger("sdv.orchestrator.desired")
 _enc = msgspec.json.Encoder()
 # Dirty devices whose documents are written per round after a commit.
 DRAIN_BATCH = 512
@@ -142,10 +147,12 @@ class DesiredStates:
     tables = ("rollout_packages", "device_apps", "device_revisions", "rollout_previous_packages",
               "rollout_previous")
 
-    def __init__(self, schema: str, kv: KeyValue, pool: asyncpg.Pool | None = None, *,
-                 replaying: bool = False) -> None:
+    def __init__(self, schema: str, kv: KeyValue, signer: DesiredSigner,
+                 pool: asyncpg.Pool | None = None, *, replaying: bool = False) -> None:
         self.schema = schema
         self.kv = kv
+        self.signer = signer
+        self.verifier = signer.verifier()
         self.pool = pool
         # A rebuild's shadow: marks nothing dirty (the swap compares every device with KV).
         self.replaying = replaying
@@ -174,7 +181,7 @@ class DesiredStates:
         """)
 
     def at(self, schema: str) -> DesiredStates:
-        return DesiredStates(schema, self.kv, self.pool, replaying=True)
+        return DesiredStates(schema, self.kv, self.signer, self.pool, replaying=True)
 
     async def seed(self, conn: asyncpg.Connection, live_schema: str) -> None:
         """Revisions carry over into a rebuild: agents ignore documents not newer than the last
@@ -378,14 +385,21 @@ class DesiredStates:
         if verify and await self._unchanged(device_id, apps):
             return
         state = DesiredState(device_id=device_id, revision=revision, apps=apps, updated_at=at)
-        await self.kv.put(device_id, _enc.encode(state))
+        await self.kv.put(device_id, self.signer.sign(state))
 
     async def _unchanged(self, device_id: str, apps: dict[str, DesiredApp]) -> bool:
+        """Whether KV holds a document this orchestrator signed for the device with these apps
+        (one it did not sign, or that does not verify, is rewritten: agents refuse it)."""
         try:
             entry = await self.kv.get(device_id)
         except KeyNotFoundError:
             return not apps
         if entry.value is None:
             return not apps
-        current = msgspec.json.decode(entry.value, type=DesiredState)
+        try:
+            current = self.verifier.open(entry.value, device_id=device_id)
+        except UntrustedDesired as refused:
+            log.warning("desired_document_in_kv_untrusted", device_id=device_id, cause=refused.cause,
+                        reason=str(refused))
+            return False
         return current.apps == apps

@@ -72,3 +72,18 @@ class AppStopped(AppFact, frozen=True, kw_only=True):
 @event("agent.AppUninstalled")
 class AppUninstalled(AppFact, frozen=True, kw_only=True):
     pass
+
+
+@event("agent.DesiredRefused")
+class DesiredRefused(msgspec.Struct, frozen=True, kw_only=True):
+    """The agent refused the document in its `sdv_desired` key and keeps running what it runs:
+    not signed by the orchestrator key it pins, tampered with, naming another device, or an
+    older revision written back (`sdv_events.desired_signing`). About a document, not an app,
+    so not an `AppFact`: no rollout counts it."""
+
+    device_id: str
+    cause: str  # unsigned | unknown_key | bad_signature | undecodable | other_device | replayed
+    reason: str
+    revision: int | None = None  # the revision the document claims, when it could be read
+    accepted_revision: int = 0  # the newest revision this agent accepted
+    digest: str = ""  # sha256 of the refused bytes (the KV value)

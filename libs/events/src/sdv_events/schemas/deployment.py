@@ -1,7 +1,9 @@
 """Desired and reported state per device: KV `sdv_desired` / `sdv_reported`, key `<device_id>`.
 
 The orchestrator writes a device's desired document (a projection of its rollout events, so it
-can be rebuilt); the device's agent watches its own key, reconciles (level-triggered: only the
+can be rebuilt), signed with its own key: the value in `sdv_desired` is a `SignedDesired`
+(`sdv_events.desired_signing` signs and verifies it). The device's agent watches its own key,
+acts only on a document the orchestrator signed for it, reconciles (level-triggered: only the
 newest document matters), and writes what actually runs to `sdv_reported`.
 """
 
@@ -38,6 +40,21 @@ class DesiredState(msgspec.Struct, frozen=True, kw_only=True):
     updated_at: datetime | None = None
 
 
+class SignedDesired(msgspec.Struct, frozen=True, kw_only=True):
+    """The value in KV `sdv_desired`: a `DesiredState` as JSON, kept byte for byte (msgspec.Raw,
+    so nothing needs a canonical form and the value stays readable), with the orchestrator's
+    Ed25519 signature over exactly those bytes (see `sdv_events.desired_signing`)."""
+
+    document: msgspec.Raw
+    key_id: str  # which orchestrator key signed it (sha256 of the raw public key, 16 hex)
+    signature: str  # base64
+
+
+class GetPublicKey(msgspec.Struct, frozen=True):
+    """`sdv.cmd.orchestrator.public_key`: the key agents pin (`sdv-agent --orchestrator-key`);
+    the answer is a `SigningKey` (schemas.packages)."""
+
+
 class ReportedApp(msgspec.Struct, frozen=True, kw_only=True):
     name: str
     version: str
@@ -57,3 +74,6 @@ class ReportedState(msgspec.Struct, frozen=True, kw_only=True):
     apps: dict[str, ReportedApp] = {}
     agent_version: str = ""
     updated_at: datetime | None = None
+    # Why the agent refused the desired document now in its key (unsigned, another key, another
+    # device, an older revision replayed …); None once it accepts a document again.
+    desired_refused: str | None = None

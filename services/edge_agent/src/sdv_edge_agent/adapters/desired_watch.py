@@ -8,8 +8,9 @@ request body, which the server does not check against the creator's permissions 
 
 Only the newest document matters (level-triggered): after every (re)connect the watch subscribes
 anew and then gets the current value; a direct get every `resync_s` backs it up (a put published
-while the link was down is caught by the get after the reconnect). Duplicates and old revisions
-are the reconciler's to ignore.
+while the link was down is caught by the get after the reconnect). What arrives goes to the
+agent as bytes (`Agent.receive_desired`): it acts only on a document the orchestrator signed for
+this device, ignores the one it already has and refuses an older one.
 """
 
 from __future__ import annotations
@@ -25,21 +26,18 @@ from nats.js.errors import NotFoundError
 
 from sdv_edge_agent.adapters.cancel import reraise_if_cancelling
 from sdv_edge_agent.adapters.link import NatsLink
-from sdv_events.codec import decode_as
-from sdv_events.errors import DecodeError
 from sdv_events.provisioning import DESIRED_BUCKET
-from sdv_events.schemas.deployment import DesiredState
 
 log = structlog.get_logger("sdv.agent.desired")
 KV_OPERATION = "KV-Operation"
 
 
 class DesiredWatch:
-    def __init__(self, link: NatsLink, device_id: str, on_desired: Callable[[DesiredState], None],
+    def __init__(self, link: NatsLink, device_id: str, on_document: Callable[[bytes], None],
                  *, resync_s: float = 30.0, first_resync_s: float | None = None) -> None:
         self.link = link
         self.device_id = device_id
-        self.on_desired = on_desired
+        self.on_document = on_document
         self.resync_s = resync_s
         self.first_resync_s = resync_s if first_resync_s is None else first_resync_s
         self.subject = f"$KV.{DESIRED_BUCKET}.{device_id}"
@@ -70,15 +68,7 @@ class DesiredWatch:
             # Keep running what runs: a deleted key is not an instruction to remove every app.
             log.warning("desired_key_deleted", operation=operation)
             return
-        try:
-            desired = decode_as(data, DesiredState)
-        except DecodeError as err:
-            log.error("desired_state_undecodable", reason=str(err))
-            return
-        if desired.device_id != self.device_id:
-            log.error("desired_state_for_another_device", device_id=desired.device_id)
-            return
-        self.on_desired(desired)
+        self.on_document(data)
 
     async def fetch(self) -> None:
         """One direct get of the key (the safety net beside the watch)."""

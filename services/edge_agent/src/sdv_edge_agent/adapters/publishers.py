@@ -30,7 +30,7 @@ from sdv_events.envelope import Envelope
 from sdv_events.ids import stream_id
 from sdv_events.provisioning import REPORTED_BUCKET
 from sdv_events.registry import default_registry
-from sdv_events.schemas.agent import AppFact
+from sdv_events.schemas.agent import AppFact, DesiredRefused
 from sdv_events.schemas.deployment import ReportedState
 from sdv_events.subjects import agent_fact_subject, logs_subject
 
@@ -82,24 +82,30 @@ class FactOutbox(_Flusher):
         self.stream = stream_id("agent", device_id)
         self.clock = clock
 
-    def emit(self, fact: AppFact, occurrence: int = 0) -> bool:
-        """Record a fact for sending; False if this very fact was already recorded."""
+    def emit(self, fact: AppFact | DesiredRefused, occurrence: int = 0) -> bool:
+        """Record a fact for sending; False if this very fact was already recorded. A refused
+        desired document is identified by its bytes and the revision the agent held."""
         type_name, schema_version = default_registry.describe(fact)
-        msg_id = self.sealer.fact_id(fact.app, fact.digest, fact.desired_revision, type_name,
-                                     occurrence)
+        if isinstance(fact, AppFact):
+            msg_id = self.sealer.fact_id(fact.app, fact.digest, fact.desired_revision, type_name,
+                                         occurrence)
+            correlation_id, what = fact.rollout_id, {"app": fact.app, "version": fact.version}
+        else:
+            msg_id = self.sealer.fact_id("", fact.digest, fact.accepted_revision, type_name, occurrence)
+            correlation_id, what = None, {"cause": fact.cause}
         if self.store.has_fact(msg_id):
             return False
         version = self.store.next_counter("fact_version")
         envelope = Envelope(
             event_id=fact_event_id(msg_id), stream_id=self.stream, version=version, type=type_name,
             schema_version=schema_version, occurred_at=self.clock(), data=fact,
-            actor=f"agent:{self.device_id}", correlation_id=fact.rollout_id,
+            actor=f"agent:{self.device_id}", correlation_id=correlation_id,
         )
         headers = {"Nats-Msg-Id": msg_id, "Sdv-Type": type_name, "Sdv-Stream": self.stream,
                    "Sdv-Version": str(version)}
         self.store.add_fact(msg_id, agent_fact_subject(self.device_id, type_name), headers,
                             encode(envelope))
-        log.info("fact", type=type_name.split(".")[1], app=fact.app, version=fact.version)
+        log.info("fact", type=type_name.split(".")[1], **what)
         self.wake()
         return True
 

@@ -1,8 +1,9 @@
 """What the agent admits from a desired document, before anything of it touches the device.
 
-The desired document is not signed (whoever can write KV `sdv_desired` writes it), so everything
-in it that the agent uses as a path, a subject token, a process environment or a version order is
-checked here, purely:
+The agent acts only on documents the orchestrator signed (`sdv_events.desired_signing`); as a
+second line, should the orchestrator itself be compromised, everything in a document that the
+agent uses as a path, a subject token, a process environment or a version order is checked here,
+purely:
 
 - the app key must be a valid app name (the packager's rule: lowercase letters, digits and single
   hyphens, starting with a letter, 2-64 characters) and equal the package's name, which the

@@ -1,11 +1,14 @@
 """`sdv.cmd.orchestrator.*`: create, start, pause, resume, cancel, rollback, get (paged; a plain
-`RolloutRef` gets the first page), list."""
+`RolloutRef` gets the first page), list; public_key (the key desired documents are signed with)."""
 
 from __future__ import annotations
 
 from faststream.nats import NatsRouter
 
 from sdv_events.bus import RequestInfo, register_command
+from sdv_events.desired_signing import DesiredSigner
+from sdv_events.schemas.deployment import GetPublicKey
+from sdv_events.schemas.packages import SigningKey
 from sdv_events.schemas.rollouts import (
     CreateRolloutRequest,
     GetRollout,
@@ -53,4 +56,15 @@ def command_router(orchestrator: Orchestrator) -> NatsRouter:
         ("get", GetRollout, get), ("list", ListRollouts, list_),
     ]:
         register_command(router, SERVICE, name, request_type, handler)  # type: ignore[arg-type]
+    return router
+
+
+def public_key_router(signer: DesiredSigner) -> NatsRouter:
+    """The public key agents pin (`sdv-agent --orchestrator-key`); the private one never leaves."""
+    router = NatsRouter()
+
+    async def public_key(_: GetPublicKey, __: RequestInfo) -> SigningKey:
+        return SigningKey(signer.key_id, signer.public_key_b64)
+
+    register_command(router, SERVICE, "public_key", GetPublicKey, public_key)
     return router
