@@ -49,10 +49,10 @@ async def test_stand_in_registry_enrols_the_agent_which_then_works_under_device_
             reply = AnnounceReply(device_id=request.device_id, status="pending", retry_after_s=0.2)
         else:
             expires = int(time.time()) + 3600
-            jwt = trust.user_jwt(request.public_key, request.device_id,
+            jwt = trust.device_jwt(request.public_key, request.device_id,
                                  device_permissions(request.device_id), expires_at=expires)
             reply = AnnounceReply(device_id=request.device_id, status="accepted", credentials=DeviceCredentials(
-                jwt, datetime.fromtimestamp(expires, UTC), device_inbox_prefix(request.device_id), trust.account_key))
+                jwt, datetime.fromtimestamp(expires, UTC), device_inbox_prefix(request.device_id), trust.devices_account_key))
         await msg.respond(encode(ReplyOk(msgspec.Raw(encode(reply)))))
 
     try:

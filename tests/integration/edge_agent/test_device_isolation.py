@@ -44,7 +44,7 @@ class Secured:
 
     def device_creds(self, device_id: str) -> str:
         key = new_keypair(Role.USER)
-        jwt = self.trust.user_jwt(public_key(key), device_id, device_permissions(device_id))
+        jwt = self.trust.device_jwt(public_key(key), device_id, device_permissions(device_id))
         return format_creds(jwt, seed_of(key))
 
     async def attacker(self, device_id: str = "car-A") -> NatsClient:

@@ -9,8 +9,12 @@ writes, owner-only, beside it:
 - `service.creds`: the services' user (full rights in the app account), which `sdv up`,
   `sdv ping` and every service connect with (`SDV_NATS_CREDS`);
 - `enrol.creds`: the shared enrolment user agents announce with (it may only announce and read
-  the enrolment inbox); the registry mints each accepted device its own credentials from the
-  trust file (`SDV_TRUST_FILE`, given to the registry only) and pushes revocations.
+  the enrolment inbox), in the devices account;
+- `registry-trust.json`: the registry's part of the trust (`sdv_events.auth.DeviceAuthority`:
+  the devices account's signing key, the operator signing key it re-issues the devices account
+  with revocations by, the system user it pushes them with; no identity seed, nothing of the app
+  account). Only the registry gets it (`SDV_TRUST_FILE`): it mints each accepted device its own
+  credentials in the devices account and revokes them. `trust.json` is given to no service.
 
 With `SDV_NATS_URL` the suite uses that server as it is configured, and `SDV_NATS_CREDS` (when
 set) as the services' credentials.
@@ -54,6 +58,7 @@ from sdv_client.health import (
 from sdv_events.auth import Trust, render_server_config
 from sdv_events.servers import NatsServer, PostgresServer
 
+REGISTRY_TRUST_FILE = "registry-trust.json"
 STOP_GRACE_S = 10.0
 MAX_BACKOFF_S = 30.0
 
@@ -142,9 +147,9 @@ class Suite:
         self._postgres: PostgresServer | None = None
         self._nc: NatsClient | None = None
         self._answered: set[str] = set()
-        # Set when the embedded NATS runs in operator mode: the trust file (registry only) and
-        # the agents' enrolment credentials.
-        self.trust_file: Path | None = None
+        # Set when the embedded NATS runs in operator mode: the registry's trust file (registry
+        # only) and the agents' enrolment credentials.
+        self.registry_trust_file: Path | None = None
         self.enrol_creds: Path | None = None
 
     async def __aenter__(self) -> Suite:
@@ -176,11 +181,11 @@ class Suite:
                    SDV_DATA_DIR=str(self.dir))
         if self.nats_creds:
             env[CREDS_ENV] = self.nats_creds
-        if self.trust_file is not None:
-            # The operator and account signing keys: only the registry mints device credentials.
+        if self.registry_trust_file is not None:
+            # Signing keys for device credentials and revocations: the registry's only.
             env.pop("SDV_TRUST_FILE", None)
             if service == "registry":
-                env["SDV_TRUST_FILE"] = str(self.trust_file)
+                env["SDV_TRUST_FILE"] = str(self.registry_trust_file)
         return env
 
     async def _start_nats(self) -> None:
@@ -195,9 +200,10 @@ class Suite:
                 raise SuiteError(f"cannot use the NATS chain of trust in {trust_file}: {exc!r} "
                                  "(delete it to make a new one; devices then need to enrol again)") from exc
             os.chmod(trust_file, 0o600)
+            self.registry_trust_file = trust.authority().save(nats_dir / REGISTRY_TRUST_FILE)
             service_creds = write_private(nats_dir / SERVICE_CREDS_FILE, trust.service_creds("service"))
             self.enrol_creds = write_private(nats_dir / ENROL_CREDS_FILE, trust.enrol_creds())
-            self.trust_file, self.nats_creds = trust_file, str(service_creds)
+            self.nats_creds = str(service_creds)
             self._nats = NatsServer(port=self.nats_port, store_dir=nats_dir,
                                     config_text=render_server_config(trust))
             await _start_server("NATS", self._nats.start, nats_dir / "nats.log")
