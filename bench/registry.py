@@ -310,7 +310,7 @@ async def run(sizes: Sizes) -> dict[str, float | int]:
     phases: list[str] = []
     work = Path(tempfile.mkdtemp(prefix="sdv-bench-registry-"))
     trust = Trust.generate()
-    trust_file = trust.save(work / "trust.json")
+    trust_file = trust.authority().save(work / "registry-trust.json")  # what `sdv up` gives it
     creds_file = work / "service.creds"
     creds_file.write_text(trust.service_creds("bench"))
     schema = f"bench_{uuid.uuid4().hex[:8]}"

@@ -1,8 +1,9 @@
 """The suite as `sdv up` runs it by default: embedded NATS in operator mode over TLS (clients pin
 its CA: test_suite_tls.py), so the server itself enforces who may do what. Services answer ping over it with the service credentials `sdv up`
 wrote; a client without credentials is refused; the enrolment credentials can announce and
-nothing else; a device the registry accepted connects with the credentials it was issued and
-can publish its heartbeat (and no more)."""
+nothing else; a device the registry accepted connects with the credentials it was issued, can
+publish its heartbeat (and no more) and renews over its own connection; the registry holds
+only the keys it signs with."""
 
 from __future__ import annotations
 
@@ -23,11 +24,13 @@ import pytest
 from nats.aio.client import Client as NatsClient
 
 from sdv_client.health import SERVICES, ping_all
-from sdv_client.suite import Suite
+from sdv_client.suite import REGISTRY_TRUST_FILE, Suite
 from sdv_events import enrolment
 from sdv_events.auth import (
     ENROL_INBOX_PREFIX,
+    DeviceAuthority,
     Role,
+    Trust,
     announce_subject,
     new_keypair,
     public_key,
@@ -114,15 +117,30 @@ def _sdv_ping(suite: Suite, *args: str, creds: str | None = None) -> subprocess.
 async def test_sdv_up_keeps_keys_and_credentials_owner_only(suite: Suite) -> None:
     nats_dir = suite.dir / "nats"
     assert stat.S_IMODE(nats_dir.stat().st_mode) == 0o700
-    for name in ("trust.json", "service.creds", "enrol.creds"):
+    for name in ("trust.json", REGISTRY_TRUST_FILE, "service.creds", "enrol.creds"):
         assert stat.S_IMODE((nats_dir / name).stat().st_mode) == 0o600, name
     assert suite.nats_creds == str(nats_dir / "service.creds")
     assert suite.enrol_creds == nats_dir / "enrol.creds"
     assert "-----BEGIN NATS USER JWT-----" in (nats_dir / "enrol.creds").read_text()
-    # Only the registry gets the trust file (it mints device credentials and revocations).
-    assert suite._service_env("registry")["SDV_TRUST_FILE"] == str(nats_dir / "trust.json")
-    assert "SDV_TRUST_FILE" not in suite._service_env("packager")
     assert all(suite._service_env(n)["SDV_NATS_CREDS"] == suite.nats_creds for n in SERVICES)
+
+
+async def test_the_registry_gets_no_identity_seeds(suite: Suite) -> None:
+    """The registry signs device JWTs and the devices account's revocations; its file holds those
+    signing keys and the system user, never the operator's or the app account's identity, the
+    app account's signing key, nor any service or enrolment user's seed."""
+    nats_dir = suite.dir / "nats"
+    given = Path(suite._service_env("registry")["SDV_TRUST_FILE"])
+    assert given == nats_dir / REGISTRY_TRUST_FILE
+    assert all("SDV_TRUST_FILE" not in suite._service_env(n) for n in SERVICES if n != "registry")
+    trust = Trust.load(nats_dir / "trust.json")
+    text = await asyncio.to_thread(given.read_text)
+    for name in ("operator", "account", "account_signing", "system_account", "service_user",
+                 "enrol_user", "devices_account"):
+        assert bytes(getattr(trust, name).seed).decode() not in text, f"the {name} seed"
+    authority = DeviceAuthority.load(given)
+    assert authority.devices_account == trust.devices_account_key
+    assert authority.app_account == trust.account_key  # its public key only, for the imports
 
 
 async def test_services_answer_ping_over_the_operator_mode_server(suite: Suite, ops: CommandClient) -> None:
@@ -248,6 +266,13 @@ async def test_an_accepted_device_connects_with_its_credentials_and_heartbeats(
 
         await refused(errors, lambda: pub("sdv.hb.someone-else"), "sdv.hb.someone-else")
         await refused(errors, lambda: sub("sdv.evt.>"), "sdv.evt.>")
+
+        # It renews over its own connection, with the registry's own trust file.
+        caps = decode_as(_announce(device_id, key), Announce).capabilities
+        renewed = await enrolment.renew(device, key, device_id, caps, timeout=5)
+        assert renewed.status == "accepted"
+        assert renewed.credentials is not None
+        assert renewed.credentials.account == reply.credentials.account
     finally:
         await device.close()
         await heartbeats.unsubscribe()

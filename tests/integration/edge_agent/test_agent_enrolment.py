@@ -49,10 +49,10 @@ async def test_stand_in_registry_enrols_the_agent_which_then_works_under_device_
             reply = AnnounceReply(device_id=request.device_id, status="pending", retry_after_s=0.2)
         else:
             expires = int(time.time()) + 3600
-            jwt = trust.user_jwt(request.public_key, request.device_id,
+            jwt = trust.device_jwt(request.public_key, request.device_id,
                                  device_permissions(request.device_id), expires_at=expires)
             reply = AnnounceReply(device_id=request.device_id, status="accepted", credentials=DeviceCredentials(
-                jwt, datetime.fromtimestamp(expires, UTC), device_inbox_prefix(request.device_id), trust.account_key))
+                jwt, datetime.fromtimestamp(expires, UTC), device_inbox_prefix(request.device_id), trust.devices_account_key))
         await msg.respond(encode(ReplyOk(msgspec.Raw(encode(reply)))))
 
     try:
@@ -78,6 +78,62 @@ async def test_stand_in_registry_enrols_the_agent_which_then_works_under_device_
         creds = agent.data_dir / "device.creds"
         assert oct(creds.stat().st_mode & 0o777) == "0o600"
         assert oct((agent.data_dir / "device.nk").stat().st_mode & 0o777) == "0o600"
+        assert "permissions violation" not in agent.log().lower(), agent.log()
+    finally:
+        await fleet.close()
+
+
+async def test_the_agent_renews_over_its_own_connection_and_announces_only_to_enrol(
+    secured: tuple[NatsServer, Trust, Path, Path], harness: Any, tmp_path: Path
+) -> None:
+    """The shared enrolment user serves the first enrolment only. Renewals come on
+    `sdv.renew.<id>`, which only the device's own JWT may publish on; the agent keeps working when
+    the server ends its session at the first JWT's expiry (it reconnects with the renewed one),
+    and a restart connects with the stored credentials and renews instead of announcing."""
+    server, trust, service_creds, enrol_creds = secured
+    fleet = await harness.Fleet(server.url, tmp_path, creds=service_creds).open()
+    seen: list[str] = []
+    ttl_s = [6]  # short at first: the connection's own JWT expires during the test
+
+    async def stand_in_registry(msg: Msg) -> None:
+        request = decode_as(msg.data, Announce)
+        seen.append(msg.subject.split(".")[1])
+        expires = int(time.time()) + ttl_s[0]
+        jwt = trust.device_jwt(request.public_key, request.device_id,
+                               device_permissions(request.device_id), expires_at=expires)
+        reply = AnnounceReply(device_id=request.device_id, status="accepted", credentials=DeviceCredentials(
+            jwt, datetime.fromtimestamp(expires, UTC), device_inbox_prefix(request.device_id),
+            trust.devices_account_key))
+        await msg.respond(encode(ReplyOk(msgspec.Raw(encode(reply)))))
+
+    try:
+        assert fleet.nc is not None
+        await fleet.nc.subscribe("sdv.announce.*", cb=stand_in_registry)
+        await fleet.nc.subscribe("sdv.renew.*", cb=stand_in_registry)
+        pkg = await fleet.publish(harness.make_app(tmp_path, "ticker", "1.0.0", harness.ticker_source()))
+        await fleet.desire("car-renew", 1, {"ticker": pkg})
+        agent = fleet.agent("car-renew", SDV_AGENT_ENROL="1", SDV_AGENT_ENROL_CREDS=str(enrol_creds))
+        await fleet.until_state("car-renew", "ticker", "RUNNING", healthy=True, timeout=20)
+
+        started = time.monotonic()
+        await fleet.until(lambda: time.monotonic() - started > ttl_s[0] + 2 and seen.count("renew") >= 3,
+                          timeout=30, what="renewals past the first JWT's expiry")
+        assert seen.count("announce") == 1
+        reply = await fleet.op("car-renew", "pause", {"app": "ticker"})  # still on the bus
+        assert reply["result"]["state"] == "PAUSED"
+        assert "nats_connection_closed" in agent.log()  # the server ended the first JWT's session
+
+        ttl_s[0] = 3600
+        renewals = seen.count("renew")
+        await fleet.until(lambda: seen.count("renew") > renewals, timeout=10, what="a long-lived JWT")
+        agent.stop()
+        renewals = seen.count("renew")
+        fleet.agent("car-renew", SDV_AGENT_ENROL="1", SDV_AGENT_ENROL_CREDS=str(enrol_creds))
+        await fleet.until(lambda: seen.count("renew") > renewals, timeout=20, what="a renewal after restart")
+        assert seen.count("announce") == 1  # the restart connected with its stored credentials
+        reply = await fleet.op("car-renew", "resume", {"app": "ticker"})
+        assert reply["result"]["state"] == "RUNNING"
+        assert "credentials_refused" not in agent.log()
         assert "permissions violation" not in agent.log().lower(), agent.log()
     finally:
         await fleet.close()

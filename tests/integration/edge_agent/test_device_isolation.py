@@ -1,6 +1,7 @@
 """One device against another (issue 11, "devices cannot interfere with each other"), on an
-operator-mode NATS server with real device credentials (the suite's device permissions): the
-attacker is a plain nats-py client holding car-A's credentials, the victim a real agent (car-B)."""
+operator-mode NATS server with real device credentials (the suite's devices account and device
+permissions): the attacker is a plain nats-py client holding car-A's credentials, the victim a
+real agent (car-B)."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from sdv_events.auth import (
     seed_of,
 )
 from sdv_events.auth.creds import format_creds
-from sdv_events.provisioning import DESIRED_BUCKET, PACKAGES_BUCKET, UPLOADS_BUCKET
+from sdv_events.provisioning import DESIRED_BUCKET, EVENTS_STREAM, PACKAGES_BUCKET, UPLOADS_BUCKET
 from sdv_events.servers import NatsServer
 
 
@@ -44,7 +45,7 @@ class Secured:
 
     def device_creds(self, device_id: str) -> str:
         key = new_keypair(Role.USER)
-        jwt = self.trust.user_jwt(public_key(key), device_id, device_permissions(device_id))
+        jwt = self.trust.device_jwt(public_key(key), device_id, device_permissions(device_id))
         return format_creds(jwt, seed_of(key))
 
     async def attacker(self, device_id: str = "car-A") -> NatsClient:
@@ -204,6 +205,85 @@ async def test_a_device_cannot_read_raw_uploads(secured: Secured) -> None:
         await secured.refused(attacker, f"$JS.API.CONSUMER.CREATE.{stream}")
     finally:
         await attacker.close()
+
+
+def desired_get(device_id: str) -> str:
+    return f"$JS.API.DIRECT.GET.KV_{DESIRED_BUCKET}.$KV.{DESIRED_BUCKET}.{device_id}"
+
+
+async def replies_aimed_at(attacker: NatsClient, target: str) -> None:
+    """Requests car-A may send, each with `target` as its reply subject (the server checks a
+    request's subject against the sender's permissions, never its reply subject): a direct get of
+    its own desired key, and a fact whose JetStream ack is the reply. Then a request of its own
+    answered, so the server has served the ones before."""
+    for _ in range(3):
+        await attacker.publish(desired_get("car-A"), b"", reply=target)
+        await attacker.publish("sdv.evt.agent.car-A.AppHealthy", b"{}", reply=target)
+    await attacker.flush()
+    own = await attacker.request(desired_get("car-A"), b"", timeout=2.0)
+    assert b"car-A" in own.data  # the attacker's gets are served: only the reply subject differs
+
+
+async def test_a_device_cannot_write_into_another_devices_desired_key_through_a_reply_subject(
+    secured: Secured, harness: Any, tmp_path: Path,
+) -> None:
+    """While devices were users of the app account, JetStream wrote the answer to car-A's direct
+    get into car-B's desired key. Across the account boundary the server replaces the reply
+    subject; what it still delivers onto car-B's key subject inside the devices account is only a
+    wake-up for car-B's agent, which reads its document from the stream."""
+    fleet = secured.fleet
+    pkg = await fleet.publish(harness.make_app(tmp_path, "ticker", "1.0.0", harness.ticker_source()))
+    await fleet.desire("car-A", 1, {})  # what car-A's direct get answers
+    await fleet.desire("car-B", 1, {"ticker": pkg})
+    victim = secured.victim("car-B")
+    await fleet.until_state("car-B", "ticker", "RUNNING", healthy=True, timeout=30)
+    kv = await fleet.js.key_value(DESIRED_BUCKET)
+    before = await kv.get("car-B")
+
+    attacker = await secured.attacker("car-A")
+    try:
+        await replies_aimed_at(attacker, f"$KV.{DESIRED_BUCKET}.car-B")
+    finally:
+        await attacker.close()
+    await asyncio.sleep(0.5)  # nothing is expected: give a wrong write the time it would take
+
+    after = await kv.get("car-B")
+    assert (after.revision, after.value) == (before.revision, before.value)
+    assert len(await stored(fleet.js, f"KV_{DESIRED_BUCKET}", f"$KV.{DESIRED_BUCKET}.car-B")) == 1
+    assert await fleet.app_state("car-B", "ticker") == "RUNNING"
+    log = victim.log()
+    assert "desired_state_for_another_device" not in log, log  # it never read car-A's document
+    assert "desired_state_undecodable" not in log, log  # nor a JetStream ack as one
+    assert secured.errors == []  # the attacker used nothing but its own rights
+
+
+async def test_a_device_cannot_push_a_reply_into_a_service_command_subject(secured: Secured) -> None:
+    """Replies aimed at subjects of the app account (commands, another device's facts, its
+    announce and heartbeat) reach nobody there: a request crossing into the app account carries
+    a reply subject the server made, which leads back into the devices account only."""
+    fleet = secured.fleet
+    await fleet.desire("car-A", 1, {})
+    targets = ["sdv.cmd.registry.decommission", "sdv.cmd.orchestrator.create_rollout",
+               "sdv.evt.agent.car-B.AppFailed", "sdv.announce.car-B", "sdv.hb.car-B"]
+    spied: list[str] = []
+
+    async def spy(msg: Msg) -> None:
+        spied.append(msg.subject)
+
+    assert fleet.nc is not None
+    for subject in targets:
+        await fleet.nc.subscribe(subject, cb=spy)
+    await fleet.nc.flush()
+    attacker = await secured.attacker("car-A")
+    try:
+        for target in targets:
+            await replies_aimed_at(attacker, target)
+    finally:
+        await attacker.close()
+    await asyncio.sleep(0.5)  # nothing is expected: give a wrong delivery the time it would take
+    assert spied == []
+    assert await stored(fleet.js, EVENTS_STREAM, "sdv.evt.agent.car-B.>") == []
+    assert secured.errors == []
 
 
 async def test_a_tampered_upgrade_fails_its_rollout_at_once(fleet: Any, harness: Any, tmp_path: Path) -> None:

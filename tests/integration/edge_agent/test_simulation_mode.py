@@ -164,10 +164,10 @@ async def test_each_simulated_device_enrols_and_works_under_its_own_nats_permiss
         request = decode_as(msg.data, Announce)
         announced.append(request)
         expires = int(time.time()) + 3600
-        jwt = trust.user_jwt(request.public_key, request.device_id, device_permissions(request.device_id),
+        jwt = trust.device_jwt(request.public_key, request.device_id, device_permissions(request.device_id),
                              expires_at=expires)
         reply = AnnounceReply(device_id=request.device_id, status="accepted", credentials=DeviceCredentials(
-            jwt, datetime.fromtimestamp(expires, UTC), device_inbox_prefix(request.device_id), trust.account_key))
+            jwt, datetime.fromtimestamp(expires, UTC), device_inbox_prefix(request.device_id), trust.devices_account_key))
         await msg.respond(encode(ReplyOk(msgspec.Raw(encode(reply)))))
 
     try:

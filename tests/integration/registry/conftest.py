@@ -165,7 +165,7 @@ def registry_settings(url: str, database_url: str, schema: str, trust: Trust, tm
     creds.write_text(trust.service_creds("registry"))
     return RegistrySettings(
         service="registry", nats_url=url, database_url=database_url, schema_name=schema,
-        nats_credentials=str(creds), trust_file=trust.save(tmp_path / "trust.json"),
+        nats_credentials=str(creds), trust_file=trust.authority().save(tmp_path / "registry-trust.json"),
         log_level="WARNING", heartbeat_silence_s=1.0, fleet_token=FLEET_TOKEN,
         **overrides,
     )

@@ -37,7 +37,7 @@ async def test_announce_is_pending_until_an_operator_accepts_then_credentials_co
     assert reply.credentials is not None
     claims = decode_jwt(reply.credentials.jwt)
     assert claims["sub"] == agent.public_key
-    assert claims["nats"]["issuer_account"] == registry.trust.account_key
+    assert claims["nats"]["issuer_account"] == registry.trust.devices_account_key
     assert abs(claims["exp"] - (time.time() + registry.settings.credential_ttl_s)) < 60
     nc = await agent.connect(reply)
     await nc.publish("sdv.hb.orin-001", b"")

@@ -91,7 +91,7 @@ async def test_other_devices_stay_connected_when_one_is_revoked(registry: Harnes
 
 async def test_expired_device_jwt_is_disconnected_by_the_server(registry: Harness) -> None:
     key = new_keypair(Role.USER)
-    jwt = registry.trust.user_jwt(public_key(key), "short-lived", device_permissions("short-lived"),
+    jwt = registry.trust.device_jwt(public_key(key), "short-lived", device_permissions("short-lived"),
                                   expires_at=int(time.time()) + 2)
     closed = asyncio.Event()
 

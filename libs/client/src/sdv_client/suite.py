@@ -9,8 +9,12 @@ writes, owner-only, beside it:
 - `service.creds`: the services' user (full rights in the app account), which `sdv up`,
   `sdv ping` and every service connect with (`SDV_NATS_CREDS`);
 - `enrol.creds`: the shared enrolment user agents announce with (it may only announce and read
-  the enrolment inbox); the registry mints each accepted device its own credentials from the
-  trust file (`SDV_TRUST_FILE`, given to the registry only) and pushes revocations.
+  the enrolment inbox), in the devices account;
+- `registry-trust.json`: the registry's part of the trust (`sdv_events.auth.DeviceAuthority`:
+  the devices account's signing key, the operator signing key it re-issues the devices account
+  with revocations by, the system user it pushes them with; no identity seed, nothing of the app
+  account). Only the registry gets it (`SDV_TRUST_FILE`): it mints each accepted device its own
+  credentials in the devices account and revokes them. `trust.json` is given to no service.
 
 It requires TLS of every client: `sdv up` keeps a CA of its own and the server certificate it
 signed in `<data-dir>/nats/tls/` (`sdv_events.auth.certificates`: made once, renewed before they
@@ -70,6 +74,7 @@ from sdv_events.auth.client_tls import CA_ENV, NatsCaError, ca_from_env, tls_opt
 from sdv_events.servers import NatsServer, PostgresServer, free_port
 from sdv_events.store.roles import ProvisioningError, provision_services
 
+REGISTRY_TRUST_FILE = "registry-trust.json"
 STOP_GRACE_S = 10.0
 MAX_BACKOFF_S = 30.0
 
@@ -165,9 +170,9 @@ class Suite:
         self.service_database_urls: dict[str, str] = {}
         self._nc: NatsClient | None = None
         self._answered: set[str] = set()
-        # Set when the embedded NATS runs in operator mode: the trust file (registry only) and
-        # the agents' enrolment credentials.
-        self.trust_file: Path | None = None
+        # Set when the embedded NATS runs in operator mode: the registry's trust file (registry
+        # only) and the agents' enrolment credentials.
+        self.registry_trust_file: Path | None = None
         self.enrol_creds: Path | None = None
 
     @property
@@ -216,11 +221,11 @@ class Suite:
             # Its own role, which may not run the event store's DDL: `sdv up` did (roles.py).
             env["SDV_DATABASE_URL"] = self.service_database_urls[service]
             env["SDV_SCHEMA_SETUP"] = "0"
-        if self.trust_file is not None:
-            # The operator and account signing keys: only the registry mints device credentials.
+        if self.registry_trust_file is not None:
+            # Signing keys for device credentials and revocations: the registry's only.
             env.pop("SDV_TRUST_FILE", None)
             if service == "registry":
-                env["SDV_TRUST_FILE"] = str(self.trust_file)
+                env["SDV_TRUST_FILE"] = str(self.registry_trust_file)
         return env
 
     async def _start_nats(self) -> None:
@@ -235,9 +240,10 @@ class Suite:
                 raise SuiteError(f"cannot use the NATS chain of trust in {trust_file}: {exc!r} "
                                  "(delete it to make a new one; devices then need to enrol again)") from exc
             os.chmod(trust_file, 0o600)
+            self.registry_trust_file = trust.authority().save(nats_dir / REGISTRY_TRUST_FILE)
             service_creds = write_private(nats_dir / SERVICE_CREDS_FILE, trust.service_creds("service"))
             self.enrol_creds = write_private(nats_dir / ENROL_CREDS_FILE, trust.enrol_creds())
-            self.trust_file, self.nats_creds = trust_file, str(service_creds)
+            self.nats_creds = str(service_creds)
             tls = await self._nats_tls(nats_dir / TLS_DIR)
             self._nats = NatsServer(port=self.nats_port, store_dir=nats_dir,
                                     config_text=render_server_config(trust), tls=tls)

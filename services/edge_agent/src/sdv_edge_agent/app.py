@@ -242,7 +242,8 @@ def handle_signals(stop: asyncio.Event) -> None:
 
 
 async def connect(settings: AgentSettings, link: NatsLink, databroker: Databroker, agent: Agent) -> None:
-    """Enrol first when asked to (the apps already run meanwhile), then keep the link up."""
+    """Enrol first when asked to and not enrolled yet (the apps already run meanwhile), then keep
+    the link up and the credentials renewed over it."""
     if not settings.enrol:
         await link.run()
         return
@@ -254,11 +255,11 @@ async def connect(settings: AgentSettings, link: NatsLink, databroker: Databroke
                                           databroker=databroker.found, runtimes=sorted(agent.runtimes),
                                           python_version=agent.installer.python_full_version),
     )
-    creds = await enrolment.until_accepted()
+    creds = enrolment.stored_credentials() or await enrolment.until_accepted()
     link.creds = creds or settings.nats_creds
     async with asyncio.TaskGroup() as group:
         group.create_task(link.run())
-        group.create_task(enrolment.renew_forever())
+        group.create_task(enrolment.keep_renewed(link))
 
 
 async def _first_failure(tasks: list[asyncio.Task[None]]) -> str | None:

@@ -1,5 +1,6 @@
 """Composition root of the registry: settings → read model, device auth (credentials and
-revocations, when a trust file is configured), command and announce routers, the inventory
+revocations, when its trust file — `sdv_events.auth.DeviceAuthority`, the keys it signs with
+and nothing more — is configured), command and announce/renew routers, the inventory
 projection and heartbeat presence, on the shared service runtime."""
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import time
 import nats
 from nats.aio.client import Client as NatsClient
 
-from sdv_events.auth import Trust, raw_creds
+from sdv_events.auth import DeviceAuthority, raw_creds
 from sdv_events.auth.client_tls import tls_options
 from sdv_events.processing import ConsumerRunner, HistorySource, OwnThenHistory, StoreSource
 from sdv_events.service import ServiceRuntime, run_service
@@ -32,14 +33,14 @@ async def _device_auth(settings: RegistrySettings, runtime: ServiceRuntime, admi
                        ) -> tuple[CredentialIssuer | None, Revocations | None]:
     if settings.trust_file is None:
         return None, None
-    trust = Trust.load(settings.trust_file)
-    issuer = CredentialIssuer(trust, settings.credential_ttl_s, wall_clock)
+    authority = DeviceAuthority.load(settings.trust_file)
+    issuer = CredentialIssuer(authority, settings.credential_ttl_s, wall_clock)
     # Claim updates are accepted only from the system account: a connection of its own.
     system_nc = await nats.connect(settings.nats_url, name=f"sdv-{SERVICE}-system",
-                                   user_credentials=raw_creds(trust.system_creds()),
+                                   user_credentials=raw_creds(authority.system_creds()),
                                    max_reconnect_attempts=-1,
                                    **tls_options(settings.nats_url, settings.nats_ca))
-    revocations = Revocations(trust, system_nc, admission, credential_ttl_s=settings.credential_ttl_s,
+    revocations = Revocations(authority, system_nc, admission, credential_ttl_s=settings.credential_ttl_s,
                               clock=wall_clock, period_s=settings.revocation_push_s)
     runtime.spawn(revocations.run, "revocations")
     runtime.spawn(lambda stop: _close_on_stop(system_nc, stop), "system_connection")
@@ -64,7 +65,7 @@ async def serve(settings: RegistrySettings, stop: asyncio.Event | None = None) -
                             settings.pending_retry_s)
         if issuer is not None:  # replicas share the trust file, so they accept each other's nonces
             registry.nonce_secret = hashlib.sha256(
-                b"sdv-announce-nonce\n" + bytes(issuer.trust.account_signing.seed)).digest()
+                b"sdv-announce-nonce\n" + bytes(issuer.authority.devices_signing.seed)).digest()
         runtime.broker.include_router(command_router(registry))
         nc = runtime.broker.config.connection_state.connection
         runner = ConsumerRunner(runtime.store.pool, schema, runtime.js, inventory,

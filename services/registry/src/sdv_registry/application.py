@@ -1,4 +1,4 @@
-"""Registry use cases: announce (admission and credentials), operator commands (preauthorize,
+"""Registry use cases: announce (admission and credentials) and renewal, operator commands (preauthorize,
 accept, reject, decommission, set labels), queries (get by folding the stream; list, count and
 resolve from the inventory read model) and presence transitions.
 
@@ -22,6 +22,7 @@ from sdv_events.commands import Rejected as RejectedOutcome
 from sdv_events.commands import handle_command, load
 from sdv_events.enrolment import (
     InvalidSignature,
+    Purpose,
     issue_nonce,
     key_fingerprint,
     nonce_is_valid,
@@ -100,7 +101,9 @@ class Registry:
     # --- agents -------------------------------------------------------------------------------
 
     async def announce(self, request: Announce, subject_device_id: str,
-                       metadata: Metadata = Metadata()) -> AnnounceReply:
+                       metadata: Metadata = Metadata(), *, purpose: Purpose = "announce") -> AnnounceReply:
+        """`purpose="renew"`: the request came on `sdv.renew.<id>`, which only that device's own
+        JWT may publish on; it renews an accepted device with its registered key, nothing else."""
         did = request.device_id
         if did != subject_device_id:
             raise InvalidRequest(f"announced on the subject of {subject_device_id!r} but the body "
@@ -117,9 +120,11 @@ class Registry:
             raise Forbidden("the nonce is stale or not the registry's: announce again for a new one",
                             details={"reason": "stale_nonce"})
         try:
-            verify_announce(request)
+            verify_announce(request, purpose)
         except InvalidSignature as err:
             raise Forbidden(str(err), details={"reason": "bad_signature"}) from None
+        if purpose == "renew" and (refused := await self._renewal_refused(request)) is not None:
+            return refused
         token_hash = sha256_hex(request.token) if request.token else None
         fleet_ok = bool(token_hash and self.fleet_token_sha256
                         and hmac.compare_digest(token_hash, self.fleet_token_sha256))
@@ -144,6 +149,16 @@ class Registry:
                                  message="accepted; this registry issues no NATS credentials")
         return AnnounceReply(device_id=did, status="accepted",
                              credentials=self.credentials.issue(did, request.public_key))
+
+    async def _renewal_refused(self, request: Announce) -> AnnounceReply | None:
+        state, _ = await load(self.store, device_decider, device_stream(request.device_id))
+        if state.status is None:
+            raise Forbidden(f"device {request.device_id!r} is not known: enrol with an announce",
+                            details={"reason": "unknown_device"})
+        if state.status == "accepted" and state.public_key == request.public_key:
+            return None
+        return AnnounceReply(device_id=request.device_id, status=state.status,
+                             message="only an accepted device renews, with its registered key")
 
     # --- operators ------------------------------------------------------------------------------
 

@@ -1,6 +1,6 @@
-"""NATS credentials for accepted devices: a user JWT for the device's own public key, signed by
-the app account's signing key, with the device's permissions and an expiry. The seed never
-leaves the device, so the JWT can travel in a plain reply."""
+"""NATS credentials for accepted devices: a user JWT of the devices account for the device's own
+public key, signed by that account's signing key, with the device's permissions and an expiry.
+The seed never leaves the device, so the JWT can travel in a plain reply."""
 
 from __future__ import annotations
 
@@ -8,21 +8,22 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sdv_events.auth import Trust, device_inbox_prefix, device_permissions
+from sdv_events.auth import DeviceAuthority, device_inbox_prefix, device_permissions
 from sdv_events.schemas.devices import DeviceCredentials
 
 
 @dataclass(frozen=True)
 class CredentialIssuer:
-    trust: Trust
+    authority: DeviceAuthority
     ttl_s: float
     clock: Callable[[], datetime]
 
     def issue(self, device_id: str, public_key: str) -> DeviceCredentials:
         now = self.clock()
         expires = (now + timedelta(seconds=self.ttl_s)).replace(microsecond=0)
-        jwt = self.trust.user_jwt(
+        jwt = self.authority.device_jwt(
             public_key, device_id, device_permissions(device_id),
             expires_at=int(expires.timestamp()), issued_at=int(now.timestamp()),
         )
-        return DeviceCredentials(jwt, expires, device_inbox_prefix(device_id), self.trust.account_key)
+        return DeviceCredentials(jwt, expires, device_inbox_prefix(device_id),
+                                 self.authority.devices_account)

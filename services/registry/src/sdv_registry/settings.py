@@ -11,10 +11,12 @@ SERVICE = "registry"
 
 
 class RegistrySettings(ServiceSettings):
-    # The chain of trust (sdv_events.auth.Trust) the NATS server was configured with. Without
-    # it devices are still admitted, but get no NATS credentials and nothing can be revoked.
+    # The registry's part of the chain of trust (sdv_events.auth.DeviceAuthority: the devices
+    # account's signing key, an operator signing key, the system user), as `sdv up` writes it
+    # to registry-trust.json. Without it devices are still admitted, but get no NATS
+    # credentials and nothing can be revoked.
     trust_file: Path | None = None
-    credential_ttl_s: float = 24 * 3600.0  # agents renew by announcing again before expiry
+    credential_ttl_s: float = 24 * 3600.0  # agents renew (sdv.renew.<id>) before expiry
     revocation_push_s: float = 30.0  # re-push period (a restarted memory-resolver server forgets)
     # Devices presenting this token are accepted at once (fleet-wide enrolment, e.g. `sdv up`).
     fleet_token: str | None = None

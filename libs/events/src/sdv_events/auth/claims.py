@@ -68,6 +68,7 @@ def account_claims(
     signing_keys: Sequence[str] = (),
     revocations: Mapping[str, int] | None = None,
     exports: Sequence[dict[str, Any]] = (),
+    imports: Sequence[dict[str, Any]] = (),
 ) -> dict[str, Any]:
     """`revocations`: user public key → unix seconds; the server refuses (and disconnects)
     that user's JWTs issued at or before that time."""
@@ -81,7 +82,25 @@ def account_claims(
         nats["revocations"] = dict(sorted(revocations.items()))
     if exports:
         nats["exports"] = list(exports)
+    if imports:
+        nats["imports"] = list(imports)
     return {"sub": account, "name": name, "nats": nats}
+
+
+def export(subject: str, kind: str) -> dict[str, Any]:
+    """A public export (any account may import it). `kind` is "service" (requests cross, the
+    reply is mapped back through a `_R_` subject of the exporter's) or "stream" (messages only).
+    Every service the suite exports answers with one message per request."""
+    out: dict[str, Any] = {"name": subject, "subject": subject, "type": kind}
+    if kind == "service":
+        out["response_type"] = "Singleton"
+    return out
+
+
+def import_(subject: str, kind: str, from_account: str) -> dict[str, Any]:
+    """Importing `from_account`'s export of `subject` under the same subject."""
+    return {"name": subject, "subject": subject, "account": from_account, "type": kind,
+            "local_subject": subject}
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,15 @@ def format_creds(jwt: str, seed: str) -> str:
     )
 
 
+def jwt_of_creds(text: str) -> str:
+    """The user JWT in `.creds` text; ValueError when there is none."""
+    lines = text.splitlines()
+    for i, line in enumerate(lines[:-1]):
+        if line.startswith("-----BEGIN NATS USER JWT-----"):
+            return lines[i + 1].strip()
+    raise ValueError("no user JWT in these credentials")
+
+
 def raw_creds(text: str) -> RawCredentials:
     """For `nats.connect(user_credentials=raw_creds(text))`: no file needed."""
     return RawCredentials(text)

@@ -1,10 +1,17 @@
 """The suite's chain of trust: operator → accounts → users, as nkeys kept in one file.
 
 - operator (identity key stays with whoever set the suite up) and an operator *signing* key,
-  which signs account JWTs: the registry holds it to re-issue the app account with revocations;
+  which signs account JWTs;
 - the system account `SYS` (server events, claim updates) and its user;
-- the app account `SDV` (JetStream on) whose *signing* key signs every user: services (full
-  rights in the account), the shared enrolment user and each accepted device.
+- the app account `SDV` (JetStream on): every stream and bucket, and the services' user (full
+  rights in the account), signed by the account's signing key;
+- the devices account `DEVICES` (no JetStream): each accepted device and the shared enrolment
+  user, signed by its own signing key. It imports from `SDV` only what devices use
+  (`accounts.py`), so the reply subjects devices choose stay out of the app account.
+
+The registry never gets this file: `authority()` is the part it signs with (`authority.py`:
+the devices signing key, the operator signing key to re-issue the devices account with
+revocations, the system user to push it), saved to a file of its own.
 
 `Trust.generate()` makes all keys; `save`/`load` keep their seeds in a JSON file readable by its
 owner only. JWTs are derived from the seeds whenever needed, so the file holds nothing stale.
@@ -21,6 +28,8 @@ from pathlib import Path
 
 import nkeys
 
+from sdv_events.auth.accounts import app_account_claims
+from sdv_events.auth.authority import DeviceAuthority
 from sdv_events.auth.claims import FULL_RIGHTS, Permissions, UserSpec, account_claims, operator_claims
 from sdv_events.auth.creds import format_creds
 from sdv_events.auth.jwt import encode_jwt
@@ -29,9 +38,12 @@ from sdv_events.auth.permissions import enrolment_permissions
 
 OPERATOR_NAME = "sdv"
 SYSTEM_ACCOUNT_NAME = "SYS"
-APP_ACCOUNT_NAME = "SDV"
-_FIELDS = ("operator", "operator_signing", "system_account", "system_user", "account",
-           "account_signing", "service_user", "enrol_user")
+_ROLES = {"operator": Role.OPERATOR, "operator_signing": Role.OPERATOR, "system_account": Role.ACCOUNT,
+          "system_user": Role.USER, "account": Role.ACCOUNT, "account_signing": Role.ACCOUNT,
+          "service_user": Role.USER, "enrol_user": Role.USER, "devices_account": Role.ACCOUNT,
+          "devices_signing": Role.ACCOUNT}
+# Added when devices got an account of their own; files made before lack them.
+_DEVICES_KEYS = ("devices_account", "devices_signing")
 
 
 def _now() -> int:
@@ -48,17 +60,16 @@ class Trust:
     account_signing: nkeys.KeyPair
     service_user: nkeys.KeyPair
     enrol_user: nkeys.KeyPair
+    devices_account: nkeys.KeyPair
+    devices_signing: nkeys.KeyPair
 
     @classmethod
     def generate(cls) -> Trust:
-        roles = {"operator": Role.OPERATOR, "operator_signing": Role.OPERATOR,
-                 "system_account": Role.ACCOUNT, "account": Role.ACCOUNT,
-                 "account_signing": Role.ACCOUNT}
-        return cls(**{name: new_keypair(roles.get(name, Role.USER)) for name in _FIELDS})
+        return cls(**{name: new_keypair(role) for name, role in _ROLES.items()})
 
     def save(self, path: Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
-        data = json.dumps({name: seed_of(getattr(self, name)) for name in _FIELDS}, indent=2)
+        data = json.dumps({name: seed_of(getattr(self, name)) for name in _ROLES}, indent=2)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as out:
             out.write(data)
@@ -67,15 +78,24 @@ class Trust:
     @classmethod
     def load(cls, path: Path) -> Trust:
         seeds = json.loads(path.read_text())
-        return cls(**{name: keypair_from_seed(seeds[name]) for name in _FIELDS})
+        return cls(**{name: keypair_from_seed(seeds[name]) for name in _ROLES})
 
     @classmethod
     def load_or_create(cls, path: Path) -> Trust:
-        if path.exists():
-            return cls.load(path)
-        trust = cls.generate()
-        trust.save(path)
-        return trust
+        if not path.exists():
+            trust = cls.generate()
+            trust.save(path)
+            return trust
+        seeds = json.loads(path.read_text())
+        if any(name not in seeds for name in _DEVICES_KEYS):
+            # Made when devices were users of the app account. Keep the operator and the app
+            # account (JetStream keeps its data under the account's key) but give the app
+            # account a new signing key: device JWTs it signed stop counting, and every device
+            # enrols again, into the devices account.
+            seeds |= {name: seed_of(new_keypair(Role.ACCOUNT))
+                      for name in (*_DEVICES_KEYS, "account_signing")}
+            path.write_text(json.dumps(seeds))  # the mode stays the owner's only
+        return cls.load(path)
 
     # --- public keys -----------------------------------------------------------------------
 
@@ -84,8 +104,21 @@ class Trust:
         return public_key(self.account)
 
     @property
+    def devices_account_key(self) -> str:
+        return public_key(self.devices_account)
+
+    @property
     def system_account_key(self) -> str:
         return public_key(self.system_account)
+
+    # --- what the registry gets --------------------------------------------------------------
+
+    def authority(self) -> DeviceAuthority:
+        return DeviceAuthority(
+            operator_signing=self.operator_signing, devices_account=self.devices_account_key,
+            devices_signing=self.devices_signing, app_account=self.account_key,
+            system_user=self.system_user, system_user_jwt=self.system_user_jwt(),
+        )
 
     # --- JWTs ------------------------------------------------------------------------------
 
@@ -98,20 +131,29 @@ class Trust:
         claims = account_claims(self.system_account_key, SYSTEM_ACCOUNT_NAME, jetstream=False)
         return encode_jwt(claims, self.operator_signing, issued_at=_now())
 
-    def account_jwt(self, revocations: Mapping[str, int] | None = None,
-                    *, issued_at: int | None = None) -> str:
-        """The app account; `revocations` maps user public keys to the unix second at and before
-        which their JWTs no longer count."""
-        claims = account_claims(self.account_key, APP_ACCOUNT_NAME, jetstream=True,
-                                signing_keys=[public_key(self.account_signing)],
-                                revocations=revocations)
+    def account_jwt(self, *, issued_at: int | None = None) -> str:
+        """The app account: JetStream, exports to and imports from the devices account."""
+        claims = app_account_claims(self.account_key, public_key(self.account_signing),
+                                    self.devices_account_key)
         return encode_jwt(claims, self.operator_signing, issued_at=issued_at or _now())
+
+    def devices_account_jwt(self, revocations: Mapping[str, int] | None = None,
+                            *, issued_at: int | None = None) -> str:
+        """The devices account; `revocations` maps device public keys to the unix second at and
+        before which their JWTs no longer count."""
+        return self.authority().devices_account_jwt(revocations, issued_at=issued_at)
 
     def user_jwt(self, user_public_key: str, name: str, permissions: Permissions = FULL_RIGHTS,
                  *, expires_at: int | None = None, issued_at: int | None = None) -> str:
-        """A user of the app account, signed by its signing key (devices bring their own key)."""
+        """A user of the app account (services), signed by its signing key."""
         spec = UserSpec(user_public_key, name, self.account_key, permissions, expires_at)
         return encode_jwt(spec.claims(), self.account_signing, issued_at=issued_at or _now())
+
+    def device_jwt(self, user_public_key: str, name: str, permissions: Permissions,
+                   *, expires_at: int | None = None, issued_at: int | None = None) -> str:
+        """A user of the devices account (what the registry mints for an accepted device)."""
+        return self.authority().device_jwt(user_public_key, name, permissions,
+                                           expires_at=expires_at, issued_at=issued_at)
 
     def system_user_jwt(self) -> str:
         spec = UserSpec(public_key(self.system_user), "sys", self.system_account_key)
@@ -126,7 +168,8 @@ class Trust:
         return format_creds(jwt, seed_of(self.service_user))
 
     def enrol_creds(self) -> str:
-        jwt = self.user_jwt(public_key(self.enrol_user), "enrol", enrolment_permissions())
+        """The shared enrolment user, in the devices account."""
+        jwt = self.device_jwt(public_key(self.enrol_user), "enrol", enrolment_permissions())
         return format_creds(jwt, seed_of(self.enrol_user))
 
     def system_creds(self) -> str:

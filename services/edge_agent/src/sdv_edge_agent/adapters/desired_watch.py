@@ -6,6 +6,14 @@ plain (core) subscription and reads the key's current value with a direct get
 its permissions grant none: a consumer's deliver subject is whatever its creator writes into the
 request body, which the server does not check against the creator's permissions (FACTS.md).
 
+A message on the subject is only a wake-up, never the value: every device shares the devices
+account, and another device can make the server deliver a JetStream reply (its own desired
+document, a package chunk) onto this subject by naming it as a request's reply subject, which
+nats-server does not check. The value always comes from the stream, by the direct get, which
+only the bucket's own writes can answer. A put's message can reach subscribers a moment before
+the stream has stored it, so a get that still finds the old revision is retried briefly; wake-ups
+that arrive meanwhile are folded into the next round.
+
 Only the newest document matters (level-triggered): after every (re)connect the watch subscribes
 anew and then gets the current value; a direct get every `resync_s` backs it up (a put published
 while the link was down is caught by the get after the reconnect). What arrives goes to the
@@ -30,6 +38,7 @@ from sdv_events.provisioning import DESIRED_BUCKET
 
 log = structlog.get_logger("sdv.agent.desired")
 KV_OPERATION = "KV-Operation"
+WAKE_UP_RETRIES_S = (0.0, 0.2, 1.0)  # a wake-up's gets, until one finds a newer revision
 
 
 class DesiredWatch:
@@ -43,6 +52,8 @@ class DesiredWatch:
         self.subject = f"$KV.{DESIRED_BUCKET}.{device_id}"
         self.stream = f"KV_{DESIRED_BUCKET}"
         self._sub: Subscription | None = None
+        self._woken = asyncio.Event()
+        self._seen_seq = 0  # stream sequence of the last value read
 
     async def subscribe(self) -> None:
         """(Re)subscribe, then read the current value. Called on every (re)connect."""
@@ -61,7 +72,7 @@ class DesiredWatch:
         if msg.subject != self.subject:  # a deliver subject can be replayed onto: check what came
             log.warning("desired_watch_foreign_subject", subject=msg.subject)
             return
-        self._handle(msg.data, (msg.headers or {}).get(KV_OPERATION))
+        self._woken.set()
 
     def _handle(self, data: bytes | None, operation: str | None) -> None:
         if operation in ("DEL", "PURGE") or not data:
@@ -71,22 +82,38 @@ class DesiredWatch:
         self.on_document(data)
 
     async def fetch(self) -> None:
-        """One direct get of the key (the safety net beside the watch)."""
+        """One direct get of the key: the only way its value is read."""
         try:
             raw = await self.link.js.get_last_msg(self.stream, self.subject, direct=True)
         except NotFoundError:
             return
+        self._seen_seq = raw.seq or self._seen_seq
         self._handle(raw.data, (raw.headers or {}).get(KV_OPERATION))
 
-    async def resync_forever(self) -> None:
-        delay = self.first_resync_s
-        while True:
+    async def _after_wake_up(self) -> None:
+        before = self._seen_seq
+        for delay in WAKE_UP_RETRIES_S:
             await asyncio.sleep(delay)
-            delay = self.resync_s
+            await self.fetch()
+            if self._seen_seq != before:
+                return
+
+    async def resync_forever(self) -> None:
+        """A direct get on every wake-up, and every `resync_s` (the first after `first_resync_s`)."""
+        loop = asyncio.get_running_loop()
+        resync_at = loop.time() + self.first_resync_s
+        while True:
+            woken = True
+            try:
+                async with asyncio.timeout_at(resync_at):
+                    await self._woken.wait()
+            except TimeoutError:
+                woken, resync_at = False, loop.time() + self.resync_s
+            self._woken.clear()
             if not self.link.is_up:
                 continue
             try:
-                await self.fetch()
+                await (self._after_wake_up() if woken else self.fetch())
             except Exception as exc:
                 reraise_if_cancelling(exc)
                 log.info("desired_resync_failed", reason=f"{type(exc).__name__}: {exc}")

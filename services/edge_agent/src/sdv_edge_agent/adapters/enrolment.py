@@ -7,8 +7,14 @@ that key over the registry's nonce (`sdv_events.enrolment`: possession of the ke
 replies are sealed to it). The reply (`sdv_events.schemas.devices.AnnounceReply`) says pending
 (announce again after `retry_after_s`), rejected, or accepted with a user JWT for that key.
 JWT + seed become `<data_dir>/device.creds`, which the agent's connection reads on every
-(re)connect; renewal is another announce, signed by the same registered key, before the JWT
-expires. A `rate_limited` refusal is waited out for the `retry_after_s` it names.
+(re)connect. A `rate_limited` refusal is waited out for the `retry_after_s` it names.
+
+The shared enrolment user is for the first enrolment only. A restart connects with
+`device.creds` while its JWT is valid, and renewal runs over the device's own connection
+(`sdv.renew.<device_id>`, the same signed exchange, open to this device only): once soon after
+a restart (the registry hears the current capabilities) and then before the JWT expires. Only
+when the server refuses the credentials (the JWT expired while the vehicle was offline, it was
+revoked, or the chain of trust was made anew) does the agent announce again.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import asyncio
 import os
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -25,18 +31,23 @@ import nats
 import nkeys
 import psutil
 import structlog
+from nats.aio.client import Client as NatsClient
 
 from sdv_edge_agent.adapters.cancel import reraise_if_cancelling
+from sdv_edge_agent.adapters.link import NatsLink
 from sdv_events import enrolment
-from sdv_events.auth import ENROL_INBOX_PREFIX, format_creds, new_keypair, public_key
+from sdv_events.auth import ENROL_INBOX_PREFIX, InvalidJwt, decode_jwt, format_creds, new_keypair, public_key
 from sdv_events.auth.client_tls import tls_hint, tls_options
+from sdv_events.auth.creds import jwt_of_creds
 from sdv_events.auth.keys import Role, keypair_from_seed, seed_of
 from sdv_events.bus.rpc import CommandError, RateLimited
 from sdv_events.errors import DecodeError
 from sdv_events.schemas.devices import AnnounceReply, Capabilities, Kuksa
 
 log = structlog.get_logger("sdv.agent.enrol")
-RENEW_AT = 0.8  # of a credential's lifetime
+RENEW_AT = 0.8  # renew after (1 - RENEW_AT) of the time a credential has left
+MIN_LEFT_S = 120.0  # stored credentials closer to expiry than this are not worth connecting with
+RENEW_SOON_S = 5.0  # the renewal after a restart with stored credentials
 
 
 class EnrolmentRejected(Exception):
@@ -73,6 +84,7 @@ class Enrolment:
         self.seed_path = data_dir / "device.nk"
         self.creds_path = data_dir / "device.creds"
         self.expires_at: datetime | None = None
+        self._renew_soon = False
         self.keypair = self._load_or_create_key()
 
     def _load_or_create_key(self) -> nkeys.KeyPair:
@@ -96,16 +108,34 @@ class Enrolment:
             **tls_options(self.url, self.ca),
         )
         try:
-            return await enrolment.announce(nc, self.keypair, self.device_id, self.capabilities(),
-                                            token=self.token, timeout=5)
-        except RateLimited as err:
-            raise EnrolmentThrottled(float(err.details.get("retry_after_s", "5"))) from None
-        except CommandError as err:
-            raise EnrolmentRejected(f"{err.code}: {err.message}") from None
-        except DecodeError as err:
-            raise EnrolmentRejected(f"unreadable announce reply: {err}") from None
+            return await _typed(enrolment.announce(nc, self.keypair, self.device_id, self.capabilities(),
+                                                   token=self.token, timeout=5))
         finally:
             await nc.close()
+
+    async def renew_once(self, nc: NatsClient) -> AnnounceReply:
+        """The renewal exchange over the device's own connection `nc`."""
+        return await _typed(enrolment.renew(nc, self.keypair, self.device_id, self.capabilities(),
+                                            timeout=5))
+
+    def stored_credentials(self) -> Path | None:
+        """`device.creds` when it holds a JWT for this device's key valid for a while longer:
+        a restart connects with it and needs no enrolment."""
+        try:
+            claims = decode_jwt(jwt_of_creds(self.creds_path.read_text()), verify=False)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, InvalidJwt) as exc:
+            log.warning("stored_credentials_unreadable", path=str(self.creds_path), reason=str(exc))
+            return None
+        expires = claims.get("exp")
+        if claims.get("sub") != self.public_key or not isinstance(expires, int):
+            return None
+        if expires - time.time() < MIN_LEFT_S:
+            return None
+        self.expires_at = datetime.fromtimestamp(expires, UTC)
+        self._renew_soon = True
+        return self.creds_path
 
     async def until_accepted(self) -> Path | None:
         """Announce until accepted; the creds file to connect with (None: the registry issues
@@ -133,6 +163,7 @@ class Enrolment:
                 log.info("enrolled", public_key=self.public_key,
                          expires_at=reply.credentials.expires_at if reply.credentials else None)
                 if reply.credentials is None:
+                    self.expires_at = None
                     return None
                 self._write_creds(reply.credentials.jwt)
                 self.expires_at = reply.credentials.expires_at
@@ -148,14 +179,76 @@ class Enrolment:
             out.write(format_creds(jwt, seed_of(self.keypair)))
         tmp.replace(self.creds_path)
 
-    async def renew_forever(self) -> None:
-        """Re-announce before the credential expires; the connection picks the new file up on
-        its next (re)connect (the server drops it when the old JWT expires)."""
-        while True:
-            if self.expires_at is None:
-                return
-            lifetime = (self.expires_at - datetime.now(UTC)).total_seconds()
-            await asyncio.sleep(max(1.0, lifetime * (1 - RENEW_AT)) if lifetime > 0 else 1.0)
-            started = time.monotonic()
-            await self.until_accepted()
-            log.info("credentials_renewed", took_s=round(time.monotonic() - started, 2))
+    async def keep_renewed(self, link: NatsLink) -> None:
+        """Renew over `link` before the credential expires (the connection reads the new file on
+        its next connect; the server ends it when the old JWT expires); announce again only when
+        the server refuses the credentials."""
+        retry_in: float | None = None
+        while self.expires_at is not None:
+            wait = retry_in if retry_in is not None else self._until_renewal()
+            if await _set_within(link.refused, wait):
+                log.warning("credentials_refused", action="announcing again over the enrolment user")
+                link.refused.clear()
+                await self.until_accepted()
+                retry_in = None
+                continue
+            retry_in = await self._try_renewal(link)
+
+    def _until_renewal(self) -> float:
+        if self._renew_soon:
+            self._renew_soon = False
+            return RENEW_SOON_S
+        assert self.expires_at is not None
+        left = (self.expires_at - datetime.now(UTC)).total_seconds()
+        return max(1.0, left * (1 - RENEW_AT)) if left > 0 else 1.0
+
+    async def _try_renewal(self, link: NatsLink) -> float | None:
+        """None when renewed (or nothing left to renew); else seconds until the next try."""
+        if link.nc is None or not link.is_up:
+            return 1.0
+        started = time.monotonic()
+        try:
+            reply = await self.renew_once(link.nc)
+        except EnrolmentThrottled as err:
+            log.info("renewal_rate_limited", retry_in_s=err.retry_after_s)
+            return min(max(err.retry_after_s, 0.1), 60.0)
+        except EnrolmentRejected as err:
+            log.error("renewal_refused", reason=str(err))
+            return 30.0
+        except Exception as exc:
+            reraise_if_cancelling(exc)
+            log.info("renewal_failed", reason=f"{type(exc).__name__}: {exc}", retry_in_s=5.0)
+            return 5.0
+        if reply.status != "accepted":
+            # The registry revokes this device's JWT too: the server will refuse it shortly.
+            log.error("renewal_refused", status=reply.status, message=reply.message)
+            return 60.0
+        if reply.credentials is None:
+            self.expires_at = None  # this registry issues no credentials: nothing to renew
+            return None
+        self._write_creds(reply.credentials.jwt)
+        self.expires_at = reply.credentials.expires_at
+        log.info("credentials_renewed", took_s=round(time.monotonic() - started, 2),
+                 expires_at=self.expires_at)
+        return None
+
+
+async def _typed(exchange: Awaitable[AnnounceReply]) -> AnnounceReply:
+    """The registry's error replies as the exceptions the loops act on."""
+    try:
+        return await exchange
+    except RateLimited as err:
+        raise EnrolmentThrottled(float(err.details.get("retry_after_s", "5"))) from None
+    except CommandError as err:
+        raise EnrolmentRejected(f"{err.code}: {err.message}") from None
+    except DecodeError as err:
+        raise EnrolmentRejected(f"unreadable announce reply: {err}") from None
+
+
+async def _set_within(event: asyncio.Event, seconds: float) -> bool:
+    try:
+        async with asyncio.timeout(seconds):
+            await event.wait()
+    except TimeoutError:
+        return False
+    return True

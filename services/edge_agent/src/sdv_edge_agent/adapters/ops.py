@@ -1,6 +1,11 @@
 """Serves the interactive ops on `sdv.device.<device_id>.ops.<op>`; the requests and replies are
 the shared contract in `sdv_events.schemas.device_ops`.
 Each request is handled in a task of its own, so a slow stop does not hold up a `logs` call.
+
+Only requests are served. Every device shares the devices account, and nats-server does not
+check a request's reply subject against the requester's permissions, so another device can make
+the server deliver a JetStream reply onto this device's ops subjects: such a message has no
+reply subject of its own (services always send requests), and it is dropped unread.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ import sqlite3
 
 import msgspec
 import structlog
+from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
 from sdv_edge_agent.adapters.link import NatsLink
@@ -43,17 +49,22 @@ class OpsServer:
         self.agent = agent
         self.store = store
         self.subject = ops_subject(device_id, "*")
-        self._subscribed = False
+        self._subscribed_on: NatsClient | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def subscribe(self) -> None:
-        """Once: the client re-subscribes core subscriptions by itself after a reconnect."""
-        if self._subscribed or self.link.nc is None:
+        """Once per client: it re-subscribes core subscriptions by itself after a reconnect (the
+        link makes a new client only when the old one gave up)."""
+        nc = self.link.nc
+        if nc is None or nc is self._subscribed_on:
             return
-        await self.link.nc.subscribe(self.subject, cb=self._on_msg)
-        self._subscribed = True
+        await nc.subscribe(self.subject, cb=self._on_msg)
+        self._subscribed_on = nc
 
     async def _on_msg(self, msg: Msg) -> None:
+        if not msg.reply:
+            log.warning("op_without_reply_dropped", subject=msg.subject)
+            return
         task = asyncio.create_task(self._serve(msg))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -78,8 +89,7 @@ class OpsServer:
                 raise InvalidRequest(f"unknown op {op!r}; ops: {', '.join(ALL_OPS)}")
 
             reply = await serve_one(b"null", msg.subject, headers, msgspec.Raw, unknown)  # type: ignore[arg-type]
-        if msg.reply:
-            await msg.respond(reply)
+        await msg.respond(reply)
         log.info("op", op=op)
 
     async def _logs(self, req: LogsQuery, info: RequestInfo) -> LogLines:

@@ -1,6 +1,8 @@
 """`sdv.announce.<device_id>`: agents introduce themselves (request/reply, the registry's queue
-group). Replies use the command wire format, so a malformed announce gets a typed
-`invalid_request` error naming the field, and nothing is stored.
+group); `sdv.renew.<device_id>`: accepted agents renew their credentials over their own
+connection (the same exchange; only that device's JWT may publish there). Replies use the
+command wire format, so a malformed announce gets a typed `invalid_request` error naming the
+field, and nothing is stored.
 
 Enrolment proves possession (sdv_events.enrolment): an unsigned announce gets a nonce; the
 signed one is checked against the key it names. Every reply to an announce naming a well-formed
@@ -18,17 +20,18 @@ travels: `serve_one` reads it from the headers into the events' metadata.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 import structlog
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from sdv_events.auth import ANNOUNCE_PREFIX, InvalidPublicKey
+from sdv_events.auth import ANNOUNCE_PREFIX, RENEW_PREFIX, InvalidPublicKey
 from sdv_events.bus import RateLimited, RequestInfo
 from sdv_events.bus.rpc import ReplyError, serve_one
 from sdv_events.codec import encode
-from sdv_events.enrolment import SEALED_HEADER, SEALED_SCHEME, seal_to
+from sdv_events.enrolment import SEALED_HEADER, SEALED_SCHEME, Purpose, seal_to
 from sdv_events.envelope import Metadata
 from sdv_events.schemas.devices import Announce, AnnounceReply
 from sdv_registry.adapters.rate_limit import AnnounceLimiter
@@ -36,6 +39,7 @@ from sdv_registry.application import Registry
 from sdv_registry.settings import SERVICE
 
 log = structlog.get_logger("sdv.registry.announce")
+_SUBJECTS: tuple[tuple[str, Purpose], ...] = ((ANNOUNCE_PREFIX, "announce"), (RENEW_PREFIX, "renew"))
 
 
 def _rate_limited(device_id: str, wait: float) -> bytes:
@@ -44,13 +48,13 @@ def _rate_limited(device_id: str, wait: float) -> bytes:
 
 
 async def subscribe_announcements(nc: NatsClient, registry: Registry, limiter: AnnounceLimiter, *,
-                                  max_in_flight: int = 64) -> Subscription:
+                                  max_in_flight: int = 64) -> list[Subscription]:
     # nats-py runs a subscription's callbacks one after another; admissions wait on PostgreSQL,
-    # so each gets a task of its own, up to `max_in_flight` at once.
+    # so each gets a task of its own, up to `max_in_flight` at once (announces and renewals).
     slots = asyncio.Semaphore(max_in_flight)
     tasks: set[asyncio.Task[None]] = set()
 
-    async def serve(msg: Msg, device_id: str) -> None:
+    async def serve(msg: Msg, device_id: str, purpose: Purpose) -> None:
         announced_key: list[str] = []
 
         async def announce(req: Announce, info: RequestInfo) -> AnnounceReply:
@@ -58,7 +62,7 @@ async def subscribe_announcements(nc: NatsClient, registry: Registry, limiter: A
             # Whatever actor header a device sends, events it causes name the device.
             metadata = Metadata(correlation_id=info.command_id, causation_id=info.command_id,
                                 actor=f"device:{device_id}", trace=info.metadata().trace)
-            return await registry.announce(req, device_id, metadata)
+            return await registry.announce(req, device_id, metadata, purpose=purpose)
 
         try:
             reply = await serve_one(msg.data, msg.subject, msg.headers or {}, Announce, announce)
@@ -71,22 +75,27 @@ async def subscribe_announcements(nc: NatsClient, registry: Registry, limiter: A
                     pass  # the reply says so, in clear; it holds nothing of anyone else
             await nc.publish(msg.reply, reply, headers=headers)
         except Exception as exc:  # a request's own task: nobody awaits it, so say it here
-            log.error("announce_reply_failed", device_id=device_id[:64],
+            log.error("announce_reply_failed", device_id=device_id[:64], purpose=purpose,
                       error=f"{type(exc).__name__}: {exc}")
         finally:
             slots.release()
 
-    async def on_announce(msg: Msg) -> None:
-        if not msg.reply:
-            return
-        device_id = msg.subject[len(ANNOUNCE_PREFIX) + 1:]
-        if wait := limiter.retry_after(device_id):
-            log.info("announce_rate_limited", device_id=device_id[:64], retry_after_s=round(wait, 3))
-            await nc.publish(msg.reply, _rate_limited(device_id, wait))
-            return
-        await slots.acquire()
-        task = asyncio.create_task(serve(msg, device_id))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
+    def handler(prefix: str, purpose: Purpose) -> Callable[[Msg], Awaitable[None]]:
+        async def on_request(msg: Msg) -> None:
+            if not msg.reply:
+                return
+            device_id = msg.subject[len(prefix) + 1:]
+            if wait := limiter.retry_after(device_id):
+                log.info("announce_rate_limited", device_id=device_id[:64], purpose=purpose,
+                         retry_after_s=round(wait, 3))
+                await nc.publish(msg.reply, _rate_limited(device_id, wait))
+                return
+            await slots.acquire()
+            task = asyncio.create_task(serve(msg, device_id, purpose))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
 
-    return await nc.subscribe(f"{ANNOUNCE_PREFIX}.*", queue=f"sdv-{SERVICE}", cb=on_announce)
+        return on_request
+
+    return [await nc.subscribe(f"{prefix}.*", queue=f"sdv-{SERVICE}", cb=handler(prefix, purpose))
+            for prefix, purpose in _SUBJECTS]

@@ -1,4 +1,4 @@
-"""Revocation on the NATS server: the app account JWT is re-issued with the keys of every
+"""Revocation on the NATS server: the devices account JWT is re-issued with the keys of every
 rejected or decommissioned device and pushed to the server, which closes their connections and
 refuses their JWTs from then on.
 
@@ -18,17 +18,17 @@ import structlog
 from nats.aio.client import Client as NatsClient
 
 from sdv_events.aio import sleep_or_stop
-from sdv_events.auth import ClaimsUpdateFailed, Trust, push_account_jwt
+from sdv_events.auth import ClaimsUpdateFailed, DeviceAuthority, push_account_jwt
 from sdv_registry.adapters.admission_log import AdmissionLog
 
 log = structlog.get_logger("sdv.registry.revocations")
 
 
 class Revocations:
-    def __init__(self, trust: Trust, system_nc: NatsClient, admission: AdmissionLog, *,
+    def __init__(self, authority: DeviceAuthority, system_nc: NatsClient, admission: AdmissionLog, *,
                  credential_ttl_s: float, clock: Callable[[], datetime], period_s: float = 30.0
                  ) -> None:
-        self.trust = trust
+        self.authority = authority
         self.system_nc = system_nc
         self.admission = admission
         self.credential_ttl_s = credential_ttl_s
@@ -45,8 +45,8 @@ class Revocations:
             # slack covers clock skew between the registry and the servers.
             horizon = self.clock() - timedelta(seconds=self.credential_ttl_s + 60)
             revoked = await self.admission.revoked_keys(since=horizon)
-            await push_account_jwt(self.system_nc, self.trust.account_key,
-                                   self.trust.account_jwt(revoked))
+            await push_account_jwt(self.system_nc, self.authority.devices_account,
+                                   self.authority.devices_account_jwt(revoked))
             self.pushes += 1
             return len(revoked)
 
