@@ -5,6 +5,7 @@ refuses to start."""
 
 from __future__ import annotations
 
+import base64
 import subprocess
 import sys
 import time
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import nacl.signing
 import pytest
 from nats.aio.msg import Msg
 
@@ -96,8 +98,10 @@ async def test_an_agent_pins_the_fleet_ca(tls_server: TlsFleetServer, harness: A
 
 
 def test_an_agent_given_a_ca_file_that_is_not_there_refuses_to_start(tmp_path: Path) -> None:
+    orchestrator_key = base64.b64encode(bytes(nacl.signing.SigningKey.generate().verify_key)).decode()
     result = subprocess.run(
         [sys.executable, "-m", "sdv_edge_agent", "--device-id", "car-x", "--packager-key", "AAAA",
+         "--orchestrator-key", orchestrator_key,
          "--data-dir", str(tmp_path / "agent"), "--nats-url", "tls://127.0.0.1:4222",
          "--nats-ca", str(tmp_path / "missing-ca.pem")],
         capture_output=True, text=True, timeout=60, check=False)
