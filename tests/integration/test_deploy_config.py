@@ -69,15 +69,15 @@ def deployed(tmp_path: Path) -> Iterator[tuple[Path, str]]:
 async def test_deploy_config_runs_in_operator_mode_with_tls(deployed: tuple[Path, str]) -> None:
     generated, url = deployed
     ca = generated / "tls" / "ca.pem"
-    service = str(generated / "service.creds")
+    service = str(generated / "services" / "registry.creds")
 
-    # What the containers do: the service user, the pinned CA, the compose name `nats`.
+    # What the containers do: the service's own user, the pinned CA, the compose name `nats`.
     nc = await nats.connect(url, user_credentials=service, tls_hostname="nats", allow_reconnect=False,
                             **tls_options(url, ca))
     try:
         info = await nc.jetstream().account_info()  # JetStream, enabled by the account JWT
         assert info.limits.max_streams == -1
-        await nc.publish("sdv.cmd.registry.ping", b"{}")
+        await nc.publish("sdv.evt.device.car-1.DeviceAccepted", b"{}")  # the registry's own events
         await nc.flush()
     finally:
         await nc.close()
@@ -112,10 +112,18 @@ def test_deploy_init_keeps_secrets_from_other_users_and_keys_across_runs(tmp_pat
     # Read by the services' uid (10001): given to it when run as root, else readable by all
     # inside the owner-only directory (and said so).
     expected = (10001, 0o600) if os.geteuid() == 0 else (os.geteuid(), 0o644)
-    for name in ("service.creds", "enrol.creds", "trust.json"):
+    shared = [*(f"services/{s}.creds" for s in ("packager", "registry", "orchestrator", "monitor")),
+              "enrol.creds", "registry-trust.json"]
+    for name in shared:
         path = generated / name
         assert (path.stat().st_uid, stat.S_IMODE(path.stat().st_mode)) == expected, name
-    assert len(again["shared_files"]) == (0 if os.geteuid() == 0 else 3)  # type: ignore[arg-type]
+    # The whole chain of trust and the operator's credentials stay with whoever ran init.
+    for name in ("trust.json", "operator.creds"):
+        path = generated / name
+        assert (path.stat().st_uid, stat.S_IMODE(path.stat().st_mode)) == (os.geteuid(), 0o600), name
+    assert "trust.json" not in SECRETS.values()
+    assert "operator.creds" not in SECRETS.values()
+    assert len(again["shared_files"]) == (0 if os.geteuid() == 0 else len(shared))  # type: ignore[arg-type]
     # Everything compose mounts is there; the CA key is not among it.
     assert all((generated / relative).is_file() for relative in SECRETS.values())
     assert "tls/ca-key.pem" not in SECRETS.values()

@@ -77,9 +77,10 @@ def test_sdv_up_check_json_starts_everything_and_stops(tmp_path: Path) -> None:
     assert (keys / "orchestrator-ed25519.pem").read_bytes() != (keys / "packager-ed25519.pem").read_bytes()
     if "SDV_NATS_URL" not in os.environ:  # embedded NATS in operator mode over TLS: keys kept, owner-only
         nats_dir = tmp_path / "nats"
-        assert report["nats_creds"] == str(nats_dir / "service.creds")
+        assert report["nats_creds"] == str(nats_dir / "operator.creds")
         assert report["enrol_creds"] == str(nats_dir / "enrol.creds")
         assert report["nats_ca"] == str(nats_dir / "tls" / "ca.pem")
         assert report["nats_url"].startswith("tls://127.0.0.1:")
-        for name in ("trust.json", "service.creds", "enrol.creds", "tls/ca-key.pem", "tls/server-key.pem"):
+        for name in ("trust.json", "operator.creds", "enrol.creds", "tls/ca-key.pem", "tls/server-key.pem",
+                     *(f"services/{service}.creds" for service in SERVICES)):
             assert stat.S_IMODE((nats_dir / name).stat().st_mode) == 0o600, name

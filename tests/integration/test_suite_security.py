@@ -49,7 +49,7 @@ from sdv_events.schemas.devices import (
     DeviceView,
     GetDevice,
 )
-from sdv_events.service import ServiceHealth
+from sdv_events.service import Ping, ServiceHealth
 
 pytestmark = pytest.mark.timeout(60)
 SDV = Path(sys.executable).parent / "sdv"
@@ -117,12 +117,16 @@ def _sdv_ping(suite: Suite, *args: str, creds: str | None = None) -> subprocess.
 async def test_sdv_up_keeps_keys_and_credentials_owner_only(suite: Suite) -> None:
     nats_dir = suite.dir / "nats"
     assert stat.S_IMODE(nats_dir.stat().st_mode) == 0o700
-    for name in ("trust.json", REGISTRY_TRUST_FILE, "service.creds", "enrol.creds"):
+    for name in ("trust.json", REGISTRY_TRUST_FILE, "operator.creds", "enrol.creds",
+                 *(f"services/{service}.creds" for service in SERVICES)):
         assert stat.S_IMODE((nats_dir / name).stat().st_mode) == 0o600, name
-    assert suite.nats_creds == str(nats_dir / "service.creds")
+    assert stat.S_IMODE((nats_dir / "services").stat().st_mode) == 0o700
+    assert suite.nats_creds == str(nats_dir / "operator.creds")
     assert suite.enrol_creds == nats_dir / "enrol.creds"
     assert "-----BEGIN NATS USER JWT-----" in (nats_dir / "enrol.creds").read_text()
-    assert all(suite._service_env(n)["SDV_NATS_CREDS"] == suite.nats_creds for n in SERVICES)
+    # Each service connects as its own user; none gets the operator's credentials.
+    assert {n: suite._service_env(n)["SDV_NATS_CREDS"] for n in SERVICES} == {
+        n: str(nats_dir / "services" / f"{n}.creds") for n in SERVICES}
 
 
 async def test_the_registry_gets_no_identity_seeds(suite: Suite) -> None:
@@ -288,8 +292,55 @@ def test_a_second_sdv_up_on_the_same_data_dir_reuses_the_chain_of_trust(tmp_path
         result = subprocess.run([str(SDV), "up", "--check", "--json", "--data-dir", str(tmp_path)],
                                 env=env, capture_output=True, text=True, timeout=25, check=False)
         assert result.returncode == 0, result.stdout + result.stderr
-        assert json.loads(result.stdout)["nats_creds"] == str(tmp_path / "nats" / "service.creds")
+        assert json.loads(result.stdout)["nats_creds"] == str(tmp_path / "nats" / "operator.creds")
         seen.append(trust_file.read_text())
         certs.append([(tmp_path / "nats" / "tls" / name).read_bytes() for name in ("ca.pem", "server.pem")])
     assert seen[0] == seen[1]
     assert certs[0] == certs[1]
+
+
+async def _client_of(suite: Suite, creds: str, errors: Errors) -> NatsClient:
+    return await nats.connect(str(suite.nats_url), user_credentials=creds, error_cb=errors.record,
+                              allow_reconnect=False, **_tls(suite))
+
+
+async def test_each_service_publishes_only_its_own_events_and_no_one_deletes_the_record(suite: Suite) -> None:
+    """A compromised service (here: the monitor's and the orchestrator's own credentials) can
+    neither forge another service's events, nor hear another service's commands, nor delete or
+    purge the streams that carry the record."""
+    async def pub(nc: NatsClient, subject: str) -> None:
+        await nc.publish(subject, b"{}")
+        await nc.flush()
+
+    async def sub(nc: NatsClient, subject: str) -> None:
+        await nc.subscribe(subject)
+        await nc.flush()
+
+    for service, foreign_event, foreign_commands in (
+            ("monitor", "sdv.evt.rollout.r-1.RolloutCreated", "sdv.cmd.orchestrator.>"),
+            ("orchestrator", "sdv.evt.device.car-1.DeviceAccepted", "sdv.cmd.registry.>"),
+            ("registry", "sdv.evt.package.nav.PackagePublished", "sdv.cmd.packager.>")):
+        errors = Errors()
+        nc = await _client_of(suite, suite.service_creds[service], errors)
+        try:
+            await refused(errors, lambda nc=nc, s=foreign_event: pub(nc, s), foreign_event)
+            await refused(errors, lambda nc=nc, s=foreign_commands: sub(nc, s), foreign_commands)
+            for api in ("$JS.API.STREAM.DELETE.SDV_EVENTS", "$JS.API.STREAM.PURGE.SDV_EVENTS",
+                        "$JS.API.STREAM.MSG.DELETE.SDV_EVENTS", "$JS.API.STREAM.DELETE.KV_sdv_desired"):
+                await refused(errors, lambda nc=nc, s=api: pub(nc, s), api)
+        finally:
+            await nc.close()
+
+
+async def test_the_operators_credentials_call_commands_but_publish_no_event(suite: Suite) -> None:
+    errors = Errors()
+    nc = await _client_of(suite, str(suite.nats_creds), errors)
+    try:
+        health = await CommandClient(nc, actor="operator:test", timeout=5).call(
+            "orchestrator", "ping", Ping(), ServiceHealth)
+        assert health.service == "orchestrator"
+        for subject in ("sdv.evt.rollout.r-1.RolloutCreated", "sdv.evt.agent.car-1.AppHealthy",
+                        "$JS.API.STREAM.DELETE.SDV_EVENTS", "$KV.sdv_desired.car-1"):
+            await refused(errors, lambda s=subject: nc.publish(s, b"{}"), subject)
+    finally:
+        await nc.close()

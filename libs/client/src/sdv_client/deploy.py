@@ -3,8 +3,10 @@ of trust, credentials, a CA with NATS's certificate, and the operator-mode NATS 
 security as `sdv up`, written by `sdv deploy init DIR` (default `deploy/generated`).
 
   DIR/                      owner-only (0700)
-    trust.json              operator, accounts, signing keys              → the registry only
-    service.creds           the services' NATS user                       → every service
+    trust.json              operator, accounts, signing keys              → nobody (kept here)
+    registry-trust.json     the signing keys the registry uses            → the registry only
+    services/<name>.creds   each service's own NATS user, least privilege → that service
+    operator.creds          the operator's CLI (commands, no events)      → `sdv …` on this host
     enrol.creds             the agents' shared enrolment user             → edge agents
     tls/ca.pem              the CA every client pins                      → every client
     tls/ca-key.pem          the CA's key: never mounted anywhere
@@ -31,6 +33,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sdv_client.health import SERVICES
 from sdv_events.auth import Trust, render_server_config
 from sdv_events.auth.certificates import ServerTls, ensure_server_tls, server_tls_block
 
@@ -43,11 +46,14 @@ SECRETS = {
     "nats_server_cert": "tls/server.pem",
     "nats_server_key": "tls/server-key.pem",
     "nats_ca": "tls/ca.pem",
-    "nats_service_creds": "service.creds",
+    **{f"nats_{service}_creds": f"services/{service}.creds" for service in SERVICES},
     "nats_enrol_creds": "enrol.creds",
-    "nats_trust": "trust.json",
+    "nats_registry_trust": "registry-trust.json",
 }
-_SERVICE_FILES = ("service.creds", "enrol.creds", "trust.json")  # read by uid 10001
+# Read by uid 10001 in the containers. `trust.json` (every key) and `operator.creds` (the
+# operator's CLI) stay with whoever ran `sdv deploy init`.
+_SERVICE_FILES = (*(f"services/{service}.creds" for service in SERVICES), "enrol.creds",
+                  "registry-trust.json")
 
 
 @dataclass
@@ -79,8 +85,12 @@ def init_deployment(directory: Path, base_config: Path, hosts: Iterable[str] = (
     os.chmod(directory, 0o700)
     trust = Trust.load_or_create(directory / "trust.json")
     tls = ensure_server_tls(directory / "tls", [COMPOSE_HOST, *hosts])
-    _write(directory / "service.creds", trust.service_creds("service"))
+    (directory / "services").mkdir(mode=0o700, exist_ok=True)
+    for service in SERVICES:  # each its own user, with only what it does (service_permissions.py)
+        _write(directory / "services" / f"{service}.creds", trust.service_user_creds(service))
+    _write(directory / "operator.creds", trust.operator_creds())
     _write(directory / "enrol.creds", trust.enrol_creds())
+    trust.authority().save(directory / "registry-trust.json")
     _write(directory / "nats.conf", render_nats_conf(base, trust))
     generated = Generated(directory, tls)
     for name in _SERVICE_FILES:

@@ -35,7 +35,7 @@ def init(
                    "shared_files": [str(p) for p in done.shared_files]})
         return
     out.print(f"wrote {done.directory}: docker compose up --build -d, then from this machine\n"
-              f"  SDV_NATS_URL=tls://127.0.0.1:4222 SDV_NATS_CREDS={done.directory / 'service.creds'} "
+              f"  SDV_NATS_URL=tls://127.0.0.1:4222 SDV_NATS_CREDS={done.directory / 'operator.creds'} "
               f"SDV_NATS_CA={done.tls.ca_file} sdv ping", soft_wrap=True)
     if done.shared_files:
         err.print(f"[yellow]not run as root: {', '.join(p.name for p in done.shared_files)} are readable "

@@ -23,7 +23,9 @@ SERVICES: tuple[str, ...] = ("packager", "registry", "orchestrator", "monitor")
 # Where `sdv up` keeps the embedded NATS's chain of trust and credentials: `<data-dir>/nats/…`.
 CREDS_ENV = "SDV_NATS_CREDS"
 TRUST_FILE = "trust.json"
-SERVICE_CREDS_FILE = "service.creds"
+# The operator's (CLI, `sdv ping`) credentials; each service has its own in SERVICES_CREDS_DIR.
+SERVICE_CREDS_FILE = "operator.creds"
+SERVICES_CREDS_DIR = "services"
 ENROL_CREDS_FILE = "enrol.creds"
 TLS_DIR = "tls"  # the CA, and the server certificate it signed (sdv_events.auth.certificates)
 
@@ -33,7 +35,7 @@ def service_creds_path(data_dir: Path) -> Path:
 
 
 def nats_credentials(data_dir: Path | None = None) -> str | None:
-    """The `.creds` file to connect with: the service credentials `sdv up --data-dir <data_dir>`
+    """The `.creds` file to connect with: the operator's credentials `sdv up --data-dir <data_dir>`
     wrote when a data dir is named, else `SDV_NATS_CREDS`, else None (a server without auth)."""
     if data_dir is not None:
         return str(service_creds_path(data_dir))

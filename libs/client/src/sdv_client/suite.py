@@ -6,8 +6,11 @@ server itself enforces who may publish and subscribe where. Its chain of trust l
 `<data-dir>/nats/trust.json` (owner-only; made on the first run, reused afterwards) and `sdv up`
 writes, owner-only, beside it:
 
-- `service.creds`: the services' user (full rights in the app account), which `sdv up`,
-  `sdv ping` and every service connect with (`SDV_NATS_CREDS`);
+- `services/<service>.creds`: each service's own user, allowed only what that service does
+  (`sdv_events.auth.service_permissions`: its own events, commands, JetStream without deleting
+  or purging the record), given to that service alone (`SDV_NATS_CREDS`);
+- `operator.creds`: the operator's user, which `sdv up`, `sdv ping` and the CLI connect with
+  (every command, uploads, reading events; no event publishing, nothing destructive);
 - `enrol.creds`: the shared enrolment user agents announce with (it may only announce and read
   the enrolment inbox), in the devices account;
 - `registry-trust.json`: the registry's part of the trust (`sdv_events.auth.DeviceAuthority`:
@@ -60,6 +63,7 @@ from sdv_client.health import (
     ENROL_CREDS_FILE,
     SERVICE_CREDS_FILE,
     SERVICES,
+    SERVICES_CREDS_DIR,
     TLS_DIR,
     TRUST_FILE,
     ServiceStatus,
@@ -173,6 +177,8 @@ class Suite:
         # Set when the embedded NATS runs in operator mode: the registry's trust file (registry
         # only) and the agents' enrolment credentials.
         self.registry_trust_file: Path | None = None
+        # Each service's own NATS credentials (embedded NATS): service → `.creds` path.
+        self.service_creds: dict[str, str] = {}
         self.enrol_creds: Path | None = None
 
     @property
@@ -210,8 +216,9 @@ class Suite:
         # so --data-dir keeps them too.
         env = dict(os.environ, SDV_NATS_URL=str(self.nats_url), SDV_DATABASE_URL=str(self.database_url),
                    SDV_DATA_DIR=str(self.dir))
-        if self.nats_creds:
-            env[CREDS_ENV] = self.nats_creds
+        creds = self.service_creds.get(service) or self.nats_creds
+        if creds:
+            env[CREDS_ENV] = creds
         env.pop(CA_ENV, None)
         if self.nats_ca:
             env[CA_ENV] = self.nats_ca
@@ -241,9 +248,16 @@ class Suite:
                                  "(delete it to make a new one; devices then need to enrol again)") from exc
             os.chmod(trust_file, 0o600)
             self.registry_trust_file = trust.authority().save(nats_dir / REGISTRY_TRUST_FILE)
-            service_creds = write_private(nats_dir / SERVICE_CREDS_FILE, trust.service_creds("service"))
+            # Each service its own user, with only what it does (sdv_events/auth/service_permissions);
+            # the operator's for the CLI and `sdv up` itself.
+            services_dir = nats_dir / SERVICES_CREDS_DIR
+            services_dir.mkdir(mode=0o700, exist_ok=True)
+            self.service_creds = {
+                name: str(write_private(services_dir / f"{name}.creds", trust.service_user_creds(name)))
+                for name in self.services}
+            operator_creds = write_private(nats_dir / SERVICE_CREDS_FILE, trust.operator_creds())
             self.enrol_creds = write_private(nats_dir / ENROL_CREDS_FILE, trust.enrol_creds())
-            self.nats_creds = str(service_creds)
+            self.nats_creds = str(operator_creds)
             tls = await self._nats_tls(nats_dir / TLS_DIR)
             self._nats = NatsServer(port=self.nats_port, store_dir=nats_dir,
                                     config_text=render_server_config(trust), tls=tls)

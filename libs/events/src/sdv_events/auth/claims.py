@@ -20,6 +20,9 @@ class Permissions:
 
     pub_allow: Sequence[str] = ()
     sub_allow: Sequence[str] = ()
+    # Exceptions inside what the allow lists grant (nats-server applies deny after allow).
+    pub_deny: Sequence[str] = ()
+    sub_deny: Sequence[str] = ()
     # Replying to requests needs a response permission: max replies per request, and for how long.
     resp_max: int | None = None
     resp_ttl_s: float = 0.0
@@ -28,13 +31,17 @@ class Permissions:
     def claims(self) -> dict[str, Any]:
         if not self.restricted:
             return {}
-        out: dict[str, Any] = {
-            "pub": {"allow": list(self.pub_allow)} if self.pub_allow else {"deny": [">"]},
-            "sub": {"allow": list(self.sub_allow)} if self.sub_allow else {"deny": [">"]},
-        }
+        out: dict[str, Any] = {"pub": _section(self.pub_allow, self.pub_deny),
+                               "sub": _section(self.sub_allow, self.sub_deny)}
         if self.resp_max is not None:
             out["resp"] = {"max": self.resp_max, "ttl": int(self.resp_ttl_s * 1e9)}
         return out
+
+
+def _section(allow: Sequence[str], deny: Sequence[str]) -> dict[str, list[str]]:
+    if not allow:
+        return {"deny": [">"]}
+    return {"allow": list(allow), **({"deny": list(deny)} if deny else {})}
 
 
 FULL_RIGHTS = Permissions(restricted=False)

@@ -35,6 +35,7 @@ from sdv_events.auth.creds import format_creds
 from sdv_events.auth.jwt import encode_jwt
 from sdv_events.auth.keys import Role, keypair_from_seed, new_keypair, public_key, seed_of
 from sdv_events.auth.permissions import enrolment_permissions
+from sdv_events.auth.service_permissions import operator_permissions, service_permissions
 
 OPERATOR_NAME = "sdv"
 SYSTEM_ACCOUNT_NAME = "SYS"
@@ -164,8 +165,23 @@ class Trust:
     # --- credentials (JWT + seed, the `.creds` format every NATS client reads) --------------
 
     def service_creds(self, name: str = "service") -> str:
+        """A user with every right in the app account: for tests and tools that set things up,
+        never handed to a running service (`service_user_creds`) or an operator (`operator_creds`)."""
         jwt = self.user_jwt(public_key(self.service_user), name)
         return format_creds(jwt, seed_of(self.service_user))
+
+    def service_user_creds(self, service: str) -> str:
+        """`service`'s own user: only what that service does (`service_permissions.py`). A new
+        key each time (nothing to keep: the JWT names it, the account's signing key vouches)."""
+        user = new_keypair(Role.USER)
+        jwt = self.user_jwt(public_key(user), f"service:{service}", service_permissions(service))
+        return format_creds(jwt, seed_of(user))
+
+    def operator_creds(self, name: str = "operator") -> str:
+        """An operator's CLI: every command, no event publishing, nothing destructive."""
+        user = new_keypair(Role.USER)
+        jwt = self.user_jwt(public_key(user), name, operator_permissions())
+        return format_creds(jwt, seed_of(user))
 
     def enrol_creds(self) -> str:
         """The shared enrolment user, in the devices account."""
