@@ -174,8 +174,9 @@ def up(
     The embedded NATS enforces per-user permissions (operator mode): its keys are kept in
     <data-dir>/nats/trust.json (the registry gets only the signing keys it needs, in
     registry-trust.json), each service's own credentials in <data-dir>/nats/services/, the
-    operator's (CLI) in <data-dir>/nats/operator.creds and the agents' enrolment credentials in <data-dir>/nats/enrol.creds. It requires TLS: clients pin
-    the CA in <data-dir>/nats/tls/ca.pem (SDV_NATS_CA)."""
+    operator's (CLI) in <data-dir>/nats/operator.creds and the agents' enrolment credentials in
+    <data-dir>/nats/enrol.creds. It requires TLS: clients pin the CA in
+    <data-dir>/nats/tls/ca.pem (SDV_NATS_CA)."""
     suite = Suite(data_dir=data_dir, nats_port=nats_port)
     raise typer.Exit(asyncio.run(_up(suite, check=check, as_json=as_json, timeout=timeout)))
 
