@@ -50,8 +50,9 @@ async def test_sdv_up_nats_requires_tls_and_clients_pin_its_ca(suite: Suite, tmp
 
     nc = await _connect(suite, **tls_options(url, suite.nats_ca))
     try:
-        sub = await nc.subscribe("tls.check")
-        await nc.publish("tls.check", b"over TLS")
+        # A subject the operator's user may both hear and publish on (its inboxes).
+        sub = await nc.subscribe("_INBOX.tls-check")
+        await nc.publish("_INBOX.tls-check", b"over TLS")
         assert (await sub.next_msg(timeout=2)).data == b"over TLS"
     finally:
         await nc.close()
