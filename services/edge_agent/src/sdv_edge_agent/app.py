@@ -42,6 +42,7 @@ from sdv_edge_agent.domain.facts import IdSealer
 from sdv_edge_agent.domain.restarts import RestartPolicy
 from sdv_edge_agent.ports import HealthCommand, Runtime
 from sdv_edge_agent.settings import SERVICE, AgentSettings, SettingsError, load_settings
+from sdv_events.bus.tracing import configure_tracing
 from sdv_events.logs import configure_logging
 from sdv_events.schemas.heartbeat import AppMetrics, Heartbeat
 
@@ -284,6 +285,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"sdv-agent: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     configure_logging(SERVICE, level=settings.log_level)
+    configure_tracing(SERVICE)  # spans to OTEL_EXPORTER_OTLP_ENDPOINT, when set
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1` dumps every stack
     if settings.simulation is not None:
         from sdv_edge_agent.simulation import simulate  # it builds on this module
