@@ -43,6 +43,7 @@ from sdv_edge_agent.domain.restarts import RestartPolicy
 from sdv_edge_agent.ports import HealthCommand, Runtime
 from sdv_edge_agent.settings import SERVICE, AgentSettings, SettingsError, load_settings
 from sdv_events.bus.tracing import configure_tracing
+from sdv_events.envelope import TraceContext
 from sdv_events.logs import configure_logging
 from sdv_events.schemas.heartbeat import AppMetrics, Heartbeat
 
@@ -145,6 +146,7 @@ def build_agent(settings: AgentSettings, *, runtimes: list[Runtime], installer: 
         on_change=lambda: reported.wake() if reported else None, on_logs=logs.wake,
         health_command=health_command,
     )
+    facts.trace_of = lambda app: desired_trace(agent, app)
     reported = ReportedWriter(link, settings.device_id, agent.reported)
     watch = DesiredWatch(link, settings.device_id, agent.on_desired, first_resync_s=RESYNC_S * (1 + phase))
     ops = OpsServer(link, agent, store, settings.device_id)
@@ -276,6 +278,12 @@ def dump_tasks() -> None:
         print(f"--- task {task.get_name()}", file=sys.stderr)
         task.print_stack(limit=8, file=sys.stderr)
     sys.stderr.flush()
+
+
+def desired_trace(agent: Agent, app: str) -> TraceContext:
+    """The trace of the rollout that assigned `app` here (its desired entry's)."""
+    desired = agent.desired_app(app)
+    return desired.trace if desired is not None else TraceContext()
 
 
 def main(argv: list[str] | None = None) -> None:

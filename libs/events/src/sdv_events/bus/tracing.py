@@ -106,6 +106,12 @@ def current_trace(fallback: TraceContext | None = None) -> TraceContext:
     return TraceContext(carrier.get("traceparent"), carrier.get("tracestate"))
 
 
+def trace_id(tc: TraceContext) -> str | None:
+    """The trace id of a W3C `traceparent` (`00-<trace id>-<span id>-<flags>`)."""
+    parts = (tc.traceparent or "").split("-")
+    return parts[1] if len(parts) == 4 else None
+
+
 def trace_from_headers(headers: Mapping[str, str] | None) -> TraceContext:
     headers = headers or {}
     return TraceContext(headers.get("traceparent"), headers.get("tracestate"))
