@@ -11,6 +11,7 @@ with opentelemetry-proto (integration/otlp_support.py).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -64,6 +65,7 @@ async def test_a_cli_command_is_one_trace_through_the_service_and_the_consumer_o
             env=dict(os.environ, SDV_NATS_URL=fresh_nats_url), capture_output=True, text=True, timeout=60,
         )
         assert cli.returncode == 0, cli.stdout + cli.stderr
+        assert json.loads(cli.stdout)["ok"] is True  # exporting prints nothing on stdout
 
         await until(lambda: any(s.name == "sdv policy set" for s in collector.of("sdv-cli")), "the CLI's span")
         root = next(s for s in collector.of("sdv-cli") if s.name == "sdv policy set")

@@ -26,6 +26,7 @@ from pydantic import BaseModel, model_validator
 
 from sdv_events.auth.client_tls import CA_ENV
 from sdv_events.bus import CommandClient, CommandError, RequestInfo, make_broker, register_command
+from sdv_events.bus.tracing import otlp_endpoint
 from sdv_events.history import HISTORY_COMMAND, HistoryQuery, history_handler
 from sdv_events.idempotency import DEFAULT_KEY_TTL, key_pruner
 from sdv_events.logs import configure_logging
@@ -240,7 +241,8 @@ async def run_service(
         if on_start is not None:
             await on_start(runtime)
         await broker.start()
-        log.info("service_started", version=version, schema=settings.schema_name, nats=settings.nats_url)
+        log.info("service_started", version=version, schema=settings.schema_name, nats=settings.nats_url,
+                 traces_to=otlp_endpoint())
         await stop.wait()
     finally:
         stop.set()

@@ -12,7 +12,6 @@ import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
-import structlog
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import Resource
@@ -26,7 +25,6 @@ from opentelemetry.sdk.trace.export import (
 
 from sdv_events.envelope import TraceContext
 
-log = structlog.get_logger("sdv.tracing")
 OTLP_ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
 _provider: TracerProvider | None = None
 
@@ -45,17 +43,20 @@ def configure_tracing(service: str, *, exporter: SpanExporter | None = None,
         trace.set_tracer_provider(_provider)
         if env.get("SDV_OTEL_CONSOLE") == "1":
             _provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
-        endpoint = next((env[v] for v in OTLP_ENDPOINT_VARIABLES if env.get(v)), None)
-        if endpoint is not None:
+        if otlp_endpoint(env) is not None:
             # Imported here: it brings requests and protobuf, which a process not exporting
             # (the default) never needs.
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
             _provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(timeout=export_timeout_s)))
-            log.info("tracing_exported", endpoint=endpoint, protocol="http/protobuf")
     if exporter is not None:
         _provider.add_span_processor(SimpleSpanProcessor(exporter))
     return _provider
+
+
+def otlp_endpoint(env: Mapping[str, str] = os.environ) -> str | None:
+    """Where spans are exported (None: nowhere). Not logged here: the CLI's stdout is JSON."""
+    return next((env[v] for v in OTLP_ENDPOINT_VARIABLES if env.get(v)), None)
 
 
 @contextmanager
