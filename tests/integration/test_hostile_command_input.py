@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -140,6 +141,20 @@ def test_every_service_serves_its_commands(fleet: Fleet) -> None:
     assert {s for s in fleet.commands if s.endswith(".ping")} == {f"sdv.cmd.{s}.ping" for s in SERVICES}
     assert {subject for subject, _ in FOUND_INTERNAL} <= set(fleet.commands)
     assert len(fleet.commands) >= 31  # the issue counted 31 commands
+
+
+def test_the_asyncapi_document_describes_every_command_the_running_services_serve(fleet: Fleet) -> None:
+    """docs/asyncapi.json is generated from routers built without running them (tools/asyncapi.py):
+    the services running here serve exactly the commands it lists, with the same types."""
+    doc = json.loads((Path(__file__).resolve().parents[2] / "docs" / "asyncapi.json").read_text())
+    described = {key for key in doc["channels"] if key.startswith("sdv.cmd.") and not key.endswith(".reply")}
+    assert described == set(fleet.commands)
+    for subject, spec in fleet.commands.items():
+        request = doc["channels"][subject]["messages"]["request"]
+        assert request["payload"] == {"$ref": f"#/components/schemas/{spec.request_type.__name__}"}, subject
+        reply = doc["channels"][f"{subject}.reply"]["messages"]["reply"]
+        result = reply["payload"]["oneOf"][0]["properties"]["result"]
+        assert result == {"$ref": f"#/components/schemas/{spec.reply_type.__name__}"}, subject
 
 
 async def test_every_command_answers_deeply_nested_json_with_invalid_request(fleet: Fleet) -> None:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
+import nats.errors
 from typer.testing import CliRunner
 
 from sdv_client.cli import app as sdv
@@ -114,3 +116,28 @@ async def test_sdv_app_cli_pauses_resumes_writes_stdin_and_searches_the_devices_
     code, doc = await cli(fleet, "app", "pause", "car-gone", "ticker")
     assert (code, doc["code"]) == (3, "unavailable")
     assert "agent of device car-gone" in doc["error"]
+
+
+async def test_an_op_is_a_span_of_the_senders_trace_exported_by_the_agent(fleet: Any) -> None:
+    """With `OTEL_EXPORTER_OTLP_ENDPOINT` set the agent exports its spans too: an op sent with a
+    trace context is handled in a child span of it (`sdv app logs` → this device)."""
+    otlp = sys.modules["sdv_otlp_test_support"]  # loaded by tests/conftest.py
+    trace_id, sender_span = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    with otlp.running_collector() as collector:
+        fleet.agent("car-traced", OTEL_EXPORTER_OTLP_ENDPOINT=collector.url, OTEL_BSP_SCHEDULE_DELAY="100")
+        headers = {"traceparent": f"00-{trace_id}-{sender_span}-01"}
+
+        async def answered() -> bool:
+            try:
+                await fleet.nc.request("sdv.device.car-traced.ops.logs", b'{"app": "none"}',
+                                       timeout=1, headers=headers)
+                return True
+            except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+                return False
+
+        await fleet.until(answered, timeout=30, what="the agent answers ops")
+        await fleet.until(lambda: any(s.trace_id == trace_id for s in collector.of("sdv-edge_agent")),
+                          timeout=20, what="the agent's span of the op")
+        op = next(s for s in collector.of("sdv-edge_agent") if s.trace_id == trace_id)
+        assert op.name == "op logs"
+        assert op.parent_id == sender_span

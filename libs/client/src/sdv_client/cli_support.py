@@ -26,6 +26,7 @@ from rich.console import Console
 from sdv_client.health import nats_ca, nats_credentials
 from sdv_events.auth.client_tls import NatsCaError, tls_hint, tls_options
 from sdv_events.bus import CommandError, RequestTimeout, ServiceUnavailable
+from sdv_events.bus.tracing import configure_tracing, span
 
 T = TypeVar("T")
 
@@ -33,6 +34,8 @@ EXIT_REFUSED = 1
 EXIT_UNREACHABLE = 3
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 CONNECT_TIMEOUT_S = 5.0
+# What a command may wait on its way out for an OTLP collector that does not answer.
+EXPORT_TIMEOUT_S = 2.0
 
 out = Console()
 err = Console(stderr=True)
@@ -121,10 +124,21 @@ def user() -> str:
 
 
 def run(work: Callable[[NatsClient], Awaitable[T]], as_json: bool, service: str) -> T:
+    """Run a sub-command's work in one span (`sdv rollout create` …): the root of the trace its
+    requests carry to the services (exported when `OTEL_EXPORTER_OTLP_ENDPOINT` is set)."""
+    configure_tracing("cli", export_timeout_s=EXPORT_TIMEOUT_S)
     try:
-        return asyncio.run(with_nats(work, service))
+        with span(command_path()):
+            return asyncio.run(with_nats(work, service))
     except Failure as failure:
         fail(failure, as_json)
+
+
+def command_path(argv: list[str] | None = None) -> str:
+    """`sdv policy set`: the program and its first two words that are not options (a group and
+    its command; `sdv ping` has one)."""
+    words = [a for a in (sys.argv if argv is None else argv)[1:] if not a.startswith("-")][:2]
+    return " ".join(["sdv", *words])
 
 
 def builtins(value: Any) -> Any:

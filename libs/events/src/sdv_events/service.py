@@ -11,7 +11,7 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from importlib import metadata
@@ -26,6 +26,7 @@ from pydantic import BaseModel, model_validator
 
 from sdv_events.auth.client_tls import CA_ENV
 from sdv_events.bus import CommandClient, CommandError, RequestInfo, make_broker, register_command
+from sdv_events.bus.tracing import otlp_endpoint
 from sdv_events.history import HISTORY_COMMAND, HistoryQuery, history_handler
 from sdv_events.idempotency import DEFAULT_KEY_TTL, key_pruner
 from sdv_events.logs import configure_logging
@@ -163,6 +164,32 @@ class ServiceRuntime:
                              tasks=tasks)
 
 
+def health_router(
+    name: str,
+    health: Callable[[], Awaitable[ServiceHealth]],
+    store: EventStore,
+    consumers: Mapping[str, ConsumerRunner],
+    nc: NatsClient,
+) -> NatsRouter:
+    """What every service answers besides its own commands: `sdv.cmd.<name>.ping` (its health),
+    `history`, `verify` (its hash chains) and `rebuild` (a read model)."""
+
+    async def ping(_: Ping, __: RequestInfo) -> ServiceHealth:
+        return await health()
+
+    async def verify(_: VerifyChain, info: RequestInfo) -> ChainReport:
+        log.info("chain_verification_requested", actor=info.actor)
+        return await verify_chain(store.pool, store.schema)
+
+    router = NatsRouter()
+    register_command(router, name, "ping", Ping, ping)
+    register_command(router, name, HISTORY_COMMAND, HistoryQuery, history_handler(store))
+    register_command(router, name, VERIFY_COMMAND, VerifyChain, verify)
+    register_command(router, name, REBUILD_COMMAND, RebuildReadModel,
+                     rebuild_handler(consumers, store, name, nc))
+    return router
+
+
 async def run_service(
     name: str,
     settings: ServiceSettings,
@@ -201,21 +228,12 @@ async def run_service(
         runtime = ServiceRuntime(settings, store, broker, js, stop)
         service_runtime = runtime
 
-        async def ping(_: Ping, __: RequestInfo) -> ServiceHealth:
+        async def health_now() -> ServiceHealth:
             return await service_runtime.health(
                 name, version, round(time.monotonic() - started, 3), relay.stats.published)
 
-        health = NatsRouter()
-        register_command(health, name, "ping", Ping, ping)
-        register_command(health, name, HISTORY_COMMAND, HistoryQuery, history_handler(store))
-
-        async def verify(_: VerifyChain, info: RequestInfo) -> ChainReport:
-            log.info("chain_verification_requested", actor=info.actor)
-            return await verify_chain(store.pool, store.schema)
-
-        register_command(health, name, VERIFY_COMMAND, VerifyChain, verify)
-        register_command(health, name, REBUILD_COMMAND, RebuildReadModel, rebuild_handler(
-            runtime.consumers, store, name, broker.config.connection_state.connection))
+        health = health_router(name, health_now, store, runtime.consumers,
+                               broker.config.connection_state.connection)
         for router in (*routers, health):
             broker.include_router(router)
         runtime.spawn(relay.run, "relay", probe=relay.status)
@@ -223,7 +241,8 @@ async def run_service(
         if on_start is not None:
             await on_start(runtime)
         await broker.start()
-        log.info("service_started", version=version, schema=settings.schema_name, nats=settings.nats_url)
+        log.info("service_started", version=version, schema=settings.schema_name, nats=settings.nats_url,
+                 traces_to=otlp_endpoint())
         await stop.wait()
     finally:
         stop.set()

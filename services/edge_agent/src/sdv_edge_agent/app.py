@@ -42,7 +42,9 @@ from sdv_edge_agent.domain.facts import IdSealer
 from sdv_edge_agent.domain.restarts import RestartPolicy
 from sdv_edge_agent.ports import HealthCommand, Runtime
 from sdv_edge_agent.settings import SERVICE, AgentSettings, SettingsError, load_settings
+from sdv_events.bus.tracing import configure_tracing
 from sdv_events.desired_signing import DesiredVerifier
+from sdv_events.envelope import TraceContext
 from sdv_events.logs import configure_logging
 from sdv_events.schemas.heartbeat import AppMetrics, Heartbeat
 
@@ -146,6 +148,7 @@ def build_agent(settings: AgentSettings, *, runtimes: list[Runtime], installer: 
         on_change=lambda: reported.wake() if reported else None, on_logs=logs.wake,
         health_command=health_command,
     )
+    facts.trace_of = lambda app: desired_trace(agent, app)
     reported = ReportedWriter(link, settings.device_id, agent.reported)
     watch = DesiredWatch(link, settings.device_id, agent.receive_desired,
                          first_resync_s=RESYNC_S * (1 + phase))
@@ -281,6 +284,12 @@ def dump_tasks() -> None:
     sys.stderr.flush()
 
 
+def desired_trace(agent: Agent, app: str) -> TraceContext:
+    """The trace of the rollout that assigned `app` here (its desired entry's)."""
+    desired = agent.desired_app(app)
+    return desired.trace if desired is not None else TraceContext()
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         settings = load_settings(argv)
@@ -288,6 +297,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"sdv-agent: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     configure_logging(SERVICE, level=settings.log_level)
+    configure_tracing(SERVICE)  # spans to OTEL_EXPORTER_OTLP_ENDPOINT, when set
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1` dumps every stack
     if settings.simulation is not None:
         from sdv_edge_agent.simulation import simulate  # it builds on this module

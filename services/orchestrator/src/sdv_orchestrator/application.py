@@ -50,6 +50,7 @@ from sdv_orchestrator.domain.rollout import (
 )
 from sdv_orchestrator.domain.rollout_view import view_of
 from sdv_orchestrator.projections import TERMINAL, DesiredStates
+from sdv_orchestrator.rollout_traces import RolloutTraces
 
 log = structlog.get_logger("sdv.orchestrator")
 _ERRORS = {"conflict": Conflict, "not_found": NotFound, "invalid_request": InvalidRequest}
@@ -70,6 +71,10 @@ class Orchestrator:
     desired: DesiredStates
     clock: Callable[[], datetime] = utc_now
     cache: StateCache = field(default_factory=StateCache)
+    traces: RolloutTraces = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.traces = RolloutTraces(self.store)
 
     @property
     def schema(self) -> str:
@@ -77,9 +82,10 @@ class Orchestrator:
 
     async def run(self, rollout_id: str, command: RolloutCommand, *, metadata: Metadata = Metadata(),
                   key: IdempotencyKey | None = None) -> Accepted:
+        stream = rollout_stream(rollout_id)
         outcome = await handle_command(
-            self.store, rollout_decider, rollout_stream(rollout_id), command,
-            key=key, metadata=metadata, cache=self.cache,
+            self.store, rollout_decider, stream, command,
+            key=key, metadata=await self.traces.metadata(stream, metadata), cache=self.cache,
         )
         if isinstance(outcome, RejectedOutcome):
             raise _ERRORS.get(outcome.code, Rejected)(outcome.message)

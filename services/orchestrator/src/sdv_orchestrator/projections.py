@@ -27,7 +27,7 @@ from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from sdv_events.desired_signing import DesiredSigner, UntrustedDesired
-from sdv_events.envelope import Envelope
+from sdv_events.envelope import Envelope, TraceContext
 from sdv_events.ids import split_stream_id
 from sdv_events.schemas.deployment import DesiredApp, DesiredState
 from sdv_events.schemas.packages import PackageInfo
@@ -145,7 +145,7 @@ class DesiredStates:
     name = "desired_states"
     filter_subjects = ("sdv.evt.rollout.>",)
     tables = ("rollout_packages", "device_apps", "device_revisions", "rollout_previous_packages",
-              "rollout_previous")
+              "rollout_previous", "rollout_traces")
 
     def __init__(self, schema: str, kv: KeyValue, signer: DesiredSigner,
                  pool: asyncpg.Pool | None = None, *, replaying: bool = False) -> None:
@@ -175,6 +175,8 @@ class DesiredStates:
             CREATE TABLE IF NOT EXISTS {self.schema}.rollout_previous (
                 rollout_id text NOT NULL, device_id text NOT NULL, ref integer NOT NULL,
                 PRIMARY KEY (rollout_id, device_id));
+            CREATE TABLE IF NOT EXISTS {self.schema}.rollout_traces (
+                rollout_id text PRIMARY KEY, traceparent text NOT NULL, tracestate text);
             CREATE TABLE IF NOT EXISTS {self.schema}.desired_dirty (
                 device_id text PRIMARY KEY, at timestamptz NOT NULL,
                 verify boolean NOT NULL DEFAULT false, gen bigint NOT NULL DEFAULT 1);
@@ -193,7 +195,8 @@ class DesiredStates:
         # Revisions are kept: agents ignore documents not newer than the last one they saw.
         await self.create(conn)
         await conn.execute(f"TRUNCATE {self.schema}.rollout_packages, {self.schema}.device_apps, "
-                           f"{self.schema}.rollout_previous_packages, {self.schema}.rollout_previous")
+                           f"{self.schema}.rollout_previous_packages, {self.schema}.rollout_previous, "
+                           f"{self.schema}.rollout_traces")
         self._packages.clear()
 
     async def _package(self, conn: asyncpg.Connection, rollout_id: str) -> tuple[bytes, PackageInfo]:
@@ -229,6 +232,10 @@ class DesiredStates:
                 await conn.execute(
                     f"INSERT INTO {t}.rollout_packages VALUES ($1, $2) ON CONFLICT DO NOTHING", rid, raw)
                 self._packages[rid] = (raw, package)
+                if event.trace.traceparent:  # agents' work for this rollout joins its trace
+                    await conn.execute(
+                        f"INSERT INTO {t}.rollout_traces VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                        rid, event.trace.traceparent, event.trace.tracestate)
             case DeviceTargeted(device_id=device_id):
                 # The hot path of a rollout (one per device): assign, bump the revision and
                 # read the device's other apps in one statement. The SELECT sees the table as
@@ -369,14 +376,16 @@ class DesiredStates:
             "WHERE device_id = ANY($1::text[])", device_ids)}
         apps: dict[str, dict[str, DesiredApp]] = {d: {} for d in device_ids}
         for r in await conn.fetch(
-                f"SELECT device_id, app, package, rollout_id FROM {self.schema}.device_apps "
-                "WHERE device_id = ANY($1::text[])", device_ids):
+                f"SELECT a.device_id, a.app, a.package, a.rollout_id, t.traceparent, t.tracestate "
+                f"FROM {self.schema}.device_apps a LEFT JOIN {self.schema}.rollout_traces t "
+                "USING (rollout_id) WHERE a.device_id = ANY($1::text[])", device_ids):
             apps[r["device_id"]][r["app"]] = DesiredApp(
                 package=msgspec.json.decode(r["package"], type=PackageInfo),
                 rollout_id=r["rollout_id"],
                 # Only a rollback restores an assignment without a rollout (rollout_id NULL):
                 # it may take a device back to an older version, nothing else may.
-                rollback=r["rollout_id"] is None)
+                rollback=r["rollout_id"] is None,
+                trace=TraceContext(r["traceparent"], r["tracestate"]))
         return {d: (revisions.get(d, 0), apps[d], d) for d in device_ids}
 
     async def _put(self, doc: tuple[int, dict[str, DesiredApp], str], at: datetime, *,

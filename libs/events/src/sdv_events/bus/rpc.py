@@ -19,7 +19,7 @@ from nats.aio.client import Client as NatsClient
 
 from sdv_events.bus.request_fields import field_holding, nul_path
 from sdv_events.bus.request_limits import MAX_REQUEST_BYTES, MAX_REQUEST_DEPTH, check_request
-from sdv_events.bus.tracing import inject, trace_from_headers
+from sdv_events.bus.tracing import current_trace, inject, trace_from_headers
 from sdv_events.codec import decode_as, encode
 from sdv_events.envelope import Metadata
 from sdv_events.errors import (
@@ -144,10 +144,12 @@ class RequestInfo:
         return idempotency_key(self.subject, self.command_id, self.request)
 
     def metadata(self) -> Metadata:
-        """Event metadata for what this request causes: who asked, and its trace."""
+        """Event metadata for what this request causes: who asked, and its trace — the span
+        handling the request (a child of the sender's), else the sender's from the headers."""
         return Metadata(
             correlation_id=self.headers.get(CORRELATION_HEADER, self.command_id),
-            causation_id=self.command_id, actor=self.actor, trace=trace_from_headers(self.headers),
+            causation_id=self.command_id, actor=self.actor,
+            trace=current_trace(fallback=trace_from_headers(self.headers)),
         )
 
 

@@ -55,6 +55,7 @@ from nats.js.errors import NotFoundError
 
 from sdv_events.aio import sleep_or_stop
 from sdv_events.bus.deadletter import dead_letter, park
+from sdv_events.bus.tracing import span
 from sdv_events.codec import encode
 from sdv_events.envelope import Envelope
 from sdv_events.errors import DecodeError
@@ -427,8 +428,9 @@ class ConsumerRunner:
                     if step.event is None:
                         continue
                     try:
-                        async with conn.transaction():  # a savepoint: undo this event alone
-                            await projection.apply(conn, step.event)
+                        with span(f"{self.name} apply {step.event.type}", parent=step.event.trace):
+                            async with conn.transaction():  # a savepoint: undo this event alone
+                                await projection.apply(conn, step.event)
                     except Exception as exc:
                         done, error = n, exc
                         break
@@ -438,7 +440,11 @@ class ConsumerRunner:
             events = [s.event for s in steps if s.event is not None]
             try:
                 if events:
-                    await processor.handle(events)
+                    # One span for the batch, a child of its first event's trace, linked to
+                    # the others': what a processor sends or appends continues that trace.
+                    with span(f"{self.name} handle {events[0].type}", parent=events[0].trace,
+                              links=[e.trace for e in events[1:]]):
+                        await processor.handle(events)
             except Exception as exc:
                 if len(events) > 1:  # find the one that fails: hand them over one at a time
                     return await self._attempt_each(steps)

@@ -14,6 +14,7 @@ from typing import Literal
 
 import msgspec
 
+from sdv_events.envelope import TraceContext
 from sdv_events.schemas.packages import PackageInfo
 
 RunState = Literal["running", "paused", "stopped"]
@@ -30,6 +31,9 @@ class DesiredApp(msgspec.Struct, frozen=True, kw_only=True):
     # Set by the orchestrator on an assignment restored by a rollback: only then does an agent
     # install a version older than the one it runs (older documents decode as False).
     rollback: bool = False
+    # The trace of the rollout that assigned it: the agent's work and facts for it join that
+    # trace (one rollout, one trace). Empty for documents written before, and after a rollback.
+    trace: TraceContext = TraceContext()
 
 
 class DesiredState(msgspec.Struct, frozen=True, kw_only=True):

@@ -14,6 +14,7 @@ until a new desired revision says otherwise).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated, Literal
 
 import msgspec
@@ -58,3 +59,12 @@ class LogEntry(msgspec.Struct, frozen=True):
 
 class LogLines(msgspec.Struct, frozen=True):
     lines: list[LogEntry]
+
+
+# What each op takes and answers, as the agent serves them (the AsyncAPI document's
+# `sdv.device.<device_id>.ops.<op>` channels are generated from this table).
+OP_TYPES: Mapping[str, tuple[type[msgspec.Struct], type[msgspec.Struct]]] = {
+    **{op: (AppOp, AppStatus) for op in APP_OPS},
+    "stdin": (StdinOp, AppStatus),
+    "logs": (LogsQuery, LogLines),
+}

@@ -13,7 +13,7 @@ import asyncpg
 import msgspec
 
 from sdv_events.codec import decode_body, decode_metadata, encode, encode_metadata
-from sdv_events.envelope import Envelope, Metadata
+from sdv_events.envelope import Envelope, Metadata, TraceContext
 from sdv_events.errors import (
     ConcurrencyConflict,
     DuplicateCommand,
@@ -338,6 +338,13 @@ class EventStore:
             stream_id, from_version,
         )
         return list(self._decode_rows(rows))
+
+    async def stream_trace(self, stream_id: str) -> TraceContext:
+        """The trace the stream's first event was recorded in (empty when none): the one that
+        later events of the stream no request caused (timers, devices' reports) continue."""
+        raw = await self.pool.fetchval(
+            f"SELECT metadata FROM {self.schema}.events WHERE stream_id = $1 AND version = 1", stream_id)
+        return TraceContext() if raw is None else decode_metadata(bytes(raw)).trace
 
     async def read_all(
         self,

@@ -23,6 +23,7 @@ from sdv_edge_agent.adapters.store import AgentStore
 from sdv_edge_agent.application import Agent
 from sdv_edge_agent.domain.records import AppRecord
 from sdv_events.bus.rpc import InvalidRequest, RequestInfo, serve_one
+from sdv_events.bus.tracing import span, trace_from_headers
 from sdv_events.schemas.device_ops import (
     ALL_OPS,
     APP_OPS,
@@ -65,9 +66,14 @@ class OpsServer:
         if not msg.reply:
             log.warning("op_without_reply_dropped", subject=msg.subject)
             return
-        task = asyncio.create_task(self._serve(msg))
+        task = asyncio.create_task(self._traced(msg))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _traced(self, msg: Msg) -> None:
+        """The op in a span of the sender's trace (`sdv app pause` → this device)."""
+        with span(f"op {msg.subject.rsplit('.', 1)[-1]}", parent=trace_from_headers(msg.headers)):
+            await self._serve(msg)
 
     async def _serve(self, msg: Msg) -> None:
         op = msg.subject.rsplit(".", 1)[-1]

@@ -25,11 +25,12 @@ from sdv_edge_agent.adapters.link import NatsLink
 from sdv_edge_agent.adapters.store import AgentStore
 from sdv_edge_agent.domain.admission import valid_app_name
 from sdv_edge_agent.domain.facts import IdSealer, fact_event_id
+from sdv_events.bus.tracing import current_trace, span
 from sdv_events.codec import encode
-from sdv_events.envelope import Envelope
+from sdv_events.envelope import Envelope, TraceContext
 from sdv_events.ids import stream_id
 from sdv_events.provisioning import REPORTED_BUCKET
-from sdv_events.registry import default_registry
+from sdv_events.registry import default_registry, short_name
 from sdv_events.schemas.agent import AppFact, DesiredRefused
 from sdv_events.schemas.deployment import ReportedState
 from sdv_events.subjects import agent_fact_subject, logs_subject
@@ -81,6 +82,8 @@ class FactOutbox(_Flusher):
         self.sealer = sealer
         self.stream = stream_id("agent", device_id)
         self.clock = clock
+        # The trace an app's facts join: its desired entry's (the rollout's), set by the wiring.
+        self.trace_of: Callable[[str], TraceContext] = lambda app: TraceContext()
 
     def emit(self, fact: AppFact | DesiredRefused, occurrence: int = 0) -> bool:
         """Record a fact for sending; False if this very fact was already recorded. A refused
@@ -96,18 +99,32 @@ class FactOutbox(_Flusher):
         if self.store.has_fact(msg_id):
             return False
         version = self.store.next_counter("fact_version")
+        trace = self._traced(type_name, fact.app if isinstance(fact, AppFact) else "")
         envelope = Envelope(
             event_id=fact_event_id(msg_id), stream_id=self.stream, version=version, type=type_name,
             schema_version=schema_version, occurred_at=self.clock(), data=fact,
-            actor=f"agent:{self.device_id}", correlation_id=correlation_id,
+            actor=f"agent:{self.device_id}", correlation_id=correlation_id, trace=trace,
         )
         headers = {"Nats-Msg-Id": msg_id, "Sdv-Type": type_name, "Sdv-Stream": self.stream,
                    "Sdv-Version": str(version)}
+        if trace.traceparent:
+            headers["traceparent"] = trace.traceparent
         self.store.add_fact(msg_id, agent_fact_subject(self.device_id, type_name), headers,
                             encode(envelope))
         log.info("fact", type=type_name.split(".")[1], **what)
         self.wake()
         return True
+
+    def _traced(self, type_name: str, app: str) -> TraceContext:
+        """A span of the fact in its app's rollout trace, which the fact then carries (none
+        when the app's desired entry has no trace)."""
+        parent = self.trace_of(app)
+        if not parent.traceparent:
+            return TraceContext()
+        with span(f"fact {short_name(type_name)}", parent=parent) as s:
+            s.set_attribute("sdv.device_id", self.device_id)
+            s.set_attribute("sdv.app", app)
+            return current_trace()
 
     async def flush(self) -> bool:
         rows = self.store.unsent_facts(100)

@@ -18,6 +18,7 @@ from fastapi import FastAPI, Header, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
+from sdv_events.asyncapi import shipped_document
 from sdv_events.bus import CommandError
 from sdv_events.registry import short_name
 from sdv_events.schemas.devices import DEVICE_ID_PATTERN
@@ -75,6 +76,13 @@ def create_app(queries: Queries, readiness: Readiness, live: LiveFeed, metrics: 
         problems = await readiness()
         return JSONResponse({"ready": not problems, "problems": problems},
                             status_code=503 if problems else 200)
+
+    bus_contract = shipped_document()
+
+    @app.get("/asyncapi.json", include_in_schema=False)
+    async def asyncapi() -> Response:
+        """The bus contract (docs/asyncapi.json): every command, event, KV key and log subject."""
+        return Response(bus_contract, media_type="application/json")
 
     @app.get("/api/status", responses=json_response(FleetStatus))
     async def status() -> Response:
