@@ -20,7 +20,9 @@ from nats.aio.msg import Msg
 from sdv_events.bus.tracing import span, trace_id
 from sdv_events.codec import decode_envelope
 from sdv_events.envelope import Envelope
+from sdv_events.schemas.deployment import GetPublicKey
 from sdv_events.schemas.devices import DeviceList, DeviceView, ListDevices, PreauthorizeDevice
+from sdv_events.schemas.packages import SigningKey
 from sdv_events.schemas.rollouts import DeviceSucceeded, RolloutCompleted, WaveStarted
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
@@ -36,6 +38,7 @@ async def test_one_rollout_is_one_trace_from_the_operator_to_the_devices_facts(
     suite: Any, tmp_path: Path,
 ) -> None:
     key = await suite.packages.signing_key()
+    orchestrator = await suite.commands.call("orchestrator", "public_key", GetPublicKey(), SigningKey)
     package = await suite.publish("traced", "1.0.0")
     token, labels = f"tok-{uuid.uuid4().hex}", {"fleet": "traced"}
     facts: list[Envelope] = []
@@ -46,7 +49,7 @@ async def test_one_rollout_is_one_trace_from_the_operator_to_the_devices_facts(
     await suite.nc.subscribe("sdv.evt.agent.>", cb=on_fact)
     with otlp.running_collector() as collector:
         simulator = agent_harness.SimulatorProc(
-            AGENTS, tmp_path / "simulator", suite.url, key.public_key_b64,
+            AGENTS, tmp_path / "simulator", suite.url, key.public_key_b64, orchestrator.public_key_b64,
             ["--enrol", "--fleet-token", token],
             {"OTEL_EXPORTER_OTLP_ENDPOINT": collector.url, "OTEL_BSP_SCHEDULE_DELAY": "100"})
         devices = simulator.device_ids
