@@ -24,6 +24,7 @@ from sdv_events.bus.routes import CommandSpec, registered_commands
 from sdv_events.service import health_router
 from sdv_monitor.adapters.commands import command_router as monitor_commands
 from sdv_orchestrator.adapters.commands import command_router as orchestrator_commands
+from sdv_orchestrator.adapters.commands import public_key_router
 from sdv_orchestrator.adapters.policy_commands import policy_router
 from sdv_packager.adapters.commands import command_router as packager_commands
 from sdv_registry.adapters.commands import command_router as registry_commands
@@ -40,6 +41,7 @@ def served_commands() -> Mapping[str, CommandSpec]:
     packager_commands(unused)
     registry_commands(unused)
     orchestrator_commands(unused)
+    public_key_router(unused)
     policy_router(unused)
     monitor_commands(unused, unused)
     for service in SERVICES:
