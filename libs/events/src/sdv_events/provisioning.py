@@ -6,7 +6,6 @@ matches. `replicas` is 1 on one machine and 3 on a NATS cluster (see deploy/).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -21,6 +20,9 @@ from nats.js.api import (
     StreamConfig,
 )
 from nats.js.errors import APIError, BadRequestError, NotFoundError
+from pydantic import Field
+
+from sdv_events.settings import Settings
 
 log = structlog.get_logger("sdv.provisioning")
 
@@ -56,15 +58,16 @@ class EventsRetention:
             raise ValueError(f"SDV_EVENTS retention must be positive, got {self}")
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] = os.environ) -> EventsRetention:
-        """`SDV_EVENTS_MAX_AGE_S` (seconds) and `SDV_EVENTS_MAX_BYTES`, else the defaults."""
-        default = cls()
-        age = env.get("SDV_EVENTS_MAX_AGE_S") or default.max_age_s
-        size = env.get("SDV_EVENTS_MAX_BYTES") or default.max_bytes
-        try:
-            return cls(max_age_s=float(age), max_bytes=int(size))
-        except ValueError as exc:
-            raise ValueError(f"SDV_EVENTS_MAX_AGE_S / SDV_EVENTS_MAX_BYTES: {exc}") from None
+    def from_env(cls, env: Mapping[str, str] | None = None) -> EventsRetention:
+        """`SDV_EVENTS_MAX_AGE_S` (seconds) and `SDV_EVENTS_MAX_BYTES`, else the defaults; a bad
+        value raises `SettingsError` naming its variable."""
+        read = _RetentionSettings.load(env)
+        return cls(max_age_s=read.max_age_s, max_bytes=read.max_bytes)
+
+
+class _RetentionSettings(Settings):
+    max_age_s: float = Field(EventsRetention.max_age_s, validation_alias="SDV_EVENTS_MAX_AGE_S", gt=0)
+    max_bytes: int = Field(EventsRetention.max_bytes, validation_alias="SDV_EVENTS_MAX_BYTES", gt=0)
 
 
 def stream_configs(

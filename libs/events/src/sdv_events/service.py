@@ -8,82 +8,38 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from importlib import metadata
-from typing import Any, Self
+from typing import Any
 
 import msgspec
 import structlog
 from faststream.nats import NatsBroker, NatsRouter
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
-from pydantic import BaseModel, model_validator
 
-from sdv_events.auth.client_tls import CA_ENV
 from sdv_events.bus import CommandClient, CommandError, RequestInfo, make_broker, register_command
 from sdv_events.bus.tracing import otlp_endpoint
 from sdv_events.history import HISTORY_COMMAND, HistoryQuery, history_handler
-from sdv_events.idempotency import DEFAULT_KEY_TTL, key_pruner
+from sdv_events.idempotency import key_pruner
 from sdv_events.logs import configure_logging
 from sdv_events.processing.admin import REBUILD_COMMAND, RebuildReadModel, rebuild_handler
 from sdv_events.processing.runner import ConsumerRunner
 from sdv_events.provisioning import provision
 from sdv_events.relay import Relay
+from sdv_events.service_settings import ServiceSettings
 from sdv_events.store import EventStore
 from sdv_events.store.chain import VERIFY_COMMAND, ChainReport, VerifyChain, verify_chain
-from sdv_events.store.postgres import MAX_EVENT_BYTES
 from sdv_events.supervision import Probe, Supervisor, TaskHealth, Work
+
+__all__ = ["ServiceHealth", "ServiceRuntime", "ServiceSettings", "run_service", "wait_until_ready"]
 
 log = structlog.get_logger("sdv.service")
 SHUTDOWN_GRACE_S = 10.0
-
-
-class ServiceSettings(BaseModel):
-    """What every service needs; a service's own settings subclass this."""
-
-    service: str
-    nats_url: str = "nats://127.0.0.1:4222"
-    database_url: str = "postgresql://postgres@127.0.0.1:5432/postgres"
-    # The PostgreSQL schema of the service's event store (`schema` would shadow BaseModel.schema).
-    schema_name: str = ""
-    # False where the schema's owner sets the event store up and this service's role may not
-    # (`sdv up`'s role per service, sdv_events/store/roles.py): then only checked at start.
-    schema_setup: bool = True
-    log_level: str = "INFO"
-    # A `.creds` file (user JWT + nkey seed) for a NATS server in operator mode; None = no auth.
-    nats_credentials: str | None = None
-    # The CA certificate the NATS server's certificate must be signed by (pinned: no other CA is
-    # trusted); None = the system's authorities, for a server that requires TLS at all.
-    nats_ca: str | None = None
-    # The largest event `append` stores (encoded body + metadata), below NATS's max payload.
-    max_event_bytes: int = MAX_EVENT_BYTES
-    # Health turns red when the oldest unpublished event is older than this.
-    relay_stuck_after_s: float = 30.0
-    # How long a command's idempotency key returns its first outcome (then it is a new key).
-    idempotency_ttl_s: float = DEFAULT_KEY_TTL.total_seconds()
-
-    @model_validator(mode="after")
-    def _default_schema(self) -> Self:
-        self.schema_name = self.schema_name or self.service
-        return self
-
-    @classmethod
-    def from_env(cls, service: str, **overrides: Any) -> Self:
-        """`SDV_NATS_URL`, `SDV_DATABASE_URL`, `SDV_<SERVICE>_SCHEMA`, `SDV_LOG_LEVEL`,
-        `SDV_NATS_CREDS`, `SDV_NATS_CA`, `SDV_MAX_EVENT_BYTES`, `SDV_IDEMPOTENCY_TTL_S`,
-        `SDV_RELAY_STUCK_AFTER_S`, `SDV_SCHEMA_SETUP`."""
-        names = {"nats_url": "SDV_NATS_URL", "database_url": "SDV_DATABASE_URL",
-                 "schema_name": f"SDV_{service.upper()}_SCHEMA", "log_level": "SDV_LOG_LEVEL",
-                 "nats_credentials": "SDV_NATS_CREDS", "nats_ca": CA_ENV,
-                 "max_event_bytes": "SDV_MAX_EVENT_BYTES", "idempotency_ttl_s": "SDV_IDEMPOTENCY_TTL_S",
-                 "relay_stuck_after_s": "SDV_RELAY_STUCK_AFTER_S", "schema_setup": "SDV_SCHEMA_SETUP"}
-        values = {key: os.environ[env] for key, env in names.items() if os.environ.get(env)}
-        return cls(service=service, **(values | overrides))
 
 
 class Ping(msgspec.Struct, frozen=True):
@@ -148,6 +104,8 @@ class ServiceRuntime:
         """Spawn a consumer runner (supervised, its lag in ping) and offer its read model to
         `sdv.cmd.<service>.rebuild`."""
         self.consumers[runner.name] = runner
+        if not runner.max_lag_chosen:
+            runner.max_lag_s = self.settings.consumer_max_lag_s
         self.spawn(runner.run, runner.name, probe=runner.status)
 
     def spawn(self, work: Work, name: str, *, probe: Probe | None = None) -> None:
@@ -223,7 +181,7 @@ async def run_service(
         await broker.connect()
         # FastStream 0.7 keeps nats-py's JetStream context here (no public accessor).
         js = broker.config.connection_state.stream
-        await provision(js)
+        await provision(js, retention=settings.retention)
         relay = Relay(store, js, stuck_after_s=settings.relay_stuck_after_s)
         runtime = ServiceRuntime(settings, store, broker, js, stop)
         service_runtime = runtime

@@ -8,6 +8,7 @@ import asyncio
 
 from sdv_events.processing import ConsumerRunner, HistorySource, OwnThenHistory, StoreSource
 from sdv_events.service import ServiceHealth, ServiceRuntime, run_service, service_version
+from sdv_events.settings import settings_or_exit
 from sdv_monitor.adapters.alert_watch import AlertWatch
 from sdv_monitor.adapters.commands import command_router
 from sdv_monitor.adapters.fact_recorder import FactRecorder
@@ -66,4 +67,4 @@ async def serve(settings: MonitorSettings, stop: asyncio.Event | None = None) ->
 
 
 def main() -> None:
-    asyncio.run(serve(load_settings()))
+    asyncio.run(serve(settings_or_exit(f"python -m sdv_{SERVICE}", load_settings)))

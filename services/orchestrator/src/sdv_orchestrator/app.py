@@ -21,6 +21,7 @@ from sdv_events.processing import (
 )
 from sdv_events.provisioning import DESIRED_BUCKET
 from sdv_events.service import ServiceRuntime, run_service
+from sdv_events.settings import settings_or_exit
 from sdv_orchestrator.adapters.commands import command_router, public_key_router
 from sdv_orchestrator.adapters.facts import AgentFacts
 from sdv_orchestrator.adapters.peers import Peers
@@ -69,4 +70,4 @@ async def serve(settings: OrchestratorSettings, stop: asyncio.Event | None = Non
 
 
 def main() -> None:
-    asyncio.run(serve(load_settings()))
+    asyncio.run(serve(settings_or_exit(f"python -m sdv_{SERVICE}", load_settings)))

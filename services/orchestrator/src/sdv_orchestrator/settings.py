@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+from typing import Self
+
+from pydantic import Field, model_validator
 
 from sdv_events.service import ServiceSettings
 
@@ -12,11 +14,22 @@ KEY_FILE = "orchestrator-ed25519.pem"
 
 
 class OrchestratorSettings(ServiceSettings):
-    tick_s: float = 1.0  # how often device timeouts and soak times are checked
+    service: str = SERVICE
+    # How often device timeouts and soak times are checked.
+    tick_s: float = Field(1.0, validation_alias="SDV_ORCHESTRATOR_TICK_S", gt=0)
     # Signs every desired-state document (agents pin its public key, `--orchestrator-key`).
     # Generated on first start, owner-only; its public half is written beside it (`.pub`).
     # Never the packager's key: that one signs packages, this one what a device runs.
-    signing_key_path: Path = Path.home() / ".sdv" / "keys" / KEY_FILE
+    # Default: `$SDV_DATA_DIR/keys/orchestrator-ed25519.pem`, else under ~/.sdv/keys.
+    signing_key_path: Path = Field(Path.home() / ".sdv" / "keys" / KEY_FILE,
+                                   validation_alias="SDV_ORCHESTRATOR_SIGNING_KEY")
+    data_dir: Path | None = Field(None, validation_alias="SDV_DATA_DIR")
+
+    @model_validator(mode="after")
+    def _key_in_data_dir(self) -> Self:
+        if "signing_key_path" not in self.model_fields_set and self.data_dir is not None:
+            self.signing_key_path = self.data_dir / "keys" / KEY_FILE
+        return self
 
     @property
     def public_key_path(self) -> Path:
@@ -24,8 +37,5 @@ class OrchestratorSettings(ServiceSettings):
 
 
 def load_settings() -> OrchestratorSettings:
-    """`SDV_ORCHESTRATOR_SIGNING_KEY`, else `$SDV_DATA_DIR/keys/orchestrator-ed25519.pem`."""
-    key = os.environ.get("SDV_ORCHESTRATOR_SIGNING_KEY")
-    if not key and (data_dir := os.environ.get("SDV_DATA_DIR")):
-        key = str(Path(data_dir) / "keys" / KEY_FILE)
-    return OrchestratorSettings.from_env(SERVICE, **({"signing_key_path": key} if key else {}))
+    """From the environment; raises `SettingsError` naming the variable of a bad value."""
+    return OrchestratorSettings.load()

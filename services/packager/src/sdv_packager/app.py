@@ -8,6 +8,7 @@ from importlib import resources
 
 from sdv_events.processing import ConsumerRunner, HistorySource, OwnThenHistory, StoreSource
 from sdv_events.service import ServiceRuntime, run_service
+from sdv_events.settings import settings_or_exit
 from sdv_packager.adapters.artifacts import ArtifactStore
 from sdv_packager.adapters.commands import command_router
 from sdv_packager.application import Packager
@@ -44,4 +45,4 @@ async def serve(settings: PackagerSettings, stop: asyncio.Event | None = None) -
 
 
 def main() -> None:
-    asyncio.run(serve(load_settings()))
+    asyncio.run(serve(settings_or_exit(f"python -m sdv_{SERVICE}", load_settings)))

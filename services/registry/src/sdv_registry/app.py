@@ -16,6 +16,7 @@ from sdv_events.auth import DeviceAuthority, raw_creds
 from sdv_events.auth.client_tls import tls_options
 from sdv_events.processing import ConsumerRunner, HistorySource, OwnThenHistory, StoreSource
 from sdv_events.service import ServiceRuntime, run_service
+from sdv_events.settings import settings_or_exit
 from sdv_registry.adapters.admission_log import AdmissionLog
 from sdv_registry.adapters.announce import subscribe_announcements
 from sdv_registry.adapters.commands import command_router
@@ -87,4 +88,4 @@ async def serve(settings: RegistrySettings, stop: asyncio.Event | None = None) -
 
 
 def main() -> None:
-    asyncio.run(serve(load_settings()))
+    asyncio.run(serve(settings_or_exit(f"python -m sdv_{SERVICE}", load_settings)))

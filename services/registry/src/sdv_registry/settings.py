@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from pydantic import Field
 
 from sdv_events.service import ServiceSettings
 
@@ -11,33 +12,32 @@ SERVICE = "registry"
 
 
 class RegistrySettings(ServiceSettings):
+    service: str = SERVICE
     # The registry's part of the chain of trust (sdv_events.auth.DeviceAuthority: the devices
     # account's signing key, an operator signing key, the system user), as `sdv up` writes it
     # to registry-trust.json. Without it devices are still admitted, but get no NATS
     # credentials and nothing can be revoked.
-    trust_file: Path | None = None
-    credential_ttl_s: float = 24 * 3600.0  # agents renew (sdv.renew.<id>) before expiry
-    revocation_push_s: float = 30.0  # re-push period (a restarted memory-resolver server forgets)
+    trust_file: Path | None = Field(None, validation_alias="SDV_TRUST_FILE")
+    # Agents renew (sdv.renew.<id>) before expiry.
+    credential_ttl_s: float = Field(24 * 3600.0, validation_alias="SDV_REGISTRY_CREDENTIAL_TTL_S", gt=0)
+    # Re-push period of revocations (a restarted memory-resolver server forgets them).
+    revocation_push_s: float = Field(30.0, validation_alias="SDV_REGISTRY_REVOCATION_PUSH_S", gt=0)
     # Devices presenting this token are accepted at once (fleet-wide enrolment, e.g. `sdv up`).
-    fleet_token: str | None = None
-    heartbeat_silence_s: float = 15.0  # silence after which an online device goes offline
-    pending_retry_s: float = 10.0  # what pending devices are told about announcing again
+    fleet_token: str | None = Field(None, validation_alias="SDV_FLEET_TOKEN")
+    # Silence after which an online device goes offline.
+    heartbeat_silence_s: float = Field(15.0, validation_alias="SDV_REGISTRY_HEARTBEAT_SILENCE_S", gt=0)
+    # What pending devices are told about announcing again.
+    pending_retry_s: float = Field(10.0, validation_alias="SDV_REGISTRY_PENDING_RETRY_S", gt=0)
     # Announce rate limits (token buckets; one enrolment is two announces: challenge, signed).
-    announce_per_device_rate: float = 1.0  # per second, for each device id
-    announce_per_device_burst: float = 30.0
-    announce_global_rate: float = 200.0  # per second, all ids together
-    announce_global_burst: float = 1000.0
+    announce_per_device_rate: float = Field(  # per second, for each device id
+        1.0, validation_alias="SDV_REGISTRY_ANNOUNCE_PER_DEVICE_RATE", gt=0)
+    announce_per_device_burst: float = Field(
+        30.0, validation_alias="SDV_REGISTRY_ANNOUNCE_PER_DEVICE_BURST", ge=1)
+    announce_global_rate: float = Field(  # per second, all ids together
+        200.0, validation_alias="SDV_REGISTRY_ANNOUNCE_RATE", gt=0)
+    announce_global_burst: float = Field(1000.0, validation_alias="SDV_REGISTRY_ANNOUNCE_BURST", ge=1)
 
 
 def load_settings() -> RegistrySettings:
-    env = {
-        "trust_file": os.environ.get("SDV_TRUST_FILE"),
-        "credential_ttl_s": os.environ.get("SDV_REGISTRY_CREDENTIAL_TTL_S"),
-        "fleet_token": os.environ.get("SDV_FLEET_TOKEN"),
-        "heartbeat_silence_s": os.environ.get("SDV_REGISTRY_HEARTBEAT_SILENCE_S"),
-        "announce_per_device_rate": os.environ.get("SDV_REGISTRY_ANNOUNCE_PER_DEVICE_RATE"),
-        "announce_per_device_burst": os.environ.get("SDV_REGISTRY_ANNOUNCE_PER_DEVICE_BURST"),
-        "announce_global_rate": os.environ.get("SDV_REGISTRY_ANNOUNCE_RATE"),
-        "announce_global_burst": os.environ.get("SDV_REGISTRY_ANNOUNCE_BURST"),
-    }
-    return RegistrySettings.from_env(SERVICE, **{k: v for k, v in env.items() if v})
+    """From the environment; raises `SettingsError` naming the variable of a bad value."""
+    return RegistrySettings.load()

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import random
 import time
 from collections.abc import Sequence
@@ -84,11 +83,6 @@ Outcome = Literal["standby", "caught_up", "blocked", "gap", "stopped"]
 EVENT_ID_RETENTION_S = 7 * 86_400.0
 # Health turns red when the oldest message not yet handled is older than this.
 DEFAULT_MAX_LAG_S = 30.0
-
-
-def default_max_lag_s() -> float:
-    """`SDV_CONSUMER_MAX_LAG_S`, else 30 s."""
-    return float(os.environ.get("SDV_CONSUMER_MAX_LAG_S") or DEFAULT_MAX_LAG_S)
 
 
 @dataclass
@@ -165,7 +159,9 @@ class ConsumerRunner:
         self.max_attempts = max_attempts
         self.retry_initial_s = retry_initial_s
         self.retry_max_s = retry_max_s
-        self.max_lag_s = default_max_lag_s() if max_lag_s is None else max_lag_s
+        # Unless chosen here, a service's runner gets its `SDV_CONSUMER_MAX_LAG_S` (run_consumer).
+        self.max_lag_chosen = max_lag_s is not None
+        self.max_lag_s = DEFAULT_MAX_LAG_S if max_lag_s is None else max_lag_s
         self.fact_retention_s = fact_retention_s
         self.prune_every_s = prune_every_s
         self.prune_batch = prune_batch
