@@ -109,6 +109,10 @@ async def test_sdv_app_cli_pauses_resumes_writes_stdin_and_searches_the_devices_
     assert code == 0
     assert len(doc["lines"]) == 4
     assert all(entry["app"] == "ticker" and entry["stream"] == "stdout" for entry in doc["lines"])
+    # `sdv app logs DEVICE`, as its help says: the device's last lines, of every app.
+    code, doc = await cli(fleet, "app", "logs", "car-cli", "-n", "3")
+    assert code == 0, doc
+    assert [entry["app"] for entry in doc["lines"]] == ["ticker"] * 3
 
     # Refusals keep their codes and exit 1; a device nobody answers for exits 3.
     code, doc = await cli(fleet, "app", "pause", "car-cli", "nope")

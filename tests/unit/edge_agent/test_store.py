@@ -65,6 +65,9 @@ def test_logs_tail_search_offsets_and_pruning(tmp_path: Path) -> None:
     assert store.tail_offsets("a/1") == {"stdout": 13, "stderr": 25}
     assert [r.line for r in store.tail_logs("a")] == ["speed 120 ok", "WARNING speed over limit"]
     assert [r.line for r in store.tail_logs("a", stream="stderr")] == ["WARNING speed over limit"]
+    # No app: the device's last lines, whichever app wrote them (`sdv app logs DEVICE`).
+    assert [(r.app, r.line) for r in store.tail_logs(None, limit=2)] == [
+        ("a", "WARNING speed over limit"), ("b", "other app speaking")]
     assert [r.line for r in store.search_logs("speed")] == ["speed 120 ok", "WARNING speed over limit"]
     assert [r.app for r in store.search_logs('"over limit"')] == ["a"]
     assert [r.line for r in store.search_logs("spea*", app="b")] == ["other app speaking"]

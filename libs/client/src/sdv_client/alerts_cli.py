@@ -6,7 +6,7 @@ import typer
 from nats.aio.client import Client as NatsClient
 from rich.table import Table
 
-from sdv_client.cli_support import JsonOption, builtins, emit_json, out, run, user
+from sdv_client.cli_support import JsonOption, builtins, emit_json, id_column, out, run, user
 from sdv_events.bus import CommandClient
 from sdv_events.schemas.monitor import AcknowledgeAlert, AlertPage, AlertView, ListAlerts
 
@@ -23,7 +23,8 @@ def _client(nc: NatsClient) -> CommandClient:
 def list_(state: str = typer.Option("active", help="active | open | acknowledged | resolved | all"),
           kind: str = typer.Option(None, help="device_offline | app_failed | app_crash_loop | rollout_failed "
                                               "| service_unhealthy | databroker_unreachable"),
-          device: str = typer.Option(None), limit: int = typer.Option(100, min=1, max=1000),
+          device: str = typer.Option(None, help="Only alerts of this device."),
+          limit: int = typer.Option(100, min=1, max=1000, help="At most this many."),
           as_json: bool = JsonOption) -> None:
     """Alerts, newest first (by default those not resolved yet)."""
     request = ListAlerts(state=state, kind=kind, device=device, limit=limit)  # type: ignore[arg-type]
@@ -31,7 +32,10 @@ def list_(state: str = typer.Option("active", help="active | open | acknowledged
     if as_json:
         emit_json({"ok": True, "total": page.total, "alerts": builtins(page.items)})
         return
-    table = Table("alert", "severity", "state", "raised", "message", title=f"{page.total} alert(s)")
+    table = Table(title=f"{page.total} alert(s)")
+    id_column(table, "alert")
+    for column in ("severity", "state", "raised", "message"):
+        table.add_column(column)
     for a in page.items:
         colour = "red" if a.severity == "critical" else "yellow"
         table.add_row(a.alert_id, f"[{colour}]{a.severity}[/]", a.state,

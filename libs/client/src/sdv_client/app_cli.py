@@ -69,16 +69,15 @@ def stdin(device_id: str, app_name: str = typer.Argument(..., metavar="APP"),
 
 @app.command("logs")
 def logs(device_id: str, app_name: str = typer.Argument(None, metavar="[APP]"),
-         lines: int = typer.Option(50, "--lines", "-n", min=1, max=5000),
+         lines: int = typer.Option(50, "--lines", "-n", min=1, max=5000, help="How many lines."),
          stream: str = typer.Option(None, help="stdout | stderr"),
          search: str = typer.Option(None, "--search", "-s", help="FTS5 query over the device's history"),
          follow: bool = typer.Option(False, "--follow", "-f", help="then print new lines as they arrive"),
          as_json: bool = JsonOption) -> None:
-    """The app's last console lines (or those matching --search), from the device's own store."""
+    """The last console lines of APP (or of every app on DEVICE_ID when APP is left out, or those
+    matching --search), from the device's own store."""
     if stream not in (None, "stdout", "stderr"):
         raise typer.BadParameter("stdout or stderr", param_hint="--stream")
-    if app_name is None and search is None:
-        raise typer.BadParameter("name an APP, give --search, or both")
     chosen: Literal["stdout", "stderr"] | None = stream  # type: ignore[assignment]
     found: LogLines = op_call(device_id, "logs", LogsQuery(app=app_name, lines=lines, stream=chosen,
                                                            search=search), LogLines, as_json)

@@ -15,7 +15,7 @@ import typer
 from nats.aio.client import Client as NatsClient
 from rich.table import Table
 
-from sdv_client.cli_support import JsonOption, emit_json, out, run, user
+from sdv_client.cli_support import JsonOption, WideOption, emit_json, id_column, out, run, user, widen
 from sdv_client.health import SERVICES
 from sdv_client.history_cli import _instant
 from sdv_events.bus import CommandClient
@@ -56,6 +56,7 @@ def audit(
     limit: int = typer.Option(200, "--limit", min=1, max=1_000_000, help="At most this many events."),
     as_json: bool = JsonOption,
     jsonl: bool = typer.Option(False, "--jsonl", help="One JSON event per line (export)."),
+    wide: bool = WideOption,
 ) -> None:
     """Every event of every service and every device fact, oldest first."""
     if ctx.invoked_subcommand is not None:
@@ -73,15 +74,23 @@ def audit(
     if as_json:
         emit_json({"ok": True, "events": docs, "next_after": next_after})
         return
-    table = Table("at", "service", "actor", "event", "stream", "device", "correlation", "caused by",
-                  title=f"{len(events)} event(s)")
+    whole = widen(wide)
+    table = Table("at", "service", "actor", "event", title=f"{len(events)} event(s)")
+    for column in ("stream", "device", "correlation", "caused by"):
+        id_column(table, column)
     for e in events:
+        # Correlation and causation ids are shortened to what tells them apart on a screen;
+        # piped or --wide, they are whole (a script greps for them).
         table.add_row(e.at.astimezone().strftime("%Y-%m-%d %H:%M:%S.%f")[:-3], e.service, e.actor or "",
-                      short_name(e.type), e.stream_id, e.device_id or "", (e.correlation_id or "")[:13],
-                      (e.causation_id or "")[:13])
+                      short_name(e.type), e.stream_id, e.device_id or "",
+                      _short(e.correlation_id, whole), _short(e.causation_id, whole))
     out.print(table)
     if next_after:
         out.print(f"more: --after '{next_after}'")
+
+
+def _short(id_: str | None, whole: bool) -> str:
+    return (id_ or "") if whole else (id_ or "")[:13]
 
 
 @app.command("verify")

@@ -14,13 +14,13 @@ from typing import Any
 import msgspec
 import nats
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn
 from rich.table import Table
 
 from sdv_client.alerts_cli import app as alerts_app
 from sdv_client.app_cli import app as apps_app
 from sdv_client.audit_cli import app as audit_app
+from sdv_client.cli_support import JsonUsageErrors, err, out
 from sdv_client.deploy_cli import app as deploy_app
 from sdv_client.device_cli import app as devices_app
 from sdv_client.health import SERVICES, ServiceStatus, nats_ca, nats_credentials, ping_all, quiet, status_of
@@ -33,7 +33,8 @@ from sdv_client.rollout_cli import policy_app
 from sdv_client.suite import Suite, SuiteError
 from sdv_events.auth.client_tls import NatsCaError, tls_hint, tls_options
 
-app = typer.Typer(help="SDV Fleet: package, roll out and watch vehicle apps.", no_args_is_help=True)
+app = typer.Typer(help="SDV Fleet: package, roll out and watch vehicle apps.", no_args_is_help=True,
+                  cls=JsonUsageErrors)
 app.add_typer(package_app, name="package")
 app.add_typer(devices_app, name="devices")
 app.add_typer(rollout_app, name="rollout")
@@ -45,8 +46,6 @@ app.add_typer(alerts_app, name="alerts")
 app.command("history")(history)
 app.command("rebuild")(rebuild)
 app.command("status")(fleet_status)
-out = Console()
-err = Console(stderr=True)
 
 JsonOption = typer.Option(False, "--json", help="Print machine-readable JSON on stdout.")
 

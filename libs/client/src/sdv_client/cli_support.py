@@ -1,8 +1,10 @@
 """What every `sdv` sub-command shares: connecting to NATS with the suite's credentials and CA,
-turning typed command errors into exit codes, and `--json` output.
+turning typed command errors into exit codes, `--json` output (usage errors included) and
+tables that keep ids whole.
 
 Exit codes: 0 done; 1 the service refused (invalid, conflict, not found, rejected, …); 2 usage
-error; 3 NATS or the service cannot be reached (or did not answer in time).
+error (a bad option, a missing credentials or CA file); 3 NATS or the service cannot be reached
+(or did not answer in time).
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ import msgspec
 import nats
 import nats.errors
 import typer
+import typer.core
 from nats.aio.client import Client as NatsClient
 from rich.console import Console
+from rich.table import Table
 
 from sdv_client.health import nats_ca, nats_credentials
 from sdv_events.auth.client_tls import NatsCaError, tls_hint, tls_options
@@ -31,15 +35,69 @@ from sdv_events.bus.tracing import configure_tracing, span
 T = TypeVar("T")
 
 EXIT_REFUSED = 1
+EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 CONNECT_TIMEOUT_S = 5.0
 # What a command may wait on its way out for an OTLP collector that does not answer.
 EXPORT_TIMEOUT_S = 2.0
 
-out = Console()
-err = Console(stderr=True)
+# Piped output is read by programs (and people with `| less`): rich would otherwise squeeze
+# tables into 80 columns and cut ids short with "…". A terminal keeps its own width.
+WIDE = 4096
+
+
+def _stdout_width() -> int | None:
+    return None if os.environ.get("COLUMNS") or sys.stdout.isatty() else WIDE
+
+
+out = Console(width=_stdout_width())
+# Messages are never broken by rich (a path cut in two cannot be pasted); the terminal wraps them.
+err = Console(stderr=True, soft_wrap=True)
 JsonOption = typer.Option(False, "--json", help="Print one machine-readable JSON object on stdout.")
+WideOption = typer.Option(False, "--wide", "-w", help="Never shorten or fold a column (always so "
+                          "when stdout is not a terminal).")
+
+
+def widen(wide: bool) -> bool:
+    """`--wide`: print at full width; True when nothing may be shortened (wide, or piped)."""
+    if wide:
+        out.width = WIDE
+    return wide or out.width >= WIDE
+
+
+def id_column(table: Table, header: str) -> None:
+    """A column of ids: folded onto more lines when the terminal is narrow, never cut short."""
+    table.add_column(header, overflow="fold", no_wrap=False)
+
+
+class JsonUsageErrors(typer.core.TyperGroup):
+    """The `sdv` group: a usage error (unknown option, bad value, missing argument) of a command
+    run with `--json` is one JSON object on stdout, `{"ok": false, "code": "usage_error", …}`,
+    exit status 2 — what a script parses, instead of a rich box on stderr."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        argv = list(sys.argv[1:] if args is None else args)
+        if "--json" not in argv:
+            return super().main(argv, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            code = super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
+        except typer.TyperException as exc:  # typer's (vendored) click errors: usage and others
+            code = getattr(exc, "exit_code", EXIT_USAGE)
+            message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+            doc: dict[str, Any] = {"ok": False, "error": message,
+                                   "code": "usage_error" if code == EXIT_USAGE else "error"}
+            ctx = getattr(exc, "ctx", None)
+            if ctx is not None:
+                doc["usage"] = ctx.get_usage()
+            emit_json(doc)
+        except typer.Abort:
+            emit_json({"ok": False, "error": "aborted", "code": "aborted"})
+            code = 1
+        if not standalone_mode:
+            return code
+        sys.exit(code if isinstance(code, int) else 0)
 
 
 class Failure(Exception):
@@ -84,12 +142,22 @@ def failure_of(exc: CommandError, service: str) -> Failure:
                    exit_code=EXIT_UNREACHABLE if unreachable else EXIT_REFUSED)
 
 
+def readable_credentials(creds: str | None) -> str | None:
+    """The `.creds` file, checked before connecting: nats-py's own error would not name it."""
+    if creds is not None and not os.access(creds, os.R_OK):
+        why = "no such file" if not os.path.exists(creds) else "not readable"
+        raise Failure(f"NATS credentials file {creds}: {why} (SDV_NATS_CREDS, or the --data-dir "
+                      "of `sdv up`)", code="bad_creds", exit_code=EXIT_USAGE)
+    return creds
+
+
 async def with_nats(work: Callable[[NatsClient], Awaitable[T]], service: str) -> T:
     url, ca = nats_url(), nats_ca()
+    creds = readable_credentials(nats_credentials())
     try:
         tls = tls_options(url, ca)
     except NatsCaError as exc:
-        raise Failure(str(exc), code="bad_ca", exit_code=2) from None
+        raise Failure(str(exc), code="bad_ca", exit_code=EXIT_USAGE) from None
 
     async def quiet(_: Exception) -> None:  # the failure is reported below, once
         return None
@@ -99,7 +167,7 @@ async def with_nats(work: Callable[[NatsClient], Awaitable[T]], service: str) ->
         nc: NatsClient = await asyncio.wait_for(nats.connect(
             url, name=f"sdv-cli-{service}", connect_timeout=2, allow_reconnect=False,
             max_reconnect_attempts=1, reconnect_time_wait=0.1, error_cb=quiet,
-            user_credentials=nats_credentials(), **tls,
+            user_credentials=creds, **tls,
         ), CONNECT_TIMEOUT_S)
     except Exception as exc:
         raise Failure(f"cannot reach NATS at {url}: {exc!r}{tls_hint(exc, ca)}", code="unreachable",

@@ -30,12 +30,15 @@ from rich.table import Table
 from sdv_client.cli_support import (
     Failure,
     JsonOption,
+    JsonUsageErrors,
+    WideOption,
     builtins,
     emit_json,
     err,
     out,
     run,
     user,
+    widen,
 )
 from sdv_client.packages import PackagerClient
 from sdv_events.package_format import PackageVerificationError, verify_artifact
@@ -46,7 +49,7 @@ T = TypeVar("T")
 EXIT_VERIFY = 4
 
 app = typer.Typer(help="Vehicle app packages: publish, list, get, yank, promote, download.",
-                  no_args_is_help=True)
+                  no_args_is_help=True, cls=JsonUsageErrors)
 
 
 class ChannelName(StrEnum):
@@ -136,6 +139,7 @@ def list_(
     channel: ChannelName | None = typer.Option(None, "--channel", help="Only this channel."),
     include_yanked: bool = typer.Option(True, "--include-yanked/--no-yanked",
                                         help="Show yanked versions too (default) or hide them."),
+    wide: bool = WideOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Published packages, from the packager's catalog (filter by name and channel)."""
@@ -147,6 +151,7 @@ def list_(
     if not views:
         err.print("no packages match")
         return
+    whole = widen(wide)
     table = Table(title="packages")
     for column in ("name", "version", "channel", "yanked", "digest", "size", "runtime", "wheels"):
         table.add_column(column, justify="right" if column in ("size", "wheels") else "left")
@@ -154,7 +159,8 @@ def list_(
         table.add_row(
             v.info.name, v.info.version, v.channel,
             f"[red]yes[/] ({v.yank_reason})" if v.yanked else "",
-            v.info.digest[:12], _size(v.info.size), v.info.runtime, str(len(v.info.bundled_wheels)),
+            v.info.digest if whole else v.info.digest[:12], _size(v.info.size), v.info.runtime,
+            str(len(v.info.bundled_wheels)),
         )
     out.print(table)
 

@@ -1,5 +1,9 @@
 """`sdv rollout …`: create (and start), get, watch, pause, resume, cancel, rollback, list; and
-`sdv policy …`: set, list, delete. Talks to the orchestrator over NATS (see cli_support)."""
+`sdv policy …`: set, list, delete. Talks to the orchestrator over NATS (see cli_support).
+
+`watch` and `create --watch` end with the rollout's outcome: exit 0 when it completed, 1 when it
+ended aborted, rolled back or cancelled (`--json`: `"ok": false` and `"code": "rollout_<status>"`),
+and 124 when the watch timed out before the rollout ended."""
 
 from __future__ import annotations
 
@@ -14,7 +18,19 @@ from nats.aio.client import Client as NatsClient
 from rich.live import Live
 from rich.table import Table
 
-from sdv_client.cli_support import JsonOption, builtins, emit_json, out, run, user
+from sdv_client.cli_support import (
+    EXIT_REFUSED,
+    JsonOption,
+    WideOption,
+    builtins,
+    emit_json,
+    err,
+    id_column,
+    out,
+    run,
+    user,
+    widen,
+)
 from sdv_events.bus import CommandClient
 from sdv_events.schemas.rollouts import (
     MAX_PAGE,
@@ -35,10 +51,21 @@ from sdv_events.schemas.rollouts import (
 
 SERVICE = "orchestrator"
 TERMINAL = {"completed", "aborted", "cancelled", "rolled_back"}
+EXIT_WATCH_TIMEOUT = 124  # as timeout(1): the rollout had not ended when the watch gave up
 app = typer.Typer(help="Rollouts: canary, waves, thresholds, pause, cancel, rollback.",
                   no_args_is_help=True)
 policy_app = typer.Typer(help="Policies: start rollouts on their own when a version lands on a "
                          "channel; give new devices the fleet's version.", no_args_is_help=True)
+
+
+class RolloutStatus(StrEnum):
+    created = "created"
+    running = "running"
+    paused = "paused"
+    completed = "completed"
+    aborted = "aborted"
+    cancelled = "cancelled"
+    rolled_back = "rolled_back"
 
 
 class StrategyKind(StrEnum):
@@ -99,6 +126,27 @@ def show(view: RolloutView, as_json: bool) -> None:
             out.print(f"  {device_id}: {why}", highlight=False)
 
 
+def show_outcome(view: RolloutView, as_json: bool) -> None:
+    """The watched rollout as it ended, and the exit status a script can act on: 0 completed,
+    1 aborted / rolled back / cancelled, 124 still going when the watch gave up."""
+    if view.status == "completed":
+        show(view, as_json)
+        return
+    ended = view.status in TERMINAL
+    code = EXIT_REFUSED if ended else EXIT_WATCH_TIMEOUT
+    message = (f"rollout {view.rollout_id} ended {view.status.replace('_', ' ')}"
+               + (f": {view.reason}" if view.reason else "") if ended else
+               f"rollout {view.rollout_id} is still {view.status}: the watch timed out")
+    if as_json:
+        emit_json({"ok": False, "error": message,
+                   "code": f"rollout_{view.status}" if ended else "watch_timeout",
+                   "rollout": builtins(view)})
+    else:
+        out.print(table_of(view))
+        err.print(f"[red]{message}[/]", highlight=False)
+    raise typer.Exit(code)
+
+
 def _watch(rollout_id: str, as_json: bool, timeout_s: float) -> RolloutView:
     async def work(nc: NatsClient) -> RolloutView:
         commands = client(nc)
@@ -124,7 +172,7 @@ def create(
     version: str = typer.Argument(...),
     selector: str = typer.Option(None, "--selector", "-l", help="label selector, e.g. env=prod"),
     device: list[str] = typer.Option(None, "--device", "-d", help="explicit device id (repeat)"),
-    strategy: StrategyKind = typer.Option(StrategyKind.canary, "--strategy"),
+    strategy: StrategyKind = typer.Option(StrategyKind.canary, "--strategy", help="How devices are batched."),
     waves: str = typer.Option("1,10%,50%,100%", help="canary: cumulative wave sizes"),
     batch_size: int = typer.Option(10, help="rolling: devices per batch"),
     success: float = typer.Option(0.95, help="share of a wave that must succeed to advance"),
@@ -146,9 +194,12 @@ def create(
         auto_rollback=not no_rollback, start=not no_start,
     )
     view = call("create", request, RolloutView, as_json)
-    if watch and view.status not in TERMINAL:
+    if not watch:
+        show(view, as_json)
+        return
+    if view.status not in TERMINAL:
         view = _watch(view.rollout_id, as_json, timeout_s=24 * 3600)
-    show(view, as_json)
+    show_outcome(view, as_json)
 
 
 @app.command("get")
@@ -159,7 +210,10 @@ def get(rollout_id: str, as_json: bool = JsonOption) -> None:
         show(view, as_json)
         return
     show(view, as_json)
-    devices = Table("device", "wave", "status")
+    devices = Table()
+    id_column(devices, "device")
+    devices.add_column("wave")
+    devices.add_column("status")
     for d in view.devices[:200]:
         devices.add_row(d.device_id, str(d.wave + 1), d.status)
     out.print(devices)
@@ -170,8 +224,9 @@ def get(rollout_id: str, as_json: bool = JsonOption) -> None:
 @app.command("watch")
 def watch_(rollout_id: str, timeout: float = typer.Option(3600.0, help="give up after seconds"),
            as_json: bool = JsonOption) -> None:
-    """Follow a rollout's waves live until it completes, aborts or is cancelled."""
-    show(_watch(rollout_id, as_json, timeout), as_json)
+    """Follow a rollout's waves live until it ends: exit 0 completed, 1 aborted, rolled back or
+    cancelled, 124 when TIMEOUT passes first."""
+    show_outcome(_watch(rollout_id, as_json, timeout), as_json)
 
 
 def _simple(name: str, help_text: str) -> None:
@@ -191,14 +246,21 @@ _simple("rollback", "Put every touched device back on its previous version.")
 
 
 @app.command("list")
-def list_(app_name: str = typer.Option(None, "--app"), status: str = typer.Option(None),
-          limit: int = typer.Option(50), as_json: bool = JsonOption) -> None:
+def list_(app_name: str = typer.Option(None, "--app", help="Only rollouts of this app."),
+          status: RolloutStatus = typer.Option(None, help="Only rollouts in this status."),
+          limit: int = typer.Option(50, min=1, help="At most this many."),
+          wide: bool = WideOption, as_json: bool = JsonOption) -> None:
     """Recent rollouts, newest first."""
-    found = call("list", ListRollouts(app=app_name, status=status, limit=limit), RolloutList, as_json)
+    found = call("list", ListRollouts(app=app_name, status=status.value if status else None, limit=limit),
+                 RolloutList, as_json)
     if as_json:
         emit_json({"ok": True, "rollouts": builtins(found.rollouts)})
         return
-    table = Table("rollout", "app", "version", "status", "devices", "succeeded", "failed", "created")
+    widen(wide)
+    table = Table()
+    id_column(table, "rollout")
+    for column in ("app", "version", "status", "devices", "succeeded", "failed", "created"):
+        table.add_column(column)
     for r in found.rollouts:
         table.add_row(r.rollout_id, r.app, r.version, r.status, str(r.devices), str(r.succeeded),
                       str(r.failed), r.created_at.isoformat(timespec="seconds"))
@@ -207,10 +269,10 @@ def list_(app_name: str = typer.Option(None, "--app"), status: str = typer.Optio
 
 @policy_app.command("set")
 def policy_set(
-    name: str, app_name: str = typer.Option(..., "--app"),
+    name: str, app_name: str = typer.Option(..., "--app", help="The app the policy rolls out."),
     channel: str = typer.Option("stable", help="dev | beta | stable"),
-    selector: str = typer.Option(..., "--selector", "-l"),
-    waves: str = typer.Option("1,10%,50%,100%"),
+    selector: str = typer.Option(..., "--selector", "-l", help="The devices: a label selector."),
+    waves: str = typer.Option("1,10%,50%,100%", help="Canary: cumulative wave sizes."),
     auto_assign: bool = typer.Option(True, help="give newly accepted devices the fleet's version"),
     as_json: bool = JsonOption,
 ) -> None:
@@ -228,6 +290,7 @@ def policy_set(
 
 @policy_app.command("list")
 def policy_list(as_json: bool = JsonOption) -> None:
+    """Every rollout policy: app, channel, target, waves."""
     found = call("list_policies", ListRollouts(), PolicyList, as_json)
     if as_json:
         emit_json({"ok": True, "policies": builtins(found.policies)})
@@ -241,6 +304,7 @@ def policy_list(as_json: bool = JsonOption) -> None:
 
 @policy_app.command("delete")
 def policy_delete(name: str, as_json: bool = JsonOption) -> None:
+    """Delete a policy: no more rollouts start on their own for it."""
     call("delete_policy", PolicyRef(name), PolicyRef, as_json)
     if as_json:
         emit_json({"ok": True, "deleted": name})

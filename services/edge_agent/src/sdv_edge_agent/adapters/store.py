@@ -243,9 +243,10 @@ class AgentStore:
             self.db.execute("BEGIN")
             self.db.executemany("UPDATE logs SET sent = 1 WHERE id = ?", [(i,) for i in ids])
 
-    def tail_logs(self, app: str, limit: int = 50, stream: str | None = None) -> list[LogLine]:
-        sql = "SELECT id, app, stream, ts, line FROM logs WHERE app = ?"
-        args: list[object] = [app]
+    def tail_logs(self, app: str | None, limit: int = 50, stream: str | None = None) -> list[LogLine]:
+        """The last `limit` lines of `app` (None: of every app), oldest first."""
+        sql = "SELECT id, app, stream, ts, line FROM logs WHERE " + ("app = ?" if app else "1")
+        args: list[object] = [app] if app else []
         if stream:
             sql += " AND stream = ?"
             args.append(stream)
