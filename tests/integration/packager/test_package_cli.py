@@ -178,7 +178,7 @@ async def test_invalid_app_exits_non_zero_and_names_every_problem(packager, tmp_
     doc = as_json(result)
     assert doc["ok"] is False
     assert doc["code"] == "invalid_request"
-    assert "syntax error" in doc["details"]["main.py:1"]
+    assert "syntax error" in doc["details"][f"{bad}/main.py:1"]
     assert any("Vehicle.Speed" in where or "Vehicle.Speed" in message
                for where, message in doc["details"].items())
 
@@ -191,6 +191,30 @@ async def test_invalid_app_exits_non_zero_and_names_every_problem(packager, tmp_
     missing = await sdv(url, "get", "cli-watch", "1.0.0", "--json")
     assert missing.exit_code == EXIT_REFUSED
     assert as_json(missing)["code"] == "not_found"
+
+
+async def test_publish_errors_name_the_folder_the_user_passed_not_a_temporary_one(
+    packager, tmp_path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    url, _ = packager
+    monkeypatch.chdir(tmp_path)
+    broken = make_app(tmp_path, name="cli-broken", body="x = 1\ndef broken(:\n",
+                      writes='["Vehicle.Speed"]').relative_to(tmp_path)
+    refused = await sdv(url, "publish", str(broken), "--json")
+    assert refused.exit_code == EXIT_REFUSED
+    doc = as_json(refused)
+    assert doc["error"].startswith(f"{broken}: ")
+    assert set(doc["details"]) == {f"{broken}/main.py:2", f"{broken}/sdv-app.toml: vss.writes"}
+    assert "sdv-upload-" not in refused.stdout  # the packager's unpacking directory stays its own
+
+    human = await sdv(url, "publish", str(broken))
+    assert f"{broken}/main.py:2" in human.stderr
+    assert "sdv-upload-" not in human.stderr
+
+    (tmp_path / "empty").mkdir()
+    no_manifest = await sdv(url, "publish", "empty", "--json")
+    assert no_manifest.exit_code == 2
+    assert as_json(no_manifest)["error"].startswith("empty: no sdv-app.toml in this folder")
 
 
 async def test_service_errors_are_typed_and_exit_non_zero(packager, tmp_path) -> None:

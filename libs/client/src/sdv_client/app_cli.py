@@ -1,5 +1,6 @@
-"""`sdv app …`: act on one app on one device, now — pause, resume, stop, start, restart, stdin —
-and read its console (history and FTS search from the device's own store, or `--follow` live).
+"""`sdv app …`: `init` writes a new app folder (app_template.py); the rest act on one app on one
+device, now — pause, resume, stop, start, restart, stdin — and read its console (history and FTS
+search from the device's own store, or `--follow` live).
 
 These are the device's interactive ops (`sdv.device.<id>.ops.<op>`): the agent answers, so the
 device must be online. They hold the app in that state until its desired state changes; a fleet
@@ -11,18 +12,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+from pathlib import Path
 from typing import Literal
 
 import typer
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
-from sdv_client.cli_support import JsonOption, builtins, emit_json, out, run, user
+from sdv_client.app_template import TemplateError, write_app
+from sdv_client.cli_support import EXIT_USAGE, Failure, JsonOption, builtins, emit_json, fail, out, run, user
 from sdv_events.bus import CommandClient
 from sdv_events.schemas.device_ops import APP_OPS, AppOp, AppStatus, LogLines, LogsQuery, StdinOp
 from sdv_events.subjects import ops_subject
 
-app = typer.Typer(help="One app on one device: pause, resume, stop, start, restart, stdin, logs.",
+app = typer.Typer(help="Apps: write a new one (init); act on one app on one device (pause, resume, "
+                  "stop, start, restart, stdin, logs).",
                   no_args_is_help=True)
 OP_TIMEOUT_S = 30.0  # a stop waits for the app's graceful exit (the agent's stop timeout)
 
@@ -115,3 +119,23 @@ def _follow(device_id: str, app_name: str | None, stream: str | None, as_json: b
 
     with contextlib.suppress(KeyboardInterrupt):
         run(work, as_json, f"agent of {device_id}")
+
+
+@app.command("init")
+def init(name: str = typer.Argument(..., help="The app's name (lowercase letters, digits, hyphens)."),
+         folder: Path = typer.Option(None, "--dir", help="Where to write it (default: ./NAME); must "
+                                     "not exist yet, or be empty."),
+         as_json: bool = JsonOption) -> None:
+    """Write a working app folder: sdv-app.toml (every field explained), main.py reading
+    Vehicle.Speed through the generated signal library, and a test (`python -m unittest`)."""
+    target = folder if folder is not None else Path(name)
+    try:
+        written = write_app(target, name)
+    except TemplateError as exc:
+        fail(Failure(str(exc), code="invalid_request", exit_code=EXIT_USAGE), as_json)
+    if as_json:
+        emit_json({"ok": True, "app": name, "folder": str(target), "files": [str(p) for p in written]})
+        return
+    out.print(f"[green]wrote[/] {target}/: " + ", ".join(p.name for p in written), highlight=False)
+    out.print(f"next: `cd {target} && python -m unittest` (its test), then `sdv package publish {target}`",
+              highlight=False)

@@ -27,7 +27,9 @@ import typer
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from sdv_client.app_template import MANIFEST_FILE
 from sdv_client.cli_support import (
+    EXIT_USAGE,
     Failure,
     JsonOption,
     JsonUsageErrors,
@@ -35,12 +37,15 @@ from sdv_client.cli_support import (
     builtins,
     emit_json,
     err,
+    fail,
+    failure_of,
     out,
     run,
     user,
     widen,
 )
 from sdv_client.packages import PackagerClient
+from sdv_events.bus import CommandError
 from sdv_events.package_format import PackageVerificationError, verify_artifact
 from sdv_events.schemas.packages import PackageInfo, PackageView
 
@@ -114,16 +119,22 @@ def _print_view(view: PackageView, as_json: bool, **extra: Any) -> None:
 @app.command()
 def publish(
     app_dir: Path = typer.Argument(..., help="The app directory (with its sdv-app.toml).",
-                                   exists=True, file_okay=False, dir_okay=True, resolve_path=True),
+                                   exists=True, file_okay=False, dir_okay=True),
     as_json: bool = JsonOption,
 ) -> None:
     """Upload an app directory; the packager validates, builds, signs and stores it."""
+    if not (app_dir / MANIFEST_FILE).is_file():
+        fail(Failure(f"{app_dir}: no {MANIFEST_FILE} in this folder (`sdv app init NAME` writes one)",
+                     code="invalid_request", exit_code=EXIT_USAGE), as_json)
 
     async def work(client: PackagerClient) -> PackageInfo:
         with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
                       console=err, transient=True, disable=as_json) as progress:
-            progress.add_task(f"publishing {app_dir.name}: upload, validate, build, sign, store")
-            return await client.publish_dir(app_dir)
+            progress.add_task(f"publishing {app_dir}: upload, validate, build, sign, store")
+            try:
+                return await client.publish_dir(app_dir)
+            except CommandError as exc:
+                raise in_folder(failure_of(exc, "packager"), app_dir) from None
 
     info = _run(work, as_json)
     if as_json:
@@ -131,6 +142,22 @@ def publish(
         return
     out.print(f"[green]published[/] {info.name} {info.version}", highlight=False)
     out.print(_info_table(info))
+
+
+def in_folder(failure: Failure, app_dir: Path) -> Failure:
+    """The packager names files inside the upload (`main.py:3`, `sdv-app.toml: app.version`):
+    said of the folder the user passed, so they can be opened as they are written."""
+    failure.message = f"{app_dir}: {failure.message}"
+    failure.details = {_in(app_dir, where): message for where, message in failure.details.items()}
+    return failure
+
+
+def _in(app_dir: Path, where: str) -> str:
+    """`main.py:3` → `<folder>/main.py:3`; a manifest field (`vss.writes`) → `<folder>/sdv-app.toml: …`."""
+    file = where.split(":", 1)[0]
+    if file and (app_dir / file).exists():
+        return f"{app_dir / file}{where[len(file):]}"
+    return f"{app_dir / MANIFEST_FILE}: {where}"
 
 
 @app.command("list")

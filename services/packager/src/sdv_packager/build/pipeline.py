@@ -34,7 +34,9 @@ class BuiltPackage:
 def load_manifest(app_dir: Path) -> AppManifest:
     path = app_dir / MANIFEST_FILE
     if not path.is_file():
-        raise AppInvalid([Problem(str(app_dir), f"no {MANIFEST_FILE} in the app directory")])
+        # Named by the file alone: `app_dir` is the packager's own unpacking of an upload, a
+        # temporary directory the user never saw (the CLI names the folder it uploaded).
+        raise AppInvalid([Problem(MANIFEST_FILE, "missing: the app folder has no manifest")])
     try:
         return parse_manifest(path.read_text(encoding="utf-8"))
     except ManifestError as exc:

@@ -77,7 +77,9 @@ def download_wheels(
             took = f"resolving wheels took over {source.timeout_s:.0f} s"
             raise AppInvalid([Problem(WHERE, took)]) from None
         if result.returncode != 0:
-            detail = (result.stderr or result.stdout).strip().splitlines()[-3:]
+            # pip's words, without the sandbox's temporary paths (they mean nothing to the user).
+            said = (result.stderr or result.stdout).replace(str(box.root), "<build>")
+            detail = said.strip().splitlines()[-3:]
             raise AppInvalid([Problem(WHERE, "cannot resolve wheels for python "
                                       f"{python_version}/{source.platform}: " + " | ".join(detail))])
         try:
