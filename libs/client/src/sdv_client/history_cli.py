@@ -11,7 +11,7 @@ import typer
 from nats.aio.client import Client as NatsClient
 from rich.table import Table
 
-from sdv_client.cli_support import JsonOption, emit_json, out, run, user
+from sdv_client.cli_support import JsonOption, emit_json, id_column, out, run, user
 from sdv_events.bus import CommandClient
 from sdv_events.history import MAX_LIMIT, HistoryEvent, HistoryQuery, history_pages
 from sdv_events.registry import short_name
@@ -69,8 +69,12 @@ def history(
         emit_json({"ok": True, "events": [_doc(e) for e in events], "next_after": next_after,
                    "more": more})
         return
-    table = Table("position", "recorded", "stream", "v", "event", "actor", "correlation",
-                  title=f"{service}: {len(events)} event(s)")
+    table = Table("position", "recorded", title=f"{service}: {len(events)} event(s)")
+    id_column(table, "stream")
+    table.add_column("v")
+    table.add_column("event")
+    table.add_column("actor")
+    id_column(table, "correlation")
     for e in events:
         table.add_row(str(e.position), e.recorded_at.astimezone().strftime("%Y-%m-%d %H:%M:%S"),
                       e.stream_id, str(e.version), short_name(e.type), e.actor or "",

@@ -8,7 +8,7 @@ from datetime import datetime
 from nats.aio.client import Client as NatsClient
 from rich.table import Table
 
-from sdv_client.cli_support import JsonOption, builtins, emit_json, out, run, user
+from sdv_client.cli_support import JsonOption, builtins, emit_json, id_column, out, run, user
 from sdv_events.bus import CommandClient, CommandError
 from sdv_events.schemas.monitor import DeviceDetail, FleetStatus, GetDeviceInventory, GetFleetStatus
 
@@ -69,7 +69,10 @@ def status(as_json: bool = JsonOption) -> None:
         out.print(f"[red]open alerts:[/] {counts} (sdv alerts list)")
     if found.apps_by_state:
         out.print("apps: " + ", ".join(f"{k} {v}" for k, v in sorted(found.apps_by_state.items())))
-    table = Table("rollout", "app", "version", "status", "wave", "progress", title="active rollouts")
+    table = Table(title="active rollouts")
+    id_column(table, "rollout")
+    for column in ("app", "version", "status", "wave", "progress"):
+        table.add_column(column)
     for r in found.active_rollouts:
         done = r.succeeded + r.failed
         table.add_row(r.rollout_id, r.app, r.version, r.status,
