@@ -89,7 +89,7 @@ def dashboard_router(queries: Queries, live: LiveFeed, pages: Pages) -> APIRoute
         return pages.render(request, "rollout.html", title=f"Rollout {rollout_id}",
                             feed=f"/ui/changes?rollout={rollout_id}", detail=found,
                             waves=shapes.waves_of(found, at), took_s=shapes.rollout_took_s(found.rollout, at),
-                            series=shapes.progress_series(found))
+                            series=shapes.progress_series(found, at))
 
     @router.get("/alerts")
     async def alerts(request: Request,

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import msgspec
 
@@ -15,7 +16,7 @@ from sdv_events.schemas.monitor import AuditQuery, RolloutDetail, RolloutDevice,
 # a screen reader or to a colour-blind operator).
 OUTCOME_WORDS = {"planned": "waiting", "targeted": "installing", "succeeded": "succeeded",
                  "failed": "failed", "timed_out": "timed out"}
-OUTCOME_MARKS = {"planned": "·", "targeted": "…", "succeeded": "✓", "failed": "✗", "timed_out": "⏱"}
+OUTCOME_MARKS = {"planned": "·", "targeted": "…", "succeeded": "✓", "failed": "✗", "timed_out": "!"}
 AUDIT_FIELDS = ("rollout", "device", "package", "stream", "correlation", "actor", "type", "since", "until",
                 "after")
 
@@ -62,9 +63,10 @@ def rollout_took_s(rollout: RolloutRow, now: datetime) -> float:
     return ((rollout.ended_at or now) - rollout.created_at).total_seconds()
 
 
-def progress_series(detail: RolloutDetail) -> dict[str, list[float]]:
+def progress_series(detail: RolloutDetail, now: datetime) -> dict[str, Any]:
     """The rollout's outcomes over time, for its chart: seconds since creation, and how many
-    devices had succeeded and failed by then (one point per finished device)."""
+    devices had succeeded and failed by then (one point per finished device); with the axes'
+    ends (the rollout's duration so far, its number of devices)."""
     start = detail.rollout.created_at
     finished = sorted((d.finished_at, d.status) for d in detail.devices
                       if d.finished_at is not None and d.status in ("succeeded", "failed", "timed_out"))
@@ -75,7 +77,8 @@ def progress_series(detail: RolloutDetail) -> dict[str, list[float]]:
         series["t"].append(round((at - start).total_seconds(), 3))
         series["succeeded"].append(ok)
         series["failed"].append(bad)
-    return series
+    return {**series, "until": max(1.0, round(rollout_took_s(detail.rollout, now), 3)),
+            "devices": max(1, detail.rollout.devices)}
 
 
 def duration(seconds: float | None) -> str:

@@ -2,9 +2,10 @@
 // 1. Change notices: the page names its feed in <body data-feed> (server-sent events). Each
 //    notice makes the page's live parts (hx-trigger="sdv-changed from:body") fetch themselves
 //    again: at most every 400 ms, once more 2 s after the last notice (the monitor's views may
-//    apply an event a moment after it was on the bus), never a reload.
+//    apply an event a moment after it was on the bus), never a reload. So does each (re)connect
+//    of the feed: what happened between the page's rendering and its feed's start has no notice.
 // 2. The console tail: lines of an app (server-sent events `line`) appended as text, never markup.
-// 3. A rollout's outcomes over time, drawn with uPlot from the JSON the live part carries.
+// 3. A rollout's outcomes over time, drawn with uPlot from the JSON its live part carries.
 (() => {
   "use strict";
 
@@ -24,7 +25,7 @@
       settle = setTimeout(changed, 2000);
     };
     const source = new EventSource(feed);
-    source.addEventListener("open", () => say("Live", "live"));
+    source.addEventListener("open", () => { say("Live", "live"); notice(); });
     source.addEventListener("error", () => say("Reconnecting…", "down"));
     source.addEventListener("changed", notice);
   }
@@ -56,14 +57,14 @@
 
   const drawChart = () => {
     const box = document.getElementById("progress-chart");
-    const data = document.getElementById("progress-data");
-    if (!box || !data || typeof uPlot === "undefined") return;
-    const series = JSON.parse(data.textContent);
+    if (!box || !box.dataset.series || typeof uPlot === "undefined") return;
+    const series = JSON.parse(box.dataset.series);
     box.replaceChildren();
     const width = Math.max(280, box.clientWidth || 600);
     new uPlot({
       width, height: 180,
-      scales: { x: { time: false } },
+      scales: { x: { time: false, range: [0, series.until] }, y: { range: [0, series.devices] } },
+      legend: { live: false },
       axes: [{ label: "seconds since created" }, { label: "devices" }],
       series: [
         { label: "s" },
