@@ -119,6 +119,12 @@ async def test_hostile_names_and_reasons_are_shown_as_text_never_as_markup(suite
         return response.status_code == 200 and any(a["state"] == "FAILED" for a in response.json()["apps"])
 
     await monitor.until(failed, 15.0, "the monitor recorded the hostile failure")
+
+    async def alerted() -> bool:  # its message quotes the device's reason
+        alerts = await monitor.get("/api/alerts", device=evil.device_id)
+        return any(HOSTILE_REASON in a["message"] for a in alerts["items"])
+
+    await monitor.until(alerted, 20.0, "an app_failed alert quoting the device's reason")
     paths = [*PAGES, f"/devices/{evil.device_id}", f"/devices/{evil.device_id}?part=live",
              f"/rollouts/{done.rollout_id}", f"/audit?device={evil.device_id}&since=2000-01-01T00:00:00"]
     for path in paths:
