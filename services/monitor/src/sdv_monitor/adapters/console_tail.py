@@ -60,7 +60,8 @@ class ConsoleTail:
         return ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME,
                               opt_start_time=self.clock() - timedelta(seconds=self.window_s))
 
-    async def follow(self, device_id: str, app: str, after_seq: int | None = None) -> AsyncIterator[ConsoleLine]:
+    async def follow(self, device_id: str, app: str,
+                     after_seq: int | None = None) -> AsyncIterator[ConsoleLine]:
         """The app's lines: the recent ones (or those after `after_seq`), then live ones, until
         the caller stops iterating."""
         sub = await self.js.subscribe(logs_subject(device_id, app, "*"), stream=LOGS_STREAM,

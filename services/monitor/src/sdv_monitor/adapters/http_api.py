@@ -205,8 +205,8 @@ def create_app(queries: Queries, readiness: Readiness, live: LiveFeed, metrics: 
 
     app.include_router(dashboard_router(queries, live, pages))
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    install(app, [AlertPage, AppVersions, AuditPage, FleetStatus, DevicePage, DeviceDetail, RolloutPage, RolloutDetail,
-                  PackagePage])
+    install(app, [AlertPage, AppVersions, AuditPage, FleetStatus, DevicePage, DeviceDetail, RolloutPage,
+                  RolloutDetail, PackagePage])
     return app
 
 

@@ -25,6 +25,7 @@ from sdv_monitor.queries import Queries
 PAGE = 100
 Status = Annotated[str | None, Query(pattern=r"^[a-z_]{0,32}$")]
 Offset = Annotated[int, Query(ge=0, le=10_000_000)]
+ALERT_STATES = r"^(open|acknowledged|resolved|active|all)$"
 AppFilter = Annotated[str | None, Query(max_length=128)]  # typed by hand: an odd one matches nothing
 
 
@@ -64,8 +65,8 @@ def dashboard_router(queries: Queries, live: LiveFeed, pages: Pages) -> APIRoute
                      console: Annotated[str | None, Query(pattern=APP_NAME)] = None) -> Response:
         found = await queries.device(device_id)
         if found is None:
-            return pages.render(request, "missing.html", http_status=404, title="No such device", what="device",
-                                key=device_id, feed="")
+            return pages.render(request, "missing.html", http_status=404, title="No such device",
+                                what="device", key=device_id, feed="")
         tail = console or next((a.app for a in found.apps if is_app_name(a.app)), None)
         return pages.render(request, "device.html", title=f"Device {device_id}",
                             feed=f"/ui/changes?device={device_id}", detail=found, console=tail,
@@ -83,8 +84,8 @@ def dashboard_router(queries: Queries, live: LiveFeed, pages: Pages) -> APIRoute
     async def rollout(request: Request, rollout_id: Annotated[str, Path(pattern=NAME)]) -> Response:
         found = await queries.rollout(rollout_id)
         if found is None:
-            return pages.render(request, "missing.html", http_status=404, title="No such rollout", what="rollout",
-                                key=rollout_id, feed="")
+            return pages.render(request, "missing.html", http_status=404, title="No such rollout",
+                                what="rollout", key=rollout_id, feed="")
         at = now()
         return pages.render(request, "rollout.html", title=f"Rollout {rollout_id}",
                             feed=f"/ui/changes?rollout={rollout_id}", detail=found,
@@ -93,7 +94,7 @@ def dashboard_router(queries: Queries, live: LiveFeed, pages: Pages) -> APIRoute
 
     @router.get("/alerts")
     async def alerts(request: Request,
-                     state: Annotated[str, Query(pattern=r"^(open|acknowledged|resolved|active|all)$")] = "active",
+                     state: Annotated[str, Query(pattern=ALERT_STATES)] = "active",
                      offset: Offset = 0) -> Response:
         page = await queries.alerts(state=state, limit=PAGE, offset=offset)
         return pages.render(request, "alerts.html", title="Alerts", feed="/ui/changes?alerts=true",
@@ -111,8 +112,8 @@ def dashboard_router(queries: Queries, live: LiveFeed, pages: Pages) -> APIRoute
                 found = await audit(queries.pool, queries.s, query)
             except CommandError as exc:
                 problem = exc.message
-        return pages.render(request, "audit.html", http_status=422 if problem else 200, title="Audit", feed="",
-                            entered=entered, found=found, problem=problem)
+        return pages.render(request, "audit.html", http_status=422 if problem else 200, title="Audit",
+                            feed="", entered=entered, found=found, problem=problem)
 
     @router.get("/ui/changes")
     async def changes(rollout: Annotated[str | None, Query(pattern=NAME)] = None,

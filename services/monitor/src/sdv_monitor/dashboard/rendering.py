@@ -53,7 +53,8 @@ class Pages:
     def static(self, path: str) -> str:
         return f"/static/{path}?v={self.version}"
 
-    def render(self, request: Request, template: str, *, http_status: int = 200, **context: Any) -> HTMLResponse:
+    def render(self, request: Request, template: str, *, http_status: int = 200,
+               **context: Any) -> HTMLResponse:
         """The page, or only its live part when the page asks for it again (`?part=live`)."""
         if request.query_params.get("part") == "live" and template in self.live_parts:
             template = template.replace(".html", "_live.html")

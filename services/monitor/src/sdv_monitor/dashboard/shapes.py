@@ -60,7 +60,7 @@ def waves_of(detail: RolloutDetail, now: datetime) -> list[WaveView]:
 
 
 def rollout_took_s(rollout: RolloutRow, now: datetime) -> float:
-    return ((rollout.ended_at or now) - rollout.created_at).total_seconds()
+    return float(((rollout.ended_at or now) - rollout.created_at).total_seconds())
 
 
 def progress_series(detail: RolloutDetail, now: datetime) -> dict[str, Any]:
