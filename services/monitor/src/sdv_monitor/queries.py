@@ -9,9 +9,12 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from sdv_events.ids import stream_id
 from sdv_events.schemas.monitor import (
     AlertPage,
     AlertView,
+    AppVersionRow,
+    AppVersions,
     DeviceApp,
     DeviceDetail,
     DevicePage,
@@ -27,6 +30,7 @@ from sdv_events.schemas.monitor import (
     RolloutRow,
     RolloutWave,
 )
+from sdv_events.schemas.rollouts import Thresholds, Timeouts
 from sdv_monitor.where import Where
 
 ACTIVE = ("created", "running", "paused")
@@ -40,6 +44,20 @@ def _row(cls: Any, record: asyncpg.Record, **extra: Any) -> Any:
 
 def _device(record: asyncpg.Record) -> FleetDevice:
     return _row(FleetDevice, record, labels=msgspec.json.decode(record["labels"] or "{}"))
+
+
+class _Terms(msgspec.Struct, frozen=True):
+    thresholds: Thresholds | None = None
+    timeouts: Timeouts | None = None
+    auto_rollback: bool | None = None
+
+
+def _terms(created: str | None) -> _Terms:
+    """A rollout's thresholds and timeouts from its recorded `RolloutCreated` (empty: unreadable)."""
+    try:
+        return msgspec.json.decode(created or "{}", type=_Terms)
+    except msgspec.ValidationError:
+        return _Terms()
 
 
 class Queries:
@@ -121,10 +139,32 @@ class Queries:
             excluded = await conn.fetch(f"SELECT device_id, reason FROM {s}.rollout_excluded "
                                         "WHERE rollout_id = $1 ORDER BY device_id LIMIT $2",
                                         rollout_id, limit)
+            # The rollout's terms are not a column of the views: its first event, in the audit trail.
+            created = await conn.fetchval(
+                f"SELECT data::text FROM {s}.audit_events WHERE stream_id = $1 AND version = 1 "
+                "AND type LIKE 'orchestrator.RolloutCreated%'", stream_id("rollout", rollout_id))
+        terms = _terms(created)
         return RolloutDetail(rollout=_row(RolloutRow, row), waves=[_row(RolloutWave, w) for w in waves],
                              devices=[_row(RolloutDevice, d) for d in devices], devices_total=int(total),
                              excluded=[_row(ExcludedDeviceRow, e) for e in excluded], offset=offset,
-                             limit=limit)
+                             limit=limit, thresholds=terms.thresholds, timeouts=terms.timeouts,
+                             auto_rollback=terms.auto_rollback)
+
+    # --- software across the fleet ----------------------------------------------------------
+
+    async def app_versions(self, *, limit: int = 500) -> AppVersions:
+        """Per app and version: on how many devices it is installed, running, desired, failed."""
+        rows = await self.pool.fetch(f"""
+            SELECT app, version, sum(installed)::int AS installed, sum(running)::int AS running,
+                   sum(desired)::int AS desired, sum(failed)::int AS failed
+            FROM (SELECT app, installed_version AS version, 1 AS installed,
+                         (state = 'RUNNING')::int AS running, 0 AS desired, 0 AS failed
+                  FROM {self.s}.device_apps WHERE installed_version IS NOT NULL
+                  UNION ALL
+                  SELECT app, desired_version, 0, 0, 1, (state = 'FAILED')::int
+                  FROM {self.s}.device_apps WHERE desired_version IS NOT NULL) v
+            GROUP BY app, version ORDER BY app, version LIMIT $1""", limit)
+        return AppVersions(items=[_row(AppVersionRow, r) for r in rows])
 
     # --- packages --------------------------------------------------------------------------
 
