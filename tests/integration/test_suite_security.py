@@ -344,3 +344,42 @@ async def test_the_operators_credentials_call_commands_but_publish_no_event(suit
             await refused(errors, lambda s=subject: nc.publish(s, b"{}"), subject)
     finally:
         await nc.close()
+
+
+async def test_the_monitor_tails_a_devices_console_but_cannot_write_one(suite: Suite, ops: CommandClient) -> None:
+    """The dashboard's console tail runs on the monitor's own credentials: an ordered JetStream
+    consumer of SDV_LOGS reads what a device printed; writing a console line is the device's alone."""
+    from sdv_monitor.adapters.console_tail import ConsoleTail
+
+    device_id = f"sec-log-{uuid.uuid4().hex[:8]}"
+    key = new_keypair(Role.USER)
+    enrol = await _enrolment_client(suite, Errors())
+    try:
+        assert (await _request_announce(enrol, device_id, key)).status == "pending"
+        await ops.call("registry", "accept", AcceptDevice(device_id, "console test"), DeviceView)
+        reply = await _request_announce(enrol, device_id, key)
+    finally:
+        await enrol.close()
+    assert reply.credentials is not None
+    device = await nats.connect(
+        str(suite.nats_url), user_credentials=raw_creds(format_creds(reply.credentials.jwt, seed_of(key))),
+        inbox_prefix=reply.credentials.inbox_prefix, allow_reconnect=False, **_tls(suite))
+    errors = Errors()
+    monitor = await _client_of(suite, suite.service_creds["monitor"], errors)
+    try:
+        await device.publish(f"sdv.logs.{device_id}.nav-app.stdout", b"route ready", headers={"Sdv-Ts": "1.5"})
+        await device.flush()
+        lines = ConsoleTail(monitor.jetstream()).follow(device_id, "nav-app")
+        first = await asyncio.wait_for(anext(lines), 10)
+        await lines.aclose()
+        assert (first.stream, first.line, first.ts) == ("stdout", "route ready", 1.5)
+        forged = f"sdv.logs.{device_id}.nav-app.stderr"
+
+        async def pub() -> None:
+            await monitor.publish(forged, b"forged")
+            await monitor.flush()
+
+        await refused(errors, pub, forged)
+    finally:
+        await monitor.close()
+        await device.close()

@@ -11,6 +11,7 @@ from sdv_events.service import ServiceHealth, ServiceRuntime, run_service, servi
 from sdv_events.settings import settings_or_exit
 from sdv_monitor.adapters.alert_watch import AlertWatch
 from sdv_monitor.adapters.commands import command_router
+from sdv_monitor.adapters.console_tail import ConsoleTail
 from sdv_monitor.adapters.fact_recorder import FactRecorder
 from sdv_monitor.adapters.heartbeats import HeartbeatTracker
 from sdv_monitor.adapters.http_api import create_app, serve_http
@@ -59,7 +60,8 @@ async def serve(settings: MonitorSettings, stop: asyncio.Event | None = None) ->
             return {**alerts.health, SERVICE: own}
 
         metrics = Metrics(pool, schema, live, health)
-        api = create_app(queries, readiness, live, metrics, version=service_version(SERVICE))
+        api = create_app(queries, readiness, live, metrics, ConsoleTail(runtime.js),
+                         version=service_version(SERVICE))
         runtime.spawn(lambda stop: serve_http(api, settings.http_host, settings.http_port, stop),
                       "http_api")
 

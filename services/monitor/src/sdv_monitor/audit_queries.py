@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
 
 import asyncpg
 import msgspec
 
 from sdv_events.bus.rpc import InvalidRequest
 from sdv_events.schemas.monitor import AuditEvent, AuditPage, AuditQuery
+from sdv_monitor.where import Where
 
 
 def cursor_of(at: datetime, event_id: uuid.UUID) -> str:
@@ -27,37 +27,28 @@ def parse_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
                              details={"reason": "bad_cursor", "field": "after"}) from None
 
 
-def _where(query: AuditQuery) -> tuple[str, list[Any]]:
-    where: list[str] = ["true"]
-    params: list[Any] = []
-
-    def add(sql: str, value: Any) -> None:
-        params.append(value)
-        where.append(sql.replace("$?", f"${len(params)}"))
-
+def _where(query: AuditQuery) -> Where:
+    where = Where()
     for column, value in (("rollout_id", query.rollout), ("device_id", query.device),
                           ("package", query.package), ("stream_id", query.stream),
                           ("correlation_id", query.correlation), ("actor", query.actor)):
-        if value is not None:
-            add(f"{column} = $?", value)
-    if query.type is not None:
-        add("(type = $? OR split_part(type, '.', 2) = $?)", query.type)
-    if query.since is not None:
-        add("occurred_at >= $?", query.since)
-    if query.until is not None:
-        add("occurred_at < $?", query.until)
+        where.equal(column, value)
+    where.add("(type = $? OR split_part(type, '.', 2) = $?)", query.type)
+    where.add("occurred_at >= $?", query.since).add("occurred_at < $?", query.until)
     if query.since is not None and query.until is not None and query.until < query.since:
         raise InvalidRequest("time range inverted: until is before since",
                              details={"reason": "inverted_range", "field": "until"})
     if query.after is not None:
         at, event_id = parse_cursor(query.after)
-        params.extend([at, event_id])
-        where.append(f"(occurred_at, event_id) > (${len(params) - 1}, ${len(params)})")
-    return " AND ".join(where), params
+        where.params.extend([at, event_id])
+        n = len(where.params)
+        where.term(f"(occurred_at, event_id) > (${n - 1}, ${n})")
+    return where
 
 
 async def audit(pool: asyncpg.Pool, schema: str, query: AuditQuery) -> AuditPage:
-    clause, params = _where(query)
+    where = _where(query)
+    clause, params = where.clause, where.params
     rows = await pool.fetch(
         f"SELECT event_id, occurred_at AS at, service, stream_id, version, type, actor, correlation_id, "
         f"causation_id, device_id, rollout_id, package, data::text AS data FROM {schema}.audit_events "

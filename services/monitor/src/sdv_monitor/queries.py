@@ -9,9 +9,12 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from sdv_events.ids import stream_id
 from sdv_events.schemas.monitor import (
     AlertPage,
     AlertView,
+    AppVersionRow,
+    AppVersions,
     DeviceApp,
     DeviceDetail,
     DevicePage,
@@ -27,6 +30,8 @@ from sdv_events.schemas.monitor import (
     RolloutRow,
     RolloutWave,
 )
+from sdv_events.schemas.rollouts import Thresholds, Timeouts
+from sdv_monitor.where import Where
 
 ACTIVE = ("created", "running", "paused")
 
@@ -39,6 +44,20 @@ def _row(cls: Any, record: asyncpg.Record, **extra: Any) -> Any:
 
 def _device(record: asyncpg.Record) -> FleetDevice:
     return _row(FleetDevice, record, labels=msgspec.json.decode(record["labels"] or "{}"))
+
+
+class _Terms(msgspec.Struct, frozen=True):
+    thresholds: Thresholds | None = None
+    timeouts: Timeouts | None = None
+    auto_rollback: bool | None = None
+
+
+def _terms(created: str | None) -> _Terms:
+    """A rollout's thresholds and timeouts from its recorded `RolloutCreated` (empty: unreadable)."""
+    try:
+        return msgspec.json.decode(created or "{}", type=_Terms)
+    except msgspec.ValidationError:
+        return _Terms()
 
 
 class Queries:
@@ -64,23 +83,14 @@ class Queries:
 
     async def devices(self, *, status: str | None = None, online: bool | None = None,
                       app: str | None = None, limit: int = 100, offset: int = 0) -> DevicePage:
-        where: list[str] = ["true"]
-        params: list[Any] = []
-        if status is not None:
-            params.append(status)
-            where.append(f"d.status = ${len(params)}")
-        if online is not None:
-            params.append(online)
-            where.append(f"d.online = ${len(params)}")
-        if app is not None:
-            params.append(app)
-            where.append(f"EXISTS (SELECT 1 FROM {self.s}.device_apps a WHERE a.device_id = d.device_id "
-                         f"AND a.app = ${len(params)})")
-        clause = " AND ".join(where)
+        where = Where().equal("d.status", status).equal("d.online", online).add(
+            f"EXISTS (SELECT 1 FROM {self.s}.device_apps a WHERE a.device_id = d.device_id AND a.app = $?)",
+            app)
         async with self.pool.acquire() as conn:
-            total = await conn.fetchval(f"SELECT count(*) FROM {self.s}.devices d WHERE {clause}", *params)
-            page = f" ORDER BY d.device_id LIMIT ${len(params) + 1} OFFSET ${len(params) + 2}"
-            rows = await conn.fetch(self._devices_sql(clause) + page, *params, limit, offset)
+            total = await conn.fetchval(f"SELECT count(*) FROM {self.s}.devices d WHERE {where.clause}",
+                                        *where.params)
+            rows = await conn.fetch(self._devices_sql(where.clause) + f" ORDER BY d.device_id {where.page()}",
+                                    *where.params, limit, offset)
         return DevicePage(items=[_device(r) for r in rows], total=int(total), offset=offset, limit=limit)
 
     async def device(self, device_id: str, *, history_limit: int = 50) -> DeviceDetail | None:
@@ -108,21 +118,9 @@ class Queries:
 
     async def rollouts(self, *, app: str | None = None, status: str | None = None,
                        limit: int = 100, offset: int = 0) -> RolloutPage:
-        where: list[str] = ["true"]
-        params: list[Any] = []
-        if app is not None:
-            params.append(app)
-            where.append(f"app = ${len(params)}")
-        if status is not None:
-            params.append(status)
-            where.append(f"status = ${len(params)}")
-        clause = " AND ".join(where)
-        async with self.pool.acquire() as conn:
-            total = await conn.fetchval(f"SELECT count(*) FROM {self.s}.rollouts WHERE {clause}", *params)
-            rows = await conn.fetch(f"SELECT * FROM {self.s}.rollouts WHERE {clause} ORDER BY created_at "
-                                    f"DESC, rollout_id LIMIT ${len(params) + 1} OFFSET ${len(params) + 2}",
-                                    *params, limit, offset)
-        return RolloutPage(items=[_row(RolloutRow, r) for r in rows], total=int(total), offset=offset,
+        where = Where().equal("app", app).equal("status", status)
+        rows, total = await self._page("rollouts", where, "created_at DESC, rollout_id", limit, offset)
+        return RolloutPage(items=[_row(RolloutRow, r) for r in rows], total=total, offset=offset,
                            limit=limit)
 
     async def rollout(self, rollout_id: str, *, limit: int = 1000, offset: int = 0) -> RolloutDetail | None:
@@ -141,37 +139,52 @@ class Queries:
             excluded = await conn.fetch(f"SELECT device_id, reason FROM {s}.rollout_excluded "
                                         "WHERE rollout_id = $1 ORDER BY device_id LIMIT $2",
                                         rollout_id, limit)
+            # The rollout's terms are not a column of the views: its first event, in the audit trail.
+            created = await conn.fetchval(
+                f"SELECT data::text FROM {s}.audit_events WHERE stream_id = $1 AND version = 1 "
+                "AND type LIKE 'orchestrator.RolloutCreated%'", stream_id("rollout", rollout_id))
+        terms = _terms(created)
         return RolloutDetail(rollout=_row(RolloutRow, row), waves=[_row(RolloutWave, w) for w in waves],
                              devices=[_row(RolloutDevice, d) for d in devices], devices_total=int(total),
                              excluded=[_row(ExcludedDeviceRow, e) for e in excluded], offset=offset,
-                             limit=limit)
+                             limit=limit, thresholds=terms.thresholds, timeouts=terms.timeouts,
+                             auto_rollback=terms.auto_rollback)
+
+    # --- software across the fleet ----------------------------------------------------------
+
+    async def app_versions(self, *, limit: int = 500) -> AppVersions:
+        """Per app and version: on how many devices it is installed, running, desired, failed."""
+        rows = await self.pool.fetch(f"""
+            SELECT app, version, sum(installed)::int AS installed, sum(running)::int AS running,
+                   sum(desired)::int AS desired, sum(failed)::int AS failed
+            FROM (SELECT app, installed_version AS version, 1 AS installed,
+                         (state = 'RUNNING')::int AS running, 0 AS desired, 0 AS failed
+                  FROM {self.s}.device_apps WHERE installed_version IS NOT NULL
+                  UNION ALL
+                  SELECT app, desired_version, 0, 0, 1, (state = 'FAILED')::int
+                  FROM {self.s}.device_apps WHERE desired_version IS NOT NULL) v
+            GROUP BY app, version ORDER BY app, version LIMIT $1""", limit)
+        return AppVersions(items=[_row(AppVersionRow, r) for r in rows])
 
     # --- packages --------------------------------------------------------------------------
 
     async def packages(self, *, name: str | None = None, channel: str | None = None,
                        include_yanked: bool = True, limit: int = 100, offset: int = 0) -> PackagePage:
         s = self.s
-        where: list[str] = ["true"]
-        params: list[Any] = []
-        if name is not None:
-            params.append(name)
-            where.append(f"p.name = ${len(params)}")
-        if channel is not None:
-            params.append(channel)
-            where.append(f"p.channel = ${len(params)}")
+        where = Where().equal("p.name", name).equal("p.channel", channel)
         if not include_yanked:
-            where.append("NOT p.yanked")
-        clause = " AND ".join(where)
+            where.term("NOT p.yanked")
         async with self.pool.acquire() as conn:
-            total = await conn.fetchval(f"SELECT count(*) FROM {s}.packages p WHERE {clause}", *params)
+            total = await conn.fetchval(f"SELECT count(*) FROM {s}.packages p WHERE {where.clause}",
+                                        *where.params)
             rows = await conn.fetch(f"""
                 SELECT p.*,
                     (SELECT count(*) FROM {s}.device_apps a WHERE a.app = p.name
                         AND a.installed_digest = p.digest)::int AS installed_on,
                     (SELECT count(*) FROM {s}.device_apps a WHERE a.app = p.name
                         AND a.desired_digest = p.digest)::int AS desired_on
-                FROM {s}.packages p WHERE {clause} ORDER BY p.name, p.published_at DESC
-                LIMIT ${len(params) + 1} OFFSET ${len(params) + 2}""", *params, limit, offset)
+                FROM {s}.packages p WHERE {where.clause} ORDER BY p.name, p.published_at DESC
+                {where.page()}""", *where.params, limit, offset)
         return PackagePage(items=[_row(PackageRow, r) for r in rows], total=int(total), offset=offset,
                            limit=limit)
 
@@ -197,21 +210,18 @@ class Queries:
 
     async def alerts(self, *, state: str = "active", kind: str | None = None, device: str | None = None,
                      limit: int = 100, offset: int = 0) -> AlertPage:
-        where: list[str] = ["true"]
-        params: list[Any] = []
         states = {"active": ["open", "acknowledged"], "all": None}.get(state, [state])
-        if states is not None:
-            params.append(states)
-            where.append(f"state = ANY(${len(params)})")
-        for column, value in (("kind", kind), ("device_id", device)):
-            if value is not None:
-                params.append(value)
-                where.append(f"{column} = ${len(params)}")
-        clause = " AND ".join(where)
-        async with self.pool.acquire() as conn:
-            total = await conn.fetchval(f"SELECT count(*) FROM {self.s}.alerts WHERE {clause}", *params)
-            rows = await conn.fetch(f"SELECT * FROM {self.s}.alerts WHERE {clause} ORDER BY raised_at DESC, "
-                                    f"alert_id LIMIT ${len(params) + 1} OFFSET ${len(params) + 2}",
-                                    *params, limit, offset)
-        return AlertPage(items=[_row(AlertView, r) for r in rows], total=int(total), offset=offset,
+        where = Where().add("state = ANY($?)", states).equal("kind", kind).equal("device_id", device)
+        rows, total = await self._page("alerts", where, "raised_at DESC, alert_id", limit, offset)
+        return AlertPage(items=[_row(AlertView, r) for r in rows], total=total, offset=offset,
                          limit=limit)
+
+    async def _page(self, table: str, where: Where, order: str, limit: int, offset: int
+                    ) -> tuple[list[asyncpg.Record], int]:
+        """One page of a table's rows matching `where`, and how many match in all."""
+        async with self.pool.acquire() as conn:
+            total = await conn.fetchval(f"SELECT count(*) FROM {self.s}.{table} WHERE {where.clause}",
+                                        *where.params)
+            rows = await conn.fetch(f"SELECT * FROM {self.s}.{table} WHERE {where.clause} ORDER BY {order} "
+                                    f"{where.page()}", *where.params, limit, offset)
+        return rows, int(total)

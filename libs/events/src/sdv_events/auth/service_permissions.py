@@ -6,7 +6,8 @@ a compromised monitor cannot forge a rollout's events; it calls other services' 
 JetStream API, but no one may delete a stream or purge or delete the events, dead letters or
 logs (the bus copy of the record stays whole; the stores are the truth). It hears only its own
 command subjects, its inboxes and what its role needs (the registry: announcements, renewals,
-heartbeats; the monitor: heartbeats). Answers to requests go out through the response
+heartbeats; the monitor: heartbeats — it reads events and apps' console lines through JetStream
+consumers, whose deliveries come to its inboxes). Answers to requests go out through the response
 permission, whatever the reply subject. An operator may call every command, upload packages,
 read events, logs, heartbeats and announcements, and talk to devices' ops — but publishes no event.
 """

@@ -18,6 +18,7 @@ import msgspec
 from sdv_events.registry import event
 from sdv_events.schemas.devices import DeviceId
 from sdv_events.schemas.heartbeat import DeviceMetrics
+from sdv_events.schemas.rollouts import Thresholds, Timeouts
 
 # A fact bigger than this is recorded without its body (a device may publish whatever it likes;
 # one hostile fact must not make the recording fail forever).
@@ -151,6 +152,10 @@ class ExcludedDeviceRow(msgspec.Struct, frozen=True, kw_only=True):
 
 class RolloutDetail(msgspec.Struct, frozen=True, kw_only=True):
     rollout: RolloutRow
+    # As the rollout was created (None: its creation is not in the audit trail yet).
+    thresholds: Thresholds | None = None
+    timeouts: Timeouts | None = None
+    auto_rollback: bool | None = None
     waves: list[RolloutWave] = []
     devices: list[RolloutDevice] = []
     devices_total: int = 0
@@ -185,6 +190,21 @@ class PackagePage(msgspec.Struct, frozen=True, kw_only=True):
     total: int
     offset: int
     limit: int
+
+
+class AppVersionRow(msgspec.Struct, frozen=True, kw_only=True):
+    """One version of one app across the fleet."""
+
+    app: str
+    version: str
+    installed: int = 0  # devices whose agent said it installed this version
+    running: int = 0  # of those, running now
+    desired: int = 0  # devices a rollout (or a rollback) assigned this version to
+    failed: int = 0  # of those, where the app is FAILED
+
+
+class AppVersions(msgspec.Struct, frozen=True, kw_only=True):
+    items: list[AppVersionRow]
 
 
 class FleetStatus(msgspec.Struct, frozen=True, kw_only=True):

@@ -16,6 +16,7 @@ import structlog
 import uvicorn
 from fastapi import FastAPI, Header, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from sdv_events.asyncapi import shipped_document
@@ -24,6 +25,7 @@ from sdv_events.registry import short_name
 from sdv_events.schemas.devices import DEVICE_ID_PATTERN
 from sdv_events.schemas.monitor import (
     AlertPage,
+    AppVersions,
     AuditPage,
     AuditQuery,
     DeviceDetail,
@@ -33,14 +35,17 @@ from sdv_events.schemas.monitor import (
     RolloutDetail,
     RolloutPage,
 )
+from sdv_monitor.adapters.console_tail import ConsoleTail
 from sdv_monitor.adapters.live import Filter, LiveFeed
 from sdv_monitor.adapters.metrics import Metrics
 from sdv_monitor.adapters.openapi import install, json_response
 from sdv_monitor.audit_queries import audit
+from sdv_monitor.dashboard.pages import dashboard_router
+from sdv_monitor.dashboard.rendering import STATIC_DIR, Pages
+from sdv_monitor.patterns import APP_NAME, NAME
 from sdv_monitor.queries import Queries
 
 log = structlog.get_logger("sdv.monitor.http")
-NAME = r"^[A-Za-z0-9_.:-]{1,128}$"
 STATES = r"^(open|acknowledged|resolved|active|all)$"
 Limit = Annotated[int, Query(ge=1, le=1000)]
 Offset = Annotated[int, Query(ge=0, le=10_000_000)]
@@ -55,15 +60,18 @@ def _missing(what: str, key: str) -> Response:
     return JSONResponse({"error": "not_found", "message": f"no {what} {key!r}"}, status_code=404)
 
 
-def create_app(queries: Queries, readiness: Readiness, live: LiveFeed, metrics: Metrics, *,
-               version: str = "0") -> FastAPI:
+def create_app(queries: Queries, readiness: Readiness, live: LiveFeed, metrics: Metrics,
+               console: ConsoleTail, *, version: str = "0") -> FastAPI:
     app = FastAPI(title="SDV Fleet monitor", version=version, docs_url="/docs", redoc_url=None,
                   description="Read-only views of the fleet, its software and its rollouts.")
+    pages = Pages(version)
 
     @app.exception_handler(asyncpg.PostgresError)
     @app.exception_handler(OSError)
     async def unavailable(request: Request, exc: Exception) -> Response:
         log.warning("http_read_failed", path=request.url.path, error=repr(exc)[:300])
+        if not request.url.path.startswith(("/api/", "/metrics")):
+            return pages.render(request, "unavailable.html", http_status=503, title="Unavailable", feed="")
         return JSONResponse({"error": "unavailable", "message": "the read models cannot be read now"},
                             status_code=503)
 
@@ -95,6 +103,11 @@ def create_app(queries: Queries, readiness: Readiness, live: LiveFeed, metrics: 
                       limit: Limit = 100, offset: Offset = 0) -> Response:
         return _json(await queries.devices(status=status, online=online, app=app_name, limit=limit,
                                            offset=offset))
+
+    @app.get("/api/apps", responses=json_response(AppVersions))
+    async def app_versions() -> Response:
+        """Per app and version: devices it is installed, running, desired and failed on."""
+        return _json(await queries.app_versions())
 
     @app.get("/api/devices/{device_id}", responses=json_response(DeviceDetail))
     async def device(device_id: Annotated[str, Path(pattern=DEVICE_ID_PATTERN)],
@@ -166,13 +179,34 @@ def create_app(queries: Queries, readiness: Readiness, live: LiveFeed, metrics: 
 
         return EventSourceResponse(events(), ping=15)
 
+    @app.get("/api/devices/{device_id}/apps/{app_name}/console")
+    async def console_tail(device_id: Annotated[str, Path(pattern=DEVICE_ID_PATTERN)],
+                           app_name: Annotated[str, Path(pattern=APP_NAME)],
+                           last_event_id: Annotated[int | None, Header(ge=0)] = None) -> EventSourceResponse:
+        """Server-sent events `line` (`{"stream", "ts", "line"}`): one app's console output, the
+        recent lines first, then live. Reconnect with `Last-Event-ID` to go on where it stopped."""
+        async def lines() -> AsyncIterator[ServerSentEvent]:
+            try:
+                async for line in console.follow(device_id, app_name, last_event_id):
+                    doc = {"stream": line.stream, "ts": line.ts, "line": line.line}
+                    yield ServerSentEvent(data=msgspec.json.encode(doc).decode(), event="line",
+                                          id=str(line.seq))
+            except Exception as exc:  # the bus is away: the client hears it, and retries
+                log.warning("console_tail_failed", device_id=device_id, app=app_name, error=repr(exc)[:300])
+                yield ServerSentEvent(data='{"message": "the console cannot be read now"}',
+                                      event="unavailable")
+
+        return EventSourceResponse(lines(), ping=15)
+
     @app.get("/metrics")
     async def prometheus() -> Response:
         body, content_type = await metrics.render()
         return Response(body, media_type=content_type)
 
-    install(app, [AlertPage, AuditPage, FleetStatus, DevicePage, DeviceDetail, RolloutPage, RolloutDetail,
-                  PackagePage])
+    app.include_router(dashboard_router(queries, live, pages))
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    install(app, [AlertPage, AppVersions, AuditPage, FleetStatus, DevicePage, DeviceDetail, RolloutPage,
+                  RolloutDetail, PackagePage])
     return app
 
 
