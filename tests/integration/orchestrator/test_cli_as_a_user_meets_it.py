@@ -79,10 +79,21 @@ async def test_pending_devices_are_accepted_in_bulk_and_a_selector_labelled_at_o
         code, _, _ = await cli(suite, "devices", "label", device_id, "site=north", "--json")
         assert code == 0
 
+    async def labelled() -> bool:  # the registry's read model follows its events shortly
+        page = await suite.commands.call("registry", "list", ListDevices(selector="site=north"), DeviceList)
+        return sorted(d.device_id for d in page.devices) == ["bulk-00", "bulk-01"]
+
+    assert await suite.eventually(labelled)
     code, doc, _ = await cli(suite, "devices", "accept", "--selector", "site=north", "--json")
     assert (code, doc["ok"], sorted(doc["accepted"]), doc["refused"]) == (0, True, ["bulk-00", "bulk-01"], {})
+    async def accepted(devices: list[str]) -> bool:
+        page = await suite.commands.call("registry", "list", ListDevices(status="accepted"), DeviceList)
+        return set(devices) <= {d.device_id for d in page.devices}
+
+    assert await suite.eventually(lambda: accepted(["bulk-00", "bulk-01"]))
     code, doc, _ = await cli(suite, "devices", "accept", "--all-pending", "--json")
     assert (code, doc["accepted"]) == (0, ["bulk-02"])
+    assert await suite.eventually(lambda: accepted(["bulk-02"]))
     code, doc, _ = await cli(suite, "devices", "accept", "--all-pending", "--json")
     assert (code, doc["accepted"]) == (0, [])  # nothing left: not an error
 
