@@ -9,12 +9,17 @@
                                  with its first byte
   SDV_AGENT_DATA_DIR             SQLite database, installed apps, console files
                                  (else $SDV_DATA_DIR/agent, else ~/.sdv-agent/<id>)
-  SDV_AGENT_PACKAGER_KEY         the packager's Ed25519 public key, base64 (required: no
-  SDV_AGENT_PACKAGER_KEY_FILE      package is installed unless its signature verifies)
-  SDV_AGENT_ORCHESTRATOR_KEY     the orchestrator's Ed25519 public key, base64 (required: no
-  SDV_AGENT_ORCHESTRATOR_KEY_FILE  desired document is acted on unless it verifies with it;
+  SDV_AGENT_PACKAGER_KEY         the packager's Ed25519 public key, base64 (no package is
+  SDV_AGENT_PACKAGER_KEY_FILE      installed unless its signature verifies); comma-separated,
+                                 several (a rotation). Optional with --enrol and
+                                 --enrol-creds: the agent then learns the keys from the
+                                 credentials the registry issues it (see the README); given,
+                                 it overrides them
+  SDV_AGENT_ORCHESTRATOR_KEY     the orchestrator's Ed25519 public key(s), base64 (no desired
+  SDV_AGENT_ORCHESTRATOR_KEY_FILE  document is acted on unless it verifies with one;
                                  `sdv.cmd.orchestrator.public_key` or the orchestrator's
-                                 `<data-dir>/keys/orchestrator-ed25519.pub` give it)
+                                 `<data-dir>/keys/orchestrator-ed25519.pub` give it); optional
+                                 and an override as the packager's
   SDV_AGENT_DATABROKER           host:port of the KUKSA databroker (then 127.0.0.1:55555 is tried)
   SDV_AGENT_HEARTBEAT_S          5
   SDV_AGENT_MONITOR_S            1    (usage sampling of app processes, and the RSS watchdog)
@@ -77,6 +82,8 @@ class AgentSettings:
     device_id: str
     nats_url: str
     data_dir: Path
+    # Comma-separated base64 keys given on the command line or in the environment; "" when the
+    # agent is to learn them from its credentials (adapters/signing_keys.py).
     packager_public_key: str
     orchestrator_public_key: str
     nats_creds: Path | None = None
@@ -107,10 +114,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--nats-creds", type=Path)
     p.add_argument("--nats-ca", type=Path, help="the fleet's CA certificate to pin (PEM)")
     p.add_argument("--data-dir", type=Path)
-    p.add_argument("--packager-key", help="packager Ed25519 public key (base64)")
+    p.add_argument("--packager-key", help="packager Ed25519 public key(s) (base64, comma-separated); "
+                   "overrides the keys learned from the credentials")
     p.add_argument("--packager-key-file", type=Path)
-    p.add_argument("--orchestrator-key", help="orchestrator Ed25519 public key (base64): desired "
-                   "documents are acted on only when signed with it")
+    p.add_argument("--orchestrator-key", help="orchestrator Ed25519 public key(s) (base64, comma-"
+                   "separated): desired documents are acted on only when signed with one; overrides "
+                   "the keys learned from the credentials")
     p.add_argument("--orchestrator-key-file", type=Path)
     p.add_argument("--databroker", help="KUKSA databroker host:port")
     p.add_argument("--heartbeat-s", type=float)
@@ -171,22 +180,32 @@ def _key(given: str | None, file: Path | None, env: dict[str, str], name: str) -
     return key
 
 
-def _orchestrator_key(args: argparse.Namespace, env: dict[str, str], *, packager_key: str) -> str:
-    """Required, like the packager's: there is no mode that acts on unsigned desired documents."""
+def key_list(text: str) -> tuple[str, ...]:
+    """The keys of a comma-separated list (one key is a list of one)."""
+    return tuple(k.strip() for k in text.split(",") if k.strip())
+
+
+def _orchestrator_key(args: argparse.Namespace, env: dict[str, str], *, packager_key: str,
+                      learns: bool) -> str:
+    """Required, like the packager's, unless learned from the credentials (`learns`): there is
+    no mode that acts on unsigned desired documents."""
     key = _key(args.orchestrator_key, args.orchestrator_key_file, env, "SDV_AGENT_ORCHESTRATOR_KEY")
     if not key:
+        if learns:
+            return ""
         raise SettingsError(
             "no orchestrator public key: pass --orchestrator-key(-file) or set SDV_AGENT_ORCHESTRATOR_KEY "
-            "(`sdv.cmd.orchestrator.public_key`, or the orchestrator's keys/orchestrator-ed25519.pub); "
+            "(`sdv.cmd.orchestrator.public_key`, or the orchestrator's keys/orchestrator-ed25519.pub), "
+            "or enrol (--enrol --enrol-creds) with a registry that hands it out; "
             "without it no desired document can be trusted")
     try:
-        parsed = parse_public_key(key)
+        parsed = [public_key_b64(parse_public_key(k)) for k in key_list(key)]
     except ValueError as err:
         raise SettingsError(f"the orchestrator public key is not an Ed25519 public key: {err}") from None
-    if key.strip() == packager_key.strip():
+    if set(parsed) & set(key_list(packager_key)):
         raise SettingsError("the orchestrator public key is the packager's: the orchestrator signs "
                             "desired documents with a key of its own")
-    return public_key_b64(parsed)
+    return ",".join(parsed)
 
 
 def load_settings(argv: list[str] | None = None, env: dict[str, str] | None = None) -> AgentSettings:
@@ -198,11 +217,18 @@ def load_settings(argv: list[str] | None = None, env: dict[str, str] | None = No
         raise SettingsError("no device id: pass --device-id or set SDV_DEVICE_ID")
     if not _token_ok(device_id):
         raise SettingsError(f"device id {device_id!r} must be letters, digits, '-' or '_' (a subject token)")
+    enrol = bool(args.enrol) or env.get("SDV_AGENT_ENROL", "") == "1"
+    enrol_creds = args.enrol_creds or (Path(env["SDV_AGENT_ENROL_CREDS"]) if env.get("SDV_AGENT_ENROL_CREDS")
+                                       else None)
+    # Enrolled over enrolment credentials, the agent learns the keys from what the registry
+    # issues it (sdv_events.auth.suite_keys); keys given here override them.
+    learns = enrol and enrol_creds is not None
     key = _key(args.packager_key, args.packager_key_file, env, "SDV_AGENT_PACKAGER_KEY")
-    if not key:
+    if not key and not learns:
         raise SettingsError("no packager public key: pass --packager-key(-file) or set "
-                            "SDV_AGENT_PACKAGER_KEY; without it no package can be verified")
-    orchestrator_key = _orchestrator_key(args, env, packager_key=key)
+                            "SDV_AGENT_PACKAGER_KEY, or enrol (--enrol --enrol-creds) with a registry "
+                            "that hands it out; without it no package can be verified")
+    orchestrator_key = _orchestrator_key(args, env, packager_key=key, learns=learns)
     creds_env = env.get("SDV_AGENT_NATS_CREDS")
     creds = args.nats_creds or (Path(creds_env) if creds_env else None)
     ca = args.nats_ca or (Path(env[CA_ENV]) if env.get(CA_ENV) else None)
@@ -233,9 +259,7 @@ def load_settings(argv: list[str] | None = None, env: dict[str, str] | None = No
         crash_loop=int(num("SDV_AGENT_CRASH_LOOP", 5)),
         crash_window_s=num("SDV_AGENT_CRASH_WINDOW_S", 120.0),
         log_level=args.log_level or env.get("SDV_LOG_LEVEL", "INFO"),
-        enrol=bool(args.enrol) or env.get("SDV_AGENT_ENROL", "") == "1",
-        enrol_creds=args.enrol_creds or (Path(env["SDV_AGENT_ENROL_CREDS"])
-                                         if env.get("SDV_AGENT_ENROL_CREDS") else None),
+        enrol=enrol, enrol_creds=enrol_creds,
         fleet_token=args.fleet_token or env.get("SDV_AGENT_FLEET_TOKEN") or None,
         hardware_type=env.get("SDV_AGENT_HARDWARE_TYPE", "linux-generic"),
         app_python=args.app_python or env.get("SDV_AGENT_APP_PYTHON") or None,
