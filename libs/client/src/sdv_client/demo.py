@@ -202,7 +202,7 @@ class Demo:
         minors = [-1]
         for view in await self.packages.list(APP):
             with contextlib.suppress(ValueError, IndexError):
-                minors.append(int(view.package.version.split(".")[1]))
+                minors.append(int(view.info.version.split(".")[1]))
         n = max(minors) + 1
         return f"1.{n}.0", f"1.{n + 1}.0-broken"
 

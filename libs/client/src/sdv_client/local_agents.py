@@ -92,11 +92,19 @@ class LocalAgents:
             out.write(token + "\n")
         return token
 
-    def prepare(self) -> None:
+    def prepare(self) -> str | None:
         """The agents' directory: searchable by the sandboxed apps' own users (as /var/lib is on a
-        device), listable by the agents' user only."""
+        device), listable by the agents' user only. A warning when a directory above it is not
+        searchable by them (apps would not start)."""
         self.root.mkdir(parents=True, exist_ok=True)
         self.root.chmod(0o711)
+        if os.geteuid() != 0:
+            return None  # apps run as the agents' own user: nothing to reach
+        closed = [p for p in self.root.parents if not p.stat().st_mode & 0o001]
+        if not closed:
+            return None
+        return (f"{closed[0]} is not searchable by other users: the agents' apps, which run as users of "
+                f"their own, cannot start below it (chmod o+x it, or use another --data-dir)")
 
     async def preauthorize(self, nc: NatsClient) -> None:
         """Each device id with its labels and the token; ids known from an earlier run (already

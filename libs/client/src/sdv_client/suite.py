@@ -163,6 +163,7 @@ class Suite:
         self.enrol_creds: Path | None = None
         self.key_files = SigningKeyFiles.of(self.dir, dict(os.environ))
         self._registry_keys: dict[str, str] = {}
+        self.warnings: list[str] = []  # what `sdv up` should tell, e.g. apps that could not start
         self.local = LocalAgents(self.dir / "agents", real=self.agents, simulated=self.simulate,
                                  policy=self.restart_policy)
 
@@ -304,7 +305,8 @@ class Suite:
         device ids. Call once the registry answers (`wait_ready`)."""
         if not self.agents and not self.simulate:
             return []
-        self.local.prepare()
+        if (warning := self.local.prepare()) is not None:
+            self.warnings.append(warning)
         try:
             await self.local.preauthorize(self.nc)
         except CommandError as exc:

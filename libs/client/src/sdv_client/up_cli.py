@@ -97,6 +97,8 @@ def print_block(suite: Suite, info: RunningSuite, env_file: Path, took_s: float,
         "Ctrl-C stops everything.",
     ]
     out.print("\n".join(line for line in lines if line), highlight=False)
+    for warning in suite.warnings:
+        out.print(f"[yellow]warning:[/] {warning}", highlight=False)
 
 
 async def _demo(suite: Suite, as_json: bool) -> DemoResult:
