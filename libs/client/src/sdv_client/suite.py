@@ -364,15 +364,17 @@ class Suite:
         return result
 
     async def wait_ready(
-        self, timeout: float = 60.0, on_progress: Callable[[list[ServiceStatus]], None] | None = None
+        self, timeout: float = 60.0, on_progress: Callable[[list[ServiceStatus]], None] | None = None,
+        only: tuple[str, ...] | None = None,
     ) -> list[ServiceStatus]:
-        """Until every service answers ping; raises SuiteError when one exits or time runs out."""
+        """Until every service (of `only`) answers ping; raises SuiteError when one exits or
+        time runs out."""
         deadline = time.monotonic() + timeout
         while True:
             statuses = await self.status(timeout=0.5)
             if on_progress is not None:
                 on_progress(statuses)
-            if all(s.state == "up" for s in statuses):
+            if all(s.state == "up" for s in statuses if only is None or s.service in only):
                 return statuses
             if down := [s for s in statuses if s.state == "down"]:
                 name = down[0].service

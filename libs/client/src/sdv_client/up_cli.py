@@ -58,8 +58,12 @@ async def start_suite(suite: Suite, stop: asyncio.Event, *, quiet: bool,
 
         async def start() -> list[ServiceStatus]:
             await suite.start()
+            # The agents start as soon as the registry can pre-authorise them: they boot while
+            # the other services do.
+            await suite.wait_ready(timeout, on_progress=services, only=("registry",))
+            agents = await suite.start_agents()
             statuses = await suite.wait_ready(timeout, on_progress=services)
-            if await suite.start_agents():
+            if agents:
                 await suite.wait_devices(timeout, on_progress=devices)
             return statuses
 

@@ -179,6 +179,7 @@ def build_agent(settings: AgentSettings, *, runtimes: list[Runtime], installer: 
     link.on_connect(watch.subscribe)
     link.on_connect(ops.subscribe)
     link.on_connect(flush_all)
+    link.on_connect(heartbeat.beat_soon)
     return AgentParts(settings, store, link, agent, facts, logs, reported, watch, ops, heartbeat,
                       databroker, downloader, keys, enrolment, phase)
 
