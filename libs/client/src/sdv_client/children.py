@@ -125,7 +125,7 @@ class Supervised:
                              f"({self.log_path}) ends with:\n{log_tail(self.log_path)}")
             self.restart_due = now + delay
             if delay > 0:
-                return f"{self.name} {self.last_death}; restarting in {delay:.0f}s (log: {self.log_path})"
+                return f"{self.name} {self.last_death}; restarting in {delay:g}s (log: {self.log_path})"
         if now < self.restart_due:
             return None
         try:
