@@ -98,6 +98,9 @@ class LocalAgents:
         searchable by them (apps would not start)."""
         self.root.mkdir(parents=True, exist_ok=True)
         self.root.chmod(0o711)
+        # What a killed earlier run left (no suite runs here now): its agents would share the data
+        # dirs with the new ones. Their apps go too; the new agents start them again.
+        stop_processes_under(self.root, APP_STOP_GRACE_S)
         if os.geteuid() != 0:
             return None  # apps run as the agents' own user: nothing to reach
         closed = [p for p in self.root.parents if not p.stat().st_mode & 0o001]

@@ -16,6 +16,7 @@ data dirs alike and nothing can log in until the password is set.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -197,9 +198,12 @@ class PostgresServer:
             shutil.rmtree(self.base_dir, ignore_errors=True)
 
     def start_or_adopt(self, timeout: float = 30.0) -> PostgresServer:
-        """Start, unless a postmaster someone started by hand already serves the data dir."""
+        """Start, unless a postmaster already serves the data dir (restarted by hand, or left by
+        a run that was killed): then use it, on the port it listens on."""
         if self.postmaster_pid() is None:
-            self.start(timeout)
+            return self.start(timeout)
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            self.port = int((self.pgdata / "postmaster.pid").read_text().splitlines()[3])
         return self
 
     def __enter__(self) -> PostgresServer:
