@@ -20,7 +20,7 @@ from sdv_client.health import quiet
 from sdv_client.status_view import err, out
 from sdv_client.suite import Suite, SuiteError
 from sdv_client.suite_info import RunningSuite
-from sdv_client.up_cli import start_suite, stop_on_signals
+from sdv_client.up_cli import quiet_tls_eof, start_suite, stop_on_signals
 from sdv_events.auth.client_tls import NatsCaError, tls_options
 
 
@@ -87,6 +87,7 @@ def demo(
     purpose: its canary fails, the rollout aborts and rolls back. Each step says what to look at
     in the dashboard. Exit 1 when something did not go as told."""
     console = err if as_json else out
+    quiet_tls_eof()
     running = suite_info.running(data_dir) if data_dir is not None else _from_env()
     try:
         if running is not None:

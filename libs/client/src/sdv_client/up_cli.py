@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import signal
 import sys
@@ -30,6 +31,12 @@ from sdv_client.suite import Suite, SuiteError
 from sdv_client.suite_info import RunningSuite
 
 SUPERVISE_EVERY_S = 1.0
+
+
+def quiet_tls_eof() -> None:
+    """asyncio warns each time a TLS connection to NATS closes (nats-py's StreamReader asks to
+    keep a half-closed connection open, which TLS cannot): noise in the terminal, not news."""
+    logging.getLogger("asyncio").addFilter(lambda record: "eof_received()" not in record.getMessage())
 
 
 def stop_on_signals(stop: asyncio.Event) -> None:
@@ -119,6 +126,7 @@ async def _demo(suite: Suite, as_json: bool) -> DemoResult:
 
 
 async def run_up(suite: Suite, *, check: bool, demo: bool, as_json: bool, timeout: float) -> int:
+    quiet_tls_eof()
     stop = asyncio.Event()
     stop_on_signals(stop)
     began = time.monotonic()
