@@ -59,3 +59,18 @@ async def test_a_child_that_died_once_is_restarted_at_once(tmp_path: Path) -> No
     assert sleeper.pid != first
     sleeper.stop()
     assert not sleeper.running()
+
+
+async def test_a_child_that_cannot_be_started_again_stops_the_suite_with_the_reason(tmp_path: Path) -> None:
+    argv = [sys.executable, "-c", "raise SystemExit(1)"]
+    gone = ChildProcess("server", lambda: list(argv), lambda: dict(os.environ), tmp_path / "server.log", QUICK)
+    gone.start()
+    argv[0] = str(tmp_path / "uninstalled-binary")  # e.g. a server binary removed while it ran
+
+    async def supervise_until_it_gives_up() -> None:
+        for _ in range(400):
+            await gone.supervise(time.monotonic())
+            await asyncio.sleep(0.01)
+
+    with pytest.raises(GaveUp, match=r"server could not be started \(\[Errno 2\] No such file"):
+        await supervise_until_it_gives_up()

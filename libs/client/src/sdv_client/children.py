@@ -80,6 +80,7 @@ class Supervised:
         self.started_at: float | None = None  # monotonic
         self.restart_due: float | None = None  # seen dead; restarted at this monotonic time
         self.last_death = ""
+        self._start_failed: str | None = None  # why the last start failed, if it did
 
     # --- what each kind of child says --------------------------------------------------------
 
@@ -97,10 +98,6 @@ class Supervised:
     def stop(self) -> None:
         raise NotImplementedError
 
-    def pids(self) -> list[int]:
-        """Its processes now (none when it is not running)."""
-        raise NotImplementedError
-
     # --- supervision -------------------------------------------------------------------------
 
     @property
@@ -111,13 +108,14 @@ class Supervised:
         self.launch()
         self.started_at = time.monotonic()
         self.restart_due = None
+        self._start_failed = None
 
     async def supervise(self, now: float) -> str | None:
         """One look at the child: a line to tell the user when something happened; `GaveUp`."""
         if self.running():
             return None
         if self.restart_due is None:
-            self.last_death = self.death()
+            self.last_death = self._start_failed or self.death()
             delay = self.backoff.after_death(now - (self.started_at or now))
             if delay is None:
                 raise GaveUp(f"{self.name} {self.last_death}, {self.backoff.in_a_row} times in a row "
@@ -132,7 +130,7 @@ class Supervised:
             await asyncio.to_thread(self.start)
         except Exception as exc:  # counted as another death at the next look
             self.started_at, self.restart_due = now, None
-            self.last_death = f"could not be started: {exc}"
+            self._start_failed = f"could not be started ({exc})"
             return f"{self.name} could not be restarted: {exc}"
         return f"{self.name} {self.last_death}; restarted (log: {self.log_path})"
 
@@ -170,9 +168,6 @@ class ChildProcess(Supervised):
     def death(self) -> str:
         code = self.exit_code
         return "never started" if code is None else f"exited with code {code}"
-
-    def pids(self) -> list[int]:
-        return [self.process.pid] if self.running() and self.process is not None else []
 
     def signal(self, sig: int) -> None:
         if self.running() and self.process is not None:
@@ -218,15 +213,6 @@ class ServerChild(Supervised):
     def death(self) -> str:
         code = self.server.process.poll() if self.server.process is not None else None
         return "stopped" if code is None else f"exited with code {code}"
-
-    def pids(self) -> list[int]:
-        found = []
-        if self.server.process is not None and self.server.process.poll() is None:
-            found.append(self.server.process.pid)
-        adopted = getattr(self.server, "postmaster_pid", lambda: None)()
-        if adopted is not None and adopted not in found:
-            found.append(adopted)
-        return found
 
     def stop(self) -> None:
         self.server.stop(keep_data=True)

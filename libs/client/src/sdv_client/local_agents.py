@@ -176,9 +176,6 @@ class LocalAgents:
                 child.process.wait()
         stop_processes_under(self.root, APP_STOP_GRACE_S)
 
-    def pids(self) -> list[int]:
-        return [pid for child in self.children for pid in child.pids()] + processes_under(self.root)
-
 
 def _under(pid: int, marker: str) -> bool:
     try:

@@ -402,10 +402,6 @@ class Suite:
                 notes.append(note)
         return notes
 
-    def pids(self) -> list[int]:
-        """Every process of the suite now: servers, services, agents and their apps."""
-        return sorted({pid for child in self.children for pid in child.pids()} | set(self.local.pids()))
-
     async def stop(self) -> None:
         """Agents and their apps, then services (in parallel), then the connection, then the
         servers, then a temp dir."""
