@@ -289,7 +289,7 @@ def test_a_second_sdv_up_on_the_same_data_dir_reuses_the_chain_of_trust(tmp_path
     trust_file = tmp_path / "nats" / "trust.json"
     seen, certs = [], []
     for _ in range(2):
-        result = subprocess.run([str(SDV), "up", "--check", "--json", "--data-dir", str(tmp_path)],
+        result = subprocess.run([str(SDV), "up", "--check", "--json", "--agents", "0", "--data-dir", str(tmp_path)],
                                 env=env, capture_output=True, text=True, timeout=25, check=False)
         assert result.returncode == 0, result.stdout + result.stderr
         assert json.loads(result.stdout)["nats_creds"] == str(tmp_path / "nats" / "operator.creds")

@@ -174,10 +174,12 @@ class AgentProc:
         env = {**os.environ, "SDV_LOG_LEVEL": "INFO", "SDV_AGENT_HEARTBEAT_S": "1",
                "SDV_AGENT_STOP_TIMEOUT_S": "3", "SDV_AGENT_DATABROKER": "127.0.0.1:1", **self.env}
         out = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
+        # An empty key is not passed: the agent learns it from its credentials (--enrol).
+        keys = [*(["--packager-key", self.public_key] if self.public_key else []),
+                *(["--orchestrator-key", self.orchestrator_key] if self.orchestrator_key else [])]
         self.process = subprocess.Popen(
             [sys.executable, "-m", "sdv_edge_agent", "--device-id", self.device_id,
-             "--nats-url", self.nats_url, "--data-dir", str(self.data_dir),
-             "--packager-key", self.public_key, "--orchestrator-key", self.orchestrator_key, *self.args],
+             "--nats-url", self.nats_url, "--data-dir", str(self.data_dir), *keys, *self.args],
             env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )
         out.close()
@@ -362,9 +364,12 @@ class Fleet:
 
     # --- agents ------------------------------------------------------------------------------
 
-    def agent(self, device_id: str, args: list[str] | None = None, **env: str) -> AgentProc:
-        agent = AgentProc(device_id, self.root / device_id, self.nats_url, self.signer.public_key_b64,
-                          self.orchestrator.public_key_b64, env, list(args or []))
+    def agent(self, device_id: str, args: list[str] | None = None, *, given_keys: bool = True,
+              **env: str) -> AgentProc:
+        """A real agent; without `given_keys` it learns the signing keys from its credentials."""
+        agent = AgentProc(device_id, self.root / device_id, self.nats_url,
+                          self.signer.public_key_b64 if given_keys else "",
+                          self.orchestrator.public_key_b64 if given_keys else "", env, list(args or []))
         self.agents.append(agent)
         return agent.start()
 

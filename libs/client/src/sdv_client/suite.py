@@ -34,18 +34,25 @@ owner-only), that reaches its own schema only and cannot rewrite its events
 (`sdv_events/store/roles.py`); each service gets a `SDV_DATABASE_URL` of its role. With
 `SDV_DATABASE_URL` every service uses that URL, as it is.
 
-Services run in process groups of their own: Ctrl-C in a terminal reaches `sdv up` only, which
-then stops the services before the servers they depend on.
+Local edge agents (`agents`, `simulate`; `sdv up` runs 3 real ones by default) are described in
+`local_agents.py`; the signing keys the registry hands them, made here before any service
+starts, in `suite_keys.py`.
+
+Every process started here is supervised (`children.py`): NATS, PostgreSQL, the services and the
+agents are restarted when they die, with a backoff that starts over after a stable period; one
+that keeps dying stops the suite with its cause. Each runs in a process group of its own: Ctrl-C
+in a terminal reaches `sdv up` only, which then stops the agents and their apps, then the
+services, then the servers they depend on — a PostgreSQL someone restarted by hand included.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib.util
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -58,6 +65,7 @@ from pathlib import Path
 import nats
 from nats.aio.client import Client as NatsClient
 
+from sdv_client.children import ChildProcess, GaveUp, RestartPolicy, ServerChild, Supervised, log_tail
 from sdv_client.health import (
     CREDS_ENV,
     ENROL_CREDS_FILE,
@@ -72,26 +80,22 @@ from sdv_client.health import (
     quiet,
     status_of,
 )
+from sdv_client.local_agents import SELECTOR, AgentConnection, LocalAgents
+from sdv_client.suite_keys import SigningKeyFiles
 from sdv_events.auth import Trust, render_server_config
 from sdv_events.auth.certificates import ServerTls, ensure_server_tls
 from sdv_events.auth.client_tls import CA_ENV, NatsCaError, ca_from_env, tls_options
+from sdv_events.bus import CommandClient, CommandError
+from sdv_events.schemas.devices import CountDevices, DeviceCounts
 from sdv_events.servers import NatsServer, PostgresServer, free_port
 from sdv_events.store.roles import ProvisioningError, provision_services
 
 REGISTRY_TRUST_FILE = "registry-trust.json"
 STOP_GRACE_S = 10.0
-MAX_BACKOFF_S = 30.0
 
 
 class SuiteError(Exception):
     """The suite could not start or a service failed; the message says which and why."""
-
-
-def log_tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
 
 
 def write_private(path: Path, text: str) -> Path:
@@ -110,40 +114,10 @@ async def _start_server(what: str, start: Callable[[], object], log: Path) -> No
         raise SuiteError(f"{what} did not start: {exc}\n{log_tail(log)}") from exc
 
 
-@dataclass
-class ServiceProcess:
-    name: str
-    log_path: Path
-    process: subprocess.Popen[bytes] | None = None
-    restarts: int = 0
-    next_restart_at: float = 0.0
-
-    @property
-    def pid(self) -> int | None:
-        return self.process.pid if self.process is not None else None
-
-    @property
-    def exit_code(self) -> int | None:
-        """None while it runs (or before it started)."""
-        return self.process.poll() if self.process is not None else None
-
-    def start(self, env: dict[str, str]) -> None:
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", f"sdv_{self.name}"], env=env, stdin=subprocess.DEVNULL,
-                stdout=log, stderr=subprocess.STDOUT, process_group=0,
-            )
-
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL after STOP_GRACE_S."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(STOP_GRACE_S)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+def service_process(name: str, env: Callable[[], dict[str, str]], log_path: Path,
+                    policy: RestartPolicy) -> ChildProcess:
+    return ChildProcess(name, lambda: [sys.executable, "-m", f"sdv_{name}"], env, log_path, policy,
+                        stop_grace_s=STOP_GRACE_S)
 
 
 @dataclass
@@ -162,14 +136,21 @@ class Suite:
     # The monitor's HTTP API (dashboard, /api, /metrics): SDV_MONITOR_HTTP_PORT, else a free port.
     monitor_http_port: int = field(
         default_factory=lambda: int(os.environ.get("SDV_MONITOR_HTTP_PORT") or free_port()))
+    # Local edge agents (`start_agents`): real ones, and simulated ones in one process.
+    agents: int = 0
+    simulate: int = 0
+    restart_policy: RestartPolicy = field(default_factory=RestartPolicy.from_env)
 
     def __post_init__(self) -> None:
         self._own_dir = self.data_dir is None
         self.dir = self.data_dir or Path(tempfile.mkdtemp(prefix="sdv-up-"))
         (self.dir / "logs").mkdir(parents=True, exist_ok=True)
-        self.processes = {n: ServiceProcess(n, self.dir / "logs" / f"{n}.log") for n in self.services}
+        self.processes = {n: service_process(n, functools.partial(self._service_env, n),
+                                             self.dir / "logs" / f"{n}.log", self.restart_policy)
+                          for n in self.services}
         self._nats: NatsServer | None = None
         self._postgres: PostgresServer | None = None
+        self.servers: list[ServerChild] = []  # the embedded ones, supervised
         # Each service's own database URL (its role), when the embedded PostgreSQL runs.
         self.service_database_urls: dict[str, str] = {}
         self._nc: NatsClient | None = None
@@ -180,10 +161,25 @@ class Suite:
         # Each service's own NATS credentials (embedded NATS): service → `.creds` path.
         self.service_creds: dict[str, str] = {}
         self.enrol_creds: Path | None = None
+        self.key_files = SigningKeyFiles.of(self.dir, dict(os.environ))
+        self._registry_keys: dict[str, str] = {}
+        self.warnings: list[str] = []  # what `sdv up` should tell, e.g. apps that could not start
+        self.local = LocalAgents(self.dir / "agents", real=self.agents, simulated=self.simulate,
+                                 policy=self.restart_policy)
 
     @property
     def monitor_url(self) -> str | None:
         return f"http://127.0.0.1:{self.monitor_http_port}" if "monitor" in self.services else None
+
+    @property
+    def nc(self) -> NatsClient:
+        assert self._nc is not None, "start() first"
+        return self._nc
+
+    @property
+    def children(self) -> list[Supervised]:
+        """Everything supervised, in start order: servers, services, agents."""
+        return [*self.servers, *self.processes.values(), *self.local.children]
 
     async def __aenter__(self) -> Suite:
         try:
@@ -200,13 +196,18 @@ class Suite:
         missing = [n for n in self.services if importlib.util.find_spec(f"sdv_{n}") is None]
         if missing:
             raise SuiteError(f"not installed in this environment: {', '.join(f'sdv_{n}' for n in missing)}")
+        try:
+            self._registry_keys = await asyncio.to_thread(self.key_files.ensure, dict(os.environ))
+        except (OSError, ValueError) as exc:
+            raise SuiteError(f"cannot make the signing keys in {self.key_files.packager.parent}: "
+                             f"{exc}") from exc
         await asyncio.gather(self._start_nats(), self._start_postgres())
         try:
             tls = tls_options(str(self.nats_url), self.nats_ca)
         except NatsCaError as exc:
             raise SuiteError(str(exc)) from exc
         for proc in self.processes.values():
-            proc.start(self._service_env(proc.name))
+            proc.start()
         auth = {"user_credentials": self.nats_creds} if self.nats_creds else {}
         self._nc = await nats.connect(str(self.nats_url), name="sdv-up", max_reconnect_attempts=-1,
                                       error_cb=quiet, **auth, **tls)
@@ -224,6 +225,8 @@ class Suite:
             env[CA_ENV] = self.nats_ca
         if service == "monitor":
             env["SDV_MONITOR_HTTP_PORT"] = str(self.monitor_http_port)
+        if service == "registry":
+            env.update(self._registry_keys)  # what it tells devices to trust (suite_keys.py)
         if service in self.service_database_urls:
             # Its own role, which may not run the event store's DDL: `sdv up` did (roles.py).
             env["SDV_DATABASE_URL"] = self.service_database_urls[service]
@@ -261,7 +264,10 @@ class Suite:
             tls = await self._nats_tls(nats_dir / TLS_DIR)
             self._nats = NatsServer(port=self.nats_port, store_dir=nats_dir,
                                     config_text=render_server_config(trust), tls=tls)
-            await _start_server("NATS", self._nats.start, nats_dir / "nats.log")
+            child = ServerChild("NATS", self._nats, self._nats.start, nats_dir / "nats.log",
+                                self.restart_policy)
+            await _start_server("NATS", child.start, child.log_path)
+            self.servers.append(child)
             self.nats_url = self._nats.url
 
     async def _nats_tls(self, directory: Path) -> ServerTls:
@@ -280,7 +286,10 @@ class Suite:
             # session (containers, CI) that only warns, and the warning would clutter `sdv up`.
             warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
             self._postgres = PostgresServer(data_dir=self.dir / "postgres")
-            await _start_server("PostgreSQL", self._postgres.start, self.dir / "postgres" / "postgres.log")
+            child = ServerChild("PostgreSQL", self._postgres, self._postgres.start_or_adopt,
+                                self.dir / "postgres" / "postgres.log", self.restart_policy)
+            await _start_server("PostgreSQL", child.start, child.log_path)
+            self.servers.append(child)
             self.database_url = self._postgres.url
             schemas = {n: os.environ.get(f"SDV_{n.upper()}_SCHEMA") or n for n in self.services}
             try:
@@ -288,6 +297,55 @@ class Suite:
                     self.database_url, schemas, self.dir / "postgres" / "roles")
             except ProvisioningError as exc:
                 raise SuiteError(str(exc)) from exc
+
+    # --- local agents --------------------------------------------------------------------------
+
+    async def start_agents(self) -> list[str]:
+        """Pre-authorise the local devices (labels `fleet=local`) and start their agents; their
+        device ids. Call once the registry answers (`wait_ready`)."""
+        if not self.agents and not self.simulate:
+            return []
+        if (warning := self.local.prepare()) is not None:
+            self.warnings.append(warning)
+        try:
+            await self.local.preauthorize(self.nc)
+        except CommandError as exc:
+            raise SuiteError(f"the registry refused to pre-authorise the local devices: {exc}") from exc
+        connection = AgentConnection(
+            nats_url=str(self.nats_url), nats_ca=self.nats_ca,
+            enrol_creds=str(self.enrol_creds) if self.enrol_creds else None,
+            packager_pub=self.key_files.packager_pub, orchestrator_pub=self.key_files.orchestrator_pub)
+        self.local.build(connection, dict(os.environ))
+        self.local.start()
+        return self.local.device_ids
+
+    async def devices_online(self, *, timeout: float = 2.0) -> DeviceCounts:
+        """The local devices the registry knows (`fleet=local`), and how many are online."""
+        return await CommandClient(self.nc, actor="sdv-up", timeout=timeout).call(
+            "registry", "count", CountDevices(selector=SELECTOR, status="accepted"), DeviceCounts)
+
+    async def wait_devices(self, timeout: float = 60.0,
+                           on_progress: Callable[[int, int], None] | None = None) -> int:
+        """Until every local device is online (heartbeats reach the registry); SuiteError when an
+        agent keeps dying or time runs out."""
+        expected = len(self.local.device_ids)
+        deadline = time.monotonic() + timeout
+        online = 0
+        while True:
+            with contextlib.suppress(CommandError):
+                online = (await self.devices_online()).online
+            if on_progress is not None:
+                on_progress(online, expected)
+            if online >= expected:
+                return online
+            await self.supervise()
+            if time.monotonic() > deadline:
+                logs = ", ".join(str(c.log_path) for c in self.local.children)
+                raise SuiteError(f"{online} of {expected} local devices online after {timeout:.0f}s "
+                                 f"(agents' logs: {logs})")
+            await asyncio.sleep(0.25)
+
+    # --- health and supervision ----------------------------------------------------------------
 
     async def status(self, *, timeout: float = 1.0) -> list[ServiceStatus]:
         assert self._nc is not None, "start() first"
@@ -306,15 +364,17 @@ class Suite:
         return result
 
     async def wait_ready(
-        self, timeout: float = 60.0, on_progress: Callable[[list[ServiceStatus]], None] | None = None
+        self, timeout: float = 60.0, on_progress: Callable[[list[ServiceStatus]], None] | None = None,
+        only: tuple[str, ...] | None = None,
     ) -> list[ServiceStatus]:
-        """Until every service answers ping; raises SuiteError when one exits or time runs out."""
+        """Until every service (of `only`) answers ping; raises SuiteError when one exits or
+        time runs out."""
         deadline = time.monotonic() + timeout
         while True:
             statuses = await self.status(timeout=0.5)
             if on_progress is not None:
                 on_progress(statuses)
-            if all(s.state == "up" for s in statuses):
+            if all(s.state == "up" for s in statuses if only is None or s.service in only):
                 return statuses
             if down := [s for s in statuses if s.state == "down"]:
                 name = down[0].service
@@ -326,22 +386,26 @@ class Suite:
                                  f"(logs in {self.dir / 'logs'})")
             await asyncio.sleep(0.2)
 
-    def restart_exited(self) -> list[str]:
-        """Restart services whose process ended, with exponential backoff per service."""
-        restarted = []
+    async def supervise(self) -> list[str]:
+        """One look at every child: the dead are restarted (with backoff); lines saying what
+        happened. SuiteError when one keeps dying (`children.py`)."""
+        notes = []
         now = time.monotonic()
-        for proc in self.processes.values():
-            if proc.exit_code is None or now < proc.next_restart_at:
-                continue
-            proc.restarts += 1
-            proc.next_restart_at = now + min(MAX_BACKOFF_S, 2.0 ** proc.restarts)
-            self._answered.discard(proc.name)
-            proc.start(self._service_env(proc.name))
-            restarted.append(proc.name)
-        return restarted
+        for child in self.children:
+            try:
+                note = await child.supervise(now)
+            except GaveUp as exc:
+                raise SuiteError(str(exc)) from exc
+            if note is not None:
+                if child in self.processes.values():
+                    self._answered.discard(child.name)
+                notes.append(note)
+        return notes
 
     async def stop(self) -> None:
-        """Services first (in parallel), then the connection, then the servers, then a temp dir."""
+        """Agents and their apps, then services (in parallel), then the connection, then the
+        servers, then a temp dir."""
+        await asyncio.to_thread(self.local.stop)
         await asyncio.gather(*(asyncio.to_thread(p.stop) for p in self.processes.values()))
         if self._nc is not None:
             with contextlib.suppress(Exception):

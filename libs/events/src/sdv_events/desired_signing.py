@@ -12,7 +12,7 @@ made here from ever verifying as anything else, and anything else from verifying
 
 What an agent refuses (`UntrustedDesired.cause`):
 - `unsigned`: not a `SignedDesired` (an older unsigned document, or anything else);
-- `unknown_key`: signed by another key than the pinned one;
+- `unknown_key`: signed by a key that is not one of the pinned ones;
 - `bad_signature`: the bytes are not those that were signed (a field changed, a signature reused);
 - `undecodable`: signed, but not a `DesiredState` (cannot happen unless the key itself is misused);
 - `other_device`: a document signed for another device, copied into this device's key;
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Sequence
 from typing import Literal
 
 import msgspec
@@ -94,11 +95,19 @@ class DesiredSigner:
 
 
 class DesiredVerifier:
-    """The agent's side: a KV value in, the document out — or `UntrustedDesired`."""
+    """The agent's side: a KV value in, the document out — or `UntrustedDesired`. It trusts
+    every key it is given (two during a rotation of the orchestrator's key; none yet: nothing
+    verifies)."""
 
-    def __init__(self, public_key: Ed25519PublicKey | str) -> None:
-        self.public_key = parse_public_key(public_key) if isinstance(public_key, str) else public_key
-        self.key_id = key_id(raw_public_key(self.public_key))
+    def __init__(self, public_key: Ed25519PublicKey | str | Sequence[Ed25519PublicKey | str]) -> None:
+        given = [public_key] if isinstance(public_key, Ed25519PublicKey | str) else list(public_key)
+        parsed = [parse_public_key(k) if isinstance(k, str) else k for k in given]
+        self.keys = {key_id(raw_public_key(k)): k for k in parsed}
+
+    @property
+    def key_id(self) -> str:
+        """The first key's id ("" when it trusts none)."""
+        return next(iter(self.keys), "")
 
     def open(self, raw: bytes, *, device_id: str) -> DesiredState:
         """The document, if the pinned key signed exactly these bytes for `device_id`."""
@@ -106,12 +115,14 @@ class DesiredVerifier:
             signed = decode_as(raw, SignedDesired)
         except DecodeError as err:
             raise UntrustedDesired("unsigned", f"not a signed desired document ({err})") from None
-        if signed.key_id != self.key_id:
+        key = self.keys.get(signed.key_id)
+        if key is None:
+            trusted = ", ".join(self.keys) or "none yet"
             raise UntrustedDesired("unknown_key", f"signed by key {signed.key_id[:32]!r}, this agent "
-                                                  f"trusts only the orchestrator key {self.key_id}")
+                                                  f"trusts only the orchestrator key(s) {trusted}")
         try:
             signature = base64.b64decode(signed.signature, validate=True)
-            self.public_key.verify(signature, DOMAIN + bytes(signed.document))
+            key.verify(signature, DOMAIN + bytes(signed.document))
         except (binascii.Error, ValueError, InvalidSignature):
             raise UntrustedDesired(
                 "bad_signature",

@@ -36,12 +36,13 @@ from sdv_edge_agent.adapters.native import NativeRuntime
 from sdv_edge_agent.adapters.ops import OpsServer
 from sdv_edge_agent.adapters.packages import Installer
 from sdv_edge_agent.adapters.publishers import FactOutbox, LogShipper, ReportedWriter
+from sdv_edge_agent.adapters.signing_keys import TrustedKeys
 from sdv_edge_agent.adapters.store import AgentStore
 from sdv_edge_agent.application import Agent, AgentOptions
 from sdv_edge_agent.domain.facts import IdSealer
 from sdv_edge_agent.domain.restarts import RestartPolicy
 from sdv_edge_agent.ports import HealthCommand, Runtime
-from sdv_edge_agent.settings import SERVICE, AgentSettings, SettingsError, load_settings
+from sdv_edge_agent.settings import SERVICE, AgentSettings, SettingsError, key_list, load_settings
 from sdv_events.bus.tracing import configure_tracing
 from sdv_events.desired_signing import DesiredVerifier
 from sdv_events.envelope import TraceContext
@@ -114,6 +115,8 @@ class AgentParts:
     heartbeat: HeartbeatSender
     databroker: Databroker
     downloader: Downloader
+    keys: TrustedKeys
+    enrolment: Enrolment | None = None
     phase: float = 0.0
 
 
@@ -141,13 +144,25 @@ def build_agent(settings: AgentSettings, *, runtimes: list[Runtime], installer: 
                                      loop_crashes=settings.crash_loop, window_s=settings.crash_window_s),
     )
     reported: ReportedWriter | None = None
+    keys = TrustedKeys.of(key_list(settings.packager_public_key), key_list(settings.orchestrator_public_key),
+                          settings.enrol_creds if settings.enrol else None)
     agent = Agent(
         options, store=store, installer=installer, runtimes=runtimes, facts=facts,
         download=downloader.fetch, databroker=databroker,
-        desired_verifier=DesiredVerifier(settings.orchestrator_public_key),
+        desired_verifier=DesiredVerifier(keys.orchestrator),
         on_change=lambda: reported.wake() if reported else None, on_logs=logs.wake,
         health_command=health_command,
     )
+    enrolment = _enrolment(settings, agent, databroker, keys)
+
+    def trust() -> None:
+        installer.trust(keys.packager)
+        agent.desired_verifier = DesiredVerifier(keys.orchestrator)
+
+    keys.on_change(trust)
+    if enrolment is not None:
+        enrolment.stored_credentials()  # the keys it names count before any installed app starts
+    trust()
     facts.trace_of = lambda app: desired_trace(agent, app)
     reported = ReportedWriter(link, settings.device_id, agent.reported)
     watch = DesiredWatch(link, settings.device_id, agent.receive_desired,
@@ -164,8 +179,30 @@ def build_agent(settings: AgentSettings, *, runtimes: list[Runtime], installer: 
     link.on_connect(watch.subscribe)
     link.on_connect(ops.subscribe)
     link.on_connect(flush_all)
+    link.on_connect(heartbeat.beat_soon)
     return AgentParts(settings, store, link, agent, facts, logs, reported, watch, ops, heartbeat,
-                      databroker, downloader, phase)
+                      databroker, downloader, keys, enrolment, phase)
+
+
+def _enrolment(settings: AgentSettings, agent: Agent, databroker: Databroker,
+               keys: TrustedKeys) -> Enrolment | None:
+    if not settings.enrol:
+        return None
+    enrolment: Enrolment | None = None
+
+    def learn(jwt: str) -> None:
+        assert enrolment is not None
+        keys.learn(jwt, device_key=enrolment.public_key)
+
+    enrolment = Enrolment(
+        settings.nats_url, settings.device_id, settings.data_dir, enrol_creds=settings.enrol_creds,
+        token=settings.fleet_token, ca=settings.nats_ca, on_credentials=learn,
+        capabilities=lambda: capabilities(settings.data_dir, hardware_type=settings.hardware_type,
+                                          agent_version=agent.options.agent_version,
+                                          databroker=databroker.found, runtimes=sorted(agent.runtimes),
+                                          python_version=agent.installer.python_full_version),
+    )
+    return enrolment
 
 
 class RunningAgent:
@@ -207,7 +244,7 @@ async def start_agent(parts: AgentParts,
     p = parts
     housekeeping_at = HOUSEKEEPING_S * (1 + p.phase)
     tasks = [asyncio.create_task(coro, name=name) for name, coro in [
-        ("link", connect(p.settings, p.link, p.databroker, p.agent)), ("facts", p.facts.run()),
+        ("link", connect(p.settings, p.link, p.enrolment)), ("facts", p.facts.run()),
         ("logs", p.logs.run()), ("reported", p.reported.run()), ("heartbeat", p.heartbeat.run()),
         ("resync", p.watch.resync_forever()),
         ("housekeeping", housekeeping(p.store, p.downloader, housekeeping_at)),
@@ -227,7 +264,7 @@ async def serve(settings: AgentSettings, stop: asyncio.Event | None = None) -> N
         runtimes.append(docker)
     parts = build_agent(
         settings, runtimes=runtimes, databroker=databroker, agent_version=agent_version(),
-        installer=Installer(settings.data_dir / "apps", settings.packager_public_key,
+        installer=Installer(settings.data_dir / "apps", key_list(settings.packager_public_key),
                             python=settings.app_python),
     )
     running = await start_agent(parts, also=[("databroker", databroker.watch())])
@@ -244,20 +281,12 @@ def handle_signals(stop: asyncio.Event) -> None:
     loop.add_signal_handler(signal.SIGUSR2, dump_tasks)
 
 
-async def connect(settings: AgentSettings, link: NatsLink, databroker: Databroker, agent: Agent) -> None:
+async def connect(settings: AgentSettings, link: NatsLink, enrolment: Enrolment | None) -> None:
     """Enrol first when asked to and not enrolled yet (the apps already run meanwhile), then keep
     the link up and the credentials renewed over it."""
-    if not settings.enrol:
+    if enrolment is None:
         await link.run()
         return
-    enrolment = Enrolment(
-        settings.nats_url, settings.device_id, settings.data_dir, enrol_creds=settings.enrol_creds,
-        token=settings.fleet_token, ca=settings.nats_ca,
-        capabilities=lambda: capabilities(settings.data_dir, hardware_type=settings.hardware_type,
-                                          agent_version=agent.options.agent_version,
-                                          databroker=databroker.found, runtimes=sorted(agent.runtimes),
-                                          python_version=agent.installer.python_full_version),
-    )
     creds = enrolment.stored_credentials() or await enrolment.until_accepted()
     link.creds = creds or settings.nats_creds
     async with asyncio.TaskGroup() as group:

@@ -49,13 +49,16 @@ class AgentOptions(Settings):
     suite_data_dir: Path | None = Field(None, validation_alias="SDV_DATA_DIR",
                                         description="the suite's data directory (container images)")
     packager_key: str = Field("", validation_alias="SDV_AGENT_PACKAGER_KEY",
-                              description="the packager's Ed25519 public key, base64: no package is "
-                              "installed unless its signature verifies")
+                              description="the packager's Ed25519 public key(s), base64, comma-separated "
+                              "during a rotation: no package is installed unless its signature "
+                              "verifies; optional when enrolling with enrolment credentials (the "
+                              "keys are then learned from the issued credentials), an override")
     packager_key_file: Path | None = Field(None, validation_alias="SDV_AGENT_PACKAGER_KEY_FILE",
                                            description="a file holding the packager's public key")
     orchestrator_key: str = Field("", validation_alias="SDV_AGENT_ORCHESTRATOR_KEY",
-                                  description="the orchestrator's Ed25519 public key, base64: desired "
-                                  "documents are acted on only when signed with it")
+                                  description="the orchestrator's Ed25519 public key(s), base64: desired "
+                                  "documents are acted on only when signed with one; optional and "
+                                  "an override like the packager's")
     orchestrator_key_file: Path | None = Field(
         None, validation_alias="SDV_AGENT_ORCHESTRATOR_KEY_FILE",
         description="a file holding it (the orchestrator's <data-dir>/keys/orchestrator-ed25519.pub)")
@@ -224,22 +227,31 @@ def _key(key: str, file: Path | None) -> str:
     return key
 
 
-def _orchestrator_key(options: AgentOptions, *, packager_key: str) -> str:
-    """Required, like the packager's: there is no mode that acts on unsigned desired documents."""
+def key_list(text: str) -> tuple[str, ...]:
+    """The keys of a comma-separated list (one key is a list of one)."""
+    return tuple(k.strip() for k in text.split(",") if k.strip())
+
+
+def _orchestrator_key(options: AgentOptions, *, packager_key: str, learns: bool) -> str:
+    """Required, like the packager's, unless learned from the credentials (`learns`): there is
+    no mode that acts on unsigned desired documents."""
     key = _key(options.orchestrator_key, options.orchestrator_key_file)
     if not key:
+        if learns:
+            return ""
         raise SettingsError(
             "no orchestrator public key: pass --orchestrator-key(-file) or set SDV_AGENT_ORCHESTRATOR_KEY "
-            "(`sdv.cmd.orchestrator.public_key`, or the orchestrator's keys/orchestrator-ed25519.pub); "
+            "(`sdv.cmd.orchestrator.public_key`, or the orchestrator's keys/orchestrator-ed25519.pub), "
+            "or enrol (--enrol --enrol-creds) with a registry that hands it out; "
             "without it no desired document can be trusted")
     try:
-        parsed = parse_public_key(key)
+        parsed = [public_key_b64(parse_public_key(k)) for k in key_list(key)]
     except ValueError as err:
         raise SettingsError(f"the orchestrator public key is not an Ed25519 public key: {err}") from None
-    if key.strip() == packager_key.strip():
+    if set(parsed) & set(key_list(packager_key)):
         raise SettingsError("the orchestrator public key is the packager's: the orchestrator signs "
                             "desired documents with a key of its own")
-    return public_key_b64(parsed)
+    return ",".join(parsed)
 
 
 def load_settings(argv: list[str] | None = None, env: dict[str, str] | None = None) -> AgentSettings:
@@ -254,11 +266,15 @@ def load_settings(argv: list[str] | None = None, env: dict[str, str] | None = No
         raise SettingsError("no device id: pass --device-id or set SDV_DEVICE_ID")
     if not _token_ok(device_id):
         raise SettingsError(f"device id {device_id!r} must be letters, digits, '-' or '_' (a subject token)")
+    # Enrolled over enrolment credentials, the agent learns the keys from what the registry
+    # issues it (sdv_events.auth.suite_keys); keys given here override them.
+    learns = bool(options.enrol) and options.enrol_creds is not None
     key = _key(options.packager_key, options.packager_key_file)
-    if not key:
+    if not key and not learns:
         raise SettingsError("no packager public key: pass --packager-key(-file) or set "
-                            "SDV_AGENT_PACKAGER_KEY; without it no package can be verified")
-    orchestrator_key = _orchestrator_key(options, packager_key=key)
+                            "SDV_AGENT_PACKAGER_KEY, or enrol (--enrol --enrol-creds) with a registry "
+                            "that hands it out; without it no package can be verified")
+    orchestrator_key = _orchestrator_key(options, packager_key=key, learns=learns)
     if options.nats_ca is not None:
         try:
             pinned_context(options.nats_ca)

@@ -35,7 +35,7 @@ from sdv_edge_agent.adapters.simulated_runtime import (
 )
 from sdv_edge_agent.app import AgentParts, agent_version, build_agent, handle_signals, start_agent
 from sdv_edge_agent.ports import Runtime
-from sdv_edge_agent.settings import AgentSettings, SimulationSettings
+from sdv_edge_agent.settings import AgentSettings, SimulationSettings, key_list
 
 log = structlog.get_logger("sdv.agent.simulation")
 RUNTIME_NAMES = ("native", "docker")  # every runtime a package may ask for
@@ -90,7 +90,7 @@ class Simulation:
                            simulation=None)
         return build_agent(
             settings, runtimes=self.runtimes(device_id), databroker=self.databroker,
-            installer=SimulatedInstaller(settings.data_dir / "apps", settings.packager_public_key,
+            installer=SimulatedInstaller(settings.data_dir / "apps", key_list(settings.packager_public_key),
                                          self.verified),
             agent_version=f"{agent_version()}+simulated",
             health_command=simulated_health_command(CRASH_AFTER_S * 4),

@@ -14,6 +14,8 @@ from nats.aio.client import Client as NatsClient
 
 from sdv_events.auth import DeviceAuthority, raw_creds
 from sdv_events.auth.client_tls import tls_options
+from sdv_events.auth.suite_keys import SuiteKeys
+from sdv_events.desired_signing import parse_public_key
 from sdv_events.processing import ConsumerRunner, HistorySource, OwnThenHistory, StoreSource
 from sdv_events.service import ServiceRuntime, run_service
 from sdv_events.settings import settings_or_exit
@@ -35,7 +37,15 @@ async def _device_auth(settings: RegistrySettings, runtime: ServiceRuntime, admi
     if settings.trust_file is None:
         return None, None
     authority = DeviceAuthority.load(settings.trust_file)
-    issuer = CredentialIssuer(authority, settings.credential_ttl_s, wall_clock)
+    keys = SuiteKeys(tuple(settings.packager_keys), tuple(settings.orchestrator_keys))
+    for key in (*keys.packager, *keys.orchestrator):
+        try:  # a bad key stops the registry here, rather than every agent later
+            parse_public_key(key)
+        except ValueError as err:
+            raise ValueError(f"SDV_REGISTRY_PACKAGER_KEYS / SDV_REGISTRY_ORCHESTRATOR_KEYS: {key[:60]!r} "
+                             f"is not a base64 Ed25519 public key ({err})") from None
+    issuer = CredentialIssuer(authority, settings.credential_ttl_s, wall_clock,
+                              signing_keys=keys if keys.packager or keys.orchestrator else None)
     # Claim updates are accepted only from the system account: a connection of its own.
     system_nc = await nats.connect(settings.nats_url, name=f"sdv-{SERVICE}-system",
                                    user_credentials=raw_creds(authority.system_creds()),

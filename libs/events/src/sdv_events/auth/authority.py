@@ -29,6 +29,7 @@ from sdv_events.auth.claims import Permissions, UserSpec
 from sdv_events.auth.creds import format_creds
 from sdv_events.auth.jwt import encode_jwt
 from sdv_events.auth.keys import Role, check_public_key, keypair_from_seed, public_key, seed_of
+from sdv_events.auth.suite_keys import SuiteKeys
 
 KIND = "sdv-registry-trust/v1"
 
@@ -55,9 +56,12 @@ class DeviceAuthority:
     # --- what it signs -----------------------------------------------------------------------
 
     def device_jwt(self, user_public_key: str, name: str, permissions: Permissions, *,
-                   expires_at: int | None = None, issued_at: int | None = None) -> str:
-        """A user of the devices account, for a key the device made (its seed never left it)."""
-        spec = UserSpec(user_public_key, name, self.devices_account, permissions, expires_at)
+                   expires_at: int | None = None, issued_at: int | None = None,
+                   signing_keys: SuiteKeys | None = None) -> str:
+        """A user of the devices account, for a key the device made (its seed never left it);
+        with `signing_keys`, the keys the device is to trust (suite_keys.py), signed with it."""
+        spec = UserSpec(user_public_key, name, self.devices_account, permissions, expires_at,
+                        extra=signing_keys.claims() if signing_keys is not None else {})
         return encode_jwt(spec.claims(), self.devices_signing, issued_at=issued_at or int(time.time()))
 
     def devices_account_jwt(self, revocations: Mapping[str, int] | None = None,

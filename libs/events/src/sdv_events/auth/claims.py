@@ -120,6 +120,9 @@ class UserSpec:
     permissions: Permissions = FULL_RIGHTS
     expires_at: int | None = None  # unix seconds
     tags: Sequence[str] = field(default_factory=tuple)
+    # Claims of the suite's own beside the standard ones (nats-server ignores what it does not
+    # know), e.g. the signing keys a device is to trust (suite_keys.py).
+    extra: Mapping[str, Any] = field(default_factory=dict)
 
     def claims(self) -> dict[str, Any]:
         nats: dict[str, Any] = {
@@ -131,7 +134,7 @@ class UserSpec:
         }
         if self.tags:
             nats["tags"] = list(self.tags)
-        out: dict[str, Any] = {"sub": self.public_key, "name": self.name, "nats": nats}
+        out: dict[str, Any] = {**self.extra, "sub": self.public_key, "name": self.name, "nats": nats}
         if self.expires_at is not None:
             out["exp"] = self.expires_at
         return out

@@ -58,13 +58,18 @@ class NatsServer:
             conf.write_text(config + "\n")
             args += ["-c", str(conf)]
         log = open(self.store_dir / "nats.log", "ab")  # noqa: SIM115 - owned by the child
-        self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+        # A process group of its own: Ctrl-C in a terminal reaches whoever started it (`sdv up`,
+        # which stops it after the services that use it), not the server directly.
+        self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, process_group=0)
         log.close()
         wait_for_port(self.host, self.port, timeout, self._alive)
         return self
 
     def _alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
+
+    def running(self) -> bool:
+        return self._alive()
 
     def stop(self, *, keep_data: bool = False) -> None:
         if self.process is not None and self.process.poll() is None:

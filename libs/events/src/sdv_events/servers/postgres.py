@@ -16,6 +16,7 @@ data dirs alike and nothing can log in until the password is set.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -124,7 +125,9 @@ class PostgresServer:
              "-c", "max_connections=200", "-c", "shared_buffers=256MB",
              "-c", "password_encryption=scram-sha-256",
              "-c", "fsync=on", "-c", "synchronous_commit=on"],
-            stdout=log, stderr=subprocess.STDOUT, user=user,
+            # A process group of its own: Ctrl-C in a terminal reaches whoever started it (`sdv
+            # up`, which stops it after the services that use it), not the server directly.
+            stdout=log, stderr=subprocess.STDOUT, user=user, process_group=0,
         )
         log.close()
         wait_for_port(self.host, self.port, timeout, self._alive)
@@ -147,6 +150,24 @@ class PostgresServer:
     def _alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
+    def postmaster_pid(self) -> int | None:
+        """The live postmaster serving this data dir, by its `postmaster.pid`: ours, or one
+        started by hand (`pg_ctl restart`), which is no child of ours (None: none runs)."""
+        try:
+            pid = int((self.pgdata / "postmaster.pid").read_text().split("\n", 1)[0])
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            return None
+        if stat[stat.rindex(")") + 2] == "Z" or b"postgres" not in cmdline:
+            return None  # a zombie, or the pid went to another program since
+        return pid
+
+    def running(self) -> bool:
+        """Ours runs, or a postmaster someone restarted by hand serves the data dir (that one is
+        adopted: `stop` stops it too)."""
+        return self._alive() or self.postmaster_pid() is not None
+
     def _wait_accepting(self, timeout: float) -> None:
         # The port opens before recovery ends; pg_isready says 1 ("rejecting") until then.
         deadline = time.monotonic() + timeout
@@ -161,6 +182,8 @@ class PostgresServer:
         raise TimeoutError(f"PostgreSQL on port {self.port} not accepting after {timeout:.0f}s")
 
     def stop(self, *, keep_data: bool = False) -> None:
+        """Our server, and whatever postmaster serves the data dir after it (one restarted by
+        hand must not outlive the suite)."""
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGINT)  # "fast" shutdown
             try:
@@ -169,8 +192,19 @@ class PostgresServer:
                 self.process.kill()
                 self.process.wait()
         self.process = None
+        if (pid := self.postmaster_pid()) is not None:
+            _stop_pid(pid, timeout=20)
         if self._own_dir and not keep_data:
             shutil.rmtree(self.base_dir, ignore_errors=True)
+
+    def start_or_adopt(self, timeout: float = 30.0) -> PostgresServer:
+        """Start, unless a postmaster already serves the data dir (restarted by hand, or left by
+        a run that was killed): then use it, on the port it listens on."""
+        if self.postmaster_pid() is None:
+            return self.start(timeout)
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            self.port = int((self.pgdata / "postmaster.pid").read_text().splitlines()[3])
+        return self
 
     def __enter__(self) -> PostgresServer:
         return self.start()
@@ -179,3 +213,21 @@ class PostgresServer:
         self, exc: type[BaseException] | None, val: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def _stop_pid(pid: int, *, timeout: float) -> None:
+    """SIGINT (fast shutdown) to a postmaster that is not our child, SIGKILL after `timeout`."""
+    for sig, wait in ((signal.SIGINT, timeout), (signal.SIGKILL, 5.0)):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+            except OSError:
+                return
+            if stat[stat.rindex(")") + 2] == "Z":
+                return
+            time.sleep(0.05)

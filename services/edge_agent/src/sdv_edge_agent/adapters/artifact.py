@@ -24,6 +24,7 @@ import gzip
 import io
 import tarfile
 import zlib
+from collections.abc import Sequence
 
 import msgspec
 from cryptography.exceptions import InvalidSignature
@@ -32,6 +33,7 @@ from sdv_events.package_format import (
     MANIFEST_MEMBER,
     PackageManifest,
     PackageVerificationError,
+    key_id,
     public_key_from_b64,
     safe_member_path,
     sha256_hex,
@@ -79,13 +81,22 @@ def _read_member(tar: tarfile.TarFile, info: tarfile.TarInfo) -> bytes:
     return b"".join(parts)
 
 
-def _check_signature(raw_manifest: bytes, signature_b64: str, public_key_b64: str) -> PackageManifest:
-    try:
-        public_key_from_b64(public_key_b64).verify(
-            base64.b64decode(signature_b64), sha256_hex(raw_manifest).encode()
-        )
-    except (InvalidSignature, ValueError) as exc:
-        raise PackageVerificationError(f"signature does not verify: {exc or 'invalid'}") from None
+def _check_signature(raw_manifest: bytes, signature_b64: str, public_keys: Sequence[str]) -> PackageManifest:
+    """Signed by one of `public_keys` (the packager's; two during a rotation)."""
+    if not public_keys:
+        raise PackageVerificationError("this agent trusts no packager key yet")
+    problems = []
+    signed = sha256_hex(raw_manifest).encode()
+    for key in public_keys:
+        try:
+            public_key_from_b64(key).verify(base64.b64decode(signature_b64), signed)
+            break
+        except (InvalidSignature, ValueError) as exc:
+            problems.append(str(exc) or "invalid")
+    else:
+        trusted = ", ".join(key_id_of(k) for k in public_keys)
+        raise PackageVerificationError(f"signature does not verify with the packager key(s) this agent "
+                                       f"trusts ({trusted}): {'; '.join(sorted(set(problems)))}")
     try:
         return msgspec.json.decode(raw_manifest, type=PackageManifest)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -104,7 +115,7 @@ def _member_info(info: tarfile.TarInfo) -> bool:
 
 
 def verify_bounded(
-    artifact: bytes, *, digest: str, signature_b64: str, public_key_b64: str,
+    artifact: bytes, *, digest: str, signature_b64: str, public_keys: Sequence[str],
     max_unpacked: int = DEFAULT_MAX_UNPACKED,
 ) -> tuple[PackageManifest, bytes, dict[str, bytes]]:
     """(signed manifest, its raw bytes, member path → content), or `PackageVerificationError`."""
@@ -128,7 +139,7 @@ def verify_bounded(
                         raise PackageVerificationError(f"{MANIFEST_MEMBER} is {info.size} bytes "
                                                        f"(at most {MAX_MANIFEST_BYTES})")
                     raw_manifest = _read_member(tar, info)
-                    manifest = _check_signature(raw_manifest, signature_b64, public_key_b64)
+                    manifest = _check_signature(raw_manifest, signature_b64, public_keys)
                     continue
                 expected = manifest.files.get(info.name)
                 if expected is None or info.name in members:
@@ -153,6 +164,13 @@ def verify_bounded(
     return manifest, raw_manifest, members
 
 
-def check_recorded(raw_manifest: bytes, signature_b64: str, public_key_b64: str) -> PackageManifest:
+def check_recorded(raw_manifest: bytes, signature_b64: str, public_keys: Sequence[str]) -> PackageManifest:
     """A manifest kept beside an installed version, checked again (signature and decoding)."""
-    return _check_signature(raw_manifest, signature_b64, public_key_b64)
+    return _check_signature(raw_manifest, signature_b64, public_keys)
+
+
+def key_id_of(public_key_b64: str) -> str:
+    try:
+        return key_id(base64.b64decode(public_key_b64))
+    except ValueError:
+        return "?"

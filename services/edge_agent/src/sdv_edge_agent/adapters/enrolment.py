@@ -74,13 +74,17 @@ def capabilities(data_dir: Path, *, hardware_type: str, agent_version: str,
 
 class Enrolment:
     def __init__(self, url: str, device_id: str, data_dir: Path, *, enrol_creds: Path | None,
-                 token: str | None, capabilities: Callable[[], Capabilities], ca: Path | None = None) -> None:
+                 token: str | None, capabilities: Callable[[], Capabilities], ca: Path | None = None,
+                 on_credentials: Callable[[str], None] | None = None) -> None:
         self.url = url
         self.device_id = device_id
         self.enrol_creds = enrol_creds
         self.ca = ca  # the fleet CA to pin (sdv_events.auth.client_tls)
         self.token = token
         self.capabilities = capabilities
+        # Told every JWT this agent gets to connect with (stored or issued): the signing keys
+        # it is to trust ride in it (signing_keys.py).
+        self.on_credentials = on_credentials
         self.seed_path = data_dir / "device.nk"
         self.creds_path = data_dir / "device.creds"
         self.expires_at: datetime | None = None
@@ -122,7 +126,8 @@ class Enrolment:
         """`device.creds` when it holds a JWT for this device's key valid for a while longer:
         a restart connects with it and needs no enrolment."""
         try:
-            claims = decode_jwt(jwt_of_creds(self.creds_path.read_text()), verify=False)
+            jwt = jwt_of_creds(self.creds_path.read_text())
+            claims = decode_jwt(jwt, verify=False)
         except FileNotFoundError:
             return None
         except (OSError, ValueError, InvalidJwt) as exc:
@@ -135,6 +140,8 @@ class Enrolment:
             return None
         self.expires_at = datetime.fromtimestamp(expires, UTC)
         self._renew_soon = True
+        if self.on_credentials is not None:
+            self.on_credentials(jwt)
         return self.creds_path
 
     async def until_accepted(self) -> Path | None:
@@ -178,6 +185,8 @@ class Enrolment:
         with os.fdopen(fd, "w") as out:
             out.write(format_creds(jwt, seed_of(self.keypair)))
         tmp.replace(self.creds_path)
+        if self.on_credentials is not None:
+            self.on_credentials(jwt)
 
     async def keep_renewed(self, link: NatsLink) -> None:
         """Renew over `link` before the credential expires (the connection reads the new file on

@@ -8,6 +8,7 @@ disconnected: a stale heartbeat delivered late would lie about the present.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -44,13 +45,24 @@ class HeartbeatSender:
         # Default: one interval. Many agents of one process (simulation) spread theirs out.
         self.first_after_s = interval_s if first_after_s is None else first_after_s
         self.seq = 0
+        self._soon = asyncio.Event()
+
+    async def beat_soon(self) -> None:
+        """The next heartbeat now, not at its time (the link just came up: the device is online
+        as soon as it is connected, not one interval later); the period restarts from it."""
+        self._soon.set()
 
     async def run(self) -> None:
         psutil.cpu_percent(None)  # the first reading primes the counter
         next_at = time.monotonic() + self.first_after_s
         while True:
-            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
-            next_at += self.interval_s
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._soon.wait(), max(0.0, next_at - time.monotonic()))
+            if self._soon.is_set():
+                self._soon.clear()
+                next_at = time.monotonic() + self.interval_s
+            else:
+                next_at += self.interval_s
             if not self.link.is_up or self.link.nc is None:
                 continue
             self.seq += 1

@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -160,16 +161,21 @@ def python_version_of(python: str) -> str:
 
 
 class Installer:
-    def __init__(self, apps_dir: Path, public_key_b64: str, *, python: str | None = None,
+    def __init__(self, apps_dir: Path, public_keys: str | Sequence[str], *, python: str | None = None,
                  pip_timeout_s: float = 300.0, max_unpacked: int = DEFAULT_MAX_UNPACKED) -> None:
         self.apps_dir = apps_dir
         self.max_unpacked = max_unpacked
-        self.public_key_b64 = public_key_b64
+        # The packager's public keys whose signatures count (two during a rotation); `trust`
+        # replaces them when the agent learns new ones from its credentials.
+        self.public_keys = (public_keys,) if isinstance(public_keys, str) else tuple(public_keys)
         self.pip_timeout_s = pip_timeout_s
         self.python = python or default_app_python()
         self.python_full_version = python_version_of(self.python)
         # What each package's `python_version` must equal: its wheels were chosen for it.
         self.python_version = ".".join(self.python_full_version.split(".")[:2])
+
+    def trust(self, public_keys: Sequence[str]) -> None:
+        self.public_keys = tuple(public_keys)
 
     def app_root(self, name: str) -> Path:
         if not valid_app_name(name):  # admission refuses these first; a path is never built of one
@@ -196,7 +202,7 @@ class Installer:
         try:
             record = msgspec.json.decode((self.location(package) / SIGNED_RECORD).read_bytes(),
                                          type=SignedRecord)
-            manifest = check_recorded(record.manifest.encode(), record.signature, self.public_key_b64)
+            manifest = check_recorded(record.manifest.encode(), record.signature, self.public_keys)
         except (OSError, msgspec.DecodeError, msgspec.ValidationError, PackageVerificationError) as exc:
             return f"the installed version's signed manifest does not verify: {exc}"
         return _description_problem(manifest, package)
@@ -210,7 +216,7 @@ class Installer:
         try:
             manifest, raw, members = verify_bounded(
                 artifact, digest=package.digest, signature_b64=package.signature,
-                public_key_b64=self.public_key_b64, max_unpacked=self.max_unpacked,
+                public_keys=self.public_keys, max_unpacked=self.max_unpacked,
             )
         except PackageVerificationError as exc:
             raise InstallError("verify", str(exc)) from None

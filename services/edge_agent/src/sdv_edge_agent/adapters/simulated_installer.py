@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import msgspec
@@ -21,7 +22,7 @@ import msgspec
 from sdv_edge_agent.adapters.packages import COMPLETE_MARKER, InstalledVersion, Installer, write_signed
 from sdv_events.schemas.packages import PackageInfo
 
-VerifiedKey = tuple[str, str]  # (sha256 of the whole package description, packager key)
+VerifiedKey = tuple[str, str]  # (sha256 of the whole package description, packager keys trusted)
 
 
 class VerifiedArtifacts:
@@ -50,18 +51,23 @@ class VerifiedArtifacts:
 class SimulatedInstaller(Installer):
     """The `Installer` interface, so the supervisor is unchanged; `install` verifies and marks."""
 
-    def __init__(self, apps_dir: Path, public_key_b64: str, verified: VerifiedArtifacts) -> None:
-        super().__init__(apps_dir, public_key_b64, python=sys.executable)  # no venv is made: no probe
+    def __init__(self, apps_dir: Path, public_keys: str | Sequence[str], verified: VerifiedArtifacts) -> None:
+        super().__init__(apps_dir, public_keys, python=sys.executable)  # no venv is made: no probe
         self.verified = verified
 
+    @property
+    def trusted(self) -> str:
+        """The keys trusted, as one string: a result is reused only under the same keys."""
+        return ",".join(sorted(self.public_keys))
+
     async def install(self, package: PackageInfo, artifact: bytes) -> InstalledVersion:
-        raw = self.verified.passed(package, self.public_key_b64, artifact)
+        raw = self.verified.passed(package, self.trusted, artifact)
         if raw is not None:
             self.verified.reused += 1
         else:
             _, raw, _ = self.verify_raw(package, artifact)  # raises InstallError("verify", …) as on a device
             self.verified.full_checks += 1
-            self.verified.remember(package, self.public_key_b64, raw)
+            self.verified.remember(package, self.trusted, raw)
         done = self.installed(package)
         if done is not None:
             return done
