@@ -233,6 +233,13 @@ def test_the_readme_commands_for_a_second_shell_work_on_the_running_suite(first_
     status = in_second_shell("sdv status", 30)
     assert status.returncode == 0, status.stderr
     assert "car-1" in status.stdout or "3" in status.stdout
+    # The rest of the README's second-shell block, as written.
+    for command in ("sdv ping", "sdv package publish examples/apps/speed-monitor",
+                    "sdv package list --json", "sdv package promote speed-monitor 1.0.0 stable"):
+        done = subprocess.run(["bash", "-c", f"source {first_run.data_dir / 'env'} && {command}"],
+                              env=fresh_env(), cwd=REPO, capture_output=True, text=True, timeout=300,
+                              check=False)
+        assert done.returncode == 0, (command, done.stdout[-2000:], done.stderr[-2000:])
 
 
 def test_a_killed_nats_is_restarted_and_the_backoff_starts_over_after_a_stable_period(

@@ -2,39 +2,39 @@
 
 `README_COMMANDS` says which test runs each one; a command added to the README fails
 `test_every_readme_command_is_run_by_a_test` until it is listed there. The quick start is run
-here, verbatim, the way a new user follows it: `./dev up` in one shell (a fresh machine: no SDV_*
-variables, embedded NATS and PostgreSQL), the variables it prints exported in another, then each
-command of the block that follows, in order.
+by tests/e2e/test_first_run.py, verbatim, the way a new user follows it: the first command on a
+fresh data dir with no SDV_* variables, then the second shell's block after `source <data-dir>/env`.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-HERE = "tests/e2e/test_readme.py::test_the_readme_quick_start_works_as_written"
+FIRST_RUN = "tests/e2e/test_first_run.py::test_the_first_command_brings_three_devices_online_within_60s"
+SECOND_SHELL = "tests/e2e/test_first_run.py::test_the_readme_commands_for_a_second_shell_work_on_the_running_suite"
 CI = ".ci/run"  # the CI script runs it
 COLLECT = "collect"  # a `./dev test …` selection: run below with --collect-only, must select tests
 
 # Each README command → what runs it: a test (path::name), CI, or COLLECT. Commands joined by
 # `&&` count one by one. The quick start's server command is SERVER; HERE runs the others of
 # the quick start, in README order, against it.
-SERVER = "./dev up"
+SERVER = "./dev up --demo"
 README_COMMANDS: dict[str, str] = {
-    SERVER: HERE,
+    SERVER: FIRST_RUN,
     "./dev test": CI,
-    "./dev sdv ping": HERE,
-    "./dev sdv package publish examples/apps/speed-monitor": HERE,
-    "./dev sdv package list --json": HERE,
-    "./dev sdv package promote speed-monitor 1.0.0 stable": HERE,
+    "source /tmp/sdv-up-XXXX/env": SECOND_SHELL,
+    "sdv demo": SECOND_SHELL,
+    "sdv status": SECOND_SHELL,
+    "sdv ping": SECOND_SHELL,
+    "sdv package publish examples/apps/speed-monitor": SECOND_SHELL,
+    "sdv package list --json": SECOND_SHELL,
+    "sdv package promote speed-monitor 1.0.0 stable": SECOND_SHELL,
     "./dev test -k relay": COLLECT,
     "./dev test tests/unit": COLLECT,
     "uv run ruff check .": "tests/unit/test_static_checks.py::test_ruff_finds_nothing_in_the_repository",
@@ -79,63 +79,8 @@ def test_a_readme_test_selection_selects_tests(command: str) -> None:
 
 
 def fresh_env() -> dict[str, str]:
-    """A new user's shell: none of the suite's variables (so `./dev up` starts its own servers)."""
+    """A new user's shell: none of the suite's variables (so `./dev …` starts its own servers)."""
     return {k: v for k, v in os.environ.items() if not k.startswith(("SDV_", "PYTEST_"))}
-
-
-@pytest.fixture
-def suite_up() -> Iterator[tuple[subprocess.Popen[str], dict[str, str]]]:
-    """`./dev up` as written, in its own process group; what it printed to export."""
-    server = subprocess.Popen(SERVER, shell=True, cwd=ROOT, env=fresh_env(), text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        yield server, wait_for_variables(server, timeout=120)
-    finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGINT)  # Ctrl-C, as the README says
-            try:
-                server.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-                server.wait(10)
-
-
-def wait_for_variables(server: subprocess.Popen[str], timeout: float) -> dict[str, str]:
-    """Read the suite's output until it names SDV_NATS_URL (and the credentials and CA, when the
-    server wants them): what the README tells the user to export."""
-    assert server.stdout is not None
-    seen = ""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = server.stdout.readline()
-        if not line:
-            pytest.fail(f"`{SERVER}` ended before it said how to reach it:\n{seen[-3000:]}")
-        seen += line
-        found = {name: value.strip("`'\";") for name in VARIABLES
-                 for value in re.findall(rf"\b{name}=(\S+)", seen)}
-        if "SDV_NATS_URL" in found and ("tls://" not in found["SDV_NATS_URL"] or len(found) == 3):
-            return found
-    pytest.fail(f"`{SERVER}` did not print SDV_NATS_URL within {timeout:.0f}s:\n{seen[-3000:]}")
-
-
-@pytest.mark.timeout(600)
-def test_the_readme_quick_start_works_as_written(
-    suite_up: tuple[subprocess.Popen[str], dict[str, str]],
-) -> None:
-    server, variables = suite_up
-    env = fresh_env() | variables
-    quick_start = [c for c, r in README_COMMANDS.items() if r == HERE and c != SERVER]
-    outputs: dict[str, str] = {}
-    for command in quick_start:
-        done = subprocess.run(command, shell=True, cwd=ROOT, env=env, capture_output=True, text=True,
-                              timeout=300)
-        if done.returncode != 0 and "cannot resolve wheels" in done.stdout + done.stderr:
-            pytest.skip(f"no package index here for the example's wheels: {done.stderr[-300:]}")
-        assert done.returncode == 0, f"{command}\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
-        outputs[command] = done.stdout
-        assert server.poll() is None, f"`{SERVER}` stopped while `{command}` ran"
-    listed = outputs.get("./dev sdv package list --json", "")
-    assert '"speed-monitor"' in listed
 
 
 def test_the_readme_parser_reads_blocks_comments_and_chains() -> None:
