@@ -56,7 +56,7 @@ class AuditTrail:
         device = rollout = package = None
         stream, occurred_at, type_ = event.stream_id, event.occurred_at, event.type
         service = owner_of(event.stream_id) or "unknown"
-        # A rollout's later events name its app as its RolloutCreated row does (an earlier event).
+        # A rollout's later events name its app, as its RolloutCreated does.
         package_of_rollout = False
         if category == "device":
             device = entity
@@ -85,8 +85,10 @@ class AuditTrail:
                               event.actor, event.correlation_id, event.causation_id, device, rollout,
                               _json.encode(_body(event)).decode().replace("\\u0000", "\\ufffd")]
         if package_of_rollout:
-            package_sql = (f"(SELECT package FROM {self.table} WHERE rollout_id = $11 "
-                           "AND package IS NOT NULL LIMIT 1)")
+            # By the key of the rollouts' table (its row was made by RolloutCreated, an earlier
+            # event). Not from this table: "a row of the rollout with a package, LIMIT 1" was
+            # planned as a scan of the whole trail per event once it held a few rollouts.
+            package_sql = f"(SELECT app FROM {self.s}.rollouts WHERE rollout_id = $11)"
         else:
             package_sql = "$13"
             args.append(package)
