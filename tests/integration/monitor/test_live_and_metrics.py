@@ -83,10 +83,15 @@ async def test_metrics_parse_and_show_the_fleet_the_rollout_and_the_services(sui
                 and ("outcome", "succeeded") in labels and ("rollout_id", view.rollout_id) in labels]
         healthy = {dict(labels)["service"]: v for (name, labels), v in samples.items()
                    if name == "sdv_service_healthy"}
-        ok = done == [3.0] and healthy.get("orchestrator") == 1.0
+        # The agents' facts reach the inventory through the monitor's own store and relay:
+        # they may come after the rollout's end.
+        running = [v for (name, labels), v in samples.items() if name == "sdv_apps"
+                   and ("state", "RUNNING") in labels]
+        ok = done == [3.0] and healthy.get("orchestrator") == 1.0 and running == [3.0]
         return samples if ok else None
 
-    samples = await monitor.until(scraped, 20.0, "/metrics shows the finished rollout and healthy services")
+    samples = await monitor.until(scraped, 20.0, "/metrics shows the finished rollout, the apps running "
+                                                 "and healthy services")
     devices = {dict(labels)["status"]: v for (name, labels), v in samples.items() if name == "sdv_devices"}
     assert devices == {"accepted": 3.0}
     apps = {dict(labels)["state"]: v for (name, labels), v in samples.items() if name == "sdv_apps"}
