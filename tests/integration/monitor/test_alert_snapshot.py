@@ -5,7 +5,6 @@ stalled the monitor's event loop, and its live (SSE) clients with it."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
@@ -66,7 +65,7 @@ def heartbeat(device_id: str, databroker: str | None) -> Any:
 
 
 @pytest.fixture
-async def watch(store: EventStore, schema: str, nc: NatsClient) -> AsyncIterator[AlertWatch]:
+async def watch(store: EventStore, schema: str, nc: NatsClient) -> AlertWatch:
     views = MonitorViews(schema)
     async with store.pool.acquire() as conn:
         await views.create(conn)
@@ -86,7 +85,7 @@ async def watch(store: EventStore, schema: str, nc: NatsClient) -> AsyncIterator
     async def no_problems() -> list[str]:
         return []
 
-    yield AlertWatch(store, schema, nc, beats, no_problems, thresholds=Thresholds(offline_after_s=300))
+    return AlertWatch(store, schema, nc, beats, no_problems, thresholds=Thresholds(offline_after_s=300))
 
 
 async def test_the_alert_rules_read_only_the_devices_that_can_raise_an_alert(watch: AlertWatch) -> None:
