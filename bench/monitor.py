@@ -2,7 +2,7 @@
 beside a raw baseline measured in the same run, on the same servers.
 
     .venv/bin/python bench/monitor.py --quick   # 34,012 events, about 1.5 minutes
-    .venv/bin/python bench/monitor.py           # 100,060 events, about 4-5 minutes
+    .venv/bin/python bench/monitor.py           # 100,060 events, about 3 minutes
     .venv/bin/python bench/monitor.py --quick --catchup-only --profile /tmp/monitor.prof
 
 Starts its own NATS and PostgreSQL (`sdv_events.servers`) unless SDV_DATABASE_URL names an
