@@ -87,7 +87,8 @@ async def test_metrics_parse_and_show_the_fleet_the_rollout_and_the_services(sui
         ok = done == [3.0] and healthy.get("orchestrator") == 1.0 and apps == {"RUNNING": 3.0}
         return samples if ok else None
 
-    samples = await monitor.until(scraped, 20.0, "/metrics shows the finished rollout and healthy services")
+    samples = await monitor.until(scraped, 20.0, "/metrics shows the finished rollout, the apps running "
+                                                 "and healthy services")
     devices = {dict(labels)["status"]: v for (name, labels), v in samples.items() if name == "sdv_devices"}
     assert devices == {"accepted": 3.0}
     apps = {dict(labels)["state"]: v for (name, labels), v in samples.items() if name == "sdv_apps"}

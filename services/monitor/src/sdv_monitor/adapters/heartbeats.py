@@ -66,6 +66,11 @@ class HeartbeatTracker:
         return msgspec.structs.replace(detail, apps=apps, heartbeat_at=beat.sent_at, metrics=beat.device,
                                        databroker=beat.databroker)
 
+    def without_databroker(self, fresh_s: float) -> list[str]:
+        """Devices whose latest (fresh) heartbeat found no databroker."""
+        now = time.monotonic()
+        return [d for d, (reachable, at) in self.databroker.items() if not reachable and now - at <= fresh_s]
+
     def databroker_missing(self, expected: set[str], fresh_s: float) -> list[str]:
         """Devices expected to have a databroker whose latest (fresh) heartbeat found none."""
         now = time.monotonic()

@@ -7,6 +7,7 @@ import asyncpg
 
 from sdv_events.envelope import Envelope
 from sdv_events.schemas.monitor import AlertAcknowledged, AlertRaised, AlertResolved
+from sdv_monitor.projections.writes import Writes
 
 
 class Alerts:
@@ -26,19 +27,20 @@ class Alerts:
             CREATE INDEX IF NOT EXISTS {self.table.replace('.', '_')}_state
                 ON {self.table} (state, raised_at)""")
 
-    async def apply(self, conn: asyncpg.Connection, event: Envelope) -> None:
+    def apply(self, writes: Writes, event: Envelope) -> None:
         at = event.occurred_at
         match event.data:
             case AlertRaised() as a:
-                await conn.execute(
+                writes.add(
+                    self.table,
                     f"INSERT INTO {self.table} (alert_id, kind, subject, severity, state, message, "
                     "device_id, rollout_id, raised_at) VALUES ($1,$2,$3,$4,'open',$5,$6,$7,$8) "
                     "ON CONFLICT DO NOTHING",
                     a.alert_id, a.kind, a.subject, a.severity, a.message, a.device_id, a.rollout_id, at)
             case AlertAcknowledged(alert_id=alert_id):
-                await conn.execute(
-                    f"UPDATE {self.table} SET state = 'acknowledged', acknowledged_by = $2, "
+                writes.add(
+                    self.table, f"UPDATE {self.table} SET state = 'acknowledged', acknowledged_by = $2, "
                     "acknowledged_at = $3 WHERE alert_id = $1 AND state = 'open'", alert_id, event.actor, at)
             case AlertResolved(alert_id=alert_id, reason=reason):
-                await conn.execute(f"UPDATE {self.table} SET state = 'resolved', resolved_at = $2, "
-                                   "resolution = $3 WHERE alert_id = $1", alert_id, at, reason)
+                writes.add(self.table, f"UPDATE {self.table} SET state = 'resolved', resolved_at = $2, "
+                           "resolution = $3 WHERE alert_id = $1", alert_id, at, reason)

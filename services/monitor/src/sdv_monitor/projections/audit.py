@@ -16,6 +16,7 @@ from sdv_events.schemas.monitor import DeviceFactRecorded
 from sdv_events.schemas.rollouts import PolicySet, RolloutCreated
 from sdv_events.stream_owners import owner_of
 from sdv_monitor.projections.facts import fact_of
+from sdv_monitor.projections.writes import Writes
 
 _json = msgspec.json.Encoder()
 
@@ -49,18 +50,14 @@ class AuditTrail:
             CREATE INDEX IF NOT EXISTS {i}_correlation ON {t} (correlation_id);
             CREATE INDEX IF NOT EXISTS {i}_actor ON {t} (actor, occurred_at)""")
 
-    async def _rollout_app(self, conn: asyncpg.Connection, rollout_id: str) -> str | None:
-        found: str | None = await conn.fetchval(
-            f"SELECT package FROM {self.table} WHERE rollout_id = $1 AND package IS NOT NULL LIMIT 1",
-            rollout_id)
-        return found
-
-    async def apply(self, conn: asyncpg.Connection, event: Envelope) -> None:
+    def apply(self, writes: Writes, event: Envelope) -> None:
         category, entity = split_stream_id(event.stream_id)
         data = event.data
         device = rollout = package = None
         stream, occurred_at, type_ = event.stream_id, event.occurred_at, event.type
         service = owner_of(event.stream_id) or "unknown"
+        # A rollout's later events name its app, as its RolloutCreated does.
+        package_of_rollout = False
         if category == "device":
             device = entity
         elif category == "package":
@@ -70,8 +67,10 @@ class AuditTrail:
         elif category == "rollout":
             rollout = entity
             device = getattr(data, "device_id", None)
-            package = data.package.name if isinstance(data, RolloutCreated) else \
-                await self._rollout_app(conn, entity)
+            if isinstance(data, RolloutCreated):
+                package = data.package.name
+            else:
+                package_of_rollout = True
         elif category == "alert":
             device, rollout = getattr(data, "device_id", None), getattr(data, "rollout_id", None)
         elif category == "facts":
@@ -82,9 +81,17 @@ class AuditTrail:
             fact = fact_of(event)
             if fact is not None:
                 rollout, package = fact.rollout_id, fact.app
-        await conn.execute(
-            f"INSERT INTO {self.table} VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13) "
-            "ON CONFLICT (event_id) DO NOTHING",
-            event.event_id, service, stream, event.version, type_,
-            occurred_at, event.actor, event.correlation_id, event.causation_id, device,
-            rollout, package, _json.encode(_body(event)).decode().replace("\\u0000", "\\ufffd"))
+        args: list[object] = [event.event_id, service, stream, event.version, type_, occurred_at,
+                              event.actor, event.correlation_id, event.causation_id, device, rollout,
+                              _json.encode(_body(event)).decode().replace("\\u0000", "\\ufffd")]
+        if package_of_rollout:
+            # By the key of the rollouts' table (its row was made by RolloutCreated, an earlier
+            # event). Not from this table: "a row of the rollout with a package, LIMIT 1" was
+            # planned as a scan of the whole trail per event once it held a few rollouts.
+            package_sql = f"(SELECT app FROM {self.s}.rollouts WHERE rollout_id = $11)"
+        else:
+            package_sql = "$13"
+            args.append(package)
+        writes.add(self.table,
+                   f"INSERT INTO {self.table} VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,{package_sql},$12) "
+                   "ON CONFLICT (event_id) DO NOTHING", *args)

@@ -20,6 +20,7 @@ from sdv_events.schemas.devices import (
     DeviceRejected,
     DeviceWentOffline,
 )
+from sdv_monitor.projections.writes import Writes
 
 _json = msgspec.json.Encoder()
 
@@ -45,38 +46,37 @@ class Fleet:
                 created_at timestamptz NOT NULL, updated_at timestamptz NOT NULL);
             CREATE INDEX IF NOT EXISTS {index}_status ON {self.table} (status, online)""")
 
-    async def _upsert(self, conn: asyncpg.Connection, event: Envelope, **values: Any) -> None:
+    def _upsert(self, writes: Writes, event: Envelope, **values: Any) -> None:
         columns = ["device_id", "created_at", "updated_at", *values]
         params = [event.data.device_id, event.occurred_at, event.occurred_at, *values.values()]
         updates = ", ".join(f"{c} = excluded.{c}" for c in ["updated_at", *values])
         marks = ", ".join(f"${i}" for i in range(1, len(params) + 1))
-        await conn.execute(f"INSERT INTO {self.table} ({', '.join(columns)}) VALUES ({marks}) "
-                           f"ON CONFLICT (device_id) DO UPDATE SET {updates}", *params)
+        writes.add(self.table, f"INSERT INTO {self.table} ({', '.join(columns)}) VALUES ({marks}) "
+                               f"ON CONFLICT (device_id) DO UPDATE SET {updates}", *params)
 
-    async def _update(self, conn: asyncpg.Connection, event: Envelope, **values: Any) -> None:
+    def _update(self, writes: Writes, event: Envelope, **values: Any) -> None:
         sets = ", ".join(f"{c} = ${i}" for i, c in enumerate(values, start=3))
-        await conn.execute(f"UPDATE {self.table} SET updated_at = $2, {sets} WHERE device_id = $1",
-                           event.data.device_id, event.occurred_at, *values.values())
+        writes.add(self.table, f"UPDATE {self.table} SET updated_at = $2, {sets} WHERE device_id = $1",
+                   event.data.device_id, event.occurred_at, *values.values())
 
-    async def apply(self, conn: asyncpg.Connection, event: Envelope) -> None:
+    def apply(self, writes: Writes, event: Envelope) -> None:
         match event.data:
             case DevicePreauthorized(labels=labels):
-                await self._upsert(conn, event, status="preauthorized",
-                                   labels=_json.encode(labels).decode())
+                self._upsert(writes, event, status="preauthorized", labels=_json.encode(labels).decode())
             case DeviceAnnounced(capabilities=caps):
                 # As the registry folds it: a key announced (first, or after a rejection) waits.
-                await self._upsert(conn, event, status="pending", **_caps(caps))
+                self._upsert(writes, event, status="pending", **_caps(caps))
             case DeviceAccepted(admitted_by=by):
-                await self._update(conn, event, status="accepted", admitted_by=by)
+                self._update(writes, event, status="accepted", admitted_by=by)
             case DeviceRejected():
-                await self._update(conn, event, status="rejected")
+                self._update(writes, event, status="rejected")
             case DeviceDecommissioned():
-                await self._update(conn, event, status="decommissioned", online=False)
+                self._update(writes, event, status="decommissioned", online=False)
             case DeviceCapabilitiesUpdated(capabilities=caps):
-                await self._update(conn, event, **_caps(caps))
+                self._update(writes, event, **_caps(caps))
             case DeviceLabelsChanged(labels=labels):
-                await self._update(conn, event, labels=_json.encode(labels).decode())
+                self._update(writes, event, labels=_json.encode(labels).decode())
             case DeviceCameOnline(seen_at=seen_at):
-                await self._update(conn, event, online=True, last_seen_at=seen_at)
+                self._update(writes, event, online=True, last_seen_at=seen_at)
             case DeviceWentOffline(last_seen_at=last_seen):
-                await self._update(conn, event, online=False, last_seen_at=last_seen)
+                self._update(writes, event, online=False, last_seen_at=last_seen)

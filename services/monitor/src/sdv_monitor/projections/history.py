@@ -22,6 +22,7 @@ from sdv_events.schemas.devices import (
 from sdv_events.schemas.rollouts import DeviceFailed, DeviceSucceeded, DeviceTargeted, DeviceTimedOut
 from sdv_monitor.domain.app_state import change_of
 from sdv_monitor.projections.facts import fact_of
+from sdv_monitor.projections.writes import Writes
 
 
 def _device_line(data: object) -> str | None:
@@ -74,24 +75,23 @@ class DeviceHistory:
                 summary text NOT NULL, PRIMARY KEY (device_id, event_id));
             CREATE INDEX IF NOT EXISTS {self.table.replace('.', '_')}_at ON {self.table} (device_id, at)""")
 
-    async def _add(self, conn: asyncpg.Connection, device_id: str, event: Envelope, source: str,
-                   summary: str, *, app: str | None = None, rollout_id: str | None = None,
-                   at: object = None) -> None:
-        await conn.execute(
-            f"INSERT INTO {self.table} VALUES ($1,$2,$3,$4,$5,$6,$7,$8) ON CONFLICT DO NOTHING",
+    def _add(self, writes: Writes, device_id: str, event: Envelope, source: str, summary: str, *,
+             app: str | None = None, rollout_id: str | None = None, at: object = None) -> None:
+        writes.add(
+            self.table, f"INSERT INTO {self.table} VALUES ($1,$2,$3,$4,$5,$6,$7,$8) ON CONFLICT DO NOTHING",
             device_id, event.event_id, at or event.occurred_at, source, short_name(event.type), app,
             rollout_id, summary[:1000])
 
-    async def apply(self, conn: asyncpg.Connection, event: Envelope) -> None:
+    def apply(self, writes: Writes, event: Envelope) -> None:
         category, entity = split_stream_id(event.stream_id)
         if category == "device" and (line := _device_line(event.data)) is not None:
-            await self._add(conn, entity, event, "registry", line)
+            self._add(writes, entity, event, "registry", line)
         elif category == "rollout" and (found := _rollout_line(event.data)) is not None:
             device_id, line = found
-            await self._add(conn, device_id, event, "orchestrator", f"rollout {entity}: {line}",
-                            rollout_id=entity)
+            self._add(writes, device_id, event, "orchestrator", f"rollout {entity}: {line}",
+                      rollout_id=entity)
         elif category == "facts" and (fact := fact_of(event)) is not None:
             change = change_of(fact)
             if change is not None:
-                await self._add(conn, fact.device_id, event, "device", f"{fact.app} {change.action}",
-                                app=fact.app, rollout_id=fact.rollout_id, at=event.data.occurred_at)
+                self._add(writes, fact.device_id, event, "device", f"{fact.app} {change.action}",
+                          app=fact.app, rollout_id=fact.rollout_id, at=event.data.occurred_at)

@@ -20,6 +20,7 @@ from sdv_events.schemas.rollouts import (
 )
 from sdv_monitor.domain.app_state import change_of
 from sdv_monitor.projections.facts import fact_of
+from sdv_monitor.projections.writes import Writes
 
 
 class Inventory:
@@ -48,36 +49,47 @@ class Inventory:
                 rollout_id text NOT NULL, ref integer NOT NULL, version text NOT NULL,
                 digest text NOT NULL, PRIMARY KEY (rollout_id, ref));""")
 
-    async def apply(self, conn: asyncpg.Connection, event: Envelope) -> None:
+    def apply(self, writes: Writes, event: Envelope) -> None:
         category, entity = split_stream_id(event.stream_id)
         if category == "rollout":
-            await self._rollout(conn, entity, event)
+            self._rollout(writes, entity, event)
         elif category == "facts":
-            await self._fact(conn, event)
+            self._fact(writes, event)
 
-    async def _rollout(self, conn: asyncpg.Connection, rid: str, event: Envelope) -> None:
+    def _rollout(self, writes: Writes, rid: str, event: Envelope) -> None:
         s = self.s
         match event.data:
             case RolloutCreated(package=p):
-                await conn.execute(f"INSERT INTO {s}.inventory_rollouts VALUES ($1,$2,$3,$4) "
-                                   "ON CONFLICT DO NOTHING", rid, p.name, p.version, p.digest)
+                writes.add(f"{s}.inventory_rollouts",
+                           f"INSERT INTO {s}.inventory_rollouts VALUES ($1,$2,$3,$4) ON CONFLICT DO NOTHING",
+                           rid, p.name, p.version, p.digest)
             case PreviousPackages(first=first, packages=packages):
-                await conn.executemany(
-                    f"INSERT INTO {s}.inventory_previous_packages VALUES ($1,$2,$3,$4) "
-                    "ON CONFLICT DO NOTHING",
-                    [(rid, first + i, p.version, p.digest) for i, p in enumerate(packages)])
+                writes.add(f"{s}.inventory_previous_packages",
+                           f"INSERT INTO {s}.inventory_previous_packages "
+                           "SELECT $1, r, v, d FROM unnest($2::int[], $3::text[], $4::text[]) AS u(r, v, d) "
+                           "ON CONFLICT DO NOTHING",
+                           rid, [first + i for i in range(len(packages))], [p.version for p in packages],
+                           [p.digest for p in packages])
             case DevicesPlanned(devices=devices):
-                await conn.executemany(
-                    f"INSERT INTO {s}.inventory_previous (rollout_id, device_id, ref) VALUES ($1,$2,$3) "
-                    "ON CONFLICT DO NOTHING",
-                    [(rid, d.device_id, d.previous) for d in devices if d.previous is not None])
+                previous = [d for d in devices if d.previous is not None]
+                if previous:
+                    writes.add(f"{s}.inventory_previous",
+                               f"INSERT INTO {s}.inventory_previous (rollout_id, device_id, ref) "
+                               "SELECT $1, d, r FROM unnest($2::text[], $3::int[]) AS u(d, r) "
+                               "ON CONFLICT DO NOTHING",
+                               rid, [d.device_id for d in previous], [d.previous for d in previous])
             case RolloutPlannedV1(previous=previous):
-                await conn.executemany(
-                    f"INSERT INTO {s}.inventory_previous VALUES ($1,$2,-1,$3,$4) ON CONFLICT DO NOTHING",
-                    [(rid, p.device_id, p.package.version, p.package.digest)
-                     for p in previous if p.package is not None])
+                known = [p for p in previous if p.package is not None]
+                if known:
+                    writes.add(f"{s}.inventory_previous",
+                               f"INSERT INTO {s}.inventory_previous "
+                               "SELECT $1, d, -1, v, g FROM unnest($2::text[], $3::text[], $4::text[]) "
+                               "AS u(d, v, g) ON CONFLICT DO NOTHING",
+                               rid, [p.device_id for p in known],
+                               [p.package.version for p in known if p.package is not None],
+                               [p.package.digest for p in known if p.package is not None])
             case DeviceTargeted(device_id=d):
-                await conn.execute(f"""
+                writes.add(f"{s}.device_apps", f"""
                     INSERT INTO {s}.device_apps (device_id, app, desired_version, desired_digest,
                         desired_rollout, since, updated_at)
                     SELECT $1, app, version, digest, rollout_id, $3, $3
@@ -88,7 +100,7 @@ class Inventory:
                     d, rid, event.occurred_at)
             case RollbackStarted() | RollbackStartedV1():
                 # Devices this rollout still owns go back to what they ran before it (or lose the app).
-                await conn.execute(f"""
+                writes.add(f"{s}.device_apps", f"""
                     UPDATE {s}.device_apps a SET
                         desired_version = coalesce(p.version, pp.version),
                         desired_digest = coalesce(p.digest, pp.digest), desired_rollout = NULL,
@@ -99,7 +111,7 @@ class Inventory:
                     WHERE a.device_id = a2.device_id AND a.app = a2.app AND a.desired_rollout = $1""",
                     rid, event.occurred_at)
 
-    async def _fact(self, conn: asyncpg.Connection, event: Envelope) -> None:
+    def _fact(self, writes: Writes, event: Envelope) -> None:
         fact = fact_of(event)
         change = change_of(fact) if fact is not None else None
         if fact is None or change is None:
@@ -107,7 +119,7 @@ class Inventory:
         installed_version = change.installed_version or (fact.version if change.installed else None)
         installed_digest = fact.digest if change.installed and change.installed_version is None else None
         at = event.data.occurred_at
-        await conn.execute(f"""
+        writes.add(f"{self.s}.device_apps", f"""
             INSERT INTO {self.s}.device_apps AS a (device_id, app, installed_version, installed_digest,
                 state, healthy, last_error, fact_rollout, since, updated_at)
             VALUES ($1, $2, $3, $4, $5, coalesce($6, false), $7, $8, $9, $9)

@@ -27,6 +27,7 @@ from sdv_events.schemas.rollouts import (
     WaveCompleted,
     WaveStarted,
 )
+from sdv_monitor.projections.writes import Writes
 
 TERMINAL = ("completed", "aborted", "cancelled", "rolled_back")
 
@@ -66,22 +67,28 @@ class Rollouts:
                 rollout_id text NOT NULL, device_id text NOT NULL, reason text NOT NULL,
                 PRIMARY KEY (rollout_id, device_id));""")
 
-    async def _set(self, conn: asyncpg.Connection, rid: str, event: Envelope, sql: str,
-                   *args: object) -> None:
-        await conn.execute(f"UPDATE {self.s}.rollouts SET updated_at = $2, {sql} WHERE rollout_id = $1",
-                           rid, event.occurred_at, *args)
+    def _set(self, writes: Writes, rid: str, event: Envelope, sql: str, *args: object) -> None:
+        writes.add(f"{self.s}.rollouts",
+                   f"UPDATE {self.s}.rollouts SET updated_at = $2, {sql} WHERE rollout_id = $1",
+                   rid, event.occurred_at, *args)
 
-    async def _end(self, conn: asyncpg.Connection, rid: str, event: Envelope, status: str,
-                   reason: str = "") -> None:
-        await self._set(conn, rid, event, "status = $3, reason = $4, ended_at = $2", status, reason)
+    def _end(self, writes: Writes, rid: str, event: Envelope, status: str, reason: str = "") -> None:
+        self._set(writes, rid, event, "status = $3, reason = $4, ended_at = $2", status, reason)
 
-    async def _device(self, conn: asyncpg.Connection, rid: str, event: Envelope, device_id: str,
-                      status: str, reason: str = "") -> None:
-        await conn.execute(
-            f"UPDATE {self.s}.rollout_devices SET status = $3, reason = $4, finished_at = $5 "
-            "WHERE rollout_id = $1 AND device_id = $2", rid, device_id, status, reason, event.occurred_at)
+    def _device(self, writes: Writes, rid: str, event: Envelope, device_id: str, wave: int,
+                column: str, status: str, reason: str = "", *, timed_out: bool = False) -> None:
+        """A device's outcome: its row, and the counts of its rollout and its wave."""
+        s = self.s
+        writes.add(f"{s}.rollout_devices",
+                   f"UPDATE {s}.rollout_devices SET status = $3, reason = $4, finished_at = $5 "
+                   "WHERE rollout_id = $1 AND device_id = $2", rid, device_id, status, reason,
+                   event.occurred_at)
+        self._set(writes, rid, event, f"{column} = {column} + 1"
+                  + (", timed_out = timed_out + 1" if timed_out else ""))
+        writes.add(f"{s}.rollout_waves", f"UPDATE {s}.rollout_waves SET {column} = {column} + 1 "
+                   "WHERE rollout_id = $1 AND wave = $2", rid, wave)
 
-    async def apply(self, conn: asyncpg.Connection, event: Envelope) -> None:
+    def apply(self, writes: Writes, event: Envelope) -> None:
         category, rid = split_stream_id(event.stream_id)
         if category != "rollout":
             return
@@ -89,74 +96,76 @@ class Rollouts:
         match data:
             case RolloutCreated(package=p, target=target, strategy=strategy, created_by=by):
                 what = target.selector or ",".join(target.device_ids or [])
-                await conn.execute(
+                writes.add(
+                    f"{s}.rollouts",
                     f"INSERT INTO {s}.rollouts (rollout_id, app, version, digest, status, created_by, "
                     "target, strategy, created_at, updated_at) VALUES ($1,$2,$3,$4,'created',$5,$6,$7,$8,$8) "
                     "ON CONFLICT DO NOTHING", rid, p.name, p.version, p.digest, by, what[:1000],
                     f"{strategy.kind} {' '.join(strategy.waves)}", event.occurred_at)
             case RolloutPlanned(devices=n, waves=waves, excluded=excluded):
-                await self._set(conn, rid, event, "status = 'running', devices = $3, waves = $4, "
-                                "excluded = $5", n, waves, excluded)
+                self._set(writes, rid, event, "status = 'running', devices = $3, waves = $4, excluded = $5",
+                          n, waves, excluded)
             case RolloutPlannedV1(waves=waves, excluded=excluded):
-                await self._set(conn, rid, event, "status = 'running', devices = $3, waves = $4, "
-                                "excluded = $5", sum(len(w) for w in waves), len(waves), len(excluded))
-                await conn.executemany(
-                    f"INSERT INTO {s}.rollout_devices (rollout_id, device_id, wave) VALUES ($1,$2,$3) "
-                    "ON CONFLICT DO NOTHING", [(rid, d, i) for i, w in enumerate(waves) for d in w])
-                await conn.executemany(
-                    f"INSERT INTO {s}.rollout_excluded VALUES ($1,$2,$3) ON CONFLICT DO NOTHING",
-                    [(rid, d, why) for d, why in excluded.items()])
+                self._set(writes, rid, event, "status = 'running', devices = $3, waves = $4, excluded = $5",
+                          sum(len(w) for w in waves), len(waves), len(excluded))
+                self._planned(writes, rid, [(d, i) for i, w in enumerate(waves) for d in w])
+                self._excluded(writes, rid, list(excluded.items()))
             case DevicesPlanned(devices=devices):
-                await conn.executemany(
-                    f"INSERT INTO {s}.rollout_devices (rollout_id, device_id, wave) VALUES ($1,$2,$3) "
-                    "ON CONFLICT DO NOTHING", [(rid, d.device_id, d.wave) for d in devices])
+                self._planned(writes, rid, [(d.device_id, d.wave) for d in devices])
             case DevicesExcluded(devices=devices):
-                await conn.executemany(
-                    f"INSERT INTO {s}.rollout_excluded VALUES ($1,$2,$3) ON CONFLICT DO NOTHING",
-                    [(rid, d.device_id, d.reason) for d in devices])
+                self._excluded(writes, rid, [(d.device_id, d.reason) for d in devices])
             case WaveStarted(wave=wave, size=size, at=at):
-                await conn.execute(
+                writes.add(
+                    f"{s}.rollout_waves",
                     f"INSERT INTO {s}.rollout_waves (rollout_id, wave, size, state, started_at) "
                     "VALUES ($1,$2,$3,'running',$4) ON CONFLICT (rollout_id, wave) DO UPDATE SET "
                     "state = 'running', size = excluded.size, started_at = excluded.started_at",
                     rid, wave, size, at)
-                await self._set(conn, rid, event, "current_wave = $3", wave)
+                self._set(writes, rid, event, "current_wave = $3", wave)
             case DeviceTargeted(device_id=d, wave=wave, deadline=deadline):
-                await conn.execute(
+                writes.add(
+                    f"{s}.rollout_devices",
                     f"INSERT INTO {s}.rollout_devices (rollout_id, device_id, wave, status, targeted_at, "
                     "deadline) VALUES ($1,$2,$3,'targeted',$4,$5) ON CONFLICT (rollout_id, device_id) "
                     "DO UPDATE SET status = 'targeted', targeted_at = $4, deadline = $5",
                     rid, d, wave, event.occurred_at, deadline)
             case DeviceSucceeded(device_id=d, wave=wave):
-                await self._device(conn, rid, event, d, "succeeded")
-                await self._set(conn, rid, event, "succeeded = succeeded + 1")
-                await self._wave_count(conn, rid, wave, "succeeded")
+                self._device(writes, rid, event, d, wave, "succeeded", "succeeded")
             case DeviceFailed(device_id=d, wave=wave, reason=reason):
-                await self._device(conn, rid, event, d, "failed", reason)
-                await self._set(conn, rid, event, "failed = failed + 1")
-                await self._wave_count(conn, rid, wave, "failed")
+                self._device(writes, rid, event, d, wave, "failed", "failed", reason)
             case DeviceTimedOut(device_id=d, wave=wave):
-                await self._device(conn, rid, event, d, "timed_out", "no report before the deadline")
-                await self._set(conn, rid, event, "failed = failed + 1, timed_out = timed_out + 1")
-                await self._wave_count(conn, rid, wave, "failed")
+                self._device(writes, rid, event, d, wave, "failed", "timed_out",
+                             "no report before the deadline", timed_out=True)
             case WaveCompleted(wave=wave, at=at):
-                await conn.execute(f"UPDATE {s}.rollout_waves SET state = 'completed', completed_at = $3 "
-                                   "WHERE rollout_id = $1 AND wave = $2", rid, wave, at)
+                writes.add(f"{s}.rollout_waves",
+                           f"UPDATE {s}.rollout_waves SET state = 'completed', completed_at = $3 "
+                           "WHERE rollout_id = $1 AND wave = $2", rid, wave, at)
             case RolloutPaused(reason=reason):
-                await self._set(conn, rid, event, "status = 'paused', reason = $3", reason)
+                self._set(writes, rid, event, "status = 'paused', reason = $3", reason)
             case RolloutResumed():
-                await self._set(conn, rid, event, "status = 'running', reason = ''")
+                self._set(writes, rid, event, "status = 'running', reason = ''")
             case RolloutAborted(reason=reason, wave=wave):
-                await conn.execute(f"UPDATE {s}.rollout_waves SET state = 'aborted' "
-                                   "WHERE rollout_id = $1 AND wave = $2", rid, wave)
-                await self._end(conn, rid, event, "aborted", reason)
-            case RollbackStarted(reason=reason) | RollbackStartedV1(reason=reason):
-                await self._end(conn, rid, event, "rolled_back", reason)
-            case RolloutCompleted():
-                await self._end(conn, rid, event, "completed")
-            case RolloutCancelled(reason=reason):
-                await self._end(conn, rid, event, "cancelled", reason)
-
-    async def _wave_count(self, conn: asyncpg.Connection, rid: str, wave: int, column: str) -> None:
-        await conn.execute(f"UPDATE {self.s}.rollout_waves SET {column} = {column} + 1 "
+                writes.add(f"{s}.rollout_waves", f"UPDATE {s}.rollout_waves SET state = 'aborted' "
                            "WHERE rollout_id = $1 AND wave = $2", rid, wave)
+                self._end(writes, rid, event, "aborted", reason)
+            case RollbackStarted(reason=reason) | RollbackStartedV1(reason=reason):
+                self._end(writes, rid, event, "rolled_back", reason)
+            case RolloutCompleted():
+                self._end(writes, rid, event, "completed")
+            case RolloutCancelled(reason=reason):
+                self._end(writes, rid, event, "cancelled", reason)
+
+    def _planned(self, writes: Writes, rid: str, devices: list[tuple[str, int]]) -> None:
+        if devices:
+            writes.add(f"{self.s}.rollout_devices",
+                       f"INSERT INTO {self.s}.rollout_devices (rollout_id, device_id, wave) "
+                       "SELECT $1, d, w FROM unnest($2::text[], $3::int[]) AS u(d, w) ON CONFLICT DO NOTHING",
+                       rid, [d for d, _ in devices], [w for _, w in devices])
+
+    def _excluded(self, writes: Writes, rid: str, devices: list[tuple[str, str]]) -> None:
+        if devices:
+            writes.add(f"{self.s}.rollout_excluded",
+                       f"INSERT INTO {self.s}.rollout_excluded "
+                       "SELECT $1, d, r FROM unnest($2::text[], $3::text[]) AS u(d, r) "
+                       "ON CONFLICT DO NOTHING",
+                       rid, [d for d, _ in devices], [r for _, r in devices])

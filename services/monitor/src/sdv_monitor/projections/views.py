@@ -16,6 +16,7 @@ from sdv_monitor.projections.history import DeviceHistory
 from sdv_monitor.projections.inventory import Inventory
 from sdv_monitor.projections.packages import Packages
 from sdv_monitor.projections.rollouts import Rollouts
+from sdv_monitor.projections.writes import Writes
 
 
 class Part(Protocol):
@@ -24,7 +25,9 @@ class Part(Protocol):
 
     async def create(self, conn: asyncpg.Connection) -> None: ...
 
-    async def apply(self, conn: asyncpg.Connection, event: Envelope) -> None: ...
+    def apply(self, writes: Writes, event: Envelope) -> None:
+        """Add the statements `event` means to this part's tables."""
+        ...
 
 
 class MonitorViews:
@@ -55,5 +58,8 @@ class MonitorViews:
             await part.create(conn)
 
     async def apply(self, conn: asyncpg.Connection, event: Envelope) -> None:
+        """Every part's statements for `event`, in one round trip (writes.py)."""
+        writes = Writes()
         for part in self.parts:
-            await part.apply(conn, event)
+            part.apply(writes, event)
+        await writes.run(conn)

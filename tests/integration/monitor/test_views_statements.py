@@ -1,0 +1,136 @@
+"""The monitor's read model applies each event as one statement (projections/writes.py): the
+rollout outcomes the fleet tests rarely reach (a plan written in version 1, a device timed out,
+a wave aborted, a version-1 rollback) still land in every view, on a real PostgreSQL."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import msgspec
+import pytest
+
+from sdv_events.envelope import Envelope
+from sdv_events.registry import default_registry
+from sdv_events.schemas.packages import PackageInfo
+from sdv_events.schemas.rollouts import (
+    DeviceTargeted,
+    DeviceTimedOut,
+    PreviousAssignment,
+    RollbackStartedV1,
+    RolloutAborted,
+    RolloutCreated,
+    RolloutPlannedV1,
+    Strategy,
+    Target,
+    Thresholds,
+    Timeouts,
+    WaveStarted,
+)
+from sdv_monitor.projections import MonitorViews
+from sdv_monitor.projections.writes import Writes
+
+pytestmark = pytest.mark.timeout(60)
+T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+
+
+def package(version: str) -> PackageInfo:
+    digest = version.replace(".", "") * 16
+    return PackageInfo(name="nav", version=version, digest=digest, size=1, object_name=f"nav/{digest}",
+                       manifest_digest=digest, signature="c2ln", key_id="k", channel="stable",
+                       runtime="native", entry_point="main.py", python_version="3.11")
+
+
+def envelopes(rid: str, bodies: list[msgspec.Struct]) -> list[Envelope]:
+    found = []
+    for version, body in enumerate(bodies, start=1):
+        type_name, schema_version = default_registry.describe(body)
+        found.append(Envelope(event_id=uuid.uuid4(), stream_id=f"rollout-{rid}", version=version,
+                              type=type_name, schema_version=schema_version, occurred_at=T0,
+                              data=body, actor="operator"))
+    return found
+
+
+@pytest.fixture
+async def conn(database_url: str, schema: str) -> AsyncIterator[asyncpg.Connection]:
+    connection = await asyncpg.connect(database_url)
+    await connection.execute(f"CREATE SCHEMA {schema}")
+    yield connection
+    await connection.execute(f"DROP SCHEMA {schema} CASCADE")
+    await connection.close()
+
+
+async def rows(conn: asyncpg.Connection, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    return [tuple(r) for r in await conn.fetch(sql, *args)]
+
+
+async def test_a_v1_plan_a_timed_out_device_and_a_v1_rollback_land_in_every_view(
+        conn: asyncpg.Connection, schema: str) -> None:
+    views = MonitorViews(schema)
+    await views.create(conn)
+    s, rid = schema, "r-legacy"
+    old = package("1.0.0")
+    history = envelopes(rid, [
+        RolloutCreated(rollout_id=rid, package=package("2.0.0"), target=Target(selector="fleet=a"),
+                       strategy=Strategy(kind="canary", waves=["1", "100%"]), thresholds=Thresholds(),
+                       timeouts=Timeouts(), created_at=T0, created_by="operator"),
+        RolloutPlannedV1(waves=[["d1"], ["d2", "d3"]], excluded={"d4": "arch aarch64 not built"},
+                         previous=[PreviousAssignment("d1", old), PreviousAssignment("d2", None)],
+                         planned_at=T0),
+        WaveStarted(0, 1, T0),
+        DeviceTargeted("d1", 0, T0),
+        DeviceTimedOut("d1", 0),
+        RolloutAborted("wave 0: 1 of 1 failed", 0, T0),
+        RollbackStartedV1([PreviousAssignment("d1", old)], "wave 0: 1 of 1 failed", T0),
+    ])
+    for event in history:
+        async with conn.transaction():
+            await views.apply(conn, event)
+
+    assert await rows(conn, f"SELECT status, devices, waves, excluded, failed, timed_out, current_wave "
+                            f"FROM {s}.rollouts") == [("rolled_back", 3, 2, 1, 1, 1, 0)]
+    assert await rows(conn, f"SELECT wave, size, state, failed FROM {s}.rollout_waves") == \
+        [(0, 1, "aborted", 1)]
+    assert await rows(conn, f"SELECT device_id, wave, status, reason FROM {s}.rollout_devices "
+                            "ORDER BY device_id") == [
+        ("d1", 0, "timed_out", "no report before the deadline"), ("d2", 1, "planned", ""),
+        ("d3", 1, "planned", "")]
+    assert await rows(conn, f"SELECT device_id, reason FROM {s}.rollout_excluded") == \
+        [("d4", "arch aarch64 not built")]
+    assert await rows(conn, f"SELECT device_id, version FROM {s}.inventory_previous") == [("d1", "1.0.0")]
+    # The rollback gave d1 back what it ran before the rollout.
+    assert await rows(conn, f"SELECT device_id, app, desired_version, desired_rollout FROM {s}.device_apps") \
+        == [("d1", "nav", "1.0.0", None)]
+    assert await rows(conn, f"SELECT summary FROM {s}.device_history ORDER BY summary") == [
+        (f"rollout {rid}: targeted in wave 0",), (f"rollout {rid}: timed out",)]
+    # Every event of the rollout is in the audit trail under its app, not only the first.
+    assert await rows(conn, f"SELECT version, package, device_id FROM {s}.audit_events ORDER BY version") \
+        == [(1, "nav", None), (2, "nav", None), (3, "nav", None), (4, "nav", "d1"), (5, "nav", "d1"),
+            (6, "nav", None), (7, "nav", None)]
+
+
+async def test_one_events_statements_run_as_one_and_fail_together(conn: asyncpg.Connection,
+                                                                   schema: str) -> None:
+    await conn.execute(f"CREATE TABLE {schema}.a (k int PRIMARY KEY, v text);"
+                       f"CREATE TABLE {schema}.b (k int PRIMARY KEY, v text)")
+    writes = Writes()
+    writes.add(f"{schema}.a", f"INSERT INTO {schema}.a VALUES ($1, $2)", 1, "one")
+    writes.add(f"{schema}.b", f"INSERT INTO {schema}.b VALUES ($1, $2)", 2, "two")
+    await writes.run(conn)
+    assert await rows(conn, f"SELECT * FROM {schema}.a UNION ALL SELECT * FROM {schema}.b ORDER BY 1") == \
+        [(1, "one"), (2, "two")]
+
+    failing = Writes()
+    failing.add(f"{schema}.a", f"INSERT INTO {schema}.a VALUES ($1, $2)", 3, "three")
+    failing.add(f"{schema}.b", f"INSERT INTO {schema}.b VALUES ($1, $2)", 2, "duplicate key")
+    with pytest.raises(asyncpg.UniqueViolationError):
+        await failing.run(conn)
+    assert await conn.fetchval(f"SELECT count(*) FROM {schema}.a") == 1  # the first one undone too
+
+    twice = Writes()
+    twice.add(f"{schema}.a", f"UPDATE {schema}.a SET v = $1", "x")
+    with pytest.raises(ValueError, match="written twice"):
+        twice.add(f"{schema}.a", f"UPDATE {schema}.a SET v = $1", "y")
