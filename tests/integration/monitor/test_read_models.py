@@ -68,8 +68,12 @@ async def test_a_rollout_drives_fleet_rollout_inventory_and_package_views(suite:
     canary_doc = await monitor.get(f"/api/devices/{canary}")
     assert canary_doc["apps"][0]["desired_version"] == "1.0.0"
 
-    packages = await monitor.get("/api/packages", name=APP)
-    by_version = {p["version"]: p for p in packages["items"]}
+    async def every_device_on_1_0_0() -> Any:  # the devices' facts follow the rollout's events
+        found = {p["version"]: p for p in (await monitor.get("/api/packages", name=APP))["items"]}
+        ok = found.get("1.0.0", {}).get("installed_on") == 6 and found["1.0.0"]["desired_on"] == 6
+        return found if ok else None
+
+    by_version = await monitor.until(every_device_on_1_0_0, 15.0, "1.0.0 installed on every device")
     assert set(by_version) == {"1.0.0", "1.1.0"}
     assert by_version["1.0.0"]["installed_on"] == 6  # every device still runs 1.0.0
     assert by_version["1.0.0"]["desired_on"] == 6
