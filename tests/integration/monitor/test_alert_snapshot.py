@@ -32,7 +32,6 @@ from sdv_monitor.domain.alerts import Thresholds, conditions
 from sdv_monitor.projections import MonitorViews
 
 pytestmark = pytest.mark.timeout(60)
-NOW = datetime.now(UTC)
 KEY = "U" + "A" * 55
 
 
@@ -43,21 +42,22 @@ def caps(kuksa: bool) -> Capabilities:
 
 
 def history(device_id: str, *, kuksa: bool, online: bool, silent_for_s: float = 0) -> list[Envelope]:
+    now = datetime.now(UTC)  # when the test runs, not when the module was collected
     bodies: list[msgspec.Struct] = [DeviceAnnounced(device_id, KEY, caps(kuksa)),
                                     DeviceAccepted(device_id, KEY, "operator"),
-                                    DeviceCameOnline(device_id, NOW - timedelta(seconds=silent_for_s))]
+                                    DeviceCameOnline(device_id, now - timedelta(seconds=silent_for_s))]
     if not online:
-        bodies.append(DeviceWentOffline(device_id, NOW - timedelta(seconds=silent_for_s), silent_for_s))
+        bodies.append(DeviceWentOffline(device_id, now - timedelta(seconds=silent_for_s), silent_for_s))
     found = []
     for version, body in enumerate(bodies, start=1):
         type_name, schema_version = default_registry.describe(body)
         found.append(Envelope(event_id=uuid.uuid4(), stream_id=f"device-{device_id}", version=version,
-                              type=type_name, schema_version=schema_version, occurred_at=NOW, data=body))
+                              type=type_name, schema_version=schema_version, occurred_at=now, data=body))
     return found
 
 
 def heartbeat(device_id: str, databroker: str | None) -> Any:
-    body = Heartbeat(device_id=device_id, seq=1, sent_at=NOW, agent_version="t", desired_revision=0, apps={},
+    body = Heartbeat(device_id=device_id, seq=1, sent_at=datetime.now(UTC), agent_version="t", desired_revision=0, apps={},
                      databroker=databroker,
                      device=DeviceMetrics(cpu_pct=1, mem_pct=1, mem_used_bytes=1, mem_total_bytes=2,
                                           disk_pct=1, disk_free_bytes=1))
