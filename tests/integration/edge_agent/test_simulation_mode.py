@@ -74,6 +74,9 @@ async def test_30_simulated_agents_install_run_and_report_through_the_real_agent
     assert sim.children() == []  # no app, no pip, no health command: nothing was spawned
 
     await fleet.until(lambda: set(devices) <= heartbeats.keys(), 10, "a heartbeat from every device")
+    # An agent heartbeats as soon as it is connected, so its first ones may predate the install.
+    await fleet.until(lambda: heartbeats["sim-0007"]["apps"].get(APP, {}).get("state") == "RUNNING", 20,
+                      "a heartbeat of sim-0007 with the app running")
     beat = heartbeats["sim-0007"]
     assert beat["agent_version"].endswith("+simulated")
     assert beat["limits"] == "docker: simulated: nothing enforced; native: simulated: nothing enforced"
