@@ -42,6 +42,16 @@ class AppHealthy(AppFact, frozen=True, kw_only=True):
     pass
 
 
+@event("agent.AppAlreadyCurrent")
+class AppAlreadyCurrent(AppFact, frozen=True, kw_only=True):
+    """The agent got a desired document (a new revision, naming `rollout_id`) for a digest it
+    already runs and finds healthy: it changes nothing and reports this at once, so the rollout
+    counts the device as a success with reason `already_current` instead of waiting for a fact
+    that never comes. Also after a rollback left the device on that version."""
+
+    since: str | None = None  # when the running instance became healthy (RFC 3339), if known
+
+
 @event("agent.AppFailed")
 class AppFailed(AppFact, frozen=True, kw_only=True):
     reason: str
