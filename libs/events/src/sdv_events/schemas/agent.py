@@ -52,6 +52,26 @@ class AppAlreadyCurrent(AppFact, frozen=True, kw_only=True):
     since: str | None = None  # when the running instance became healthy (RFC 3339), if known
 
 
+@event("agent.AppStaged")
+class AppStaged(AppFact, frozen=True, kw_only=True):
+    """Downloaded and verified, waiting for its activation (`DesiredApp.activation`): the switch
+    itself no longer depends on the network."""
+
+
+@event("agent.ActivationDeferred")
+class ActivationDeferred(AppFact, frozen=True, kw_only=True):
+    """The staged version is not switched to yet, and why: a gate that does not hold (with the
+    signal and the value seen; no value: the databroker has none, or is unreachable), or a
+    hold. Reported when the reason changes, not on every signal update. A deferral is not a
+    failure: the rollout counts it against its activation deadline, not the device timeout."""
+
+    reason: str
+    gate: str | None = None
+    signal: str | None = None
+    value: float | bool | str | None = None
+    held: bool = False
+
+
 @event("agent.AppFailed")
 class AppFailed(AppFact, frozen=True, kw_only=True):
     reason: str

@@ -23,6 +23,19 @@ LifecycleState = Literal[
 ]
 
 
+class Activation(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """When an agent may switch an app to the desired version it has downloaded and verified
+    (download now, activate later). Absent: at once, as before."""
+
+    # Conditions on live VSS signals (`sdv_events.gates`), judged against the vehicle's
+    # databroker; until every one holds the agent keeps the running version and reports
+    # `agent.ActivationDeferred`.
+    gates: list[str] = []
+    # Download and verify only; switch when a later document clears it (a maintenance window
+    # opening, or `sdv rollout activate`).
+    hold: bool = False
+
+
 class DesiredApp(msgspec.Struct, frozen=True, kw_only=True):
     package: PackageInfo  # name, version, digest, signature, runtime, resources, health …
     state: RunState = "running"
@@ -34,6 +47,7 @@ class DesiredApp(msgspec.Struct, frozen=True, kw_only=True):
     # The trace of the rollout that assigned it: the agent's work and facts for it join that
     # trace (one rollout, one trace). Empty for documents written before, and after a rollback.
     trace: TraceContext = TraceContext()
+    activation: Activation | None = None
 
 
 class DesiredState(msgspec.Struct, frozen=True, kw_only=True):
