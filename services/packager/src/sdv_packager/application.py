@@ -14,9 +14,8 @@ from pathlib import Path
 
 import structlog
 
-from sdv_events.bus import Conflict, InvalidRequest, NotFound, Rejected
-from sdv_events.commands import Rejected as RejectedOutcome
-from sdv_events.commands import handle_command, load
+from sdv_events.bus import Conflict, InvalidRequest, NotFound
+from sdv_events.commands import handle_command, load, raise_if_refused
 from sdv_events.envelope import Metadata
 from sdv_events.idempotency import IdempotencyKey
 from sdv_events.ids import stream_id
@@ -45,7 +44,6 @@ from sdv_packager.projections import PackageCatalog
 from sdv_packager.signing import Signer
 
 log = structlog.get_logger("sdv.packager")
-_ERRORS = {"conflict": Conflict, "not_found": NotFound, "invalid_request": InvalidRequest}
 
 
 def package_info(built: BuiltPackage, signer: Signer) -> PackageInfo:
@@ -75,12 +73,10 @@ class Packager:
 
     async def _run(self, name: str, command: PackageCommand, metadata: Metadata,
                    key: IdempotencyKey | None) -> None:
-        outcome = await handle_command(
+        raise_if_refused(await handle_command(
             self.store, package_decider, stream_id("package", name), command,
             key=key, metadata=metadata,
-        )
-        if isinstance(outcome, RejectedOutcome):
-            raise _ERRORS.get(outcome.code, Rejected)(outcome.message)
+        ))
 
     async def publish_dir(
         self, app_dir: Path, *, metadata: Metadata = Metadata(), key: IdempotencyKey | None = None

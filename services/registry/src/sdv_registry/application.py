@@ -17,9 +17,8 @@ from dataclasses import dataclass, field
 import structlog
 
 from sdv_events.auth import InvalidPublicKey, Role, check_public_key
-from sdv_events.bus import Conflict, Forbidden, InvalidRequest, NotFound, Rejected
-from sdv_events.commands import Rejected as RejectedOutcome
-from sdv_events.commands import handle_command, load
+from sdv_events.bus import Forbidden, InvalidRequest, NotFound
+from sdv_events.commands import handle_command, load, raise_if_refused
 from sdv_events.enrolment import (
     InvalidSignature,
     Purpose,
@@ -58,8 +57,6 @@ from sdv_registry.projections import DeviceInventory
 from sdv_registry.selector_sql import Filters
 
 log = structlog.get_logger("sdv.registry")
-_ERRORS = {"conflict": Conflict, "not_found": NotFound, "invalid_request": InvalidRequest,
-           "forbidden": Forbidden}
 
 
 def sha256_hex(token: str) -> str:
@@ -93,10 +90,8 @@ class Registry:
 
     async def run(self, device_id: str, command: DeviceCommand, metadata: Metadata = Metadata(),
                   key: IdempotencyKey | None = None) -> None:
-        outcome = await handle_command(self.store, device_decider, device_stream(device_id), command,
-                                       key=key, metadata=metadata)
-        if isinstance(outcome, RejectedOutcome):
-            raise _ERRORS.get(outcome.code, Rejected)(outcome.message)
+        raise_if_refused(await handle_command(self.store, device_decider, device_stream(device_id),
+                                              command, key=key, metadata=metadata))
 
     # --- agents -------------------------------------------------------------------------------
 
