@@ -1,8 +1,8 @@
-"""Packager use cases: publish an app directory, yank, promote, get, list.
+"""Packager use cases: publish an app directory, yank, promote, get, find.
 
 Publishing = validate + build (in a worker thread: it is CPU and pip work) → sign the manifest
 digest → store the artifact by digest → `PublishPackage` through the shared command runner.
-`get` folds the package's stream (read-your-writes); `list` reads the catalog projection.
+`get` folds the package's stream (read-your-writes); `find` reads the catalog read model.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from sdv_events.schemas.packages import (
 )
 from sdv_events.store import EventStore
 from sdv_packager.adapters.artifacts import UPLOAD_PREFIX, ArtifactStore, is_upload
+from sdv_packager.adapters.catalog_view import CatalogView
 from sdv_packager.build.errors import AppInvalid
 from sdv_packager.build.pipeline import BuiltPackage, build_package
 from sdv_packager.build.upload import unpack_upload
@@ -40,7 +41,6 @@ from sdv_packager.domain.package import (
     package_decider,
 )
 from sdv_packager.domain.vss import VssCatalog
-from sdv_packager.projections import PackageCatalog
 from sdv_packager.signing import Signer
 
 log = structlog.get_logger("sdv.packager")
@@ -69,7 +69,7 @@ class Packager:
     catalog: VssCatalog
     signer: Signer
     wheels: WheelSource
-    read_model: PackageCatalog
+    packages: CatalogView
 
     async def _run(self, name: str, command: PackageCommand, metadata: Metadata,
                    key: IdempotencyKey | None) -> None:
@@ -137,5 +137,5 @@ class Packager:
             raise NotFound(f"{name} {version} is not published")
         return PackageView(found.info, found.channel, found.yanked, found.yank_reason)
 
-    async def list(self, name: str | None, channel: str | None, include_yanked: bool) -> list[PackageView]:
-        return await self.read_model.list(self.store.pool, name, channel, include_yanked)
+    async def find(self, name: str | None, channel: str | None, include_yanked: bool) -> list[PackageView]:
+        return await self.packages.find(self.store.pool, name, channel, include_yanked)

@@ -1,5 +1,5 @@
 """Registry use cases: announce (admission and credentials) and renewal, operator commands (preauthorize,
-accept, reject, decommission, set labels), queries (get by folding the stream; list, count and
+accept, reject, decommission, set labels), queries (get by folding the stream; page, count and
 resolve from the inventory read model) and presence transitions.
 
 Every change runs through the shared command runner over the device decider. Revoking devices
@@ -53,7 +53,7 @@ from sdv_registry.domain.device import (
     device_decider,
 )
 from sdv_registry.heartbeats import PresenceMonitor
-from sdv_registry.projections import DeviceInventory
+from sdv_registry.adapters.inventory_view import InventoryView
 from sdv_registry.selector_sql import Filters
 
 log = structlog.get_logger("sdv.registry")
@@ -79,7 +79,7 @@ def filters(selector: str, status: DeviceStatus | None = None, online: bool | No
 @dataclass
 class Registry:
     store: EventStore
-    inventory: DeviceInventory
+    inventory: InventoryView
     credentials: CredentialIssuer | None = None
     revocations: Revocations | None = None
     fleet_token_sha256: str | None = None
@@ -210,9 +210,9 @@ class Registry:
             version=history[-1].version,
         )
 
-    async def list(self, selector: str, status: DeviceStatus | None, online: bool | None,
+    async def page(self, selector: str, status: DeviceStatus | None, online: bool | None,
                    limit: int, offset: int) -> tuple[list[DeviceView], int]:
-        return await self.inventory.list(self.store.pool, filters(selector, status, online),
+        return await self.inventory.page(self.store.pool, filters(selector, status, online),
                                          limit=limit, offset=offset)
 
     async def count(self, selector: str, status: DeviceStatus | None, online: bool | None) -> DeviceCounts:

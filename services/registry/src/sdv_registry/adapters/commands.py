@@ -51,7 +51,7 @@ def command_router(registry: Registry) -> NatsRouter:
         return await registry.get(req.device_id)
 
     async def list_(req: ListDevices, _: RequestInfo) -> DeviceList:
-        devices, total = await registry.list(req.selector, req.status, req.online, req.limit, req.offset)
+        devices, total = await registry.page(req.selector, req.status, req.online, req.limit, req.offset)
         return DeviceList(devices, total)
 
     async def count(req: CountDevices, _: RequestInfo) -> DeviceCounts:
