@@ -40,6 +40,7 @@ from sdv_events.schemas.devices import (
 )
 from sdv_events.selectors import InvalidSelector, parse_selector
 from sdv_events.store import EventStore
+from sdv_registry.adapters.inventory_view import InventoryView
 from sdv_registry.adapters.revocations import Revocations
 from sdv_registry.credentials import CredentialIssuer
 from sdv_registry.domain.device import (
@@ -53,7 +54,6 @@ from sdv_registry.domain.device import (
     device_decider,
 )
 from sdv_registry.heartbeats import PresenceMonitor
-from sdv_registry.adapters.inventory_view import InventoryView
 from sdv_registry.selector_sql import Filters
 
 log = structlog.get_logger("sdv.registry")
