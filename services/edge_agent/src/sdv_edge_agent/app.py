@@ -199,7 +199,7 @@ def _enrolment(settings: AgentSettings, agent: Agent, databroker: Databroker,
         token=settings.fleet_token, ca=settings.nats_ca, on_credentials=learn,
         capabilities=lambda: capabilities(settings.data_dir, hardware_type=settings.hardware_type,
                                           agent_version=agent.options.agent_version,
-                                          databroker=databroker.found, runtimes=sorted(agent.runtimes),
+                                          databroker=databroker.found, runtimes=agent.runtimes,
                                           python_version=agent.installer.python_full_version),
     )
     return enrolment

@@ -5,7 +5,7 @@ connection (rows and checkpoint commit together); queries take the pool."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeAlias
 
 import asyncpg
 import msgspec
@@ -19,7 +19,7 @@ _encode = msgspec.json.Encoder().encode
 _capabilities = msgspec.json.Decoder(Capabilities)
 _COLUMNS = ("device_id, status, public_key, capabilities, labels, online, last_seen_at, admitted_by, "
             "created_at, updated_at, version")
-Db = asyncpg.Connection | asyncpg.Pool
+Db: TypeAlias = asyncpg.Connection | asyncpg.Pool
 
 
 class Stamp(msgspec.Struct, frozen=True):
