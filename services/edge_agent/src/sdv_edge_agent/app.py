@@ -16,7 +16,7 @@ import contextlib
 import signal
 import sys
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
@@ -62,7 +62,8 @@ def agent_version() -> str:
         return "0+unknown"
 
 
-def heartbeat_builder(agent: Agent, databroker: Databroker, settings: AgentSettings):  # type: ignore[no-untyped-def]
+def heartbeat_builder(agent: Agent, databroker: Databroker, settings: AgentSettings
+                      ) -> Callable[[int], Heartbeat]:
     def build(seq: int) -> Heartbeat:
         apps = {}
         for name, sup in agent.supervisors.items():

@@ -20,6 +20,7 @@ from sdv_events.envelope import Metadata
 from sdv_events.idempotency import IdempotencyKey
 from sdv_events.ids import stream_id
 from sdv_events.schemas.packages import (
+    Channel,
     HealthCheck,
     PackageInfo,
     PackageView,
@@ -123,10 +124,9 @@ class Packager:
         await self._run(name, YankPackage(name, version, reason), metadata, key)
         return await self.get(name, version)
 
-    async def promote(self, name: str, version: str, channel: str, *,
+    async def promote(self, name: str, version: str, channel: Channel, *,
                       metadata: Metadata = Metadata(), key: IdempotencyKey | None = None) -> PackageView:
-        await self._run(name, PromotePackage(name, version, channel), metadata,  # type: ignore[arg-type]
-                        key)
+        await self._run(name, PromotePackage(name, version, channel), metadata, key)
         return await self.get(name, version)
 
     async def get(self, name: str, version: str) -> PackageView:
