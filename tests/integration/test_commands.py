@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import msgspec
 import pytest
 
-from sdv_events.commands import Accepted, Rejected, handle_command
+from sdv_events.commands import Accepted, Refused, handle_command
 from sdv_events.decider import Decider
 from sdv_events.envelope import Envelope, Metadata
 from sdv_events.errors import DomainError, IdempotencyConflict, RetriesExhausted
@@ -122,14 +122,14 @@ async def test_domain_error_becomes_rejected_and_appends_nothing(es: EventStore)
 
     outcome = await handle_command(es, small, "counter-c", Increment(2), key=key("c-over", Increment(2)))
 
-    assert outcome == Rejected("counter-c", "over_limit", "2 + 2 exceeds 3")
+    assert outcome == Refused("counter-c", "over_limit", "2 + 2 exceeds 3")
     assert await es.stream_version("counter-c") == 1
 
 
 async def test_rejection_of_a_new_stream_creates_no_stream(es: EventStore) -> None:
     outcome = await handle_command(es, counter, "counter-d", Increment(0), key=key("c-zero", Increment(0)))
 
-    assert isinstance(outcome, Rejected)
+    assert isinstance(outcome, Refused)
     assert outcome.code == "invalid_amount"
     assert await es.read_stream("counter-d") == []
     assert [e async for e in es.read_all()] == []
@@ -192,7 +192,7 @@ async def test_a_repeated_rejection_is_decided_again_not_replayed(es: EventStore
 
     again = await handle_command(es, small, "counter-g", Increment(1), key=key("c-late", Increment(1)))
 
-    assert first == again == Rejected("counter-g", "over_limit", "3 + 1 exceeds 3")
+    assert first == again == Refused("counter-g", "over_limit", "3 + 1 exceeds 3")
     assert not again.duplicate
     assert await es.first_outcome(key("c-late", Increment(1))) is None  # the key is not bound
     assert await es.stream_version("counter-g") == 2  # Incremented + LimitReached, nothing since
@@ -206,7 +206,7 @@ async def test_a_rejection_is_not_final_a_retry_passes_once_the_state_changed(es
     retried = await handle_command(es, small, "counter-h", Increment(2), key=key("c-h", Increment(2)))
     replayed = await handle_command(es, small, "counter-h", Increment(2), key=key("c-h", Increment(2)))
 
-    assert isinstance(refused, Rejected)
+    assert isinstance(refused, Refused)
     assert isinstance(retried, Accepted)
     assert not retried.duplicate
     assert replayed == msgspec.structs.replace(retried, duplicate=True)  # now bound: applied once
@@ -292,7 +292,7 @@ async def test_conflict_retry_decides_again_on_fresh_state(es: EventStore) -> No
 
     outcome = await handle_command(racy, small, "counter-m", Increment(2), key=key("c-m", Increment(2)))
 
-    assert outcome == Rejected("counter-m", "over_limit", "2 + 2 exceeds 3")
+    assert outcome == Refused("counter-m", "over_limit", "2 + 2 exceeds 3")
     assert [e.data for e in await es.read_stream("counter-m")] == [Incremented(2)]
 
 

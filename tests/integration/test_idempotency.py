@@ -20,7 +20,7 @@ from nats.aio.client import Client as NatsClient
 from sdv_events.bus import CommandClient, Conflict, RequestInfo, make_broker, register_command
 from sdv_events.bus.rpc import COMMAND_ID_HEADER, ReplyOk
 from sdv_events.codec import decode_as, encode
-from sdv_events.commands import Accepted, Rejected, handle_command
+from sdv_events.commands import Accepted, Refused, handle_command
 from sdv_events.decider import Decider
 from sdv_events.errors import DomainError
 from sdv_events.idempotency import idempotency_key, key_pruner
@@ -186,7 +186,7 @@ async def test_a_rejection_is_not_final_the_same_key_passes_when_retried_later(e
     refused = await handle_command(es, strict, "note-n5", Write("later"), key=key)
     passed = await handle_command(es, notes, "note-n5", Write("later"), key=key)
 
-    assert refused == Rejected("note-n5", "unavailable", "not now")
+    assert refused == Refused("note-n5", "unavailable", "not now")
     assert isinstance(passed, Accepted)
     assert not passed.duplicate
 
@@ -274,7 +274,7 @@ async def test_schema_upgrade_from_global_command_ids_keeps_their_outcomes(
         await conn.executemany(
             f"INSERT INTO {es.schema}.commands (command_id, stream_id, outcome) VALUES ($1, $2, $3)",
             [("old-ok", "note-old", encode(accepted)),
-             ("old-no", "note-old", encode(Rejected("note-old", "invalid_request", "no")))])
+             ("old-no", "note-old", encode(Refused("note-old", "invalid_request", "no")))])
 
     for _ in range(2):  # every start
         async with es.pool.acquire() as conn:

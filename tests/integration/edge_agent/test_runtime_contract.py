@@ -1,11 +1,20 @@
 """The Runtime port's contract, run against every implementation (STYLE.md habit 7): native
-processes, and containers on a private Docker engine (skipped where none can run)."""
+processes, containers on a private Docker engine (skipped where none can run), and the SIMULATED
+runtime the scale tests rely on.
+
+What any runtime owes the supervisor (output with offsets, stdin, pause, resume, stop, kill, a
+follower that stops at `finish`) is checked on all three, with an app that behaves as the
+simulated one does (a banner, `tick N` lines, `echo: …` of its stdin, a clean exit on SIGTERM).
+What only a runtime of real processes can do (process groups, SIGTERM ignored then SIGKILL,
+adopting a process of an earlier agent run, resource usage) is checked on the two that run them."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
+import re
 import signal
 import sys
 import time
@@ -16,6 +25,7 @@ import pytest
 
 from sdv_edge_agent.adapters.docker_runtime import DockerRuntime
 from sdv_edge_agent.adapters.native import NativeRuntime
+from sdv_edge_agent.adapters.simulated_runtime import SimulatedRuntime
 from sdv_edge_agent.ports import RunSpec, Runtime, StdinUnavailable
 
 APP = """\
@@ -37,6 +47,25 @@ while not stop.is_set():
     stop.wait(0.02)
 say("term")
 """
+# The app of the checks every runtime passes: what a simulated app does, done by a real program.
+TICKER = """\
+import signal, sys, threading
+stop = threading.Event()
+signal.signal(signal.SIGTERM, lambda *_: stop.set())
+def say(text):  # one write per line: two threads print here
+    sys.stdout.write(text + "\\n")
+    sys.stdout.flush()
+def echo():
+    for line in sys.stdin:
+        say("echo: " + line.rstrip("\\n"))
+say("started")
+threading.Thread(target=echo, daemon=True).start()
+n = 0
+while not stop.wait(0.02):
+    n += 1
+    say(f"tick {n}")
+"""
+TICK_S = 0.02
 STUBBORN = "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('up', flush=True)\ntime.sleep(60)\n"
 
 # The docker runtime builds an image from the app directory: a plain one, on the test base image.
@@ -50,15 +79,33 @@ CMD ["python3", "-u", "/app/main.py"]
 """
 
 
-@pytest.fixture(params=["docker", "native"])
-def runtime(request: pytest.FixtureRequest) -> Iterator[Runtime]:
-    if request.param == "native":
+@contextlib.contextmanager
+def runtime_of(kind: str, request: pytest.FixtureRequest) -> Iterator[Runtime]:
+    if kind == "simulated":
+        yield SimulatedRuntime("native", "contract-device", log_every_s=TICK_S)
+        return
+    if kind == "native":
         yield NativeRuntime()
         return
     engine = request.getfixturevalue("docker_host")
     docker_runtime = DockerRuntime(engine.client, owner="contract-test", base_image=engine.base_image)
-    yield docker_runtime
-    docker_runtime.release("contract")
+    try:
+        yield docker_runtime
+    finally:
+        docker_runtime.release("contract")
+
+
+@pytest.fixture(params=["docker", "native"])
+def runtime(request: pytest.FixtureRequest) -> Iterator[Runtime]:
+    """The runtimes of real processes."""
+    with runtime_of(request.param, request) as made:
+        yield made
+
+
+@pytest.fixture(params=["docker", "native", "simulated"])
+def any_runtime(request: pytest.FixtureRequest) -> Iterator[Runtime]:
+    with runtime_of(request.param, request) as made:
+        yield made
 
 
 def spec(tmp_path: Path, source: str, name: str = "contract") -> RunSpec:
@@ -178,3 +225,87 @@ async def test_output_resumes_from_saved_offsets_without_repeats(runtime: Runtim
     second = Lines()
     await runtime.follow_output(s, proc, first.offsets, second).finish()
     assert second.of("stdout") == ["late"]
+
+
+# --- what every runtime owes the supervisor, the simulated one too ------------------------------
+
+
+def ticks(lines: Lines) -> list[int]:
+    return [int(m.group(1)) for line in lines.of("stdout") if (m := re.fullmatch(r"tick (\d+)", line))]
+
+
+async def test_every_runtime_carries_output_and_stdin_pauses_resumes_and_stops(
+    any_runtime: Runtime, tmp_path: Path
+) -> None:
+    s = spec(tmp_path, TICKER)
+    proc = await any_runtime.start(s)
+    assert proc.alive()
+    lines = Lines()
+    follower = any_runtime.follow_output(s, proc, {}, lines)
+    task = asyncio.create_task(follower.run())
+    await until(lambda: len(ticks(lines)) >= 3, seen=lambda: lines.rows[-3:])
+    proc.write_stdin(b"hello\n")
+    await until(lambda: "echo: hello" in lines.of("stdout"), timeout=15.0, seen=lambda: lines.rows[-3:])
+
+    any_runtime.pause(proc)
+    frozen = await settled(lines)
+    proc.write_stdin(b"while paused\n")  # waits, like bytes in a pipe nobody reads yet
+    await asyncio.sleep(0.5)
+    assert len(lines.rows) == frozen
+    any_runtime.resume(proc)
+    await until(lambda: "echo: while paused" in lines.of("stdout") and len(ticks(lines)) > frozen,
+                timeout=15.0, seen=lambda: lines.rows[-3:])
+
+    any_runtime.pause(proc)  # a paused app still stops gracefully
+    assert await any_runtime.stop(proc, 3.0) == 0
+    await follower.finish()
+    await asyncio.wait_for(task, 5)
+    assert not proc.alive()
+    assert ticks(lines) == list(range(1, len(ticks(lines)) + 1))  # none lost, none twice
+    assert lines.offsets["stdout"] > 0
+    with pytest.raises(StdinUnavailable):
+        proc.write_stdin(b"anyone?\n")
+
+
+async def test_every_follower_stops_at_finish_and_the_next_resumes_from_its_offsets(
+    any_runtime: Runtime, tmp_path: Path
+) -> None:
+    """The supervisor's console shipping across agent restarts: a follower delivers nothing once
+    `finish` returned, and one started from its offsets goes on with no line lost or repeated."""
+    s = spec(tmp_path, TICKER)
+    proc = await any_runtime.start(s)
+    first = Lines()
+    follower = any_runtime.follow_output(s, proc, {}, first)
+    task = asyncio.create_task(follower.run())
+    await until(lambda: len(ticks(first)) >= 5, seen=lambda: first.rows[-3:])
+    await follower.finish()
+    delivered = len(first.rows)
+    await asyncio.wait_for(task, 5)  # the app prints on: `run` ends all the same
+    await asyncio.sleep(5 * TICK_S)
+    assert len(first.rows) == delivered
+
+    second = Lines()
+    follower = any_runtime.follow_output(s, proc, first.offsets, second)
+    task = asyncio.create_task(follower.run())
+    await until(lambda: len(ticks(second)) >= 3, seen=lambda: second.rows[-3:])
+    assert await any_runtime.stop(proc, 3.0) == 0
+    await follower.finish()
+    await asyncio.wait_for(task, 5)
+    both = ticks(first) + ticks(second)
+    assert both == list(range(1, len(both) + 1)), (ticks(first)[-3:], ticks(second)[:3])
+
+
+async def test_every_runtime_kills_a_paused_app_and_adopts_no_stranger(
+    any_runtime: Runtime, tmp_path: Path
+) -> None:
+    s = spec(tmp_path, TICKER)
+    proc = await any_runtime.start(s)
+    assert any_runtime.adopt(s, proc.pid, proc.started + 1.0) is None  # same pid, another process
+    assert any_runtime.adopt(s, os.getpid(), 0.0) is None
+    any_runtime.pause(proc)
+    any_runtime.kill(proc)
+    assert await asyncio.wait_for(proc.wait(), 5) == -signal.SIGKILL
+    assert not proc.alive()
+    assert not any_runtime.kill_orphan(proc.pid, proc.started)  # nothing left to kill
+    with pytest.raises(StdinUnavailable):
+        proc.write_stdin(b"anyone?\n")

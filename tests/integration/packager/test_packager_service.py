@@ -142,8 +142,8 @@ async def test_yank_and_promote_show_in_list_and_rebuild_gives_the_same_list(
     runner = ConsumerRunner(pool, copy, js, rebuilt)
     store = EventStore(pool, schema)
     await asyncio.wait_for(runner.rebuild("store", store=store), 20)
-    after = await rebuilt.list(pool, "door-watch", None, True)
-    assert after == before == await read_model.list(pool, "door-watch", None, True)
+    after = await rebuilt.view.find(pool, "door-watch", None, True)
+    assert after == before == await read_model.view.find(pool, "door-watch", None, True)
     await pool.execute(f"DROP SCHEMA {copy} CASCADE")
     await pool.close()
 

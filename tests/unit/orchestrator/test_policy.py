@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sdv_events.errors import DomainError
+from sdv_events.decider_testing import Refusal, then
 from sdv_events.schemas.packages import PackageInfo
 from sdv_events.schemas.rollouts import PolicyDeleted, PolicySet, RolloutPolicy, Strategy, Target
 from sdv_orchestrator.domain.policy import (
@@ -54,9 +54,11 @@ def test_a_new_device_gets_the_fleet_version_alone_and_at_once() -> None:
 
 
 def test_policy_aggregate_set_is_idempotent_and_delete_needs_one() -> None:
-    assert policy_decider.run([], SetPolicy(POLICY)) == [PolicySet(POLICY)]
-    assert policy_decider.run([PolicySet(POLICY)], SetPolicy(POLICY)) == []
-    assert policy_decider.run([PolicySet(POLICY)], DeletePolicy("prod-canary")) == [PolicyDeleted("prod-canary")]
-    with pytest.raises(DomainError) as caught:
-        policy_decider.run([], DeletePolicy("nope"))
-    assert caught.value.code == "not_found"
+    """given events / when command / then events (or the refusal)."""
+    assert then(policy_decider, given=[], when=SetPolicy(POLICY)) == [PolicySet(POLICY)]
+    assert then(policy_decider, given=[PolicySet(POLICY)], when=SetPolicy(POLICY)) == []
+    assert then(policy_decider, given=[PolicySet(POLICY)], when=DeletePolicy("prod-canary")) == [
+        PolicyDeleted("prod-canary")]
+    assert then(policy_decider, given=[PolicySet(POLICY), PolicyDeleted("prod-canary")],
+                when=DeletePolicy("prod-canary")) == Refusal("not_found", "no policy prod-canary")
+    assert then(policy_decider, given=[], when=DeletePolicy("nope")) == Refusal("not_found", "no policy nope")

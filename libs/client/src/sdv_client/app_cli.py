@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+from collections.abc import Awaitable
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import typer
 from nats.aio.client import Client as NatsClient
@@ -28,12 +29,13 @@ from sdv_events.subjects import ops_subject
 app = typer.Typer(help="Apps: write a new one (init); act on one app on one device (pause, resume, "
                   "stop, start, restart, stdin, logs).",
                   no_args_is_help=True)
+T = TypeVar("T")
 OP_TIMEOUT_S = 30.0  # a stop waits for the app's graceful exit (the agent's stop timeout)
 
 
-def op_call(device_id: str, op: str, request: AppOp | StdinOp | LogsQuery, result_type: type,
-            as_json: bool):  # type: ignore[no-untyped-def]
-    def work(nc: NatsClient):  # type: ignore[no-untyped-def]
+def op_call(device_id: str, op: str, request: AppOp | StdinOp | LogsQuery, result_type: type[T],
+            as_json: bool) -> T:
+    def work(nc: NatsClient) -> Awaitable[T]:
         return CommandClient(nc, actor=f"cli:{user()}", timeout=OP_TIMEOUT_S).request(
             ops_subject(device_id, op), request, result_type, answerer=f"agent of device {device_id}")
 

@@ -15,7 +15,7 @@ import getpass
 import json
 import os
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NoReturn, TypeVar
 
 import msgspec
@@ -76,13 +76,16 @@ class JsonUsageErrors(typer.core.TyperGroup):
     run with `--json` is one JSON object on stdout, `{"ok": false, "code": "usage_error", …}`,
     exit status 2 — what a script parses, instead of a rich box on stderr."""
 
-    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
-             standalone_mode: bool = True, **extra: Any) -> Any:
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,
+             complete_var: str | None = None, standalone_mode: bool = True,
+             windows_expand_args: bool = True, **extra: Any) -> Any:
         argv = list(sys.argv[1:] if args is None else args)
         if "--json" not in argv:
-            return super().main(argv, prog_name, complete_var, standalone_mode, **extra)
+            return super().main(argv, prog_name, complete_var, standalone_mode, windows_expand_args,
+                                **extra)
         try:
-            code = super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
+            code = super().main(argv, prog_name, complete_var, standalone_mode=False,
+                                windows_expand_args=windows_expand_args, **extra)
         except typer.TyperException as exc:  # typer's (vendored) click errors: usage and others
             code = getattr(exc, "exit_code", EXIT_USAGE)
             message = exc.format_message() if hasattr(exc, "format_message") else str(exc)

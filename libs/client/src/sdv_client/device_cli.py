@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from enum import StrEnum
+from typing import TypeVar, get_args
 
+import msgspec
 import typer
 from nats.aio.client import Client as NatsClient
 from rich.table import Table
@@ -34,6 +36,7 @@ from sdv_events.schemas.devices import (
     DecommissionDevice,
     DeviceCounts,
     DeviceList,
+    DeviceStatus,
     DeviceView,
     GetDevice,
     ListDevices,
@@ -43,6 +46,8 @@ from sdv_events.schemas.devices import (
 from sdv_events.schemas.monitor import DeviceDetail
 
 SERVICE = "registry"
+T = TypeVar("T")
+_STATUSES: dict[str, DeviceStatus] = {name: name for name in get_args(DeviceStatus)}
 PAGE = 1000
 app = typer.Typer(help="Devices: admission, labels, presence.", no_args_is_help=True)
 SelectorOption = typer.Option("", "--selector", "-l", help="Label selector, e.g. `env=prod,type in (orin)`.")
@@ -53,23 +58,23 @@ def commands(nc: NatsClient) -> CommandClient:
     return CommandClient(nc, actor=f"cli:{user()}", timeout=30.0)
 
 
-def call(name: str, request: object, result_type: type, as_json: bool):  # type: ignore[no-untyped-def]
+def call(name: str, request: msgspec.Struct, result_type: type[T], as_json: bool) -> T:
     return run(lambda nc: commands(nc).call(SERVICE, name, request, result_type), as_json, SERVICE)
 
 
-async def matching(client: CommandClient, selector: str, status: str | None) -> list[str]:
+async def matching(client: CommandClient, selector: str, status: DeviceStatus | None) -> list[str]:
     """Every device id the selector picks (in that status), page by page."""
     ids: list[str] = []
     while True:
-        page = await client.call(SERVICE, "list", ListDevices(  # type: ignore[arg-type]
+        page = await client.call(SERVICE, "list", ListDevices(
             selector=selector, status=status, limit=PAGE, offset=len(ids)), DeviceList)
         ids += [d.device_id for d in page.devices]
         if not page.devices or len(ids) >= page.total:
             return ids
 
 
-def bulk(selector: str, status: str | None, act: Callable[[CommandClient, str], Awaitable[DeviceView]],
-         verb: str, as_json: bool) -> None:
+def bulk(selector: str, status: DeviceStatus | None,
+         act: Callable[[CommandClient, str], Awaitable[DeviceView]], verb: str, as_json: bool) -> None:
     """`act` on every device the selector picks; each device's outcome is reported, and a
     refusal of one does not stop the others."""
 
@@ -134,7 +139,7 @@ def list_(selector: str = SelectorOption,
           limit: int = typer.Option(100, min=1, max=10_000, help="At most this many."),
           wide: bool = WideOption, as_json: bool = JsonOption) -> None:
     """Devices matching a label selector (`env=prod,type in (jetson-orin)`)."""
-    found = call("list", ListDevices(selector=selector, status=status.value if status else None,  # type: ignore[arg-type]
+    found = call("list", ListDevices(selector=selector, status=_STATUSES[status] if status else None,
                                      online=online, limit=limit), DeviceList, as_json)
     if as_json:
         emit_json({"ok": True, "total": found.total, "devices": builtins(found.devices)})

@@ -170,7 +170,7 @@ def list_(
     as_json: bool = JsonOption,
 ) -> None:
     """Published packages, from the packager's catalog (filter by name and channel)."""
-    views = _run(lambda c: c.list(name, channel.value if channel else None, include_yanked),  # type: ignore[arg-type]
+    views = _run(lambda c: c.list(name, channel.value if channel else None, include_yanked),
                  as_json)
     if as_json:
         emit_json({"ok": True, "packages": builtins(views)})
@@ -224,7 +224,7 @@ def promote(
     as_json: bool = JsonOption,
 ) -> None:
     """Move a version to another channel (dev → beta → stable)."""
-    view = _run(lambda c: c.promote(name, version, channel.value), as_json)  # type: ignore[arg-type]
+    view = _run(lambda c: c.promote(name, version, channel.value), as_json)
     if not as_json:
         out.print(f"[green]promoted[/] {name} {version} to {view.channel}", highlight=False)
     _print_view(view, as_json)

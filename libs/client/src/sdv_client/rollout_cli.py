@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import time
 from enum import StrEnum
+from typing import TypeVar
 
 import msgspec
 import typer
@@ -74,11 +75,14 @@ class StrategyKind(StrEnum):
     all_at_once = "all-at-once"
 
 
+T = TypeVar("T")
+
+
 def client(nc: NatsClient) -> CommandClient:
     return CommandClient(nc, actor=f"cli:{user()}", timeout=60.0)
 
 
-def call(name: str, request: object, result_type: type, as_json: bool):  # type: ignore[no-untyped-def]
+def call(name: str, request: msgspec.Struct, result_type: type[T], as_json: bool) -> T:
     return run(lambda nc: client(nc).call(SERVICE, name, request, result_type), as_json, SERVICE)
 
 

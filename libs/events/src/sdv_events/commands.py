@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import msgspec
 import structlog
 
+from sdv_events.bus.rpc import command_error
 from sdv_events.codec import decode_as, encode
 from sdv_events.decider import Decider
 from sdv_events.envelope import Metadata
@@ -41,14 +42,31 @@ class Accepted(msgspec.Struct, frozen=True, tag="accepted"):
     duplicate: bool = False
 
 
-class Rejected(msgspec.Struct, frozen=True, tag="rejected"):
+class Refused(msgspec.Struct, frozen=True, tag="rejected"):
+    """The decider refused the command (a `DomainError`): nothing was appended. Its wire tag
+    stays "rejected", so outcomes encoded by earlier builds decode unchanged. At a service's
+    boundary `raise_if_refused` turns it into the typed `CommandError` of its code."""
+
     stream_id: str
     code: str
     message: str
     duplicate: bool = False
 
 
-CommandOutcome = Accepted | Rejected
+CommandOutcome = Accepted | Refused
+# TODO(lead): remove once the orchestrator's application.py and policies.py call
+# `raise_if_refused` (they were off-limits to the change that renamed the outcome).
+Rejected = Refused
+
+
+def raise_if_refused(outcome: CommandOutcome) -> Accepted:
+    """The accepted outcome, or the refusal raised as the `CommandError` its code names
+    (`conflict` → `Conflict`, `not_found` → `NotFound`, …). A decider's own code that is no
+    error code of the contract (`yanked`) is a `sdv_events.bus.Rejected`, its code kept in
+    `details["reason"]`."""
+    if isinstance(outcome, Accepted):
+        return outcome
+    raise command_error(outcome.code, outcome.message)
 
 
 def _first_outcome(raw: bytes) -> CommandOutcome:
@@ -122,7 +140,7 @@ async def handle_command(
     max_attempts: int = 8,
     cache: StateCache | None = None,
 ) -> CommandOutcome:
-    """Run `command` against the stream; a `DomainError` becomes `Rejected`.
+    """Run `command` against the stream; a `DomainError` becomes `Refused`.
 
     A `key` already bound to the same request returns the first outcome (`duplicate=True`,
     perhaps of another stream: ids the first attempt generated) and appends nothing; bound to
@@ -164,7 +182,7 @@ async def _handle(
             first = await store.first_outcome(key) if key is not None else None
             if first is not None:
                 return _first_outcome(first)
-            return Rejected(stream_id, err.code, err.message)
+            return Refused(stream_id, err.code, err.message)
         envelopes = [
             store.wrap(stream_id, version + i + 1, body, metadata, store.clock())
             for i, body in enumerate(new_events)

@@ -1,7 +1,7 @@
 """The decider pattern: pure `decide(command, state) -> events` and `evolve(state, event) -> state`.
 
 Domain modules build a `Decider` from plain functions; nothing here does I/O. Refusals are raised
-as `DomainError` (see errors.py) so the runner can turn them into a typed `Rejected` outcome.
+as `DomainError` (see errors.py) so the runner can turn them into a typed `Refused` outcome.
 """
 
 from __future__ import annotations

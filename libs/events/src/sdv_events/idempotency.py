@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import hashlib
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import msgspec
 import structlog
@@ -33,7 +33,6 @@ from sdv_events.aio import sleep_or_stop
 if TYPE_CHECKING:
     import asyncio
 
-    from sdv_events.store.postgres import EventStore
     from sdv_events.supervision import Work
 
 log = structlog.get_logger("sdv.idempotency")
@@ -61,7 +60,17 @@ def idempotency_key(command: str, command_id: str, request: msgspec.Struct) -> I
     return IdempotencyKey(command, command_id, request_fingerprint(request))
 
 
-def key_pruner(store: EventStore, *, every_s: float = PRUNE_EVERY_S) -> Work:
+class PrunableStore(Protocol):
+    """What pruning needs of a store (`store.postgres.EventStore`, which imports this module
+    for its keys: named here by what it does, so the two do not import each other)."""
+
+    @property
+    def schema(self) -> str: ...
+
+    async def prune_idempotency_keys(self) -> int: ...
+
+
+def key_pruner(store: PrunableStore, *, every_s: float = PRUNE_EVERY_S) -> Work:
     """A supervised task (`runtime.spawn`) deleting `store`'s expired keys every `every_s`.
 
     Periodic rather than on append: appends of a schema run one at a time (the commit-order

@@ -1,5 +1,5 @@
 """`python -m sdv_edge_agent` (or `sdv-agent`) starts the agent."""
 
-from sdv_edge_agent.app import main
+from sdv_edge_agent.cli import main
 
 main()

@@ -1,7 +1,8 @@
 """Composition root of the edge agent: settings → SQLite store, NATS link, installer, runtimes
 (native; docker when an engine answers), KUKSA lookup → the `Agent` and its adapters (desired
 watch, ops, publishers, heartbeat). `build_agent` wires one agent; `serve` runs it, and
-`--simulate N` (simulation.py) runs N of them with a simulated runtime and installer.
+`--simulate N` (simulation.py) runs N of them with a simulated runtime and installer; cli.py is
+the command that picks one or the other.
 
 Start order matters on a vehicle: local state first (apps re-adopted or restarted from SQLite
 even with no network), the NATS link in the background, and everything that needs the bus waits
@@ -12,11 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import faulthandler
 import signal
 import sys
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
@@ -42,11 +42,9 @@ from sdv_edge_agent.application import Agent, AgentOptions
 from sdv_edge_agent.domain.facts import IdSealer
 from sdv_edge_agent.domain.restarts import RestartPolicy
 from sdv_edge_agent.ports import HealthCommand, Runtime
-from sdv_edge_agent.settings import SERVICE, AgentSettings, SettingsError, key_list, load_settings
-from sdv_events.bus.tracing import configure_tracing
+from sdv_edge_agent.settings import AgentSettings, key_list
 from sdv_events.desired_signing import DesiredVerifier
 from sdv_events.envelope import TraceContext
-from sdv_events.logs import configure_logging
 from sdv_events.schemas.heartbeat import AppMetrics, Heartbeat
 
 log = structlog.get_logger("sdv.agent")
@@ -64,7 +62,8 @@ def agent_version() -> str:
         return "0+unknown"
 
 
-def heartbeat_builder(agent: Agent, databroker: Databroker, settings: AgentSettings):  # type: ignore[no-untyped-def]
+def heartbeat_builder(agent: Agent, databroker: Databroker, settings: AgentSettings
+                      ) -> Callable[[int], Heartbeat]:
     def build(seq: int) -> Heartbeat:
         apps = {}
         for name, sup in agent.supervisors.items():
@@ -199,7 +198,7 @@ def _enrolment(settings: AgentSettings, agent: Agent, databroker: Databroker,
         token=settings.fleet_token, ca=settings.nats_ca, on_credentials=learn,
         capabilities=lambda: capabilities(settings.data_dir, hardware_type=settings.hardware_type,
                                           agent_version=agent.options.agent_version,
-                                          databroker=databroker.found, runtimes=sorted(agent.runtimes),
+                                          databroker=databroker.found, runtimes=agent.runtimes,
                                           python_version=agent.installer.python_full_version),
     )
     return enrolment
@@ -318,18 +317,3 @@ def desired_trace(agent: Agent, app: str) -> TraceContext:
     desired = agent.desired_app(app)
     return desired.trace if desired is not None else TraceContext()
 
-
-def main(argv: list[str] | None = None) -> None:
-    try:
-        settings = load_settings(argv)
-    except SettingsError as err:
-        print(f"sdv-agent: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-    configure_logging(SERVICE, level=settings.log_level)
-    configure_tracing(SERVICE)  # spans to OTEL_EXPORTER_OTLP_ENDPOINT, when set
-    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1` dumps every stack
-    if settings.simulation is not None:
-        from sdv_edge_agent.simulation import simulate  # it builds on this module
-
-        raise SystemExit(asyncio.run(simulate(settings)))
-    asyncio.run(serve(settings))

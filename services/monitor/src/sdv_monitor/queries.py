@@ -4,7 +4,7 @@ read is one page at most; results are the shared view types (`sdv_events.schemas
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import msgspec
@@ -34,9 +34,10 @@ from sdv_events.schemas.rollouts import Thresholds, Timeouts
 from sdv_monitor.where import Where
 
 ACTIVE = ("created", "running", "paused")
+V = TypeVar("V", bound=msgspec.Struct)
 
 
-def _row(cls: Any, record: asyncpg.Record, **extra: Any) -> Any:
+def _row(cls: type[V], record: asyncpg.Record, **extra: Any) -> V:
     """The view `cls` from a row's columns of the same names (`extra` overrides)."""
     fields = {f: record[f] for f in cls.__struct_fields__ if f in record and f not in extra}
     return cls(**fields, **extra)

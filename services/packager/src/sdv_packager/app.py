@@ -32,7 +32,7 @@ async def serve(settings: PackagerSettings, stop: asyncio.Event | None = None) -
         packager = Packager(
             store=runtime.store, artifacts=await ArtifactStore.open(runtime.js),
             catalog=load_catalog(settings), signer=Signer.load_or_create(settings.signing_key_path),
-            wheels=settings.wheel_source(), read_model=read_model,
+            wheels=settings.wheel_source(), packages=read_model.view,
         )
         runtime.broker.include_router(command_router(packager))
         nc = runtime.broker.config.connection_state.connection

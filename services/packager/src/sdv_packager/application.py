@@ -1,8 +1,8 @@
-"""Packager use cases: publish an app directory, yank, promote, get, list.
+"""Packager use cases: publish an app directory, yank, promote, get, find.
 
 Publishing = validate + build (in a worker thread: it is CPU and pip work) → sign the manifest
 digest → store the artifact by digest → `PublishPackage` through the shared command runner.
-`get` folds the package's stream (read-your-writes); `list` reads the catalog projection.
+`get` folds the package's stream (read-your-writes); `find` reads the catalog read model.
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ from pathlib import Path
 
 import structlog
 
-from sdv_events.bus import Conflict, InvalidRequest, NotFound, Rejected
-from sdv_events.commands import Rejected as RejectedOutcome
-from sdv_events.commands import handle_command, load
+from sdv_events.bus import Conflict, InvalidRequest, NotFound
+from sdv_events.commands import handle_command, load, raise_if_refused
 from sdv_events.envelope import Metadata
 from sdv_events.idempotency import IdempotencyKey
 from sdv_events.ids import stream_id
 from sdv_events.schemas.packages import (
+    Channel,
     HealthCheck,
     PackageInfo,
     PackageView,
@@ -29,6 +29,7 @@ from sdv_events.schemas.packages import (
 )
 from sdv_events.store import EventStore
 from sdv_packager.adapters.artifacts import UPLOAD_PREFIX, ArtifactStore, is_upload
+from sdv_packager.adapters.catalog_view import CatalogView
 from sdv_packager.build.errors import AppInvalid
 from sdv_packager.build.pipeline import BuiltPackage, build_package
 from sdv_packager.build.upload import unpack_upload
@@ -41,11 +42,9 @@ from sdv_packager.domain.package import (
     package_decider,
 )
 from sdv_packager.domain.vss import VssCatalog
-from sdv_packager.projections import PackageCatalog
 from sdv_packager.signing import Signer
 
 log = structlog.get_logger("sdv.packager")
-_ERRORS = {"conflict": Conflict, "not_found": NotFound, "invalid_request": InvalidRequest}
 
 
 def package_info(built: BuiltPackage, signer: Signer) -> PackageInfo:
@@ -71,16 +70,14 @@ class Packager:
     catalog: VssCatalog
     signer: Signer
     wheels: WheelSource
-    read_model: PackageCatalog
+    packages: CatalogView
 
     async def _run(self, name: str, command: PackageCommand, metadata: Metadata,
                    key: IdempotencyKey | None) -> None:
-        outcome = await handle_command(
+        raise_if_refused(await handle_command(
             self.store, package_decider, stream_id("package", name), command,
             key=key, metadata=metadata,
-        )
-        if isinstance(outcome, RejectedOutcome):
-            raise _ERRORS.get(outcome.code, Rejected)(outcome.message)
+        ))
 
     async def publish_dir(
         self, app_dir: Path, *, metadata: Metadata = Metadata(), key: IdempotencyKey | None = None
@@ -127,10 +124,9 @@ class Packager:
         await self._run(name, YankPackage(name, version, reason), metadata, key)
         return await self.get(name, version)
 
-    async def promote(self, name: str, version: str, channel: str, *,
+    async def promote(self, name: str, version: str, channel: Channel, *,
                       metadata: Metadata = Metadata(), key: IdempotencyKey | None = None) -> PackageView:
-        await self._run(name, PromotePackage(name, version, channel), metadata,  # type: ignore[arg-type]
-                        key)
+        await self._run(name, PromotePackage(name, version, channel), metadata, key)
         return await self.get(name, version)
 
     async def get(self, name: str, version: str) -> PackageView:
@@ -141,5 +137,5 @@ class Packager:
             raise NotFound(f"{name} {version} is not published")
         return PackageView(found.info, found.channel, found.yanked, found.yank_reason)
 
-    async def list(self, name: str | None, channel: str | None, include_yanked: bool) -> list[PackageView]:
-        return await self.read_model.list(self.store.pool, name, channel, include_yanked)
+    async def find(self, name: str | None, channel: str | None, include_yanked: bool) -> list[PackageView]:
+        return await self.packages.find(self.store.pool, name, channel, include_yanked)

@@ -72,7 +72,7 @@ async def serve(settings: RegistrySettings, stop: asyncio.Event | None = None) -
         admission = AdmissionLog(runtime.store.pool, schema)
         issuer, revocations = await _device_auth(settings, runtime, admission)
         fleet_hash = sha256_hex(settings.fleet_token) if settings.fleet_token else None
-        registry = Registry(runtime.store, inventory, issuer, revocations, fleet_hash,
+        registry = Registry(runtime.store, inventory.view, issuer, revocations, fleet_hash,
                             settings.pending_retry_s)
         if issuer is not None:  # replicas share the trust file, so they accept each other's nonces
             registry.nonce_secret = hashlib.sha256(

@@ -1,5 +1,5 @@
 """Registry use cases: announce (admission and credentials) and renewal, operator commands (preauthorize,
-accept, reject, decommission, set labels), queries (get by folding the stream; list, count and
+accept, reject, decommission, set labels), queries (get by folding the stream; page, count and
 resolve from the inventory read model) and presence transitions.
 
 Every change runs through the shared command runner over the device decider. Revoking devices
@@ -17,9 +17,8 @@ from dataclasses import dataclass, field
 import structlog
 
 from sdv_events.auth import InvalidPublicKey, Role, check_public_key
-from sdv_events.bus import Conflict, Forbidden, InvalidRequest, NotFound, Rejected
-from sdv_events.commands import Rejected as RejectedOutcome
-from sdv_events.commands import handle_command, load
+from sdv_events.bus import Forbidden, InvalidRequest, NotFound
+from sdv_events.commands import handle_command, load, raise_if_refused
 from sdv_events.enrolment import (
     InvalidSignature,
     Purpose,
@@ -41,6 +40,7 @@ from sdv_events.schemas.devices import (
 )
 from sdv_events.selectors import InvalidSelector, parse_selector
 from sdv_events.store import EventStore
+from sdv_registry.adapters.inventory_view import InventoryView
 from sdv_registry.adapters.revocations import Revocations
 from sdv_registry.credentials import CredentialIssuer
 from sdv_registry.domain.device import (
@@ -54,12 +54,9 @@ from sdv_registry.domain.device import (
     device_decider,
 )
 from sdv_registry.heartbeats import PresenceMonitor
-from sdv_registry.projections import DeviceInventory
 from sdv_registry.selector_sql import Filters
 
 log = structlog.get_logger("sdv.registry")
-_ERRORS = {"conflict": Conflict, "not_found": NotFound, "invalid_request": InvalidRequest,
-           "forbidden": Forbidden}
 
 
 def sha256_hex(token: str) -> str:
@@ -82,7 +79,7 @@ def filters(selector: str, status: DeviceStatus | None = None, online: bool | No
 @dataclass
 class Registry:
     store: EventStore
-    inventory: DeviceInventory
+    inventory: InventoryView
     credentials: CredentialIssuer | None = None
     revocations: Revocations | None = None
     fleet_token_sha256: str | None = None
@@ -93,10 +90,8 @@ class Registry:
 
     async def run(self, device_id: str, command: DeviceCommand, metadata: Metadata = Metadata(),
                   key: IdempotencyKey | None = None) -> None:
-        outcome = await handle_command(self.store, device_decider, device_stream(device_id), command,
-                                       key=key, metadata=metadata)
-        if isinstance(outcome, RejectedOutcome):
-            raise _ERRORS.get(outcome.code, Rejected)(outcome.message)
+        raise_if_refused(await handle_command(self.store, device_decider, device_stream(device_id),
+                                              command, key=key, metadata=metadata))
 
     # --- agents -------------------------------------------------------------------------------
 
@@ -215,9 +210,9 @@ class Registry:
             version=history[-1].version,
         )
 
-    async def list(self, selector: str, status: DeviceStatus | None, online: bool | None,
+    async def page(self, selector: str, status: DeviceStatus | None, online: bool | None,
                    limit: int, offset: int) -> tuple[list[DeviceView], int]:
-        return await self.inventory.list(self.store.pool, filters(selector, status, online),
+        return await self.inventory.page(self.store.pool, filters(selector, status, online),
                                          limit=limit, offset=offset)
 
     async def count(self, selector: str, status: DeviceStatus | None, online: bool | None) -> DeviceCounts:

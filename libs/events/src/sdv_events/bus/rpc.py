@@ -119,7 +119,19 @@ _BY_CODE: dict[str, type[CommandError]] = {
 }
 
 
+def command_error(code: str, message: str) -> CommandError:
+    """The typed error of a refusal's code, raised where a service answers a command. A code
+    that names no error of the contract (a decider's own, `yanked`) is a `Rejected` with the
+    code in `details["reason"]`: clients branch on the codes above, people read the message."""
+    cls = _BY_CODE.get(code)
+    if cls is None:
+        return Rejected(message, details={"reason": code})
+    return cls(message)
+
+
 def error_from_reply(reply: ReplyError) -> CommandError:
+    """The client side: the reply's code is kept even when this build does not know it (a
+    newer service's), so a caller can still branch on it."""
     cls = _BY_CODE.get(reply.code, Rejected)
     err = cls(reply.message, details=reply.details)
     err.code = reply.code

@@ -1,6 +1,7 @@
 """Idempotent schema setup: numbered `.sql` files applied under an advisory lock; or, where
 the schema's owner sets it up (`sdv up` with a role per service, store/roles.py), a check at
-start that it did."""
+start that it did. A service's read models are declared the same way, in its own `sql` folder,
+and set up by the service itself (it owns them: store/roles.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,9 @@ import asyncpg
 from sdv_events.errors import SdvError
 
 _SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,47}$")
+# A read model's schema may also be a rebuild's shadow (processing/rebuild.py), up to
+# PostgreSQL's identifier length.
+_READ_MODEL_SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
 class SchemaNotSetUp(SdvError):
@@ -25,11 +29,28 @@ def check_schema_name(schema: str) -> str:
     return schema
 
 
-def schema_sql(schema: str) -> list[str]:
-    check_schema_name(schema)
-    folder = resources.files("sdv_events.store") / "sql"
+def sql_scripts(package: str, schema: str) -> list[str]:
+    """The numbered `.sql` files of `package`'s `sql` folder, in order, with `{schema}` set: the
+    event store's own (`sdv_events.store`), or a service's read models (`sdv_registry`)."""
+    if not _READ_MODEL_SCHEMA_RE.fullmatch(schema):
+        raise ValueError(f"invalid schema name {schema!r}: lowercase letters, digits and '_' only")
+    folder = resources.files(package) / "sql"
     scripts = sorted((p for p in folder.iterdir() if p.name.endswith(".sql")), key=lambda p: p.name)
     return [p.read_text().replace("{schema}", schema) for p in scripts]
+
+
+def schema_sql(schema: str) -> list[str]:
+    return sql_scripts("sdv_events.store", check_schema_name(schema))
+
+
+async def ensure_read_models(conn: asyncpg.Connection, package: str, schema: str) -> None:
+    """Create or update the read-model tables `package`'s `.sql` files declare in `schema`
+    (idempotent); concurrent replicas serialize on the schema. Runs inside the caller's
+    transaction when there is one (a rebuild sets up its shadow schema in one)."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"sdv_read_models:{schema}")
+        for sql in sql_scripts(package, schema):
+            await conn.execute(sql)
 
 
 async def ensure_schema(conn: asyncpg.Connection, schema: str) -> None:

@@ -193,7 +193,7 @@ class Downloader:
         except NotFoundError:
             raise ObjectNotFoundError from None
         try:
-            info = ObjectInfo.from_response(json.loads(raw.data or b""))
+            info: ObjectInfo = ObjectInfo.from_response(json.loads(raw.data or b""))
         except (ValueError, TypeError, KeyError) as exc:
             raise InstallError("download", f"{name}: unreadable object metadata: {exc}") from None
         if info.deleted:

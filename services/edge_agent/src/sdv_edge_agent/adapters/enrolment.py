@@ -23,7 +23,7 @@ import asyncio
 import os
 import platform
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -42,9 +42,10 @@ from sdv_events.auth.creds import jwt_of_creds
 from sdv_events.auth.keys import Role, keypair_from_seed, seed_of
 from sdv_events.bus.rpc import CommandError, RateLimited
 from sdv_events.errors import DecodeError
-from sdv_events.schemas.devices import AnnounceReply, Capabilities, Kuksa
+from sdv_events.schemas.devices import AnnounceReply, Capabilities, Kuksa, RuntimeKind
 
 log = structlog.get_logger("sdv.agent.enrol")
+_RUNTIME_KINDS: dict[str, RuntimeKind] = {"docker": "docker", "native": "native"}
 RENEW_AT = 0.8  # renew after (1 - RENEW_AT) of the time a credential has left
 MIN_LEFT_S = 120.0  # stored credentials closer to expiry than this are not worth connecting with
 RENEW_SOON_S = 5.0  # the renewal after a restart with stored credentials
@@ -61,11 +62,14 @@ class EnrolmentThrottled(Exception):
 
 
 def capabilities(data_dir: Path, *, hardware_type: str, agent_version: str,
-                 databroker: str | None, runtimes: list[str] | None = None,
+                 databroker: str | None, runtimes: Iterable[str] = (),
                  python_version: str | None = None) -> Capabilities:
+    """What the device announces. Of its runtimes, the kinds the registry knows (a stand-in
+    runtime of a test is none of them); none known is announced as native."""
     disk = psutil.disk_usage(str(data_dir))
+    kinds = sorted({_RUNTIME_KINDS[name] for name in runtimes if name in _RUNTIME_KINDS})
     return Capabilities(
-        hardware_type=hardware_type, arch=platform.machine() or "unknown", runtimes=runtimes or ["native"],
+        hardware_type=hardware_type, arch=platform.machine() or "unknown", runtimes=kinds or ["native"],
         python_version=python_version or platform.python_version(), agent_version=agent_version,
         memory_mb=psutil.virtual_memory().total // (1024 * 1024), storage_mb=disk.free // (1024 * 1024),
         kuksa=Kuksa(present=databroker is not None, address=databroker),

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 
-import msgspec
 import structlog
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
@@ -22,8 +21,9 @@ from sdv_edge_agent.adapters.link import NatsLink
 from sdv_edge_agent.adapters.store import AgentStore
 from sdv_edge_agent.application import Agent
 from sdv_edge_agent.domain.records import AppRecord
-from sdv_events.bus.rpc import InvalidRequest, RequestInfo, serve_one
+from sdv_events.bus.rpc import InvalidRequest, ReplyError, RequestInfo, serve_one
 from sdv_events.bus.tracing import span, trace_from_headers
+from sdv_events.codec import encode
 from sdv_events.schemas.device_ops import (
     ALL_OPS,
     APP_OPS,
@@ -91,10 +91,7 @@ class OpsServer:
         elif op == "logs":
             reply = await serve_one(msg.data, msg.subject, headers, LogsQuery, self._logs)
         else:
-            async def unknown(req: msgspec.Raw, info: RequestInfo) -> None:
-                raise InvalidRequest(f"unknown op {op!r}; ops: {', '.join(ALL_OPS)}")
-
-            reply = await serve_one(b"null", msg.subject, headers, msgspec.Raw, unknown)  # type: ignore[arg-type]
+            reply = encode(ReplyError(InvalidRequest.code, f"unknown op {op!r}; ops: {', '.join(ALL_OPS)}"))
         await msg.respond(reply)
         log.info("op", op=op)
 

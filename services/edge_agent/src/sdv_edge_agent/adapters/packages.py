@@ -81,10 +81,19 @@ def unsigned_differences(manifest: PackageManifest, package: PackageInfo) -> lis
         "dependencies": manifest.dependencies,
         "resources": Resources(int(manifest.resources.get("memory_mb", 0)),
                                float(manifest.resources.get("cpu", 0))),
-        "health": health, "security": Security(**manifest.security) if manifest.security else Security(),
+        "health": health, "security": _signed_security(manifest.security),
     }
     return [f"{field}: {getattr(package, field)!r} is not the signed {value!r}"
             for field, value in signed.items() if getattr(package, field) != value]
+
+
+def _signed_security(raw: dict[str, str]) -> Security | dict[str, str]:
+    """The manifest's security settings; settings this agent does not know stay as signed (and
+    so differ from any package description)."""
+    try:
+        return msgspec.convert(raw, Security)
+    except msgspec.ValidationError:
+        return raw
 
 
 def _description_problem(manifest: PackageManifest, package: PackageInfo) -> str | None:

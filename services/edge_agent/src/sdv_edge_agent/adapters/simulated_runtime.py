@@ -224,13 +224,19 @@ class SimulatedFollower:
     async def run(self) -> None:
         while self.process is not None and not self._stopping:
             await self.process.printed.wait()
+            if self._stopping:
+                return  # `finish` woke it: what was printed is the next follower's
             self._deliver()
             if not self.process.alive():
                 return
 
     async def finish(self) -> None:
+        """Deliver what is left and stop: `run` returns, and delivers nothing more, even while
+        the app prints on (a follower started from these offsets takes over)."""
         self._stopping = True
         self._deliver()
+        if self.process is not None:
+            self.process.printed.set()  # wake `run`, which would otherwise wait for the next line
 
 
 def simulated_health_command(passes_after_s: float) -> HealthCommand:

@@ -112,7 +112,7 @@ class AlertWatch:
             await self._resolve(key, "the condition cleared")
         self.evaluations += 1
 
-    async def _append(self, key: str, body: object, metadata: Metadata = ACTOR) -> bool:
+    async def _append(self, key: str, body: msgspec.Struct, metadata: Metadata = ACTOR) -> bool:
         sid = stream_id(ALERT_CATEGORY, key)
         state = self.streams.get(key) or Open(0, None, 0)
         try:

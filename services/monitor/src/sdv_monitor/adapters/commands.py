@@ -53,10 +53,10 @@ def command_router(queries: Queries, alerts: AlertWatch) -> NatsRouter:
     async def ack(req: AcknowledgeAlert, info: RequestInfo) -> AlertView:
         return await alerts.acknowledge(req.alert_id, req.note, info.metadata())
 
-    for name, request_type, handler in [
-        ("device", GetDeviceInventory, device), ("fleet", ListFleet, fleet),
-        ("status", GetFleetStatus, status), ("audit", AuditQuery, audit_),
-        ("alerts", ListAlerts, list_alerts), ("ack_alert", AcknowledgeAlert, ack),
-    ]:
-        register_command(router, SERVICE, name, request_type, handler)
+    register_command(router, SERVICE, "device", GetDeviceInventory, device)
+    register_command(router, SERVICE, "fleet", ListFleet, fleet)
+    register_command(router, SERVICE, "status", GetFleetStatus, status)
+    register_command(router, SERVICE, "audit", AuditQuery, audit_)
+    register_command(router, SERVICE, "alerts", ListAlerts, list_alerts)
+    register_command(router, SERVICE, "ack_alert", AcknowledgeAlert, ack)
     return router

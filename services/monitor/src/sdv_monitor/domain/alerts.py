@@ -10,6 +10,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from sdv_events.schemas.monitor import Severity
+
 
 @dataclass(frozen=True)
 class Thresholds:
@@ -22,7 +24,7 @@ class Condition:
     key: str  # the stream entity: one stream per condition, `alert-<key>`
     kind: str
     subject: str
-    severity: str
+    severity: Severity
     message: str
     device_id: str | None = None
     rollout_id: str | None = None

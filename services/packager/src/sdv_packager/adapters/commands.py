@@ -40,7 +40,7 @@ def command_router(packager: Packager) -> NatsRouter:
         return await packager.get(req.name, req.version)
 
     async def list_(req: ListPackages, _: RequestInfo) -> PackageList:
-        return PackageList(await packager.list(req.name, req.channel, req.include_yanked))
+        return PackageList(await packager.find(req.name, req.channel, req.include_yanked))
 
     async def signing_key(_: GetSigningKey, __: RequestInfo) -> SigningKey:
         return SigningKey(packager.signer.key_id, packager.signer.public_key_b64)

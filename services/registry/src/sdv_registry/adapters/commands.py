@@ -51,7 +51,7 @@ def command_router(registry: Registry) -> NatsRouter:
         return await registry.get(req.device_id)
 
     async def list_(req: ListDevices, _: RequestInfo) -> DeviceList:
-        devices, total = await registry.list(req.selector, req.status, req.online, req.limit, req.offset)
+        devices, total = await registry.page(req.selector, req.status, req.online, req.limit, req.offset)
         return DeviceList(devices, total)
 
     async def count(req: CountDevices, _: RequestInfo) -> DeviceCounts:
@@ -63,12 +63,14 @@ def command_router(registry: Registry) -> NatsRouter:
     async def stats(_: GetRegistryStats, __: RequestInfo) -> RegistryStats:
         return registry.stats()
 
-    for name, request_type, handler in [
-        ("preauthorize", PreauthorizeDevice, preauthorize), ("accept", AcceptDevice, accept),
-        ("reject", RejectDevice, reject), ("decommission", DecommissionDevice, decommission),
-        ("set_labels", SetLabels, set_labels), ("get", GetDevice, get), ("list", ListDevices, list_),
-        ("count", CountDevices, count), ("resolve", ResolveSelector, resolve),
-        ("stats", GetRegistryStats, stats),
-    ]:
-        register_command(router, SERVICE, name, request_type, handler)  # type: ignore[arg-type]
+    register_command(router, SERVICE, "preauthorize", PreauthorizeDevice, preauthorize)
+    register_command(router, SERVICE, "accept", AcceptDevice, accept)
+    register_command(router, SERVICE, "reject", RejectDevice, reject)
+    register_command(router, SERVICE, "decommission", DecommissionDevice, decommission)
+    register_command(router, SERVICE, "set_labels", SetLabels, set_labels)
+    register_command(router, SERVICE, "get", GetDevice, get)
+    register_command(router, SERVICE, "list", ListDevices, list_)
+    register_command(router, SERVICE, "count", CountDevices, count)
+    register_command(router, SERVICE, "resolve", ResolveSelector, resolve)
+    register_command(router, SERVICE, "stats", GetRegistryStats, stats)
     return router
