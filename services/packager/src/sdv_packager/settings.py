@@ -25,7 +25,7 @@ class PackagerSettings(ServiceSettings):
     signing_key_path: Path = Field(Path.home() / ".sdv" / "keys" / KEY_FILE,
                                    validation_alias="SDV_PACKAGER_SIGNING_KEY")
     data_dir: Path | None = Field(None, validation_alias="SDV_DATA_DIR")
-    # None = the compact VSS 4.0 catalog shipped with the packager; else a VSS JSON export.
+    # None = the VSS 5.0 catalog shipped with the packager (tools/vss_catalog.py); else a VSS JSON export.
     vss_catalog_path: Path | None = Field(None, validation_alias="SDV_VSS_CATALOG")
     # A local wheelhouse (folder of .whl); with wheels_offline, PyPI is never asked.
     wheelhouse: Path | None = Field(None, validation_alias="SDV_WHEELHOUSE")
