@@ -62,7 +62,8 @@ def flatten(tree: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("spec_dir", type=Path, help="the release's spec/ folder")
     parser.add_argument("--version", required=True, help="the release, e.g. 5.0")
     parser.add_argument("--output", type=Path, default=OUT)

@@ -38,7 +38,8 @@ class PackagerSettings(ServiceSettings):
         list(DEFAULT_PLATFORMS), validation_alias=AliasChoices("SDV_WHEEL_PLATFORMS", "SDV_WHEEL_PLATFORM"))
     # The fleet's Python versions (comma-separated): every package carries wheels for each.
     # Empty: the app's own `python`.
-    wheel_pythons: Annotated[list[str], NoDecode] = Field(default_factory=list, validation_alias="SDV_WHEEL_PYTHONS")
+    wheel_pythons: Annotated[list[str], NoDecode] = Field(default_factory=list,
+                                                          validation_alias="SDV_WHEEL_PYTHONS")
     # As root, pip runs as this unprivileged system user (created on first use): it cannot read
     # the signing key. Not root: the packager cannot switch users (see the README).
     build_user: str = Field(BUILD_USER, validation_alias="SDV_PACKAGER_BUILD_USER")
