@@ -11,6 +11,8 @@ from pathlib import Path
 # = sdv_packager.domain.manifest.NAME_RE (the client may not import the service; a test checks).
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}[a-z0-9]$")
 MANIFEST_FILE = "sdv-app.toml"
+# An Eclipse Velocitas app publishes unchanged: its manifest (= sdv_packager APP_MANIFEST).
+VELOCITAS_MANIFEST = "app/AppManifest.json"
 
 
 class TemplateError(ValueError):

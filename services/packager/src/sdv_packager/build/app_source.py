@@ -14,6 +14,7 @@ must agree.
 
 from __future__ import annotations
 
+import posixpath
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -146,8 +147,8 @@ def _include(app_dir: Path, rel: str, lines: list[str], constraints: list[str], 
 
 
 def _inside(base: Path, rel: str) -> str:
-    path = (base / rel).as_posix()
-    if rel.startswith("/") or ".." in Path(path).parts or "://" in rel:
+    path = posixpath.normpath((base / rel).as_posix())
+    if rel.startswith("/") or path.split("/")[0] == ".." or "://" in rel:
         raise DependencyRefused(f"{rel!r} is not a file inside the app")
     return path
 

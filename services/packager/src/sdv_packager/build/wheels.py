@@ -65,6 +65,28 @@ class BundledWheels:
     resolved: list[str] = field(default_factory=list)  # name==version, every target's
 
 
+_LEGACY = {"manylinux1": (2, 5), "manylinux2010": (2, 12), "manylinux2014": (2, 17)}
+_MANYLINUX = re.compile(r"^manylinux_(\d+)_(\d+)_(.+)$")
+
+
+def compatible_platforms(platform: str) -> list[str]:
+    """Every wheel platform tag a device of `platform` installs: pip matches `--platform` tags
+    literally, so `manylinux2014_aarch64` alone misses grpcio's `manylinux_2_17_aarch64` wheel.
+    A manylinux tag stands for its glibc and every older one (PEP 600), legacy aliases included."""
+    legacy = next(((name, glibc) for name, glibc in _LEGACY.items() if platform.startswith(name + "_")), None)
+    if legacy is not None:
+        glibc, arch = legacy[1], platform.removeprefix(legacy[0] + "_")
+    elif (match := _MANYLINUX.match(platform)) is not None:
+        glibc, arch = (int(match.group(1)), int(match.group(2))), match.group(3)
+    else:
+        return [platform]
+    tags = []
+    for minor in range(glibc[1], 4, -1):
+        tags.append(f"manylinux_{glibc[0]}_{minor}_{arch}")
+        tags += [f"{name}_{arch}" for name, at in _LEGACY.items() if at == (glibc[0], minor)]
+    return tags
+
+
 def arch_of(platform: str) -> str:
     """`manylinux2014_aarch64` → `aarch64`."""
     return _PLATFORM_PREFIX.sub("", platform)
@@ -130,7 +152,7 @@ def _download(parsed: list[Dependency], constraints: list[Dependency], python_ve
             *(source.pip_command or guarded_pip(account)), "download", "--isolated", "--no-input",
             "--no-cache-dir", "--quiet", "--disable-pip-version-check", "--only-binary=:all:",
             "--dest", str(box.out), "--python-version", python_version, "--implementation", "cp",
-            "--platform", platform, "--platform", "any",
+            *(f"--platform={tag}" for tag in [*compatible_platforms(platform), "any"]),
         ]
         if constraints:
             pins = "".join(f"{d.requirement}\n" for d in constraints)
