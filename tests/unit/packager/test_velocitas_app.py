@@ -43,7 +43,8 @@ def test_the_example_velocitas_app_is_read_as_it_is_written(velocitas_app: Path,
     app = source.manifest.app
     assert (source.kind, app.name, app.version) == ("velocitas", "speedreporter", "1.2.0")
     assert app.entry_point == "app/src/main.py"
-    assert source.manifest.vss.reads == ["Vehicle.Speed"] and app.mqtt  # a pubsub interface: MQTT
+    assert source.manifest.vss.reads == ["Vehicle.Speed"]
+    assert app.mqtt  # a pubsub interface: the app needs the vehicle's MQTT broker
     # The generated model and the entry point's folder go on the app's Python path.
     assert source.python_path == ["app/src", "gen/vehicle_model"]
     assert "gen/vehicle_model/vehicle/__init__.py" in files
@@ -71,8 +72,8 @@ def test_declared_datapoints_are_checked_against_the_vss_catalog(velocitas_app: 
         {"path": "Vehicle.Speeed", "access": "read"}, {"path": "Vehicle.Speed", "access": "write"}]
     manifest.write_text(json.dumps(data))
     found = problems(velocitas_app, catalog)
-    assert "Vehicle.Speeed is not in the VSS catalog 5.0 (did you mean Vehicle.Speed?)" == found[
-        "app/AppManifest.json: vss.reads"]
+    assert found["app/AppManifest.json: vss.reads"] == (
+        "Vehicle.Speeed is not in the VSS catalog 5.0 (did you mean Vehicle.Speed?)")
     assert found["app/AppManifest.json: vss.writes"] == "Vehicle.Speed is a sensor; apps may only write actuators"
 
 
