@@ -24,7 +24,7 @@ from sdv_events.subjects import agent_fact_subject
 from sdv_orchestrator.domain.planning import DeviceFacts
 
 log = structlog.get_logger("sdv.orchestrator.catalogs")
-FACT = "agent.SignalCatalogReported"
+FACT = "agent.SignalCatalogReported.v1"
 TRIES = 5  # devices asked per digest before the catalogue counts as unknown
 KEPT = 64
 
