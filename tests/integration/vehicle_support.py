@@ -174,15 +174,18 @@ class StandInDatabroker:
         return f"127.0.0.1:{self.port}"
 
 
-async def start_stand_in(signals: VehicleSignals, velocitas: Any | None = None) -> StandInDatabroker:
-    """kuksa.val v1 and v2, and sdv.databroker.v1 when `velocitas` (`velocitas_protos()`) is given."""
+async def start_stand_in(signals: VehicleSignals, velocitas: Any | None = None, *,
+                         v2: bool = True) -> StandInDatabroker:
+    """kuksa.val v1 (and v2 unless told not: an older databroker), and sdv.databroker.v1 when
+    `velocitas` (`velocitas_protos()`) is given."""
     from kuksa.val.v1 import val_pb2_grpc as g1
     from kuksa.val.v2 import val_pb2_grpc as g2
 
     server = grpc.aio.server()
-    v1, v2 = _kuksa_servicers(signals)
-    g1.add_VALServicer_to_server(v1, server)
-    g2.add_VALServicer_to_server(v2, server)
+    val_v1, val_v2 = _kuksa_servicers(signals)
+    g1.add_VALServicer_to_server(val_v1, server)
+    if v2:
+        g2.add_VALServicer_to_server(val_v2, server)
     if velocitas is not None:
         velocitas[1].add_BrokerServicer_to_server(_velocitas_servicer(signals, velocitas), server)
     port = server.add_insecure_port("127.0.0.1:0")
