@@ -110,6 +110,19 @@ def _kuksa_servicers(signals: VehicleSignals) -> tuple[Any, Any]:
                                             data_type=t2.DataType.Value(datatype)))
             return v2.ListMetadataResponse(metadata=metadata)
 
+        async def Subscribe(self, request: Any, context: Any) -> Any:
+            unknown = [p for p in request.signal_paths if p not in signals.catalog]
+            if unknown:
+                await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown signals {unknown}")
+            signals.subscribers["kuksa.val.v2"] += 1
+            i = 0
+            while True:
+                speed = signals.speeds[i % len(signals.speeds)]
+                yield v2.SubscribeResponse(entries={p: t2.Datapoint(value=t2.Value(float=speed))
+                                                    for p in request.signal_paths})
+                i += 1
+                await asyncio.sleep(signals.interval_s)
+
     return ValV1(), ValV2()
 
 

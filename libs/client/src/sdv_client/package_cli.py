@@ -128,8 +128,8 @@ def publish(
 ) -> None:
     """Upload an app directory; the packager validates, builds, signs and stores it."""
     if not (app_dir / MANIFEST_FILE).is_file() and not (app_dir / VELOCITAS_MANIFEST).is_file():
-        fail(Failure(f"{app_dir}: no {MANIFEST_FILE} (`sdv app init NAME` writes one) and no "
-                     f"Eclipse Velocitas {VELOCITAS_MANIFEST} in this folder",
+        fail(Failure(f"{app_dir}: no {MANIFEST_FILE} in this folder (`sdv app init NAME` writes one), "
+                     f"nor an Eclipse Velocitas {VELOCITAS_MANIFEST}",
                      code="invalid_request", exit_code=EXIT_USAGE), as_json)
 
     async def work(client: PackagerClient) -> PackageInfo:
