@@ -95,7 +95,8 @@ class Packager:
             # A rebuild of a published version resolves to the versions it bundled then, so an
             # unpinned app rebuilt later is the same artifact (an idempotent publish), not a
             # conflict because an index moved on.
-            pins = await self._resolved_before(source.manifest.app.name, source.manifest.app.version)
+            pins = (await self._resolved_before(source.manifest.app.name, source.manifest.app.version)
+                    if source.dependencies else [])
             built = await asyncio.to_thread(build_package, app_dir, self.catalog, self.wheels,
                                             version=version, constraints=pins)
         except AppInvalid as exc:
