@@ -53,7 +53,7 @@ from sdv_events.servers import NatsServer, PostgresServer
 from sdv_events.service import Ping, ServiceHealth
 from sdv_packager.app import load_catalog, serve
 from sdv_packager.build.pipeline import build_package
-from sdv_packager.build.wheels import WheelSource
+from sdv_packager.build.wheels import WheelSource, compatible_platforms
 from sdv_packager.settings import PackagerSettings
 from sdv_packager.signing import Signer
 
@@ -129,8 +129,8 @@ def raw_pip_args(dest: str, wheelhouse: Path, source: WheelSource) -> list[str]:
     """The `pip download` the build runs (build/wheels.py), offline from the wheelhouse."""
     return [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
             "--only-binary=:all:", "--dest", dest, "--python-version", "3.11", "--implementation",
-            "cp", "--platform", source.platform, "--platform", "any", "--find-links",
-            str(wheelhouse), "--no-index", *WHEELS]
+            "cp", *(f"--platform={tag}" for tag in [*compatible_platforms(source.platforms[0]), "any"]),
+            "--find-links", str(wheelhouse), "--no-index", *WHEELS]
 
 
 def raw_tar_gz(root: Path) -> bytes:

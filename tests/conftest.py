@@ -40,6 +40,7 @@ def _load_by_path(name: str, path: Path) -> None:
 
 _load_by_path("sdv_relay_test_support", Path(__file__).parent / "integration" / "relay_support.py")
 _load_by_path("sdv_otlp_test_support", Path(__file__).parent / "integration" / "otlp_support.py")
+_load_by_path("sdv_vehicle_test_support", Path(__file__).parent / "integration" / "vehicle_support.py")
 
 
 def _docker_wanted() -> bool:

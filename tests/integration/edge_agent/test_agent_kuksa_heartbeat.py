@@ -2,72 +2,41 @@
 and heartbeats with metrics.
 
 No real KUKSA databroker can run here (it is a Rust program out of reach, FACTS.md), so a
-*stand-in* gRPC server built from kuksa-client's own shipped `kuksa.val.v1` servicer plays it:
-GetServerInfo, Get and Subscribe, which is what kuksa-client's VSSClient uses.
+*stand-in* gRPC server built from kuksa-client's own shipped `kuksa.val.v1`/`v2` servicers plays
+it (tests/integration/vehicle_support.py): GetServerInfo, Get, Subscribe and ListMetadata, which
+is what kuksa-client's VSSClient and the agent's catalogue lookup use.
 """
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import grpc
 import msgspec
 import pytest
-from kuksa.val.v1 import types_pb2, val_pb2, val_pb2_grpc
 
 EXAMPLES = Path(__file__).parents[3] / "examples" / "apps"
 
 
-class StandInDatabroker(val_pb2_grpc.VALServicer):  # type: ignore[misc]
-    """Serves Vehicle.Speed from a repeating list of values (km/h)."""
-
-    def __init__(self, speeds: list[float]) -> None:
-        self.speeds = speeds
-        self.subscribers = 0
-
-    async def GetServerInfo(self, request: Any, context: Any) -> Any:
-        return val_pb2.GetServerInfoResponse(name="stand-in databroker (kuksa-client protos)", version="test")
-
-    async def Get(self, request: Any, context: Any) -> Any:
-        entries = [types_pb2.DataEntry(path=e.path, value=types_pb2.Datapoint(float=self.speeds[0]))
-                   for e in request.entries]
-        return val_pb2.GetResponse(entries=entries)
-
-    async def Subscribe(self, request: Any, context: Any) -> Any:
-        self.subscribers += 1
-        i = 0
-        while True:
-            speed = self.speeds[i % len(self.speeds)]
-            update = val_pb2.EntryUpdate(
-                entry=types_pb2.DataEntry(path="Vehicle.Speed", value=types_pb2.Datapoint(float=speed)),
-                fields=[types_pb2.FIELD_VALUE],
-            )
-            yield val_pb2.SubscribeResponse(updates=[update])
-            i += 1
-            await asyncio.sleep(0.2)
+vehicle = sys.modules["sdv_vehicle_test_support"]  # tests/integration/vehicle_support.py
 
 
 @pytest.fixture
-async def databroker() -> AsyncIterator[tuple[StandInDatabroker, int]]:
-    servicer = StandInDatabroker([100.0, 150.0, 90.0])
-    server = grpc.aio.server()
-    val_pb2_grpc.add_VALServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
+async def databroker() -> AsyncIterator[tuple[Any, int]]:
+    stand_in = await vehicle.start_stand_in(vehicle.VehicleSignals(speeds=[100.0, 150.0, 90.0], interval_s=0.2))
     try:
-        yield servicer, port
+        yield stand_in.signals, stand_in.port
     finally:
-        await server.stop(0)
+        await stand_in.server.stop(0)
 
 
 ENV_APP = """\
 import os, time
-for name in ("KUKSA_DATA_BROKER_ADDRESS", "KUKSA_DATA_BROKER_PORT", "SDV_VEHICLEDATABROKER_ADDRESS", "GREETING"):
+for name in ("KUKSA_DATA_BROKER_ADDRESS", "KUKSA_DATA_BROKER_PORT", "SDV_VEHICLEDATABROKER_ADDRESS",
+             "SDV_MIDDLEWARE_TYPE", "SDV_MQTT_ADDRESS", "GREETING"):
     print(name, "=", os.environ.get(name), flush=True)
 x = bytearray(20 * 1024 * 1024)  # something for the rss metric to see
 while True:
@@ -77,7 +46,7 @@ while True:
 
 
 async def test_apps_get_the_stand_in_databroker_address_and_heartbeats_carry_metrics(
-    fleet: Any, harness: Any, tmp_path: Path, databroker: tuple[StandInDatabroker, int]
+    fleet: Any, harness: Any, tmp_path: Path, databroker: tuple[Any, int]
 ) -> None:
     from sdv_events.schemas.deployment import DesiredApp
 
@@ -91,10 +60,12 @@ async def test_apps_get_the_stand_in_databroker_address_and_heartbeats_carry_met
     pkg = await fleet.publish(harness.make_app(tmp_path, "envy", "1.0.0", ENV_APP))
     fleet.agent("car-kuksa", SDV_AGENT_DATABROKER=f"127.0.0.1:{port}")
     await fleet.desire("car-kuksa", 1, {"envy": DesiredApp(package=pkg, config={"GREETING": "hi"})})
-    await fleet.until(lambda: len(fleet.lines("car-kuksa", "envy")) >= 4, what="env lines")
-    assert fleet.lines("car-kuksa", "envy")[:4] == [
+    await fleet.until(lambda: len(fleet.lines("car-kuksa", "envy")) >= 6, what="env lines")
+    # Both conventions: kuksa-client's host + port, and the URLs velocitas-sdk parses.
+    assert fleet.lines("car-kuksa", "envy")[:6] == [
         "KUKSA_DATA_BROKER_ADDRESS = 127.0.0.1", f"KUKSA_DATA_BROKER_PORT = {port}",
-        f"SDV_VEHICLEDATABROKER_ADDRESS = 127.0.0.1:{port}", "GREETING = hi",
+        f"SDV_VEHICLEDATABROKER_ADDRESS = grpc://127.0.0.1:{port}", "SDV_MIDDLEWARE_TYPE = native",
+        "SDV_MQTT_ADDRESS = mqtt://127.0.0.1:1883", "GREETING = hi",
     ]
 
     def with_metrics() -> dict[str, Any] | None:
@@ -133,7 +104,7 @@ def kuksa_wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 async def test_speed_monitor_example_reads_vehicle_speed_from_a_stand_in_databroker(
-    fleet: Any, harness: Any, databroker: tuple[StandInDatabroker, int], kuksa_wheelhouse: Path
+    fleet: Any, harness: Any, databroker: tuple[Any, int], kuksa_wheelhouse: Path
 ) -> None:
     from sdv_events.schemas.deployment import DesiredApp
     from sdv_packager.application import package_info
@@ -142,7 +113,8 @@ async def test_speed_monitor_example_reads_vehicle_speed_from_a_stand_in_databro
 
     servicer, port = databroker
     built = build_package(EXAMPLES / "speed-monitor", harness.catalog(),
-                          WheelSource(find_links=kuksa_wheelhouse, no_index=True))
+                          WheelSource(find_links=kuksa_wheelhouse, no_index=True,
+                                      platforms=("manylinux2014_x86_64",)))
     pkg = package_info(built, fleet.signer)
     assert pkg.bundled_wheels  # kuksa-client and friends travel inside the package
     await fleet.put_artifact(pkg.object_name, built.artifact)
@@ -156,5 +128,5 @@ async def test_speed_monitor_example_reads_vehicle_speed_from_a_stand_in_databro
     assert "WARNING speed 150.0 km/h over limit 120 km/h" in lines
     await fleet.until(lambda: "OK speed 90.0 km/h back under 120 km/h" in fleet.lines("car-speed", "speed-monitor"),
                       what="the all-clear")
-    assert servicer.subscribers >= 1
+    assert servicer.subscribers["kuksa.val.v2"] + servicer.subscribers["kuksa.val.v1"] >= 1
     await fleet.until_state("car-speed", "speed-monitor", "RUNNING", healthy=True)

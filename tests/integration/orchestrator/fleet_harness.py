@@ -191,6 +191,7 @@ class Suite:
     tick_s: float = 0.2
     heartbeat_silence_s: float = 3600.0  # the registry's: how long without a heartbeat is offline
     agents: dict[str, SimAgent] = field(default_factory=dict)
+    wheelhouse: Path | None = None  # the packager's, offline (no index is asked)
     _apps: int = 0
     eventually = staticmethod(eventually)
     plan_of = staticmethod(plan_of)
@@ -219,7 +220,7 @@ class Suite:
         self.packager = await start_service("packager", serve_packager, PackagerSettings(
             service="packager", nats_url=self.url, database_url=self.database_url,
             schema_name=f"{self.schema}_p", signing_key_path=self.tmp_path / "keys" / "packager.pem",
-            wheels_offline=True, log_level="WARNING",
+            wheelhouse=self.wheelhouse, wheels_offline=True, log_level="WARNING",
         ), self.nc)
         # No trust file: devices are admitted but get no NATS credentials (a plain NATS server).
         self.registry = await start_service("registry", serve_registry, RegistrySettings(
@@ -401,9 +402,10 @@ async def _true(value: bool) -> bool:
 @contextlib.asynccontextmanager
 async def running_suite(url: str, database_url: str, schema: str, tmp_path: Path,
                         tick_s: float = 0.2, orchestrator: bool = True,
-                        heartbeat_silence_s: float = 3600.0) -> AsyncIterator[Suite]:
+                        heartbeat_silence_s: float = 3600.0,
+                        wheelhouse: Path | None = None) -> AsyncIterator[Suite]:
     suite = Suite(url, database_url, schema, tmp_path, tick_s=tick_s,
-                  heartbeat_silence_s=heartbeat_silence_s)
+                  heartbeat_silence_s=heartbeat_silence_s, wheelhouse=wheelhouse)
     try:
         yield await suite.open(orchestrator)
     finally:

@@ -61,7 +61,7 @@ async def packager(fresh_nats_url: str, database_url: str, schema: str, tmp_path
     settings = PackagerSettings(
         nats_url=fresh_nats_url, database_url=database_url, schema_name=schema,
         signing_key_path=tmp_path / "keys" / "packager.pem", wheelhouse=kuksa_wheelhouse,
-        wheels_offline=True, log_level="WARNING",
+        wheels_offline=True, wheel_platforms=["x86_64"], log_level="WARNING",
     )
     stop = asyncio.Event()
     task = asyncio.create_task(serve(settings, stop))

@@ -76,3 +76,47 @@ def test_ineligible_devices_are_excluded_with_a_reason() -> None:
 
 def test_pure_python_packages_run_on_any_arch() -> None:
     assert package_arches(pkg(bundled_wheels=["six-1.16.0-py2.py3-none-any.whl"])) == frozenset()
+
+
+def test_a_multi_platform_package_fits_every_device_one_of_its_platforms_fits() -> None:
+    package = pkg(platforms=["3.11/aarch64", "3.11/x86_64"], bundled_wheels=[
+        "grpcio-1.64.1-cp311-cp311-manylinux_2_17_aarch64.whl",
+        "grpcio-1.64.1-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl"])
+    devices = [DeviceFacts("orin", arch="aarch64"), DeviceFacts("pc", arch="x86_64", python_version="3.11.2"),
+               DeviceFacts("pi", arch="armv7l"), DeviceFacts("new-python", arch="aarch64", python_version="3.12.1")]
+    ok, excluded = eligible(package, devices, package_arches(package))
+    assert ok == ["orin", "pc"]
+    assert excluded == {
+        "pi": "no platform of the package fits armv7l/python 3.11 (it carries 3.11/aarch64, 3.11/x86_64)",
+        "new-python": "no platform of the package fits aarch64/python 3.12 (it carries 3.11/aarch64, 3.11/x86_64)",
+    }
+    # A python whose wheels are all pure fits any arch; a package may carry several pythons.
+    pure = pkg(platforms=["3.11/any", "3.12/aarch64"])
+    ok, excluded = eligible(pure, devices, package_arches(pure))
+    assert ok == ["new-python", "orin", "pc", "pi"]
+    assert excluded == {}
+
+
+def test_apps_that_need_mqtt_leave_out_devices_without_a_broker() -> None:
+    package = pkg(mqtt=True)
+    ok, excluded = eligible(package, [DeviceFacts("with", mqtt=True), DeviceFacts("without")])
+    assert ok == ["with"]
+    assert excluded == {"without": "no MQTT broker (the app publishes and subscribes through one)"}
+
+
+def test_devices_whose_databroker_lacks_a_declared_signal_or_actuator_are_excluded() -> None:
+    catalog = {"Vehicle.Speed": "sensor", "Vehicle.Body.Horn.IsActive": "actuator",
+               "Vehicle.Cabin.Seat.Row1.DriverSide.Position": "sensor"}
+    package = pkg(vss_reads=["Vehicle.Speed"], vss_writes=["Vehicle.Body.Horn.IsActive"])
+    seat = pkg(vss_reads=["Vehicle.Speed"], vss_writes=["Vehicle.Cabin.Seat.Row1.DriverSide.Position"])
+    devices = [
+        DeviceFacts("full", kuksa=True, catalog=catalog),
+        DeviceFacts("no-horn", kuksa=True, catalog={"Vehicle.Speed": "sensor"}),
+        DeviceFacts("unknown-catalog", kuksa=True),  # not reported: no signal is checked
+    ]
+    ok, excluded = eligible(package, devices)
+    assert ok == ["full", "unknown-catalog"]
+    assert excluded == {"no-horn": "databroker lacks signal Vehicle.Body.Horn.IsActive"}
+    ok, excluded = eligible(seat, devices[:1])
+    assert excluded == {"full": "databroker serves Vehicle.Cabin.Seat.Row1.DriverSide.Position as a sensor, "
+                                "not an actuator to set"}

@@ -147,7 +147,7 @@ def test_missing_manifest_and_bad_manifest_fields(app_dir: Path, catalog: VssCat
     assert "at least 128 MB" in problems_of(app_dir, catalog)["sdv-app.toml: resources.memory"]
     (app_dir / "sdv-app.toml").unlink()
     # Named by the file, never by the directory it was unpacked into (a temporary one).
-    assert problems_of(app_dir, catalog) == {"sdv-app.toml": "missing: the app folder has no manifest"}
+    assert problems_of(app_dir, catalog) == {"sdv-app.toml": "missing: the app folder has no manifest (nor an Eclipse Velocitas app/AppManifest.json)"}
 
 
 def test_full_vss_export_tree_is_accepted() -> None:
@@ -182,7 +182,8 @@ def test_docker_mode_with_wheels_installs_them_offline_into_the_venv(app_dir: Pa
     from sdv_packager.domain.manifest import parse_manifest
 
     manifest = parse_manifest((app_dir / "sdv-app.toml").read_text())
-    dockerfile = render_dockerfile(manifest, has_wheels=True)
+    dockerfile = render_dockerfile(manifest, ["attrs==26.1.0", "six==1.17.0"])
     assert "RUN python3 -m venv /opt/venv \\\n" in dockerfile
-    assert " && /opt/venv/bin/python -m pip install --no-index --find-links /app/wheels /app/wheels/*.whl" in dockerfile
-    assert dockerfile == render_dockerfile(manifest, has_wheels=True)  # reproducible text
+    # By pin, not by file: the package may carry several platforms' wheels and pip picks the device's.
+    assert " && /opt/venv/bin/python -m pip install --no-index --find-links /app/wheels attrs==26.1.0 six==1.17.0" in dockerfile
+    assert dockerfile == render_dockerfile(manifest, ["attrs==26.1.0", "six==1.17.0"])  # reproducible text

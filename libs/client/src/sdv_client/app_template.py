@@ -11,6 +11,8 @@ from pathlib import Path
 # = sdv_packager.domain.manifest.NAME_RE (the client may not import the service; a test checks).
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}[a-z0-9]$")
 MANIFEST_FILE = "sdv-app.toml"
+# An Eclipse Velocitas app publishes unchanged: its manifest (= sdv_packager APP_MANIFEST).
+VELOCITAS_MANIFEST = "app/AppManifest.json"
 
 
 class TemplateError(ValueError):
@@ -54,6 +56,21 @@ hot_swap = false
 # install offline); URLs, paths and pip options are refused. kuksa-client is what the generated
 # signal library talks to the KUKSA databroker with.
 dependencies = ["kuksa-client>=0.4"]
+# Or a pip requirements file (pins are honoured exactly; `-c` constraints and `-r` includes are
+# read) or a uv.lock, inside this folder. Whatever the build resolves is recorded in the signed
+# package, and a rebuild of this version resolves to the same.
+# requirements = "requirements.txt"
+# A pip constraints file inside this folder.
+# constraints = "constraints.txt"
+# The wheel platforms the package carries (default: the packager's, x86_64 and aarch64
+# manylinux): "x86_64", "aarch64", or a tag like "manylinux_2_28_aarch64". The device installs
+# the one that fits it; a rollout excludes devices none fits.
+# platforms = ["x86_64", "aarch64"]
+# The Python versions it carries wheels for (default: python above).
+# pythons = ["3.11", "3.12"]
+# true: the app talks to the vehicle's MQTT broker (the agent hands it SDV_MQTT_ADDRESS; a
+# rollout excludes devices without one).
+mqtt = false
 
 [vss]
 # The VSS signals the app reads. The packager checks each against its VSS catalog and generates

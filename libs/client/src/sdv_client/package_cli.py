@@ -27,7 +27,7 @@ import typer
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from sdv_client.app_template import MANIFEST_FILE
+from sdv_client.app_template import MANIFEST_FILE, VELOCITAS_MANIFEST
 from sdv_client.cli_support import (
     EXIT_USAGE,
     Failure,
@@ -118,13 +118,18 @@ def _print_view(view: PackageView, as_json: bool, **extra: Any) -> None:
 
 @app.command()
 def publish(
-    app_dir: Path = typer.Argument(..., help="The app directory (with its sdv-app.toml).",
+    app_dir: Path = typer.Argument(..., help="The app directory (with its sdv-app.toml, or an "
+                                   "Eclipse Velocitas app/AppManifest.json).",
                                    exists=True, file_okay=False, dir_okay=True),
+    version: str | None = typer.Option(None, "--version", help="The version to publish (required "
+                                       "for a Velocitas app without sdv-app.toml: its manifest "
+                                       "has no version)."),
     as_json: bool = JsonOption,
 ) -> None:
     """Upload an app directory; the packager validates, builds, signs and stores it."""
-    if not (app_dir / MANIFEST_FILE).is_file():
-        fail(Failure(f"{app_dir}: no {MANIFEST_FILE} in this folder (`sdv app init NAME` writes one)",
+    if not (app_dir / MANIFEST_FILE).is_file() and not (app_dir / VELOCITAS_MANIFEST).is_file():
+        fail(Failure(f"{app_dir}: no {MANIFEST_FILE} in this folder (`sdv app init NAME` writes one), "
+                     f"nor an Eclipse Velocitas {VELOCITAS_MANIFEST}",
                      code="invalid_request", exit_code=EXIT_USAGE), as_json)
 
     async def work(client: PackagerClient) -> PackageInfo:
@@ -132,7 +137,7 @@ def publish(
                       console=err, transient=True, disable=as_json) as progress:
             progress.add_task(f"publishing {app_dir}: upload, validate, build, sign, store")
             try:
-                return await client.publish_dir(app_dir)
+                return await client.publish_dir(app_dir, version=version)
             except CommandError as exc:
                 raise in_folder(failure_of(exc, "packager"), app_dir) from None
 

@@ -48,13 +48,14 @@ class PackagerClient:
         self.nc = nc
         self.commands = CommandClient(nc, actor=actor, timeout=10.0)
 
-    async def publish_dir(self, app_dir: Path, *, command_id: str | None = None) -> PackageInfo:
+    async def publish_dir(self, app_dir: Path, *, command_id: str | None = None,
+                          version: str | None = None) -> PackageInfo:
         """With a `command_id`, a retry is the same request (the upload is named after it), so
         the packager answers with the first outcome instead of a conflict."""
         bucket = await self.nc.jetstream().object_store(UPLOADS_BUCKET)  # devices cannot read it
         upload = f"uploads/{command_id or uuid7()}.tar.gz"
         await bucket.put(upload, tar_app_dir(app_dir))
-        return await self.commands.call(SERVICE, "publish", PublishRequest(upload), PackageInfo,
+        return await self.commands.call(SERVICE, "publish", PublishRequest(upload, version), PackageInfo,
                                         timeout=PUBLISH_TIMEOUT_S, command_id=command_id)
 
     async def yank(self, name: str, version: str, reason: str) -> PackageView:

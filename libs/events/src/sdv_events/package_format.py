@@ -27,6 +27,21 @@ MANIFEST_MEMBER = "package.json"
 FORMAT_VERSION = 1
 
 
+class WheelTarget(msgspec.Struct, frozen=True, kw_only=True):
+    """The wheels (under `wheels/`) that install the app on one python/platform: the agent
+    installs exactly these, with no resolution of its own."""
+
+    python: str  # "3.11"
+    platform: str  # the wheel platform tag resolved for, e.g. "manylinux2014_aarch64"
+    arch: str  # "aarch64", "x86_64", … or "any" when every wheel is pure
+    wheels: list[str] = []
+
+
+def platform_key(python: str, arch: str) -> str:
+    """`3.11/aarch64`: how a package names a platform it carries (`PackageInfo.platforms`)."""
+    return f"{python}/{arch}"
+
+
 class PackageManifest(msgspec.Struct, frozen=True, kw_only=True):
     format: int = FORMAT_VERSION
     name: str
@@ -44,6 +59,13 @@ class PackageManifest(msgspec.Struct, frozen=True, kw_only=True):
     health: dict[str, Any] = {}
     security: dict[str, str] = {}
     wheels: list[str] = []
+    targets: list[WheelTarget] = []
+    resolved: list[str] = []  # name==version of every bundled distribution
+    vss_version: str = ""
+    mqtt: bool = False
+    # Folders of the app (relative) that go on the app's PYTHONPATH, e.g. a Velocitas app's
+    # generated `vehicle` model (gen/vehicle_model) and its app/src.
+    python_path: list[str] = []
     files: dict[str, str] = {}  # member path → sha256 hex
 
 

@@ -17,7 +17,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
 from typing import Any
@@ -32,10 +32,12 @@ from sdv_edge_agent.adapters.heartbeat import HeartbeatSender, device_metrics
 from sdv_edge_agent.adapters.id_secret import load_or_create_secret
 from sdv_edge_agent.adapters.kuksa import Databroker
 from sdv_edge_agent.adapters.link import NatsLink
+from sdv_edge_agent.adapters.middleware import MqttBroker
 from sdv_edge_agent.adapters.native import NativeRuntime
 from sdv_edge_agent.adapters.ops import OpsServer
 from sdv_edge_agent.adapters.packages import Installer
 from sdv_edge_agent.adapters.publishers import FactOutbox, LogShipper, ReportedWriter
+from sdv_edge_agent.adapters.signal_catalog import CatalogReporter
 from sdv_edge_agent.adapters.signing_keys import TrustedKeys
 from sdv_edge_agent.adapters.store import AgentStore
 from sdv_edge_agent.application import Agent, AgentOptions
@@ -53,6 +55,7 @@ LOG_LINES_KEPT = 200_000
 PARTIAL_DOWNLOAD_KEPT_S = 7 * 24 * 3600.0
 HOUSEKEEPING_S = 60.0
 RESYNC_S = 30.0  # direct get of the desired key, the safety net beside the watch
+MIDDLEWARE_WAIT_S = 10.0  # a first announce waits this long at most for the middleware lookup
 
 
 def agent_version() -> str:
@@ -115,8 +118,13 @@ class AgentParts:
     databroker: Databroker
     downloader: Downloader
     keys: TrustedKeys
+    mqtt: MqttBroker
+    catalog: CatalogReporter
     enrolment: Enrolment | None = None
     phase: float = 0.0
+    # Set once the vehicle's middleware was looked for: an announce waits for it (a while), so
+    # that the first capabilities already name the databroker, its catalogue and the MQTT broker.
+    middleware_known: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 def build_agent(settings: AgentSettings, *, runtimes: list[Runtime], installer: Installer,
@@ -143,6 +151,8 @@ def build_agent(settings: AgentSettings, *, runtimes: list[Runtime], installer: 
                                      loop_crashes=settings.crash_loop, window_s=settings.crash_window_s),
     )
     reported: ReportedWriter | None = None
+    mqtt = MqttBroker(settings.mqtt)
+    catalog = CatalogReporter(databroker, settings.device_id, facts.emit)
     keys = TrustedKeys.of(key_list(settings.packager_public_key), key_list(settings.orchestrator_public_key),
                           settings.enrol_creds if settings.enrol else None)
     agent = Agent(
@@ -150,9 +160,9 @@ def build_agent(settings: AgentSettings, *, runtimes: list[Runtime], installer: 
         download=downloader.fetch, databroker=databroker,
         desired_verifier=DesiredVerifier(keys.orchestrator),
         on_change=lambda: reported.wake() if reported else None, on_logs=logs.wake,
-        health_command=health_command,
+        health_command=health_command, mqtt=mqtt,
     )
-    enrolment = _enrolment(settings, agent, databroker, keys)
+    enrolment = _enrolment(settings, agent, databroker, mqtt, catalog, keys)
 
     def trust() -> None:
         installer.trust(keys.packager)
@@ -180,11 +190,11 @@ def build_agent(settings: AgentSettings, *, runtimes: list[Runtime], installer: 
     link.on_connect(flush_all)
     link.on_connect(heartbeat.beat_soon)
     return AgentParts(settings, store, link, agent, facts, logs, reported, watch, ops, heartbeat,
-                      databroker, downloader, keys, enrolment, phase)
+                      databroker, downloader, keys, mqtt, catalog, enrolment, phase)
 
 
-def _enrolment(settings: AgentSettings, agent: Agent, databroker: Databroker,
-               keys: TrustedKeys) -> Enrolment | None:
+def _enrolment(settings: AgentSettings, agent: Agent, databroker: Databroker, mqtt: MqttBroker,
+               catalog: CatalogReporter, keys: TrustedKeys) -> Enrolment | None:
     if not settings.enrol:
         return None
     enrolment: Enrolment | None = None
@@ -199,7 +209,8 @@ def _enrolment(settings: AgentSettings, agent: Agent, databroker: Databroker,
         capabilities=lambda: capabilities(settings.data_dir, hardware_type=settings.hardware_type,
                                           agent_version=agent.options.agent_version,
                                           databroker=databroker.found, runtimes=agent.runtimes,
-                                          python_version=agent.installer.python_full_version),
+                                          python_version=agent.installer.python_full_version,
+                                          mqtt=mqtt.found, catalog=catalog.digest, signals=catalog.signals),
     )
     return enrolment
 
@@ -243,7 +254,7 @@ async def start_agent(parts: AgentParts,
     p = parts
     housekeeping_at = HOUSEKEEPING_S * (1 + p.phase)
     tasks = [asyncio.create_task(coro, name=name) for name, coro in [
-        ("link", connect(p.settings, p.link, p.enrolment)), ("facts", p.facts.run()),
+        ("link", connect(p.settings, p.link, p.enrolment, p.middleware_known)), ("facts", p.facts.run()),
         ("logs", p.logs.run()), ("reported", p.reported.run()), ("heartbeat", p.heartbeat.run()),
         ("resync", p.watch.resync_forever()),
         ("housekeeping", housekeeping(p.store, p.downloader, housekeeping_at)),
@@ -266,7 +277,7 @@ async def serve(settings: AgentSettings, stop: asyncio.Event | None = None) -> N
         installer=Installer(settings.data_dir / "apps", key_list(settings.packager_public_key),
                             python=settings.app_python),
     )
-    running = await start_agent(parts, also=[("databroker", databroker.watch())])
+    running = await start_agent(parts, also=[("middleware", watch_middleware(parts))])
     handle_signals(stop)
     await running.until_stopped(stop)
     log.info("agent_stopping")
@@ -280,13 +291,27 @@ def handle_signals(stop: asyncio.Event) -> None:
     loop.add_signal_handler(signal.SIGUSR2, dump_tasks)
 
 
-async def connect(settings: AgentSettings, link: NatsLink, enrolment: Enrolment | None) -> None:
+async def watch_middleware(parts: AgentParts, interval_s: float = 30.0) -> None:
+    """The databroker, its signal catalogue and the MQTT broker, looked for now and then."""
+    while True:
+        await asyncio.gather(parts.databroker.detect(), parts.mqtt.detect())
+        await parts.catalog.refresh()
+        parts.middleware_known.set()
+        await asyncio.sleep(interval_s)
+
+
+async def connect(settings: AgentSettings, link: NatsLink, enrolment: Enrolment | None,
+                  middleware_known: asyncio.Event | None = None) -> None:
     """Enrol first when asked to and not enrolled yet (the apps already run meanwhile), then keep
     the link up and the credentials renewed over it."""
     if enrolment is None:
         await link.run()
         return
-    creds = enrolment.stored_credentials() or await enrolment.until_accepted()
+    creds = enrolment.stored_credentials()
+    if creds is None and middleware_known is not None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(middleware_known.wait(), MIDDLEWARE_WAIT_S)
+    creds = creds or await enrolment.until_accepted()
     link.creds = creds or settings.nats_creds
     async with asyncio.TaskGroup() as group:
         group.create_task(link.run())

@@ -22,6 +22,7 @@ import msgspec
 import structlog
 
 from sdv_edge_agent.adapters import sandbox
+from sdv_edge_agent.adapters.middleware import DEFAULT_MQTT, vehicle_env
 from sdv_edge_agent.adapters.packages import InstalledVersion, Installer
 from sdv_edge_agent.adapters.store import AgentStore
 from sdv_edge_agent.domain.admission import admission_problem, valid_app_name
@@ -93,8 +94,10 @@ class Agent:
         on_change: Callable[[], None] = lambda: None,
         on_logs: Callable[[], None] = lambda: None,
         health_command: HealthCommand | None = None,
+        mqtt: Callable[[], tuple[str, int]] = lambda: DEFAULT_MQTT,
     ) -> None:
         self.options = options
+        self.mqtt = mqtt
         self.device_id = options.device_id
         self.stop_timeout_s = options.stop_timeout_s
         self.restart_policy = options.restart_policy
@@ -375,7 +378,6 @@ class Agent:
         return home
 
     def app_env(self, record: AppRecord, package: PackageInfo, installed: InstalledVersion) -> dict[str, str]:
-        host, port = self.databroker()
         venv = installed.root / "venv"
         owner = self.sandbox_for(package)
         home = self.app_home(record.name, owner)
@@ -392,9 +394,7 @@ class Agent:
             "SDV_DEVICE_ID": self.device_id,
             "SDV_APP_NAME": record.name,
             "SDV_APP_VERSION": package.version,
-            "KUKSA_DATA_BROKER_ADDRESS": host,
-            "KUKSA_DATA_BROKER_PORT": str(port),
-            "SDV_VEHICLEDATABROKER_ADDRESS": f"{host}:{port}",
+            **vehicle_env(self.databroker(), self.mqtt()),
         }
 
     async def run_health_command(

@@ -65,6 +65,9 @@ class AgentOptions(Settings):
     databroker: str | None = Field(None, validation_alias="SDV_AGENT_DATABROKER",
                                    description="host:port of the KUKSA databroker "
                                    "(then 127.0.0.1:55555 is tried)")
+    mqtt: str | None = Field(None, validation_alias="SDV_AGENT_MQTT",
+                             description="the vehicle's MQTT broker, mqtt://host:port or host:port "
+                             "(then 127.0.0.1:1883 is tried); apps get it as SDV_MQTT_ADDRESS")
     heartbeat_s: float = Field(5.0, gt=0, validation_alias="SDV_AGENT_HEARTBEAT_S",
                                description="seconds between heartbeats")
     monitor_s: float = Field(1.0, gt=0, validation_alias="SDV_AGENT_MONITOR_S",
@@ -164,6 +167,7 @@ class AgentSettings:
     nats_creds: Path | None = None
     nats_ca: Path | None = None
     databroker: str | None = None
+    mqtt: str | None = None
     heartbeat_s: float = 5.0
     monitor_s: float = 1.0
     stop_timeout_s: float = 10.0
@@ -287,6 +291,7 @@ def load_settings(argv: list[str] | None = None, env: dict[str, str] | None = No
         device_id=device_id, nats_url=options.nats_url, data_dir=data_dir,
         packager_public_key=key, orchestrator_public_key=orchestrator_key,
         nats_creds=options.nats_creds, nats_ca=options.nats_ca, databroker=options.databroker,
+        mqtt=options.mqtt,
         heartbeat_s=options.heartbeat_s, monitor_s=options.monitor_s,
         stop_timeout_s=options.stop_timeout_s, restart_base_s=options.restart_base_s,
         restart_max_s=options.restart_max_s, crash_loop=options.crash_loop,

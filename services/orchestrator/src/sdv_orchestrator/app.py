@@ -26,6 +26,7 @@ from sdv_orchestrator.adapters.commands import command_router, public_key_router
 from sdv_orchestrator.adapters.facts import AgentFacts
 from sdv_orchestrator.adapters.peers import Peers
 from sdv_orchestrator.adapters.policy_commands import policy_router
+from sdv_orchestrator.adapters.signal_catalogs import SignalCatalogs
 from sdv_orchestrator.adapters.ticker import Ticker
 from sdv_orchestrator.application import Orchestrator
 from sdv_orchestrator.policies import Policies, PolicyEvents
@@ -50,7 +51,8 @@ async def serve(settings: OrchestratorSettings, stop: asyncio.Event | None = Non
             await catalog.create(conn)
             await desired.create(conn)
         nc = runtime.broker.config.connection_state.connection
-        orchestrator = Orchestrator(runtime.store, Peers(CommandClient(nc, actor=SERVICE)), desired)
+        peers = Peers(CommandClient(nc, actor=SERVICE), SignalCatalogs(runtime.js))
+        orchestrator = Orchestrator(runtime.store, peers, desired)
         runtime.broker.include_router(command_router(orchestrator))
         runtime.broker.include_router(public_key_router(signer))
         policies = Policies(orchestrator, orchestrator.peers.commands)

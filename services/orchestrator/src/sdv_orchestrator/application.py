@@ -128,7 +128,8 @@ class Orchestrator:
             return await self.get(rollout_id)
         assert state.created is not None
         package = state.created.package
-        devices, unknown = await self.peers.devices(state.created.target)
+        devices, unknown = await self.peers.devices(
+            state.created.target, signals=bool(package.vss_reads or package.vss_writes))
         ok, excluded = eligible(package, devices, package_arches(package))
         excluded |= unknown
         async with self.store.pool.acquire() as conn, conn.transaction():

@@ -19,6 +19,7 @@ from sdv_events.commands import handle_command, load, raise_if_refused
 from sdv_events.envelope import Metadata
 from sdv_events.idempotency import IdempotencyKey
 from sdv_events.ids import stream_id
+from sdv_events.package_format import platform_key
 from sdv_events.schemas.packages import (
     Channel,
     HealthCheck,
@@ -30,6 +31,7 @@ from sdv_events.schemas.packages import (
 from sdv_events.store import EventStore
 from sdv_packager.adapters.artifacts import UPLOAD_PREFIX, ArtifactStore, is_upload
 from sdv_packager.adapters.catalog_view import CatalogView
+from sdv_packager.build.app_source import load_app
 from sdv_packager.build.errors import AppInvalid
 from sdv_packager.build.pipeline import BuiltPackage, build_package
 from sdv_packager.build.upload import unpack_upload
@@ -60,6 +62,8 @@ def package_info(built: BuiltPackage, signer: Signer) -> PackageInfo:
         health=HealthCheck(app.health.alive_for_s, app.health.command, app.health.timeout_s),
         security=Security(app.security.sandbox, app.security.network),
         dependencies=m.dependencies, bundled_wheels=m.wheels,
+        platforms=sorted({platform_key(t.python, t.arch) for t in m.targets}),
+        resolved=m.resolved, vss_version=m.vss_version, mqtt=m.mqtt,
     )
 
 
@@ -80,10 +84,18 @@ class Packager:
         ))
 
     async def publish_dir(
-        self, app_dir: Path, *, metadata: Metadata = Metadata(), key: IdempotencyKey | None = None
+        self, app_dir: Path, *, metadata: Metadata = Metadata(), key: IdempotencyKey | None = None,
+        version: str | None = None,
     ) -> PackageInfo:
         try:
-            built = await asyncio.to_thread(build_package, app_dir, self.catalog, self.wheels)
+            source = await asyncio.to_thread(load_app, app_dir, version)
+            # A rebuild of a published version resolves to the versions it bundled then, so an
+            # unpinned app rebuilt later is the same artifact (an idempotent publish), not a
+            # conflict because an index moved on.
+            pins = (await self._resolved_before(source.manifest.app.name, source.manifest.app.version)
+                    if source.dependencies else [])
+            built = await asyncio.to_thread(build_package, app_dir, self.catalog, self.wheels,
+                                            version=version, constraints=pins)
         except AppInvalid as exc:
             raise InvalidRequest(str(exc), details={
                 p.where: p.message for p in exc.problems
@@ -101,7 +113,7 @@ class Packager:
         return info
 
     async def publish_upload(self, upload: str, *, metadata: Metadata = Metadata(),
-                             key: IdempotencyKey | None = None) -> PackageInfo:
+                             key: IdempotencyKey | None = None, version: str | None = None) -> PackageInfo:
         if not is_upload(upload):
             # Releases live under their digest: publish consumes (deletes) only raw uploads.
             raise InvalidRequest(f"{upload!r} is not an upload (names start with {UPLOAD_PREFIX!r})")
@@ -111,9 +123,14 @@ class Packager:
         try:
             with tempfile.TemporaryDirectory(prefix="sdv-upload-") as tmp:
                 app_dir = await asyncio.to_thread(unpack_upload, data, Path(tmp))
-                return await self.publish_dir(app_dir, metadata=metadata, key=key)
+                return await self.publish_dir(app_dir, metadata=metadata, key=key, version=version)
         finally:
             await self.artifacts.delete(upload)
+
+    async def _resolved_before(self, name: str, version: str) -> list[str]:
+        state, _ = await load(self.store, package_decider, stream_id("package", name))
+        published = state.versions.get(version)
+        return list(published.info.resolved) if published is not None else []
 
     async def _referenced(self, name: str, digest: str) -> bool:
         state, _ = await load(self.store, package_decider, stream_id("package", name))

@@ -8,9 +8,12 @@ its own: a device may publish its facts but can never forge a service's events.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
 
 from sdv_events.registry import event
+from sdv_events.signal_catalog import MAX_SIGNALS, CatalogEntry, SignalPath
 
 
 class AppFact(msgspec.Struct, frozen=True, kw_only=True):
@@ -117,3 +120,15 @@ class DesiredRefused(msgspec.Struct, frozen=True, kw_only=True):
     revision: int | None = None  # the revision the document claims, when it could be read
     accepted_revision: int = 0  # the newest revision this agent accepted
     digest: str = ""  # sha256 of the refused bytes (the KV value)
+
+
+@event("agent.SignalCatalogReported")
+class SignalCatalogReported(msgspec.Struct, frozen=True, kw_only=True):
+    """The signal catalogue the device's databroker serves (`sdv_events.signal_catalog`), sent
+    when it changes (and once a day, so the bus's retention never loses it); the capabilities
+    name it by `digest`."""
+
+    device_id: str
+    digest: str  # catalog_digest(signals)
+    server: str = ""  # the databroker's name and version, as it says
+    signals: Annotated[dict[SignalPath, CatalogEntry], msgspec.Meta(max_length=MAX_SIGNALS)]

@@ -28,10 +28,25 @@ RuntimeKind = Literal["docker", "native"]
 AdmittedBy = Literal["operator", "preauthorized", "fleet_token"]
 
 
+Sha256Hex = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
+
+
 class Kuksa(msgspec.Struct, frozen=True, omit_defaults=True):
     present: bool = False
     vss_version: Annotated[str, msgspec.Meta(max_length=32)] | None = None
     address: Annotated[str, msgspec.Meta(max_length=256)] | None = None
+    # The signal catalogue the databroker serves, by the sha256 of its canonical form
+    # (`sdv_events.signal_catalog`); the catalogue itself travels once per change as the agent's
+    # fact `agent.SignalCatalogReported`, so capabilities stay small whatever the catalogue holds.
+    catalog: Sha256Hex | None = None
+    signals: Annotated[int, msgspec.Meta(ge=0)] = 0
+
+
+class Mqtt(msgspec.Struct, frozen=True, omit_defaults=True):
+    """The vehicle's MQTT broker (Velocitas apps publish and subscribe through it)."""
+
+    present: bool = False
+    address: Annotated[str, msgspec.Meta(max_length=256)] | None = None  # mqtt://host:port
 
 
 class Capabilities(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -46,6 +61,7 @@ class Capabilities(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True
     storage_mb: Annotated[int, msgspec.Meta(ge=0)]
     gpu: Annotated[str, msgspec.Meta(max_length=64)] | None = None
     kuksa: Kuksa = Kuksa()
+    mqtt: Mqtt = Mqtt()
 
 
 # --- events -------------------------------------------------------------------------------

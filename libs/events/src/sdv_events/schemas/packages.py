@@ -52,6 +52,13 @@ class PackageInfo(msgspec.Struct, frozen=True, kw_only=True):
     security: Security = Security()
     dependencies: list[str] = []
     bundled_wheels: list[str] = []
+    # Where the bundled wheels install: `<python>/<arch>` ("3.11/aarch64"; arch "any" when that
+    # python's wheels are all pure). Planning excludes a device only when none fits it; empty
+    # for packages without wheels (and those published before platforms were recorded).
+    platforms: list[str] = []
+    resolved: list[str] = []  # `name==version` of every bundled distribution (the lock it was built from)
+    vss_version: str = ""  # the VSS release the declared signals were checked against
+    mqtt: bool = False  # the app talks to the vehicle's MQTT broker (a Velocitas pubsub interface)
 
 
 @event("packager.PackagePublished")
@@ -84,6 +91,9 @@ class PublishRequest(msgspec.Struct, frozen=True):
     under `upload` (large uploads never travel inside a request)."""
 
     upload: str
+    # The version to publish under when the app's own files name none (an Eclipse Velocitas
+    # AppManifest.json has no version field); a version they do name must equal it.
+    version: str | None = None
 
 
 class YankRequest(msgspec.Struct, frozen=True):

@@ -35,6 +35,7 @@ from nats.aio.client import Client as NatsClient
 
 from sdv_edge_agent.adapters.cancel import reraise_if_cancelling
 from sdv_edge_agent.adapters.link import NatsLink
+from sdv_edge_agent.domain.platforms import machine_arch
 from sdv_events import enrolment
 from sdv_events.auth import ENROL_INBOX_PREFIX, InvalidJwt, decode_jwt, format_creds, new_keypair, public_key
 from sdv_events.auth.client_tls import tls_hint, tls_options
@@ -42,7 +43,7 @@ from sdv_events.auth.creds import jwt_of_creds
 from sdv_events.auth.keys import Role, keypair_from_seed, seed_of
 from sdv_events.bus.rpc import CommandError, RateLimited
 from sdv_events.errors import DecodeError
-from sdv_events.schemas.devices import AnnounceReply, Capabilities, Kuksa, RuntimeKind
+from sdv_events.schemas.devices import AnnounceReply, Capabilities, Kuksa, Mqtt, RuntimeKind
 
 log = structlog.get_logger("sdv.agent.enrol")
 _RUNTIME_KINDS: dict[str, RuntimeKind] = {"docker": "docker", "native": "native"}
@@ -63,16 +64,23 @@ class EnrolmentThrottled(Exception):
 
 def capabilities(data_dir: Path, *, hardware_type: str, agent_version: str,
                  databroker: str | None, runtimes: Iterable[str] = (),
-                 python_version: str | None = None) -> Capabilities:
-    """What the device announces. Of its runtimes, the kinds the registry knows (a stand-in
-    runtime of a test is none of them); none known is announced as native."""
+                 python_version: str | None = None, mqtt: str | None = None,
+                 catalog: str | None = None, signals: int = 0) -> Capabilities:
+    """What the device is: `arch` as wheels are tagged (aarch64, x86_64), the apps' Python, the
+    databroker and the signal catalogue it serves (by digest), the MQTT broker. Of its runtimes,
+    the kinds the registry knows (a stand-in runtime of a test is none of them); none known is
+    announced as native."""
     disk = psutil.disk_usage(str(data_dir))
     kinds = sorted({_RUNTIME_KINDS[name] for name in runtimes if name in _RUNTIME_KINDS})
     return Capabilities(
-        hardware_type=hardware_type, arch=platform.machine() or "unknown", runtimes=kinds or ["native"],
+        hardware_type=hardware_type, arch=machine_arch(platform.machine() or "unknown"),
+        runtimes=kinds or ["native"],
         python_version=python_version or platform.python_version(), agent_version=agent_version,
         memory_mb=psutil.virtual_memory().total // (1024 * 1024), storage_mb=disk.free // (1024 * 1024),
-        kuksa=Kuksa(present=databroker is not None, address=databroker),
+        kuksa=Kuksa(present=databroker is not None, address=databroker,
+                    catalog=catalog if databroker is not None else None,
+                    signals=signals if databroker is not None else 0),
+        mqtt=Mqtt(present=mqtt is not None, address=mqtt),
     )
 
 

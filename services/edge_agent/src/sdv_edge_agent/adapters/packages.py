@@ -31,8 +31,9 @@ import structlog
 
 from sdv_edge_agent.adapters.artifact import DEFAULT_MAX_UNPACKED, check_recorded, verify_bounded
 from sdv_edge_agent.domain.admission import valid_app_name
+from sdv_edge_agent.domain.platforms import carried, fitting_target, machine_arch
 from sdv_events.errors import SdvError
-from sdv_events.package_format import PackageManifest, PackageVerificationError
+from sdv_events.package_format import PackageManifest, PackageVerificationError, safe_member_path
 from sdv_events.schemas.packages import HealthCheck, PackageInfo, Resources, Security
 
 log = structlog.get_logger("sdv.agent.packages")
@@ -141,6 +142,17 @@ def _commit(staging: Path, root: Path, digest: str, raw_manifest: bytes, signatu
     if root.exists():
         shutil.rmtree(root)  # an earlier, incomplete attempt
     staging.rename(root)
+
+
+def _python_path_file(venv: Path, python_version: str, folders: list[str]) -> None:
+    """The app's own import folders (a Velocitas app's generated `vehicle` model) as a .pth file
+    of the venv: lines relative to site-packages, so they survive the staging directory's
+    rename into place."""
+    site = venv / "lib" / f"python{python_version}" / "site-packages"
+    site.mkdir(parents=True, exist_ok=True)
+    lines = [os.path.relpath(venv.parent / "app" / folder, site) for folder in folders
+             if safe_member_path(folder)]
+    (site / "sdv-app-path.pth").write_text("".join(f"{line}\n" for line in lines))
 
 
 def _others_can_run(path: str) -> bool:
@@ -260,8 +272,23 @@ class Installer:
         return InstalledVersion(package, root)
 
     async def _venv(self, staging: Path, manifest: PackageManifest) -> None:
-        await self._run("install", [self.python, "-m", "venv", "--without-pip", str(staging / "venv")])
-        if manifest.wheels:
+        venv = staging / "venv"
+        await self._run("install", [self.python, "-m", "venv", "--without-pip", str(venv)])
+        if manifest.python_path:
+            _python_path_file(venv, self.python_version, manifest.python_path)
+        if manifest.targets:
+            # The wheels resolved for this python and machine, exactly (no resolution here).
+            target = fitting_target(manifest.targets, self.python_version, platform.machine())
+            if target is None:
+                raise InstallError("install", f"the package carries no wheels for python "
+                                   f"{self.python_version} on {machine_arch(platform.machine())} "
+                                   f"(it carries {carried(manifest.targets)})")
+            await self._run("install", [
+                sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"),
+                "install", "--quiet", "--disable-pip-version-check", "--no-input", "--no-index",
+                "--no-deps", *(str(staging / "app" / "wheels" / w) for w in target.wheels),
+            ])
+        elif manifest.wheels:
             await self._run("install", [
                 sys.executable, "-m", "pip", "--python", str(staging / "venv" / "bin" / "python"),
                 "install", "--quiet", "--disable-pip-version-check", "--no-input", "--no-index",

@@ -31,7 +31,7 @@ from sdv_events.envelope import Envelope, TraceContext
 from sdv_events.ids import stream_id
 from sdv_events.provisioning import REPORTED_BUCKET
 from sdv_events.registry import default_registry, short_name
-from sdv_events.schemas.agent import AppFact, DesiredRefused
+from sdv_events.schemas.agent import AppFact, DesiredRefused, SignalCatalogReported
 from sdv_events.schemas.deployment import ReportedState
 from sdv_events.subjects import agent_fact_subject, logs_subject
 
@@ -85,14 +85,19 @@ class FactOutbox(_Flusher):
         # The trace an app's facts join: its desired entry's (the rollout's), set by the wiring.
         self.trace_of: Callable[[str], TraceContext] = lambda app: TraceContext()
 
-    def emit(self, fact: AppFact | DesiredRefused, occurrence: int = 0) -> bool:
+    def emit(self, fact: AppFact | DesiredRefused | SignalCatalogReported, occurrence: int = 0) -> bool:
         """Record a fact for sending; False if this very fact was already recorded. A refused
-        desired document is identified by its bytes and the revision the agent held."""
+        desired document is identified by its bytes and the revision the agent held, a signal
+        catalogue by its digest."""
         type_name, schema_version = default_registry.describe(fact)
+        what: dict[str, object]
         if isinstance(fact, AppFact):
             msg_id = self.sealer.fact_id(fact.app, fact.digest, fact.desired_revision, type_name,
                                          occurrence)
             correlation_id, what = fact.rollout_id, {"app": fact.app, "version": fact.version}
+        elif isinstance(fact, SignalCatalogReported):
+            msg_id = self.sealer.fact_id("", fact.digest, 0, type_name, occurrence)
+            correlation_id, what = None, {"signals": len(fact.signals)}
         else:
             msg_id = self.sealer.fact_id("", fact.digest, fact.accepted_revision, type_name, occurrence)
             correlation_id, what = None, {"cause": fact.cause}

@@ -6,7 +6,7 @@ Pure: the registry's answers (device ids, capabilities) come in as arguments.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from sdv_events.errors import DomainError
@@ -24,6 +24,11 @@ class DeviceFacts:
     python_version: str = "3.11"
     kuksa: bool = False
     status: str = "accepted"
+    mqtt: bool = False
+    # The signal catalogue its databroker serves: its digest (capabilities), and path → kind
+    # once resolved (None: not reported, or not resolved — then no signal is checked).
+    catalog_digest: str | None = None
+    catalog: Mapping[str, str] | None = None
 
 
 def wave_sizes(spec: Sequence[str], total: int) -> list[int]:
@@ -80,20 +85,54 @@ def _minor(version: str) -> str:
     return ".".join(version.split(".")[:2])
 
 
+def platform_problem(package: PackageInfo, device: DeviceFacts) -> str | None:
+    """None when one of the package's platforms (`<python>/<arch>`) fits the device: its arch
+    (or a pure "any" target) and, natively, its Python (a docker image runs the package's own)."""
+    python = _minor(device.python_version) if package.runtime == "native" else _minor(package.python_version)
+    for carried in package.platforms:
+        carried_python, _, arch = carried.partition("/")
+        if carried_python == python and arch in (device.arch, "any"):
+            return None
+    return (f"no platform of the package fits {device.arch}/python {python} "
+            f"(it carries {', '.join(package.platforms)})")
+
+
+def signal_problem(package: PackageInfo, device: DeviceFacts) -> str | None:
+    """The device's databroker must serve every declared signal, and as an actuator what the
+    app sets (unchecked while its catalogue is unknown)."""
+    if device.catalog is None:
+        return None
+    missing = [s for s in dict.fromkeys([*package.vss_reads, *package.vss_writes]) if s not in device.catalog]
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        return f"databroker lacks signal {', '.join(missing[:3])}{more}"
+    for signal in package.vss_writes:
+        if device.catalog[signal] != "actuator":
+            return f"databroker serves {signal} as a {device.catalog[signal]}, not an actuator to set"
+    return None
+
+
 def why_excluded(package: PackageInfo, device: DeviceFacts, arches: frozenset[str]) -> str | None:
     """The reason a device cannot run the package, or None when it can."""
     if device.status != "accepted":
         return f"device is {device.status}"
     if package.runtime not in device.runtimes:
         return f"no {package.runtime} runtime (has {', '.join(device.runtimes) or 'none'})"
-    if arches and device.arch not in arches:
+    if package.platforms:
+        # The package says where its wheels install; the older checks below guess from names.
+        platform = platform_problem(package, device)
+        if platform is not None:
+            return platform
+    elif arches and device.arch not in arches:
         return f"arch {device.arch} not supported by the package ({', '.join(sorted(arches))})"
     # Agents report the interpreter's full version (3.11.9); packages name major.minor (3.11).
-    if package.runtime == "native" and _minor(device.python_version) != _minor(package.python_version):
+    elif package.runtime == "native" and _minor(device.python_version) != _minor(package.python_version):
         return f"python {device.python_version}, package needs {package.python_version}"
     if (package.vss_reads or package.vss_writes) and not device.kuksa:
         return "no KUKSA databroker"
-    return None
+    if package.mqtt and not device.mqtt:
+        return "no MQTT broker (the app publishes and subscribes through one)"
+    return signal_problem(package, device)
 
 
 def eligible(

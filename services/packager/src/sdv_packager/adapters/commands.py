@@ -26,7 +26,7 @@ def command_router(packager: Packager) -> NatsRouter:
 
     async def publish(req: PublishRequest, info: RequestInfo) -> PackageInfo:
         return await packager.publish_upload(req.upload, metadata=info.metadata(),
-                                             key=info.idempotency_key)
+                                             key=info.idempotency_key, version=req.version)
 
     async def yank(req: YankRequest, info: RequestInfo) -> PackageView:
         return await packager.yank(req.name, req.version, req.reason, metadata=info.metadata(),

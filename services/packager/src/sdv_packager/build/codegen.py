@@ -51,11 +51,16 @@ class Signal(Generic[T]):
 _CONNECT = '''
 
 def broker_address() -> tuple[str, int]:
-    """The databroker the agent handed us (Velocitas and KUKSA variable names both work)."""
+    """The databroker the agent handed us (Velocitas and KUKSA variable names both work).
+    SDV_VEHICLEDATABROKER_ADDRESS is a URL for Velocitas (`grpc://host:port`); a bare
+    `host:port` is read too."""
     velocitas = os.environ.get("SDV_VEHICLEDATABROKER_ADDRESS", "")
     if velocitas:
-        host, _, port = velocitas.rpartition(":")
-        return host or "127.0.0.1", int(port or 55555)
+        rest = velocitas.split("://", 1)[-1].split("/", 1)[0]
+        host, _, port = rest.rpartition(":")
+        if not port.isdigit():
+            host, port = rest, ""
+        return host.strip("[]") or "127.0.0.1", int(port or 55555)
     return (os.environ.get("KUKSA_DATA_BROKER_ADDRESS", "127.0.0.1"),
             int(os.environ.get("KUKSA_DATA_BROKER_PORT", "55555")))
 

@@ -15,13 +15,17 @@ DOCKERFILE = "Dockerfile"
 VENV = "/opt/venv"
 APP_UID = 10001
 PATH = f"{VENV}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-PIP = f"{VENV}/bin/python -m pip install --no-index --find-links /app/wheels /app/wheels/*.whl"
+PIP = f"{VENV}/bin/python -m pip install --no-index --find-links /app/wheels"
 
 
-def render_dockerfile(manifest: AppManifest, has_wheels: bool) -> str:
+def render_dockerfile(manifest: AppManifest, pins: list[str], python_path: list[str] | None = None) -> str:
+    """`pins`: the resolved `name==version` of the image's python; the package may carry wheels
+    of several platforms, and pip picks the device's among them."""
     app = manifest.app
-    if has_wheels:
-        venv = f"RUN python3 -m venv {VENV} \\\n && {PIP} \\\n"
+    # A Velocitas app's generated `vehicle` model and its src folder (PackageManifest.python_path).
+    paths = ":".join(f"/app/{p}" for p in python_path or [])
+    if pins:
+        venv = f"RUN python3 -m venv {VENV} \\\n && {PIP} {' '.join(pins)} \\\n"
     else:
         venv = f"RUN python3 -m venv --without-pip {VENV} \\\n"
     return (
@@ -31,7 +35,8 @@ def render_dockerfile(manifest: AppManifest, has_wheels: bool) -> str:
         "FROM ${BASE_IMAGE}\n"
         "ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \\\n"
         "    PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 \\\n"
-        f"    VIRTUAL_ENV={VENV} PATH={PATH}\n"
+        f"    VIRTUAL_ENV={VENV} PATH={PATH}"
+        + (f" \\\n    PYTHONPATH={paths}\n" if paths else "\n") +
         "WORKDIR /app\n"
         "COPY . /app\n"
         f"{venv}"

@@ -36,10 +36,10 @@ def collect_sources(app_dir: Path) -> dict[str, bytes]:
     return files
 
 
-def check_python(files: dict[str, bytes], entry_point: str) -> list[Problem]:
+def check_python(files: dict[str, bytes], entry_point: str, where: str = "sdv-app.toml") -> list[Problem]:
     problems = []
     if entry_point not in files:
-        problems.append(Problem("sdv-app.toml: app.entry_point",
+        problems.append(Problem(f"{where}: app.entry_point",
                                 f"{entry_point} does not exist in the app directory"))
     for path, content in files.items():
         if not path.endswith(".py"):

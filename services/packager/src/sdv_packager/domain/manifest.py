@@ -29,6 +29,21 @@ _UNIT_MB = {
 }
 MIN_MEMORY_MB = 128
 MIN_CPU = 0.1
+# Short names of the wheel platforms an app may ask for (`[app] platforms`); full tags pass as is.
+ARCH_PLATFORMS = {"x86_64": "manylinux2014_x86_64", "aarch64": "manylinux2014_aarch64",
+                  "armv7l": "manylinux2014_armv7l"}
+_PLATFORM_TAG = re.compile(r"^(manylinux(1|2010|2014|_\d+_\d+)|musllinux_\d+_\d+|linux)_[a-z0-9_]+$")
+_PYTHON = re.compile(r"^3\.\d{1,2}$")
+_APP_FILE = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
+
+
+def wheel_platform(value: str) -> str:
+    """`aarch64` → `manylinux2014_aarch64`; a platform tag stays itself; else ValueError."""
+    tag = ARCH_PLATFORMS.get(value, value)
+    if not _PLATFORM_TAG.match(tag):
+        raise ValueError(f"{value!r} is not a wheel platform ({', '.join(ARCH_PLATFORMS)} or a tag "
+                         "like manylinux_2_28_aarch64)")
+    return tag
 
 
 class ManifestProblem(BaseModel):
@@ -81,6 +96,34 @@ class AppSection(_Strict):
     channel: Literal["dev", "beta", "stable"] = "dev"
     hot_swap: bool = False
     dependencies: list[str] = Field(default_factory=list)
+    # A pip requirements file (pins honoured exactly), or a uv.lock, inside the app folder.
+    requirements: str | None = None
+    constraints: str | None = None  # a pip constraints file inside the app folder
+    # Wheel platforms and Python versions the package carries (default: the packager's settings,
+    # and `python`): one package installs on each.
+    platforms: list[str] = Field(default_factory=list)
+    pythons: list[str] = Field(default_factory=list)
+    mqtt: bool = False  # talks to the vehicle's MQTT broker (planning needs a device with one)
+
+    @field_validator("platforms")
+    @classmethod
+    def _platforms(cls, value: list[str]) -> list[str]:
+        return list(dict.fromkeys(wheel_platform(v) for v in value))
+
+    @field_validator("pythons")
+    @classmethod
+    def _pythons(cls, value: list[str]) -> list[str]:
+        for v in value:
+            if not _PYTHON.match(v):
+                raise ValueError(f"{v!r} is not a Python version like '3.11'")
+        return list(dict.fromkeys(value))
+
+    @field_validator("requirements", "constraints")
+    @classmethod
+    def _app_file(cls, value: str | None) -> str | None:
+        if value is not None and (not _APP_FILE.match(value) or ".." in value.split("/")):
+            raise ValueError(f"{value!r} must be a relative path to a file inside the app")
+        return value
 
     @field_validator("name")
     @classmethod
@@ -102,7 +145,7 @@ class AppSection(_Strict):
     @field_validator("python")
     @classmethod
     def _python(cls, value: str) -> str:
-        if not re.match(r"^3\.\d{1,2}$", value):
+        if not _PYTHON.match(value):
             raise ValueError(f"{value!r} is not a Python version like '3.11'")
         return value
 
@@ -182,13 +225,22 @@ def _problems(exc: ValidationError) -> list[ManifestProblem]:
     return out
 
 
-def parse_manifest(text: str) -> AppManifest:
-    """TOML text → `AppManifest`, or `ManifestError` listing every problem with its path."""
+def read_toml(text: str) -> dict[str, Any]:
+    """TOML text → its tables, or `ManifestError` saying where it does not parse."""
     try:
-        data = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ManifestError([ManifestProblem(path="(toml)", message=str(exc))]) from None
+
+
+def manifest_of(data: dict[str, Any]) -> AppManifest:
+    """The manifest's tables → `AppManifest`, or `ManifestError` listing every problem."""
     try:
         return AppManifest.model_validate(data)
     except ValidationError as exc:
         raise ManifestError(_problems(exc)) from None
+
+
+def parse_manifest(text: str) -> AppManifest:
+    """TOML text → `AppManifest`, or `ManifestError` listing every problem with its path."""
+    return manifest_of(read_toml(text))

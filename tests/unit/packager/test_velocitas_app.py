@@ -1,0 +1,187 @@
+"""Eclipse Velocitas apps as they are written (AppManifest.json v3, requirements.txt, app/src/main.py,
+the generated `vehicle` model), dependency files (pip-compile output, -r/-c, uv.lock), wheel
+platform tags, and the generated signal library's reading of both databroker conventions."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from sdv_packager.build.app_source import load_app
+from sdv_packager.build.codegen import generate_signal_module
+from sdv_packager.build.errors import AppInvalid
+from sdv_packager.build.pipeline import validate_app
+from sdv_packager.build.wheels import compatible_platforms
+from sdv_packager.domain.dependencies import DependencyRefused
+from sdv_packager.domain.requirements import parse_requirements_file, parse_uv_lock
+from sdv_packager.domain.velocitas import VelocitasError, app_name, parse_app_manifest
+from sdv_packager.domain.vss import VssCatalog
+
+EXAMPLE = Path(__file__).parents[3] / "examples" / "apps" / "velocitas-speed"
+
+
+@pytest.fixture
+def velocitas_app(tmp_path: Path) -> Path:
+    app = tmp_path / "speed"
+    shutil.copytree(EXAMPLE, app)
+    return app
+
+
+def problems(app: Path, catalog: VssCatalog, version: str | None = "1.0.0") -> dict[str, str]:
+    with pytest.raises(AppInvalid) as caught:
+        validate_app(app, catalog, version)
+    return {p.where: p.message for p in caught.value.problems}
+
+
+def test_the_example_velocitas_app_is_read_as_it_is_written(velocitas_app: Path, catalog: VssCatalog) -> None:
+    source, files = validate_app(velocitas_app, catalog, "1.2.0")
+    app = source.manifest.app
+    assert (source.kind, app.name, app.version) == ("velocitas", "speedreporter", "1.2.0")
+    assert app.entry_point == "app/src/main.py"
+    assert source.manifest.vss.reads == ["Vehicle.Speed"]
+    assert app.mqtt  # a pubsub interface: the app needs the vehicle's MQTT broker
+    # The generated model and the entry point's folder go on the app's Python path.
+    assert source.python_path == ["app/src", "gen/vehicle_model"]
+    assert "gen/vehicle_model/vehicle/__init__.py" in files
+    # requirements.txt as pip-compile writes it: every pin, comments gone.
+    assert "velocitas-sdk==0.15.7" in source.dependencies
+    assert "setuptools==80.10.2" in source.dependencies
+    assert not [d for d in source.dependencies if d.startswith("#")]
+
+
+def test_a_velocitas_app_needs_a_version_from_somewhere(velocitas_app: Path, catalog: VssCatalog) -> None:
+    assert "publish with --version" in problems(velocitas_app, catalog, None)["app/AppManifest.json: app.version"]
+    # An sdv-app.toml beside it adds what Velocitas has no field for; its version must agree.
+    (velocitas_app / "sdv-app.toml").write_text('[app]\nversion = "2.0.0"\n\n[resources]\nmemory = "512MB"\n')
+    source = load_app(velocitas_app)
+    assert (source.manifest.app.version, source.manifest.resources.memory) == ("2.0.0", 512)
+    assert source.manifest.app.name == "speedreporter"  # still the AppManifest's
+    assert "differs from the version published" in problems(velocitas_app, catalog, "2.0.1")[
+        "app/AppManifest.json: app.version"]
+
+
+def test_declared_datapoints_are_checked_against_the_vss_catalog(velocitas_app: Path, catalog: VssCatalog) -> None:
+    manifest = velocitas_app / "app" / "AppManifest.json"
+    data = json.loads(manifest.read_text())
+    data["interfaces"][0]["config"]["datapoints"]["required"] += [
+        {"path": "Vehicle.Speeed", "access": "read"}, {"path": "Vehicle.Speed", "access": "write"}]
+    manifest.write_text(json.dumps(data))
+    found = problems(velocitas_app, catalog)
+    assert found["app/AppManifest.json: vss.reads"] == (
+        "Vehicle.Speeed is not in the VSS catalog 5.0 (did you mean Vehicle.Speed?)")
+    assert found["app/AppManifest.json: vss.writes"] == "Vehicle.Speed is a sensor; apps may only write actuators"
+
+
+def test_app_manifest_problems_name_their_json_path() -> None:
+    with pytest.raises(VelocitasError) as caught:
+        parse_app_manifest(json.dumps({"manifestVersion": "v2", "interfaces": [
+            {"type": "vehicle-signal-interface", "config": {"datapoints": {"required": [
+                {"path": "Vehicle.Speed", "access": "readwrite"}, {"access": "read"}]}}}]}))
+    assert dict(caught.value.problems) == {
+        "manifestVersion": "'v2': only v3 is supported",
+        "name": "must name the app",
+        "interfaces[0].config.datapoints.required[0].access": "'readwrite' is not read or write",
+        "interfaces[0].config.datapoints.required[1]": "must be an object with a path",
+    }
+    with pytest.raises(VelocitasError, match="v1/v2"):
+        parse_app_manifest('[{"Name": "sampleapp"}]')
+    assert app_name("SampleApp") == "sampleapp"
+    assert app_name("Seat_Adjuster App") == "seat-adjuster-app"
+
+
+def test_requirements_files_as_pip_compile_writes_them() -> None:
+    text = """\
+# autogenerated by pip-compile
+aiohttp==3.10.11 \\
+    --hash=sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa
+    # via velocitas-sdk
+-c constraints.txt
+--requirement=more.txt
+six==1.17.0  # a trailing comment
+"""
+    parsed = parse_requirements_file(text, "app/requirements.txt")
+    assert parsed.lines == ["aiohttp==3.10.11      --hash=sha256:" + "a" * 64, "six==1.17.0"]
+    assert (parsed.constraints, parsed.requirements) == (["constraints.txt"], ["more.txt"])
+    with pytest.raises(DependencyRefused, match="--index-url"):
+        parse_requirements_file("--index-url https://example.invalid/simple\nsix\n", "r.txt")
+
+
+def test_a_requirements_file_may_include_others_inside_the_app_only(velocitas_app: Path) -> None:
+    req = velocitas_app / "app" / "requirements.txt"
+    (velocitas_app / "app" / "constraints.txt").write_text("protobuf<6\n")
+    req.write_text("velocitas-sdk==0.15.7\n-r extra.txt\n")
+    (velocitas_app / "app" / "extra.txt").write_text("-c ../pins.txt\nsix\n")
+    (velocitas_app / "pins.txt").write_text("six==1.17.0\n")
+    source = load_app(velocitas_app, "1.0.0")
+    assert source.dependencies == ["velocitas-sdk==0.15.7", "six"]
+    assert source.constraints == ["six==1.17.0", "protobuf<6"]  # -c, then app/constraints.txt
+    req.write_text("-r ../../outside.txt\n")
+    with pytest.raises(AppInvalid, match="not a file inside the app"):
+        load_app(velocitas_app, "1.0.0")
+
+
+def test_a_uv_lock_gives_the_projects_dependencies_pinned_to_the_locked_versions() -> None:
+    lock = """\
+version = 1
+[[package]]
+name = "speed"
+version = "0.1.0"
+source = { virtual = "." }
+dependencies = [{ name = "velocitas-sdk" }, { name = "httpx", extra = ["http2"] }]
+
+[[package]]
+name = "velocitas-sdk"
+version = "0.15.7"
+source = { registry = "https://pypi.org/simple" }
+
+[[package]]
+name = "grpcio"
+version = "1.64.1"
+source = { registry = "https://pypi.org/simple" }
+"""
+    parsed = parse_uv_lock(lock)
+    assert parsed.requirements == ["httpx[http2]", "velocitas-sdk"]
+    assert parsed.pins == ["grpcio==1.64.1", "velocitas-sdk==0.15.7"]
+    with pytest.raises(DependencyRefused, match="only packages from an index"):
+        parse_uv_lock(lock + '[[package]]\nname = "x"\nversion = "1"\nsource = { git = "https://x" }\n')
+
+
+def test_wheel_platforms_stand_for_every_older_glibc_tag() -> None:
+    # pip matches --platform literally: grpcio's aarch64 wheel is tagged manylinux_2_17 only.
+    tags = compatible_platforms("manylinux2014_aarch64")
+    assert tags[:2] == ["manylinux_2_17_aarch64", "manylinux2014_aarch64"]
+    assert {"manylinux2010_aarch64", "manylinux1_aarch64", "manylinux_2_5_aarch64"} <= set(tags)
+    assert not [t for t in tags if "x86_64" in t or "2_18" in t]
+    assert compatible_platforms("manylinux_2_28_x86_64")[0] == "manylinux_2_28_x86_64"
+    assert compatible_platforms("musllinux_1_2_x86_64") == ["musllinux_1_2_x86_64"]
+
+
+@pytest.mark.parametrize(("env", "expected"), [
+    ({"SDV_VEHICLEDATABROKER_ADDRESS": "grpc://10.0.0.7:55556"}, ("10.0.0.7", 55556)),
+    ({"SDV_VEHICLEDATABROKER_ADDRESS": "10.0.0.7:55556"}, ("10.0.0.7", 55556)),
+    ({"SDV_VEHICLEDATABROKER_ADDRESS": "grpc://[::1]:55556"}, ("::1", 55556)),
+    ({"SDV_VEHICLEDATABROKER_ADDRESS": "grpc://databroker"}, ("databroker", 55555)),
+    ({"KUKSA_DATA_BROKER_ADDRESS": "db", "KUKSA_DATA_BROKER_PORT": "1234"}, ("db", 1234)),
+])
+def test_the_generated_signal_library_reads_both_databroker_conventions(
+    env: dict[str, str], expected: tuple[str, int], tmp_path: Path, catalog: VssCatalog,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    module_file = tmp_path / "vehicle_signals.py"
+    module_file.write_text(generate_signal_module("app", "1.0.0", catalog, ["Vehicle.Speed"], []))
+    spec = importlib.util.spec_from_file_location("generated_vehicle_signals", module_file)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for name in ("SDV_VEHICLEDATABROKER_ADDRESS", "KUKSA_DATA_BROKER_ADDRESS", "KUKSA_DATA_BROKER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert module.broker_address() == expected
+    sys.modules.pop("generated_vehicle_signals", None)
