@@ -113,7 +113,8 @@ def print_block(suite: Suite, info: RunningSuite, env_file: Path, took_s: float,
 
 
 async def _demo(suite: Suite, as_json: bool) -> DemoResult:
-    result = await run_demo(suite.nc, err if as_json else out, suite.monitor_url and f"{suite.monitor_url}/")
+    result = await run_demo(suite.nc, err if as_json else out, suite.monitor_url and f"{suite.monitor_url}/",
+                            suite.nats_creds)
     if as_json:
         sys.stdout.write(json.dumps({"demo": result.to_json()}) + "\n")
         sys.stdout.flush()

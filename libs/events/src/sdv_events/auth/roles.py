@@ -27,6 +27,8 @@ from types import MappingProxyType
 from typing import get_args
 
 from sdv_events.auth.claims import Permissions
+from sdv_events.auth.creds import jwt_of_creds
+from sdv_events.auth.jwt import InvalidJwt, decode_jwt
 from sdv_events.provisioning import PACKAGES_BUCKET, REPORTED_BUCKET, UPLOADS_BUCKET
 from sdv_events.schemas.device_ops import ALL_OPS, APP_OPS
 from sdv_events.schemas.operators import OperatorRole as OperatorRole  # re-exported
@@ -128,3 +130,35 @@ def role_of_claims(claims: Mapping[str, object]) -> OperatorRole | None:
     """The role an operator's user JWT names (None: not an operator's JWT)."""
     role = claims.get(ROLE_CLAIM)
     return next((r for r in ROLES if r == role), None)
+
+
+
+def operator_of_creds(creds_text: str | None) -> tuple[str, OperatorRole] | None:
+    """(name, role) of an operator's `.creds` (as its JWT says; the server checks the JWT),
+    else None (a service's credentials, or none at all)."""
+    if not creds_text:
+        return None
+    try:
+        claims = decode_jwt(jwt_of_creds(creds_text), verify=False)
+    except (ValueError, InvalidJwt):
+        return None
+    role = role_of_claims(claims)
+    return None if role is None else (str(claims.get("name", "")), role)
+
+
+def jetstream_prefix(creds_text: str | None) -> str | None:
+    """The JetStream API prefix a client connected with these `.creds` uses: `JS_API_PREFIX`
+    for an operator's (its account imports the app account's API under it), else None (the
+    default `$JS.API`)."""
+    return JS_API_PREFIX if operator_of_creds(creds_text) is not None else None
+
+
+def jetstream_prefix_of_file(creds_path: str | None) -> str | None:
+    """`jetstream_prefix` of a `.creds` file (None when there is none or it cannot be read)."""
+    if not creds_path:
+        return None
+    try:
+        with open(creds_path) as f:
+            return jetstream_prefix(f.read())
+    except OSError:
+        return None
