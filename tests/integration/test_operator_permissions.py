@@ -36,11 +36,11 @@ from sdv_events.auth import (
 )
 from sdv_events.auth.certificates import ServerTls, ensure_server_tls
 from sdv_events.auth.claims import Permissions
+from sdv_events.auth.client_tls import tls_options
 from sdv_events.auth.creds import format_creds, jwt_of_creds
 from sdv_events.auth.roles import COMMAND_ROLES, OP_ROLES, ROLES, OperatorRole, may
-from sdv_events.auth.client_tls import tls_options
 from sdv_events.bus import CommandClient, Forbidden
-from sdv_events.bus.actor import REQUEST_INFO_HEADER, actor_of
+from sdv_events.bus.actor import REQUEST_INFO_HEADER
 from sdv_events.bus.denials import PermissionDenials
 from sdv_events.bus.rpc import serve_one
 from sdv_events.servers import NatsServer
@@ -114,11 +114,11 @@ async def responders(bus: Bus) -> AsyncIterator[None]:
 
 
 async def _outcome(client: CommandClient, subject: str) -> str:
+    """The actor the responder saw, or `refused` (by the server: a permissions violation)."""
     try:
         who = await client.request(subject, Anything(), Who, timeout=5)
     except Forbidden as refused:
-        assert refused.details["reason"] == "permissions_violation", refused.details
-        return "refused"
+        return "refused" if refused.details["reason"] == "permissions_violation" else repr(refused)
     assert who.subject == subject
     return who.actor
 
@@ -233,7 +233,7 @@ async def test_a_revoked_operator_is_disconnected_and_refused(bus: Bus, tmp_path
         await push_account_jwt(system, bus.trust.operators_account_key,
                                bus.trust.operators_account_jwt({key: int(time.time())}))
         await asyncio.wait_for(closed.wait(), 5)
-        with pytest.raises(Exception, match="(?i)authorization violation"):  # noqa: PT011
+        with pytest.raises(Exception, match=r"(?i)authorization violation"):
             await bus.connect(creds, max_reconnect_attempts=1)
         # Others of the account are untouched.
         other = await bus.connect(bus.trust.operator_creds("stayer", "operator"))

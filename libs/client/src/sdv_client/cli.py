@@ -16,9 +16,16 @@ from sdv_client.cli_support import JsonUsageErrors
 from sdv_client.demo_cli import demo
 from sdv_client.deploy_cli import app as deploy_app
 from sdv_client.device_cli import app as devices_app
-from sdv_client.health import SERVICES, nats_ca, nats_credentials, ping_all, quiet, status_of
+from sdv_client.health import (
+    OPERATOR_CREDS_ENV,
+    SERVICES,
+    nats_ca,
+    nats_credentials,
+    ping_all,
+    quiet,
+    status_of,
+)
 from sdv_client.history_cli import history
-from sdv_client.health import OPERATOR_CREDS_ENV
 from sdv_client.inventory_cli import status as fleet_status
 from sdv_client.operators_cli import app as operators_app
 from sdv_client.package_cli import app as package_app
