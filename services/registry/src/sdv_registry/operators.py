@@ -99,7 +99,6 @@ class Operators:
 
     async def revoke(self, name: str, reason: str, metadata: Metadata,
                      key: IdempotencyKey | None = None) -> OperatorView:
-        self._signer()
         await self._run(name, RevokeOperator(name, reason), metadata, key)
         if self.revocations is not None:
             try:
