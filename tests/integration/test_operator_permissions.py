@@ -27,6 +27,7 @@ from sdv_events.auth import (
     Role,
     Trust,
     decode_jwt,
+    device_permissions,
     new_keypair,
     public_key,
     push_account_jwt,
@@ -41,7 +42,7 @@ from sdv_events.auth.creds import format_creds, jwt_of_creds
 from sdv_events.auth.roles import COMMAND_ROLES, OP_ROLES, ROLES, OperatorRole, may
 from sdv_events.bus import CommandClient, Forbidden
 from sdv_events.bus.actor import REQUEST_INFO_HEADER
-from sdv_events.bus.denials import PermissionDenials
+from sdv_events.bus.denials import PermissionDenials, PublishDenied
 from sdv_events.bus.rpc import serve_one
 from sdv_events.servers import NatsServer
 from sdv_events.subjects import command_subject, ops_subject
@@ -243,3 +244,35 @@ async def test_a_revoked_operator_is_disconnected_and_refused(bus: Bus, tmp_path
         await system.close()
         if not nc.is_closed:
             await nc.close()
+
+
+async def test_every_role_hears_devices_console_lines_live_and_writes_none(bus: Bus) -> None:
+    """`sdv logs -f` and the demo follow `sdv.logs.>`: lines a device publishes reach an
+    operator (imported from the devices account); an operator cannot write one."""
+    key = new_keypair(Role.USER)
+    device_creds = format_creds(bus.trust.device_jwt(public_key(key), "car-1", device_permissions("car-1")),
+                                seed_of(key))
+    device = await bus.connect(device_creds, inbox_prefix="_INBOX.car-1")
+    nc, denials = await bus.operator("watcher", "viewer")
+    lines: asyncio.Queue[str] = asyncio.Queue()
+
+    async def on_line(msg: Msg) -> None:
+        await lines.put(f"{msg.subject} {msg.data.decode()}")
+
+    try:
+        await nc.subscribe("sdv.logs.>", cb=on_line)
+        await nc.flush()
+        await device.publish("sdv.logs.car-1.nav.stdout", b"route ready")
+        await device.flush()
+        assert await asyncio.wait_for(lines.get(), 5) == "sdv.logs.car-1.nav.stdout route ready"
+
+        async def forge() -> None:
+            await nc.publish("sdv.logs.car-1.nav.stderr", b"forged")
+            await nc.flush()
+            await asyncio.sleep(5)  # the refusal ends this first
+
+        with pytest.raises(PublishDenied):
+            await denials.guard(forge())
+    finally:
+        await nc.close()
+        await device.close()

@@ -17,7 +17,7 @@ from sdv_events.auth import (
     new_keypair,
     public_key,
 )
-from sdv_events.auth.accounts import TO_OPERATOR_SERVICES, TO_OPERATOR_STREAMS
+from sdv_events.auth.accounts import DEVICES_TO_OPERATOR_STREAMS, TO_DEVICE_SERVICES, TO_OPERATOR_SERVICES
 from sdv_events.auth.creds import jwt_of_creds
 from sdv_events.auth.jwt import encode_jwt
 from sdv_events.auth.roles import (
@@ -67,12 +67,16 @@ def test_the_operators_account_imports_only_what_the_roles_use_with_the_requeste
     trust = Trust.generate()
     app = decode_jwt(trust.account_jwt())["nats"]
     ops = decode_jwt(trust.operators_account_jwt())["nats"]
+    devices = decode_jwt(trust.devices_account_jwt())["nats"]
     exported = {(e["subject"], e["type"]) for e in app["exports"]}
     from_app = [i for i in ops["imports"] if i["account"] == trust.account_key]
     from_devices = [i for i in ops["imports"] if i["account"] == trust.devices_account_key]
     assert {(i["subject"], i["type"]) for i in from_app} <= exported
-    assert {i["subject"] for i in from_app} == {*TO_OPERATOR_SERVICES, *TO_OPERATOR_STREAMS}
-    assert [i["subject"] for i in from_devices] == ["sdv.device.*.ops.>"]
+    assert {(i["subject"], i["type"]) for i in from_devices} <= {
+        (e["subject"], e["type"]) for e in devices["exports"]}
+    assert {i["subject"] for i in from_app} == set(TO_OPERATOR_SERVICES)
+    assert {(i["subject"], i["type"]) for i in from_devices} == {
+        *((s, "service") for s in TO_DEVICE_SERVICES), *((s, "stream") for s in DEVICES_TO_OPERATOR_STREAMS)}
     # Every request crosses with the server's Nats-Request-Info (the actor's source).
     assert all(i.get("share") is True for i in ops["imports"] if i["type"] == "service")
     # The JetStream API arrives under the prefix an account without JetStream does not answer.

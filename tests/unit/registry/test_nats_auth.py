@@ -119,7 +119,8 @@ def test_devices_import_from_the_app_account_only_what_the_app_account_exports_t
     assert ("$KV.sdv_desired.>", "stream") in imported
     # Nothing that would let a device reach the JetStream API beyond direct gets, or commands.
     assert not [s for s, _ in imported if s.startswith(("$JS.API.STREAM", "$JS.API.CONSUMER", "sdv.cmd"))]
-    assert [(e["subject"], e["type"]) for e in devices["exports"]] == [("sdv.device.*.ops.>", "service")]
+    assert [(e["subject"], e["type"]) for e in devices["exports"]] == [
+        ("sdv.device.*.ops.>", "service"), ("sdv.logs.>", "stream")]  # to operators (roles.py)
     assert [(i["subject"], i["account"]) for i in app["imports"]] == [
         ("sdv.device.*.ops.>", trust.devices_account_key)]
 

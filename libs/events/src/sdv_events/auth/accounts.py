@@ -27,7 +27,9 @@ with a `Nats-Request-Info` header carrying the requester's user key and the user
 authenticated with (replacing a header of that name the client set), so a service learns who
 asked from the server, not from the client (`sdv_events.bus.actor`). What each operator may
 send is its role's publish permissions (`roles.py`). Operators also read what they look at:
-console lines (a stream import of `sdv.logs.>`), package artifacts and devices' reported state
+apps' console lines live (a stream import of `sdv.logs.>` from `DEVICES`, where devices publish
+them: a message that reached `SDV` through a service import is not passed on by a stream
+export of `SDV`, tried on nats-server 2.15.1), package artifacts and devices' reported state
 (direct gets), and upload apps (`sdv_uploads`), through the app account's JetStream API imported
 under `roles.JS_API_PREFIX`; nothing else of `SDV` — no event, no desired state, no stream
 management — is imported, so no operator credential reaches it whatever its permissions say.
@@ -74,8 +76,9 @@ OPERATOR_JS_API = (
     f"{_JS_API}.DIRECT.GET.KV_{REPORTED_BUCKET}.>",
 )
 TO_OPERATOR_SERVICES = ("sdv.cmd.>", f"$O.{UPLOADS_BUCKET}.>", *OPERATOR_JS_API)
-# What operators listen to in the app account.
-TO_OPERATOR_STREAMS = ("sdv.logs.>",)
+# What operators listen to in the devices account (devices' own permissions say who may
+# publish there: each device under its own id).
+DEVICES_TO_OPERATOR_STREAMS = ("sdv.logs.>",)
 
 
 def operator_js_subject(subject: str) -> str:
@@ -88,7 +91,7 @@ def app_account_claims(app_account: str, app_signing_key: str, devices_account: 
     return account_claims(
         app_account, APP_ACCOUNT_NAME, jetstream=True, signing_keys=[app_signing_key],
         exports=[*(export(s, "service") for s in services),
-                 *(export(s, "stream") for s in (*TO_DEVICE_STREAMS, *TO_OPERATOR_STREAMS))],
+                 *(export(s, "stream") for s in TO_DEVICE_STREAMS)],
         imports=[import_(s, "service", devices_account) for s in TO_DEVICE_SERVICES],
     )
 
@@ -100,7 +103,8 @@ def devices_account_claims(devices_account: str, devices_signing_key: str, app_a
     return account_claims(
         devices_account, DEVICES_ACCOUNT_NAME, jetstream=False, signing_keys=[devices_signing_key],
         revocations=revocations,
-        exports=[export(s, "service") for s in TO_DEVICE_SERVICES],
+        exports=[*(export(s, "service") for s in TO_DEVICE_SERVICES),
+                 *(export(s, "stream") for s in DEVICES_TO_OPERATOR_STREAMS)],
         imports=[*(import_(s, "service", app_account) for s in TO_APP_SERVICES),
                  *(import_(s, "stream", app_account) for s in TO_DEVICE_STREAMS)],
     )
@@ -116,6 +120,6 @@ def operators_account_claims(operators_account: str, operators_signing_key: str,
         signing_keys=[operators_signing_key], revocations=revocations,
         imports=[*(import_(s, "service", app_account, local_subject=operator_js_subject(s), share=True)
                    for s in TO_OPERATOR_SERVICES),
-                 *(import_(s, "stream", app_account) for s in TO_OPERATOR_STREAMS),
-                 *(import_(s, "service", devices_account, share=True) for s in TO_DEVICE_SERVICES)],
+                 *(import_(s, "service", devices_account, share=True) for s in TO_DEVICE_SERVICES),
+                 *(import_(s, "stream", devices_account) for s in DEVICES_TO_OPERATOR_STREAMS)],
     )
