@@ -117,8 +117,9 @@ def op_subjects(role: OperatorRole) -> tuple[str, ...]:
 def role_permissions(role: OperatorRole) -> Permissions:
     """An operator user's permissions inside `OPERATORS`: the commands and ops of its role, the
     reads every role has, uploads from `operator` up. Replies come to its inbox; console lines
-    arrive by the stream import of `sdv.logs.>` (from the devices account). Nothing else is imported into the account, so
-    nothing else (events, desired state, JetStream management) is reachable at all."""
+    arrive by the stream import of `sdv.logs.>` (from the devices account). Nothing else is
+    imported into the account, so nothing else (events, desired state, JetStream management) is
+    reachable at all."""
     uploads = _UPLOADS if may(role, "operator") else ()
     return Permissions(
         pub_allow=(*command_subjects(role), *op_subjects(role), *_READS, *uploads),
