@@ -50,7 +50,8 @@ async def serve(settings: OrchestratorSettings, stop: asyncio.Event | None = Non
             await catalog.create(conn)
             await desired.create(conn)
         nc = runtime.broker.config.connection_state.connection
-        orchestrator = Orchestrator(runtime.store, Peers(CommandClient(nc, actor=SERVICE)), desired)
+        peers = Peers(CommandClient(nc, actor=f"service:{SERVICE}"))
+        orchestrator = Orchestrator(runtime.store, peers, desired)
         runtime.broker.include_router(command_router(orchestrator))
         runtime.broker.include_router(public_key_router(signer))
         policies = Policies(orchestrator, orchestrator.peers.commands)
