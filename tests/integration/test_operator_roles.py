@@ -24,6 +24,7 @@ import nats
 import pytest
 
 from sdv_client.demo_app import APP, write_app
+from sdv_client.health import SERVICES
 from sdv_client.local_agents import SELECTOR
 from sdv_client.suite import Suite
 from sdv_events.auth import decode_jwt
@@ -71,11 +72,17 @@ class People:
 @pytest.fixture(scope="module")
 async def suite(tmp_path_factory: pytest.TempPathFactory, database_url: str) -> AsyncIterator[Suite]:
     data_dir = tmp_path_factory.mktemp("sdv-up-operators")
-    async with Suite(data_dir=data_dir, nats_url=None, database_url=database_url, simulate=1) as running:
-        await running.wait_ready(timeout=60)
-        await running.start_agents()
-        await running.wait_devices(timeout=60)
-        yield running
+    with pytest.MonkeyPatch.context() as env:
+        # Schemas of this run's own: the simulated device's id is the same every run, and a
+        # PostgreSQL named by SDV_DATABASE_URL keeps what earlier runs recorded.
+        run_id = uuid.uuid4().hex[:8]
+        for service in SERVICES:
+            env.setenv(f"SDV_{service.upper()}_SCHEMA", f"{service}_ops_{run_id}")
+        async with Suite(data_dir=data_dir, nats_url=None, database_url=database_url, simulate=1) as running:
+            await running.wait_ready(timeout=60)
+            await running.start_agents()
+            await running.wait_devices(timeout=60)
+            yield running
 
 
 @pytest.fixture(scope="module")
