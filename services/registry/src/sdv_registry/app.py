@@ -29,15 +29,15 @@ from sdv_registry.adapters.revocations import Revocations
 from sdv_registry.application import Registry, sha256_hex
 from sdv_registry.credentials import CredentialIssuer
 from sdv_registry.heartbeats import PresenceMonitor, wall_clock
-from sdv_registry.operators import Operators
+from sdv_registry.operators import Operators, revoked_operator_keys
 from sdv_registry.projections import DeviceInventory
 from sdv_registry.settings import SERVICE, RegistrySettings, load_settings
 
 
-async def _device_auth(settings: RegistrySettings, runtime: ServiceRuntime, admission: AdmissionLog,
-                       operators: Operators) -> tuple[CredentialIssuer | None, Revocations | None]:
+async def _device_auth(settings: RegistrySettings, runtime: ServiceRuntime, admission: AdmissionLog
+                       ) -> tuple[DeviceAuthority | None, CredentialIssuer | None, Revocations | None]:
     if settings.trust_file is None:
-        return None, None
+        return None, None, None
     authority = DeviceAuthority.load(settings.trust_file)
     keys = SuiteKeys(tuple(settings.packager_keys), tuple(settings.orchestrator_keys))
     for key in (*keys.packager, *keys.orchestrator):
@@ -48,12 +48,9 @@ async def _device_auth(settings: RegistrySettings, runtime: ServiceRuntime, admi
                              f"is not a base64 Ed25519 public key ({err})") from None
     issuer = CredentialIssuer(authority, settings.credential_ttl_s, wall_clock,
                               signing_keys=keys if keys.packager or keys.orchestrator else None)
-    operators.authority = authority
-    pushes: list[Revocations] = []
 
     async def reconnected() -> None:  # perhaps to a restarted server that forgot the revocations
-        for revocations in pushes:
-            revocations.push_soon()
+        revocations.push_soon()
 
     # Claim updates are accepted only from the system account: a connection of its own.
     system_nc = await nats.connect(settings.nats_url, name=f"sdv-{SERVICE}-system",
@@ -62,12 +59,10 @@ async def _device_auth(settings: RegistrySettings, runtime: ServiceRuntime, admi
                                    **tls_options(settings.nats_url, settings.nats_ca))
     revocations = Revocations(authority, system_nc, admission, credential_ttl_s=settings.credential_ttl_s,
                               clock=wall_clock, period_s=settings.revocation_push_s,
-                              operator_keys=operators.revoked_keys)
-    pushes.append(revocations)
-    operators.revocations = revocations
+                              operator_keys=lambda: revoked_operator_keys(runtime.store))
     runtime.spawn(revocations.run, "revocations")
     runtime.spawn(lambda stop: _close_on_stop(system_nc, stop), "system_connection")
-    return issuer, revocations
+    return authority, issuer, revocations
 
 
 async def _close_on_stop(nc: NatsClient, stop: asyncio.Event) -> None:
@@ -82,8 +77,7 @@ async def serve(settings: RegistrySettings, stop: asyncio.Event | None = None) -
         async with runtime.store.pool.acquire() as conn:
             await inventory.create(conn)
         admission = AdmissionLog(runtime.store.pool, schema)
-        operators = Operators(runtime.store, authority=None, revocations=None)
-        issuer, revocations = await _device_auth(settings, runtime, admission, operators)
+        authority, issuer, revocations = await _device_auth(settings, runtime, admission)
         fleet_hash = sha256_hex(settings.fleet_token) if settings.fleet_token else None
         registry = Registry(runtime.store, inventory, issuer, revocations, fleet_hash,
                             settings.pending_retry_s)
@@ -91,7 +85,7 @@ async def serve(settings: RegistrySettings, stop: asyncio.Event | None = None) -
             registry.nonce_secret = hashlib.sha256(
                 b"sdv-announce-nonce\n" + bytes(issuer.authority.devices_signing.seed)).digest()
         runtime.broker.include_router(command_router(registry))
-        runtime.broker.include_router(operator_router(operators))
+        runtime.broker.include_router(operator_router(Operators(runtime.store, authority, revocations)))
         nc = runtime.broker.config.connection_state.connection
         runner = ConsumerRunner(runtime.store.pool, schema, runtime.js, inventory,
                                 source=OwnThenHistory(StoreSource(runtime.store), HistorySource(nc)),

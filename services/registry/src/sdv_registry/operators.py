@@ -58,11 +58,11 @@ def operator_views(history: Iterable[Envelope]) -> dict[str, OperatorView]:
     return views
 
 
-def revoked_operator_keys(history: Iterable[Envelope]) -> dict[str, int]:
-    """Public key → unix second of its revocation. Operator JWTs do not expire, so every
-    revocation stays (there are few)."""
-    return {e.data.public_key: int(e.occurred_at.timestamp()) for e in history
-            if isinstance(e.data, OperatorRevoked)}
+async def revoked_operator_keys(store: EventStore) -> dict[str, int]:
+    """Public key → unix second of its revocation, for the operators account JWT. Operator JWTs
+    do not expire, so every revocation stays (there are few)."""
+    return {e.data.public_key: int(e.occurred_at.timestamp())
+            async for e in store.read_category(CATEGORY) if isinstance(e.data, OperatorRevoked)}
 
 
 @dataclass
@@ -123,6 +123,3 @@ class Operators:
         views = operator_views([e async for e in self.store.read_category(CATEGORY)])
         return sorted((v for v in views.values() if include_revoked or v.status == "active"),
                       key=lambda v: v.name)
-
-    async def revoked_keys(self) -> dict[str, int]:
-        return revoked_operator_keys([e async for e in self.store.read_category(CATEGORY)])
