@@ -28,6 +28,7 @@ from sdv_orchestrator.adapters.commands import public_key_router
 from sdv_orchestrator.adapters.policy_commands import policy_router
 from sdv_packager.adapters.commands import command_router as packager_commands
 from sdv_registry.adapters.commands import command_router as registry_commands
+from sdv_registry.adapters.operator_commands import operator_router
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = (ROOT / "docs" / DOCUMENT_FILE,
@@ -40,6 +41,7 @@ def served_commands() -> Mapping[str, CommandSpec]:
     unused = cast(Any, None)
     packager_commands(unused)
     registry_commands(unused)
+    operator_router(unused)
     orchestrator_commands(unused)
     public_key_router(unused)
     policy_router(unused)

@@ -15,9 +15,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import nats
+import nats.errors
 import pytest
 
 from sdv_client.deploy import SECRETS, SECRETS_DIR
+from sdv_events.auth import DeviceAuthority, Role, format_creds, new_keypair, public_key, raw_creds, seed_of
 from sdv_events.auth.client_tls import tls_options
 from sdv_events.servers import free_port, nats_server_binary
 from sdv_events.servers.ports import wait_for_port
@@ -87,6 +89,19 @@ async def test_deploy_config_runs_in_operator_mode_with_tls(deployed: tuple[Path
 
     async def ignore(_: Exception) -> None:
         return None
+
+    # The bootstrap admin, and an operator the registry would sign with its trust file
+    # (`sdv operators add` under a compose deployment), are users of the operators account.
+    key = new_keypair(Role.USER)
+    authority = DeviceAuthority.load(generated / "registry-trust.json")
+    viewer = format_creds(authority.operator_jwt(public_key(key), "ann", "viewer"), seed_of(key))
+    for creds in (str(generated / "operator.creds"), raw_creds(viewer)):
+        nc = await nats.connect(url, user_credentials=creds, allow_reconnect=False, **tls_options(url, ca))
+        try:  # a command crosses into the app account (nobody serves it here)
+            with pytest.raises(nats.errors.NoRespondersError):
+                await nc.request("sdv.cmd.registry.ping", b"{}", timeout=10)
+        finally:
+            await nc.close()
 
     refused = dict(allow_reconnect=False, connect_timeout=2, max_reconnect_attempts=1, error_cb=ignore)
     with pytest.raises(Exception, match="certificate verify failed"):  # no CA pinned

@@ -93,8 +93,19 @@ async def suite(tmp_path_factory: pytest.TempPathFactory, database_url: str) -> 
 
 @pytest.fixture(scope="module")
 async def ops(suite: Suite) -> AsyncIterator[CommandClient]:
+    """The admin of `sdv up` (an operator: commands, no subscriptions but its inbox and logs)."""
     nc = await nats.connect(str(suite.nats_url), user_credentials=suite.nats_creds, **_tls(suite))
     yield CommandClient(nc, actor="operator:test", timeout=5.0)
+    await nc.close()
+
+
+@pytest.fixture(scope="module")
+async def watcher(suite: Suite) -> AsyncIterator[NatsClient]:
+    """A user of the app account with every right there, to watch what reaches it."""
+    trust = Trust.load(suite.dir / "nats" / "trust.json")
+    nc = await nats.connect(str(suite.nats_url), user_credentials=raw_creds(trust.service_creds("watcher")),
+                            **_tls(suite))
+    yield nc
     await nc.close()
 
 
@@ -193,10 +204,10 @@ async def _enrolment_client(suite: Suite, errors: Errors) -> NatsClient:
                               **_tls(suite))
 
 
-async def test_enrolment_credentials_announce_but_read_no_events(suite: Suite, ops: CommandClient) -> None:
+async def test_enrolment_credentials_announce_but_read_no_events(suite: Suite, watcher: NatsClient) -> None:
     device_id = f"sec-enrol-{uuid.uuid4().hex[:8]}"
-    seen = await ops.nc.subscribe(announce_subject(device_id))
-    await ops.nc.flush()
+    seen = await watcher.subscribe(announce_subject(device_id))
+    await watcher.flush()
     errors = Errors()
     nc = await _enrolment_client(suite, errors)
     try:
@@ -223,7 +234,7 @@ async def test_enrolment_credentials_announce_but_read_no_events(suite: Suite, o
 
 
 async def test_an_accepted_device_connects_with_its_credentials_and_heartbeats(
-    suite: Suite, ops: CommandClient,
+    suite: Suite, ops: CommandClient, watcher: NatsClient,
 ) -> None:
     device_id = f"sec-dev-{uuid.uuid4().hex[:8]}"
     key = new_keypair(Role.USER)
@@ -239,8 +250,8 @@ async def test_an_accepted_device_connects_with_its_credentials_and_heartbeats(
     assert reply.status == "accepted", reply
     assert reply.credentials is not None
 
-    heartbeats = await ops.nc.subscribe(f"sdv.hb.{device_id}")
-    await ops.nc.flush()
+    heartbeats = await watcher.subscribe(f"sdv.hb.{device_id}")
+    await watcher.flush()
     errors = Errors()
     device = await nats.connect(
         str(suite.nats_url), user_credentials=raw_creds(format_creds(reply.credentials.jwt, seed_of(key))),

@@ -120,16 +120,18 @@ class Agent:
 class Harness:
     url: str
     trust: Trust
-    ops: CommandClient
+    ops: CommandClient  # a user of the app account with every right (heartbeats, history …)
     store: EventStore
     settings: RegistrySettings
     server: NatsServer
+    # An admin of the operators account, as people reach the registry (`call` uses it if set).
+    admin: CommandClient | None = None
 
     def agent(self, device_id: str) -> Agent:
         return Agent(device_id, self.url, self.trust.enrol_creds())
 
     async def call(self, name: str, request: msgspec.Struct, result_type: type[Any]) -> Any:
-        return await self.ops.call("registry", name, request, result_type)
+        return await (self.admin or self.ops).call("registry", name, request, result_type)
 
 
 @pytest.fixture
@@ -177,6 +179,8 @@ async def registry(auth_nats: NatsServer, database_url: str, schema: str, trust:
     settings = registry_settings(auth_nats.url, database_url, schema, trust, tmp_path)
     async with running_registry(settings):
         nc = await nats.connect(auth_nats.url, user_credentials=raw_creds(trust.service_creds("operator")))
-        yield Harness(auth_nats.url, trust, CommandClient(nc, actor="operator:test"), store, settings,
-                      auth_nats)
+        admin = await nats.connect(auth_nats.url, user_credentials=raw_creds(trust.operator_creds("test", "admin")))
+        yield Harness(auth_nats.url, trust, CommandClient(nc, actor="service:test"), store, settings,
+                      auth_nats, CommandClient(admin, actor="someone-else"))
+        await admin.close()
         await nc.close()

@@ -23,6 +23,7 @@ from sdv_events.auth import (
     public_key,
     render_server_config,
 )
+from sdv_events.auth.accounts import TO_APP_SERVICES, TO_DEVICE_STREAMS
 from sdv_events.auth.jwt import jti_of
 
 
@@ -85,7 +86,7 @@ def test_trust_survives_a_save_and_load_with_owner_only_permissions(tmp_path: Pa
     assert public_key(again.account_signing) == public_key(trust.account_signing)
 
 
-def test_server_config_is_operator_mode_with_the_three_accounts_preloaded() -> None:
+def test_server_config_is_operator_mode_with_the_four_accounts_preloaded() -> None:
     trust = Trust.generate()
     text = render_server_config(trust, revocations={public_key(new_keypair(Role.USER)): 1})
     assert "resolver: MEMORY" in text
@@ -98,6 +99,9 @@ def test_server_config_is_operator_mode_with_the_three_accounts_preloaded() -> N
     assert "disk_storage" not in devices["nats"]["limits"]  # devices reach it through imports only
     assert "revocations" not in app["nats"]
     assert len(devices["nats"]["revocations"]) == 1
+    operators = decode_jwt(preload.split(f"{trust.operators_account_key}: ")[1].split()[0])
+    assert operators["iss"] == app["iss"]
+    assert "disk_storage" not in operators["nats"]["limits"]
 
 
 def test_devices_import_from_the_app_account_only_what_the_app_account_exports_to_them() -> None:
@@ -106,7 +110,8 @@ def test_devices_import_from_the_app_account_only_what_the_app_account_exports_t
     devices = decode_jwt(trust.devices_account_jwt())["nats"]
     exported = {(e["subject"], e["type"]) for e in app["exports"]}
     imported = {(i["subject"], i["type"]) for i in devices["imports"]}
-    assert imported == exported
+    assert imported == {*((s, "service") for s in TO_APP_SERVICES), *((s, "stream") for s in TO_DEVICE_STREAMS)}
+    assert imported <= exported  # the rest of the exports are the operators' (test_operator_roles.py)
     assert all(i["account"] == trust.account_key for i in devices["imports"])
     # Requests devices send cross as services: the server replaces their reply subject.
     assert ("$JS.API.DIRECT.GET.KV_sdv_desired.>", "service") in imported
@@ -114,7 +119,8 @@ def test_devices_import_from_the_app_account_only_what_the_app_account_exports_t
     assert ("$KV.sdv_desired.>", "stream") in imported
     # Nothing that would let a device reach the JetStream API beyond direct gets, or commands.
     assert not [s for s, _ in imported if s.startswith(("$JS.API.STREAM", "$JS.API.CONSUMER", "sdv.cmd"))]
-    assert [(e["subject"], e["type"]) for e in devices["exports"]] == [("sdv.device.*.ops.>", "service")]
+    assert [(e["subject"], e["type"]) for e in devices["exports"]] == [
+        ("sdv.device.*.ops.>", "service"), ("sdv.logs.>", "stream")]  # to operators (roles.py)
     assert [(i["subject"], i["account"]) for i in app["imports"]] == [
         ("sdv.device.*.ops.>", trust.devices_account_key)]
 

@@ -48,7 +48,7 @@ def audit(
     package: str = typer.Option(None, "--package", help="Events about one app (package name)."),
     stream: str = typer.Option(None, "--stream", help="One stream, e.g. rollout-<id> or agent-<device>."),
     correlation: str = typer.Option(None, "--correlation", help="One correlation id."),
-    actor: str = typer.Option(None, "--actor", help="Who caused it, e.g. cli:alice or device:car-1."),
+    actor: str = typer.Option(None, "--actor", help="Who caused it, e.g. operator:alice or device:car-1."),
     type_: str = typer.Option(None, "--type", help="Event type, e.g. DeviceFailed."),
     since: str = typer.Option(None, "--since", help="At or after (ISO 8601)."),
     until: str = typer.Option(None, "--until", help="Before (ISO 8601)."),

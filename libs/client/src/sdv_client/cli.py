@@ -16,9 +16,18 @@ from sdv_client.cli_support import JsonUsageErrors
 from sdv_client.demo_cli import demo
 from sdv_client.deploy_cli import app as deploy_app
 from sdv_client.device_cli import app as devices_app
-from sdv_client.health import SERVICES, nats_ca, nats_credentials, ping_all, quiet, status_of
+from sdv_client.health import (
+    OPERATOR_CREDS_ENV,
+    SERVICES,
+    nats_ca,
+    nats_credentials,
+    ping_all,
+    quiet,
+    status_of,
+)
 from sdv_client.history_cli import history
 from sdv_client.inventory_cli import status as fleet_status
+from sdv_client.operators_cli import app as operators_app
 from sdv_client.package_cli import app as package_app
 from sdv_client.rebuild_cli import rebuild
 from sdv_client.rollout_cli import app as rollout_app
@@ -37,11 +46,21 @@ app.add_typer(apps_app, name="app")
 app.add_typer(deploy_app, name="deploy")
 app.add_typer(audit_app, name="audit")
 app.add_typer(alerts_app, name="alerts")
+app.add_typer(operators_app, name="operators")
 app.command("history")(history)
 app.command("rebuild")(rebuild)
 app.command("status")(fleet_status)
 
 JsonOption = typer.Option(False, "--json", help="Print machine-readable JSON on stdout.")
+
+
+@app.callback()
+def _credentials(creds: Path | None = typer.Option(
+        None, "--creds", envvar=OPERATOR_CREDS_ENV, show_envvar=True,
+        help="An operator's `.creds` file (from `sdv operators add`) to act as; default: "
+             "SDV_NATS_CREDS, which `sdv up`'s env file sets to its admin's.")) -> None:
+    if creds is not None:
+        os.environ[OPERATOR_CREDS_ENV] = str(creds)  # every sub-command connects with it
 app.command("up")(up)
 app.command("demo")(demo)
 

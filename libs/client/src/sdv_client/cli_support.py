@@ -16,6 +16,7 @@ import json
 import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import msgspec
@@ -29,7 +30,9 @@ from rich.table import Table
 
 from sdv_client.health import nats_ca, nats_credentials
 from sdv_events.auth.client_tls import NatsCaError, tls_hint, tls_options
-from sdv_events.bus import CommandError, RequestTimeout, ServiceUnavailable
+from sdv_events.auth.roles import jetstream_prefix_of_file, operator_of_creds
+from sdv_events.bus import CommandError, Forbidden, RequestTimeout, ServiceUnavailable
+from sdv_events.bus.denials import PermissionDenials
 from sdv_events.bus.tracing import configure_tracing, span
 
 T = TypeVar("T")
@@ -136,11 +139,38 @@ def fail(failure: Failure, as_json: bool) -> NoReturn:
     raise typer.Exit(failure.exit_code)
 
 
+def _creds_text() -> str | None:
+    creds = nats_credentials()
+    try:
+        return Path(creds).read_text() if creds else None
+    except OSError:
+        return None
+
+
+def js_prefix() -> str | None:
+    """The JetStream API prefix for the credentials the CLI connects with (an operator's reach
+    the suite's JetStream under one: `sdv_events.auth.roles.JS_API_PREFIX`)."""
+    return jetstream_prefix_of_file(nats_credentials())
+
+
+def who_am_i() -> str:
+    """`operator 'ann' (viewer)` for an operator's credentials; else what they are."""
+    creds = nats_credentials()
+    operator = operator_of_creds(_creds_text())
+    if operator is not None:
+        return f"operator {operator[0]!r} ({operator[1]}, {creds})"
+    return f"the credentials {creds}" if creds else "no credentials"
+
+
 def failure_of(exc: CommandError, service: str) -> Failure:
     unreachable = isinstance(exc, ServiceUnavailable | RequestTimeout)
     message = exc.message
     if isinstance(exc, ServiceUnavailable):
         message += f" (is the {service} running on {nats_url()}?)"
+    if isinstance(exc, Forbidden) and exc.details.get("reason") == "permissions_violation":
+        message = (f"refused by the NATS server: {who_am_i()} may not send "
+                   f"{exc.details.get('subject', 'this request')} — the role does not allow it "
+                   "(an admin can add an operator with a wider role: `sdv operators add`)")
     return Failure(message, code=exc.code, details=exc.details,
                    exit_code=EXIT_UNREACHABLE if unreachable else EXIT_REFUSED)
 
@@ -149,8 +179,8 @@ def readable_credentials(creds: str | None) -> str | None:
     """The `.creds` file, checked before connecting: nats-py's own error would not name it."""
     if creds is not None and not os.access(creds, os.R_OK):
         why = "no such file" if not os.path.exists(creds) else "not readable"
-        raise Failure(f"NATS credentials file {creds}: {why} (SDV_NATS_CREDS, or the --data-dir "
-                      "of `sdv up`)", code="bad_creds", exit_code=EXIT_USAGE)
+        raise Failure(f"NATS credentials file {creds}: {why} (--creds, SDV_CREDS, SDV_NATS_CREDS, "
+                      "or the --data-dir of `sdv up`)", code="bad_creds", exit_code=EXIT_USAGE)
     return creds
 
 
@@ -165,16 +195,23 @@ async def with_nats(work: Callable[[NatsClient], Awaitable[T]], service: str) ->
     async def quiet(_: Exception) -> None:  # the failure is reported below, once
         return None
 
+    # A command the credentials' role does not allow is refused by the server: say so at once.
+    denials = PermissionDenials(then=quiet)
     try:
         # max_reconnect_attempts=0 would make nats-py retry the first connect forever.
         nc: NatsClient = await asyncio.wait_for(nats.connect(
             url, name=f"sdv-cli-{service}", connect_timeout=2, allow_reconnect=False,
-            max_reconnect_attempts=1, reconnect_time_wait=0.1, error_cb=quiet,
+            max_reconnect_attempts=1, reconnect_time_wait=0.1, error_cb=denials.error_cb,
             user_credentials=creds, **tls,
         ), CONNECT_TIMEOUT_S)
     except Exception as exc:
+        if "authorization violation" in str(exc).lower() and creds:
+            raise Failure(f"the NATS server at {url} refused {who_am_i()} (authorization violation: "
+                          "revoked, expired, or credentials of another suite)", code="unauthorized",
+                          exit_code=EXIT_REFUSED) from None
         raise Failure(f"cannot reach NATS at {url}: {exc!r}{tls_hint(exc, ca)}", code="unreachable",
                       exit_code=EXIT_UNREACHABLE) from None
+    denials.attach(nc)
     try:
         return await work(nc)
     except CommandError as exc:

@@ -36,6 +36,7 @@ from rich.console import Console
 from sdv_client.demo_app import APP, write_app
 from sdv_client.local_agents import SELECTOR
 from sdv_client.packages import PackagerClient
+from sdv_events.auth.roles import jetstream_prefix_of_file
 from sdv_events.bus import CommandClient, CommandError
 from sdv_events.provisioning import REPORTED_BUCKET
 from sdv_events.schemas.deployment import ReportedState
@@ -112,13 +113,13 @@ class Narrator:
 
 class Demo:
     def __init__(self, nc: NatsClient, narrator: Narrator, dashboard_url: str | None,
-                 selector: str = SELECTOR) -> None:
+                 selector: str = SELECTOR, js_prefix: str | None = None) -> None:
         self.nc = nc
         self.say = narrator
         self.dashboard_url = dashboard_url
         self.selector = selector
         self.commands = CommandClient(nc, actor="sdv-demo", timeout=30.0)
-        self.packages = PackagerClient(nc, actor="sdv-demo")
+        self.packages = PackagerClient(nc, actor="sdv-demo", js_prefix=js_prefix)
         self.lines = 0
         self.result = DemoResult(ok=False, dashboard_url=dashboard_url)
 
@@ -260,8 +261,8 @@ class Demo:
 
     async def _runs(self, device: str, version: str) -> bool:
         try:
-            raw = await self.nc.jetstream().get_last_msg(f"KV_{REPORTED_BUCKET}",
-                                                         f"$KV.{REPORTED_BUCKET}.{device}", direct=True)
+            raw = await self.packages.js.get_last_msg(f"KV_{REPORTED_BUCKET}",
+                                                      f"$KV.{REPORTED_BUCKET}.{device}", direct=True)
         except nats.js.errors.NotFoundError:
             return False
         if not raw.data:
@@ -277,5 +278,9 @@ class Demo:
             self.say.line(device, stream, text)
 
 
-async def run_demo(nc: NatsClient, console: Console, dashboard_url: str | None) -> DemoResult:
-    return await Demo(nc, Narrator(console), dashboard_url).run()
+async def run_demo(nc: NatsClient, console: Console, dashboard_url: str | None,
+                   creds: str | None = None) -> DemoResult:
+    """`creds`: the `.creds` file `nc` connected with (an operator's reach JetStream under a
+    prefix: `sdv_events.auth.roles.jetstream_prefix`)."""
+    return await Demo(nc, Narrator(console), dashboard_url,
+                      js_prefix=jetstream_prefix_of_file(creds)).run()

@@ -16,7 +16,7 @@ from rich.console import Console
 
 from sdv_client import suite_info
 from sdv_client.demo import DemoResult, run_demo
-from sdv_client.health import quiet
+from sdv_client.health import nats_credentials, quiet
 from sdv_client.status_view import err, out
 from sdv_client.suite import Suite, SuiteError
 from sdv_client.suite_info import RunningSuite
@@ -28,7 +28,7 @@ def _from_env() -> RunningSuite | None:
     url = os.environ.get("SDV_NATS_URL")
     if not url:
         return None
-    return RunningSuite(pid=0, data_dir="", nats_url=url, nats_creds=os.environ.get("SDV_NATS_CREDS"),
+    return RunningSuite(pid=0, data_dir="", nats_url=url, nats_creds=nats_credentials(),
                         nats_ca=os.environ.get("SDV_NATS_CA"), monitor_url=os.environ.get("SDV_MONITOR_URL"),
                         devices=[], selector="")
 
@@ -38,7 +38,7 @@ async def _on_running(info: RunningSuite, console: Console) -> DemoResult:
     nc = await nats.connect(info.nats_url, name="sdv-demo", connect_timeout=5, max_reconnect_attempts=-1,
                             error_cb=quiet, **auth, **tls_options(info.nats_url, info.nats_ca))
     try:
-        return await run_demo(nc, console, info.dashboard_url)
+        return await run_demo(nc, console, info.dashboard_url, info.nats_creds)
     finally:
         await nc.close()
 
@@ -51,7 +51,7 @@ async def _on_own_suite(suite: Suite, console: Console, as_json: bool, timeout: 
             return DemoResult(ok=False, error="interrupted during start-up")
         console.print(f"started a suite in {suite.dir} with {len(suite.local.device_ids)} local agent(s); "
                       f"dashboard {suite.monitor_url}/ (until the demo ends)", highlight=False)
-        demo = asyncio.create_task(run_demo(suite.nc, console, f"{suite.monitor_url}/"))
+        demo = asyncio.create_task(run_demo(suite.nc, console, f"{suite.monitor_url}/", suite.nats_creds))
         stopping = asyncio.create_task(stop.wait())
         while not demo.done():
             await asyncio.wait({demo, stopping}, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)

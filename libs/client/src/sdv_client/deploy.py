@@ -6,7 +6,8 @@ security as `sdv up`, written by `sdv deploy init DIR` (default `deploy/generate
     trust.json              operator, accounts, signing keys              → nobody (kept here)
     registry-trust.json     the signing keys the registry uses            → the registry only
     services/<name>.creds   each service's own NATS user, least privilege → that service
-    operator.creds          the operator's CLI (commands, no events)      → `sdv …` on this host
+    operator.creds          the bootstrap admin (role admin, `sdv operators add` adds others)
+                                                                          → `sdv …` on this host
     enrol.creds             the agents' shared enrolment user             → edge agents
     tls/ca.pem              the CA every client pins                      → every client
     tls/ca-key.pem          the CA's key: never mounted anywhere

@@ -22,8 +22,12 @@ SERVICES: tuple[str, ...] = ("packager", "registry", "orchestrator", "monitor")
 
 # Where `sdv up` keeps the embedded NATS's chain of trust and credentials: `<data-dir>/nats/…`.
 CREDS_ENV = "SDV_NATS_CREDS"
+# The CLI's own choice of credentials (`sdv --creds FILE …` sets it): an operator's `.creds`
+# from `sdv operators add`, over SDV_NATS_CREDS (which `sdv up`'s env file sets to its admin's).
+OPERATOR_CREDS_ENV = "SDV_CREDS"
 TRUST_FILE = "trust.json"
-# The operator's (CLI, `sdv ping`) credentials; each service has its own in SERVICES_CREDS_DIR.
+# The bootstrap admin's credentials (CLI, `sdv ping`, `sdv up` itself: an operator with role
+# admin, `sdv_events.auth.roles`); each service has its own in SERVICES_CREDS_DIR.
 SERVICE_CREDS_FILE = "operator.creds"
 SERVICES_CREDS_DIR = "services"
 ENROL_CREDS_FILE = "enrol.creds"
@@ -35,11 +39,12 @@ def service_creds_path(data_dir: Path) -> Path:
 
 
 def nats_credentials(data_dir: Path | None = None) -> str | None:
-    """The `.creds` file to connect with: the operator's credentials `sdv up --data-dir <data_dir>`
-    wrote when a data dir is named, else `SDV_NATS_CREDS`, else None (a server without auth)."""
+    """The `.creds` file to connect with: the admin's credentials `sdv up --data-dir <data_dir>`
+    wrote when a data dir is named, else `SDV_CREDS` (`--creds`), else `SDV_NATS_CREDS`, else
+    None (a server without auth)."""
     if data_dir is not None:
         return str(service_creds_path(data_dir))
-    return os.environ.get(CREDS_ENV) or None
+    return os.environ.get(OPERATOR_CREDS_ENV) or os.environ.get(CREDS_ENV) or None
 
 
 def tls_dir(data_dir: Path) -> Path:

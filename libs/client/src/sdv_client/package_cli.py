@@ -39,6 +39,7 @@ from sdv_client.cli_support import (
     err,
     fail,
     failure_of,
+    js_prefix,
     out,
     run,
     user,
@@ -64,7 +65,8 @@ class ChannelName(StrEnum):
 
 
 def _run(work: Callable[[PackagerClient], Awaitable[T]], as_json: bool) -> T:
-    return run(lambda nc: work(PackagerClient(nc, actor=f"cli:{user()}")), as_json, "packager")
+    return run(lambda nc: work(PackagerClient(nc, actor=f"cli:{user()}", js_prefix=js_prefix())),
+               as_json, "packager")
 
 
 def _size(n: int) -> str:

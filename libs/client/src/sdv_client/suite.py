@@ -9,15 +9,18 @@ writes, owner-only, beside it:
 - `services/<service>.creds`: each service's own user, allowed only what that service does
   (`sdv_events.auth.service_permissions`: its own events, commands, JetStream without deleting
   or purging the record), given to that service alone (`SDV_NATS_CREDS`);
-- `operator.creds`: the operator's user, which `sdv up`, `sdv ping` and the CLI connect with
-  (every command, uploads, reading events; no event publishing, nothing destructive);
+- `operator.creds`: the bootstrap admin, an operator named `admin` with the role admin in the
+  operators account (`sdv_events.auth.roles`: every command and op, uploads, console lines; no
+  event, no stream management), which `sdv up`, `sdv ping` and the CLI connect with; further
+  operators are added by an admin (`sdv operators add NAME --role …`, signed by the registry);
 - `enrol.creds`: the shared enrolment user agents announce with (it may only announce and read
   the enrolment inbox), in the devices account;
 - `registry-trust.json`: the registry's part of the trust (`sdv_events.auth.DeviceAuthority`:
-  the devices account's signing key, the operator signing key it re-issues the devices account
-  with revocations by, the system user it pushes them with; no identity seed, nothing of the app
-  account). Only the registry gets it (`SDV_TRUST_FILE`): it mints each accepted device its own
-  credentials in the devices account and revokes them. `trust.json` is given to no service.
+  the devices and operators accounts' signing keys, the operator signing key it re-issues those
+  accounts with revocations by, the system user it pushes them with; no identity seed, nothing
+  of the app account). Only the registry gets it (`SDV_TRUST_FILE`): it mints each accepted
+  device and each added operator its own credentials and revokes them. `trust.json` is given to
+  no service.
 
 It requires TLS of every client: `sdv up` keeps a CA of its own and the server certificate it
 signed in `<data-dir>/nats/tls/` (`sdv_events.auth.certificates`: made once, renewed before they
@@ -252,7 +255,7 @@ class Suite:
             os.chmod(trust_file, 0o600)
             self.registry_trust_file = trust.authority().save(nats_dir / REGISTRY_TRUST_FILE)
             # Each service its own user, with only what it does (sdv_events/auth/service_permissions);
-            # the operator's for the CLI and `sdv up` itself.
+            # the bootstrap admin's for the CLI and `sdv up` itself (sdv_events/auth/roles).
             services_dir = nats_dir / SERVICES_CREDS_DIR
             services_dir.mkdir(mode=0o700, exist_ok=True)
             self.service_creds = {

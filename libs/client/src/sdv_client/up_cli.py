@@ -113,7 +113,8 @@ def print_block(suite: Suite, info: RunningSuite, env_file: Path, took_s: float,
 
 
 async def _demo(suite: Suite, as_json: bool) -> DemoResult:
-    result = await run_demo(suite.nc, err if as_json else out, suite.monitor_url and f"{suite.monitor_url}/")
+    result = await run_demo(suite.nc, err if as_json else out, suite.monitor_url and f"{suite.monitor_url}/",
+                            suite.nats_creds)
     if as_json:
         sys.stdout.write(json.dumps({"demo": result.to_json()}) + "\n")
         sys.stdout.flush()
@@ -199,7 +200,8 @@ def up(
     The embedded NATS enforces per-user permissions (operator mode) over TLS: its keys are kept
     in <data-dir>/nats/trust.json (the registry gets only the signing keys it needs, in
     registry-trust.json), each service's own credentials in <data-dir>/nats/services/, the
-    operator's (CLI) in <data-dir>/nats/operator.creds and the agents' enrolment credentials in
+    bootstrap admin's (CLI; `sdv operators add` adds people with roles) in
+    <data-dir>/nats/operator.creds and the agents' enrolment credentials in
     <data-dir>/nats/enrol.creds; clients pin the CA in <data-dir>/nats/tls/ca.pem. The CLI's
     settings are in <data-dir>/env while it runs (`source` it)."""
     if data_dir is not None:

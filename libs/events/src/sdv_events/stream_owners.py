@@ -11,6 +11,7 @@ from sdv_events.ids import split_stream_id
 STREAM_OWNERS: Mapping[str, str] = MappingProxyType({
     "package": "packager",
     "device": "registry",
+    "operator": "registry",
     "rollout": "orchestrator",
     "policy": "orchestrator",
     "facts": "monitor",

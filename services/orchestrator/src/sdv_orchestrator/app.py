@@ -51,7 +51,7 @@ async def serve(settings: OrchestratorSettings, stop: asyncio.Event | None = Non
             await catalog.create(conn)
             await desired.create(conn)
         nc = runtime.broker.config.connection_state.connection
-        peers = Peers(CommandClient(nc, actor=SERVICE), SignalCatalogs(runtime.js))
+        peers = Peers(CommandClient(nc, actor=f"service:{SERVICE}"), SignalCatalogs(runtime.js))
         orchestrator = Orchestrator(runtime.store, peers, desired)
         runtime.broker.include_router(command_router(orchestrator))
         runtime.broker.include_router(public_key_router(signer))

@@ -1,7 +1,7 @@
-"""Composition root of the registry: settings → read model, device auth (credentials and
-revocations, when its trust file — `sdv_events.auth.DeviceAuthority`, the keys it signs with
-and nothing more — is configured), command and announce/renew routers, the inventory
-projection and heartbeat presence, on the shared service runtime."""
+"""Composition root of the registry: settings → read model, device and operator auth
+(credentials and revocations, when its trust file — `sdv_events.auth.DeviceAuthority`, the keys
+it signs with and nothing more — is configured), command and announce/renew routers, the
+inventory projection and heartbeat presence, on the shared service runtime."""
 
 from __future__ import annotations
 
@@ -23,19 +23,21 @@ from sdv_registry.adapters.admission_log import AdmissionLog
 from sdv_registry.adapters.announce import subscribe_announcements
 from sdv_registry.adapters.commands import command_router
 from sdv_registry.adapters.heartbeats import subscribe_heartbeats
+from sdv_registry.adapters.operator_commands import operator_router
 from sdv_registry.adapters.rate_limit import AnnounceLimiter
 from sdv_registry.adapters.revocations import Revocations
 from sdv_registry.application import Registry, sha256_hex
 from sdv_registry.credentials import CredentialIssuer
 from sdv_registry.heartbeats import PresenceMonitor, wall_clock
+from sdv_registry.operators import Operators, revoked_operator_keys
 from sdv_registry.projections import DeviceInventory
 from sdv_registry.settings import SERVICE, RegistrySettings, load_settings
 
 
 async def _device_auth(settings: RegistrySettings, runtime: ServiceRuntime, admission: AdmissionLog
-                       ) -> tuple[CredentialIssuer | None, Revocations | None]:
+                       ) -> tuple[DeviceAuthority | None, CredentialIssuer | None, Revocations | None]:
     if settings.trust_file is None:
-        return None, None
+        return None, None, None
     authority = DeviceAuthority.load(settings.trust_file)
     keys = SuiteKeys(tuple(settings.packager_keys), tuple(settings.orchestrator_keys))
     for key in (*keys.packager, *keys.orchestrator):
@@ -46,16 +48,21 @@ async def _device_auth(settings: RegistrySettings, runtime: ServiceRuntime, admi
                              f"is not a base64 Ed25519 public key ({err})") from None
     issuer = CredentialIssuer(authority, settings.credential_ttl_s, wall_clock,
                               signing_keys=keys if keys.packager or keys.orchestrator else None)
+
+    async def reconnected() -> None:  # perhaps to a restarted server that forgot the revocations
+        revocations.push_soon()
+
     # Claim updates are accepted only from the system account: a connection of its own.
     system_nc = await nats.connect(settings.nats_url, name=f"sdv-{SERVICE}-system",
                                    user_credentials=raw_creds(authority.system_creds()),
-                                   max_reconnect_attempts=-1,
+                                   max_reconnect_attempts=-1, reconnected_cb=reconnected,
                                    **tls_options(settings.nats_url, settings.nats_ca))
     revocations = Revocations(authority, system_nc, admission, credential_ttl_s=settings.credential_ttl_s,
-                              clock=wall_clock, period_s=settings.revocation_push_s)
+                              clock=wall_clock, period_s=settings.revocation_push_s,
+                              operator_keys=lambda: revoked_operator_keys(runtime.store))
     runtime.spawn(revocations.run, "revocations")
     runtime.spawn(lambda stop: _close_on_stop(system_nc, stop), "system_connection")
-    return issuer, revocations
+    return authority, issuer, revocations
 
 
 async def _close_on_stop(nc: NatsClient, stop: asyncio.Event) -> None:
@@ -70,7 +77,7 @@ async def serve(settings: RegistrySettings, stop: asyncio.Event | None = None) -
         async with runtime.store.pool.acquire() as conn:
             await inventory.create(conn)
         admission = AdmissionLog(runtime.store.pool, schema)
-        issuer, revocations = await _device_auth(settings, runtime, admission)
+        authority, issuer, revocations = await _device_auth(settings, runtime, admission)
         fleet_hash = sha256_hex(settings.fleet_token) if settings.fleet_token else None
         registry = Registry(runtime.store, inventory.view, issuer, revocations, fleet_hash,
                             settings.pending_retry_s)
@@ -78,6 +85,7 @@ async def serve(settings: RegistrySettings, stop: asyncio.Event | None = None) -
             registry.nonce_secret = hashlib.sha256(
                 b"sdv-announce-nonce\n" + bytes(issuer.authority.devices_signing.seed)).digest()
         runtime.broker.include_router(command_router(registry))
+        runtime.broker.include_router(operator_router(Operators(runtime.store, authority, revocations)))
         nc = runtime.broker.config.connection_state.connection
         runner = ConsumerRunner(runtime.store.pool, schema, runtime.js, inventory,
                                 source=OwnThenHistory(StoreSource(runtime.store), HistorySource(nc)),

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from sdv_events.bus.rpc import ACTOR_HEADER, COMMAND_ID_HEADER, CORRELATION_HEADER
+from sdv_events.bus.actor import ACTOR_HEADER, REQUEST_INFO_HEADER
+from sdv_events.bus.rpc import COMMAND_ID_HEADER, CORRELATION_HEADER
 from sdv_events.enrolment import SEALED_HEADER, SEALED_SCHEME
 
 _TRACE = {
@@ -27,8 +28,18 @@ def _headers(description: str, properties: dict[str, Any], required: list[str] |
 HEADER_SCHEMAS: dict[str, dict[str, Any]] = {
     "CommandHeaders": _headers("Headers of a request (a command, an op, an announce).", {
         ACTOR_HEADER: {"type": "string",
-                       "description": "Who asks (the CLI sends `cli:<user>`); "
-                                      "`anonymous` when absent. Devices' announces ignore it."},
+                       "description": "Who the sender says it is (a service: `service:<name>`); "
+                                      "`anonymous` when absent. Ignored for operators' requests "
+                                      f"(the actor is the name in `{REQUEST_INFO_HEADER}`) and "
+                                      "devices' announces; a claim `operator:…` is recorded as "
+                                      "`unverified:operator:…`."},
+        REQUEST_INFO_HEADER: {"type": "string",
+                              "description": "Set by nats-server (never by a client: the server "
+                                             "replaces it) on requests that cross into the "
+                                             "account through an import with `share`: JSON "
+                                             "naming the requester's account, user key and "
+                                             "user JWT. An operator's actor is `operator:` + "
+                                             "that JWT's `name`."},
         COMMAND_ID_HEADER: {"type": "string",
                             "description": "Idempotency key: the same id with the same request "
                                            "returns the first outcome. A fresh UUIDv7 when absent."},

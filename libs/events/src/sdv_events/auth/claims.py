@@ -104,10 +104,18 @@ def export(subject: str, kind: str) -> dict[str, Any]:
     return out
 
 
-def import_(subject: str, kind: str, from_account: str) -> dict[str, Any]:
-    """Importing `from_account`'s export of `subject` under the same subject."""
-    return {"name": subject, "subject": subject, "account": from_account, "type": kind,
-            "local_subject": subject}
+def import_(subject: str, kind: str, from_account: str, *, local_subject: str | None = None,
+            share: bool = False) -> dict[str, Any]:
+    """Importing `from_account`'s export of `subject`, under `local_subject` (default: the same
+    subject). `share` (service imports): the server stamps each request that crosses with a
+    `Nats-Request-Info` header naming the requester — its account, user key and the user JWT
+    it authenticated with — replacing any header of that name the client set."""
+    out: dict[str, Any] = {"name": local_subject or subject, "subject": subject,
+                           "account": from_account, "type": kind,
+                           "local_subject": local_subject or subject}
+    if share:
+        out["share"] = True
+    return out
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
-"""What each service, and an operator's CLI, may do on the bus — least privilege inside the app
-account `SDV` (the server enforces it; `sdv up` and `sdv deploy init` give each its own user).
+"""What each service may do on the bus — least privilege inside the app account `SDV` (the server
+enforces it; `sdv up` and `sdv deploy init` give each its own user). Operators are not in this
+account at all: their roles are in `roles.py`.
 
 A service publishes events only of the categories whose store it owns (`stream_owners.py`), so
 a compromised monitor cannot forge a rollout's events; it calls other services' commands and the
@@ -8,8 +9,7 @@ logs (the bus copy of the record stays whole; the stores are the truth). It hear
 command subjects, its inboxes and what its role needs (the registry: announcements, renewals,
 heartbeats; the monitor: heartbeats — it reads events and apps' console lines through JetStream
 consumers, whose deliveries come to its inboxes). Answers to requests go out through the response
-permission, whatever the reply subject. An operator may call every command, upload packages,
-read events, logs, heartbeats and announcements, and talk to devices' ops — but publishes no event.
+permission, whatever the reply subject.
 """
 
 from __future__ import annotations
@@ -50,10 +50,3 @@ def service_permissions(service: str) -> Permissions:
         resp_max=1, resp_ttl_s=RESPONSE_TTL_S,
     )
 
-
-def operator_permissions() -> Permissions:
-    return Permissions(
-        pub_allow=("sdv.cmd.>", "sdv.device.*.ops.>", *_JETSTREAM, f"$O.{UPLOADS_BUCKET}.>"),
-        pub_deny=_DESTRUCTIVE,
-        sub_allow=("_INBOX.>", "sdv.evt.>", "sdv.logs.>", "sdv.hb.*", "sdv.announce.*"),
-    )

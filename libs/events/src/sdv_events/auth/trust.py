@@ -7,11 +7,14 @@
   rights in the account), signed by the account's signing key;
 - the devices account `DEVICES` (no JetStream): each accepted device and the shared enrolment
   user, signed by its own signing key. It imports from `SDV` only what devices use
-  (`accounts.py`), so the reply subjects devices choose stay out of the app account.
+  (`accounts.py`), so the reply subjects devices choose stay out of the app account;
+- the operators account `OPERATORS` (no JetStream): people, each a user of its own with the
+  permissions of its role (`roles.py`), signed by the account's signing key. It reaches commands
+  and ops through service imports that make the server vouch for who asks (`accounts.py`).
 
 The registry never gets this file: `authority()` is the part it signs with (`authority.py`:
-the devices signing key, the operator signing key to re-issue the devices account with
-revocations, the system user to push it), saved to a file of its own.
+the devices and operators accounts' signing keys, the operator signing key to re-issue those
+accounts with revocations, the system user to push them), saved to a file of its own.
 
 `Trust.generate()` makes all keys; `save`/`load` keep their seeds in a JSON file readable by its
 owner only. JWTs are derived from the seeds whenever needed, so the file holds nothing stale.
@@ -29,22 +32,26 @@ from pathlib import Path
 import nkeys
 
 from sdv_events.auth.accounts import app_account_claims
-from sdv_events.auth.authority import DeviceAuthority
+from sdv_events.auth.authority import DeviceAuthority, OperatorsKeys
 from sdv_events.auth.claims import FULL_RIGHTS, Permissions, UserSpec, account_claims, operator_claims
 from sdv_events.auth.creds import format_creds
 from sdv_events.auth.jwt import encode_jwt
 from sdv_events.auth.keys import Role, keypair_from_seed, new_keypair, public_key, seed_of
 from sdv_events.auth.permissions import enrolment_permissions
-from sdv_events.auth.service_permissions import operator_permissions, service_permissions
+from sdv_events.auth.roles import BOOTSTRAP_ADMIN, OperatorRole
+from sdv_events.auth.service_permissions import service_permissions
 
 OPERATOR_NAME = "sdv"
 SYSTEM_ACCOUNT_NAME = "SYS"
 _ROLES = {"operator": Role.OPERATOR, "operator_signing": Role.OPERATOR, "system_account": Role.ACCOUNT,
           "system_user": Role.USER, "account": Role.ACCOUNT, "account_signing": Role.ACCOUNT,
           "service_user": Role.USER, "enrol_user": Role.USER, "devices_account": Role.ACCOUNT,
-          "devices_signing": Role.ACCOUNT}
+          "devices_signing": Role.ACCOUNT, "operators_account": Role.ACCOUNT,
+          "operators_signing": Role.ACCOUNT}
 # Added when devices got an account of their own; files made before lack them.
 _DEVICES_KEYS = ("devices_account", "devices_signing")
+# Added when operators got an account of their own (their users were in the app account).
+_OPERATORS_KEYS = ("operators_account", "operators_signing")
 
 
 def _now() -> int:
@@ -63,6 +70,8 @@ class Trust:
     enrol_user: nkeys.KeyPair
     devices_account: nkeys.KeyPair
     devices_signing: nkeys.KeyPair
+    operators_account: nkeys.KeyPair
+    operators_signing: nkeys.KeyPair
 
     @classmethod
     def generate(cls) -> Trust:
@@ -96,6 +105,11 @@ class Trust:
             seeds |= {name: seed_of(new_keypair(Role.ACCOUNT))
                       for name in (*_DEVICES_KEYS, "account_signing")}
             path.write_text(json.dumps(seeds))  # the mode stays the owner's only
+        if any(name not in seeds for name in _OPERATORS_KEYS):
+            # Made when operators were users of the app account: their credentials were written
+            # anew at every start, so nothing else changes.
+            seeds |= {name: seed_of(new_keypair(Role.ACCOUNT)) for name in _OPERATORS_KEYS}
+            path.write_text(json.dumps(seeds))
         return cls.load(path)
 
     # --- public keys -----------------------------------------------------------------------
@@ -109,6 +123,10 @@ class Trust:
         return public_key(self.devices_account)
 
     @property
+    def operators_account_key(self) -> str:
+        return public_key(self.operators_account)
+
+    @property
     def system_account_key(self) -> str:
         return public_key(self.system_account)
 
@@ -119,6 +137,7 @@ class Trust:
             operator_signing=self.operator_signing, devices_account=self.devices_account_key,
             devices_signing=self.devices_signing, app_account=self.account_key,
             system_user=self.system_user, system_user_jwt=self.system_user_jwt(),
+            operators=OperatorsKeys(self.operators_account_key, self.operators_signing),
         )
 
     # --- JWTs ------------------------------------------------------------------------------
@@ -143,6 +162,11 @@ class Trust:
         """The devices account; `revocations` maps device public keys to the unix second at and
         before which their JWTs no longer count."""
         return self.authority().devices_account_jwt(revocations, issued_at=issued_at)
+
+    def operators_account_jwt(self, revocations: Mapping[str, int] | None = None,
+                              *, issued_at: int | None = None) -> str:
+        """The operators account; `revocations` as for the devices account."""
+        return self.authority().operators_account_jwt(revocations, issued_at=issued_at)
 
     def user_jwt(self, user_public_key: str, name: str, permissions: Permissions = FULL_RIGHTS,
                  *, expires_at: int | None = None, issued_at: int | None = None) -> str:
@@ -177,10 +201,11 @@ class Trust:
         jwt = self.user_jwt(public_key(user), f"service:{service}", service_permissions(service))
         return format_creds(jwt, seed_of(user))
 
-    def operator_creds(self, name: str = "operator") -> str:
-        """An operator's CLI: every command, no event publishing, nothing destructive."""
+    def operator_creds(self, name: str = BOOTSTRAP_ADMIN, role: OperatorRole = "admin") -> str:
+        """An operator of `role` in the operators account (`sdv up` and `sdv deploy init` write
+        the bootstrap admin's; the registry issues the others, `sdv operators add`)."""
         user = new_keypair(Role.USER)
-        jwt = self.user_jwt(public_key(user), name, operator_permissions())
+        jwt = self.authority().operator_jwt(public_key(user), name, role, issued_at=_now())
         return format_creds(jwt, seed_of(user))
 
     def enrol_creds(self) -> str:

@@ -17,6 +17,8 @@ import nats.errors
 import structlog
 from nats.aio.client import Client as NatsClient
 
+from sdv_events.bus.actor import ACTOR_HEADER, actor_of
+from sdv_events.bus.denials import PublishDenied, denials_of
 from sdv_events.bus.request_fields import field_holding, nul_path
 from sdv_events.bus.request_limits import MAX_REQUEST_BYTES, MAX_REQUEST_DEPTH, check_request
 from sdv_events.bus.tracing import current_trace, inject, trace_from_headers
@@ -38,7 +40,6 @@ T = TypeVar("T")
 Req = TypeVar("Req", bound=msgspec.Struct)
 log = structlog.get_logger("sdv.rpc")
 
-ACTOR_HEADER = "Sdv-Actor"
 COMMAND_ID_HEADER = "Sdv-Command-Id"
 CORRELATION_HEADER = "Sdv-Correlation-Id"
 
@@ -141,7 +142,7 @@ def error_from_reply(reply: ReplyError) -> CommandError:
 @dataclass(frozen=True)
 class RequestInfo:
     subject: str
-    actor: str
+    actor: str  # who asked: `operator:<name>` as the server vouches for it (actor.py), or a claim
     command_id: str
     headers: Mapping[str, str] = field(default_factory=dict)
     # The decoded request (set by `serve_one` before the handler runs).
@@ -185,7 +186,7 @@ async def serve_one(
     the field that sent it)."""
     info = RequestInfo(
         subject=subject,
-        actor=headers.get(ACTOR_HEADER, "anonymous"),
+        actor=actor_of(headers),
         command_id=headers.get(COMMAND_ID_HEADER) or str(uuid7()),
         headers=headers,
     )
@@ -262,10 +263,14 @@ class CommandClient:
     ) -> T:
         """The same wire format on any subject (a device's ops: `sdv.device.<id>.ops.<op>`)."""
         headers = inject({ACTOR_HEADER: self.actor, COMMAND_ID_HEADER: command_id or str(uuid7())})
+        sending = self.nc.request(subject, encode(request), timeout=timeout or self.timeout,
+                                  headers=headers)
+        denials = denials_of(self.nc)
         try:
-            msg = await self.nc.request(
-                subject, encode(request), timeout=timeout or self.timeout, headers=headers
-            )
+            msg = await (sending if denials is None else denials.guard(sending, subject))
+        except PublishDenied as denied:
+            raise Forbidden(f"{denied}: these credentials may not send this request",
+                            details={"subject": subject, "reason": "permissions_violation"}) from None
         except nats.errors.NoRespondersError:
             raise ServiceUnavailable(f"no {answerer} answers {subject}",
                                      details={"subject": subject}) from None

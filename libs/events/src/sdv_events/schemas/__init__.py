@@ -3,6 +3,6 @@
 Importing this package registers every event type, so any consumer can decode any event.
 """
 
-from sdv_events.schemas import agent, deployment, devices, monitor, packages, rollouts
+from sdv_events.schemas import agent, deployment, devices, monitor, operators, packages, rollouts
 
-__all__ = ["agent", "deployment", "devices", "monitor", "packages", "rollouts"]
+__all__ = ["agent", "deployment", "devices", "monitor", "operators", "packages", "rollouts"]

@@ -211,7 +211,7 @@ class AlertWatch:
             databroker_missing=self.heartbeats.databroker_missing(expected, fresh_s=DATABROKER_FRESH_S))
 
     async def _services(self) -> dict[str, list[str]]:
-        client = CommandClient(self.nc, actor="monitor", timeout=2.0)
+        client = CommandClient(self.nc, actor="service:monitor", timeout=2.0)
 
         async def problems_of(service: str) -> list[str]:
             try:
