@@ -70,7 +70,7 @@ def add(name: str = typer.Argument(..., help="The operator's name: lowercase let
         fail(Failure(f"{path} exists: give another --out (credentials are never overwritten)",
                      code="exists", exit_code=EXIT_USAGE), as_json)
     key = new_keypair(Role.USER)
-    request = AddOperator(name=name, role=role, public_key=public_key(key))  # type: ignore[arg-type]
+    request = AddOperator(name=name, role=role, public_key=public_key(key))
     issued = run(lambda nc: _client(nc).call(SERVICE, "add_operator", request, OperatorCredentials),
                  as_json, SERVICE)
     try:
