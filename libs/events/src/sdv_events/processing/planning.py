@@ -95,6 +95,8 @@ class Planner:
     source: StreamSource | None
     start: Start
     dead_letter: DeadLetter
+    # What the consumer reads of what its JetStream filter delivers (None: all of it).
+    reads: Callable[[str], bool] | None = None
 
     def handles(self, subject: str) -> bool:
         return any(subject_matches(subject, p) for p in self.filter_subjects)
@@ -102,8 +104,12 @@ class Planner:
     async def plan(self, msgs: Sequence[Msg], load: LoadLedger, since: datetime | None) -> Plan:
         """The steps for `msgs`, in order. The ledger is loaded once for the batch and updated
         as the plan goes, so a duplicate inside the batch is one too."""
-        wires: list[tuple[Msg, WireEnvelope | DecodeError]] = []
+        wires: list[tuple[Msg, WireEnvelope | DecodeError | None]] = []
+        reads = self.reads
         for msg in msgs:
+            if reads is not None and not reads(msg.subject):
+                wires.append((msg, None))  # another category: acked unread, its seq recorded
+                continue
             try:
                 decoded = decode_as(bytes(msg.data), WireEnvelope)
                 split_stream_id(decoded.stream_id)
@@ -118,6 +124,9 @@ class Planner:
         plan = Plan([])
         for msg, wire in wires:
             seq = msg.metadata.sequence.stream
+            if wire is None:
+                plan.steps.append(Step(seq, msg=msg))
+                continue
             if isinstance(wire, DecodeError):
                 await self.dead_letter(msg, wire, f"{self.consumer}:{seq}")
                 plan.dead_letters += 1

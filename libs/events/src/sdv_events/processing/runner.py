@@ -25,8 +25,13 @@ The rules, in one place:
   One log line per failure, no traceback dump;
 - health turns red when the oldest message not yet handled is older than `max_lag_s` (lag as
   age, not only as a count), counted from when this runner took the lead at the earliest;
-- a projection's rows, the stream versions and the checkpoint commit in one transaction, with
-  no network I/O in it; its side effects run after the commit (`WithSideEffects`);
+- a projection's rows, the stream versions and the checkpoint commit in one transaction per
+  fetched batch, with no network I/O in it and no savepoint per event; an event that fails
+  undoes the batch, and the events before it commit without it (found by applying one by one,
+  each under a savepoint, when the projection wrote the batch set-wise: `AppliesBatches`);
+  its side effects run after the commit (`WithSideEffects`);
+- a consumer of several categories reads one JetStream subject covering them and skips the
+  other categories' messages by subject, unread (categories.py says why);
 - acks after the commit; one runner per consumer leads (a PostgreSQL advisory lock), replicas
   stand by; a transient failure outside a handler (PostgreSQL or NATS away while fetching or
   recording) is waited out the same way, in the runner; other errors it cannot handle escape to
@@ -58,11 +63,12 @@ from sdv_events.bus.tracing import span
 from sdv_events.codec import encode
 from sdv_events.envelope import Envelope
 from sdv_events.errors import DecodeError
-from sdv_events.processing.categories import consumer_subjects, is_versioned
+from sdv_events.processing.categories import SubjectSet, consumer_subjects, is_versioned
 from sdv_events.processing.failures import cause, classify, dependency, waiting_on, where
 from sdv_events.processing.ledger import FactKey, Handled, Ledger
 from sdv_events.processing.planning import Blocked, GapNotHealed, Planner, Step
 from sdv_events.processing.processor import (
+    AppliesBatches,
     Processor,
     Projection,
     WithSideEffects,
@@ -81,6 +87,8 @@ log = structlog.get_logger("sdv.consumer")
 Outcome = Literal["standby", "caught_up", "blocked", "gap", "stopped"]
 # Devices' fact ids are remembered this long: far past any JetStream redelivery.
 EVENT_ID_RETENTION_S = 7 * 86_400.0
+# Streams whose last version a leader keeps in memory, at most (then it starts over).
+MAX_HANDLED_CACHED = 200_000
 # Health turns red when the oldest message not yet handled is older than this.
 DEFAULT_MAX_LAG_S = 30.0
 
@@ -179,10 +187,18 @@ class ConsumerRunner:
         self._oldest_at: float | None = None
         self._batch_times: dict[int, float] = {}
         self._next_prune = 0.0
+        # The last version handled per stream, as this leader committed or read it: spares the
+        # ledger query each batch (which PostgreSQL plans as a scan of the consumer's rows while
+        # its statistics are young). Trusted only while this runner leads and every commit went
+        # through: emptied when it takes the lead, after a failure, after a rebuild's swap.
+        self._handled: dict[str, Handled] = {}
         # Held while a batch is handled; a rebuild in this process takes it to pause the feed.
         self.batch_lock = asyncio.Lock()
+        # What JetStream is asked for: one subject, covering several if need be (categories.py).
+        self.subjects = SubjectSet(consumer_subjects(consumer.filter_subjects))
         self._planner = Planner(self.name, tuple(consumer.filter_subjects), registry, source,
-                                start_of(consumer), self._dead_letter)
+                                start_of(consumer), self._dead_letter,
+                                reads=self.subjects.reads if len(self.subjects.subjects) > 1 else None)
 
     # ------------------------------------------------------------------ running
 
@@ -286,26 +302,39 @@ class ConsumerRunner:
             f"sdv_consumer:{self.schema}", self.name))
 
     async def _feed(self, stop: asyncio.Event, until_caught_up: bool) -> Outcome:
+        self.forget_handled()  # another runner may have led meanwhile
         await self.ledger.create(self.pool)
         await self._after_commit()  # effects a crash left behind
         await self._open_consumer()
         sub = await self.js.pull_subscribe_bind(self.durable, self.stream)
         self.stats.waiting = None
+        # The next batch is on its way while one is handled: JetStream delivers it (and the
+        # client parses it) while PostgreSQL applies the one in hand. Never more than one ahead;
+        # what is in hand when the runner stops is not acked and comes again (from the
+        # checkpoint, at the next lead).
+        fetching: asyncio.Future[list[Msg]] | None = None
         try:
             while not stop.is_set():
                 if self._by_id and time.monotonic() >= self._next_prune:
                     await self._prune()
+                if fetching is None:
+                    fetching = asyncio.ensure_future(sub.fetch(self.batch_size,
+                                                               timeout=self.fetch_timeout_s))
                 try:
-                    msgs = await sub.fetch(self.batch_size, timeout=self.fetch_timeout_s)
+                    msgs = await fetching
                 except TimeoutError:
+                    fetching = None
                     self._oldest_at = None  # nothing in hand: caught up
                     if self.stats.effect_errors:
                         await self._after_commit()
                     if until_caught_up and await self.pending() == 0:
                         return "caught_up"
                     continue
+                fetching = None
                 if not msgs:
                     continue
+                fetching = asyncio.ensure_future(sub.fetch(self.batch_size,
+                                                           timeout=self.fetch_timeout_s))
                 self._batch_times = {m.metadata.sequence.stream: m.metadata.timestamp.timestamp()
                                      for m in msgs}
                 self._mark_oldest(msgs[0].metadata.sequence.stream)
@@ -316,6 +345,9 @@ class ConsumerRunner:
                 self._oldest_at = None
             return "stopped"
         finally:
+            if fetching is not None:  # dropped unacked; its outcome is of no interest
+                fetching.add_done_callback(lambda f: f.cancelled() or f.exception())
+                fetching.cancel()
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 
@@ -350,7 +382,7 @@ class ConsumerRunner:
         self.stats.parked = position.parked if position is not None else 0
         with contextlib.suppress(NotFoundError):
             await self.js.delete_consumer(self.stream, self.durable)
-        subjects = consumer_subjects(self.consumer.filter_subjects)
+        subject = self.subjects.jetstream_filter
         await self.js.add_consumer(self.stream, ConsumerConfig(
             durable_name=self.durable,
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
@@ -358,10 +390,10 @@ class ConsumerRunner:
             ack_policy=AckPolicy.EXPLICIT,
             ack_wait=self.ack_wait_s,
             max_ack_pending=self.batch_size * 4,
-            filter_subject=subjects[0] if len(subjects) == 1 else None,
-            filter_subjects=subjects if len(subjects) > 1 else None,
+            filter_subject=subject,
         ))
-        self.log.info("consumer_started", start_seq=start_seq, subjects=subjects)
+        self.log.info("consumer_started", start_seq=start_seq, subject=subject,
+                      reads=self.subjects.subjects)
 
     # ------------------------------------------------------------------ one batch
 
@@ -416,38 +448,97 @@ class ConsumerRunner:
     async def _attempt(self, steps: list[Step]) -> tuple[int, BaseException | None]:
         """Hand the steps over and record them; on the first failure, record those before it.
         Returns (steps done, the failure)."""
-        done, error = len(steps), None
+        try:
+            done, error = await self._attempt_steps(steps)
+        except BaseException:
+            self.forget_handled()  # a commit may have gone through unseen: ask the ledger again
+            raise
+        if error is not None:
+            self.forget_handled()
+        return done, error
+
+    async def _attempt_steps(self, steps: list[Step]) -> tuple[int, BaseException | None]:
         if self.transactional:
-            projection = cast(Projection, self.consumer)
-            async with self.pool.acquire() as conn, conn.transaction():
-                for n, step in enumerate(steps):
-                    if step.event is None:
-                        continue
+            return await self._apply(steps)
+        done: int = len(steps)
+        error: BaseException | None = None
+        processor = cast(Processor, self.consumer)
+        events = [s.event for s in steps if s.event is not None]
+        try:
+            if events:
+                # One span for the batch, a child of its first event's trace, linked to
+                # the others': what a processor sends or appends continues that trace.
+                with span(f"{self.name} handle {events[0].type}", parent=events[0].trace,
+                          links=[e.trace for e in events[1:]]):
+                    await processor.handle(events)
+        except Exception as exc:
+            if len(events) > 1:  # find the one that fails: hand them over one at a time
+                return await self._attempt_each(steps)
+            done = next(n for n, s in enumerate(steps) if s.event is not None)
+            error = exc
+        async with self.pool.acquire() as conn, conn.transaction():
+            await self._record(conn, steps[:done])
+        await self._after_done(steps[:done])
+        return done, error
+
+    async def _apply(self, steps: list[Step]) -> tuple[int, BaseException | None]:
+        """A projection's steps and their bookkeeping in one transaction, with no savepoint per
+        event (two of every three round trips to PostgreSQL, when each event had one). When an
+        event fails, the transaction is undone and the steps before it commit without it: the
+        runner knows which one failed when it applied them one by one; after a projection's
+        `apply_batch` failed, it applies them again one by one, each under a savepoint, to
+        find out (`_isolate`)."""
+        try:
+            await self._commit(steps)
+        except _FailedAt as failed:
+            if failed.index == 0:
+                return 0, failed.error
+            done, error = await self._apply(steps[:failed.index])
+            return (done, error) if done < failed.index else (done, failed.error)
+        except _BatchFailed:
+            return await self._isolate(steps)
+        await self._after_done(steps)
+        return len(steps), None
+
+    async def _commit(self, steps: list[Step]) -> None:
+        projection = cast(Projection, self.consumer)
+        events = [(n, s.event) for n, s in enumerate(steps) if s.event is not None]
+        async with self.pool.acquire() as conn, conn.transaction():
+            if len(events) > 1 and isinstance(projection, AppliesBatches):
+                batch = [e for _, e in events]
+                with span(f"{self.name} apply {batch[0].type}", parent=batch[0].trace,
+                          links=[e.trace for e in batch[1:]]):
                     try:
-                        with span(f"{self.name} apply {step.event.type}", parent=step.event.trace):
-                            async with conn.transaction():  # a savepoint: undo this event alone
-                                await projection.apply(conn, step.event)
+                        await projection.apply_batch(conn, batch)
                     except Exception as exc:
-                        done, error = n, exc
-                        break
-                await self._record(conn, steps[:done])
-        else:
-            processor = cast(Processor, self.consumer)
-            events = [s.event for s in steps if s.event is not None]
-            try:
-                if events:
-                    # One span for the batch, a child of its first event's trace, linked to
-                    # the others': what a processor sends or appends continues that trace.
-                    with span(f"{self.name} handle {events[0].type}", parent=events[0].trace,
-                              links=[e.trace for e in events[1:]]):
-                        await processor.handle(events)
-            except Exception as exc:
-                if len(events) > 1:  # find the one that fails: hand them over one at a time
-                    return await self._attempt_each(steps)
-                done = next(n for n, s in enumerate(steps) if s.event is not None)
-                error = exc
-            async with self.pool.acquire() as conn, conn.transaction():
-                await self._record(conn, steps[:done])
+                        raise _BatchFailed(exc) from exc
+            else:
+                for n, event in events:
+                    try:
+                        with span(f"{self.name} apply {event.type}", parent=event.trace):
+                            await projection.apply(conn, event)
+                    except Exception as exc:
+                        raise _FailedAt(n, exc) from exc
+            await self._record(conn, steps)
+
+    async def _isolate(self, steps: list[Step]) -> tuple[int, BaseException | None]:
+        """Each event under its own savepoint, to find the one that fails: those before it
+        commit, with their bookkeeping."""
+        done: int = len(steps)
+        error: BaseException | None = None
+        projection = cast(Projection, self.consumer)
+        async with self.pool.acquire() as conn, conn.transaction():
+            for n, step in enumerate(steps):
+                if step.event is None:
+                    continue
+                try:
+                    with span(f"{self.name} apply {step.event.type}", parent=step.event.trace):
+                        async with conn.transaction():  # a savepoint: undo this event alone
+                            await projection.apply(conn, step.event)
+                except Exception as exc:
+                    done, error = n, exc
+                    break
+            await self._record(conn, steps[:done])
         await self._after_done(steps[:done])
         return done, error
 
@@ -545,6 +636,13 @@ class ConsumerRunner:
         """After the commit: side effects, then acks."""
         if not steps:
             return
+        handled = self._handled
+        for step in steps:
+            if step.version is not None:
+                stream, version = step.version
+                known = handled.get(stream)
+                if known is None or version.version >= known.version:
+                    handled[stream] = version
         self.stats.applied += sum(1 for s in steps if s.event is not None)
         if self.transactional:
             await self._after_commit()
@@ -566,9 +664,20 @@ class ConsumerRunner:
 
     async def _load_ledger(self, streams: set[str], facts: set[FactKey]
                            ) -> tuple[dict[str, Handled], set[FactKey]]:
-        versions = await self.ledger.versions(self.pool, streams) if streams else {}
+        handled = self._handled
+        versions = {s: handled[s] for s in streams if s in handled}  # a copy: the plan edits it
+        if unknown := streams - versions.keys():
+            if len(handled) > MAX_HANDLED_CACHED:
+                handled.clear()
+            loaded = await self.ledger.versions(self.pool, unknown)
+            handled.update(loaded)
+            versions.update(loaded)
         seen = await self.ledger.seen(self.pool, facts) if facts and self._by_id else set()
         return versions, seen
+
+    def forget_handled(self) -> None:
+        """Read the stream versions from the ledger again (it changed, or may have)."""
+        self._handled.clear()
 
     async def _prune(self) -> None:
         """One bounded round of forgetting old facts; soon again while there is more."""
@@ -598,6 +707,19 @@ class ConsumerRunner:
     def _backoff(self, failures: int) -> float:
         delay = min(self.retry_max_s, self.retry_initial_s * 2 ** (failures - 1))
         return float(delay * random.uniform(0.8, 1.2))
+
+
+class _FailedAt(Exception):
+    """The `index`-th step's event failed to apply (the transaction is undone)."""
+
+    def __init__(self, index: int, error: BaseException) -> None:
+        super().__init__(index, error)
+        self.index = index
+        self.error = error
+
+
+class _BatchFailed(Exception):
+    """A projection's `apply_batch` failed: which event failed is not known."""
 
 
 def _categories(subjects: Sequence[str]) -> list[str]:
