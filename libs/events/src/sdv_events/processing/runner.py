@@ -75,6 +75,7 @@ from sdv_events.processing.processor import (
     category_of_subject,
     start_of,
 )
+from sdv_events.processing.pull import Puller
 from sdv_events.processing.rebuild import Rebuilt, rebuild_from_store
 from sdv_events.processing.sources import StreamSource
 from sdv_events.provisioning import EVENTS_STREAM
@@ -306,7 +307,8 @@ class ConsumerRunner:
         await self.ledger.create(self.pool)
         await self._after_commit()  # effects a crash left behind
         await self._open_consumer()
-        sub = await self.js.pull_subscribe_bind(self.durable, self.stream)
+        # The connection JetStream requests go through (nats-py keeps it on the context).
+        sub = await Puller(self.nc or self.js._nc, self.stream, self.durable).start()
         self.stats.waiting = None
         # The next batch is on its way while one is handled: JetStream delivers it (and the
         # client parses it) while PostgreSQL applies the one in hand. Never more than one ahead;
@@ -349,7 +351,7 @@ class ConsumerRunner:
                 fetching.add_done_callback(lambda f: f.cancelled() or f.exception())
                 fetching.cancel()
             with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+                await sub.stop()
 
     async def _open_consumer(self) -> None:
         """(Re)create the durable at the checkpoint: the checkpoint, not JetStream's ack state,
