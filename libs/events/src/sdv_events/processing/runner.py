@@ -32,7 +32,8 @@ The rules, in one place:
   its side effects run after the commit (`WithSideEffects`);
 - a consumer of several categories reads one JetStream subject covering them and skips the
   other categories' messages by subject, unread (categories.py says why);
-- acks after the commit; one runner per consumer leads (a PostgreSQL advisory lock), replicas
+- acks after the commit, one per commit (the consumer acks all below the message acked);
+  one runner per consumer leads (a PostgreSQL advisory lock), replicas
   stand by; a transient failure outside a handler (PostgreSQL or NATS away while fetching or
   recording) is waited out the same way, in the runner; other errors it cannot handle escape to
   the service's Supervisor, which restarts it.
@@ -389,7 +390,7 @@ class ConsumerRunner:
             durable_name=self.durable,
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
             opt_start_seq=start_seq,
-            ack_policy=AckPolicy.EXPLICIT,
+            ack_policy=AckPolicy.ALL,
             ack_wait=self.ack_wait_s,
             max_ack_pending=self.batch_size * 4,
             filter_subject=subject,
@@ -648,9 +649,11 @@ class ConsumerRunner:
         self.stats.applied += sum(1 for s in steps if s.event is not None)
         if self.transactional:
             await self._after_commit()
-        for step in steps:
-            if step.msg is not None:
-                await step.msg.ack()
+        # Steps are done in order, so every message up to the last one here is done: one ack
+        # covers them all (the consumer acks all below the one acked).
+        last = next((s.msg for s in reversed(steps) if s.msg is not None), None)
+        if last is not None:
+            await last.ack()
 
     async def _after_commit(self) -> None:
         if not isinstance(self.consumer, WithSideEffects):
