@@ -32,11 +32,15 @@ The rules, in one place:
   its side effects run after the commit (`WithSideEffects`);
 - a consumer of several categories reads one JetStream subject covering them and skips the
   other categories' messages by subject, unread (categories.py says why);
-- acks after the commit, one per commit (the consumer acks all below the message acked);
-  one runner per consumer leads (a PostgreSQL advisory lock), replicas
-  stand by; a transient failure outside a handler (PostgreSQL or NATS away while fetching or
-  recording) is waited out the same way, in the runner; other errors it cannot handle escape to
-  the service's Supervisor, which restarts it.
+- acks after the commit, one per commit (the consumer acks all below the message acked); an
+  ack that fails (NATS away) is logged and the messages come again, recognised as done;
+- the next batch is fetched while one is handled, and the stream versions handled are kept in
+  memory while the runner leads (emptied whenever a commit may have gone otherwise);
+- one runner per consumer leads (a PostgreSQL advisory lock), replicas stand by; a transient
+  failure outside a handler (PostgreSQL or NATS away while fetching or recording) is waited out
+  the same way, in the runner (a connection lost while committing: by leading again, from what
+  the ledger says was committed); other errors it cannot handle escape to the service's
+  Supervisor, which restarts it.
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal, cast
@@ -436,7 +440,7 @@ class ConsumerRunner:
             try:
                 done, error = await self._attempt(steps[i:])
             except Exception as exc:  # the bookkeeping failed (PostgreSQL away?)
-                if classify(exc) != "transient":
+                if isinstance(exc, CommitOutcomeUnknown) or classify(exc) != "transient":
                     raise
                 done, error = 0, exc
             i += done
@@ -479,7 +483,7 @@ class ConsumerRunner:
                 return await self._attempt_each(steps)
             done = next(n for n, s in enumerate(steps) if s.event is not None)
             error = exc
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self._transaction() as conn:
             await self._record(conn, steps[:done])
         await self._after_done(steps[:done])
         return done, error
@@ -506,7 +510,7 @@ class ConsumerRunner:
     async def _commit(self, steps: list[Step]) -> None:
         projection = cast(Projection, self.consumer)
         events = [(n, s.event) for n, s in enumerate(steps) if s.event is not None]
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self._transaction() as conn:
             if len(events) > 1 and isinstance(projection, AppliesBatches):
                 batch = [e for _, e in events]
                 with span(f"{self.name} apply {batch[0].type}", parent=batch[0].trace,
@@ -524,13 +528,38 @@ class ConsumerRunner:
                         raise _FailedAt(n, exc) from exc
             await self._record(conn, steps)
 
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection in a transaction. When the connection is lost in it, a
+        `PostgresConnectionLost` (transient: waited out, the batch retried) is raised, not
+        asyncpg's complaint that a closed connection cannot roll back, nor the failure of
+        whatever event was being applied (it was not the event's fault)."""
+        async with self.pool.acquire() as conn:
+            transaction = conn.transaction()
+            await transaction.start()
+            try:
+                yield conn
+            except BaseException as exc:
+                if _lost(conn):
+                    raise PostgresConnectionLost(f"the connection to PostgreSQL was lost in a "
+                                                 f"transaction: {cause(exc)}") from exc
+                await transaction.rollback()
+                raise
+            try:
+                await transaction.commit()
+            except Exception as exc:
+                if _lost(conn):
+                    raise CommitOutcomeUnknown(f"the connection to PostgreSQL was lost while "
+                                               f"committing: {cause(exc)}") from exc
+                raise
+
     async def _isolate(self, steps: list[Step]) -> tuple[int, BaseException | None]:
         """Each event under its own savepoint, to find the one that fails: those before it
         commit, with their bookkeeping."""
         done: int = len(steps)
         error: BaseException | None = None
         projection = cast(Projection, self.consumer)
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self._transaction() as conn:
             for n, step in enumerate(steps):
                 if step.event is None:
                     continue
@@ -539,6 +568,8 @@ class ConsumerRunner:
                         async with conn.transaction():  # a savepoint: undo this event alone
                             await projection.apply(conn, step.event)
                 except Exception as exc:
+                    if _lost(conn):
+                        raise  # not the event's fault: the connection is gone
                     done, error = n, exc
                     break
             await self._record(conn, steps[:done])
@@ -587,7 +618,7 @@ class ConsumerRunner:
             try:
                 done, error = await self._attempt([step])
             except Exception as exc:
-                if classify(exc) != "transient":
+                if isinstance(exc, CommitOutcomeUnknown) or classify(exc) != "transient":
                     raise
                 done, error = 0, exc
             if done:
@@ -618,7 +649,7 @@ class ConsumerRunner:
                    detail=reason, consumer=self.durable,
                    headers=step.msg.headers if step.msg is not None else None,
                    dedupe_id=f"{self.durable}:parked:{key}", log_it=False)
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self._transaction() as conn:
             await self._record(conn, [step], parked=1)
         self.stats.parked += 1
         bound.error("handler_failed_parked", failure=kind, attempts=attempts, error=reason,
@@ -652,8 +683,13 @@ class ConsumerRunner:
         # Steps are done in order, so every message up to the last one here is done: one ack
         # covers them all (the consumer acks all below the one acked).
         last = next((s.msg for s in reversed(steps) if s.msg is not None), None)
-        if last is not None:
+        if last is None:
+            return
+        try:
             await last.ack()
+        except Exception as exc:  # the steps are done all the same: never attempted again
+            self.log.warning("ack_failed_messages_will_come_again", seq=last.metadata.sequence.stream,
+                             error=cause(exc))
 
     async def _after_commit(self) -> None:
         if not isinstance(self.consumer, WithSideEffects):
@@ -712,6 +748,22 @@ class ConsumerRunner:
     def _backoff(self, failures: int) -> float:
         delay = min(self.retry_max_s, self.retry_initial_s * 2 ** (failures - 1))
         return float(delay * random.uniform(0.8, 1.2))
+
+
+def _lost(conn: asyncpg.Connection) -> bool:
+    try:
+        return bool(conn.is_closed())
+    except asyncpg.InterfaceError:  # the pool took it back when it closed
+        return True
+
+
+class PostgresConnectionLost(ConnectionError):
+    """The connection to PostgreSQL was lost in the middle of a transaction."""
+
+
+class CommitOutcomeUnknown(PostgresConnectionLost):
+    """The connection was lost while committing: the batch may or may not be in. Its steps are
+    not attempted again in place; the runner leads again, from the checkpoint and the ledger."""
 
 
 class _FailedAt(Exception):
