@@ -213,7 +213,7 @@ def _fleet_history(rid: str) -> list[Envelope]:
 
 
 async def _tables(conn: asyncpg.Connection, schema: str, views: MonitorViews) -> dict[str, list[tuple[Any, ...]]]:
-    return {t: sorted((tuple(str(v) for v in r) for r in await conn.fetch(f"SELECT * FROM {schema}.{t}")))
+    return {t: sorted(tuple(str(v) for v in r) for r in await conn.fetch(f"SELECT * FROM {schema}.{t}"))
             for t in views.tables}
 
 
