@@ -93,8 +93,9 @@ class Watch:
         page.on("requestfailed", self._failed)
 
     def _failed(self, request: Any) -> None:
-        # Server-sent event streams are cut when the page goes to the next one: not a failure.
-        stream = "/ui/changes" in request.url or "/console" in request.url
+        # Server-sent event streams are cut when the page goes to the next one, and so is a live
+        # part's fetch still on its way then (a change notice came just before): not a failure.
+        stream = "/ui/changes" in request.url or "/console" in request.url or "part=live" in request.url
         if request.failure != "net::ERR_ABORTED" or not stream:
             self.problems.append(f"request failed: {request.url} {request.failure}")
 

@@ -134,3 +134,108 @@ async def test_one_events_statements_run_as_one_and_fail_together(conn: asyncpg.
     twice.add(f"{schema}.a", f"UPDATE {schema}.a SET v = $1", "x")
     with pytest.raises(ValueError, match="written twice"):
         twice.add(f"{schema}.a", f"UPDATE {schema}.a SET v = $1", "y")
+
+
+def _fleet_history(rid: str) -> list[Envelope]:
+    """A fleet's events across every part of the views: devices admitted (one twice online),
+    a package, a canary rollout with a failure, the devices' recorded facts, an alert's life."""
+    from sdv_events.schemas.agent import AppFailed, AppHealthy, AppInstalled
+    from sdv_events.schemas.devices import (
+        Capabilities,
+        DeviceAccepted,
+        DeviceAnnounced,
+        DeviceCameOnline,
+        DeviceLabelsChanged,
+        DeviceWentOffline,
+    )
+    from sdv_events.schemas.monitor import AlertAcknowledged, AlertRaised, AlertResolved, DeviceFactRecorded
+    from sdv_events.schemas.packages import PackagePublished
+    from sdv_events.schemas.rollouts import (
+        DeviceFailed,
+        DevicesPlanned,
+        DeviceSucceeded,
+        PlannedDevice,
+        RolloutCompleted,
+        RolloutPlanned,
+        WaveCompleted,
+    )
+
+    caps = Capabilities(hardware_type="hw", arch="x86_64", runtimes=["native"], python_version="3.11",
+                        agent_version="1", memory_mb=1, storage_mb=1)
+    devices = [f"d{i}" for i in range(6)]
+    p = package("2.0.0")
+    streams: list[tuple[str, list[msgspec.Struct]]] = []
+    for d in devices:
+        streams.append((f"device-{d}", [DeviceAnnounced(d, "U" + "A" * 55, caps),
+                                        DeviceAccepted(d, "U" + "A" * 55, "fleet_token"),
+                                        DeviceCameOnline(d, T0)]))
+    streams.append(("device-d0", [DeviceWentOffline("d0", T0, 30.0), DeviceCameOnline("d0", T0),
+                                  DeviceLabelsChanged("d0", {"zone": "a"})]))
+    streams.append(("package-nav", [PackagePublished(p)]))
+    rollout: list[msgspec.Struct] = [
+        RolloutCreated(rollout_id=rid, package=p, target=Target(selector="fleet=a"),
+                       strategy=Strategy(kind="canary", waves=["1", "100%"]), thresholds=Thresholds(),
+                       timeouts=Timeouts(), created_at=T0, created_by="operator"),
+        RolloutPlanned(devices=6, waves=2, planned_at=T0),
+        DevicesPlanned(0, [PlannedDevice(d, 0 if d == "d0" else 1) for d in devices]),
+        WaveStarted(0, 1, T0), DeviceTargeted("d0", 0, T0), DeviceSucceeded("d0", 0),
+        WaveCompleted(0, 1, 0, T0), WaveStarted(1, 5, T0),
+        *[DeviceTargeted(d, 1, T0) for d in devices[1:]],
+        *[DeviceSucceeded(d, 1) for d in devices[1:5]], DeviceFailed("d5", 1, "exit code 3"),
+        WaveCompleted(1, 4, 1, T0), RolloutCompleted(5, 1, T0)]
+    streams.append((f"rollout-{rid}", rollout))
+    facts: list[tuple[str, list[msgspec.Struct]]] = []
+    for d in devices:
+        common = dict(device_id=d, app="nav", version="2.0.0", digest=p.digest, desired_revision=2,
+                      rollout_id=rid)
+        said = [AppInstalled(**common), AppHealthy(**common)] if d != "d5" else \
+            [AppInstalled(**common), AppFailed(reason="exit code 3", **common)]
+        facts.append((f"facts-{d}", [DeviceFactRecorded(
+            device_id=d, fact_id=uuid.uuid4(), fact_type=default_registry.describe(f)[0], occurred_at=T0,
+            data=msgspec.to_builtins(f)) for f in said]))
+    alert = [AlertRaised(alert_id="k.1", kind="app_failed", subject="d5/nav", severity="warning",
+                         message="nav FAILED on d5", device_id="d5", rollout_id=rid),
+             AlertAcknowledged(alert_id="k.1"), AlertResolved(alert_id="k.1", reason="cleared")]
+    found: list[Envelope] = []
+    versions: dict[str, int] = {}
+    # Interleaved as the bus brings them: a round of each stream's next event at a time.
+    queues = [(s, list(bodies)) for s, bodies in [*streams, *facts, ("alert-k", alert)]]
+    while any(q for _, q in queues):
+        for stream, bodies in queues:
+            if bodies:
+                body = bodies.pop(0)
+                versions[stream] = versions.get(stream, 0) + 1
+                type_name, schema_version = default_registry.describe(body)
+                found.append(Envelope(event_id=uuid.uuid4(), stream_id=stream, version=versions[stream],
+                                      type=type_name, schema_version=schema_version, occurred_at=T0,
+                                      data=body, actor="operator"))
+    return found
+
+
+async def _tables(conn: asyncpg.Connection, schema: str, views: MonitorViews) -> dict[str, list[tuple[Any, ...]]]:
+    return {t: sorted(tuple(str(v) for v in r) for r in await conn.fetch(f"SELECT * FROM {schema}.{t}"))
+            for t in views.tables}
+
+
+async def test_a_batch_written_set_wise_leaves_every_table_as_its_events_one_by_one(
+        conn: asyncpg.Connection, schema: str) -> None:
+    history = _fleet_history("r-batch")
+    one_by_one, set_wise = MonitorViews(schema), MonitorViews(f"{schema}_b")
+    await conn.execute(f"CREATE SCHEMA {schema}_b")
+    try:
+        await one_by_one.create(conn)
+        await set_wise.create(conn)
+        for event in history:
+            async with conn.transaction():
+                await one_by_one.apply(conn, event)
+        for start in range(0, len(history), 16):  # batches that cut across streams and waves
+            async with conn.transaction():
+                await set_wise.apply_batch(conn, history[start:start + 16])
+        expected = await _tables(conn, schema, one_by_one)
+        assert await _tables(conn, f"{schema}_b", set_wise) == expected
+        # The history has something for every part to write.
+        assert all(expected[t] for t in ("devices", "device_apps", "rollouts", "rollout_waves",
+                                         "rollout_devices", "packages", "device_history",
+                                         "audit_events", "alerts", "inventory_rollouts"))
+    finally:
+        await conn.execute(f"DROP SCHEMA {schema}_b CASCADE")

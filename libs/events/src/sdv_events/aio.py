@@ -12,8 +12,8 @@ async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
         await asyncio.wait_for(stop.wait(), seconds)
 
 
-async def wait_any(*events: asyncio.Event, timeout: float) -> None:
-    """Return when any of `events` is set or `timeout` passed."""
+async def wait_any(*events: asyncio.Event, timeout: float | None) -> None:
+    """Return when any of `events` is set or `timeout` passed (None: no timeout)."""
     waiters = [asyncio.ensure_future(e.wait()) for e in events]
     try:
         await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)

@@ -6,6 +6,7 @@ next version's body, chained until a registered version is reached.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -19,6 +20,7 @@ def type_name(name: str, version: int) -> str:
     return f"{name}.v{version}"
 
 
+@functools.lru_cache(maxsize=1024)  # the types of the suite: a few dozen
 def short_name(full_type: str) -> str:
     """`registry.DeviceAccepted.v1` → `DeviceAccepted` (the subject's last token)."""
     parts = full_type.split(".")

@@ -18,6 +18,7 @@ from sdv_monitor.adapters.http_api import create_app, serve_http
 from sdv_monitor.adapters.live import LiveFeed
 from sdv_monitor.adapters.metrics import Metrics
 from sdv_monitor.adapters.reported import ReportedStates
+from sdv_monitor.adapters.view_changes import ViewChanges
 from sdv_monitor.domain.alerts import Thresholds
 from sdv_monitor.projections import MonitorViews
 from sdv_monitor.queries import Queries
@@ -54,13 +55,15 @@ async def serve(settings: MonitorSettings, stop: asyncio.Event | None = None) ->
 
         live = LiveFeed(runtime.js)
         runtime.spawn(live.run, "live_feed")
+        changed = ViewChanges(pool, schema)
+        runtime.spawn(changed.run, "view_changes", probe=changed.status)
 
         async def health() -> dict[str, ServiceHealth | None]:
             own = await runtime.health(SERVICE, service_version(SERVICE), 0.0, 0)
             return {**alerts.health, SERVICE: own}
 
         metrics = Metrics(pool, schema, live, health)
-        api = create_app(queries, readiness, live, metrics, ConsoleTail(runtime.js),
+        api = create_app(queries, readiness, live, metrics, ConsoleTail(runtime.js), changed=changed,
                          version=service_version(SERVICE))
         runtime.spawn(lambda stop: serve_http(api, settings.http_host, settings.http_port, stop),
                       "http_api")

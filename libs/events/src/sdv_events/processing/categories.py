@@ -14,13 +14,20 @@ own facts (a reinstalled agent starts again at 1) and the owning "store" is a ve
 are deduped by event id (stable per fact, see the edge agent's domain/facts.py) and never
 healed. They are untrusted: a fact this build cannot read is dead-lettered, not waited for —
 a device must not be able to stop the orchestrator by publishing `AppHealthy.v99`.
+
+A consumer of several subjects asks JetStream for one subject covering them all
+(`covering_subject`) and skips the others itself, by subject, before decoding anything
+(`SubjectSet.reads`): on nats-server 2.15 a consumer with several `filter_subjects` on a file
+stream holding many subjects delivers about 20 times slower than one with a single wildcard
+filter (bench/monitor.py measures both: 2,300 against 11,000-23,000 messages/s), far more than
+the cost of skipping what the wildcard brings in besides.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
-from sdv_events.processing.processor import category_of_subject
+from sdv_events.processing.processor import category_of_subject, subject_matches
 
 DEVICE_CATEGORIES = frozenset({"agent"})
 
@@ -39,3 +46,42 @@ def consumer_subjects(filter_subjects: Iterable[str]) -> list[str]:
         if wanted not in subjects:
             subjects.append(wanted)
     return subjects
+
+
+def covering_subject(subjects: Sequence[str]) -> str:
+    """The narrowest single filter matching every subject `subjects` match:
+    `sdv.evt.device.>` and `sdv.evt.rollout.>` → `sdv.evt.*.>`; `sdv.evt.agent.*.AppHealthy`
+    and `sdv.evt.agent.*.AppFailed` → `sdv.evt.agent.*.*`."""
+    if not subjects:
+        raise ValueError("no subject to cover")
+    tokens = [s.split(".") for s in subjects]
+    shortest = min(len(t) for t in tokens)
+    covering: list[str] = []
+    for i in range(shortest):
+        column = {t[i] for t in tokens}
+        if ">" in column or (i == shortest - 1 and any(len(t) > shortest for t in tokens)):
+            return ".".join([*covering, ">"])
+        covering.append(column.pop() if len(column) == 1 else "*")
+    return ".".join(covering)
+
+
+class SubjectSet:
+    """What a consumer reads of what its JetStream filter delivers: a message on a subject none
+    of `subjects` matches is acked and skipped without being decoded."""
+
+    def __init__(self, subjects: Sequence[str]) -> None:
+        self.subjects = tuple(subjects)
+        # `sdv.evt.<category>.>` is a set lookup; anything else a wildcard match.
+        whole = {s: c for s in subjects if (c := category_of_subject(s)) and s == f"sdv.evt.{c}.>"}
+        self._whole = frozenset(whole.values())
+        self._others = tuple(s for s in subjects if s not in whole)
+
+    @property
+    def jetstream_filter(self) -> str:
+        return covering_subject(self.subjects)
+
+    def reads(self, subject: str) -> bool:
+        parts = subject.split(".", 3)
+        if len(parts) == 4 and parts[2] in self._whole and parts[0] == "sdv" and parts[1] == "evt":
+            return True
+        return any(subject_matches(subject, p) for p in self._others)

@@ -130,9 +130,16 @@ class Ledger:
             self.consumer, seq, stream_created)
 
     async def versions(self, conn: Conn, stream_ids: Iterable[str]) -> dict[str, Handled]:
+        # One index lookup per stream, whatever the statistics say: `stream_id = ANY($2)` was
+        # planned as a scan of all the consumer's rows while the table was young (its
+        # statistics said a few rows), 10-100 ms a batch once it held 10,000 streams.
+        t = f"{self.schema}.consumer_streams"
         rows = await conn.fetch(
-            f"SELECT stream_id, version, event_id FROM {self.schema}.consumer_streams "
-            "WHERE consumer = $1 AND stream_id = ANY($2::text[])", self.consumer, list(stream_ids))
+            "SELECT * FROM (SELECT k.stream_id, "
+            f"(SELECT version FROM {t} c WHERE c.consumer = $1 AND c.stream_id = k.stream_id), "
+            f"(SELECT event_id FROM {t} c WHERE c.consumer = $1 AND c.stream_id = k.stream_id) "
+            "FROM unnest($2::text[]) AS k(stream_id)) AS h(stream_id, version, event_id) "
+            "WHERE version IS NOT NULL", self.consumer, list(stream_ids))
         return {r["stream_id"]: Handled(int(r["version"]), r["event_id"]) for r in rows}
 
     async def seen(self, conn: Conn, facts: Iterable[FactKey]) -> set[FactKey]:

@@ -21,9 +21,9 @@ from sdv_events.codec import WireEnvelope, decode_as, decode_body
 from sdv_events.envelope import Envelope
 from sdv_events.errors import DecodeError, SdvError, UnknownEventType
 from sdv_events.ids import InvalidStreamId, split_stream_id
-from sdv_events.processing.categories import is_versioned
+from sdv_events.processing.categories import SubjectSet, is_versioned
 from sdv_events.processing.ledger import FactKey, Handled
-from sdv_events.processing.processor import Start, subject_matches
+from sdv_events.processing.processor import Start
 from sdv_events.processing.sources import StreamSource
 from sdv_events.registry import EventRegistry
 from sdv_events.subjects import event_subject
@@ -95,15 +95,24 @@ class Planner:
     source: StreamSource | None
     start: Start
     dead_letter: DeadLetter
+    # What the consumer reads of what its JetStream filter delivers (None: all of it).
+    reads: Callable[[str], bool] | None = None
+
+    def __post_init__(self) -> None:
+        self._handled = SubjectSet(self.filter_subjects)
 
     def handles(self, subject: str) -> bool:
-        return any(subject_matches(subject, p) for p in self.filter_subjects)
+        return self._handled.reads(subject)
 
     async def plan(self, msgs: Sequence[Msg], load: LoadLedger, since: datetime | None) -> Plan:
         """The steps for `msgs`, in order. The ledger is loaded once for the batch and updated
         as the plan goes, so a duplicate inside the batch is one too."""
-        wires: list[tuple[Msg, WireEnvelope | DecodeError]] = []
+        wires: list[tuple[Msg, WireEnvelope | DecodeError | None]] = []
+        reads = self.reads
         for msg in msgs:
+            if reads is not None and not reads(msg.subject):
+                wires.append((msg, None))  # another category: acked unread, its seq recorded
+                continue
             try:
                 decoded = decode_as(bytes(msg.data), WireEnvelope)
                 split_stream_id(decoded.stream_id)
@@ -118,6 +127,9 @@ class Planner:
         plan = Plan([])
         for msg, wire in wires:
             seq = msg.metadata.sequence.stream
+            if wire is None:
+                plan.steps.append(Step(seq, msg=msg))
+                continue
             if isinstance(wire, DecodeError):
                 await self.dead_letter(msg, wire, f"{self.consumer}:{seq}")
                 plan.dead_letters += 1

@@ -59,6 +59,17 @@ class Projection(Protocol):
 
 
 @runtime_checkable
+class AppliesBatches(Protocol):
+    """A projection that writes a batch of events set-wise (several rows per statement) rather
+    than one `apply` each. The runner hands it the events of a fetched batch, in order, inside
+    its transaction; it must leave the tables as applying them one by one would. When it
+    raises, the runner undoes the batch and applies the events one by one (`apply`, each under
+    a savepoint) to find the one that fails."""
+
+    async def apply_batch(self, conn: asyncpg.Connection, events: Sequence[Envelope]) -> None: ...
+
+
+@runtime_checkable
 class WithSideEffects(Protocol):
     """A projection whose effects leave PostgreSQL (the desired-state KV): recorded as rows in
     `apply`, performed by `after_commit` once they are committed (and at every start, so a crash

@@ -33,6 +33,7 @@ from sdv_events.history import MAX_LIMIT, HistoryQuery, read_history
 from sdv_events.processing.categories import is_versioned
 from sdv_events.processing.ledger import Handled, Ledger
 from sdv_events.processing.processor import (
+    AppliesBatches,
     Projection,
     SeedsShadow,
     WithSideEffects,
@@ -112,6 +113,7 @@ async def _rebuild(runner: ConsumerRunner, store: EventStore, service: str | Non
     applied += await _apply(runner.pool, built, ledger, batch)
     events += len(batch)
     await _swap(runner, projection, live, shadow, seq, created)
+    runner.forget_handled()  # the swap replaced the consumer's stream versions
     if isinstance(projection, WithSideEffects):
         await projection.after_rebuild()
     bound.info("rebuild_swapped_in", events=events, applied=applied, checkpoint=seq)
@@ -157,17 +159,17 @@ async def _apply(pool: asyncpg.Pool, built: Projection, ledger: Ledger,
     """One transaction per batch: rows and versions of the shadow, together."""
     if not events:
         return 0
-    applied = 0
+    wanted = [e for e in events if any(subject_matches(event_subject(e.stream_id, e.type), p)
+                                       for p in built.filter_subjects)]
     async with pool.acquire() as conn, conn.transaction():
-        versions: dict[str, Handled] = {}
-        for event in events:
-            if any(subject_matches(event_subject(event.stream_id, event.type), p)
-                   for p in built.filter_subjects):
+        if len(wanted) > 1 and isinstance(built, AppliesBatches):
+            await built.apply_batch(conn, wanted)
+        else:
+            for event in wanted:
                 await built.apply(conn, event)
-                applied += 1
-            versions[event.stream_id] = Handled(event.version, event.event_id)
+        versions = {e.stream_id: Handled(e.version, e.event_id) for e in events}
         await ledger.record(conn, versions=versions)
-    return applied
+    return len(wanted)
 
 
 async def _stream_position(runner: ConsumerRunner) -> tuple[int, datetime | None]:

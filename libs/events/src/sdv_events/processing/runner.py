@@ -25,12 +25,22 @@ The rules, in one place:
   One log line per failure, no traceback dump;
 - health turns red when the oldest message not yet handled is older than `max_lag_s` (lag as
   age, not only as a count), counted from when this runner took the lead at the earliest;
-- a projection's rows, the stream versions and the checkpoint commit in one transaction, with
-  no network I/O in it; its side effects run after the commit (`WithSideEffects`);
-- acks after the commit; one runner per consumer leads (a PostgreSQL advisory lock), replicas
-  stand by; a transient failure outside a handler (PostgreSQL or NATS away while fetching or
-  recording) is waited out the same way, in the runner; other errors it cannot handle escape to
-  the service's Supervisor, which restarts it.
+- a projection's rows, the stream versions and the checkpoint commit in one transaction per
+  fetched batch, with no network I/O in it and no savepoint per event; an event that fails
+  undoes the batch, and the events before it commit without it (found by applying one by one,
+  each under a savepoint, when the projection wrote the batch set-wise: `AppliesBatches`);
+  its side effects run after the commit (`WithSideEffects`);
+- a consumer of several categories reads one JetStream subject covering them and skips the
+  other categories' messages by subject, unread (categories.py says why);
+- acks after the commit, one per commit (the consumer acks all below the message acked); an
+  ack that fails (NATS away) is logged and the messages come again, recognised as done;
+- the next batch is fetched while one is handled, and the stream versions handled are kept in
+  memory while the runner leads (emptied whenever a commit may have gone otherwise);
+- one runner per consumer leads (a PostgreSQL advisory lock), replicas stand by; a transient
+  failure outside a handler (PostgreSQL or NATS away while fetching or recording) is waited out
+  the same way, in the runner (a connection lost while committing: by leading again, from what
+  the ledger says was committed); other errors it cannot handle escape to the service's
+  Supervisor, which restarts it.
 """
 
 from __future__ import annotations
@@ -39,7 +49,7 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal, cast
@@ -58,17 +68,19 @@ from sdv_events.bus.tracing import span
 from sdv_events.codec import encode
 from sdv_events.envelope import Envelope
 from sdv_events.errors import DecodeError
-from sdv_events.processing.categories import consumer_subjects, is_versioned
+from sdv_events.processing.categories import SubjectSet, consumer_subjects, is_versioned
 from sdv_events.processing.failures import cause, classify, dependency, waiting_on, where
 from sdv_events.processing.ledger import FactKey, Handled, Ledger
 from sdv_events.processing.planning import Blocked, GapNotHealed, Planner, Step
 from sdv_events.processing.processor import (
+    AppliesBatches,
     Processor,
     Projection,
     WithSideEffects,
     category_of_subject,
     start_of,
 )
+from sdv_events.processing.pull import Puller
 from sdv_events.processing.rebuild import Rebuilt, rebuild_from_store
 from sdv_events.processing.sources import StreamSource
 from sdv_events.provisioning import EVENTS_STREAM
@@ -81,6 +93,8 @@ log = structlog.get_logger("sdv.consumer")
 Outcome = Literal["standby", "caught_up", "blocked", "gap", "stopped"]
 # Devices' fact ids are remembered this long: far past any JetStream redelivery.
 EVENT_ID_RETENTION_S = 7 * 86_400.0
+# Streams whose last version a leader keeps in memory, at most (then it starts over).
+MAX_HANDLED_CACHED = 200_000
 # Health turns red when the oldest message not yet handled is older than this.
 DEFAULT_MAX_LAG_S = 30.0
 
@@ -179,10 +193,18 @@ class ConsumerRunner:
         self._oldest_at: float | None = None
         self._batch_times: dict[int, float] = {}
         self._next_prune = 0.0
+        # The last version handled per stream, as this leader committed or read it: spares the
+        # ledger query each batch (which PostgreSQL plans as a scan of the consumer's rows while
+        # its statistics are young). Trusted only while this runner leads and every commit went
+        # through: emptied when it takes the lead, after a failure, after a rebuild's swap.
+        self._handled: dict[str, Handled] = {}
         # Held while a batch is handled; a rebuild in this process takes it to pause the feed.
         self.batch_lock = asyncio.Lock()
+        # What JetStream is asked for: one subject, covering several if need be (categories.py).
+        self.subjects = SubjectSet(consumer_subjects(consumer.filter_subjects))
         self._planner = Planner(self.name, tuple(consumer.filter_subjects), registry, source,
-                                start_of(consumer), self._dead_letter)
+                                start_of(consumer), self._dead_letter,
+                                reads=self.subjects.reads if len(self.subjects.subjects) > 1 else None)
 
     # ------------------------------------------------------------------ running
 
@@ -286,26 +308,40 @@ class ConsumerRunner:
             f"sdv_consumer:{self.schema}", self.name))
 
     async def _feed(self, stop: asyncio.Event, until_caught_up: bool) -> Outcome:
+        self.forget_handled()  # another runner may have led meanwhile
         await self.ledger.create(self.pool)
         await self._after_commit()  # effects a crash left behind
         await self._open_consumer()
-        sub = await self.js.pull_subscribe_bind(self.durable, self.stream)
+        # The connection JetStream requests go through (nats-py keeps it on the context).
+        sub = await Puller(self.nc or self.js._nc, self.stream, self.durable).start()
         self.stats.waiting = None
+        # The next batch is on its way while one is handled: JetStream delivers it (and the
+        # client parses it) while PostgreSQL applies the one in hand. Never more than one ahead;
+        # what is in hand when the runner stops is not acked and comes again (from the
+        # checkpoint, at the next lead).
+        fetching: asyncio.Future[list[Msg]] | None = None
         try:
             while not stop.is_set():
                 if self._by_id and time.monotonic() >= self._next_prune:
                     await self._prune()
+                if fetching is None:
+                    fetching = asyncio.ensure_future(sub.fetch(self.batch_size,
+                                                               timeout=self.fetch_timeout_s))
                 try:
-                    msgs = await sub.fetch(self.batch_size, timeout=self.fetch_timeout_s)
+                    msgs = await fetching
                 except TimeoutError:
+                    fetching = None
                     self._oldest_at = None  # nothing in hand: caught up
                     if self.stats.effect_errors:
                         await self._after_commit()
                     if until_caught_up and await self.pending() == 0:
                         return "caught_up"
                     continue
+                fetching = None
                 if not msgs:
                     continue
+                fetching = asyncio.ensure_future(sub.fetch(self.batch_size,
+                                                           timeout=self.fetch_timeout_s))
                 self._batch_times = {m.metadata.sequence.stream: m.metadata.timestamp.timestamp()
                                      for m in msgs}
                 self._mark_oldest(msgs[0].metadata.sequence.stream)
@@ -316,8 +352,11 @@ class ConsumerRunner:
                 self._oldest_at = None
             return "stopped"
         finally:
+            if fetching is not None:  # dropped unacked; its outcome is of no interest
+                fetching.add_done_callback(lambda f: f.cancelled() or f.exception())
+                fetching.cancel()
             with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+                await sub.stop()
 
     async def _open_consumer(self) -> None:
         """(Re)create the durable at the checkpoint: the checkpoint, not JetStream's ack state,
@@ -350,18 +389,18 @@ class ConsumerRunner:
         self.stats.parked = position.parked if position is not None else 0
         with contextlib.suppress(NotFoundError):
             await self.js.delete_consumer(self.stream, self.durable)
-        subjects = consumer_subjects(self.consumer.filter_subjects)
+        subject = self.subjects.jetstream_filter
         await self.js.add_consumer(self.stream, ConsumerConfig(
             durable_name=self.durable,
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
             opt_start_seq=start_seq,
-            ack_policy=AckPolicy.EXPLICIT,
+            ack_policy=AckPolicy.ALL,
             ack_wait=self.ack_wait_s,
             max_ack_pending=self.batch_size * 4,
-            filter_subject=subjects[0] if len(subjects) == 1 else None,
-            filter_subjects=subjects if len(subjects) > 1 else None,
+            filter_subject=subject,
         ))
-        self.log.info("consumer_started", start_seq=start_seq, subjects=subjects)
+        self.log.info("consumer_started", start_seq=start_seq, subject=subject,
+                      reads=self.subjects.subjects)
 
     # ------------------------------------------------------------------ one batch
 
@@ -401,7 +440,7 @@ class ConsumerRunner:
             try:
                 done, error = await self._attempt(steps[i:])
             except Exception as exc:  # the bookkeeping failed (PostgreSQL away?)
-                if classify(exc) != "transient":
+                if isinstance(exc, CommitOutcomeUnknown) or classify(exc) != "transient":
                     raise
                 done, error = 0, exc
             i += done
@@ -416,38 +455,124 @@ class ConsumerRunner:
     async def _attempt(self, steps: list[Step]) -> tuple[int, BaseException | None]:
         """Hand the steps over and record them; on the first failure, record those before it.
         Returns (steps done, the failure)."""
-        done, error = len(steps), None
+        try:
+            done, error = await self._attempt_steps(steps)
+        except BaseException:
+            self.forget_handled()  # a commit may have gone through unseen: ask the ledger again
+            raise
+        if error is not None:
+            self.forget_handled()
+        return done, error
+
+    async def _attempt_steps(self, steps: list[Step]) -> tuple[int, BaseException | None]:
         if self.transactional:
-            projection = cast(Projection, self.consumer)
-            async with self.pool.acquire() as conn, conn.transaction():
-                for n, step in enumerate(steps):
-                    if step.event is None:
-                        continue
+            return await self._apply(steps)
+        done: int = len(steps)
+        error: BaseException | None = None
+        processor = cast(Processor, self.consumer)
+        events = [s.event for s in steps if s.event is not None]
+        try:
+            if events:
+                # One span for the batch, a child of its first event's trace, linked to
+                # the others': what a processor sends or appends continues that trace.
+                with span(f"{self.name} handle {events[0].type}", parent=events[0].trace,
+                          links=[e.trace for e in events[1:]]):
+                    await processor.handle(events)
+        except Exception as exc:
+            if len(events) > 1:  # find the one that fails: hand them over one at a time
+                return await self._attempt_each(steps)
+            done = next(n for n, s in enumerate(steps) if s.event is not None)
+            error = exc
+        async with self._transaction() as conn:
+            await self._record(conn, steps[:done])
+        await self._after_done(steps[:done])
+        return done, error
+
+    async def _apply(self, steps: list[Step]) -> tuple[int, BaseException | None]:
+        """A projection's steps and their bookkeeping in one transaction, with no savepoint per
+        event (two of every three round trips to PostgreSQL, when each event had one). When an
+        event fails, the transaction is undone and the steps before it commit without it: the
+        runner knows which one failed when it applied them one by one; after a projection's
+        `apply_batch` failed, it applies them again one by one, each under a savepoint, to
+        find out (`_isolate`)."""
+        try:
+            await self._commit(steps)
+        except _FailedAt as failed:
+            if failed.index == 0:
+                return 0, failed.error
+            done, error = await self._apply(steps[:failed.index])
+            return (done, error) if done < failed.index else (done, failed.error)
+        except _BatchFailed:
+            return await self._isolate(steps)
+        await self._after_done(steps)
+        return len(steps), None
+
+    async def _commit(self, steps: list[Step]) -> None:
+        projection = cast(Projection, self.consumer)
+        events = [(n, s.event) for n, s in enumerate(steps) if s.event is not None]
+        async with self._transaction() as conn:
+            if len(events) > 1 and isinstance(projection, AppliesBatches):
+                batch = [e for _, e in events]
+                with span(f"{self.name} apply {batch[0].type}", parent=batch[0].trace,
+                          links=[e.trace for e in batch[1:]]):
                     try:
-                        with span(f"{self.name} apply {step.event.type}", parent=step.event.trace):
-                            async with conn.transaction():  # a savepoint: undo this event alone
-                                await projection.apply(conn, step.event)
+                        await projection.apply_batch(conn, batch)
                     except Exception as exc:
-                        done, error = n, exc
-                        break
-                await self._record(conn, steps[:done])
-        else:
-            processor = cast(Processor, self.consumer)
-            events = [s.event for s in steps if s.event is not None]
+                        raise _BatchFailed(exc) from exc
+            else:
+                for n, event in events:
+                    try:
+                        with span(f"{self.name} apply {event.type}", parent=event.trace):
+                            await projection.apply(conn, event)
+                    except Exception as exc:
+                        raise _FailedAt(n, exc) from exc
+            await self._record(conn, steps)
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection in a transaction. When the connection is lost in it, a
+        `PostgresConnectionLost` (transient: waited out, the batch retried) is raised, not
+        asyncpg's complaint that a closed connection cannot roll back, nor the failure of
+        whatever event was being applied (it was not the event's fault)."""
+        async with self.pool.acquire() as conn:
+            transaction = conn.transaction()
+            await transaction.start()
             try:
-                if events:
-                    # One span for the batch, a child of its first event's trace, linked to
-                    # the others': what a processor sends or appends continues that trace.
-                    with span(f"{self.name} handle {events[0].type}", parent=events[0].trace,
-                              links=[e.trace for e in events[1:]]):
-                        await processor.handle(events)
+                yield conn
+            except BaseException as exc:
+                if _lost(conn):
+                    raise PostgresConnectionLost(f"the connection to PostgreSQL was lost in a "
+                                                 f"transaction: {cause(exc)}") from exc
+                await transaction.rollback()
+                raise
+            try:
+                await transaction.commit()
             except Exception as exc:
-                if len(events) > 1:  # find the one that fails: hand them over one at a time
-                    return await self._attempt_each(steps)
-                done = next(n for n, s in enumerate(steps) if s.event is not None)
-                error = exc
-            async with self.pool.acquire() as conn, conn.transaction():
-                await self._record(conn, steps[:done])
+                if _lost(conn):
+                    raise CommitOutcomeUnknown(f"the connection to PostgreSQL was lost while "
+                                               f"committing: {cause(exc)}") from exc
+                raise
+
+    async def _isolate(self, steps: list[Step]) -> tuple[int, BaseException | None]:
+        """Each event under its own savepoint, to find the one that fails: those before it
+        commit, with their bookkeeping."""
+        done: int = len(steps)
+        error: BaseException | None = None
+        projection = cast(Projection, self.consumer)
+        async with self._transaction() as conn:
+            for n, step in enumerate(steps):
+                if step.event is None:
+                    continue
+                try:
+                    with span(f"{self.name} apply {step.event.type}", parent=step.event.trace):
+                        async with conn.transaction():  # a savepoint: undo this event alone
+                            await projection.apply(conn, step.event)
+                except Exception as exc:
+                    if _lost(conn):
+                        raise  # not the event's fault: the connection is gone
+                    done, error = n, exc
+                    break
+            await self._record(conn, steps[:done])
         await self._after_done(steps[:done])
         return done, error
 
@@ -493,7 +618,7 @@ class ConsumerRunner:
             try:
                 done, error = await self._attempt([step])
             except Exception as exc:
-                if classify(exc) != "transient":
+                if isinstance(exc, CommitOutcomeUnknown) or classify(exc) != "transient":
                     raise
                 done, error = 0, exc
             if done:
@@ -524,7 +649,7 @@ class ConsumerRunner:
                    detail=reason, consumer=self.durable,
                    headers=step.msg.headers if step.msg is not None else None,
                    dedupe_id=f"{self.durable}:parked:{key}", log_it=False)
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self._transaction() as conn:
             await self._record(conn, [step], parked=1)
         self.stats.parked += 1
         bound.error("handler_failed_parked", failure=kind, attempts=attempts, error=reason,
@@ -545,12 +670,26 @@ class ConsumerRunner:
         """After the commit: side effects, then acks."""
         if not steps:
             return
+        handled = self._handled
+        for step in steps:
+            if step.version is not None:
+                stream, version = step.version
+                known = handled.get(stream)
+                if known is None or version.version >= known.version:
+                    handled[stream] = version
         self.stats.applied += sum(1 for s in steps if s.event is not None)
         if self.transactional:
             await self._after_commit()
-        for step in steps:
-            if step.msg is not None:
-                await step.msg.ack()
+        # Steps are done in order, so every message up to the last one here is done: one ack
+        # covers them all (the consumer acks all below the one acked).
+        last = next((s.msg for s in reversed(steps) if s.msg is not None), None)
+        if last is None:
+            return
+        try:
+            await last.ack()
+        except Exception as exc:  # the steps are done all the same: never attempted again
+            self.log.warning("ack_failed_messages_will_come_again", seq=last.metadata.sequence.stream,
+                             error=cause(exc))
 
     async def _after_commit(self) -> None:
         if not isinstance(self.consumer, WithSideEffects):
@@ -566,9 +705,20 @@ class ConsumerRunner:
 
     async def _load_ledger(self, streams: set[str], facts: set[FactKey]
                            ) -> tuple[dict[str, Handled], set[FactKey]]:
-        versions = await self.ledger.versions(self.pool, streams) if streams else {}
+        handled = self._handled
+        versions = {s: handled[s] for s in streams if s in handled}  # a copy: the plan edits it
+        if unknown := streams - versions.keys():
+            if len(handled) > MAX_HANDLED_CACHED:
+                handled.clear()
+            loaded = await self.ledger.versions(self.pool, unknown)
+            handled.update(loaded)
+            versions.update(loaded)
         seen = await self.ledger.seen(self.pool, facts) if facts and self._by_id else set()
         return versions, seen
+
+    def forget_handled(self) -> None:
+        """Read the stream versions from the ledger again (it changed, or may have)."""
+        self._handled.clear()
 
     async def _prune(self) -> None:
         """One bounded round of forgetting old facts; soon again while there is more."""
@@ -598,6 +748,35 @@ class ConsumerRunner:
     def _backoff(self, failures: int) -> float:
         delay = min(self.retry_max_s, self.retry_initial_s * 2 ** (failures - 1))
         return float(delay * random.uniform(0.8, 1.2))
+
+
+def _lost(conn: asyncpg.Connection) -> bool:
+    try:
+        return bool(conn.is_closed())
+    except asyncpg.InterfaceError:  # the pool took it back when it closed
+        return True
+
+
+class PostgresConnectionLost(ConnectionError):
+    """The connection to PostgreSQL was lost in the middle of a transaction."""
+
+
+class CommitOutcomeUnknown(PostgresConnectionLost):
+    """The connection was lost while committing: the batch may or may not be in. Its steps are
+    not attempted again in place; the runner leads again, from the checkpoint and the ledger."""
+
+
+class _FailedAt(Exception):
+    """The `index`-th step's event failed to apply (the transaction is undone)."""
+
+    def __init__(self, index: int, error: BaseException) -> None:
+        super().__init__(index, error)
+        self.index = index
+        self.error = error
+
+
+class _BatchFailed(Exception):
+    """A projection's `apply_batch` failed: which event failed is not known."""
 
 
 def _categories(subjects: Sequence[str]) -> list[str]:

@@ -36,7 +36,7 @@ from sdv_events.schemas.monitor import (
     RolloutPage,
 )
 from sdv_monitor.adapters.console_tail import ConsoleTail
-from sdv_monitor.adapters.live import Filter, LiveFeed
+from sdv_monitor.adapters.live import Fanout, Filter, LiveFeed
 from sdv_monitor.adapters.metrics import Metrics
 from sdv_monitor.adapters.openapi import install, json_response
 from sdv_monitor.audit_queries import audit
@@ -61,7 +61,9 @@ def _missing(what: str, key: str) -> Response:
 
 
 def create_app(queries: Queries, readiness: Readiness, live: LiveFeed, metrics: Metrics,
-               console: ConsoleTail, *, version: str = "0") -> FastAPI:
+               console: ConsoleTail, *, changed: Fanout | None = None, version: str = "0") -> FastAPI:
+    """`live`: the bus's events (`/api/stream`); `changed`: the read model's change notices
+    for the dashboard's pages (`/ui/changes`; none heard when not given)."""
     app = FastAPI(title="SDV Fleet monitor", version=version, docs_url="/docs", redoc_url=None,
                   description="Read-only views of the fleet, its software and its rollouts.")
     pages = Pages(version)
@@ -203,7 +205,7 @@ def create_app(queries: Queries, readiness: Readiness, live: LiveFeed, metrics: 
         body, content_type = await metrics.render()
         return Response(body, media_type=content_type)
 
-    app.include_router(dashboard_router(queries, live, pages))
+    app.include_router(dashboard_router(queries, changed or Fanout(buffer=1), pages))
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     install(app, [AlertPage, AppVersions, AuditPage, FleetStatus, DevicePage, DeviceDetail, RolloutPage,
                   RolloutDetail, PackagePage])

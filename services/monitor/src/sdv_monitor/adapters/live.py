@@ -1,8 +1,9 @@
 """Live events for dashboards: one ordered JetStream consumer of `sdv.evt.>` (from now on),
-fanned out in process to every server-sent-events client whose filter matches. Each event
-carries its JetStream sequence as its SSE id; a client that reconnects with `Last-Event-ID` gets
-what it missed from a ring buffer of the latest events (or a `reset` event telling it to reload
-when it missed more than the buffer holds)."""
+fanned out in process to every server-sent-events client whose filter matches (`/api/stream`).
+Each event carries its JetStream sequence as its SSE id; a client that reconnects with
+`Last-Event-ID` gets what it missed from a ring buffer of the latest events (or a `reset` event
+telling it to reload when it missed more than the buffer holds). The dashboard's pages hear of
+changes from the read model itself instead (view_changes.py), through the same fan-out."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from sdv_events.provisioning import EVENTS_STREAM
 log = structlog.get_logger("sdv.monitor.live")
 _wire = msgspec.json.Decoder(WireEnvelope)
 _body = msgspec.json.Decoder(dict[str, Any])
+ANYTHING = "*"
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,8 @@ class Filter:
     alerts: bool = False
 
     def matches(self, e: LiveEvent) -> bool:
+        if e.category == ANYTHING:  # a notice that anything may have changed
+            return True
         if self.alerts and e.category != "alert":
             return False
         if self.rollout is not None and e.rollout_id != self.rollout:
@@ -71,36 +75,17 @@ def live_event(seq: int, payload: bytes) -> LiveEvent | None:
                      device if isinstance(device, str) else None, msgspec.json.encode(doc))
 
 
-class LiveFeed:
-    def __init__(self, js: JetStreamContext, *, buffer: int = 50_000, client_queue: int = 10_000) -> None:
-        self.js = js
+class Fanout:
+    """Events handed to every following client whose filter matches; a client that cannot keep
+    up is let go (its stream ends), never waited for."""
+
+    def __init__(self, *, buffer: int = 50_000, client_queue: int = 10_000) -> None:
         self.buffer: deque[LiveEvent] = deque(maxlen=buffer)
         self.client_queue = client_queue
         self.clients: set[asyncio.Queue[LiveEvent | None]] = set()
-        self.received = 0
         self.dropped_clients = 0
-        self.by_category: dict[str, int] = {}
 
-    async def run(self, stop: asyncio.Event) -> None:
-        sub = await self.js.subscribe("sdv.evt.>", stream=EVENTS_STREAM, ordered_consumer=True,
-                                      deliver_policy=DeliverPolicy.NEW)
-        try:
-            while not stop.is_set():
-                try:
-                    msg = await sub.next_msg(timeout=1.0)
-                except TimeoutError:
-                    continue
-                self.publish(msg.metadata.sequence.stream, msg.data)
-        finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
-
-    def publish(self, seq: int, payload: bytes) -> None:
-        event = live_event(seq, payload)
-        if event is None:
-            return
-        self.received += 1
-        self.by_category[event.category] = self.by_category.get(event.category, 0) + 1
+    def hand_out(self, event: LiveEvent) -> None:
         self.buffer.append(event)
         for queue in list(self.clients):
             try:
@@ -133,3 +118,33 @@ class LiveFeed:
                     yield event
         finally:
             self.clients.discard(queue)
+
+
+class LiveFeed(Fanout):
+    def __init__(self, js: JetStreamContext, *, buffer: int = 50_000, client_queue: int = 10_000) -> None:
+        super().__init__(buffer=buffer, client_queue=client_queue)
+        self.js = js
+        self.received = 0
+        self.by_category: dict[str, int] = {}
+
+    async def run(self, stop: asyncio.Event) -> None:
+        sub = await self.js.subscribe("sdv.evt.>", stream=EVENTS_STREAM, ordered_consumer=True,
+                                      deliver_policy=DeliverPolicy.NEW)
+        try:
+            while not stop.is_set():
+                try:
+                    msg = await sub.next_msg(timeout=1.0)
+                except TimeoutError:
+                    continue
+                self.publish(msg.metadata.sequence.stream, msg.data)
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    def publish(self, seq: int, payload: bytes) -> None:
+        event = live_event(seq, payload)
+        if event is None:
+            return
+        self.received += 1
+        self.by_category[event.category] = self.by_category.get(event.category, 0) + 1
+        self.hand_out(event)

@@ -8,14 +8,13 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Path, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import HTMLResponse, Response
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from sdv_events.bus import CommandError
-from sdv_events.registry import short_name
 from sdv_events.schemas.devices import DEVICE_ID_PATTERN
-from sdv_monitor.adapters.live import Filter, LiveFeed
+from sdv_monitor.adapters.live import Fanout, Filter
 from sdv_monitor.audit_queries import audit
 from sdv_monitor.dashboard import shapes
 from sdv_monitor.dashboard.rendering import Pages
@@ -34,7 +33,7 @@ def _blank(value: str | None) -> str | None:
     return value or None
 
 
-def dashboard_router(queries: Queries, live: LiveFeed, pages: Pages) -> APIRouter:
+def dashboard_router(queries: Queries, changed: Fanout, pages: Pages) -> APIRouter:
     router = APIRouter(include_in_schema=False, default_response_class=HTMLResponse)
 
     def now() -> datetime:
@@ -118,18 +117,17 @@ def dashboard_router(queries: Queries, live: LiveFeed, pages: Pages) -> APIRoute
     @router.get("/ui/changes")
     async def changes(rollout: Annotated[str | None, Query(pattern=NAME)] = None,
                       device: Annotated[str | None, Query(pattern=DEVICE_ID_PATTERN)] = None,
-                      alerts: bool = False,
-                      last_event_id: Annotated[int | None, Header(ge=0)] = None) -> EventSourceResponse:
-        """Notices for a page (`changed`, with the event's type): something it shows may have
-        changed. The page fetches its live part again; no event body is sent."""
+                      alerts: bool = False) -> EventSourceResponse:
+        """Notices for a page (`changed`, with an event's type): something it shows changed in
+        the read model (sent once the change is committed). The page fetches its live part
+        again; no event body is sent, and nothing is replayed on a reconnect (the page fetches
+        again then anyway)."""
         wanted = Filter(rollout=rollout, device=device, alerts=alerts)
 
         async def notices() -> AsyncIterator[ServerSentEvent]:
-            async for event in live.follow(wanted, last_event_id):
-                if isinstance(event, str):
-                    yield ServerSentEvent(data="{}", event="changed")
-                else:
-                    yield ServerSentEvent(data=short_name(event.type), event="changed", id=str(event.seq))
+            async for event in changed.follow(wanted, None):
+                if not isinstance(event, str):
+                    yield ServerSentEvent(data=event.type, event="changed")
 
         return EventSourceResponse(notices(), ping=15)
 

@@ -16,7 +16,7 @@ from sdv_events.schemas.monitor import DeviceFactRecorded
 from sdv_events.schemas.rollouts import PolicySet, RolloutCreated
 from sdv_events.stream_owners import owner_of
 from sdv_monitor.projections.facts import fact_of
-from sdv_monitor.projections.writes import Writes
+from sdv_monitor.projections.writes import Writes, columns
 
 _json = msgspec.json.Encoder()
 
@@ -24,7 +24,7 @@ _json = msgspec.json.Encoder()
 def _body(event: Envelope) -> Any:
     if isinstance(event.data, DeviceFactRecorded):
         return event.data.data  # the device's own words, not our wrapper
-    return msgspec.to_builtins(event.data)
+    return event.data  # encoded as it is (the JSON `to_builtins` would give, without the copy)
 
 
 class AuditTrail:
@@ -51,12 +51,34 @@ class AuditTrail:
             CREATE INDEX IF NOT EXISTS {i}_actor ON {t} (actor, occurred_at)""")
 
     def apply(self, writes: Writes, event: Envelope) -> None:
+        writes.add(self.table, self._insert, *columns([self.row(event)]))
+
+    async def insert(self, conn: asyncpg.Connection, rows: list[tuple[object, ...]]) -> None:
+        """Rows of a batch of events in one statement (after the batch's other writes: a
+        rollout's row, which names its app, is written by its RolloutCreated)."""
+        if rows:
+            await conn.execute(self._insert, *columns(rows))
+
+    @property
+    def _insert(self) -> str:
+        # A rollout's later events name its app, as its RolloutCreated does: by the key of the
+        # rollouts' table (its row was made by RolloutCreated, an earlier event). Not from this
+        # table: "a row of the rollout with a package, LIMIT 1" was planned as a scan of the
+        # whole trail per event once it held a few rollouts.
+        return (f"INSERT INTO {self.table} SELECT e, sv, st, v, t, at, ac, co, ca, d, r, "
+                f"CASE WHEN byr THEN (SELECT app FROM {self.s}.rollouts WHERE rollout_id = r) "
+                "ELSE p END, j::json "
+                "FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::text[], "
+                "$6::timestamptz[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], "
+                "$12::text[], $13::bool[], $14::text[]) "
+                "AS u(e, sv, st, v, t, at, ac, co, ca, d, r, p, byr, j) ON CONFLICT (event_id) DO NOTHING")
+
+    def row(self, event: Envelope) -> tuple[object, ...]:
         category, entity = split_stream_id(event.stream_id)
         data = event.data
         device = rollout = package = None
         stream, occurred_at, type_ = event.stream_id, event.occurred_at, event.type
         service = owner_of(event.stream_id) or "unknown"
-        # A rollout's later events name its app, as its RolloutCreated does.
         package_of_rollout = False
         if category == "device":
             device = entity
@@ -81,17 +103,6 @@ class AuditTrail:
             fact = fact_of(event)
             if fact is not None:
                 rollout, package = fact.rollout_id, fact.app
-        args: list[object] = [event.event_id, service, stream, event.version, type_, occurred_at,
-                              event.actor, event.correlation_id, event.causation_id, device, rollout,
-                              _json.encode(_body(event)).decode().replace("\\u0000", "\\ufffd")]
-        if package_of_rollout:
-            # By the key of the rollouts' table (its row was made by RolloutCreated, an earlier
-            # event). Not from this table: "a row of the rollout with a package, LIMIT 1" was
-            # planned as a scan of the whole trail per event once it held a few rollouts.
-            package_sql = f"(SELECT app FROM {self.s}.rollouts WHERE rollout_id = $11)"
-        else:
-            package_sql = "$13"
-            args.append(package)
-        writes.add(self.table,
-                   f"INSERT INTO {self.table} VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,{package_sql},$12) "
-                   "ON CONFLICT (event_id) DO NOTHING", *args)
+        return (event.event_id, service, stream, event.version, type_, occurred_at, event.actor,
+                event.correlation_id, event.causation_id, device, rollout, package, package_of_rollout,
+                _json.encode(_body(event)).decode().replace("\\u0000", "\\ufffd"))

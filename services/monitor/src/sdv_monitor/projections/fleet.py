@@ -3,6 +3,7 @@ from the registry's device events."""
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import asyncpg
@@ -30,6 +31,21 @@ def _caps(caps: Any) -> dict[str, Any]:
             "arch": caps.arch, "hardware_type": caps.hardware_type}
 
 
+@functools.lru_cache(maxsize=64)  # a few column sets, event after event
+def _upsert_sql(table: str, columns: tuple[str, ...]) -> str:
+    names = ["device_id", "created_at", "updated_at", *columns]
+    updates = ", ".join(f"{c} = excluded.{c}" for c in ["updated_at", *columns])
+    marks = ", ".join(f"${i}" for i in range(1, len(names) + 1))
+    return (f"INSERT INTO {table} ({', '.join(names)}) VALUES ({marks}) "
+            f"ON CONFLICT (device_id) DO UPDATE SET {updates}")
+
+
+@functools.lru_cache(maxsize=64)
+def _update_sql(table: str, columns: tuple[str, ...]) -> str:
+    sets = ", ".join(f"{c} = ${i}" for i, c in enumerate(columns, start=3))
+    return f"UPDATE {table} SET updated_at = $2, {sets} WHERE device_id = $1"
+
+
 class Fleet:
     tables = ("devices",)
 
@@ -47,17 +63,12 @@ class Fleet:
             CREATE INDEX IF NOT EXISTS {index}_status ON {self.table} (status, online)""")
 
     def _upsert(self, writes: Writes, event: Envelope, **values: Any) -> None:
-        columns = ["device_id", "created_at", "updated_at", *values]
-        params = [event.data.device_id, event.occurred_at, event.occurred_at, *values.values()]
-        updates = ", ".join(f"{c} = excluded.{c}" for c in ["updated_at", *values])
-        marks = ", ".join(f"${i}" for i in range(1, len(params) + 1))
-        writes.add(self.table, f"INSERT INTO {self.table} ({', '.join(columns)}) VALUES ({marks}) "
-                               f"ON CONFLICT (device_id) DO UPDATE SET {updates}", *params)
+        writes.add(self.table, _upsert_sql(self.table, tuple(values)), event.data.device_id,
+                   event.occurred_at, event.occurred_at, *values.values())
 
     def _update(self, writes: Writes, event: Envelope, **values: Any) -> None:
-        sets = ", ".join(f"{c} = ${i}" for i, c in enumerate(values, start=3))
-        writes.add(self.table, f"UPDATE {self.table} SET updated_at = $2, {sets} WHERE device_id = $1",
-                   event.data.device_id, event.occurred_at, *values.values())
+        writes.add(self.table, _update_sql(self.table, tuple(values)), event.data.device_id,
+                   event.occurred_at, *values.values())
 
     def apply(self, writes: Writes, event: Envelope) -> None:
         match event.data:

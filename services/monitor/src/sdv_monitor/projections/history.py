@@ -22,7 +22,7 @@ from sdv_events.schemas.devices import (
 from sdv_events.schemas.rollouts import DeviceFailed, DeviceSucceeded, DeviceTargeted, DeviceTimedOut
 from sdv_monitor.domain.app_state import change_of
 from sdv_monitor.projections.facts import fact_of
-from sdv_monitor.projections.writes import Writes
+from sdv_monitor.projections.writes import Writes, columns
 
 
 def _device_line(data: object) -> str | None:
@@ -75,23 +75,38 @@ class DeviceHistory:
                 summary text NOT NULL, PRIMARY KEY (device_id, event_id));
             CREATE INDEX IF NOT EXISTS {self.table.replace('.', '_')}_at ON {self.table} (device_id, at)""")
 
-    def _add(self, writes: Writes, device_id: str, event: Envelope, source: str, summary: str, *,
-             app: str | None = None, rollout_id: str | None = None, at: object = None) -> None:
-        writes.add(
-            self.table, f"INSERT INTO {self.table} VALUES ($1,$2,$3,$4,$5,$6,$7,$8) ON CONFLICT DO NOTHING",
-            device_id, event.event_id, at or event.occurred_at, source, short_name(event.type), app,
-            rollout_id, summary[:1000])
+    @property
+    def _insert(self) -> str:
+        return (f"INSERT INTO {self.table} SELECT * FROM unnest($1::text[], $2::uuid[], "
+                "$3::timestamptz[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[]) "
+                "ON CONFLICT DO NOTHING")
 
     def apply(self, writes: Writes, event: Envelope) -> None:
+        if (row := self.row(event)) is not None:
+            writes.add(self.table, self._insert, *columns([row]))
+
+    async def insert(self, conn: asyncpg.Connection, rows: list[tuple[object, ...]]) -> None:
+        """Lines of a batch of events in one statement."""
+        if rows:
+            await conn.execute(self._insert, *columns(rows))
+
+    def row(self, event: Envelope) -> tuple[object, ...] | None:
         category, entity = split_stream_id(event.stream_id)
         if category == "device" and (line := _device_line(event.data)) is not None:
-            self._add(writes, entity, event, "registry", line)
-        elif category == "rollout" and (found := _rollout_line(event.data)) is not None:
+            return _line(entity, event, "registry", line)
+        if category == "rollout" and (found := _rollout_line(event.data)) is not None:
             device_id, line = found
-            self._add(writes, device_id, event, "orchestrator", f"rollout {entity}: {line}",
-                      rollout_id=entity)
-        elif category == "facts" and (fact := fact_of(event)) is not None:
+            return _line(device_id, event, "orchestrator", f"rollout {entity}: {line}",
+                         rollout_id=entity)
+        if category == "facts" and (fact := fact_of(event)) is not None:
             change = change_of(fact)
             if change is not None:
-                self._add(writes, fact.device_id, event, "device", f"{fact.app} {change.action}",
-                          app=fact.app, rollout_id=fact.rollout_id, at=event.data.occurred_at)
+                return _line(fact.device_id, event, "device", f"{fact.app} {change.action}",
+                             app=fact.app, rollout_id=fact.rollout_id, at=event.data.occurred_at)
+        return None
+
+
+def _line(device_id: str, event: Envelope, source: str, summary: str, *, app: str | None = None,
+          rollout_id: str | None = None, at: object = None) -> tuple[object, ...]:
+    return (device_id, event.event_id, at or event.occurred_at, source, short_name(event.type), app,
+            rollout_id, summary[:1000])

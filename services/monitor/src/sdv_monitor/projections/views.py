@@ -1,5 +1,6 @@
 """`MonitorViews`: the parts as one projection of the shared runner (one consumer, one
-transaction per batch, one rebuild)."""
+transaction per batch, one rebuild); each transaction also tells the dashboards what changed
+once it commits (notices.py)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ from sdv_monitor.projections.audit import AuditTrail
 from sdv_monitor.projections.fleet import Fleet
 from sdv_monitor.projections.history import DeviceHistory
 from sdv_monitor.projections.inventory import Inventory
+from sdv_monitor.projections.notices import channel, notice
 from sdv_monitor.projections.packages import Packages
 from sdv_monitor.projections.rollouts import Rollouts
-from sdv_monitor.projections.writes import Writes
+from sdv_monitor.projections.writes import Batch, Writes
 
 
 class Part(Protocol):
@@ -46,9 +48,12 @@ class MonitorViews:
         self.history = DeviceHistory(schema)
         self.audit = AuditTrail(schema)
         self.alerts = Alerts(schema)
-        self.parts: tuple[Part, ...] = (self.fleet, self.inventory, self.rollouts, self.packages,
-                                        self.history, self.audit, self.alerts)
+        # The parts that update rows, and those that only add rows (history, audit).
+        self.updating: tuple[Part, ...] = (self.fleet, self.inventory, self.rollouts, self.packages,
+                                           self.alerts)
+        self.parts: tuple[Part, ...] = (*self.updating, self.history, self.audit)
         self.tables = tuple(t for part in self.parts for t in part.tables)
+        self.channel = channel(schema)
 
     def at(self, schema: str) -> Self:
         return type(self)(schema)
@@ -63,3 +68,29 @@ class MonitorViews:
         for part in self.parts:
             part.apply(writes, event)
         await writes.run(conn)
+        await self._notify(conn, [event])
+
+    async def apply_batch(self, conn: asyncpg.Connection, events: Sequence[Envelope]) -> None:
+        """A fetched batch, as applying its events one by one would leave the tables: the
+        parts that update rows, event after event (runs of the same statement in one round
+        trip each: writes.Batch); then the lines of the history and the audit trail, which
+        only add rows, one statement each for the whole batch."""
+        batch = Batch()
+        history: list[tuple[object, ...]] = []
+        audit: list[tuple[object, ...]] = []
+        for event in events:
+            writes = Writes()
+            for part in self.updating:
+                part.apply(writes, event)
+            batch.add(writes)
+            if (line := self.history.row(event)) is not None:
+                history.append(line)
+            audit.append(self.audit.row(event))
+        await batch.run(conn)
+        await self.history.insert(conn, history)
+        await self.audit.insert(conn, audit)  # last: it reads the rollouts' rows
+        await self._notify(conn, events)
+
+    async def _notify(self, conn: asyncpg.Connection, events: Sequence[Envelope]) -> None:
+        """Sent by PostgreSQL when the transaction commits, not before (notices.py)."""
+        await conn.execute("SELECT pg_notify($1, $2)", self.channel, notice(events))

@@ -45,9 +45,46 @@ class Writes:
         self.statements.append(sql)
         self.args.extend(args)
 
-    async def run(self, conn: asyncpg.Connection) -> None:
+    def statement(self) -> tuple[str, list[object]] | None:
+        """The one statement and its parameters (None: nothing to write)."""
         if len(self.statements) == 1:
-            await conn.execute(self.statements[0], *self.args)
-        elif self.statements:
+            return self.statements[0], self.args
+        if self.statements:
             ctes = ", ".join(f"w{i} AS ({sql})" for i, sql in enumerate(self.statements))
-            await conn.execute(f"WITH {ctes} SELECT", *self.args)
+            return f"WITH {ctes} SELECT", self.args
+        return None
+
+    async def run(self, conn: asyncpg.Connection) -> None:
+        if (statement := self.statement()) is not None:
+            await conn.execute(statement[0], *statement[1])
+
+
+def columns(rows: list[tuple[object, ...]]) -> list[list[object]]:
+    """Rows as one array per column: the parameters of an `unnest($1::…[], $2::…[], …)`."""
+    return [list(column) for column in zip(*rows, strict=True)]
+
+
+class Batch:
+    """The statements of a batch of events, in order: a run of events whose statement is the
+    same text (as a catch-up brings them: a wave's DeviceTargeted, then its DeviceSucceeded, …)
+    goes as one `executemany` — one round trip, each event still its own statement, so each
+    sees what the events before it wrote."""
+
+    def __init__(self) -> None:
+        self.runs: list[tuple[str, list[list[object]]]] = []
+
+    def add(self, writes: Writes) -> None:
+        if (statement := writes.statement()) is None:
+            return
+        sql, args = statement
+        if self.runs and self.runs[-1][0] == sql:
+            self.runs[-1][1].append(args)
+        else:
+            self.runs.append((sql, [args]))
+
+    async def run(self, conn: asyncpg.Connection) -> None:
+        for sql, rows in self.runs:
+            if len(rows) == 1:
+                await conn.execute(sql, *rows[0])
+            else:
+                await conn.executemany(sql, rows)

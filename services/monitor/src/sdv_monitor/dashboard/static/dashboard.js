@@ -1,10 +1,9 @@
 // The dashboard's live behaviour, three small parts:
-// 1. Change notices: the page names its feed in <body data-feed> (server-sent events). Each
-//    notice makes the page's live parts (hx-trigger="sdv-changed from:body") fetch themselves
-//    again: at most every 400 ms, once more 2 s and 6 s after the last notice (the monitor's
-//    views may apply an event a moment after it was on the bus — longer on a busy machine), never
-//    a reload. So does each (re)connect
-//    of the feed: what happened between the page's rendering and its feed's start has no notice.
+// 1. Change notices: the page names its feed in <body data-feed> (server-sent events, sent by
+//    the monitor once its read model has the change). Each notice makes the page's live parts
+//    (hx-trigger="sdv-changed from:body") fetch themselves again, at most every 400 ms, never a
+//    reload. So does each (re)connect of the feed: what happened between the page's rendering
+//    and its feed's start, or while it was away, has no notice.
 // 2. The console tail: lines of an app (server-sent events `line`) appended as text, never markup.
 // 3. A rollout's outcomes over time, drawn with uPlot from the JSON its live part carries.
 (() => {
@@ -18,15 +17,9 @@
   const feed = document.body.dataset.feed;
   if (feed) {
     let soon = null;
-    let settle = null;
-    let late = null;
     const changed = () => document.body.dispatchEvent(new CustomEvent("sdv-changed"));
     const notice = () => {
       if (soon === null) soon = setTimeout(() => { soon = null; changed(); }, 400);
-      clearTimeout(settle);
-      clearTimeout(late);
-      settle = setTimeout(changed, 2000);
-      late = setTimeout(changed, 6000);
     };
     const source = new EventSource(feed);
     source.addEventListener("open", () => { say("Live", "live"); notice(); });

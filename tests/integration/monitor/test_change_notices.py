@@ -1,0 +1,89 @@
+"""The dashboard's change feed (`/ui/changes`) speaks once the read model has the change: a page
+that fetches its live part on a notice finds what the notice was about, however busy the
+machine. The bus's own stream (`/api/stream`) still carries each event once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from sdv_events.schemas.agent import AppFailed
+
+pytestmark = pytest.mark.timeout(90)
+APP = "notice-app"
+
+
+async def sse(http: httpx.AsyncClient, path: str, connected: asyncio.Event) -> AsyncIterator[tuple[str, str]]:
+    """(event, data) of a server-sent event stream, as they come."""
+    async with http.stream("GET", path, timeout=httpx.Timeout(10.0, read=None)) as response:
+        assert response.status_code == 200, path
+        connected.set()
+        event, data = "message", ""
+        async for line in response.aiter_lines():
+            if not line:
+                if data:
+                    yield event, data
+                event, data = "message", ""
+            elif line.startswith("event:"):
+                event = line.partition(":")[2].strip()
+            elif line.startswith("data:"):
+                data = line.partition(":")[2].strip()
+
+
+async def app_state(monitor: Any, device_id: str) -> str | None:
+    doc = await monitor.get(f"/api/devices/{device_id}")
+    return next((a["state"] for a in doc["apps"] if a["app"] == APP), None)
+
+
+async def test_a_change_notice_comes_once_the_views_show_the_change_and_the_stream_has_it_once(
+        suite: Any, monitor: Any) -> None:
+    (agent,) = await suite.add_agents(1)
+    device = agent.device_id
+    v1 = await suite.publish(APP, "1.0.0")
+    done = await suite.create(v1, device_ids=[device], kind="all-at-once")
+    await suite.wait_status(done.rollout_id, "completed")
+
+    async def running() -> bool:
+        return await app_state(monitor, device) == "RUNNING"
+
+    await monitor.until(running, 20.0, "the monitor shows the app running")
+
+    # A page of the device follows its notices, and a client the bus's events of the device.
+    seen_on_notice: list[tuple[str, str | None]] = []
+    stream_types: list[str] = []
+    notices_on, stream_on = asyncio.Event(), asyncio.Event()
+
+    async def page() -> None:
+        async for event, data in sse(monitor.http, f"/ui/changes?device={device}", notices_on):
+            assert event == "changed"
+            # What the page does on a notice: fetch its live part at once.
+            seen_on_notice.append((data, await app_state(monitor, device)))
+            if data == "AppFailed":
+                return
+
+    async def client() -> None:
+        async for event, data in sse(monitor.http, f"/api/stream?device={device}", stream_on):
+            if event == "AppFailed":
+                assert json.loads(data)["stream_id"] == f"agent-{device}"  # the device's own fact
+            stream_types.append(event)
+
+    reader, follower = asyncio.create_task(page()), asyncio.create_task(client())
+    try:
+        await asyncio.wait_for(asyncio.gather(notices_on.wait(), stream_on.wait()), 10)
+        await agent.publish(AppFailed(device_id=device, app=APP, version="1.0.0", digest=v1.digest,
+                                      desired_revision=999, reason="exit code 3", stage="run"))
+        await asyncio.wait_for(reader, 30)
+        # The fact is recorded, its record applied and committed before the page hears of it.
+        assert seen_on_notice[-1] == ("AppFailed", "FAILED"), seen_on_notice
+        await asyncio.sleep(1.0)  # anything else the stream would send about it
+    finally:
+        follower.cancel()
+        reader.cancel()
+    # The stream has the device's fact once (the monitor's record of it is not a second copy).
+    assert stream_types.count("AppFailed") == 1, stream_types
+    assert "DeviceFactRecorded" not in stream_types
