@@ -15,6 +15,7 @@ from typing import Any
 
 import msgspec
 import nats
+from nats.aio.client import Client as NatsClient
 
 from sdv_events.auth.client_tls import ca_from_env, tls_options
 from sdv_events.bus import CommandClient, CommandError
@@ -49,7 +50,7 @@ async def live_view(client: CommandClient, rollout_id: str) -> dict[str, Any]:
     return whole
 
 
-async def replayed_view(nc: nats.NATS, rollout_id: str) -> tuple[dict[str, Any], int]:
+async def replayed_view(nc: NatsClient, rollout_id: str) -> tuple[dict[str, Any], int]:
     state = rollout_decider.empty()
     count = 0
     query = HistoryQuery(stream_id=stream_id("rollout", rollout_id), limit=MAX_LIMIT)

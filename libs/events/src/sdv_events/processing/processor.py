@@ -28,8 +28,12 @@ Start = Literal["all", "new"]
 class Processor(Protocol):
     """Acts on events outside a transaction; must tolerate seeing an event again."""
 
-    name: str
-    filter_subjects: Sequence[str]
+    # Read-only members: a class attribute (a tuple) or a property satisfies them.
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def filter_subjects(self) -> Sequence[str]: ...
 
     async def handle(self, events: Sequence[Envelope]) -> None:
         """Handle events in order (one or a batch); raising fails them all (the runner then
@@ -41,11 +45,17 @@ class Processor(Protocol):
 class Projection(Protocol):
     """A read model: `apply` runs inside the runner's transaction, with the bookkeeping."""
 
-    name: str
-    filter_subjects: Sequence[str]
-    # The tables the projection owns (unqualified): built in a shadow schema on rebuild and
-    # swapped in at the end.
-    tables: Sequence[str]
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def filter_subjects(self) -> Sequence[str]: ...
+
+    @property
+    def tables(self) -> Sequence[str]:
+        """The tables the projection owns (unqualified): built in a shadow schema on rebuild
+        and swapped in at the end."""
+        ...
 
     def at(self, schema: str) -> Self:
         """The same projection writing its tables in another schema (the rebuild's shadow)."""

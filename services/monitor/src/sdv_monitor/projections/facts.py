@@ -30,6 +30,8 @@ def fact_of(event: Envelope) -> AppFact | None:
         fact = msgspec.convert(body, cls)
     except msgspec.ValidationError:
         return None
+    if not isinstance(fact, AppFact):
+        return None
     # A device speaks only for itself (the subject it published on named `device_id`), and
     # what it says lands in text columns: names as the packager allows them, nothing unbounded.
     if fact.device_id != recorded.device_id or not _NAME.fullmatch(fact.app) \

@@ -43,6 +43,8 @@ def channel(schema: str) -> str:
 def entry_of(event: Envelope) -> Entry:
     category, entity = split_stream_id(event.stream_id)
     data = event.data
+    rollout: object
+    device: object
     if isinstance(data, DeviceFactRecorded):  # the device's own words, as the live feed shows them
         rollout, device, type_ = data.data.get("rollout_id"), entity, data.fact_type
     else:
