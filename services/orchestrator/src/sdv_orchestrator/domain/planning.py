@@ -24,6 +24,7 @@ class DeviceFacts:
     python_version: str = "3.11"
     kuksa: bool = False
     status: str = "accepted"
+    online: bool = True  # the registry's presence (heartbeats): offline devices are planned last
 
 
 def wave_sizes(spec: Sequence[str], total: int) -> list[int]:
