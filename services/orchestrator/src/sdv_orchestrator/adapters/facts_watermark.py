@@ -48,6 +48,7 @@ class FactsWatermark:
         self.value: datetime | None = None  # every fact published before it has been handled
         self._samples: deque[tuple[datetime, int]] = deque(maxlen=MAX_SAMPLES)
         self._reachable_since: float | None = None
+        self._reached_once = False
         self.last_error: str | None = None
 
     async def __call__(self) -> datetime | None:
@@ -57,16 +58,19 @@ class FactsWatermark:
             last_seq = int((await self.js.stream_info(self.stream)).state.last_seq)
             info = await self.js.consumer_info(self.stream, self.durable)
         except Exception as exc:  # the bus away, or the consumer being (re)created
+            error = f"{type(exc).__name__}: {exc}"[:300]
             if self.last_error is None:
-                log.warning("facts_watermark_unknown", durable=self.durable,
-                            error=f"{type(exc).__name__}: {exc}"[:300])
-            self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+                # At start the facts consumer may not exist yet: worth a warning only later.
+                (log.warning if self._reached_once else log.info)(
+                    "facts_watermark_unknown", durable=self.durable, error=error)
+            self.last_error = error
             self._reachable_since = None
             self._samples.clear()
             return self.value
         if self.last_error is not None:
             log.info("facts_watermark_back", durable=self.durable, grace_s=self.grace_s)
             self.last_error = None
+        self._reached_once = True
         now = self.monotonic()
         if self._reachable_since is None:
             self._reachable_since = now
