@@ -544,7 +544,7 @@ class SimAgent:
                 for name in set(self.current) - set(doc.apps):
                     digest, rollout_id = self.current.pop(name)
                     self._spawn(self._uninstalled(name, digest, rollout_id, doc.revision))
-                for name, app in doc.apps.items():
+                for app in doc.apps.values():
                     if (app.package.digest, app.rollout_id) not in self._answered:
                         self._answered.add((app.package.digest, app.rollout_id))
                         self._spawn(self._answer(app.package, app.rollout_id, doc.revision))

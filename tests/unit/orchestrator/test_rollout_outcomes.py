@@ -51,12 +51,34 @@ from sdv_orchestrator.domain.rollout import (
 from sdv_orchestrator.domain.rollout_view import view_of
 
 T0 = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
-NEW = PackageInfo(name="app", version="2.0.0", digest="2" * 64, size=1, object_name="2" * 64,
-                  manifest_digest="m", signature="s", key_id="k", channel="stable", runtime="native",
-                  entry_point="main.py", python_version="3.11")
-OLD = PackageInfo(name="app", version="1.0.0", digest="1" * 64, size=1, object_name="1" * 64,
-                  manifest_digest="m", signature="s", key_id="k", channel="stable", runtime="native",
-                  entry_point="main.py", python_version="3.11")
+NEW = PackageInfo(
+    name="app",
+    version="2.0.0",
+    digest="2" * 64,
+    size=1,
+    object_name="2" * 64,
+    manifest_digest="m",
+    signature="s",
+    key_id="k",
+    channel="stable",
+    runtime="native",
+    entry_point="main.py",
+    python_version="3.11",
+)
+OLD = PackageInfo(
+    name="app",
+    version="1.0.0",
+    digest="1" * 64,
+    size=1,
+    object_name="1" * 64,
+    manifest_digest="m",
+    signature="s",
+    key_id="k",
+    channel="stable",
+    runtime="native",
+    entry_point="main.py",
+    python_version="3.11",
+)
 TEN = [f"d{i}" for i in range(10)]
 
 
@@ -64,20 +86,41 @@ def at(seconds: float) -> datetime:
     return T0 + timedelta(seconds=seconds)
 
 
-def created_and_started(devices: list[str] = TEN, *, offline: list[str] = (),  # type: ignore[assignment]
-                        option: str = "skip", waves: tuple[str, ...] = ("100%",),
-                        thresholds: Thresholds = Thresholds(0.95, 0.05), device_s: float = 20,
-                        previous: dict[str, int] | None = None) -> list[RolloutEvent]:
+def created_and_started(
+    devices: list[str] = TEN,
+    *,
+    offline: list[str] = (),  # type: ignore[assignment]
+    option: str = "skip",
+    waves: tuple[str, ...] = ("100%",),
+    thresholds: Thresholds = Thresholds(0.95, 0.05),
+    device_s: float = 20,
+    previous: dict[str, int] | None = None,
+) -> list[RolloutEvent]:
     """The history of a rollout just created and started in one decision, as the service
     appends it (every device ran OLD before unless `previous` says otherwise)."""
-    plan = StartRollout(device_ids=list(devices), offline=list(offline), previous_packages=[OLD],
-                        previous=dict.fromkeys(devices, 0) if previous is None else previous,
-                        now=T0)
-    return list(rollout_decider.decide(CreateRollout(
-        rollout_id="r1", package=NEW, target=Target(selector="fleet=x"),
-        strategy=Strategy("canary", list(waves)), thresholds=thresholds,
-        timeouts=Timeouts(device_s, 0), offline=option, now=T0, plan=plan,  # type: ignore[arg-type]
-    ), rollout_decider.empty()))
+    plan = StartRollout(
+        device_ids=list(devices),
+        offline=list(offline),
+        previous_packages=[OLD],
+        previous=dict.fromkeys(devices, 0) if previous is None else previous,
+        now=T0,
+    )
+    return list(
+        rollout_decider.decide(
+            CreateRollout(
+                rollout_id="r1",
+                package=NEW,
+                target=Target(selector="fleet=x"),
+                strategy=Strategy("canary", list(waves)),
+                thresholds=thresholds,
+                timeouts=Timeouts(device_s, 0),
+                offline=option,
+                now=T0,
+                plan=plan,  # type: ignore[arg-type]
+            ),
+            rollout_decider.empty(),
+        )
+    )
 
 
 def then(given: list[RolloutEvent], command: object) -> list[RolloutEvent]:
@@ -98,6 +141,7 @@ def view(history: list[RolloutEvent]):  # type: ignore[no-untyped-def]
 
 # --- time: judged by when things happened --------------------------------------------------------
 
+
 def test_a_success_that_happened_before_the_deadline_counts_however_late_it_arrives() -> None:
     given = created_and_started(["d0"])
     # The orchestrator (or its database) was down: the fact is handled 60 s later.
@@ -110,7 +154,8 @@ def test_a_fact_that_happened_after_the_deadline_and_its_skew_tolerance_is_a_tim
     late, skewed = ok("d0", at(26)), ok("d1", at(24))  # deadline at 20 s, 5 s tolerance
     new = then(given, ReportDevices([late, skewed], at(27), tolerance_s=5))
     assert new[0] == DeviceTimedOut("d0", 0, late.fact_id, at(26))
-    assert isinstance(new[1], DeviceSucceeded) and new[1].device_id == "d1"
+    assert isinstance(new[1], DeviceSucceeded)
+    assert new[1].device_id == "d1"
 
 
 def test_no_device_times_out_until_the_facts_consumer_caught_up_past_its_deadline() -> None:
@@ -119,7 +164,9 @@ def test_no_device_times_out_until_the_facts_consumer_caught_up_past_its_deadlin
     assert then(given, Tick(at(3600), facts_until=at(10), tolerance_s=5)) == []
     assert then(given, Tick(at(3600), facts_until=at(24), tolerance_s=5)) == []  # skew tolerance
     assert kinds(then(given, Tick(at(3600), facts_until=at(25), tolerance_s=5)))[:2] == [
-        DeviceTimedOut, RolloutAborted]
+        DeviceTimedOut,
+        RolloutAborted,
+    ]
 
 
 def test_an_outage_longer_than_the_device_timeout_turns_no_success_into_a_timeout() -> None:
@@ -133,6 +180,7 @@ def test_an_outage_longer_than_the_device_timeout_turns_no_success_into_a_timeou
 
 
 # --- devices that already run the version ---------------------------------------------------------
+
 
 def test_a_device_already_running_the_version_succeeds_at_once_with_its_reason() -> None:
     given = created_and_started(["d0", "d1"])
@@ -153,13 +201,16 @@ def test_facts_about_another_version_change_nothing() -> None:
 
 # --- offline devices -----------------------------------------------------------------------------
 
+
 def test_offline_devices_are_planned_after_online_ones_and_shown_from_the_start() -> None:
     given = created_and_started(TEN, offline=["d0", "d1"], waves=("1", "50%", "100%"))
     plan = [d for e in given if isinstance(e, DevicesPlanned) for d in e.devices]
     assert [d.device_id for d in plan] == [*TEN[2:], "d0", "d1"]
     assert {d.device_id: d.wave for d in plan}["d0"] == 2  # the last wave
-    assert [(d.device_id, d.wave) for e in given if isinstance(e, DevicesOffline) for d in e.devices] \
-        == [("d0", 2), ("d1", 2)]
+    assert [(d.device_id, d.wave) for e in given if isinstance(e, DevicesOffline) for d in e.devices] == [
+        ("d0", 2),
+        ("d1", 2),
+    ]
     shown = view(given)
     assert shown.offline_total == 2
     assert [w.offline for w in shown.waves] == [0, 0, 2]
@@ -201,7 +252,7 @@ def test_offline_wait_waits_and_gives_a_fresh_deadline_once_the_device_is_back()
 
 
 def test_offline_fail_counts_them_as_failures_and_aborts_over_the_threshold() -> None:
-    given, new = offline_at_deadline("fail")
+    _, new = offline_at_deadline("fail")
     assert kinds(new) == [DeviceOffline, RolloutAborted, RollbackStarted]  # 1 of 10 > 5 %
     assert new[0].outcome == "failed"
 
@@ -214,19 +265,28 @@ def test_a_device_offline_at_its_deadline_follows_the_option_and_an_online_silen
 
 # --- rollback outcomes ---------------------------------------------------------------------------
 
+
 def test_after_an_abort_every_device_ends_rolled_back_or_unconfirmed_then_rollback_completes() -> None:
     devices = ["a", "b", "c", "fresh"]
     given = created_and_started(devices, previous={"a": 0, "b": 0, "c": 0})  # fresh: no app before
-    given += then(given, ReportDevices([ok("a", at(1)),
-                                        Report("b", False, "health: crash", uuid.uuid4(), at(2))], at(2)))
+    given += then(
+        given,
+        ReportDevices([ok("a", at(1)), Report("b", False, "health: crash", uuid.uuid4(), at(2))], at(2)),
+    )
     assert kinds(given[-2:]) == [RolloutAborted, RollbackStarted]
     assert {d.status for d in view(given).devices} == {"rolling_back"}  # never `targeted` after it
-    back = then(given, ReportDevices([
-        ok("a", at(3), digest=OLD.digest),  # reinstalled its previous version
-        ok("b", at(3), digest=OLD.digest, kind="already_current"),  # never left it
-        ok("fresh", at(3), kind="uninstalled"),  # had no app before: removed
-        ok("c", at(3)),  # about the new version: no rollback news
-    ], at(3)))
+    back = then(
+        given,
+        ReportDevices(
+            [
+                ok("a", at(3), digest=OLD.digest),  # reinstalled its previous version
+                ok("b", at(3), digest=OLD.digest, kind="already_current"),  # never left it
+                ok("fresh", at(3), kind="uninstalled"),  # had no app before: removed
+                ok("c", at(3)),  # about the new version: no rollback news
+            ],
+            at(3),
+        ),
+    )
     assert kinds(back) == [DeviceRolledBack] * 3
     given += back
     done = then(given, Tick(at(100), facts_until=at(100), presence={"c": False}))
@@ -244,31 +304,43 @@ def test_a_cancelled_rollout_shows_its_untouched_devices_as_cancelled_not_target
     given = created_and_started(["d0", "d1"])
     given += then(given, ReportDevices([ok("d0", at(1))], at(1)))
     given += then(given, CancelRollout(at(2)))
-    assert {d.device_id: d.status for d in view(given).devices} == {"d0": "succeeded",
-                                                                     "d1": "cancelled"}
+    assert {d.device_id: d.status for d in view(given).devices} == {"d0": "succeeded", "d1": "cancelled"}
 
 
 # --- create and start in one decision --------------------------------------------------------------
+
 
 def test_create_with_a_plan_decides_everything_at_once_and_a_retry_decides_nothing() -> None:
     given = created_and_started(["d0", "d1"])
     assert kinds(given)[:2] == [RolloutCreated, RolloutPlanned]
     assert kinds(given)[-3:] == [WaveStarted, DeviceTargeted, DeviceTargeted]
-    retry = CreateRollout(rollout_id="r1", package=NEW, target=Target(selector="fleet=x"),
-                          now=at(5), plan=StartRollout(device_ids=["d0", "d1"], now=at(5)))
+    retry = CreateRollout(
+        rollout_id="r1",
+        package=NEW,
+        target=Target(selector="fleet=x"),
+        now=at(5),
+        plan=StartRollout(device_ids=["d0", "d1"], now=at(5)),
+    )
     assert then(given, retry) == []
 
 
 def test_a_create_that_cannot_start_decides_nothing() -> None:
     with pytest.raises(DomainError) as caught:
-        rollout_decider.decide(CreateRollout(
-            rollout_id="r1", package=NEW, target=Target(selector="fleet=x"), now=T0,
-            plan=StartRollout(device_ids=[], excluded={"d0": "no KUKSA databroker"}, now=T0),
-        ), rollout_decider.empty())
+        rollout_decider.decide(
+            CreateRollout(
+                rollout_id="r1",
+                package=NEW,
+                target=Target(selector="fleet=x"),
+                now=T0,
+                plan=StartRollout(device_ids=[], excluded={"d0": "no KUKSA databroker"}, now=T0),
+            ),
+            rollout_decider.empty(),
+        )
     assert caught.value.code == "no_devices"
 
 
 # --- causation -----------------------------------------------------------------------------------
+
 
 def test_an_abort_is_caused_by_the_device_fact_that_crossed_the_threshold() -> None:
     given = created_and_started(TEN)
@@ -295,5 +367,6 @@ def test_a_plan_is_caused_by_its_create_and_each_targeting_by_its_wave() -> None
     wave = kinds(given).index(WaveStarted)
     assert found[wave] == planned
     assert all(found[i] == wave for i, e in enumerate(given) if isinstance(e, DeviceTargeted))
-    assert all(found[i] == planned for i, e in enumerate(given) if isinstance(e, DevicesPlanned
-                                                                             | DevicesOffline))
+    assert all(
+        found[i] == planned for i, e in enumerate(given) if isinstance(e, DevicesPlanned | DevicesOffline)
+    )

@@ -36,9 +36,16 @@ def utc_now() -> datetime:
 
 
 class FactsWatermark:
-    def __init__(self, js: JetStreamContext, durable: str, *, stream: str = EVENTS_STREAM,
-                 grace_s: float = 10.0, clock: Callable[[], datetime] = utc_now,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        durable: str,
+        *,
+        stream: str = EVENTS_STREAM,
+        grace_s: float = 10.0,
+        clock: Callable[[], datetime] = utc_now,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.js = js
         self.durable = durable
         self.stream = stream
@@ -62,7 +69,8 @@ class FactsWatermark:
             if self.last_error is None:
                 # At start the facts consumer may not exist yet: worth a warning only later.
                 (log.warning if self._reached_once else log.info)(
-                    "facts_watermark_unknown", durable=self.durable, error=error)
+                    "facts_watermark_unknown", durable=self.durable, error=error
+                )
             self.last_error = error
             self._reachable_since = None
             self._samples.clear()
@@ -92,9 +100,7 @@ class FactsWatermark:
     def status(self) -> Status:
         detail: dict[str, int | float | str] = {"samples": len(self._samples)}
         if self.value is not None:
-            detail["facts_handled_until_age_s"] = round(
-                (self.clock() - self.value).total_seconds(), 3)
+            detail["facts_handled_until_age_s"] = round((self.clock() - self.value).total_seconds(), 3)
         if self.last_error is not None:
-            return Status(False, f"cannot tell how far devices' facts are handled: "
-                                 f"{self.last_error}", detail)
+            return Status(False, f"cannot tell how far devices' facts are handled: {self.last_error}", detail)
         return Status(True, "", detail)
