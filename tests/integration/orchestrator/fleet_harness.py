@@ -22,7 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
+import signal
+import sys
 import time
 import uuid
 from collections import Counter
@@ -84,7 +87,7 @@ from sdv_events.schemas.rollouts import (
     WaveCompleted,
     WaveStarted,
 )
-from sdv_events.service import wait_until_ready
+from sdv_events.service import Ping, ServiceHealth, wait_until_ready
 from sdv_events.store import EventStore
 from sdv_events.subjects import agent_fact_subject, heartbeat_subject
 from sdv_orchestrator.app import serve as serve_orchestrator
@@ -200,6 +203,8 @@ class Suite:
     commands: CommandClient = None  # type: ignore[assignment]
     tick_s: float = 0.2
     heartbeat_silence_s: float = 3600.0  # the registry's: how long without a heartbeat is offline
+    clock_skew_s: float = 0.5  # the orchestrator's
+    reconnect_grace_s: float = 1.0
     agents: dict[str, SimAgent] = field(default_factory=dict)
     _apps: int = 0
     eventually = staticmethod(eventually)
@@ -242,10 +247,12 @@ class Suite:
         return self
 
     def orchestrator_settings(self) -> OrchestratorSettings:
+        # Skew tolerance and reconnect grace kept short: every test on one machine, one clock.
         return OrchestratorSettings(
             service="orchestrator", nats_url=self.url, database_url=self.database_url,
             schema_name=self.orchestrator_schema, log_level="WARNING", tick_s=self.tick_s,
-            signing_key_path=self.orchestrator_key_path,
+            signing_key_path=self.orchestrator_key_path, clock_skew_s=self.clock_skew_s,
+            reconnect_grace_s=self.reconnect_grace_s,
         )
 
     async def start_orchestrator(self) -> Running:
@@ -418,6 +425,49 @@ async def _true(value: bool) -> bool:
 
 async def _true(value: bool) -> bool:
     return value
+
+
+class OrchestratorProcess:
+    """The orchestrator as a real process (`python -m sdv_orchestrator`) of the suite, to kill."""
+
+    def __init__(self, suite: Suite, log: Path, env: dict[str, str] | None = None) -> None:
+        self.suite = suite
+        self.log = log
+        self.env = env or {}
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        env = os.environ | {
+            "SDV_NATS_URL": self.suite.url, "SDV_DATABASE_URL": self.suite.database_url,
+            "SDV_ORCHESTRATOR_SCHEMA": self.suite.orchestrator_schema, "SDV_LOG_LEVEL": "WARNING",
+            "SDV_ORCHESTRATOR_SIGNING_KEY": str(self.suite.orchestrator_key_path),
+        } | self.env
+        with self.log.open("ab") as out:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "sdv_orchestrator", env=env, stdout=out,
+                stderr=asyncio.subprocess.STDOUT)
+        pings = CommandClient(self.suite.nc, timeout=1.0)
+        for _ in range(200):
+            try:
+                await pings.call("orchestrator", "ping", Ping(), ServiceHealth)
+                return
+            except Exception:
+                assert self.proc.returncode is None, self.log.read_text()[-3000:]
+                await asyncio.sleep(0.1)
+        raise TimeoutError("orchestrator process did not answer ping")
+
+    async def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        await asyncio.wait_for(self.proc.wait(), 10)
+
+    async def terminate(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.terminate()
+            try:
+                await asyncio.wait_for(self.proc.wait(), 20)
+            except TimeoutError:
+                await self.kill()
 
 
 @contextlib.asynccontextmanager

@@ -137,7 +137,9 @@ def failure_of(exc: CommandError, service: str) -> Failure:
     unreachable = isinstance(exc, ServiceUnavailable | RequestTimeout)
     message = exc.message
     if isinstance(exc, ServiceUnavailable):
-        message += f" (is the {service} running on {nats_url()}?)"
+        # The service asked may have answered that one of its peers did not (details "service").
+        missing = exc.details.get("service") or service
+        message += f" (is the {missing} running on {nats_url()}?)"
     return Failure(message, code=exc.code, details=exc.details,
                    exit_code=EXIT_UNREACHABLE if unreachable else EXIT_REFUSED)
 
