@@ -10,6 +10,8 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sdv_events.errors import DomainError
 from sdv_events.schemas.packages import PackageInfo
@@ -370,3 +372,102 @@ def test_a_plan_is_caused_by_its_create_and_each_targeting_by_its_wave() -> None
     assert all(
         found[i] == planned for i, e in enumerate(given) if isinstance(e, DevicesPlanned | DevicesOffline)
     )
+
+
+# --- properties ----------------------------------------------------------------------------------
+
+steps = st.lists(
+    st.one_of(
+        # reports: (device, ok, seconds after the previous clock it happened, kind)
+        st.tuples(
+            st.just("report"),
+            st.lists(
+                st.tuples(
+                    st.integers(0, 11),
+                    st.booleans(),
+                    st.integers(-30, 30),
+                    st.sampled_from(["", "already_current"]),
+                ),
+                max_size=5,
+            ),
+        ),
+        # ticks: (seconds the clock moves, how far behind the facts consumer is, who is offline)
+        st.tuples(
+            st.just("tick"),
+            st.tuples(st.integers(0, 40), st.integers(0, 60), st.sets(st.integers(0, 11), max_size=4)),
+        ),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    steps=steps,
+    option=st.sampled_from(["skip", "wait", "fail"]),
+    offline=st.sets(st.integers(0, 11), max_size=4),
+    error=st.sampled_from([0.0, 0.2, 0.5]),
+)
+def test_random_histories_never_time_out_early_nor_count_a_device_twice(
+    steps: list,
+    option: str,
+    offline: set[int],
+    error: float,
+) -> None:
+    devices = [f"d{i}" for i in range(12)]
+    history = created_and_started(
+        devices,
+        offline=[f"d{i}" for i in offline],
+        option=option,
+        waves=("2", "50%", "100%"),
+        thresholds=Thresholds(1 - error, error),
+        device_s=20,
+    )
+    state = rollout_decider.fold(history)
+    clock, tolerance = T0, 5.0
+    for kind, arg in steps:
+        if kind == "report":
+            reports = [
+                Report(
+                    f"d{i}",
+                    good,
+                    "" if good else "x",
+                    uuid.uuid4(),
+                    clock + timedelta(seconds=shift),
+                    NEW.digest,
+                    how,
+                )  # type: ignore[arg-type]
+                for i, good, shift, how in arg
+            ]
+            new = list(rollout_decider.decide(ReportDevices(reports, clock, tolerance), state))
+            for event in new:
+                if isinstance(event, DeviceTimedOut):  # a report judged late: it happened late
+                    deadline = state.devices[event.device_id][2]
+                    assert event.observed_at > deadline + timedelta(seconds=tolerance)
+        else:
+            moved, behind, away = arg
+            clock += timedelta(seconds=moved)
+            facts_until = clock - timedelta(seconds=behind)
+            presence = {f"d{i}": i not in away for i in range(12)}
+            new = list(rollout_decider.decide(Tick(clock, facts_until, presence, tolerance), state))
+            for event in new:
+                if isinstance(event, DeviceTimedOut | DeviceOffline):  # never before facts caught up
+                    deadline = state.devices[event.device_id][2]
+                    assert deadline + timedelta(seconds=tolerance) <= facts_until
+                    assert isinstance(event, DeviceOffline) == (not presence[event.device_id])
+        for event in new:
+            state = rollout_decider.evolve(state, event)
+        history += new
+        for count in state.counts:
+            counted = count.size - count.skipped
+            if counted and count.failed / counted > error:
+                assert state.status in ("aborted", "rolled_back"), "threshold exceeded silently"
+    final = [
+        e.device_id
+        for e in history
+        if isinstance(e, DeviceSucceeded | DeviceFailed | DeviceTimedOut)
+        or (isinstance(e, DeviceOffline) and e.outcome != "waiting")
+    ]
+    assert len(final) == len(set(final)), "a device was counted twice"
+    if state.status == "completed":
+        assert sorted(final) == devices
