@@ -77,13 +77,14 @@ class Policies:
                 found.append(state.policy)
         return found
 
-    async def on_release(self, name: str, version: str, digest: str, channel: str) -> None:
+    async def on_release(self, name: str, version: str, digest: str, channel: str,
+                         cause: Metadata = Metadata()) -> None:
         for policy in await self.all():
             request = rollout_for_release(policy, name, version, digest, channel)
             if request is not None:
-                await self._start(policy, request)
+                await self._start(policy, request, cause)
 
-    async def on_device_accepted(self, device_id: str) -> None:
+    async def on_device_accepted(self, device_id: str, cause: Metadata = Metadata()) -> None:
         for policy in await self.all():
             if not (policy.auto_assign and policy.enabled):
                 continue
@@ -99,7 +100,7 @@ class Policies:
             current = await self.current_version(policy.app)
             request = None if current is None else rollout_for_new_device(policy, current, device_id)
             if request is not None:
-                await self._start(policy, request)
+                await self._start(policy, request, cause)
 
     async def current_version(self, app: str) -> PackageInfo | None:
         """The package of the app's most recently completed rollout: the fleet's version."""
@@ -110,8 +111,10 @@ class Policies:
             "ORDER BY r.updated_at DESC LIMIT 1", app)
         return None if raw is None else msgspec.json.decode(raw, type=PackageInfo)
 
-    async def _start(self, policy: RolloutPolicy, request: CreateRolloutRequest) -> None:
-        meta = Metadata(actor=f"policy:{policy.name}")
+    async def _start(self, policy: RolloutPolicy, request: CreateRolloutRequest,
+                     cause: Metadata) -> None:
+        # The policy acts; the event it acts on (`cause`: its id and correlation) caused it.
+        meta = msgspec.structs.replace(cause, actor=f"policy:{policy.name}")
         try:
             view = await self.orchestrator.create(request, metadata=meta)
         except POLICY_REFUSALS as err:  # e.g. yanked, or overlapping an active rollout
@@ -135,14 +138,20 @@ class PolicyEvents:
 
     async def handle(self, events: Sequence[Envelope]) -> None:
         for event in events:
-            await dispatch(self.policies, event.data)
+            await dispatch(self.policies, event.data, cause_of(event))
 
 
-async def dispatch(policies: Policies, data: object) -> None:
+def cause_of(event: Envelope) -> Metadata:
+    """What a policy's command carries of the event that triggered it."""
+    return Metadata(correlation_id=event.correlation_id or str(event.event_id),
+                    causation_id=str(event.event_id))
+
+
+async def dispatch(policies: Policies, data: object, cause: Metadata = Metadata()) -> None:
     match data:
         case PackagePublished(package=info):
-            await policies.on_release(info.name, info.version, info.digest, info.channel)
+            await policies.on_release(info.name, info.version, info.digest, info.channel, cause)
         case PackagePromoted(name=name, version=version, digest=digest, to_channel=channel):
-            await policies.on_release(name, version, digest, channel)
+            await policies.on_release(name, version, digest, channel, cause)
         case DeviceAccepted(device_id=device_id):
-            await policies.on_device_accepted(device_id)
+            await policies.on_device_accepted(device_id, cause)
