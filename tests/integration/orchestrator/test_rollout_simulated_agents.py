@@ -124,9 +124,9 @@ async def test_simulated_failures_above_threshold_in_wave_2_abort_and_roll_waves
     # The late third failure (and any healthy report after the end) changed nothing.
     assert final.waves[1].failed == len(failed)
     assert final.status == "rolled_back"
-    later = [e.data for e in (await suite.events(view.rollout_id))[len(events):]]
-    assert {type(d) for d in later} <= {DeviceRolledBack, RollbackCompleted}
-    assert [type(d) for d in later].count(RollbackCompleted) == 1
+    every = [e.data for e in await suite.events(view.rollout_id)]
+    assert {type(d) for d in every[len(events):]} <= {DeviceRolledBack, RollbackCompleted}
+    assert [type(d) for d in every].count(RollbackCompleted) == 1
 
 
 async def test_simulated_pause_holds_the_next_wave_and_resume_finishes(suite: Any) -> None:
