@@ -29,6 +29,9 @@ from sdv_events.supervision import Status
 
 log = structlog.get_logger("sdv.orchestrator.watermark")
 MAX_SAMPLES = 600
+# Health turns red once the watermark could not be read for this long (not at a start's blip,
+# before the facts consumer exists).
+UNHEALTHY_AFTER_S = 30.0
 
 
 def utc_now() -> datetime:
@@ -56,6 +59,7 @@ class FactsWatermark:
         self._samples: deque[tuple[datetime, int]] = deque(maxlen=MAX_SAMPLES)
         self._reachable_since: float | None = None
         self._reached_once = False
+        self._failing_since: float | None = None
         self.last_error: str | None = None
 
     async def __call__(self) -> datetime | None:
@@ -72,6 +76,8 @@ class FactsWatermark:
                     "facts_watermark_unknown", durable=self.durable, error=error
                 )
             self.last_error = error
+            if self._failing_since is None:
+                self._failing_since = self.monotonic()
             self._reachable_since = None
             self._samples.clear()
             return self.value
@@ -79,6 +85,7 @@ class FactsWatermark:
             log.info("facts_watermark_back", durable=self.durable, grace_s=self.grace_s)
             self.last_error = None
         self._reached_once = True
+        self._failing_since = None
         now = self.monotonic()
         if self._reachable_since is None:
             self._reachable_since = now
@@ -101,6 +108,14 @@ class FactsWatermark:
         detail: dict[str, int | float | str] = {"samples": len(self._samples)}
         if self.value is not None:
             detail["facts_handled_until_age_s"] = round((self.clock() - self.value).total_seconds(), 3)
-        if self.last_error is not None:
-            return Status(False, f"cannot tell how far devices' facts are handled: {self.last_error}", detail)
+        if self.last_error is not None and self._failing_since is not None:
+            failing_s = self.monotonic() - self._failing_since
+            detail["facts_watermark_failing_s"] = round(failing_s, 3)
+            if failing_s >= UNHEALTHY_AFTER_S:
+                return Status(
+                    False,
+                    f"cannot tell how far devices' facts are handled for {failing_s:.0f} s: "
+                    f"{self.last_error}",
+                    detail,
+                )
         return Status(True, "", detail)
