@@ -10,7 +10,6 @@ import asyncio
 import importlib.util
 import os
 import random
-import signal
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,9 +17,6 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-
-from sdv_events.bus import CommandClient
-from sdv_events.service import Ping, ServiceHealth
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 APP = "fleet-app"
@@ -39,46 +35,6 @@ def _harness() -> ModuleType:
     return sys.modules[name]
 
 
-class OrchestratorProcess:
-    def __init__(self, suite: Any, log: Path) -> None:
-        self.suite = suite
-        self.log = log
-        self.proc: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> None:
-        env = os.environ | {
-            "SDV_NATS_URL": self.suite.url, "SDV_DATABASE_URL": self.suite.database_url,
-            "SDV_ORCHESTRATOR_SCHEMA": self.suite.orchestrator_schema, "SDV_LOG_LEVEL": "WARNING",
-            "SDV_ORCHESTRATOR_SIGNING_KEY": str(self.suite.orchestrator_key_path),
-        }
-        with self.log.open("ab") as out:
-            self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "sdv_orchestrator", env=env, stdout=out,
-                stderr=asyncio.subprocess.STDOUT)
-        pings = CommandClient(self.suite.nc, timeout=1.0)
-        for _ in range(200):
-            try:
-                await pings.call("orchestrator", "ping", Ping(), ServiceHealth)
-                return
-            except Exception:
-                assert self.proc.returncode is None, self.log.read_text()[-3000:]
-                await asyncio.sleep(0.1)
-        raise TimeoutError("orchestrator process did not answer ping")
-
-    async def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        await asyncio.wait_for(self.proc.wait(), 10)
-
-    async def terminate(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.terminate()
-            try:
-                await asyncio.wait_for(self.proc.wait(), 20)
-            except TimeoutError:
-                await self.kill()
-
-
 @pytest.fixture
 async def suite(fresh_nats_url: str, database_url: str, schema: str, tmp_path: Path) -> AsyncIterator[Any]:
     async with _harness().running_suite(fresh_nats_url, database_url, schema, tmp_path,
@@ -89,7 +45,7 @@ async def suite(fresh_nats_url: str, database_url: str, schema: str, tmp_path: P
 async def test_orchestrator_killed_repeatedly_mid_rollout_finishes_simulated_rollout_exactly_once(
     suite: Any, tmp_path: Path,
 ) -> None:
-    process = OrchestratorProcess(suite, tmp_path / "orchestrator.log")
+    process = _harness().OrchestratorProcess(suite, tmp_path / "orchestrator.log")
     await process.start()
     try:
         agents = await suite.add_agents(20)

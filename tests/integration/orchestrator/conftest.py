@@ -27,3 +27,13 @@ async def suite(fresh_nats_url: str, database_url: str, schema: str, tmp_path: P
     """Packager, registry and one orchestrator (tick 0.2 s) on a NATS server of this test's own."""
     async with load_harness().running_suite(fresh_nats_url, database_url, schema, tmp_path) as s:
         yield s
+
+
+@pytest.fixture
+def make_suite(fresh_nats_url: str, database_url: str, schema: str, tmp_path: Path) -> Any:
+    """`async with make_suite(heartbeat_silence_s=1.5) as suite:` — the suite with options."""
+
+    def make(**options: Any) -> Any:
+        return load_harness().running_suite(fresh_nats_url, database_url, schema, tmp_path, **options)
+
+    return make

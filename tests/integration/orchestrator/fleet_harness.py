@@ -3,11 +3,13 @@
 The packager, the registry and the orchestrator run in-process (`serve(settings, stop)`), each
 in a PostgreSQL schema of its own, on one NATS server. A simulated agent is a nats-py client
 that announces its device to the registry (pre-authorised with labels, so a selector finds
-it), watches its own key in KV `sdv_desired`, and answers a desired version it has not
-answered yet with an `AppHealthy` or `AppFailed` fact — an envelope on
-`sdv.evt.agent.<device>.<Type>` with a `Nats-Msg-Id`, as the real edge agent publishes it. It
-installs nothing: what it does per version is scripted (`ok`, `fail`, `silent`, or held until a
-gate opens). It records every desired document it saw, so tests can check that revisions only
+it), heartbeats (so the registry counts it online), watches its own key in KV `sdv_desired`,
+and answers a desired version it has not answered yet with an `AppHealthy` or `AppFailed` fact —
+an envelope on `sdv.evt.agent.<device>.<Type>` with a `Nats-Msg-Id`, as the real edge agent
+publishes it; a document naming the version it already runs is answered at once with
+`AppAlreadyCurrent`, an app taken out of its document with `AppUninstalled` (the contract of
+the edge agent, issue 14). It installs nothing: what it does per version is scripted (`ok`,
+`fail`, `silent`, or held until a gate opens). It records every desired document it saw, so tests can check that revisions only
 increase and which versions a device was ever asked to run. Like the real agent, it acts only on
 documents that verify with the orchestrator's public key (the suite creates the orchestrator's key
 file before any orchestrator starts, so agents can pin it from the start); one that does not is
@@ -20,7 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
+import signal
+import sys
 import time
 import uuid
 from collections import Counter
@@ -44,16 +49,24 @@ from sdv_events.ids import stream_id
 from sdv_events.key_files import load_or_create_ed25519
 from sdv_events.provisioning import DESIRED_BUCKET, provision
 from sdv_events.registry import default_registry
-from sdv_events.schemas.agent import AppFact, AppFailed, AppHealthy
+from sdv_events.schemas.agent import (
+    AppAlreadyCurrent,
+    AppFact,
+    AppFailed,
+    AppHealthy,
+    AppUninstalled,
+)
 from sdv_events.schemas.deployment import DesiredState
 from sdv_events.schemas.devices import (
     Capabilities,
     DeviceList,
     DeviceView,
+    GetDevice,
     Kuksa,
     ListDevices,
     PreauthorizeDevice,
 )
+from sdv_events.schemas.heartbeat import DeviceMetrics, Heartbeat
 from sdv_events.schemas.packages import PackageInfo
 from sdv_events.schemas.rollouts import (
     CreateRolloutRequest,
@@ -74,9 +87,9 @@ from sdv_events.schemas.rollouts import (
     WaveCompleted,
     WaveStarted,
 )
-from sdv_events.service import wait_until_ready
+from sdv_events.service import Ping, ServiceHealth, wait_until_ready
 from sdv_events.store import EventStore
-from sdv_events.subjects import agent_fact_subject
+from sdv_events.subjects import agent_fact_subject, heartbeat_subject
 from sdv_orchestrator.app import serve as serve_orchestrator
 from sdv_orchestrator.settings import OrchestratorSettings
 from sdv_packager.app import serve as serve_packager
@@ -190,6 +203,8 @@ class Suite:
     commands: CommandClient = None  # type: ignore[assignment]
     tick_s: float = 0.2
     heartbeat_silence_s: float = 3600.0  # the registry's: how long without a heartbeat is offline
+    clock_skew_s: float = 0.5  # the orchestrator's
+    reconnect_grace_s: float = 1.0
     agents: dict[str, SimAgent] = field(default_factory=dict)
     wheelhouse: Path | None = None  # the packager's, offline (no index is asked)
     _apps: int = 0
@@ -233,10 +248,12 @@ class Suite:
         return self
 
     def orchestrator_settings(self) -> OrchestratorSettings:
+        # Skew tolerance and reconnect grace kept short: every test on one machine, one clock.
         return OrchestratorSettings(
             service="orchestrator", nats_url=self.url, database_url=self.database_url,
             schema_name=self.orchestrator_schema, log_level="WARNING", tick_s=self.tick_s,
-            signing_key_path=self.orchestrator_key_path,
+            signing_key_path=self.orchestrator_key_path, clock_skew_s=self.clock_skew_s,
+            reconnect_grace_s=self.reconnect_grace_s,
         )
 
     async def start_orchestrator(self) -> Running:
@@ -276,7 +293,8 @@ class Suite:
     async def add_agents(self, count: int, *, prefix: str = "sim", labels: dict[str, str] | None = None,
                          start: int = 0, **caps: Any) -> list[SimAgent]:
         """`count` simulated agents `<prefix>-00…`, pre-authorised with `labels`, announced,
-        accepted and watching their desired state; returns once the registry lists them."""
+        accepted, heartbeating and watching their desired state; returns once the registry
+        lists them online."""
         labels = labels or {"fleet": "sim"}
         verifier = self.verifier
         agents = [SimAgent(f"{prefix}-{i:02d}", self.url, capabilities(**caps), verifier)
@@ -293,11 +311,20 @@ class Suite:
 
         async def listed() -> bool:
             page = await self.commands.call("registry", "list", ListDevices(
-                selector=selector, status="accepted", limit=10_000), DeviceList)
+                selector=selector, status="accepted", online=True, limit=10_000), DeviceList)
             return ids <= {d.device_id for d in page.devices}
 
-        assert await eventually(listed), "the registry never listed the announced devices"
+        assert await eventually(listed), "the registry never listed the announced devices online"
         return agents
+
+    async def wait_presence(self, device_ids: list[str], online: bool, timeout: float = 20.0) -> None:
+        """Until the registry shows every one of these devices online (or offline)."""
+        async def shown() -> bool:
+            views = [await self.commands.call("registry", "get", GetDevice(d), DeviceView)
+                     for d in device_ids]
+            return all(v.online == online for v in views)
+
+        await until(shown, timeout, f"the registry to show {device_ids} online={online}")
 
     # --- rollouts --------------------------------------------------------------------------------
 
@@ -305,7 +332,8 @@ class Suite:
                      device_ids: list[str] | None = None, waves: list[str] | None = None,
                      kind: str = "canary", batch_size: int = 10, success: float = 0.95,
                      error: float = 0.05, device_s: float = 20.0, soak_s: float = 0.0,
-                     start: bool = True, rollout_id: str | None = None) -> RolloutView:
+                     start: bool = True, rollout_id: str | None = None,
+                     offline: str = "skip") -> RolloutView:
         strategy = Strategy(kind=kind, waves=waves or ["1", "10%", "50%", "100%"],  # type: ignore[arg-type]
                             batch_size=batch_size)
         request = CreateRolloutRequest(
@@ -313,6 +341,7 @@ class Suite:
             target=Target(selector=selector, device_ids=device_ids), strategy=strategy,
             thresholds=Thresholds(success, error), timeouts=Timeouts(device_s, soak_s), start=start,
             rollout_id=rollout_id or f"r-{uuid.uuid4().hex[:12]}",
+            offline=offline,  # type: ignore[arg-type]
         )
         return await self.commands.call("orchestrator", "create", request, RolloutView)
 
@@ -399,6 +428,49 @@ async def _true(value: bool) -> bool:
     return value
 
 
+class OrchestratorProcess:
+    """The orchestrator as a real process (`python -m sdv_orchestrator`) of the suite, to kill."""
+
+    def __init__(self, suite: Suite, log: Path, env: dict[str, str] | None = None) -> None:
+        self.suite = suite
+        self.log = log
+        self.env = env or {}
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        env = os.environ | {
+            "SDV_NATS_URL": self.suite.url, "SDV_DATABASE_URL": self.suite.database_url,
+            "SDV_ORCHESTRATOR_SCHEMA": self.suite.orchestrator_schema, "SDV_LOG_LEVEL": "WARNING",
+            "SDV_ORCHESTRATOR_SIGNING_KEY": str(self.suite.orchestrator_key_path),
+        } | self.env
+        with self.log.open("ab") as out:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "sdv_orchestrator", env=env, stdout=out,
+                stderr=asyncio.subprocess.STDOUT)
+        pings = CommandClient(self.suite.nc, timeout=1.0)
+        for _ in range(200):
+            try:
+                await pings.call("orchestrator", "ping", Ping(), ServiceHealth)
+                return
+            except Exception:
+                assert self.proc.returncode is None, self.log.read_text()[-3000:]
+                await asyncio.sleep(0.1)
+        raise TimeoutError("orchestrator process did not answer ping")
+
+    async def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        await asyncio.wait_for(self.proc.wait(), 10)
+
+    async def terminate(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.terminate()
+            try:
+                await asyncio.wait_for(self.proc.wait(), 20)
+            except TimeoutError:
+                await self.kill()
+
+
 @contextlib.asynccontextmanager
 async def running_suite(url: str, database_url: str, schema: str, tmp_path: Path,
                         tick_s: float = 0.2, orchestrator: bool = True,
@@ -436,7 +508,11 @@ class SimAgent:
     stale: list[DesiredState] = field(default_factory=list)  # documents seen that were not newer
     untrusted: list[str] = field(default_factory=list)  # documents refused: cause and reason
     running: dict[str, str] = field(default_factory=dict)  # app → version it would run now
+    # app → (digest, rollout id) it runs (once answered healthy or already current)
+    current: dict[str, tuple[str, str | None]] = field(default_factory=dict)
     facts: list[tuple[str, str, str | None]] = field(default_factory=list)  # (type, version, rollout)
+    heartbeat_s: float = 0.5  # 0: no heartbeats (the registry never counts it online)
+    _beating: asyncio.Task[None] | None = None
     _answered: set[tuple[str, str | None]] = field(default_factory=set)
     _nc: NatsClient | None = None
     _task: asyncio.Task[None] | None = None
@@ -452,7 +528,25 @@ class SimAgent:
         assert answer.status == "accepted", answer
         # A registry without a trust file admits devices but mints no NATS credentials.
         assert answer.credentials is None, answer
+        self._beat()
         await self._watch_desired()
+
+    def _beat(self) -> None:
+        if self.heartbeat_s > 0:
+            self._beating = asyncio.create_task(self._heartbeats(), name=f"sim-hb:{self.device_id}")
+
+    async def _heartbeats(self) -> None:
+        seq = 0
+        while self._nc is not None:
+            seq += 1
+            beat = Heartbeat(device_id=self.device_id, seq=seq, sent_at=datetime.now(UTC),
+                             agent_version="sim-0.1", desired_revision=self._revision, apps={},
+                             device=DeviceMetrics(cpu_pct=1.0, mem_pct=10.0, mem_used_bytes=1,
+                                                  mem_total_bytes=10, disk_pct=1.0,
+                                                  disk_free_bytes=1))
+            with contextlib.suppress(Exception):
+                await self._nc.publish(heartbeat_subject(self.device_id), encode(beat))
+            await asyncio.sleep(self.heartbeat_s)
 
     async def _watch_desired(self) -> None:
         assert self._nc is not None
@@ -466,8 +560,10 @@ class SimAgent:
         self._nc, self._task = None, None
 
     async def come_online(self) -> None:
-        """Reconnect and watch again: the watch delivers the key's newest document first."""
+        """Reconnect, heartbeat and watch again: the watch delivers the key's newest document
+        first."""
         self._nc = await nats.connect(self.url)
+        self._beat()
         await self._watch_desired()
 
     def versions_seen(self, app: str) -> list[str]:
@@ -497,18 +593,30 @@ class SimAgent:
                 self._revision = doc.revision
                 self.docs.append(doc)
                 self.running = {name: app.package.version for name, app in doc.apps.items()}
+                for name in set(self.current) - set(doc.apps):
+                    digest, rollout_id = self.current.pop(name)
+                    self._spawn(self._uninstalled(name, digest, rollout_id, doc.revision))
                 for app in doc.apps.values():
                     if (app.package.digest, app.rollout_id) not in self._answered:
                         self._answered.add((app.package.digest, app.rollout_id))
-                        task = asyncio.create_task(
-                            self._answer(app.package, app.rollout_id, doc.revision))
-                        self._answering.add(task)
-                        task.add_done_callback(self._answering.discard)
+                        self._spawn(self._answer(app.package, app.rollout_id, doc.revision))
         finally:
             with contextlib.suppress(Exception):
                 await watcher.stop()
 
+    def _spawn(self, work: Any) -> None:
+        task = asyncio.create_task(work)
+        self._answering.add(task)
+        task.add_done_callback(self._answering.discard)
+
     async def _answer(self, package: PackageInfo, rollout_id: str | None, revision: int) -> None:
+        common = dict(device_id=self.device_id, app=package.name, version=package.version,
+                      digest=package.digest, desired_revision=revision, rollout_id=rollout_id)
+        ran = self.current.get(package.name)
+        if ran is not None and ran[0] == package.digest:  # nothing to do: say so at once
+            self.current[package.name] = (package.digest, rollout_id)
+            await self.publish(AppAlreadyCurrent(**common))
+            return
         what = self.script.get(package.version, self.default)
         if what == "silent":
             return
@@ -516,11 +624,19 @@ class SimAgent:
             await self.gate.wait()
         if self.delay_s[1] > 0:
             await asyncio.sleep(random.uniform(*self.delay_s))
-        common = dict(device_id=self.device_id, app=package.name, version=package.version,
-                      digest=package.digest, desired_revision=revision, rollout_id=rollout_id)
         fact: AppFact = (AppHealthy(**common) if what == "ok"
                          else AppFailed(**common, reason="simulated failure", stage="health"))
+        if what == "ok":
+            self.current[package.name] = (package.digest, rollout_id)
         await self.publish(fact)
+
+    async def _uninstalled(self, app: str, digest: str, rollout_id: str | None,
+                           revision: int) -> None:
+        version = next((d.apps[app].package.version for d in reversed(self.docs) if app in d.apps
+                        and d.apps[app].package.digest == digest), "")
+        await self.publish(AppUninstalled(device_id=self.device_id, app=app, version=version,
+                                          digest=digest, desired_revision=revision,
+                                          rollout_id=rollout_id))
 
     async def publish(self, fact: AppFact) -> None:
         assert self._nc is not None
@@ -538,7 +654,7 @@ class SimAgent:
         self.facts.append((type_name.split(".")[1], fact.version, fact.rollout_id))
 
     async def close(self) -> None:
-        for task in [*self._answering, *([self._task] if self._task else [])]:
+        for task in [*self._answering, *(t for t in (self._task, self._beating) if t)]:
             task.cancel()
         if self._task is not None:
             with contextlib.suppress(BaseException):

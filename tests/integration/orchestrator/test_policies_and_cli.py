@@ -10,6 +10,9 @@ from typing import Any
 from typer.testing import CliRunner
 
 from sdv_client.cli import app as sdv
+from sdv_events.codec import decode_envelope
+from sdv_events.provisioning import EVENTS_STREAM
+from sdv_events.schemas.packages import PackagePublished
 from sdv_events.schemas.rollouts import ListRollouts, RolloutList, RolloutPolicy, Strategy, Target
 
 
@@ -43,6 +46,12 @@ async def test_policy_rolls_out_a_version_published_on_its_channel_with_no_opera
     for agent in agents:
         desired = await suite.desired(agent.device_id)
         assert desired.apps["auto-app"].package.digest == package.digest
+    # The policy acted, caused by the package's publication (its event on the bus).
+    created = (await suite.events(done[0].rollout_id))[0]
+    published = decode_envelope((await suite.nc.jetstream().get_last_msg(
+        EVENTS_STREAM, "sdv.evt.package.auto-app.PackagePublished")).data)
+    assert isinstance(published.data, PackagePublished)
+    assert (created.actor, created.causation_id) == ("policy:prod-canary", str(published.event_id))
 
     # A newly accepted device the selector picks gets the fleet's version on its own.
     [late] = await suite.add_agents(1, prefix="late", labels={"env": "prod"})

@@ -11,14 +11,16 @@ from typing import Any
 
 import pytest
 
-from sdv_events.bus import Conflict, Rejected
+from sdv_events.bus import Conflict, NotFound, Rejected
 from sdv_events.schemas.devices import Kuksa
 from sdv_events.schemas.rollouts import (
     DeviceFailed,
+    DeviceRolledBack,
     DeviceSucceeded,
     DeviceTargeted,
     DeviceTimedOut,
     ListRollouts,
+    RollbackCompleted,
     RollbackStarted,
     RolloutList,
     WaveStarted,
@@ -91,8 +93,11 @@ async def test_simulated_failures_above_threshold_in_wave_2_abort_and_roll_waves
     assert {suite.previous_of(events)[d].digest for d in touched} == {old.digest}
 
     async def rolled_back() -> bool:
+        # The restored assignment names the rollout that rolled it back: the device's facts
+        # about it are that rollout's (issue 14).
         docs = {d: await suite.desired(d) for d in touched}
-        return all(doc.apps[APP].package.digest == old.digest and doc.apps[APP].rollout_id is None
+        return all(doc.apps[APP].package.digest == old.digest
+                   and (doc.apps[APP].rollout_id, doc.apps[APP].rollback) == (view.rollout_id, True)
                    for doc in docs.values())
 
     assert await suite.eventually(rolled_back), {d: suite.agents[d].running for d in touched}
@@ -106,12 +111,22 @@ async def test_simulated_failures_above_threshold_in_wave_2_abort_and_roll_waves
         assert agent.versions_seen(APP) == ["1.0.0"]
         doc = await suite.desired(device_id)
         assert (doc.revision, doc.apps[APP].rollout_id) == (1, first.rollout_id)
+    # Every touched device reports its previous version again: the rollback completes, and
+    # each device shows it (none stays `targeted`).
+    async def rollback_completed() -> Any:
+        shown = await suite.get(view.rollout_id)
+        return shown if shown.rollback == "completed" else None
+
+    final = await suite.eventually(rollback_completed, timeout=20)
+    assert final, await suite.get(view.rollout_id)
+    assert {d.device_id: d.status for d in final.devices} == dict.fromkeys(touched, "rolled_back")
+    assert final.rolled_back_total == len(touched)
     # The late third failure (and any healthy report after the end) changed nothing.
-    await asyncio.sleep(0.5)
-    final = await suite.get(view.rollout_id)
     assert final.waves[1].failed == len(failed)
-    assert len(await suite.events(view.rollout_id)) == len(events)
     assert final.status == "rolled_back"
+    every = [e.data for e in await suite.events(view.rollout_id)]
+    assert {type(d) for d in every[len(events):]} <= {DeviceRolledBack, RollbackCompleted}
+    assert [type(d) for d in every].count(RollbackCompleted) == 1
 
 
 async def test_simulated_pause_holds_the_next_wave_and_resume_finishes(suite: Any) -> None:
@@ -234,11 +249,15 @@ async def test_overlapping_rollout_of_the_same_app_is_refused_naming_devices(sui
             APP: "1.0.0", "other-app": "1.0.0"}
 
     assert await suite.eventually(both_apps), await suite.desired("sim-05")
-    # Nothing of the refused rollout reached a device; once the first ends, it can start.
+    # Nothing of the refused rollout reached a device, nor was it stored (a create that cannot
+    # start stores nothing); once the first ends, the same create goes through.
     assert all(set(a.versions_seen(APP)) <= {"1.0.0"} for a in agents)
+    with pytest.raises(NotFound):
+        await suite.get("second")
     await suite.op("cancel", first.rollout_id)
     gate.set()
-    started = await suite.op("start", "second")
+    started = await suite.create(v2, device_ids=[f"sim-{i:02d}" for i in range(5, 15)],
+                                 kind="all-at-once", rollout_id="second")
     assert started.status == "running"
     done = await suite.wait_status("second", "completed")
     assert done.waves[0].succeeded == 10

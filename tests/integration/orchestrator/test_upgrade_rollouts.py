@@ -82,9 +82,11 @@ async def test_an_upgrade_over_a_fleet_on_two_versions_completes_and_rolls_each_
 
     async def restored() -> bool:
         docs = {d: await suite.desired(d) for d in devices}
+        # A restored assignment names the rollout that rolled it back (issue 14).
         return all((APP not in docs[d].apps) if before[d] is None
-                   else (docs[d].apps[APP].package.digest, docs[d].apps[APP].rollout_id)
-                   == (before[d].digest, None) for d in devices)
+                   else (docs[d].apps[APP].package.digest, docs[d].apps[APP].rollout_id,
+                         docs[d].apps[APP].rollback) == (before[d].digest, view.rollout_id, True)
+                   for d in devices)
 
     assert await suite.eventually(restored, timeout=20), {d: suite.agents[d].running for d in devices}
     for device_id in devices:
@@ -92,6 +94,16 @@ async def test_an_upgrade_over_a_fleet_on_two_versions_completes_and_rolls_each_
         wanted = {} if before[device_id] is None else {APP: before[device_id].version}
         assert await suite.eventually(lambda a=agent, w=wanted: _async(a.running == w))
         assert agent.revisions == sorted(set(agent.revisions)), agent.revisions
+
+    # Each device reports where the rollback left it (its own previous version running, or the
+    # app removed): the rollback completes and every device shows it.
+    async def rollback_completed() -> Any:
+        shown = await suite.get(view.rollout_id)
+        return shown if shown.rollback == "completed" else None
+
+    final = await suite.eventually(rollback_completed, timeout=20)
+    assert final, await suite.get(view.rollout_id)
+    assert {d.device_id: d.status for d in final.devices} == dict.fromkeys(devices, "rolled_back")
 
 
 async def test_get_pages_a_rollouts_devices_and_the_cli_reads_every_page(

@@ -16,15 +16,19 @@ class Rollouts:
     async def active(self) -> list[str]:
         return list(self.active_ids)
 
-    async def tick(self, rollout_id: str) -> None:
+    async def tick(self, rollout_id: str, facts_until: object) -> None:
         if rollout_id in self.broken:
             raise UpgradeNeeded(f"rollout-{rollout_id}", "orchestrator.RolloutPaused.v9")
         self.ticked.append(rollout_id)
 
 
+async def no_watermark() -> None:
+    return None
+
+
 async def test_a_rollout_that_cannot_be_ticked_does_not_stop_the_others_and_shows_in_health() -> None:
     rollouts = Rollouts(["a", "b", "c"], broken={"a"})
-    ticker = Ticker(rollouts.active, rollouts.tick)
+    ticker = Ticker(rollouts.active, rollouts.tick, watermark=no_watermark)
     await ticker.round()
     assert rollouts.ticked == ["b", "c"]
     status = await ticker.status()
@@ -40,7 +44,7 @@ async def test_a_rollout_that_cannot_be_ticked_does_not_stop_the_others_and_show
 
 async def test_a_failing_rollout_that_ended_no_longer_counts() -> None:
     rollouts = Rollouts(["a", "b"], broken={"a"})
-    ticker = Ticker(rollouts.active, rollouts.tick)
+    ticker = Ticker(rollouts.active, rollouts.tick, watermark=no_watermark)
     await ticker.round()
     assert not (await ticker.status()).healthy
     rollouts.active_ids = ["b"]

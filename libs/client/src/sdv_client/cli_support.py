@@ -166,7 +166,9 @@ def failure_of(exc: CommandError, service: str) -> Failure:
     unreachable = isinstance(exc, ServiceUnavailable | RequestTimeout)
     message = exc.message
     if isinstance(exc, ServiceUnavailable):
-        message += f" (is the {service} running on {nats_url()}?)"
+        # The service asked may have answered that one of its peers did not (details "service").
+        missing = exc.details.get("service") or service
+        message += f" (is the {missing} running on {nats_url()}?)"
     if isinstance(exc, Forbidden) and exc.details.get("reason") == "permissions_violation":
         message = (f"refused by the NATS server: {who_am_i()} may not send "
                    f"{exc.details.get('subject', 'this request')} — the role does not allow it "

@@ -238,8 +238,9 @@ class Demo:
             for device in view.devices:
                 if seen.get(device.device_id) != device.status:
                     seen[device.device_id] = device.status
-                    mark = {"succeeded": "[green]✓[/]", "failed": "[red]✗[/]",
-                            "timed_out": "[red]⏱[/]"}.get(device.status, "→")
+                    mark = {"succeeded": "[green]✓[/]", "already_current": "[green]✓[/]",
+                            "failed": "[red]✗[/]", "timed_out": "[red]⏱[/]",
+                            "rolled_back": "[yellow]↩[/]"}.get(device.status, "→")
                     self.say.console.print(f"   {mark} {device.device_id}: {device.status}", highlight=False)
             if view.status in TERMINAL:
                 return view

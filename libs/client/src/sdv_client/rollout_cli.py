@@ -78,6 +78,12 @@ class StrategyKind(StrEnum):
 T = TypeVar("T")
 
 
+class OfflineChoice(StrEnum):
+    skip = "skip"
+    wait = "wait"
+    fail = "fail"
+
+
 def client(nc: NatsClient) -> CommandClient:
     return CommandClient(nc, actor=f"cli:{user()}", timeout=60.0)
 
@@ -108,15 +114,30 @@ async def get_all(commands: CommandClient, rollout_id: str) -> RolloutView:
 
 def table_of(view: RolloutView) -> Table:
     table = Table(title=f"rollout {view.rollout_id} — {view.app} {view.version}: {view.status}")
-    for column in ("wave", "size", "succeeded", "failed", "pending", "state"):
+    for column in ("wave", "size", "succeeded", "failed", "skipped", "pending", "offline", "state"):
         table.add_column(column)
     for w in view.waves:
         colour = {"completed": "green", "aborted": "red", "running": "yellow"}.get(w.state, "")
-        table.add_row(str(w.index + 1), str(w.size), str(w.succeeded), str(w.failed), str(w.pending),
-                      f"[{colour}]{w.state}[/]" if colour else w.state)
-    if view.reason:
-        table.caption = view.reason
+        table.add_row(str(w.index + 1), str(w.size), str(w.succeeded), str(w.failed), str(w.skipped),
+                      str(w.pending), str(w.offline), f"[{colour}]{w.state}[/]" if colour else w.state)
+    table.caption = "\n".join(summary_lines(view)) or None
     return table
+
+
+def summary_lines(view: RolloutView) -> list[str]:
+    """What the wave table does not say: offline devices, already-current ones, the rollback."""
+    lines = []
+    if view.reason:
+        lines.append(view.reason)
+    if view.offline_total or view.skipped_total:
+        lines.append(f"waiting: offline {view.offline_total}, skipped offline {view.skipped_total} "
+                     f"(offline devices: {view.offline})")
+    if view.already_current_total:
+        lines.append(f"already current: {view.already_current_total} (counted as succeeded)")
+    if view.rollback:
+        lines.append(f"rollback {view.rollback.replace('_', ' ')}: {view.rolled_back_total} rolled "
+                     f"back, {view.rollback_unconfirmed_total} unconfirmed")
+    return lines
 
 
 def show(view: RolloutView, as_json: bool) -> None:
@@ -183,6 +204,10 @@ def create(
     error: float = typer.Option(0.05, help="share of a wave whose failure aborts the rollout"),
     device_timeout: float = typer.Option(600.0, help="seconds a device may take to report"),
     soak: float = typer.Option(0.0, help="seconds to wait between waves"),
+    offline: OfflineChoice = typer.Option(
+        OfflineChoice.skip, "--offline",
+        help="a device offline at its deadline: skip it (not counted, reported apart; it takes "
+             "the version when it is back), wait for it, or fail it"),
     no_rollback: bool = typer.Option(False, "--no-rollback", help="on abort, leave devices as they are"),
     no_start: bool = typer.Option(False, "--no-start", help="create only; start later"),
     watch: bool = typer.Option(False, "--watch", help="follow progress until it ends"),
@@ -195,7 +220,7 @@ def create(
         strategy=Strategy(kind=strategy.value, waves=[w.strip() for w in waves.split(",")],
                           batch_size=batch_size),
         thresholds=Thresholds(success, error), timeouts=Timeouts(device_timeout, soak),
-        auto_rollback=not no_rollback, start=not no_start,
+        auto_rollback=not no_rollback, start=not no_start, offline=offline.value,
     )
     view = call("create", request, RolloutView, as_json)
     if not watch:
@@ -218,8 +243,9 @@ def get(rollout_id: str, as_json: bool = JsonOption) -> None:
     id_column(devices, "device")
     devices.add_column("wave")
     devices.add_column("status")
+    devices.add_column("reason")
     for d in view.devices[:200]:
-        devices.add_row(d.device_id, str(d.wave + 1), d.status)
+        devices.add_row(d.device_id, str(d.wave + 1), d.status, d.reason)
     out.print(devices)
     if view.devices_total > 200:
         out.print(f"… and {view.devices_total - 200} more device(s) (--json lists them all)")

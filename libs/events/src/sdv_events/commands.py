@@ -2,13 +2,19 @@
 on conflict reload and retry (bounded) → typed outcome. No service writes this loop again.
 
 With an idempotency key (see sdv_events.idempotency), an accepted outcome is recorded with the
-events it appended; the same key and request later get that first outcome (`duplicate=True`)."""
+events it appended; the same key and request later get that first outcome (`duplicate=True`).
+
+Every event of a decision carries the command's metadata (correlation, causation, actor, trace);
+a decider whose events have causes of their own (a device's fact, an earlier event of the same
+decision) names them with `causes` (see `Causes`), so an audit can walk from any event back to
+what started it."""
 
 from __future__ import annotations
 
 import asyncio
 import random
 import uuid
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import msgspec
@@ -32,6 +38,9 @@ from sdv_events.store.postgres import EventStore
 C = TypeVar("C")
 S = TypeVar("S")
 log = structlog.get_logger("sdv.commands")
+# What caused each event of a decision: the index of an earlier event of the same decision (its
+# event id becomes the causation id), an id (a fact's), or None (the command's causation id).
+Causes = Callable[[Sequence[Any]], Sequence[int | str | None]]
 
 
 class Accepted(msgspec.Struct, frozen=True, tag="accepted"):
@@ -54,9 +63,6 @@ class Refused(msgspec.Struct, frozen=True, tag="rejected"):
 
 
 CommandOutcome = Accepted | Refused
-# TODO(lead): remove once the orchestrator's application.py and policies.py call
-# `raise_if_refused` (they were off-limits to the change that renamed the outcome).
-Rejected = Refused
 
 
 def raise_if_refused(outcome: CommandOutcome) -> Accepted:
@@ -67,6 +73,14 @@ def raise_if_refused(outcome: CommandOutcome) -> Accepted:
     if isinstance(outcome, Accepted):
         return outcome
     raise command_error(outcome.code, outcome.message)
+
+
+async def recorded_outcome(store: EventStore, key: IdempotencyKey) -> CommandOutcome | None:
+    """The outcome `key` is bound to (`duplicate=True`), None for a new key; raises
+    `IdempotencyConflict` when it is bound to another request. For a handler that must not
+    redo the work before the command (asking peers, reserving) when the command was accepted."""
+    raw = await store.first_outcome(key)
+    return None if raw is None else _first_outcome(raw)
 
 
 def _first_outcome(raw: bytes) -> CommandOutcome:
@@ -139,6 +153,7 @@ async def handle_command(
     metadata: Metadata = Metadata(),
     max_attempts: int = 8,
     cache: StateCache | None = None,
+    causes: Causes | None = None,
 ) -> CommandOutcome:
     """Run `command` against the stream; a `DomainError` becomes `Refused`.
 
@@ -147,11 +162,12 @@ async def handle_command(
     another request, `IdempotencyConflict`. Only an acceptance binds the key (a rejection is
     decided again on a retry)."""
     if cache is None:
-        return await _handle(store, decider, stream_id, command, key, metadata, max_attempts, None)
+        return await _handle(store, decider, stream_id, command, key, metadata, max_attempts, None,
+                             causes)
     async with cache.lock(stream_id):
         try:
             return await _handle(store, decider, stream_id, command, key, metadata,
-                                 max_attempts, cache)
+                                 max_attempts, cache, causes)
         except BaseException:
             cache.forget(stream_id)  # a failure mid-way may have left the cached state unsure
             raise
@@ -166,6 +182,7 @@ async def _handle(
     metadata: Metadata,
     max_attempts: int,
     cache: StateCache | None,
+    causes: Causes | None = None,
 ) -> CommandOutcome:
     if key is not None:
         first = await store.first_outcome(key)
@@ -183,10 +200,7 @@ async def _handle(
             if first is not None:
                 return _first_outcome(first)
             return Refused(stream_id, err.code, err.message)
-        envelopes = [
-            store.wrap(stream_id, version + i + 1, body, metadata, store.clock())
-            for i, body in enumerate(new_events)
-        ]
+        envelopes = _wrap_all(store, stream_id, version, new_events, metadata, causes)
         accepted = Accepted(
             stream_id, version + len(envelopes), [e.event_id for e in envelopes], [e.type for e in envelopes]
         )
@@ -208,3 +222,22 @@ async def _handle(
         return accepted
     raise RetriesExhausted(stream_id, max_attempts)
 
+
+
+def _wrap_all(store: EventStore, stream_id: str, version: int, bodies: Sequence[Any],
+              metadata: Metadata, causes: Causes | None) -> list[Any]:
+    """The decision's envelopes, each with its own causation when `causes` names one."""
+    found = causes(bodies) if causes is not None else [None] * len(bodies)
+    if len(found) != len(bodies):
+        raise ValueError(f"causes named {len(found)} causes for {len(bodies)} events")
+    envelopes: list[Any] = []
+    for i, (body, cause) in enumerate(zip(bodies, found, strict=True)):
+        meta = metadata
+        if isinstance(cause, int):
+            if not 0 <= cause < i:
+                raise ValueError(f"event {i} names event {cause} as its cause: not an earlier one")
+            meta = msgspec.structs.replace(metadata, causation_id=str(envelopes[cause].event_id))
+        elif cause is not None:
+            meta = msgspec.structs.replace(metadata, causation_id=cause)
+        envelopes.append(store.wrap(stream_id, version + i + 1, body, meta, store.clock()))
+    return envelopes

@@ -24,13 +24,14 @@ from sdv_events.service import ServiceRuntime, run_service
 from sdv_events.settings import settings_or_exit
 from sdv_orchestrator.adapters.commands import command_router, public_key_router
 from sdv_orchestrator.adapters.facts import AgentFacts
+from sdv_orchestrator.adapters.facts_watermark import FactsWatermark
 from sdv_orchestrator.adapters.peers import Peers
 from sdv_orchestrator.adapters.policy_commands import policy_router
 from sdv_orchestrator.adapters.signal_catalogs import SignalCatalogs
 from sdv_orchestrator.adapters.ticker import Ticker
 from sdv_orchestrator.application import Orchestrator
 from sdv_orchestrator.policies import Policies, PolicyEvents
-from sdv_orchestrator.projections import DesiredStates, RolloutCatalog
+from sdv_orchestrator.projections import DesiredStates, Presence, RolloutCatalog
 from sdv_orchestrator.settings import SERVICE, OrchestratorSettings, load_settings
 
 log = structlog.get_logger("sdv.orchestrator")
@@ -47,25 +48,37 @@ async def serve(settings: OrchestratorSettings, stop: asyncio.Event | None = Non
         catalog = RolloutCatalog(schema)
         desired = DesiredStates(schema, await runtime.js.key_value(DESIRED_BUCKET), signer,
                                 runtime.store.pool)
+        presence = Presence(schema, runtime.store.pool)
         async with runtime.store.pool.acquire() as conn:
             await catalog.create(conn)
             await desired.create(conn)
+            await presence.create(conn)
         nc = runtime.broker.config.connection_state.connection
         peers = Peers(CommandClient(nc, actor=f"service:{SERVICE}"), SignalCatalogs(runtime.js))
-        orchestrator = Orchestrator(runtime.store, peers, desired)
+        orchestrator = Orchestrator(runtime.store, peers, desired,
+                                    presence=presence, tolerance_s=settings.clock_skew_s)
         runtime.broker.include_router(command_router(orchestrator))
         runtime.broker.include_router(public_key_router(signer))
         policies = Policies(orchestrator, orchestrator.peers.commands)
         runtime.broker.include_router(policy_router(policies))
         # One runner for every consumer: read models, agents' facts, policies.
         source = OwnThenHistory(StoreSource(runtime.store), HistorySource(nc))
+        facts = AgentFacts(orchestrator)
         consumers: list[Projection | Processor] = [
-            catalog, desired, AgentFacts(orchestrator), PolicyEvents(policies)]
+            catalog, desired, presence, facts, PolicyEvents(policies)]
+        durables: dict[str, str] = {}
         for consumer in consumers:
             runner = ConsumerRunner(runtime.store.pool, schema, runtime.js, consumer, source=source,
                                     build_from=runtime.store, service=SERVICE, nc=nc)
+            if consumer is facts:
+                # A failed batch of facts holds the watermark (and so every timeout) back.
+                runner.retry_max_s = settings.facts_retry_max_s
+            durables[consumer.name] = runner.durable
             runtime.run_consumer(runner)
-        ticker = Ticker(orchestrator.active, orchestrator.tick, every_s=settings.tick_s)
+        watermark = FactsWatermark(runtime.js, durables[facts.name],
+                                   grace_s=settings.reconnect_grace_s)
+        ticker = Ticker(orchestrator.active, orchestrator.tick, watermark=watermark,
+                        every_s=settings.tick_s, watermark_status=watermark.status)
         runtime.spawn(ticker.run, "ticker", probe=ticker.status)
 
     await run_service(SERVICE, settings, on_start=on_start, stop=stop)

@@ -1,34 +1,57 @@
 """Orchestrator use cases over the rollout decider and the shared command runner.
 
-Starting a rollout is where the world is consulted: the registry for the target's devices and
-their capabilities, the desired-state read model for what each device runs now (to roll back
-to), and the reservations table, which enforces one active rollout per (device, app): a start
-that overlaps an active rollout is refused with the devices named (not queued).
+Starting a rollout is where the world is consulted: the registry for the target's devices, their
+capabilities and presence, the desired-state read model for what each device runs now (to roll
+back to), and the reservations table, which enforces one active rollout per (device, app): a
+start that overlaps an active rollout is refused with the devices named (not queued).
+
+A create that starts is one decision (created, planned and the first wave in one append), taken
+after the peers answered: a create that cannot start stores nothing, and its error names the
+service that did not answer. A retry with the same idempotency key returns the first rollout.
+
+Every event carries who acted (the operator or policy of the command, `system` for devices'
+reports and the ticker) and what caused it (the command, the device's fact, the timer tick:
+`domain.rollout.causes`).
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
 import asyncpg
 import msgspec
 import structlog
 
-from sdv_events.bus import Conflict, InvalidRequest, NotFound, Rejected
-from sdv_events.commands import Accepted, StateCache, handle_command, load
-from sdv_events.commands import Rejected as RejectedOutcome
+from sdv_events.bus import (
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    Rejected,
+    RequestTimeout,
+    ServiceUnavailable,
+)
+from sdv_events.commands import (
+    Accepted,
+    StateCache,
+    handle_command,
+    load,
+    raise_if_refused,
+    recorded_outcome,
+)
 from sdv_events.envelope import Metadata
 from sdv_events.idempotency import IdempotencyKey
-from sdv_events.ids import split_stream_id, stream_id
+from sdv_events.ids import split_stream_id, stream_id, uuid7
 from sdv_events.schemas.packages import PackageInfo
 from sdv_events.schemas.rollouts import (
     MAX_PAGE,
     CreateRolloutRequest,
     RolloutSummary,
     RolloutView,
+    Target,
 )
 from sdv_events.store import EventStore
 from sdv_orchestrator.adapters.peers import Peers
@@ -46,14 +69,18 @@ from sdv_orchestrator.domain.rollout import (
     RolloutState,
     StartRollout,
     Tick,
+    causes,
     rollout_decider,
 )
 from sdv_orchestrator.domain.rollout_view import view_of
-from sdv_orchestrator.projections import TERMINAL, DesiredStates
+from sdv_orchestrator.projections import TERMINAL, DesiredStates, Presence
 from sdv_orchestrator.rollout_traces import RolloutTraces
 
 log = structlog.get_logger("sdv.orchestrator")
-_ERRORS = {"conflict": Conflict, "not_found": NotFound, "invalid_request": InvalidRequest}
+SYSTEM = "system"  # the actor of what devices' reports and the ticker decide
+# Before this a deadline is never due: the time facts have been handled up to, when unknown.
+NEVER = datetime(1970, 1, 1, tzinfo=UTC)
+T = TypeVar("T")
 
 
 def utc_now() -> datetime:
@@ -64,6 +91,16 @@ def rollout_stream(rollout_id: str) -> str:
     return stream_id("rollout", rollout_id)
 
 
+async def ask(service: str, call: Awaitable[T], *, nothing_done: str) -> T:
+    """A peer's answer; when the peer does not answer, an error that names it and says what
+    was not done (the caller's own `unavailable` would otherwise blame the orchestrator)."""
+    try:
+        return await call
+    except (ServiceUnavailable, RequestTimeout) as err:
+        raise type(err)(f"the {service} did not answer ({err.message}); {nothing_done}",
+                        details={**err.details, "service": service}) from None
+
+
 @dataclass
 class Orchestrator:
     store: EventStore
@@ -71,6 +108,10 @@ class Orchestrator:
     desired: DesiredStates
     clock: Callable[[], datetime] = utc_now
     cache: StateCache = field(default_factory=StateCache)
+    # Devices' presence as the registry last said (None: judged by what was known at planning).
+    presence: Presence | None = None
+    # Clock skew allowed between a device's fact and a deadline (SDV_ORCHESTRATOR_CLOCK_SKEW_S).
+    tolerance_s: float = 5.0
     traces: RolloutTraces = field(init=False)
 
     def __post_init__(self) -> None:
@@ -83,13 +124,11 @@ class Orchestrator:
     async def run(self, rollout_id: str, command: RolloutCommand, *, metadata: Metadata = Metadata(),
                   key: IdempotencyKey | None = None) -> Accepted:
         stream = rollout_stream(rollout_id)
-        outcome = await handle_command(
+        return raise_if_refused(await handle_command(
             self.store, rollout_decider, stream, command,
             key=key, metadata=await self.traces.metadata(stream, metadata), cache=self.cache,
-        )
-        if isinstance(outcome, RejectedOutcome):
-            raise _ERRORS.get(outcome.code, Rejected)(outcome.message)
-        return outcome
+            causes=causes,
+        ))
 
     async def state(self, rollout_id: str) -> RolloutState:
         # `load` takes the stream's lock with the cache (see sdv_events.commands.load).
@@ -106,20 +145,33 @@ class Orchestrator:
 
     async def create(self, req: CreateRolloutRequest, *, metadata: Metadata = Metadata(),
                      key: IdempotencyKey | None = None) -> RolloutView:
-        view = await self.peers.package(req.package, req.version)
+        if key is not None:
+            first = await recorded_outcome(self.store, key)
+            if isinstance(first, Accepted):  # a retry: the first attempt's rollout, not a new one
+                rollout_id = split_stream_id(first.stream_id)[1]
+                return await (self.start(rollout_id, metadata=metadata) if req.start
+                              else self.get(rollout_id))
+        nothing = "nothing was stored: retry the create"
+        view = await ask("packager", self.peers.package(req.package, req.version),
+                         nothing_done=nothing)
         if view.yanked:
             raise Rejected(f"{req.package} {req.version} is yanked ({view.yank_reason}); "
                            "it cannot be rolled out")
         rollout_id = req.rollout_id or str(uuid.uuid4())
-        created = await self.run(rollout_id, CreateRollout(
+        command = CreateRollout(
             rollout_id=rollout_id, package=view.info, target=req.target, strategy=req.strategy,
             thresholds=req.thresholds, timeouts=req.timeouts, auto_rollback=req.auto_rollback,
-            now=self.clock(), actor=metadata.actor or "",
-        ), metadata=metadata, key=key)
-        # A retry of this request (same key) gets the first attempt's rollout, not a new id.
-        rollout_id = split_stream_id(created.stream_id)[1]
-        if req.start:
-            return await self.start(rollout_id, metadata=metadata)
+            offline=req.offline, now=self.clock(), actor=metadata.actor or "",
+        )
+        existing = await self.state_or_none(rollout_id) if req.start else None
+        if not req.start or (existing is not None and existing.status != "created"):
+            # Created only, or asked for again once started (a policy's event redelivered):
+            # the decider says whether it is the same rollout (nothing to do) or a conflict.
+            await self.run(rollout_id, command, metadata=metadata, key=key)
+            return await self.get(rollout_id)
+        plan = await self._plan(rollout_id, view.info, req.target, nothing_done=nothing)
+        command = msgspec.structs.replace(command, plan=plan)
+        await self._run_releasing(rollout_id, command, metadata, key)
         return await self.get(rollout_id)
 
     async def start(self, rollout_id: str, *, metadata: Metadata = Metadata()) -> RolloutView:
@@ -127,9 +179,20 @@ class Orchestrator:
         if state.status != "created":
             return await self.get(rollout_id)
         assert state.created is not None
-        package = state.created.package
-        devices, unknown = await self.peers.devices(
-            state.created.target, signals=bool(package.vss_reads or package.vss_writes))
+        plan = await self._plan(rollout_id, state.created.package, state.created.target,
+                                nothing_done="the rollout was not started: retry the start")
+        await self._run_releasing(rollout_id, plan, metadata, None)
+        return await self.get(rollout_id)
+
+    async def _plan(self, rollout_id: str, package: PackageInfo, target: Target, *,
+                    nothing_done: str) -> StartRollout:
+        """What starting needs, from the registry (devices, capabilities, presence, signal
+        catalogues when the package declares signals) and the read models; reserves the
+        eligible devices (released if the start is not stored)."""
+        devices, unknown = await ask(
+            "registry",
+            self.peers.devices(target, signals=bool(package.vss_reads or package.vss_writes)),
+            nothing_done=nothing_done)
         ok, excluded = eligible(package, devices, package_arches(package))
         excluded |= unknown
         async with self.store.pool.acquire() as conn, conn.transaction():
@@ -137,17 +200,24 @@ class Orchestrator:
             current = await self.desired.current_many(conn, ok, package.name)
         packages, previous = distinct_packages(
             current, lambda raw: msgspec.json.decode(raw, type=PackageInfo))
+        chosen = set(ok)
+        offline = sorted(d.device_id for d in devices if not d.online and d.device_id in chosen)
+        return StartRollout(device_ids=ok, excluded=excluded, previous_packages=packages,
+                            previous=previous, offline=offline, now=self.clock())
+
+    async def _run_releasing(self, rollout_id: str, command: CreateRollout | StartRollout,
+                             metadata: Metadata, key: IdempotencyKey | None) -> None:
         try:
-            await self.run(rollout_id, StartRollout(
-                device_ids=ok, excluded=excluded, previous_packages=packages, previous=previous,
-                now=self.clock()), metadata=metadata)
-        except Exception:
+            await self.run(rollout_id, command, metadata=metadata, key=key)
+        except BaseException:
             await self.store.pool.execute(
                 f"DELETE FROM {self.schema}.reservations WHERE rollout_id = $1", rollout_id)
             raise
-        log.info("rollout_started", rollout_id=rollout_id, app=package.name, devices=len(ok),
-                 excluded=len(excluded), upgrading=len(previous), previous_versions=len(packages))
-        return await self.get(rollout_id)
+        plan = command if isinstance(command, StartRollout) else command.plan
+        if plan is not None:
+            log.info("rollout_started", rollout_id=rollout_id, devices=len(plan.device_ids),
+                     excluded=len(plan.excluded), offline=len(plan.offline),
+                     upgrading=len(plan.previous), previous_versions=len(plan.previous_packages))
 
     async def _reserve(self, conn: asyncpg.Connection, rollout_id: str, app: str,
                        devices: list[str]) -> list[str]:
@@ -197,15 +267,32 @@ class Orchestrator:
         return await self.get(rollout_id)
 
     async def report(self, rollout_id: str, reports: list[Report]) -> None:
-        """Device outcomes from agents' facts; duplicates and strangers are ignored by the decider."""
-        await self.run(rollout_id, ReportDevices(reports, self.clock()))
+        """Device outcomes from agents' facts; duplicates, strangers and facts about another
+        version are ignored by the decider. Each outcome is caused by its fact."""
+        await self.run(rollout_id, ReportDevices(reports, self.clock(), self.tolerance_s),
+                       metadata=Metadata(actor=SYSTEM))
 
-    async def tick(self, rollout_id: str) -> None:
-        await self.run(rollout_id, Tick(self.clock()))
+    async def tick(self, rollout_id: str, facts_until: datetime | None) -> None:
+        """Timeouts, offline devices and soak times. `facts_until`: every device fact published
+        before it has been handled (None: unknown, so no deadline is judged)."""
+        until = facts_until or NEVER
+        now = self.clock()
+        state = await self.state(rollout_id)
+        due = min(now, until) - timedelta(seconds=self.tolerance_s)
+        # Whose presence matters now: devices past their deadline, and those waited for.
+        asked = [d for d, (_, status, deadline) in state.devices.items()
+                 if status == "waiting_offline"
+                 or (deadline is not None and deadline <= due and status in ("targeted", "rolling_back"))]
+        presence = await self.presence.of(asked) if asked and self.presence is not None else {}
+        await self.run(rollout_id, Tick(now=now, facts_until=until, presence=presence,
+                                        tolerance_s=self.tolerance_s),
+                       metadata=Metadata(causation_id=f"tick:{uuid7()}", actor=SYSTEM))
 
     async def active(self) -> list[str]:
+        """Rollouts the ticker looks after: running or paused, or following a rollback."""
         rows = await self.store.pool.fetch(
-            f"SELECT rollout_id FROM {self.schema}.rollouts WHERE status IN ('running', 'paused')")
+            f"SELECT rollout_id FROM {self.schema}.rollouts "
+            "WHERE status IN ('running', 'paused') OR rollback_open")
         return [r["rollout_id"] for r in rows]
 
     async def get(self, rollout_id: str, offset: int = 0, limit: int = 1000) -> RolloutView:

@@ -20,9 +20,7 @@ import msgspec
 import structlog
 
 from sdv_events.bus import CommandClient, Conflict, NotFound, Rejected
-from sdv_events.bus.rpc import ReplyError, error_from_reply
-from sdv_events.commands import Rejected as RejectedOutcome
-from sdv_events.commands import handle_command, load
+from sdv_events.commands import handle_command, load, raise_if_refused
 from sdv_events.envelope import Envelope, Metadata
 from sdv_events.idempotency import IdempotencyKey
 from sdv_events.ids import stream_id
@@ -62,12 +60,10 @@ class Policies:
 
     async def _run(self, name: str, command: SetPolicy | DeletePolicy, metadata: Metadata,
                    key: IdempotencyKey | None) -> None:
-        outcome = await handle_command(self.orchestrator.store, policy_decider,
-                                       stream_id(POLICY, name), command, key=key,
-                                       metadata=metadata)
-        if isinstance(outcome, RejectedOutcome):
-            # The decider's code (invalid_request, not_found) is what the client branches on.
-            raise error_from_reply(ReplyError(outcome.code, outcome.message))
+        # The decider's code (invalid_request, not_found) is what the client branches on.
+        raise_if_refused(await handle_command(self.orchestrator.store, policy_decider,
+                                              stream_id(POLICY, name), command, key=key,
+                                              metadata=metadata))
 
     async def all(self) -> list[RolloutPolicy]:
         found = []
@@ -77,13 +73,14 @@ class Policies:
                 found.append(state.policy)
         return found
 
-    async def on_release(self, name: str, version: str, digest: str, channel: str) -> None:
+    async def on_release(self, name: str, version: str, digest: str, channel: str,
+                         cause: Metadata = Metadata()) -> None:
         for policy in await self.all():
             request = rollout_for_release(policy, name, version, digest, channel)
             if request is not None:
-                await self._start(policy, request)
+                await self._start(policy, request, cause)
 
-    async def on_device_accepted(self, device_id: str) -> None:
+    async def on_device_accepted(self, device_id: str, cause: Metadata = Metadata()) -> None:
         for policy in await self.all():
             if not (policy.auto_assign and policy.enabled):
                 continue
@@ -99,7 +96,7 @@ class Policies:
             current = await self.current_version(policy.app)
             request = None if current is None else rollout_for_new_device(policy, current, device_id)
             if request is not None:
-                await self._start(policy, request)
+                await self._start(policy, request, cause)
 
     async def current_version(self, app: str) -> PackageInfo | None:
         """The package of the app's most recently completed rollout: the fleet's version."""
@@ -110,8 +107,10 @@ class Policies:
             "ORDER BY r.updated_at DESC LIMIT 1", app)
         return None if raw is None else msgspec.json.decode(raw, type=PackageInfo)
 
-    async def _start(self, policy: RolloutPolicy, request: CreateRolloutRequest) -> None:
-        meta = Metadata(actor=f"policy:{policy.name}")
+    async def _start(self, policy: RolloutPolicy, request: CreateRolloutRequest,
+                     cause: Metadata) -> None:
+        # The policy acts; the event it acts on (`cause`: its id and correlation) caused it.
+        meta = msgspec.structs.replace(cause, actor=f"policy:{policy.name}")
         try:
             view = await self.orchestrator.create(request, metadata=meta)
         except POLICY_REFUSALS as err:  # e.g. yanked, or overlapping an active rollout
@@ -135,14 +134,20 @@ class PolicyEvents:
 
     async def handle(self, events: Sequence[Envelope]) -> None:
         for event in events:
-            await dispatch(self.policies, event.data)
+            await dispatch(self.policies, event.data, cause_of(event))
 
 
-async def dispatch(policies: Policies, data: object) -> None:
+def cause_of(event: Envelope) -> Metadata:
+    """What a policy's command carries of the event that triggered it."""
+    return Metadata(correlation_id=event.correlation_id or str(event.event_id),
+                    causation_id=str(event.event_id))
+
+
+async def dispatch(policies: Policies, data: object, cause: Metadata = Metadata()) -> None:
     match data:
         case PackagePublished(package=info):
-            await policies.on_release(info.name, info.version, info.digest, info.channel)
+            await policies.on_release(info.name, info.version, info.digest, info.channel, cause)
         case PackagePromoted(name=name, version=version, digest=digest, to_channel=channel):
-            await policies.on_release(name, version, digest, channel)
+            await policies.on_release(name, version, digest, channel, cause)
         case DeviceAccepted(device_id=device_id):
-            await policies.on_device_accepted(device_id)
+            await policies.on_device_accepted(device_id, cause)

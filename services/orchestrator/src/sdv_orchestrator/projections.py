@@ -1,7 +1,10 @@
-"""Read models of the orchestrator, fed from its own rollout events (`sdv.evt.rollout.>`):
+"""Read models of the orchestrator, fed from its own rollout events (`sdv.evt.rollout.>`) and
+the registry's presence events:
 
-- `RolloutCatalog`: one summary row per rollout (list, active rollouts for the ticker), and the
-  release of device reservations when a rollout ends;
+- `RolloutCatalog`: one summary row per rollout (list, active rollouts for the ticker, rollbacks
+  still followed), and the release of device reservations when a rollout ends;
+- `Presence`: whether each device is online, as the registry's heartbeat tracking last said
+  (what the ticker asks about devices past their deadline);
 - `DesiredStates`: per device the app assignments the rollouts made, and the desired-state
   document in KV `sdv_desired` — a projection of events, so it can be rebuilt. No network I/O
   inside the read-model transaction: `apply` marks the device dirty (a row, committed with the
@@ -10,9 +13,10 @@
   rebuild replays into shadow tables without writing anything, then compares every device's
   document with KV and writes only those that differ. It keeps each rollout's previous
   packages (from its plan chunks) so that a rollback, which names no device, finds them in its
-  own tables: the devices the rollout still owns and the package each ran before. Every
-  document is signed with the orchestrator's key (`sdv_events.desired_signing`): agents act on
-  nothing else.
+  own tables: the devices the rollout still owns and the package each ran before. A restored
+  assignment names the rollout that rolled it back (and `rollback`), so the device's facts
+  about it are that rollout's. Every document is signed with the orchestrator's key
+  (`sdv_events.desired_signing`): agents act on nothing else.
 """
 
 from __future__ import annotations
@@ -30,14 +34,17 @@ from sdv_events.desired_signing import DesiredSigner, UntrustedDesired
 from sdv_events.envelope import Envelope, TraceContext
 from sdv_events.ids import split_stream_id
 from sdv_events.schemas.deployment import DesiredApp, DesiredState
+from sdv_events.schemas.devices import DeviceCameOnline, DeviceWentOffline
 from sdv_events.schemas.packages import PackageInfo
 from sdv_events.schemas.rollouts import (
     DeviceFailed,
+    DeviceOffline,
     DevicesPlanned,
     DeviceSucceeded,
     DeviceTargeted,
     DeviceTimedOut,
     PreviousPackages,
+    RollbackCompleted,
     RollbackStarted,
     RollbackStartedV1,
     RolloutAborted,
@@ -77,12 +84,25 @@ class RolloutCatalog:
         return RolloutCatalog(schema, reservations_schema=self.reservations_schema)
 
     async def create(self, conn: asyncpg.Connection) -> None:
+        # `rollback_open`: rolled back, devices still followed (the ticker looks after it). A
+        # table made before it existed gets it set for its rolled back rollouts: the ticker
+        # then closes their rollbacks (their devices' rollback deadlines are long past).
         await conn.execute(f"""
             CREATE TABLE IF NOT EXISTS {self.schema}.rollouts (
                 rollout_id text PRIMARY KEY, app text NOT NULL, version text NOT NULL,
                 status text NOT NULL, devices integer NOT NULL DEFAULT 0,
                 succeeded integer NOT NULL DEFAULT 0, failed integer NOT NULL DEFAULT 0,
-                created_at timestamptz NOT NULL, updated_at timestamptz NOT NULL);
+                created_at timestamptz NOT NULL, updated_at timestamptz NOT NULL,
+                rollback_open boolean NOT NULL DEFAULT false);
+            DO $$ BEGIN
+                IF NOT EXISTS (SELECT 1 FROM information_schema.columns
+                               WHERE table_schema = '{self.schema}' AND table_name = 'rollouts'
+                               AND column_name = 'rollback_open') THEN
+                    ALTER TABLE {self.schema}.rollouts
+                        ADD COLUMN rollback_open boolean NOT NULL DEFAULT false;
+                    UPDATE {self.schema}.rollouts SET rollback_open = (status = 'rolled_back');
+                END IF;
+            END $$;
             CREATE TABLE IF NOT EXISTS {self.reservations_schema}.reservations (
                 device_id text NOT NULL, app text NOT NULL, rollout_id text NOT NULL,
                 PRIMARY KEY (device_id, app));
@@ -124,7 +144,7 @@ class RolloutCatalog:
             case DeviceSucceeded():
                 await conn.execute(f"UPDATE {t}.rollouts SET succeeded = succeeded + 1, "
                                    "updated_at = $2 WHERE rollout_id = $1", rid, at)
-            case DeviceFailed() | DeviceTimedOut():
+            case DeviceFailed() | DeviceTimedOut() | DeviceOffline(outcome="failed"):
                 await conn.execute(f"UPDATE {t}.rollouts SET failed = failed + 1, "
                                    "updated_at = $2 WHERE rollout_id = $1", rid, at)
             case RolloutPaused():
@@ -139,6 +159,58 @@ class RolloutCatalog:
                 await self._status(conn, rid, "cancelled", at)
             case RollbackStarted() | RollbackStartedV1():
                 await self._status(conn, rid, "rolled_back", at)
+                await conn.execute(f"UPDATE {t}.rollouts SET rollback_open = true "
+                                   "WHERE rollout_id = $1", rid)
+            case RollbackCompleted():
+                await conn.execute(f"UPDATE {t}.rollouts SET rollback_open = false, "
+                                   "updated_at = $2 WHERE rollout_id = $1", rid, at)
+
+
+class Presence:
+    """Devices' presence from the registry's `DeviceCameOnline` / `DeviceWentOffline` (its
+    heartbeat tracking); the latest event per device wins (the runner applies a device's
+    stream in version order)."""
+
+    name = "presence"
+    filter_subjects = ("sdv.evt.device.*.DeviceCameOnline", "sdv.evt.device.*.DeviceWentOffline")
+    tables = ("device_presence",)
+
+    def __init__(self, schema: str, pool: asyncpg.Pool | None = None) -> None:
+        self.schema = schema
+        self.pool = pool
+
+    def at(self, schema: str) -> Presence:
+        return Presence(schema, self.pool)
+
+    async def create(self, conn: asyncpg.Connection) -> None:
+        await conn.execute(f"""
+            CREATE TABLE IF NOT EXISTS {self.schema}.device_presence (
+                device_id text PRIMARY KEY, online boolean NOT NULL, at timestamptz NOT NULL)""")
+
+    async def reset(self, conn: asyncpg.Connection) -> None:
+        await self.create(conn)
+        await conn.execute(f"TRUNCATE {self.schema}.device_presence")
+
+    async def apply(self, conn: asyncpg.Connection, event: Envelope) -> None:
+        match event.data:
+            case DeviceCameOnline(device_id=device_id, seen_at=at):
+                online = True
+            case DeviceWentOffline(device_id=device_id, last_seen_at=at):
+                online = False
+            case _:
+                return
+        await conn.execute(
+            f"INSERT INTO {self.schema}.device_presence VALUES ($1, $2, $3) ON CONFLICT "
+            "(device_id) DO UPDATE SET online = excluded.online, at = excluded.at",
+            device_id, online, at)
+
+    async def of(self, device_ids: list[str]) -> dict[str, bool]:
+        """Online (True) or not, for the devices the registry has said something about."""
+        assert self.pool is not None, "Presence needs a pool to answer"
+        rows = await self.pool.fetch(
+            f"SELECT device_id, online FROM {self.schema}.device_presence "
+            "WHERE device_id = ANY($1::text[])", device_ids)
+        return {r["device_id"]: r["online"] for r in rows}
 
 
 class DesiredStates:
@@ -167,6 +239,8 @@ class DesiredStates:
             CREATE TABLE IF NOT EXISTS {self.schema}.device_apps (
                 device_id text NOT NULL, app text NOT NULL, package bytea NOT NULL,
                 rollout_id text, PRIMARY KEY (device_id, app));
+            ALTER TABLE {self.schema}.device_apps
+                ADD COLUMN IF NOT EXISTS rollback boolean NOT NULL DEFAULT false;
             CREATE TABLE IF NOT EXISTS {self.schema}.device_revisions (
                 device_id text PRIMARY KEY, revision bigint NOT NULL);
             CREATE TABLE IF NOT EXISTS {self.schema}.rollout_previous_packages (
@@ -244,9 +318,10 @@ class DesiredStates:
                 raw, package = await self._package(conn, rid)
                 await conn.execute(f"""
                     WITH assigned AS (
-                        INSERT INTO {t}.device_apps VALUES ($1, $2, $3, $4)
-                        ON CONFLICT (device_id, app)
-                        DO UPDATE SET package = excluded.package, rollout_id = excluded.rollout_id)
+                        INSERT INTO {t}.device_apps (device_id, app, package, rollout_id)
+                        VALUES ($1, $2, $3, $4) ON CONFLICT (device_id, app)
+                        DO UPDATE SET package = excluded.package, rollout_id = excluded.rollout_id,
+                            rollback = false)
                     INSERT INTO {t}.device_revisions VALUES ($1, 1) ON CONFLICT (device_id)
                     DO UPDATE SET revision = device_revisions.revision + 1""",
                     device_id, package.name, raw, rid)
@@ -274,7 +349,7 @@ class DesiredStates:
                         WHERE a.device_id = o.device_id AND a.app = $2 AND o.package IS NULL
                         RETURNING a.device_id),
                     updated AS (
-                        UPDATE {t}.device_apps a SET package = o.package, rollout_id = NULL
+                        UPDATE {t}.device_apps a SET package = o.package, rollback = true
                         FROM owned o
                         WHERE a.device_id = o.device_id AND a.app = $2 AND o.package IS NOT NULL
                         RETURNING a.device_id)
@@ -297,7 +372,7 @@ class DesiredStates:
                             previous.device_id, app)
                     else:
                         await conn.execute(
-                            f"UPDATE {t}.device_apps SET package = $3, rollout_id = NULL "
+                            f"UPDATE {t}.device_apps SET package = $3, rollback = true "
                             "WHERE device_id = $1 AND app = $2",
                             previous.device_id, app, _enc.encode(previous.package))
                     await self._write(conn, previous.device_id, event.occurred_at)
@@ -376,15 +451,16 @@ class DesiredStates:
             "WHERE device_id = ANY($1::text[])", device_ids)}
         apps: dict[str, dict[str, DesiredApp]] = {d: {} for d in device_ids}
         for r in await conn.fetch(
-                f"SELECT a.device_id, a.app, a.package, a.rollout_id, t.traceparent, t.tracestate "
+                f"SELECT a.device_id, a.app, a.package, a.rollout_id, a.rollback, t.traceparent, "
+                "t.tracestate "
                 f"FROM {self.schema}.device_apps a LEFT JOIN {self.schema}.rollout_traces t "
                 "USING (rollout_id) WHERE a.device_id = ANY($1::text[])", device_ids):
             apps[r["device_id"]][r["app"]] = DesiredApp(
                 package=msgspec.json.decode(r["package"], type=PackageInfo),
                 rollout_id=r["rollout_id"],
-                # Only a rollback restores an assignment without a rollout (rollout_id NULL):
-                # it may take a device back to an older version, nothing else may.
-                rollback=r["rollout_id"] is None,
+                # Only a rollback may take a device back to an older version (rows restored
+                # before `rollback` existed have no rollout instead).
+                rollback=r["rollback"] or r["rollout_id"] is None,
                 trace=TraceContext(r["traceparent"], r["tracestate"]))
         return {d: (revisions.get(d, 0), apps[d], d) for d in device_ids}
 

@@ -17,6 +17,17 @@ class OrchestratorSettings(ServiceSettings):
     service: str = SERVICE
     # How often device timeouts and soak times are checked.
     tick_s: float = Field(1.0, validation_alias="SDV_ORCHESTRATOR_TICK_S", gt=0)
+    # Clock skew allowed between a device and the orchestrator: a device's fact counts when it
+    # happened by its deadline plus this; a device is timed out once every fact published up to
+    # its deadline plus this has been handled.
+    clock_skew_s: float = Field(5.0, validation_alias="SDV_ORCHESTRATOR_CLOCK_SKEW_S", ge=0)
+    # After the bus was unreachable (or at start), no device is timed out for this long: agents
+    # reconnect and publish the facts the outage held back.
+    reconnect_grace_s: float = Field(10.0, validation_alias="SDV_ORCHESTRATOR_RECONNECT_GRACE_S",
+                                     ge=0)
+    # The longest a failed batch of devices' facts waits before it is tried again.
+    facts_retry_max_s: float = Field(1.0, validation_alias="SDV_ORCHESTRATOR_FACTS_RETRY_MAX_S",
+                                     gt=0)
     # Signs every desired-state document (agents pin its public key, `--orchestrator-key`).
     # Generated on first start, owner-only; its public half is written beside it (`.pub`).
     # Never the packager's key: that one signs packages, this one what a device runs.

@@ -15,9 +15,8 @@ from dataclasses import dataclass
 import structlog
 
 from sdv_events.auth import BOOTSTRAP_ADMIN, ClaimsUpdateFailed, DeviceAuthority
-from sdv_events.bus import Conflict, InvalidRequest, NotFound, Rejected, ServiceUnavailable
-from sdv_events.commands import Rejected as RejectedOutcome
-from sdv_events.commands import handle_command
+from sdv_events.bus import NotFound, ServiceUnavailable
+from sdv_events.commands import handle_command, raise_if_refused
 from sdv_events.envelope import Envelope, Metadata
 from sdv_events.idempotency import IdempotencyKey
 from sdv_events.ids import stream_id
@@ -34,7 +33,6 @@ from sdv_registry.domain.operator import AddOperator, OperatorCommand, RevokeOpe
 
 log = structlog.get_logger("sdv.registry.operators")
 CATEGORY = "operator"
-_ERRORS = {"conflict": Conflict, "not_found": NotFound, "invalid_request": InvalidRequest}
 
 
 def operator_stream(name: str) -> str:
@@ -81,10 +79,8 @@ class Operators:
 
     async def _run(self, name: str, command: OperatorCommand, metadata: Metadata,
                    key: IdempotencyKey | None) -> None:
-        outcome = await handle_command(self.store, operator_decider, operator_stream(name), command,
-                                       key=key, metadata=metadata)
-        if isinstance(outcome, RejectedOutcome):
-            raise _ERRORS.get(outcome.code, Rejected)(outcome.message)
+        raise_if_refused(await handle_command(self.store, operator_decider, operator_stream(name),
+                                              command, key=key, metadata=metadata))
 
     async def add(self, name: str, role: OperatorRole, public_key: str, metadata: Metadata,
                   key: IdempotencyKey | None = None) -> OperatorCredentials:

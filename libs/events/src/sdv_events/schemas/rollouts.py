@@ -5,10 +5,18 @@ Shared because the monitor and dashboards read them; the orchestrator alone writ
 No event grows with the fleet. A plan is written as a header (`RolloutPlanned` v2: counts only)
 followed, in the same append, by bounded chunks: `PreviousPackages` (the distinct packages the
 targeted devices ran before, each once), `DevicesPlanned` (device, wave, index of its previous
-package) and `DevicesExcluded`. `RollbackStarted` v2 names no device: the rollout's touched
-devices and their previous packages are already in its stream (and in the read models).
+package), `DevicesOffline` (planned devices offline when planned) and `DevicesExcluded`.
+`RollbackStarted` v2 names no device: the rollout's touched devices and their previous packages
+are already in its stream (and in the read models).
 Version 1 of both (`RolloutPlannedV1`, `RollbackStartedV1`: every device listed) stays
 decodable for histories written before; an upcaster cannot split one event into many.
+
+Each device ends in one final state, each recorded by one event: `DeviceSucceeded` (reason
+`already_current` when the device already ran the version), `DeviceFailed`, `DeviceTimedOut`,
+`DeviceOffline` (offline at its deadline: skipped, waiting or failed, as the rollout's `offline`
+option says) and, after a rollback, `DeviceRolledBack` or `DeviceRollbackUnconfirmed`, then one
+`RollbackCompleted`. Every event carries in its metadata what caused it (the command, the
+device's fact, an earlier event of the same decision or the timer tick) and who acted.
 """
 
 from __future__ import annotations
@@ -23,6 +31,12 @@ from sdv_events.registry import event
 from sdv_events.schemas.packages import PackageInfo
 
 StrategyKind = Literal["all-at-once", "rolling", "canary"]
+# What a device offline (by the registry's heartbeats) at its deadline means for the rollout:
+# `skip`: not counted, reported apart (it takes the version when it comes back: its desired
+# document stays); `wait`: the rollout waits for it (its deadline restarts once it is back);
+# `fail`: counted as a failure (the behaviour before the option existed).
+OfflineOption = Literal["skip", "wait", "fail"]
+OFFLINE_OPTIONS: tuple[OfflineOption, ...] = ("skip", "wait", "fail")
 
 
 class Target(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -83,6 +97,7 @@ class RolloutCreated(msgspec.Struct, frozen=True, kw_only=True):
     auto_rollback: bool = True
     created_at: datetime
     created_by: str = ""
+    offline: OfflineOption = "skip"
 
 
 @event("orchestrator.RolloutPlanned")
@@ -104,6 +119,7 @@ class RolloutPlanned(msgspec.Struct, frozen=True, kw_only=True):
     excluded: int = 0
     previous_packages: int = 0  # distinct packages in the `PreviousPackages` chunks
     planned_at: datetime
+    offline: int = 0  # planned devices offline when planned (`DevicesOffline` chunks)
 
 
 @event("orchestrator.PreviousPackages")
@@ -118,6 +134,22 @@ class PreviousPackages(msgspec.Struct, frozen=True):
 class DevicesPlanned(msgspec.Struct, frozen=True):
     chunk: int
     devices: list[PlannedDevice]
+
+
+class OfflineDevice(msgspec.Struct, frozen=True, array_like=True):
+    """`["dev-9", 3]`: a planned device offline when planned, and its wave."""
+
+    device_id: str
+    wave: int
+
+
+@event("orchestrator.DevicesOffline")
+class DevicesOffline(msgspec.Struct, frozen=True):
+    """Planned devices that were offline when planned (the registry had no recent heartbeat):
+    placed after the online ones, shown as "waiting: offline" from the start."""
+
+    chunk: int
+    devices: list[OfflineDevice]
 
 
 @event("orchestrator.DevicesExcluded")
@@ -148,6 +180,8 @@ class DeviceSucceeded(msgspec.Struct, frozen=True):
     # recorded here so the rollout's history stands without the bus (facts live only there).
     fact_id: uuid.UUID | None = None
     observed_at: datetime | None = None
+    # "already_current": the device already ran this version, healthy (`agent.AppAlreadyCurrent`).
+    reason: str = ""
 
 
 @event("orchestrator.DeviceFailed")
@@ -161,8 +195,59 @@ class DeviceFailed(msgspec.Struct, frozen=True):
 
 @event("orchestrator.DeviceTimedOut")
 class DeviceTimedOut(msgspec.Struct, frozen=True):
+    """No report that happened by the deadline (plus the clock-skew tolerance). With a fact: the
+    device did report, but what it reports happened after its deadline."""
+
     device_id: str
     wave: int
+    fact_id: uuid.UUID | None = None
+    observed_at: datetime | None = None
+
+
+OfflineOutcome = Literal["skipped", "waiting", "failed"]
+
+
+@event("orchestrator.DeviceOffline")
+class DeviceOffline(msgspec.Struct, frozen=True):
+    """The device was offline at its deadline: `skipped` (not counted), `waiting` (no deadline
+    until it is back) or `failed` (counted as a failure), as the rollout's `offline` option says."""
+
+    device_id: str
+    wave: int
+    outcome: OfflineOutcome
+    at: datetime
+
+
+@event("orchestrator.DeviceBackOnline")
+class DeviceBackOnline(msgspec.Struct, frozen=True):
+    """A device the rollout waited for is online again: it has until `deadline` to report."""
+
+    device_id: str
+    wave: int
+    deadline: datetime
+
+
+@event("orchestrator.DeviceRolledBack")
+class DeviceRolledBack(msgspec.Struct, frozen=True):
+    """After a rollback, the device reports its previous version running (or the app removed,
+    when it had none before)."""
+
+    device_id: str
+    wave: int
+    fact_id: uuid.UUID | None = None
+    observed_at: datetime | None = None
+
+
+@event("orchestrator.DeviceRollbackUnconfirmed")
+class DeviceRollbackUnconfirmed(msgspec.Struct, frozen=True):
+    """After a rollback, the device reported a failure of its previous version, or nothing by
+    its rollback deadline (`reason` says which)."""
+
+    device_id: str
+    wave: int
+    reason: str
+    fact_id: uuid.UUID | None = None
+    observed_at: datetime | None = None
 
 
 @event("orchestrator.WaveCompleted")
@@ -171,6 +256,7 @@ class WaveCompleted(msgspec.Struct, frozen=True):
     succeeded: int
     failed: int
     at: datetime
+    skipped: int = 0  # offline at their deadline, not counted (`offline: skip`)
 
 
 @event("orchestrator.RolloutPaused")
@@ -211,11 +297,21 @@ class RollbackStarted(msgspec.Struct, frozen=True):
     devices: int  # how many devices the rollout had targeted
 
 
+@event("orchestrator.RollbackCompleted")
+class RollbackCompleted(msgspec.Struct, frozen=True):
+    """Every device the rollback touched is accounted for: rolled back, or unconfirmed."""
+
+    rolled_back: int
+    unconfirmed: int
+    at: datetime
+
+
 @event("orchestrator.RolloutCompleted")
 class RolloutCompleted(msgspec.Struct, frozen=True):
     succeeded: int
     failed: int
     at: datetime
+    skipped: int = 0
 
 
 @event("orchestrator.RolloutCancelled")
@@ -235,8 +331,9 @@ class CreateRolloutRequest(msgspec.Struct, frozen=True, kw_only=True):
     thresholds: Thresholds = Thresholds()
     timeouts: Timeouts = Timeouts()
     auto_rollback: bool = True
-    start: bool = True  # plan and start at once
+    start: bool = True  # plan and start at once: nothing is stored unless the start succeeds
     rollout_id: str | None = None  # chosen by the caller for idempotent retries
+    offline: OfflineOption = "skip"
 
 
 class RolloutRef(msgspec.Struct, frozen=True):
@@ -255,14 +352,23 @@ class WaveView(msgspec.Struct, frozen=True):
     size: int
     succeeded: int
     failed: int
-    pending: int
+    pending: int  # neither succeeded, failed nor skipped yet
     state: str  # waiting | running | completed | aborted
+    skipped: int = 0  # offline at their deadline, not counted (`offline: skip`)
+    offline: int = 0  # pending devices known offline ("waiting: offline")
 
 
+# A device's state in `get`: `waiting_offline` from the start for a device offline when
+# planned (listed before its wave starts), `targeted`, `waiting_offline`; then one final state:
+# `succeeded`, `already_current`, `failed`, `timed_out`, `skipped_offline`, and after a
+# rollback `rolling_back`, then `rolled_back` or `rollback_unconfirmed`; a device still
+# targeted when the rollout was cancelled (or aborted without rollback) shows `cancelled` or
+# `aborted`.
 class DeviceProgressView(msgspec.Struct, frozen=True):
     device_id: str
     wave: int
-    status: str  # targeted | succeeded | failed | timed_out
+    status: str
+    reason: str = ""  # why it failed, or what it was before it was rolled back
 
 
 MAX_PAGE = 2000  # rows per list in one RolloutView: a reply stays far below NATS's 1 MB
@@ -301,6 +407,13 @@ class RolloutView(msgspec.Struct, frozen=True, kw_only=True):
     excluded_total: int = 0
     succeeded_total: int = 0
     failed_total: int = 0
+    offline: OfflineOption = "skip"  # the rollout's option for devices offline at their deadline
+    offline_total: int = 0  # pending devices known offline ("waiting: offline")
+    skipped_total: int = 0
+    already_current_total: int = 0
+    rollback: str = ""  # "" (none), "in_progress" or "completed"
+    rolled_back_total: int = 0
+    rollback_unconfirmed_total: int = 0
 
 
 class RolloutSummary(msgspec.Struct, frozen=True, kw_only=True):
@@ -337,6 +450,7 @@ class RolloutPolicy(msgspec.Struct, frozen=True, kw_only=True):
     auto_rollback: bool = True
     auto_assign: bool = True
     enabled: bool = True
+    offline: OfflineOption = "skip"
 
 
 @event("orchestrator.PolicySet")

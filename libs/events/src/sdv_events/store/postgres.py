@@ -342,9 +342,14 @@ class EventStore:
     async def stream_trace(self, stream_id: str) -> TraceContext:
         """The trace the stream's first event was recorded in (empty when none): the one that
         later events of the stream no request caused (timers, devices' reports) continue."""
+        return (await self.stream_metadata(stream_id)).trace
+
+    async def stream_metadata(self, stream_id: str) -> Metadata:
+        """The metadata of the stream's first event (empty when none): its correlation id and
+        trace are what later events no request caused (timers, devices' reports) carry on."""
         raw = await self.pool.fetchval(
             f"SELECT metadata FROM {self.schema}.events WHERE stream_id = $1 AND version = 1", stream_id)
-        return TraceContext() if raw is None else decode_metadata(bytes(raw)).trace
+        return Metadata() if raw is None else decode_metadata(bytes(raw))
 
     async def read_all(
         self,

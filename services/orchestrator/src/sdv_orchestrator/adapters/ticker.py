@@ -1,14 +1,18 @@
 """The ticker: timeouts and soak times advance on the clock, not only on reports.
 
-Every active rollout is ticked each period, each on its own: one rollout whose tick fails (a
-newer writer's event it cannot fold, a database blip) is logged and counted but does not stop
-the others. The ticker's health turns red while a rollout keeps failing, naming it and why."""
+Each round first asks how far devices' facts have been handled (the watermark, see
+facts_watermark.py): deadlines are judged against that, never against a clock the facts
+consumer may lag behind. Then every active rollout is ticked, each on its own: one rollout whose
+tick fails (a newer writer's event it cannot fold, a database blip) is logged and counted but
+does not stop the others. The ticker's health turns red while a rollout keeps failing, naming it
+and why, or while the watermark cannot be read."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 
 import structlog
 
@@ -18,17 +22,24 @@ from sdv_events.supervision import Status
 log = structlog.get_logger("sdv.orchestrator.ticker")
 
 
+Watermark = Callable[[], Awaitable[datetime | None]]
+
+
 class Ticker:
     def __init__(
         self,
         active: Callable[[], Awaitable[list[str]]],
-        tick: Callable[[str], Awaitable[None]],
+        tick: Callable[[str, datetime | None], Awaitable[None]],
         *,
+        watermark: Watermark,
         every_s: float = 1.0,
         monotonic: Callable[[], float] = time.monotonic,
+        watermark_status: Callable[[], Status] | None = None,
     ) -> None:
         self.active = active
         self.tick = tick
+        self.watermark = watermark
+        self.watermark_status = watermark_status
         self.every_s = every_s
         self.monotonic = monotonic
         self.failing: dict[str, str] = {}  # rollout id → its last error, while it keeps failing
@@ -41,10 +52,12 @@ class Ticker:
             await sleep_or_stop(stop, self.every_s)
 
     async def round(self) -> None:
+        # Before listing: a fact handled after this sample is at worst not counted yet.
+        facts_until = await self.watermark()
         active = await self.active()
         for rollout_id in active:
             try:
-                await self.tick(rollout_id)
+                await self.tick(rollout_id, facts_until)
             except Exception as exc:
                 self.errors += 1
                 self.failing[rollout_id] = f"{type(exc).__name__}: {exc}"[:300]
@@ -63,4 +76,9 @@ class Ticker:
             rollout_id, error = next(iter(self.failing.items()))
             more = f" (and {len(self.failing) - 1} more)" if len(self.failing) > 1 else ""
             return Status(False, f"rollout {rollout_id} cannot be ticked: {error}{more}", detail)
+        if self.watermark_status is not None:
+            facts = self.watermark_status()
+            detail |= facts.detail
+            if not facts.healthy:
+                return Status(False, f"{facts.reason}: no device is timed out meanwhile", detail)
         return Status(True, "", detail)

@@ -1,7 +1,7 @@
 """A rollout plan as bounded events: a `RolloutPlanned` header, then `PreviousPackages`,
-`DevicesPlanned` and `DevicesExcluded` chunks, none over `CHUNK_BYTES` of encoded body whatever
-the fleet size (a single entry larger than that — a huge package description — is a chunk of
-its own: bounded by the package, not the fleet).
+`DevicesPlanned`, `DevicesOffline` and `DevicesExcluded` chunks, none over `CHUNK_BYTES` of
+encoded body whatever the fleet size (a single entry larger than that — a huge package
+description — is a chunk of its own: bounded by the package, not the fleet).
 
 Pure. Also expands a version 1 plan (`RolloutPlannedV1`, every device inline) into the same
 events, so the decider and the read models fold old and new histories with one code path.
@@ -18,8 +18,10 @@ import msgspec
 from sdv_events.schemas.packages import PackageInfo
 from sdv_events.schemas.rollouts import (
     DevicesExcluded,
+    DevicesOffline,
     DevicesPlanned,
     ExcludedDevice,
+    OfflineDevice,
     PlannedDevice,
     PreviousPackages,
     RolloutPlanned,
@@ -29,7 +31,7 @@ from sdv_events.schemas.rollouts import (
 CHUNK_BYTES = 32 * 1024  # encoded entries per chunk event (its body is this plus a few bytes)
 CHUNK_ENTRIES = 1000
 
-PlanEvent = RolloutPlanned | PreviousPackages | DevicesPlanned | DevicesExcluded
+PlanEvent = RolloutPlanned | PreviousPackages | DevicesPlanned | DevicesOffline | DevicesExcluded
 T = TypeVar("T")
 _enc = msgspec.json.Encoder()
 
@@ -57,26 +59,32 @@ def chunks(items: Iterable[T], *, budget: int | None = None,
 
 def plan_events(waves: Sequence[Sequence[str]], excluded: Mapping[str, str],
                 previous: Mapping[str, int], packages: Sequence[PackageInfo],
-                now: datetime) -> list[PlanEvent]:
+                now: datetime, offline: Sequence[str] = ()) -> list[PlanEvent]:
     """The plan's events. `previous`: device → index in `packages` (absent: not installed);
-    only packages some planned device points to are written, renumbered in order of use."""
+    only packages some planned device points to are written, renumbered in order of use.
+    `offline`: planned devices offline when planned."""
     table: dict[int, int] = {}  # index in `packages` → index in the written table
     planned: list[PlannedDevice] = []
+    away = set(offline)
+    offline_rows: list[OfflineDevice] = []
     for index, wave in enumerate(waves):
         for device_id in wave:
             ref = previous.get(device_id)
             if ref is not None:
                 ref = table.setdefault(ref, len(table))
             planned.append(PlannedDevice(device_id, index, ref))
+            if device_id in away:
+                offline_rows.append(OfflineDevice(device_id, index))
     used = [packages[i] for i in table]  # dicts keep insertion order: the written numbering
     events: list[PlanEvent] = [RolloutPlanned(
         devices=len(planned), waves=len(waves), excluded=len(excluded),
-        previous_packages=len(used), planned_at=now)]
+        previous_packages=len(used), planned_at=now, offline=len(offline_rows))]
     first = 0
     for part in chunks(used):
         events.append(PreviousPackages(first, part))
         first += len(part)
     events += [DevicesPlanned(n, part) for n, part in enumerate(chunks(planned))]
+    events += [DevicesOffline(n, part) for n, part in enumerate(chunks(offline_rows))]
     excluded_rows = (ExcludedDevice(d, why) for d, why in excluded.items())
     events += [DevicesExcluded(n, part) for n, part in enumerate(chunks(excluded_rows))]
     return events

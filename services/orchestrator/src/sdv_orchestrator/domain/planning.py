@@ -29,6 +29,7 @@ class DeviceFacts:
     # once resolved (None: not reported, or not resolved — then no signal is checked).
     catalog_digest: str | None = None
     catalog: Mapping[str, str] | None = None
+    online: bool = True  # the registry's presence (heartbeats): offline devices are planned last
 
 
 def wave_sizes(spec: Sequence[str], total: int) -> list[int]:

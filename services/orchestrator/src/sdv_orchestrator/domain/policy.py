@@ -71,7 +71,7 @@ def rollout_for_release(
     return CreateRolloutRequest(
         package=name, version=version, target=policy.target,
         strategy=policy.strategy, thresholds=policy.thresholds, timeouts=policy.timeouts,
-        auto_rollback=policy.auto_rollback, rollout_id=rollout_id,
+        auto_rollback=policy.auto_rollback, rollout_id=rollout_id, offline=policy.offline,
     )
 
 
@@ -86,4 +86,5 @@ def rollout_for_new_device(
         package=current.name, version=current.version, target=Target(device_ids=[device_id]),
         strategy=Strategy(kind="all-at-once"), thresholds=policy.thresholds,
         timeouts=policy.timeouts, auto_rollback=policy.auto_rollback, rollout_id=rollout_id,
+        offline=policy.offline,
     )

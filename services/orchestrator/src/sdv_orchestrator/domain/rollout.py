@@ -1,14 +1,26 @@
-"""The rollout aggregate (stream `rollout-<id>`): create → start (plan frozen) → waves → completed,
-or aborted (+ automatic rollback), paused/resumed, cancelled, rolled back by hand.
+"""The rollout aggregate (stream `rollout-<id>`): create (+ start: plan frozen) → waves →
+completed, or aborted (+ automatic rollback), paused/resumed, cancelled, rolled back by hand.
 
 Rules, in decide():
-- a device is targeted at most once per rollout; reports from devices not targeted, or already
-  counted, change nothing (agents may repeat themselves);
-- once a wave's failures (failed + timed out) exceed `thresholds.error` of the wave, the rollout
-  aborts in the same decision — never later, never silently;
-- a wave completes when every device reported and at least `thresholds.success` succeeded; the
-  next wave starts after `timeouts.soak_s` (on a later Tick) unless the rollout is paused;
-- a paused rollout still counts reports and still aborts, but starts nothing new.
+- a device is targeted at most once per rollout; reports from devices not targeted, already
+  counted, or about another version change nothing (agents may repeat themselves);
+- time is judged by when things happened: a report counts by its fact's occurrence time
+  against the device's deadline, give or take `tolerance_s` of clock skew (a fact that
+  happened later is a timeout, however early it arrives); a device is timed out only once
+  every fact that could still count has been handled (`Tick.facts_until`, the time up to which
+  the facts consumer has caught up), so an outage of the orchestrator, its database or the bus
+  never turns a success into a timeout;
+- a device offline (by the registry's heartbeats) at its deadline is skipped, waited for or
+  failed, as the rollout's `offline` option says; offline devices are planned after online ones;
+- once a wave's failures (failed + timed out) exceed `thresholds.error` of the devices counted
+  (skipped ones are not), the rollout aborts in the same decision — at the outcome that crossed
+  it, never later, never silently;
+- a wave completes when every device has an outcome and at least `thresholds.success` of the
+  counted ones succeeded; the next wave starts after `timeouts.soak_s` (on a later Tick) unless
+  the rollout is paused; a paused rollout still counts reports and still aborts, but starts
+  nothing new;
+- after a rollback every touched device is followed until it reports its previous version (or
+  the app removed when it had none) or its rollback deadline passes; then `RollbackCompleted`.
 Time comes in on the commands (`now`); `evolve` updates the state in place for speed (a 10,000
 device rollout folds tens of thousands of events), so the decider's initial state is a factory.
 No event grows with the fleet: the plan is a header and bounded chunks (domain/plan_events.py),
@@ -20,7 +32,7 @@ rolled back with a version 1 `RollbackStartedV1`, which read models built then u
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Literal
@@ -31,14 +43,22 @@ from sdv_events.decider import Decider
 from sdv_events.errors import DomainError
 from sdv_events.schemas.packages import PackageInfo
 from sdv_events.schemas.rollouts import (
+    DeviceBackOnline,
     DeviceFailed,
+    DeviceOffline,
+    DeviceRollbackUnconfirmed,
+    DeviceRolledBack,
     DevicesExcluded,
+    DevicesOffline,
     DevicesPlanned,
     DeviceSucceeded,
     DeviceTargeted,
     DeviceTimedOut,
+    OfflineOption,
+    OfflineOutcome,
     PreviousAssignment,
     PreviousPackages,
+    RollbackCompleted,
     RollbackStarted,
     RollbackStartedV1,
     RolloutAborted,
@@ -61,16 +81,32 @@ from sdv_orchestrator.domain.planning import plan_waves
 
 Status = Literal["none", "created", "running", "paused", "completed", "aborted", "cancelled",
                  "rolled_back"]
-DeviceStatus = Literal["targeted", "succeeded", "failed", "timed_out"]
+DeviceStatus = Literal["targeted", "waiting_offline", "succeeded", "already_current", "failed",
+                       "timed_out", "skipped_offline", "rolling_back", "rolled_back",
+                       "rollback_unconfirmed"]
+PENDING: frozenset[str] = frozenset({"targeted", "waiting_offline"})
+ALREADY_CURRENT = "already_current"
 RolloutEvent = (
-    RolloutCreated | RolloutPlanned | PreviousPackages | DevicesPlanned | DevicesExcluded
-    | WaveStarted | DeviceTargeted | DeviceSucceeded | DeviceFailed | DeviceTimedOut
-    | WaveCompleted | RolloutPaused | RolloutResumed | RolloutAborted | RollbackStarted
-    | RolloutCompleted | RolloutCancelled | RolloutPlannedV1 | RollbackStartedV1
+    RolloutCreated | RolloutPlanned | PreviousPackages | DevicesPlanned | DevicesOffline
+    | DevicesExcluded | WaveStarted | DeviceTargeted | DeviceSucceeded | DeviceFailed
+    | DeviceTimedOut | DeviceOffline | DeviceBackOnline | WaveCompleted | RolloutPaused
+    | RolloutResumed | RolloutAborted | RollbackStarted | DeviceRolledBack
+    | DeviceRollbackUnconfirmed | RollbackCompleted | RolloutCompleted | RolloutCancelled
+    | RolloutPlannedV1 | RollbackStartedV1
 )
+_OFFLINE_OUTCOME: dict[str, OfflineOutcome] = {"skip": "skipped", "wait": "waiting", "fail": "failed"}
 
 
 # --- commands -----------------------------------------------------------------------------------
+class StartRollout(msgspec.Struct, frozen=True, kw_only=True):
+    device_ids: list[str]  # eligible devices, resolved and filtered by the application
+    excluded: dict[str, str] = {}
+    previous_packages: list[PackageInfo] = []  # distinct packages the devices run now
+    previous: dict[str, int] = {}  # device → index in previous_packages (absent: not installed)
+    offline: list[str] = []  # eligible devices the registry shows offline: planned last
+    now: datetime
+
+
 class CreateRollout(msgspec.Struct, frozen=True, kw_only=True):
     rollout_id: str
     package: PackageInfo
@@ -79,16 +115,14 @@ class CreateRollout(msgspec.Struct, frozen=True, kw_only=True):
     thresholds: Thresholds = Thresholds()
     timeouts: Timeouts = Timeouts()
     auto_rollback: bool = True
+    offline: OfflineOption = "skip"
     now: datetime
     actor: str = ""
+    # Create and start in one decision (one append): a create that cannot start stores nothing.
+    plan: StartRollout | None = None
 
 
-class StartRollout(msgspec.Struct, frozen=True, kw_only=True):
-    device_ids: list[str]  # eligible devices, resolved and filtered by the application
-    excluded: dict[str, str] = {}
-    previous_packages: list[PackageInfo] = []  # distinct packages the devices run now
-    previous: dict[str, int] = {}  # device → index in previous_packages (absent: not installed)
-    now: datetime
+ReportKind = Literal["", "already_current", "uninstalled"]
 
 
 class Report(msgspec.Struct, frozen=True):
@@ -96,16 +130,26 @@ class Report(msgspec.Struct, frozen=True):
     ok: bool
     reason: str = ""
     fact_id: uuid.UUID | None = None  # the device's fact reporting it, recorded in the event
-    observed_at: datetime | None = None
+    observed_at: datetime | None = None  # when the device observed it (the fact's occurred_at)
+    digest: str | None = None  # the version the fact is about (None: the rollout's)
+    kind: ReportKind = ""
 
 
 class ReportDevices(msgspec.Struct, frozen=True):
     reports: list[Report]
     now: datetime
+    tolerance_s: float = 0.0  # clock skew allowed between a device and the orchestrator
 
 
 class Tick(msgspec.Struct, frozen=True):
     now: datetime
+    # Every device fact published before this time has been handled (None: `now`, for tests
+    # and tools; the service always says). Deadlines are judged against it, not against `now`.
+    facts_until: datetime | None = None
+    # What the registry says now about the devices the application asked for (True: online);
+    # a device not in it is judged by what was known when it was planned.
+    presence: Mapping[str, bool] = msgspec.field(default_factory=dict)
+    tolerance_s: float = 0.0
 
 
 class PauseRollout(msgspec.Struct, frozen=True):
@@ -139,10 +183,11 @@ class WaveCount:
     size: int
     succeeded: int = 0
     failed: int = 0
+    skipped: int = 0
 
     @property
     def pending(self) -> int:
-        return self.size - self.succeeded - self.failed
+        return self.size - self.succeeded - self.failed - self.skipped
 
 
 @dataclass
@@ -157,14 +202,28 @@ class RolloutState:
     current_wave: int = -1
     wave_completed_at: datetime | None = None
     counts: list[WaveCount] = field(default_factory=list)
-    devices: dict[str, tuple[int, DeviceStatus, datetime]] = field(default_factory=dict)
+    # device → (wave, status, deadline); the deadline is None while waiting for it offline.
+    devices: dict[str, tuple[int, DeviceStatus, datetime | None]] = field(default_factory=dict)
+    # Devices without an outcome yet that are known offline (when planned, or at their
+    # deadline), with their wave: "waiting: offline".
+    offline: dict[str, int] = field(default_factory=dict)
+    reasons: dict[str, str] = field(default_factory=dict)  # device → why (failed, rolled back)
+    already_current: int = 0
     paused_at: datetime | None = None
     rolled_back: bool = False
+    rollback_open: bool = False  # rolled back, devices still being followed
+    rolling_back: int = 0  # devices not yet accounted for by the rollback
+    rollback_ok: int = 0
+    rollback_unconfirmed: int = 0
     reason: str = ""  # why it was aborted, cancelled or rolled back
 
     @property
     def active(self) -> bool:
         return self.status in ("running", "paused")
+
+    def previous_package(self, device_id: str) -> PackageInfo | None:
+        ref = self.previous.get(device_id)
+        return None if ref is None else self.previous_packages[ref]
 
 
 def _invalid(message: str) -> DomainError:
@@ -174,14 +233,20 @@ def _invalid(message: str) -> DomainError:
 # --- decide -------------------------------------------------------------------------------------
 def decide(command: RolloutCommand, state: RolloutState) -> Sequence[RolloutEvent]:
     match command:
-        case CreateRollout():
-            return _create(command, state)
+        case CreateRollout(plan=plan):
+            created = _create(command, state)
+            if plan is None:
+                return created
+            if not created:
+                return _start(plan, state)  # a retry: start it if it is still only created
+            fresh = evolve(RolloutState(), created[0])
+            return [*created, *_start(plan, fresh)]
         case StartRollout():
             return _start(command, state)
-        case ReportDevices(reports=reports, now=now):
-            return _report(state, reports, now)
-        case Tick(now=now):
-            return _tick(state, now)
+        case ReportDevices(reports=reports, now=now, tolerance_s=tolerance):
+            return _report(state, reports, now, tolerance)
+        case Tick():
+            return _tick(state, command)
         case PauseRollout(now=now, reason=reason):
             if state.status == "paused":
                 return []
@@ -193,7 +258,7 @@ def decide(command: RolloutCommand, state: RolloutState) -> Sequence[RolloutEven
             _require(state, ("paused",), "resume")
             assert state.paused_at is not None
             resumed = RolloutResumed(now, (now - state.paused_at).total_seconds())
-            return [resumed, *_advance(state, now, resuming=True)]
+            return [resumed, *_advance(state, now, _Tally.of(state), resuming=True)]
         case CancelRollout(now=now, reason=reason):
             if state.status == "cancelled":
                 return []
@@ -217,7 +282,7 @@ def _require(state: RolloutState, allowed: tuple[str, ...], action: str) -> None
         raise DomainError(f"cannot {action} a rollout that is {state.status}", code="conflict")
 
 
-def _create(cmd: CreateRollout, state: RolloutState) -> Sequence[RolloutEvent]:
+def _create(cmd: CreateRollout, state: RolloutState) -> list[RolloutEvent]:
     if state.status != "none":
         if state.created is not None and state.created.package == cmd.package \
                 and state.created.target == cmd.target:
@@ -230,11 +295,13 @@ def _create(cmd: CreateRollout, state: RolloutState) -> Sequence[RolloutEvent]:
         raise _invalid("timeouts: device_s must be > 0 and soak_s >= 0")
     if bool(cmd.target.selector) == bool(cmd.target.device_ids):
         raise _invalid("target: give either a selector or a list of device ids")
+    if cmd.offline not in _OFFLINE_OUTCOME:
+        raise _invalid("offline: skip, wait or fail")
     plan_waves(["probe"], cmd.strategy)  # validates the strategy
     return [RolloutCreated(
         rollout_id=cmd.rollout_id, package=cmd.package, target=cmd.target, strategy=cmd.strategy,
         thresholds=t, timeouts=o, auto_rollback=cmd.auto_rollback, created_at=cmd.now,
-        created_by=cmd.actor,
+        created_by=cmd.actor, offline=cmd.offline,
     )]
 
 
@@ -243,14 +310,18 @@ def _start(cmd: StartRollout, state: RolloutState) -> Sequence[RolloutEvent]:
         return []  # already started: starting twice is harmless
     _require(state, ("created",), "start")
     assert state.created is not None
-    waves = plan_waves(cmd.device_ids, state.created.strategy)
+    away = set(cmd.offline)
+    # Offline devices last: the first waves judge the package on devices that can answer.
+    ordered = [d for d in cmd.device_ids if d not in away] + [d for d in cmd.device_ids if d in away]
+    waves = plan_waves(ordered, state.created.strategy)
     if not waves:
         raise DomainError(
             f"no eligible device for the target ({len(cmd.excluded)} excluded)", code="no_devices"
         )
     if any(not 0 <= i < len(cmd.previous_packages) for i in cmd.previous.values()):
         raise _invalid("previous: a device points outside previous_packages")
-    plan = plan_events(waves, cmd.excluded, cmd.previous, cmd.previous_packages, cmd.now)
+    offline = [d for d in ordered if d in away]
+    plan = plan_events(waves, cmd.excluded, cmd.previous, cmd.previous_packages, cmd.now, offline)
     return [*plan, *_start_wave(state.created, 0, waves[0], cmd.now)]
 
 
@@ -260,64 +331,148 @@ def _start_wave(created: RolloutCreated, index: int, wave: list[str], now: datet
             *(DeviceTargeted(device_id, index, deadline) for device_id in wave)]
 
 
-def _report(state: RolloutState, reports: Sequence[Report], now: datetime) -> Sequence[RolloutEvent]:
+@dataclass
+class _Tally:
+    """The current wave's counts, with the outcomes decided so far in this decision."""
+
+    index: int
+    size: int
+    succeeded: int
+    failed: int
+    skipped: int
+
+    @classmethod
+    def of(cls, state: RolloutState) -> _Tally:
+        c = state.counts[state.current_wave]
+        return cls(state.current_wave, c.size, c.succeeded, c.failed, c.skipped)
+
+    def count(self, event: RolloutEvent, wave: int) -> None:
+        if wave != self.index:
+            return
+        match event:
+            case DeviceSucceeded():
+                self.succeeded += 1
+            case DeviceFailed() | DeviceTimedOut() | DeviceOffline(outcome="failed"):
+                self.failed += 1
+            case DeviceOffline(outcome="skipped"):
+                self.skipped += 1
+
+    @property
+    def counted(self) -> int:
+        return self.size - self.skipped
+
+    @property
+    def decided(self) -> int:
+        return self.succeeded + self.failed + self.skipped
+
+
+def _report(state: RolloutState, reports: Sequence[Report], now: datetime,
+            tolerance_s: float) -> Sequence[RolloutEvent]:
+    if state.rollback_open:
+        return _report_rollback(state, reports, now)
     if not state.active:
         return []  # late reports after the end change nothing
+    assert state.created is not None
+    digest = state.created.package.digest
+    slack = timedelta(seconds=tolerance_s)
+    tally = _Tally.of(state)
     events: list[RolloutEvent] = []
     seen: set[str] = set()
     for report in reports:
-        entry = state.devices.get(report.device_id)
-        if entry is None or entry[1] != "targeted" or report.device_id in seen:
+        device_id = report.device_id
+        entry = state.devices.get(device_id)
+        if entry is None or entry[1] not in PENDING or device_id in seen:
             continue
-        seen.add(report.device_id)
-        wave = entry[0]
-        events.append(
-            DeviceSucceeded(report.device_id, wave, report.fact_id, report.observed_at) if report.ok
-            else DeviceFailed(report.device_id, wave, report.reason or "failed", report.fact_id,
-                              report.observed_at))
-    return [*events, *_advance(state, now, pending=events)]
+        if (report.digest or digest) != digest or report.kind == "uninstalled":
+            continue  # about another version (the one it ran before, say)
+        seen.add(device_id)
+        wave, _, deadline = entry
+        outcome: RolloutEvent
+        if deadline is not None and report.observed_at is not None \
+                and report.observed_at > deadline + slack:
+            outcome = DeviceTimedOut(device_id, wave, report.fact_id, report.observed_at)
+        elif report.ok:
+            outcome = DeviceSucceeded(device_id, wave, report.fact_id, report.observed_at,
+                                      ALREADY_CURRENT if report.kind == ALREADY_CURRENT else "")
+        else:
+            outcome = DeviceFailed(device_id, wave, report.reason or "failed", report.fact_id,
+                                   report.observed_at)
+        events.append(outcome)
+        tally.count(outcome, wave)
+        if abort := _abort_if_over(state, tally, now):
+            return [*events, *abort]
+    return [*events, *_advance(state, now, tally)]
 
 
-def _tick(state: RolloutState, now: datetime) -> Sequence[RolloutEvent]:
+def _tick(state: RolloutState, tick: Tick) -> Sequence[RolloutEvent]:
+    now = tick.now
+    judged = min(now, tick.facts_until or now) - timedelta(seconds=tick.tolerance_s)
+
+    def offline(device_id: str) -> bool:
+        return not tick.presence.get(device_id, device_id not in state.offline)
+
+    if state.rollback_open:
+        return _tick_rollback(state, judged, offline, now)
     if state.status != "running":
         return []
-    timed_out: list[RolloutEvent] = [
-        DeviceTimedOut(device_id, wave)
-        for device_id, (wave, status, deadline) in state.devices.items()
-        if status == "targeted" and deadline <= now
-    ]
-    return [*timed_out, *_advance(state, now, pending=timed_out)]
-
-
-def _advance(
-    state: RolloutState, now: datetime, pending: Sequence[RolloutEvent] = (), resuming: bool = False
-) -> list[RolloutEvent]:
-    """Thresholds of the current wave, counting `pending` (this decision's device outcomes)."""
     created = state.created
     assert created is not None
+    tally = _Tally.of(state)
+    events: list[RolloutEvent] = []
+    for device_id, (wave, status, deadline) in state.devices.items():
+        if status == "targeted" and deadline is not None and deadline <= judged:
+            outcome: RolloutEvent = (
+                DeviceOffline(device_id, wave, _OFFLINE_OUTCOME[created.offline], now)
+                if offline(device_id) else DeviceTimedOut(device_id, wave))
+            events.append(outcome)
+            tally.count(outcome, wave)
+            if abort := _abort_if_over(state, tally, now):
+                return [*events, *abort]
+        elif status == "waiting_offline" and not offline(device_id):
+            events.append(DeviceBackOnline(
+                device_id, wave, now + timedelta(seconds=created.timeouts.device_s)))
+    return [*events, *_advance(state, now, tally)]
+
+
+def _abort_if_over(state: RolloutState, tally: _Tally, now: datetime) -> list[RolloutEvent]:
+    """Abort (and roll back) once the wave's failures exceed the error threshold."""
+    created = state.created
+    assert created is not None
+    if tally.counted <= 0 or tally.failed / tally.counted <= created.thresholds.error:
+        return []
+    reason = (f"wave {tally.index + 1}: {tally.failed} of {tally.counted} devices failed, more "
+              f"than the {created.thresholds.error:.0%} error threshold")
+    return _abort(state, reason, now)
+
+
+def _abort(state: RolloutState, reason: str, now: datetime) -> list[RolloutEvent]:
+    assert state.created is not None
+    events: list[RolloutEvent] = [RolloutAborted(reason, state.current_wave, now)]
+    return [*events, _rollback(state, reason, now)] if state.created.auto_rollback else events
+
+
+def _advance(state: RolloutState, now: datetime, tally: _Tally,
+             resuming: bool = False) -> list[RolloutEvent]:
+    """Thresholds of the current wave as `tally` counts it (this decision's outcomes included)."""
+    created = state.created
+    assert created is not None
+    if abort := _abort_if_over(state, tally, now):
+        return abort
     index = state.current_wave
-    count = state.counts[index]
-    succeeded = count.succeeded + sum(isinstance(e, DeviceSucceeded) for e in pending)
-    failed = count.failed + sum(isinstance(e, DeviceFailed | DeviceTimedOut) for e in pending)
     t = created.thresholds
-    if failed / count.size > t.error:
-        reason = (f"wave {index + 1}: {failed} of {count.size} devices failed, more than the "
-                  f"{t.error:.0%} error threshold")
-        events: list[RolloutEvent] = [RolloutAborted(reason, index, now)]
-        return [*events, _rollback(state, reason, now)] if created.auto_rollback else events
     if state.wave_completed_at is None:
-        if succeeded + failed < count.size:
+        if tally.decided < tally.size:
             return []
-        if succeeded / count.size < t.success:
-            reason = (f"wave {index + 1}: {succeeded} of {count.size} devices succeeded, less than "
-                      f"the {t.success:.0%} success threshold")
-            events = [RolloutAborted(reason, index, now)]
-            return [*events, _rollback(state, reason, now)] if created.auto_rollback else events
-        completed = WaveCompleted(index, succeeded, failed, now)
+        if tally.counted > 0 and tally.succeeded / tally.counted < t.success:
+            return _abort(state, f"wave {index + 1}: {tally.succeeded} of {tally.counted} devices "
+                                 f"succeeded, less than the {t.success:.0%} success threshold", now)
+        completed = WaveCompleted(index, tally.succeeded, tally.failed, now, tally.skipped)
         if index == len(state.waves) - 1:
-            total_ok = sum(c.succeeded for c in state.counts[:index]) + succeeded
-            total_failed = sum(c.failed for c in state.counts[:index]) + failed
-            return [completed, RolloutCompleted(total_ok, total_failed, now)]
+            earlier = state.counts[:index]
+            return [completed, RolloutCompleted(
+                sum(c.succeeded for c in earlier) + tally.succeeded,
+                sum(c.failed for c in earlier) + tally.failed, now,
+                sum(c.skipped for c in earlier) + tally.skipped)]
         if created.timeouts.soak_s > 0 or (state.status == "paused" and not resuming):
             return [completed]
         return [completed, *_start_wave(created, index + 1, state.waves[index + 1], now)]
@@ -338,7 +493,118 @@ def _rollback(state: RolloutState, reason: str, now: datetime) -> RollbackStarte
     ], reason, now)
 
 
+def _report_rollback(state: RolloutState, reports: Sequence[Report],
+                     now: datetime) -> Sequence[RolloutEvent]:
+    """After a rollback: a device is back when it reports its previous version (healthy, or
+    already running it), or the app uninstalled when it had none before."""
+    assert state.created is not None
+    events: list[RolloutEvent] = []
+    seen: set[str] = set()
+    for report in reports:
+        device_id = report.device_id
+        entry = state.devices.get(device_id)
+        if entry is None or entry[1] != "rolling_back" or device_id in seen:
+            continue
+        previous = state.previous_package(device_id)
+        wave = entry[0]
+        outcome: RolloutEvent
+        if previous is not None and report.digest == previous.digest and report.kind != "uninstalled":
+            outcome = (DeviceRolledBack(device_id, wave, report.fact_id, report.observed_at)
+                       if report.ok else DeviceRollbackUnconfirmed(
+                           device_id, wave, f"its previous version failed: {report.reason}",
+                           report.fact_id, report.observed_at))
+        elif previous is None and report.kind == "uninstalled" \
+                and (report.digest or state.created.package.digest) == state.created.package.digest:
+            outcome = DeviceRolledBack(device_id, wave, report.fact_id, report.observed_at)
+        else:
+            continue
+        seen.add(device_id)
+        events.append(outcome)
+    return [*events, *_rollback_done(state, events, now)]
+
+
+def _tick_rollback(state: RolloutState, judged: datetime, offline: Callable[[str], bool],
+                   now: datetime) -> Sequence[RolloutEvent]:
+    events: list[RolloutEvent] = [
+        DeviceRollbackUnconfirmed(
+            device_id, wave, "offline at its rollback deadline" if offline(device_id)
+            else "no report of its previous version by its rollback deadline")
+        for device_id, (wave, status, deadline) in state.devices.items()
+        if status == "rolling_back" and deadline is not None and deadline <= judged
+    ]
+    return [*events, *_rollback_done(state, events, now)]
+
+
+def _rollback_done(state: RolloutState, outcomes: Sequence[RolloutEvent],
+                   now: datetime) -> list[RolloutEvent]:
+    if not outcomes or len(outcomes) < state.rolling_back:
+        return []
+    ok = state.rollback_ok + sum(isinstance(e, DeviceRolledBack) for e in outcomes)
+    return [RollbackCompleted(ok, state.rollback_ok + state.rollback_unconfirmed
+                              + len(outcomes) - ok, now)]
+
+
+# --- causation ----------------------------------------------------------------------------------
+_DEVICE_OUTCOMES = (DeviceSucceeded, DeviceFailed, DeviceTimedOut, DeviceOffline, DeviceBackOnline,
+                    DeviceRolledBack, DeviceRollbackUnconfirmed)
+
+
+def causes(events: Sequence[RolloutEvent]) -> list[int | str | None]:
+    """What caused each event of one decision: the device's fact (its event id) for an outcome
+    a fact reported; an earlier event of the same decision (its index) for what follows from it
+    — an abort from the outcome that crossed the threshold, a rollback from the abort, a wave's
+    end from the outcome that completed it, a device's targeting from its wave's start;
+    None for what the command itself caused (its own causation id: the operator's command,
+    the policy's event, the timer tick)."""
+    found: list[int | str | None] = []
+    last_outcome = last_wave = last_abort = last_completed = last_created = last_plan = None
+    for i, event in enumerate(events):
+        cause: int | str | None = None
+        match event:
+            case DeviceSucceeded(fact_id=f) | DeviceFailed(fact_id=f) | DeviceTimedOut(fact_id=f) \
+                    | DeviceRolledBack(fact_id=f) | DeviceRollbackUnconfirmed(fact_id=f):
+                cause = str(f) if f is not None else None
+            case RolloutAborted() | RollbackCompleted():
+                cause = last_outcome
+            case RollbackStarted() | RollbackStartedV1():
+                cause = last_abort
+            case WaveCompleted():
+                cause = last_outcome
+            case RolloutCompleted():
+                cause = last_completed
+            case WaveStarted():
+                cause = last_completed if last_completed is not None else last_plan
+            case DeviceTargeted():
+                cause = last_wave
+            case RolloutPlanned() | RolloutPlannedV1():
+                cause = last_created
+            case PreviousPackages() | DevicesPlanned() | DevicesOffline() | DevicesExcluded():
+                cause = last_plan
+        found.append(cause)
+        if isinstance(event, _DEVICE_OUTCOMES):
+            last_outcome = i
+        elif isinstance(event, WaveStarted):
+            last_wave = i
+        elif isinstance(event, RolloutAborted):
+            last_abort = i
+        elif isinstance(event, WaveCompleted):
+            last_completed = i
+        elif isinstance(event, RolloutCreated):
+            last_created = i
+        elif isinstance(event, RolloutPlanned | RolloutPlannedV1):
+            last_plan = i
+    return found
+
+
 # --- evolve (in place: see the module docstring) ------------------------------------------------
+def _settle(state: RolloutState, device_id: str, wave: int, status: DeviceStatus,
+            reason: str | None = None) -> None:
+    state.devices[device_id] = (wave, status, state.devices[device_id][2])
+    state.offline.pop(device_id, None)
+    if reason is not None:
+        state.reasons[device_id] = reason
+
+
 def evolve(state: RolloutState, event: RolloutEvent) -> RolloutState:
     match event:
         case RolloutCreated():
@@ -355,6 +621,8 @@ def evolve(state: RolloutState, event: RolloutEvent) -> RolloutState:
                 state.counts[d.wave].size += 1
                 if d.previous is not None:
                     state.previous[d.device_id] = d.previous
+        case DevicesOffline(devices=devices):
+            state.offline.update((d.device_id, d.wave) for d in devices)
         case DevicesExcluded(devices=devices):
             state.excluded.update((d.device_id, d.reason) for d in devices)
         case RolloutPlannedV1():
@@ -365,15 +633,32 @@ def evolve(state: RolloutState, event: RolloutEvent) -> RolloutState:
             state.current_wave, state.wave_completed_at = index, None
         case DeviceTargeted(device_id=device_id, wave=index, deadline=deadline):
             state.devices[device_id] = (index, "targeted", deadline)
-        case DeviceSucceeded(device_id=device_id, wave=index):
-            state.devices[device_id] = (index, "succeeded", state.devices[device_id][2])
+        case DeviceSucceeded(device_id=device_id, wave=index, reason=reason):
+            if reason == ALREADY_CURRENT:
+                _settle(state, device_id, index, "already_current")
+                state.already_current += 1
+            else:
+                _settle(state, device_id, index, "succeeded")
             state.counts[index].succeeded += 1
-        case DeviceFailed(device_id=device_id, wave=index):
-            state.devices[device_id] = (index, "failed", state.devices[device_id][2])
+        case DeviceFailed(device_id=device_id, wave=index, reason=reason):
+            _settle(state, device_id, index, "failed", reason)
             state.counts[index].failed += 1
-        case DeviceTimedOut(device_id=device_id, wave=index):
-            state.devices[device_id] = (index, "timed_out", state.devices[device_id][2])
+        case DeviceTimedOut(device_id=device_id, wave=index, observed_at=observed_at):
+            _settle(state, device_id, index, "timed_out", None if observed_at is None else
+                    f"reported after its deadline (at {observed_at.isoformat()})")
             state.counts[index].failed += 1
+        case DeviceOffline(device_id=device_id, wave=index, outcome="waiting"):
+            state.devices[device_id] = (index, "waiting_offline", None)
+            state.offline[device_id] = index
+        case DeviceOffline(device_id=device_id, wave=index, outcome="skipped"):
+            _settle(state, device_id, index, "skipped_offline", "offline at its deadline")
+            state.counts[index].skipped += 1
+        case DeviceOffline(device_id=device_id, wave=index):  # failed
+            _settle(state, device_id, index, "failed", "offline at its deadline")
+            state.counts[index].failed += 1
+        case DeviceBackOnline(device_id=device_id, wave=index, deadline=deadline):
+            state.devices[device_id] = (index, "targeted", deadline)
+            state.offline.pop(device_id, None)
         case WaveCompleted(at=at):
             state.wave_completed_at = at
         case RolloutPaused(at=at):
@@ -381,20 +666,45 @@ def evolve(state: RolloutState, event: RolloutEvent) -> RolloutState:
         case RolloutResumed(paused_for_s=paused_for):
             # Devices get their deadlines back: time spent paused does not count against them.
             shift = timedelta(seconds=paused_for)
-            for device_id, (index, status, deadline) in state.devices.items():
-                if status == "targeted":
-                    state.devices[device_id] = (index, status, deadline + shift)
+            for device_id, (index, status, due) in state.devices.items():
+                if status == "targeted" and due is not None:
+                    state.devices[device_id] = (index, status, due + shift)
             state.status, state.paused_at = "running", None
         case RolloutAborted(reason=reason):
             state.status, state.reason = "aborted", reason
-        case RollbackStarted(reason=reason) | RollbackStartedV1(reason=reason):
+        case RollbackStarted(reason=reason, at=at) | RollbackStartedV1(reason=reason, at=at):
             state.status, state.rolled_back = "rolled_back", True
             state.reason = state.reason or reason
+            _follow_rollback(state, at)
+        case DeviceRolledBack(device_id=device_id, wave=index):
+            state.devices[device_id] = (index, "rolled_back", None)
+            state.rolling_back -= 1
+            state.rollback_ok += 1
+        case DeviceRollbackUnconfirmed(device_id=device_id, wave=index, reason=reason):
+            state.devices[device_id] = (index, "rollback_unconfirmed", None)
+            state.reasons[device_id] = f"{state.reasons.get(device_id, '')}; {reason}".lstrip("; ")
+            state.rolling_back -= 1
+            state.rollback_unconfirmed += 1
+        case RollbackCompleted():
+            state.rollback_open = False
         case RolloutCompleted():
             state.status = "completed"
         case RolloutCancelled(reason=reason):
             state.status, state.reason = "cancelled", reason
     return state
+
+
+def _follow_rollback(state: RolloutState, at: datetime) -> None:
+    """Every targeted device goes back: follow each until its previous version reports."""
+    assert state.created is not None
+    deadline = at + timedelta(seconds=state.created.timeouts.device_s)
+    for device_id, (index, status, _) in state.devices.items():
+        before = state.reasons.get(device_id)
+        state.reasons[device_id] = f"was {status}" + (f": {before}" if before else "")
+        state.devices[device_id] = (index, "rolling_back", deadline)
+    state.offline.clear()
+    state.rolling_back = len(state.devices)
+    state.rollback_open = state.rolling_back > 0
 
 
 rollout_decider: Decider[RolloutCommand, RolloutEvent, RolloutState] = Decider(
