@@ -22,6 +22,9 @@ import pytest
 from sdv_events.schemas.deployment import DesiredApp
 
 FAST_RESTARTS = {"SDV_AGENT_RESTART_BASE_S": "0.1"}
+# Waits that include an agent process starting: seconds alone, but the 2-core machine running
+# these is often shared with other suites.
+START = 60.0
 # Exits with status 3 when it reads "exit" on its stdin; a ticker otherwise.
 EXITS_ON_REQUEST = """\
 import sys, threading, time
@@ -64,7 +67,7 @@ async def test_every_fact_of_an_upgrade_names_the_new_rollout(fleet: Any, harnes
     device = f"car-up-{'hot' if hot else 'cold'}"
     fleet.agent(device, **FAST_RESTARTS)
     await fleet.desire(device, 1, {"svc": entry(v1, "r1")})
-    await fleet.until_state(device, "svc", "RUNNING", healthy=True, version="1.0.0")
+    await fleet.until_state(device, "svc", "RUNNING", healthy=True, version="1.0.0", timeout=START)
     await fleet.fact(device, "AppHealthy", version="1.0.0")
 
     mark = len(fleet.facts)
@@ -98,7 +101,7 @@ async def test_a_tampered_upgrade_fails_its_own_rollout_at_once(fleet: Any, harn
     await fleet.put_artifact(v2.object_name, bytes(tampered))
     fleet.agent("car-tamper")
     await fleet.desire("car-tamper", 1, {"svc": entry(v1, "r1")})
-    before = await fleet.until_state("car-tamper", "svc", "RUNNING", healthy=True, version="1.0.0")
+    before = await fleet.until_state("car-tamper", "svc", "RUNNING", healthy=True, version="1.0.0", timeout=START)
 
     mark = len(fleet.facts)
     began = time.monotonic()
@@ -121,7 +124,7 @@ async def test_a_rollbacks_facts_name_the_rollout_that_rolled_back(fleet: Any, h
     v2 = await fleet.publish(harness.make_app(tmp_path, "svc", "2.0.0", harness.ticker_source("svc")))
     fleet.agent("car-rbk", **FAST_RESTARTS)
     await fleet.desire("car-rbk", 1, {"svc": entry(v1, "r1")})
-    await fleet.until_state("car-rbk", "svc", "RUNNING", healthy=True, version="1.0.0")
+    await fleet.until_state("car-rbk", "svc", "RUNNING", healthy=True, version="1.0.0", timeout=START)
     await fleet.desire("car-rbk", 2, {"svc": entry(v2, "r2")})
     await fleet.until_state("car-rbk", "svc", "RUNNING", healthy=True, version="2.0.0")
 
@@ -152,7 +155,7 @@ async def test_a_rollout_of_the_version_a_device_runs_is_answered_at_once(
     other = await fleet.publish(harness.make_app(tmp_path, "other", "1.0.0", harness.ticker_source("other")))
     agent = fleet.agent("car-cur", **FAST_RESTARTS)
     await fleet.desire("car-cur", 1, {"svc": entry(v1, "r1")})
-    before = await fleet.until_state("car-cur", "svc", "RUNNING", healthy=True, version="1.0.0")
+    before = await fleet.until_state("car-cur", "svc", "RUNNING", healthy=True, version="1.0.0", timeout=START)
     healthy = await fleet.fact("car-cur", "AppHealthy", version="1.0.0")
 
     mark = len(fleet.facts)
@@ -174,7 +177,7 @@ async def test_a_rollout_of_the_version_a_device_runs_is_answered_at_once(
     await fleet.fact("car-cur", "AppHealthy", app="other")
     agent.stop(signal.SIGKILL)
     agent.start()
-    await fleet.until(lambda: agent.log().count("re_adopted") >= 2, what="both apps re-adopted")
+    await fleet.until(lambda: agent.log().count("re_adopted") >= 2, what="both apps re-adopted", timeout=START)
     await asyncio.sleep(1.5)
     assert len(distinct(fleet, "car-cur", "AppAlreadyCurrent")) == 1
 
@@ -197,7 +200,7 @@ async def test_a_new_rollout_of_an_installed_but_stopped_version_starts_it(
     v1 = await fleet.publish(harness.make_app(tmp_path, "svc", "1.0.0", harness.ticker_source("svc")))
     fleet.agent("car-stp")
     await fleet.desire("car-stp", 1, {"svc": entry(v1, "r1")})
-    await fleet.until_state("car-stp", "svc", "RUNNING", healthy=True)
+    await fleet.until_state("car-stp", "svc", "RUNNING", healthy=True, timeout=START)
     await fleet.op("car-stp", "stop", {"app": "svc"})
     await fleet.until_state("car-stp", "svc", "STOPPED")
 
@@ -215,7 +218,7 @@ async def test_an_agent_restart_reports_no_outcome_twice(fleet: Any, harness: An
     device = f"car-once-{how.name.lower()}"
     agent = fleet.agent(device)
     await fleet.desire(device, 1, {"svc": entry(svc, "r1")})
-    await fleet.fact(device, "AppHealthy", app="svc")
+    await fleet.fact(device, "AppHealthy", app="svc", timeout=START)
     # A newer document for another app: the device's revision moves on, svc's cause does not.
     await fleet.desire(device, 2, {"svc": entry(svc, "r1"), "other": entry(other, "r2")})
     await fleet.fact(device, "AppHealthy", app="other")
@@ -223,7 +226,7 @@ async def test_an_agent_restart_reports_no_outcome_twice(fleet: Any, harness: An
     for restart in (1, 2):
         agent.stop(how)
         agent.start()
-        await fleet.until(lambda n=restart: agent.log().count("re_adopted") == 2 * n, what="both apps re-adopted")
+        await fleet.until(lambda n=restart: agent.log().count("re_adopted") == 2 * n, what="both apps re-adopted", timeout=START)
     await asyncio.sleep(2.0)  # more than the health check's alive_for: a re-check would have reported
     for app in ("svc", "other"):
         # A fact whose ack the killed agent never saw is sent again, under its own id (the
@@ -241,7 +244,7 @@ async def test_a_trial_version_that_died_while_the_agent_was_down_is_rolled_back
     v2 = await fleet.publish(harness.make_app(tmp_path, "svc", "2.0.0", harness.ticker_source("svc"), alive_for=30))
     agent = fleet.agent("car-trial", **FAST_RESTARTS)
     await fleet.desire("car-trial", 1, {"svc": entry(v1, "r1")})
-    await fleet.until_state("car-trial", "svc", "RUNNING", healthy=True, version="1.0.0")
+    await fleet.until_state("car-trial", "svc", "RUNNING", healthy=True, version="1.0.0", timeout=START)
     await fleet.desire("car-trial", 2, {"svc": entry(v2, "r2")})
     started = await fleet.fact("car-trial", "AppStarted", version="2.0.0")  # on trial for 30 s
 
@@ -249,7 +252,7 @@ async def test_a_trial_version_that_died_while_the_agent_was_down_is_rolled_back
     os.killpg(started.data.pid, signal.SIGKILL)  # dies while no agent runs
     await asyncio.sleep(0.3)
     agent.start()
-    failed = await fleet.fact("car-trial", "AppFailed", version="2.0.0")
+    failed = await fleet.fact("car-trial", "AppFailed", version="2.0.0", timeout=START)
     assert "killed by SIGKILL while no agent was running" in failed.data.reason
     assert (failed.data.stage, failed.data.rollout_id) == ("health", "r2")
     rolled = await fleet.fact("car-trial", "AppRolledBack", version="2.0.0")
@@ -268,7 +271,7 @@ async def test_an_app_that_exited_while_the_agent_was_down_counts_as_a_crash_wit
     pkg = await fleet.publish(harness.make_app(tmp_path, "quits", "1.0.0", EXITS_ON_REQUEST))
     agent = fleet.agent("car-quit", **FAST_RESTARTS)
     await fleet.desire("car-quit", 1, {"quits": entry(pkg, "r1")})
-    before = await fleet.until_state("car-quit", "quits", "RUNNING", healthy=True)
+    before = await fleet.until_state("car-quit", "quits", "RUNNING", healthy=True, timeout=START)
 
     agent.stop()
     pipe = agent.data_dir / "run" / "quits" / f"1.0.0-{pkg.digest[:12]}" / "stdin.pipe"
@@ -277,7 +280,7 @@ async def test_an_app_that_exited_while_the_agent_was_down_counts_as_a_crash_wit
     os.close(fd)
     await asyncio.sleep(0.5)
     agent.start()
-    after = await fleet.until(lambda: _restarted(fleet, "car-quit", before.pid), what="restarted")
+    after = await fleet.until(lambda: _restarted(fleet, "car-quit", before.pid), what="restarted", timeout=START)
     assert after.restarts == 1  # counted as a crash (backoff, crash-loop window)
     assert "exited with status 3 while no agent was running" in (after.last_error or "")
     assert "exiting with 3" in fleet.lines("car-quit", "quits")  # its last words were collected
@@ -296,7 +299,7 @@ async def test_crashes_recorded_before_a_reboot_do_not_make_a_crash_loop_after_i
     pkg = await fleet.publish(harness.make_app(tmp_path, "svc", "1.0.0", harness.ticker_source("svc")))
     agent = fleet.agent("car-boot", SDV_AGENT_RESTART_BASE_S="0.1", SDV_AGENT_CRASH_LOOP="3")
     await fleet.desire("car-boot", 1, {"svc": entry(pkg, "r1")})
-    await fleet.until_state("car-boot", "svc", "RUNNING", healthy=True)
+    await fleet.until_state("car-boot", "svc", "RUNNING", healthy=True, timeout=START)
     agent.stop()
     # Two crashes kept from before the reboot, as a monotonic clock read them then: that clock
     # had run for days; after the reboot it starts again near zero, below both.
@@ -309,8 +312,8 @@ async def test_crashes_recorded_before_a_reboot_do_not_make_a_crash_loop_after_i
     db.commit()
     db.close()
     agent.start()
-    running = await fleet.until_state("car-boot", "svc", "RUNNING", healthy=True)
-    await fleet.until(lambda: "re_adopted" in agent.log(), what="re-adoption")
+    running = await fleet.until_state("car-boot", "svc", "RUNNING", healthy=True, timeout=START)
+    await fleet.until(lambda: "re_adopted" in agent.log(), what="re-adoption", timeout=START)
 
     os.killpg(running.pid, signal.SIGKILL)  # one crash after the reboot: a restart, not a crash loop
     again = await fleet.until(lambda: _restarted(fleet, "car-boot", running.pid), what="restart")
@@ -330,7 +333,7 @@ async def test_simulated_devices_answer_a_rollout_of_the_version_they_run_at_onc
     for device in devices:
         await fleet.desire(device, 1, {"speed": entry(pkg, "r1")})
     for device in devices:
-        await fleet.until_state(device, "speed", "RUNNING", healthy=True, timeout=30)
+        await fleet.until_state(device, "speed", "RUNNING", healthy=True, timeout=START)
 
     took = {}
     for device in devices:
