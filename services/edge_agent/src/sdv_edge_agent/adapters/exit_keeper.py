@@ -31,7 +31,7 @@ STATUS_WAIT_S = 1.0  # from the app's end until its keeper has written the statu
 # argv: <argv fd> <report fd> <status fd>. The report is the app's pid, or "E<errno>" when the
 # app could not be executed; the status is the app's exit code (negative: killed by that signal).
 KEEPER = """\
-import marshal, os, signal, sys
+import _signal, marshal, os, sys  # _signal: `signal` would import enum, slower to start
 argv_fd, report_fd, status_fd = (int(a) for a in sys.argv[1:4])
 data = b""
 while chunk := os.read(argv_fd, 65536):
@@ -46,8 +46,8 @@ if pid == 0:
         os.close(report_fd)
         os.close(status_fd)
         os.setsid()
-        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-        signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
+        _signal.signal(_signal.SIGPIPE, _signal.SIG_DFL)  # Python ignores them: the app gets
+        _signal.signal(_signal.SIGXFSZ, _signal.SIG_DFL)  # the defaults, as any program would
         os.execve(argv[0], argv, env)
     except OSError as exc:
         os.write(w, b"%d" % (exc.errno or 0))
