@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import psutil
 import pytest
 
 from sdv_events.schemas.deployment import DesiredApp
@@ -244,7 +245,7 @@ async def test_a_trial_version_that_died_while_the_agent_was_down_is_rolled_back
     v2 = await fleet.publish(harness.make_app(tmp_path, "svc", "2.0.0", harness.ticker_source("svc"), alive_for=30))
     agent = fleet.agent("car-trial", **FAST_RESTARTS)
     await fleet.desire("car-trial", 1, {"svc": entry(v1, "r1")})
-    await fleet.until_state("car-trial", "svc", "RUNNING", healthy=True, version="1.0.0", timeout=START)
+    first = await fleet.until_state("car-trial", "svc", "RUNNING", healthy=True, version="1.0.0", timeout=START)
     await fleet.desire("car-trial", 2, {"svc": entry(v2, "r2")})
     started = await fleet.fact("car-trial", "AppStarted", version="2.0.0")  # on trial for 30 s
 
@@ -257,12 +258,46 @@ async def test_a_trial_version_that_died_while_the_agent_was_down_is_rolled_back
     assert (failed.data.stage, failed.data.rollout_id) == ("health", "r2")
     rolled = await fleet.fact("car-trial", "AppRolledBack", version="2.0.0")
     assert (rolled.data.to_version, rolled.data.rollout_id) == ("1.0.0", "r2")
-    rep = await fleet.until_state("car-trial", "svc", "RUNNING", healthy=True, version="1.0.0")
+    rep = await fleet.until(lambda: _restarted(fleet, "car-trial", first.pid), what="1.0.0 running again")
+    assert rep.version == "1.0.0"
     assert "killed by SIGKILL while no agent was running" in (rep.last_error or "")
     await asyncio.sleep(1.0)
     # Not started again (the start seen twice, if at all, is the same fact sent again: the killed
     # agent had no ack for it).
     assert len(distinct(fleet, "car-trial", "AppStarted", version="2.0.0")) == 1
+
+
+async def test_a_trial_version_that_ended_with_the_previous_boot_is_started_again_not_rolled_back(
+    fleet: Any, harness: Any, tmp_path: Path
+) -> None:
+    """A shutdown or power loss ends every process: not the app's doing. Simulated by a record
+    whose process started before this machine's boot time (its pid and start time, as a
+    previous boot would have left them)."""
+    v1 = await fleet.publish(harness.make_app(tmp_path, "svc", "1.0.0", harness.ticker_source("svc")))
+    v2 = await fleet.publish(harness.make_app(tmp_path, "svc", "2.0.0", harness.ticker_source("svc"), alive_for=3))
+    agent = fleet.agent("car-reboot", **FAST_RESTARTS)
+    await fleet.desire("car-reboot", 1, {"svc": entry(v1, "r1")})
+    await fleet.until_state("car-reboot", "svc", "RUNNING", healthy=True, version="1.0.0", timeout=START)
+    await fleet.desire("car-reboot", 2, {"svc": entry(v2, "r2")})
+    started = await fleet.fact("car-reboot", "AppStarted", version="2.0.0")
+
+    agent.stop(signal.SIGKILL)
+    os.killpg(started.data.pid, signal.SIGTERM)  # what a shutdown does
+    db = sqlite3.connect(agent.data_dir / "agent.db")
+    (raw,) = db.execute("SELECT record FROM apps WHERE name = 'svc'").fetchone()
+    record = msgspec.json.decode(raw)
+    assert record["on_trial"]
+    record["pid_started"] = psutil.boot_time() - 60.0
+    db.execute("UPDATE apps SET record = ? WHERE name = 'svc'", (msgspec.json.encode(record),))
+    db.commit()
+    db.close()
+    agent.start()
+    await fleet.until(lambda: len(distinct(fleet, "car-reboot", "AppStarted", version="2.0.0")) == 2,
+                      what="2.0.0 started again", timeout=START)
+    await fleet.fact("car-reboot", "AppHealthy", version="2.0.0", rollout_id="r2")
+    assert not fleet.find_facts("car-reboot", "AppFailed")
+    assert not fleet.find_facts("car-reboot", "AppRolledBack")
+    assert "process_ended_with_the_agent_or_the_machine" in agent.log()
 
 
 async def test_an_app_that_exited_while_the_agent_was_down_counts_as_a_crash_with_its_status(

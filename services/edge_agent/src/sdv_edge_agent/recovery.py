@@ -5,11 +5,14 @@ agent re-adopts a process that is still alive and its own, without checking its 
 it was healthy (so nothing it already reported is reported again). A process that ended while no
 agent ran is a crash like any other: its exit status (when the runtime kept it) goes into an
 `AppFailed` or a restart, counted by the crash-loop and rollback logic — a version on trial that
-died is rolled back, not silently started again.
+died is rolled back, not silently started again. A process that started before the machine last
+booted ended with the previous boot (a shutdown or a power loss, not the app's doing): it is
+started again, uncounted.
 """
 
 from __future__ import annotations
 
+import psutil
 import structlog
 
 from sdv_edge_agent.app_inbox import Vanished, describe_exit
@@ -59,9 +62,10 @@ async def recover(supervisor: AppSupervisor) -> None:
     sink = agent.lines_sink(record.name, key)
     leftover = runtime.follow_output(spec, None, agent.store.tail_offsets(key), sink)
     await leftover.finish()  # its last console lines
-    if not runtime.outlives_agent:
-        # Its processes end with the agent (simulation): nothing happened to the app; start it again.
-        app_log.info("process_ended_with_the_agent")
+    if not runtime.outlives_agent or record.pid_started < psutil.boot_time():
+        # Its processes end with the agent (simulation) or the machine (it booted since): nothing
+        # happened to the app itself; reconcile starts it again.
+        app_log.info("process_ended_with_the_agent_or_the_machine", status=code)
         record.pid = record.pid_started = None
         supervisor.save()
         return

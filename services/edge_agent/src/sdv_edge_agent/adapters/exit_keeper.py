@@ -38,6 +38,10 @@ while chunk := os.read(argv_fd, 65536):
     data += chunk
 os.close(argv_fd)
 argv, env = marshal.loads(data)
+# The keeper outlives a SIGTERM meant for everything (a service manager's stop): it ends when
+# the app has ended and its status is written. The app gets every default back.
+for sig in (_signal.SIGTERM, _signal.SIGINT, _signal.SIGHUP):
+    _signal.signal(sig, _signal.SIG_IGN)
 r, w = os.pipe()
 pid = os.fork()
 if pid == 0:
@@ -46,8 +50,8 @@ if pid == 0:
         os.close(report_fd)
         os.close(status_fd)
         os.setsid()
-        _signal.signal(_signal.SIGPIPE, _signal.SIG_DFL)  # Python ignores them: the app gets
-        _signal.signal(_signal.SIGXFSZ, _signal.SIG_DFL)  # the defaults, as any program would
+        for sig in (_signal.SIGTERM, _signal.SIGINT, _signal.SIGHUP, _signal.SIGPIPE, _signal.SIGXFSZ):
+            _signal.signal(sig, _signal.SIG_DFL)  # SIGPIPE, SIGXFSZ: Python ignores them
         os.execve(argv[0], argv, env)
     except OSError as exc:
         os.write(w, b"%d" % (exc.errno or 0))
