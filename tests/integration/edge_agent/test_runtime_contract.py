@@ -203,13 +203,30 @@ async def test_adopt_recognises_its_own_process_and_refuses_a_stranger(runtime: 
     assert adopted.alive()
     assert runtime.adopt(s, proc.pid, proc.started + 1.0) is None  # same pid, another process
     assert runtime.adopt(s, os.getpid(), 0.0) is None
-    # An adopted process's end is seen too. Its status may be unknown (a native process adopted
-    # is not the agent's child); a container engine knows it.
+    # An adopted process's end is seen too, with its status (a native app's exit keeper or the
+    # container engine kept it, though the adopting agent is not the process's parent).
     adopted_wait = asyncio.create_task(adopted.wait())
     os.killpg(proc.pid, signal.SIGKILL)
     assert await asyncio.wait_for(proc.wait(), 3) == -signal.SIGKILL
-    assert await asyncio.wait_for(adopted_wait, 3) in (None, -signal.SIGKILL)
+    assert await asyncio.wait_for(adopted_wait, 3) == -signal.SIGKILL
     assert not runtime.kill_orphan(proc.pid, proc.started)
+
+
+async def test_the_status_of_a_process_that_ended_while_no_agent_watched_is_kept(
+    runtime: Runtime, tmp_path: Path
+) -> None:
+    s = spec(tmp_path, "import sys, time\ntime.sleep(0.3)\nsys.exit(3)\n")
+    proc = await runtime.start(s)
+    assert runtime.outlives_agent
+    assert runtime.last_exit(s) is None  # still running
+    await until(lambda: not proc.alive(), timeout=10.0)  # nobody waits for it
+    await until(lambda: runtime.last_exit(s) is not None, timeout=3.0)
+    assert runtime.last_exit(s) == 3
+    killed = await runtime.start(s)  # a new run of the version forgets the last one's status
+    assert runtime.last_exit(s) is None
+    os.killpg(killed.pid, signal.SIGKILL)
+    await until(lambda: runtime.last_exit(s) is not None, timeout=3.0)
+    assert runtime.last_exit(s) == -signal.SIGKILL
 
 
 async def test_output_resumes_from_saved_offsets_without_repeats(runtime: Runtime, tmp_path: Path) -> None:

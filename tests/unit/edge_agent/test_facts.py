@@ -23,6 +23,17 @@ def test_same_fact_same_id_and_each_field_matters() -> None:
     assert len(others) == 6
 
 
+def test_a_runs_facts_are_identified_by_the_run_never_by_a_count_of_reports() -> None:
+    """The same run reports its start or health under one id however often it is said (an agent
+    restart re-adopting it says it again: the stream drops it); another run is another fact, and
+    a run number never meets an occurrence count."""
+    run = fact_msg_id("car-1", "a", DIGEST, 7, "agent.AppHealthy.v1", run=3)
+    assert run == f"car-1:a:{DIGEST[:16]}:7:AppHealthy:run3"
+    assert run == fact_msg_id("car-1", "a", DIGEST, 7, "agent.AppHealthy.v1", occurrence=5, run=3)
+    assert run != fact_msg_id("car-1", "a", DIGEST, 7, "agent.AppHealthy.v1", run=4)
+    assert run != fact_msg_id("car-1", "a", DIGEST, 7, "agent.AppHealthy.v1", occurrence=3)
+
+
 def test_event_id_is_derived_from_the_msg_id() -> None:
     msg_id = fact_msg_id("car-1", "a", DIGEST, 1, "agent.AppInstalled.v1")
     assert fact_event_id(msg_id) == fact_event_id(msg_id)

@@ -34,3 +34,18 @@ def test_the_nth_crash_within_the_window_is_a_crash_loop() -> None:
 def test_old_crashes_fall_out_of_the_window_and_the_backoff_resets() -> None:
     decision = after_crash(POLICY, (0.0, 1.0, 2.0, 3.0), 100.0)
     assert decision == Restart(0.5, (100.0,))
+
+
+def test_crash_times_after_now_are_dropped_not_counted_as_recent() -> None:
+    """After a reboot a monotonic clock starts again near zero: crash times kept from before it
+    (or from a wall clock set back) lie in the future and must not make a crash loop."""
+    before_reboot = (500_000.0, 500_010.0, 500_020.0, 500_030.0)
+    decision = after_crash(POLICY, before_reboot, 42.0)
+    assert decision == Restart(0.5, (42.0,))
+
+
+def test_wall_clock_crash_times_from_before_a_reboot_count_while_recent() -> None:
+    now = 1_800_000_000.0
+    decision = after_crash(POLICY, (now - 30, now - 20, now - 10, now - 3600), now)
+    assert decision == Restart(4.0, (now - 30, now - 20, now - 10, now))
+    assert isinstance(after_crash(POLICY, (now - 40, now - 30, now - 20, now - 10), now), CrashLoop)

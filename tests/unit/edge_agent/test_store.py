@@ -18,8 +18,9 @@ PKG = PackageInfo(name="a", version="1.0.0", digest="d" * 64, size=1, object_nam
 def test_records_and_desired_state_survive_a_reopen(tmp_path: Path) -> None:
     store = AgentStore(tmp_path / "agent.db")
     record = AppRecord(name="a", state=AppState.PAUSED, package=PKG, previous=PKG, config={"K": "v"},
-                       rollout_id="r1", healthy=True, restarts=2, crashes=(1.0, 2.0), held="paused",
-                       pid=42, pid_started=123.5, candidate=(43, 124.0))
+                       rollout_id="r1", revision=6, healthy=True, healthy_at=1_800_000_000.5, restarts=2,
+                       crashes=(1.0, 2.0), runs=4, held="paused", pid=42, pid_started=123.5,
+                       candidate=(43, 124.0))
     store.save_app(record)
     store.save_desired(DesiredState(device_id="car", revision=7, apps={"a": DesiredApp(package=PKG)}))
     store.close()

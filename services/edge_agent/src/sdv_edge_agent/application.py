@@ -25,7 +25,9 @@ from sdv_edge_agent.adapters import sandbox
 from sdv_edge_agent.adapters.middleware import DEFAULT_MQTT, vehicle_env
 from sdv_edge_agent.adapters.packages import InstalledVersion, Installer
 from sdv_edge_agent.adapters.store import AgentStore
+from sdv_edge_agent.app_inbox import OpRequest, Poke
 from sdv_edge_agent.domain.admission import admission_problem, valid_app_name
+from sdv_edge_agent.domain.attribution import Cause, entry_causes
 from sdv_edge_agent.domain.records import AppRecord
 from sdv_edge_agent.domain.restarts import RestartPolicy
 from sdv_edge_agent.ports import (
@@ -39,7 +41,8 @@ from sdv_edge_agent.ports import (
     Sandbox,
 )
 from sdv_edge_agent.projections import reported_state
-from sdv_edge_agent.supervisor import AppSupervisor, OpRefused, OpRequest, Poke
+from sdv_edge_agent.recovery import recover
+from sdv_edge_agent.supervisor import AppSupervisor, OpRefused
 from sdv_events.desired_signing import DesiredVerifier, UntrustedDesired
 from sdv_events.package_format import sha256_hex
 from sdv_events.schemas.agent import AppFact, AppFailed, DesiredRefused
@@ -58,6 +61,7 @@ class Refusal(msgspec.Struct, frozen=True):
 
 
 REFUSED_META = "refused"
+CAUSES_META = "causes"
 
 
 class RuntimeUnavailable(OSError):
@@ -65,7 +69,7 @@ class RuntimeUnavailable(OSError):
 
 
 class Facts(Protocol):
-    def emit(self, fact: AppFact | DesiredRefused, occurrence: int = 0) -> bool: ...
+    def emit(self, fact: AppFact | DesiredRefused, occurrence: int = 0, run: int | None = None) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -114,6 +118,8 @@ class Agent:
         self._health_command = health_command or self.run_health_process
         self.python_version = installer.python_version
         self.desired: DesiredState | None = None
+        # What caused each desired entry (rollout, revision): what the app's facts carry.
+        self.causes: dict[str, Cause] = {}
         # Desired entries refused at admission (key → why), reported as FAILED; see on_desired.
         self.refused: dict[str, Refusal] = {}
         # The desired document refused last (why, and the sha256 of its bytes), until one is
@@ -131,9 +137,12 @@ class Agent:
         raw = self.store.get_meta(REFUSED_META)
         if raw is not None:
             self.refused = msgspec.json.decode(raw, type=dict[str, Refusal])
+        raw = self.store.get_meta(CAUSES_META)
+        if raw is not None:
+            self.causes = msgspec.json.decode(raw, type=dict[str, Cause])
         for record in self.store.load_apps():
             supervisor = self._supervisor(record.name, record)
-            await supervisor.recover()
+            await recover(supervisor)
         for supervisor in self.supervisors.values():
             supervisor.post(Poke())
         self._tasks.append(asyncio.create_task(self._monitor()))
@@ -183,6 +192,14 @@ class Agent:
         app = self.desired_app(name)
         return app.rollout_id if app else None
 
+    def cause_of(self, name: str) -> Cause | None:
+        """The rollout and revision that caused the app's desired entry (None: no entry)."""
+        app = self.desired_app(name)
+        if app is None:
+            return None
+        # A document accepted before causes were kept: its entries date from its revision.
+        return self.causes.get(name) or Cause(app.rollout_id, self.revision)
+
     def receive_desired(self, raw: bytes) -> None:
         """The value of this device's desired key, as read from KV: acted on only if the
         orchestrator key this agent pins signed it, for this device, with a revision not older
@@ -223,8 +240,10 @@ class Agent:
         old = self.desired
         self.desired_refused = self._refused_digest = None
         desired = self._admit(desired, old)
+        self.causes = entry_causes(old, desired, self.causes)
         self.desired = desired
         self.store.save_desired(desired)
+        self.store.set_meta(CAUSES_META, msgspec.json.encode(self.causes))
         log.info("desired_state", revision=desired.revision, apps=sorted(desired.apps))
         for name in set(desired.apps) | set(self.supervisors):
             supervisor = self._supervisor(name)
@@ -460,19 +479,22 @@ class Agent:
 
 
 class RepeatCounting:
-    """Facts that may truly happen more than once per (app, digest, revision) — starts, pauses,
-    failures — get an occurrence number from a persisted counter; install and uninstall facts are
-    once-only, so re-running an interrupted step after an agent crash reports nothing twice."""
+    """Facts that may truly happen more than once per (app, digest, revision) — pauses, stops,
+    refusals — get an occurrence number from a persisted counter; install, uninstall and
+    already-current facts are once-only, so re-running an interrupted step after an agent crash
+    reports nothing twice. A fact about one run of the app (its start, health, failure) comes
+    with that run's number, so the same run reports each of them once, whatever restarts."""
 
-    ONCE = frozenset({"AppDownloadStarted", "AppInstalled", "AppUninstalled"})
+    ONCE = frozenset({"AppDownloadStarted", "AppInstalled", "AppUninstalled", "AppAlreadyCurrent"})
 
     def __init__(self, inner: Facts, store: AgentStore) -> None:
         self.inner = inner
         self.store = store
 
-    def emit(self, fact: AppFact | DesiredRefused, occurrence: int = 0) -> bool:
+    def emit(self, fact: AppFact | DesiredRefused, run: int | None = None) -> bool:
         kind = type(fact).__name__
-        if isinstance(fact, AppFact) and kind not in self.ONCE:
+        occurrence = 0
+        if run is None and isinstance(fact, AppFact) and kind not in self.ONCE:
             key = f"occ:{fact.app}:{fact.digest[:16]}:{fact.desired_revision}:{kind}"
             occurrence = self.store.next_counter(key) - 1
-        return self.inner.emit(fact, occurrence)
+        return self.inner.emit(fact, occurrence, run)

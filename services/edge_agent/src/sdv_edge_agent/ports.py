@@ -95,6 +95,9 @@ class RunsCommands(Protocol):
 class Runtime(Protocol):
     name: str
     limits: str  # how memory/cpu limits are enforced here, for people
+    # Whether an app's process outlives the agent (the next agent run re-adopts it): then one
+    # found gone at start ended while no agent ran, which is a crash to report.
+    outlives_agent: bool
 
     async def prepare(self, package: PackageInfo, app_dir: Path) -> None:
         """Make an installed version runnable (build its container image, say): at install time,
@@ -117,6 +120,11 @@ class Runtime(Protocol):
 
     def kill_orphan(self, pid: int, started: float) -> bool:
         """Kill a process of an earlier agent run (if it is still that process); True if killed."""
+        ...
+
+    def last_exit(self, spec: RunSpec) -> int | None:
+        """The exit status of the version's last process, which ended while no agent watched
+        (negative: killed by that signal), if the runtime kept it; None if unknown."""
         ...
 
     def usage(self, process: Process) -> Usage | None: ...

@@ -13,20 +13,32 @@ before the supervisor moves on, and is reported (facts and reported state).
 from __future__ import annotations
 
 import asyncio
-import signal
 import time
-from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from sdv_edge_agent.adapters.cancel import reraise_if_cancelling
 from sdv_edge_agent.adapters.packages import InstalledVersion, InstallError
+from sdv_edge_agent.app_inbox import (
+    Exited,
+    HealthResult,
+    Instance,
+    Message,
+    OpRequest,
+    Poke,
+    RestartDue,
+    Vanished,
+    describe_exit,
+)
 from sdv_edge_agent.domain.admission import is_downgrade
+from sdv_edge_agent.domain.attribution import already_current
 from sdv_edge_agent.domain.lifecycle import LIVE, AppState, transition
 from sdv_edge_agent.domain.reconcile import (
     Idle,
     Install,
+    LocalApp,
     Pause,
     Resume,
     Start,
@@ -38,9 +50,10 @@ from sdv_edge_agent.domain.reconcile import (
 )
 from sdv_edge_agent.domain.records import AppRecord
 from sdv_edge_agent.domain.restarts import CrashLoop, after_crash
-from sdv_edge_agent.ports import OutputFollower, Process, RunSpec, Usage
+from sdv_edge_agent.ports import Process, RunSpec
 from sdv_events.errors import DomainError
 from sdv_events.schemas.agent import (
+    AppAlreadyCurrent,
     AppDownloadStarted,
     AppFact,
     AppFailed,
@@ -53,6 +66,7 @@ from sdv_events.schemas.agent import (
     AppStopped,
     AppUninstalled,
 )
+from sdv_events.schemas.deployment import DesiredApp
 from sdv_events.schemas.packages import PackageInfo
 
 if TYPE_CHECKING:
@@ -61,74 +75,6 @@ if TYPE_CHECKING:
 S = AppState
 log = structlog.get_logger("sdv.agent.app")
 MB = 1024 * 1024
-
-
-@dataclass(eq=False)
-class Instance:
-    """One process of one version of the app."""
-
-    package: PackageInfo
-    installed: InstalledVersion
-    spec: RunSpec
-    process: Process
-    follower: OutputFollower
-    healthy: bool = False
-    stopping: bool = False  # an intended stop: its exit is not a crash
-    kill_reason: str | None = None
-    usage: Usage | None = None
-    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
-
-    def cancel_tasks(self) -> None:
-        for task in self.tasks:
-            if task is not asyncio.current_task():
-                task.cancel()
-
-
-# --- inbox messages --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Poke:
-    """The desired state may have changed: reconcile."""
-
-
-@dataclass(frozen=True, eq=False)
-class Exited:
-    instance: Instance
-    code: int | None
-
-
-@dataclass(frozen=True, eq=False)
-class HealthResult:
-    instance: Instance
-    ok: bool
-    reason: str = ""
-
-
-@dataclass(frozen=True)
-class RestartDue:
-    generation: int
-
-
-@dataclass(frozen=True, eq=False)
-class OpRequest:
-    op: str
-    data: bytes
-    reply: asyncio.Future[AppRecord]
-
-
-Message = Poke | Exited | HealthResult | RestartDue | OpRequest
-
-
-def describe_exit(code: int | None) -> str:
-    if code is None:
-        return "exited (status unknown: the process was adopted from an earlier agent run)"
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exited with status {code}"
 
 
 class AppSupervisor:
@@ -142,6 +88,9 @@ class AppSupervisor:
         self.restart_pending = False
         self.install_not_before = 0.0  # after a transient download failure: wait, then retry
         self.install_retries = 0
+        # A new rollout's id until a fact answers it: reconcile reports it already current or
+        # a step's facts do.
+        self.unanswered: str | None = None
         self.inbox: asyncio.Queue[Message] = asyncio.Queue()
         self.log = log.bind(app=self.name)
 
@@ -177,6 +126,9 @@ class AppSupervisor:
                     self.restart_pending = False
                     if self.record.state is S.STARTING and self.instance is None:
                         await self._spawn()
+            case Vanished(reason):
+                if self.record.package is not None and self.instance is None:
+                    await self._crashed(self.record.package, reason, self.record.healthy, self.record.runs)
             case OpRequest():
                 try:
                     await self._op(message.op, message.data)
@@ -193,11 +145,16 @@ class AppSupervisor:
         for _ in range(20):  # a bound, not a limit a healthy reconcile gets near
             if self.candidate is not None:
                 return  # a hot swap is in flight; its health result decides what comes next
-            step = next_step(self.agent.desired_app(self.name), self.record.local_view(self._alive()))
+            self._adopt_cause()
+            desired, local = self.agent.desired_app(self.name), self.record.local_view(self._alive())
+            step = next_step(desired, local)
             if isinstance(step, Idle):
+                self._answer_if_current(desired, local)
                 return
-            if isinstance(step, Install | Upgrade | Start) and time.monotonic() < self.install_not_before:
-                return  # a delayed Poke comes when it is time to try again
+            if isinstance(step, Install | Upgrade | Start):
+                if time.monotonic() < self.install_not_before:
+                    return  # a delayed Poke comes when it is time to try again
+                self.unanswered = None  # the step's facts answer the rollout
             self.log.debug("step", step=type(step).__name__)
             await self._take(step)
         self.log.error("reconcile_not_converging", state=self.record.state)
@@ -226,35 +183,53 @@ class AppSupervisor:
         shown = self.record.shown
         self.log.info("state", state=target.value, version=shown.version if shown else None)
 
-    def _save(self) -> None:
+    def save(self) -> None:
         self.agent.store.save_app(self.record)
         self.agent.changed()
 
-    def _emit(self, cls: type[AppFact], package: PackageInfo | None = None, **fields: Any) -> None:
+    def _emit(self, cls: type[AppFact], package: PackageInfo | None = None, run: int | None = None,
+              **fields: Any) -> None:
+        """A fact about `package` (default: the version shown), naming the cause the record
+        adopted (domain/attribution.py); `run`: the run it is about (its identity)."""
         package = package or self.record.shown
         if package is None:
             return
         fact = cls(
             device_id=self.agent.device_id, app=self.name, version=package.version,
-            digest=package.digest, desired_revision=self.agent.revision,
-            rollout_id=self._rollout_for(package), **fields,
+            digest=package.digest, desired_revision=self.record.revision or self.agent.revision,
+            rollout_id=self.record.rollout_id, **fields,
         )
-        self.agent.facts.emit(fact)
+        self.agent.facts.emit(fact, run)
 
-    def _rollout_for(self, package: PackageInfo) -> str | None:
-        """A fact about the version the desired entry asks for belongs to that entry's rollout
-        (an upgrade refused before it was adopted still fails *its* rollout at once); facts about
-        the version that runs keep the rollout that put it there."""
-        desired = self.agent.desired_app(self.name)
-        if desired is not None and desired.package.digest == package.digest:
-            return desired.rollout_id
-        return self.record.rollout_id
+    def _adopt_cause(self) -> None:
+        """Before acting on a desired entry: its facts name its rollout from now on."""
+        cause = self.agent.cause_of(self.name)
+        if cause is None or (cause.rollout_id, cause.revision) == self.record.cause:
+            return
+        if cause.rollout_id not in (None, self.record.rollout_id):
+            self.unanswered = cause.rollout_id
+        self.record.rollout_id, self.record.revision = cause.rollout_id, cause.revision
+        self.save()
 
-    def _adopt_desired_fields(self) -> None:
+    def _answer_if_current(self, desired: DesiredApp | None, local: LocalApp) -> None:
+        """A new rollout of the version that runs here, healthy: it is answered at once."""
+        if self.unanswered is None or desired is None:
+            return
+        self.unanswered = None
+        if already_current(desired, local, self.record.healthy):
+            at = self.record.healthy_at
+            self._emit(AppAlreadyCurrent, since=datetime.fromtimestamp(at, UTC).isoformat() if at else None)
+            self.log.info("already_current", rollout_id=self.record.rollout_id)
+
+    def _adopt_config(self) -> None:
         desired = self.agent.desired_app(self.name)
         if desired is not None:
             self.record.config = dict(desired.config)
-            self.record.rollout_id = desired.rollout_id
+
+    def _failed_here(self, package: PackageInfo) -> None:
+        """This version is not tried again for the desired entry's rollout."""
+        self.record.failed_digest = package.digest
+        self.record.failed_rollout = self.agent.desired_rollout(self.name)
 
     # --- install / upgrade -----------------------------------------------------------------------
 
@@ -285,7 +260,7 @@ class AppSupervisor:
         delay = min(60.0, 2.0 ** min(self.install_retries, 6))
         self.install_not_before = time.monotonic() + delay
         self.record.last_error = f"{err.stage}: {err.message} (retrying in {delay:.0f}s)"
-        self._save()
+        self.save()
         self.log.info("download_retry", reason=err.message, delay_s=delay)
         asyncio.get_running_loop().call_later(delay, self.post, Poke())
 
@@ -299,23 +274,23 @@ class AppSupervisor:
             return False
         self._refuse(package, f"{package.version} is older than the active {active.version}: a downgrade "
                               "needs the orchestrator's rollback flag", "verify")
-        self._save()
+        self.save()
         return True
 
-    def _refuse(self, package: PackageInfo, err: InstallError | str, stage: str) -> None:
+    def _refuse(self, package: PackageInfo, err: InstallError | str, stage: str,
+                run: int | None = None) -> None:
         reason = err.message if isinstance(err, InstallError) else err
-        self.record.failed_digest = package.digest
-        self.record.failed_rollout = self.agent.desired_rollout(self.name)
+        self._failed_here(package)
         self.record.last_error = f"{package.version}: {stage}: {reason}"
-        self._emit(AppFailed, package, reason=reason, stage=stage)
+        self._emit(AppFailed, package, run, reason=reason, stage=stage)
         self.log.warning("version_refused", version=package.version, stage=stage, reason=reason)
 
     async def _install(self, package: PackageInfo) -> None:
         self.record.attempt = package
         if self.record.state is not S.INSTALLING:
             self._move(S.INSTALLING)
-        self._adopt_desired_fields()
-        self._save()
+        self._adopt_config()
+        self.save()
         try:
             await self._fetch_and_install(package)
         except InstallError as err:
@@ -324,14 +299,14 @@ class AppSupervisor:
                 return
             self._move(S.FAILED)
             self._refuse(package, err, err.stage)
-            self._save()
+            self.save()
             return
         self.install_retries = 0
         self.record.package, self.record.attempt = package, None
         self.record.restarts, self.record.crashes, self.record.healthy = 0, (), False
         self._move(S.INSTALLED)
         self._emit(AppInstalled, package)
-        self._save()
+        self.save()
 
     async def _cold_upgrade(self, package: PackageInfo) -> None:
         """Prepare the new version while the old one still runs; a version that fails to download
@@ -345,7 +320,7 @@ class AppSupervisor:
                 self._retry_later(err)
             else:
                 self._refuse(package, err, err.stage)
-                self._save()
+                self.save()
             return
         self.install_retries = 0
         self._emit(AppInstalled, package)
@@ -357,9 +332,9 @@ class AppSupervisor:
         self.record.on_trial = old is not None
         self.record.restarts, self.record.crashes, self.record.healthy = 0, (), False
         self.record.last_error = None
-        self._adopt_desired_fields()
+        self._adopt_config()
         self._move(S.INSTALLED)
-        self._save()
+        self.save()
         self.agent.prune_versions(self.name, [p for p in (package, old) if p is not None])
 
     async def _hot_swap(self, package: PackageInfo) -> None:
@@ -373,19 +348,19 @@ class AppSupervisor:
                 self._retry_later(err)
             else:
                 self._refuse(package, err, err.stage)
-                self._save()
+                self.save()
             return
         self.install_retries = 0
         self._emit(AppInstalled, package)
         try:
-            self.candidate = await self._launch(package, installed)
+            self.candidate = await self.launch(package, installed)
         except OSError as err:
-            self._refuse(package, f"cannot start: {err}", "start")
-            self._save()
+            self._refuse(package, f"cannot start: {err}", "start", self.record.runs)
+            self.save()
             return
         self.record.candidate = (self.candidate.process.pid, self.candidate.process.started)
-        self._emit(AppStarted, package, pid=self.candidate.process.pid)
-        self._save()
+        self._emit(AppStarted, package, self.candidate.run, pid=self.candidate.process.pid)
+        self.save()
 
     # --- processes -----------------------------------------------------------------------------
 
@@ -400,11 +375,14 @@ class AppSupervisor:
             digest=package.digest, network=package.security.network,
         )
 
-    async def _launch(self, package: PackageInfo, installed: InstalledVersion,
-                      adopt: tuple[int, float] | None = None) -> Instance:
+    async def launch(self, package: PackageInfo, installed: InstalledVersion,
+                     adopt: tuple[int, float] | None = None) -> Instance:
+        """A new process of `package` (a new run), or the process `adopt` names of an earlier
+        agent run (its health is checked again unless it was found healthy then)."""
         spec = self.spec_for(package, installed)
         tail_key = spec.run_dir.name
         if adopt is None:
+            self.record.runs += 1
             self.agent.store.reset_tail(f"{self.name}/{tail_key}")
             process: Process | None = await self.agent.runtime_for(package).start(spec)
         else:
@@ -416,10 +394,12 @@ class AppSupervisor:
         follower = self.agent.runtime_for(package).follow_output(
             spec, process, offsets, self.agent.lines_sink(self.name, f"{self.name}/{tail_key}")
         )
-        instance = Instance(package, installed, spec, process, follower)
+        instance = Instance(package, installed, spec, process, follower, self.record.runs,
+                            healthy=adopt is not None and self.record.healthy)
         instance.tasks.append(asyncio.create_task(follower.run()))
         instance.tasks.append(asyncio.create_task(self._watch_exit(instance)))
-        instance.tasks.append(asyncio.create_task(self._check_health(instance)))
+        if not instance.healthy:
+            instance.tasks.append(asyncio.create_task(self._check_health(instance)))
         return instance
 
     async def _watch_exit(self, instance: Instance) -> None:
@@ -442,7 +422,7 @@ class AppSupervisor:
         if self.record.state is not S.STARTING:
             self._move(S.STARTING)
         self.record.healthy = False
-        self._adopt_desired_fields()
+        self._adopt_config()
         await self._spawn()
 
     async def _spawn(self) -> None:
@@ -450,7 +430,7 @@ class AppSupervisor:
         if package is None:
             self._move(S.FAILED)
             self.record.last_error = "the active version is not installed on the device"
-            self._save()
+            self.save()
             return
         try:
             # Every start: the description must verify against the signed manifest kept at
@@ -461,13 +441,13 @@ class AppSupervisor:
                 self._retry_later(err)
                 return
             self._move(S.FAILED)
-            self.record.failed_digest, self.record.failed_rollout = package.digest, self.record.rollout_id
+            self._failed_here(package)
             self.record.last_error = f"{package.version}: {err.stage}: {err.message}"
             self._emit(AppFailed, package, reason=err.message, stage=err.stage)
-            self._save()
+            self.save()
             return
         try:
-            self.instance = await self._launch(package, installed)
+            self.instance = await self.launch(package, installed)
         except OSError as err:
             reason = f"cannot start: {err}"
             owner = self.agent.sandbox_for(package) if isinstance(err, PermissionError) else None
@@ -476,20 +456,20 @@ class AppSupervisor:
                            "directory must be searchable by other users, or set security.sandbox = none)")
             self.log.warning("start_failed", reason=reason)
             if self.record.on_trial and self.record.previous is not None:
-                await self._roll_back(f"{package.version} {reason}")
+                await self._roll_back(f"{package.version} {reason}", self.record.runs)
                 return
             self._move(S.FAILED)  # stays FAILED until a new rollout asks again (no tight retry loop)
-            self.record.failed_digest, self.record.failed_rollout = package.digest, self.record.rollout_id
+            self._failed_here(package)
             self.record.last_error = reason
-            self._emit(AppFailed, package, reason=reason, stage="start")
-            self._save()
+            self._emit(AppFailed, package, self.record.runs, reason=reason, stage="start")
+            self.save()
             return
         process = self.instance.process
         self.record.pid, self.record.pid_started = process.pid, process.started
         self.record.started_at = time.time()
         self._move(S.RUNNING)
-        self._emit(AppStarted, package, pid=process.pid)
-        self._save()
+        self._emit(AppStarted, package, self.instance.run, pid=process.pid)
+        self.save()
 
     async def _end(self, instance: Instance, timeout_s: float | None = None) -> int | None:
         """Stop an instance on purpose and collect its last console lines."""
@@ -519,7 +499,7 @@ class AppSupervisor:
         self.record.healthy = False
         self._move(S.STOPPED)
         self._emit(AppStopped, exit_code=code)
-        self._save()
+        self.save()
 
     def _pause(self) -> None:
         if self.instance is None:
@@ -527,7 +507,7 @@ class AppSupervisor:
         self.agent.runtime_for(self.instance.package).pause(self.instance.process)  # may raise: state kept
         self._move(S.PAUSED)
         self._emit(AppPaused)
-        self._save()
+        self.save()
 
     def _resume(self) -> None:
         if self.instance is None:
@@ -535,13 +515,13 @@ class AppSupervisor:
         self.agent.runtime_for(self.instance.package).resume(self.instance.process)
         self._move(S.RUNNING)
         self._emit(AppResumed)
-        self._save()
+        self.save()
 
     async def _uninstall(self) -> None:
         shown = self.record.shown
         if self.record.state is not S.UNINSTALLING:
             self._move(S.UNINSTALLING)
-            self._save()
+            self.save()
         self.agent.remove_app_files(self.name)
         if shown is not None:
             self._emit(AppUninstalled, shown)
@@ -564,27 +544,32 @@ class AppSupervisor:
         if instance is not self.instance:
             return
         self.instance = None
+        await self._crashed(instance.package, reason, instance.healthy, instance.run)
+
+    async def _crashed(self, package: PackageInfo, reason: str, healthy: bool, run: int) -> None:
+        """The active version's process ended on its own (also while no agent ran): a version on
+        trial is rolled back; otherwise it restarts with backoff, or a crash loop leaves it FAILED."""
         self.record.pid = self.record.pid_started = None
-        self.record.last_error = f"{instance.package.version}: {reason}"
+        self.record.last_error = f"{package.version}: {reason}"
         self.log.warning("app_exited", reason=reason)
-        if not instance.healthy and self.record.on_trial and self.record.previous is not None:
-            await self._roll_back(f"{instance.package.version} {reason} before it was healthy")
+        if not healthy and self.record.on_trial and self.record.previous is not None:
+            await self._roll_back(f"{package.version} {reason} before it was healthy", run)
             return
-        decision = after_crash(self.agent.restart_policy, self.record.crashes, time.monotonic())
+        # Wall clock: crash times are kept across reboots, when a monotonic clock starts again.
+        decision = after_crash(self.agent.restart_policy, self.record.crashes, time.time())
         self.record.crashes = decision.crashes
         if isinstance(decision, CrashLoop):
             self._move(S.FAILED)
             self.record.healthy = False
-            self.record.failed_digest = instance.package.digest
-            self.record.failed_rollout = self.record.rollout_id
+            self._failed_here(package)
             self.record.last_error = f"{decision.reason}; last: {reason}"
-            self._emit(AppFailed, instance.package, reason=self.record.last_error, stage="run")
-            self._save()
+            self._emit(AppFailed, package, run, reason=self.record.last_error, stage="run")
+            self.save()
             return
         self.record.restarts += 1
         self.record.healthy = False
         self._move(S.STARTING)
-        self._save()
+        self.save()
         self.restart_generation += 1
         self.restart_pending = True
         generation = self.restart_generation
@@ -609,30 +594,31 @@ class AppSupervisor:
             await self._end(instance)
             self.record.pid = self.record.pid_started = None
             if self.record.on_trial and self.record.previous is not None:
-                await self._roll_back(f"{instance.package.version} failed its health check: {reason}")
+                await self._roll_back(f"{instance.package.version} failed its health check: {reason}",
+                                      instance.run)
             else:
                 self._move(S.FAILED)
                 self.record.last_error = f"health check failed: {reason}"
-                self.record.failed_digest = instance.package.digest
-                self.record.failed_rollout = self.record.rollout_id
-                self._emit(AppFailed, instance.package, reason=self.record.last_error, stage="health")
-                self._save()
+                self._failed_here(instance.package)
+                self._emit(AppFailed, instance.package, instance.run, reason=self.record.last_error,
+                           stage="health")
+                self.save()
             return
         instance.healthy = True
-        self.record.healthy = True
+        self.record.healthy, self.record.healthy_at = True, time.time()
         self.record.on_trial = False
-        self._emit(AppHealthy, instance.package)
-        self._save()
+        self._emit(AppHealthy, instance.package, instance.run)
+        self.save()
 
-    async def _roll_back(self, reason: str) -> None:
+    async def _roll_back(self, reason: str, run: int) -> None:
         failed, previous = self.record.package, self.record.previous
         assert failed is not None
         assert previous is not None
         self._move(S.FAILED)
-        self._refuse(failed, reason, "health")
+        self._refuse(failed, reason, "health", run)
         self.record.package, self.record.previous, self.record.on_trial = previous, None, False
         self.record.restarts, self.record.crashes, self.record.healthy = 0, (), False
-        self._emit(AppRolledBack, failed, to_version=previous.version, reason=reason)
+        self._emit(AppRolledBack, failed, run, to_version=previous.version, reason=reason)
         self.log.warning("rolled_back", failed=failed.version, to=previous.version, reason=reason)
         await self._start()
 
@@ -642,7 +628,7 @@ class AppSupervisor:
         old = self.instance
         self.candidate, self.record.candidate = None, None
         new.healthy = True
-        self._emit(AppHealthy, new.package)
+        self._emit(AppHealthy, new.package, new.run)
         if old is not None:
             code = await self._end(old)
             self._emit(AppStopped, old.package, exit_code=code)
@@ -651,9 +637,10 @@ class AppSupervisor:
         self.record.pid, self.record.pid_started = new.process.pid, new.process.started
         self.record.started_at = time.time()
         self.record.healthy, self.record.on_trial, self.record.last_error = True, False, None
+        self.record.healthy_at = time.time()
         self.record.restarts, self.record.crashes = 0, ()
-        self._adopt_desired_fields()
-        self._save()
+        self._adopt_config()
+        self.save()
         self.agent.prune_versions(self.name, [p for p in (new.package, self.record.previous) if p])
         self.log.info("hot_swapped", to=new.package.version)
 
@@ -661,11 +648,11 @@ class AppSupervisor:
         candidate = self.candidate
         assert candidate is not None
         self.candidate, self.record.candidate = None, None
-        self._refuse(candidate.package, reason, "health")
+        self._refuse(candidate.package, reason, "health", candidate.run)
         current = self.record.package
-        self._emit(AppRolledBack, candidate.package, to_version=current.version if current else None,
-                   reason=reason)
-        self._save()
+        self._emit(AppRolledBack, candidate.package, candidate.run,
+                   to_version=current.version if current else None, reason=reason)
+        self.save()
 
     def check_memory(self) -> None:
         """The RSS watchdog (the fallback when no cgroup enforces the limit)."""
@@ -680,52 +667,6 @@ class AppSupervisor:
                 self.log.warning("memory_limit_exceeded", rss_mb=instance.usage.rss_bytes // MB,
                                  limit_mb=limit)
                 self.agent.runtime_for(instance.package).kill(instance.process)
-
-    # --- recovery after an agent restart --------------------------------------------------------
-
-    async def recover(self) -> None:
-        """Re-adopt the app's process if it is still alive and ours; otherwise reconcile will
-        start it again. A hot-swap candidate of the previous agent run is killed: the swap is
-        decided again from scratch."""
-        record = self.record
-        if record.candidate is not None:
-            for runtime in self.agent.runtimes.values():  # each checks the process is its own
-                runtime.kill_orphan(*record.candidate)
-            record.candidate = None
-        if record.pid is None or record.pid_started is None or record.package is None:
-            return
-        if record.package.runtime not in self.agent.runtimes:
-            # Its runtime did not come up with this agent (say, the Docker engine did not answer):
-            # leave the process alone; reconcile reports the app FAILED with the reason.
-            self.log.warning("runtime_unavailable", runtime=record.package.runtime, pid=record.pid)
-            return
-        installed = self.agent.installer.installed(record.package)
-        problem = self.agent.installer.signed_problem(record.package) if installed is not None else None
-        if problem is not None:
-            # Not what was signed (the kept manifest or the description changed while the agent
-            # was away): its process is not adopted; reconcile starts it again, which refuses it.
-            self.log.warning("not_adopted_unsigned", pid=record.pid, reason=problem)
-            self.agent.runtime_for(record.package).kill_orphan(record.pid, record.pid_started)
-            installed = None
-        if installed is not None:
-            try:
-                self.instance = await self._launch(record.package, installed,
-                                                   adopt=(record.pid, record.pid_started))
-                self.instance.healthy = record.healthy
-                self.log.info("re_adopted", pid=record.pid, state=record.state)
-                return
-            except (ProcessLookupError, OSError):
-                pass
-            # Gone while the agent was away: keep its last console lines, then start afresh.
-            spec = self.spec_for(record.package, installed)
-            key = f"{self.name}/{spec.run_dir.name}"
-            leftover = self.agent.runtime_for(record.package).follow_output(
-                spec, None, self.agent.store.tail_offsets(key), self.agent.lines_sink(self.name, key)
-            )
-            await leftover.finish()
-        self.log.info("process_gone_after_agent_restart", pid=record.pid)
-        record.pid = record.pid_started = None
-        self._save()
 
     # --- interactive ops -----------------------------------------------------------------------
 
@@ -771,7 +712,7 @@ class AppSupervisor:
                 raise OpRefused(str(exc)) from None
         else:
             raise OpRefused(f"unknown op {op!r}")
-        self._save()
+        self.save()
 
 
 class OpRefused(DomainError):

@@ -41,7 +41,7 @@ from sdv_edge_agent.adapters.docker_images import (
     labels,
     safe,
 )
-from sdv_edge_agent.adapters.docker_process import DockerProcess, started_at
+from sdv_edge_agent.adapters.docker_process import DockerProcess, exit_status, started_at
 from sdv_edge_agent.adapters.packages import InstallError
 from sdv_edge_agent.ports import LinesSink, Process, RunSpec, Usage
 from sdv_events.schemas.packages import PackageInfo
@@ -79,6 +79,7 @@ class DockerRuntime:
     name = "docker"
     limits = (f"docker: mem_limit (no swap), nano_cpus, pids {PIDS_LIMIT}, read-only root, "
               "no-new-privileges, cap_drop ALL")
+    outlives_agent = True
 
     def __init__(self, client: docker.DockerClient, *, owner: str, base_image: str) -> None:
         self.client = client
@@ -227,6 +228,20 @@ class DockerRuntime:
         except docker.errors.DockerException as exc:
             self.log.warning("kill_orphan_failed", pid=pid, error=str(exc))
         return False
+
+    def last_exit(self, spec: RunSpec) -> int | None:
+        """The engine keeps an ended container (and its exit status) until the agent removes it."""
+        import docker
+
+        container = self._ended_container(spec)
+        if container is None:
+            return None
+        try:
+            state = self.client.api.inspect_container(container)["State"]
+        except docker.errors.DockerException as exc:
+            self.log.warning("container_lookup_failed", app=spec.app, error=str(exc))
+            return None
+        return exit_status(state.get("ExitCode"))
 
     # --- control ---------------------------------------------------------------------------------
 

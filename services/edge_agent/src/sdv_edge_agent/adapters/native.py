@@ -4,8 +4,9 @@
   app can handle it), then SIGKILL of the group after the timeout.
 - console: stdout/stderr go to files in the run directory (see console.py); stdin is a named
   pipe the app holds open read-write, so it never sees EOF, even while the agent restarts.
-- exit: watched through a pidfd, which works for our children and for processes adopted from an
-  earlier agent run alike (only for our own children is the exit status known).
+- exit: watched through a pidfd, which works for processes this agent started and for those
+  adopted from an earlier agent run alike; the exit status comes from the app's exit keeper
+  (exit_keeper.py), also for an app that ended while no agent ran.
 - limits: cgroup v2 or setrlimit (see limits.py).
 """
 
@@ -24,6 +25,14 @@ import structlog
 
 from sdv_edge_agent.adapters import sandbox
 from sdv_edge_agent.adapters.console import STREAMS, FileFollower, console_path
+from sdv_edge_agent.adapters.exit_keeper import (
+    keeper_command,
+    open_status,
+    read_report,
+    read_status,
+    send_launch,
+    status_after_end,
+)
 from sdv_edge_agent.adapters.limits import Limits, child_setup
 from sdv_edge_agent.ports import LinesSink, Process, RunSpec, StdinUnavailable, Usage
 from sdv_events.schemas.packages import PackageInfo
@@ -34,13 +43,17 @@ STDIN = "stdin.pipe"
 
 class NativeProcess:
     def __init__(
-        self, pid: int, started: float, run_dir: Path, popen: subprocess.Popen[bytes] | None
+        self, pid: int, started: float, run_dir: Path, keeper: subprocess.Popen[bytes] | None
     ) -> None:
         self.pid = pid
         self.started = started
         self.run_dir = run_dir
-        self._popen = popen
-        self._pidfd = os.pidfd_open(pid)
+        self._keeper = keeper  # the app's exit keeper, when this agent run started it
+        try:
+            self._pidfd: int | None = os.pidfd_open(pid)
+        except ProcessLookupError:
+            self._pidfd = None  # it ended already (and its keeper collected it)
+        self._settling: asyncio.Task[None] | None = None
         self._ps: psutil.Process | None = None
         self._children: list[psutil.Process] = []
         self._samples = 0
@@ -60,17 +73,25 @@ class NativeProcess:
         if self._exited is None:
             loop = asyncio.get_running_loop()
             self._exited = loop.create_future()
+            pidfd = self._pidfd
 
             def on_exit() -> None:
-                loop.remove_reader(self._pidfd)
-                code = self._popen.wait() if self._popen is not None else None
-                with contextlib.suppress(OSError):
-                    os.close(self._pidfd)
-                if self._exited is not None and not self._exited.done():
-                    self._exited.set_result(code)
+                if pidfd is not None:
+                    loop.remove_reader(pidfd)
+                    with contextlib.suppress(OSError):
+                        os.close(pidfd)
+                self._settling = loop.create_task(self._settle())
 
-            loop.add_reader(self._pidfd, on_exit)
+            if pidfd is None:
+                on_exit()
+            else:
+                loop.add_reader(pidfd, on_exit)
         return await asyncio.shield(self._exited)
+
+    async def _settle(self) -> None:
+        code = await status_after_end(self.run_dir, self._keeper)
+        if self._exited is not None and not self._exited.done():
+            self._exited.set_result(code)
 
     def signal_group(self, sig: int) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -141,6 +162,7 @@ def _ensure_fifo(path: Path) -> None:
 
 class NativeRuntime:
     name = "native"
+    outlives_agent = True
 
     def __init__(self, limits: Limits | None = None) -> None:
         self._limits = limits or Limits.detect()
@@ -156,24 +178,35 @@ class NativeRuntime:
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND
         out = {s: os.open(console_path(spec.run_dir, s), flags, 0o640) for s in STREAMS}
         stdin = os.open(fifo, os.O_RDWR)  # read-write: the app never sees EOF on its stdin
+        status = open_status(spec.run_dir)
+        launch_r, launch_w = os.pipe()
+        report_r, report_w = os.pipe()
         cgroup = self._limits.prepare(spec.app, spec.memory_mb, spec.cpu)
         try:
-            popen = subprocess.Popen(  # noqa: ASYNC220 - fork+exec returns at once; the exit is awaited via pidfd
-                spec.argv, cwd=spec.cwd, env=spec.env, stdin=stdin, stdout=out["stdout"],
-                stderr=out["stderr"], start_new_session=True, close_fds=True,
+            keeper = subprocess.Popen(  # noqa: ASYNC220 - fork+exec returns at once; its report is awaited
+                keeper_command(spec.argv, launch_r, report_w, status), cwd=spec.cwd, env=spec.env,
+                stdin=stdin, stdout=out["stdout"], stderr=out["stderr"], start_new_session=True,
+                close_fds=True, pass_fds=(launch_r, report_w, status),
                 preexec_fn=child_setup(cgroup, spec.memory_mb, spec.sandbox),
             )
-        except subprocess.SubprocessError as exc:  # raised in the child before exec
-            raise SetupFailed(f"the app's limits or sandbox could not be set up ({spec.sandbox.level} "
-                              f"sandbox, uid {spec.sandbox.uid}): {exc}") from None
-        finally:
-            for fd in (stdin, *out.values()):
+        except BaseException as exc:
+            for fd in (launch_w, report_r):
                 os.close(fd)
+            if isinstance(exc, subprocess.SubprocessError):  # raised in the child before exec
+                raise SetupFailed(f"the app's limits or sandbox could not be set up ({spec.sandbox.level} "
+                                  f"sandbox, uid {spec.sandbox.uid}): {exc}") from None
+            raise
+        finally:
+            for fd in (stdin, status, launch_r, report_w, *out.values()):
+                os.close(fd)
+        with contextlib.suppress(BrokenPipeError):  # it ended first: its report says how
+            send_launch(launch_w, spec.argv, spec.env)
+        pid = await read_report(report_r, keeper)
         try:
-            started = psutil.Process(popen.pid).create_time()
+            started = psutil.Process(pid).create_time()
         except psutil.Error:
             started = 0.0  # it already ended; wait() reports how
-        return NativeProcess(popen.pid, started, spec.run_dir, popen)
+        return NativeProcess(pid, started, spec.run_dir, keeper)
 
     def adopt(self, spec: RunSpec, pid: int, started: float) -> NativeProcess | None:
         try:
@@ -222,6 +255,9 @@ class NativeRuntime:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGKILL)
         return True
+
+    def last_exit(self, spec: RunSpec) -> int | None:
+        return read_status(spec.run_dir)
 
     def usage(self, process: Process) -> Usage | None:
         return _native(process).usage()

@@ -85,7 +85,8 @@ class FactOutbox(_Flusher):
         # The trace an app's facts join: its desired entry's (the rollout's), set by the wiring.
         self.trace_of: Callable[[str], TraceContext] = lambda app: TraceContext()
 
-    def emit(self, fact: AppFact | DesiredRefused | SignalCatalogReported, occurrence: int = 0) -> bool:
+    def emit(self, fact: AppFact | DesiredRefused | SignalCatalogReported, occurrence: int = 0,
+             run: int | None = None) -> bool:
         """Record a fact for sending; False if this very fact was already recorded. A refused
         desired document is identified by its bytes and the revision the agent held, a signal
         catalogue by its digest."""
@@ -93,7 +94,7 @@ class FactOutbox(_Flusher):
         what: dict[str, object]
         if isinstance(fact, AppFact):
             msg_id = self.sealer.fact_id(fact.app, fact.digest, fact.desired_revision, type_name,
-                                         occurrence)
+                                         occurrence, run)
             correlation_id, what = fact.rollout_id, {"app": fact.app, "version": fact.version}
         elif isinstance(fact, SignalCatalogReported):
             msg_id = self.sealer.fact_id("", fact.digest, 0, type_name, occurrence)

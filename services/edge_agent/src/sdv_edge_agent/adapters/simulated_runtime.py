@@ -122,6 +122,7 @@ class SimulatedRuntime:
     packages built for either install and 'run' in simulation."""
 
     limits = SIMULATED_LIMITS
+    outlives_agent = False  # nothing outlives the simulator: a restarted simulation starts apps again
 
     def __init__(self, name: str, device_id: str, *, failures: FailurePlan | None = None,
                  crash_after_s: float = 0.05, log_every_s: float = 0.0) -> None:
@@ -187,6 +188,9 @@ class SimulatedRuntime:
 
     def kill_orphan(self, pid: int, started: float) -> bool:
         return False
+
+    def last_exit(self, spec: RunSpec) -> int | None:
+        return None
 
     def usage(self, process: Process) -> Usage | None:
         return None  # nothing is measured: heartbeats say so (no cpu/rss) rather than invent numbers

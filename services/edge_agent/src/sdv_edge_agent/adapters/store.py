@@ -67,10 +67,13 @@ class _StoredRecord(msgspec.Struct, kw_only=True):
     attempt: PackageInfo | None = None
     config: dict[str, str] = {}
     rollout_id: str | None = None
+    revision: int = 0
     healthy: bool = False
+    healthy_at: float | None = None
     on_trial: bool = False
     restarts: int = 0
     crashes: tuple[float, ...] = ()
+    runs: int = 0
     last_error: str | None = None
     failed_digest: str | None = None
     failed_rollout: str | None = None
@@ -141,8 +144,9 @@ class AgentStore:
             name=record.name, state=record.state.value if record.state else None,
             package=record.package, previous=record.previous, attempt=record.attempt,
             config=record.config,
-            rollout_id=record.rollout_id, healthy=record.healthy, on_trial=record.on_trial,
-            restarts=record.restarts, crashes=record.crashes, last_error=record.last_error,
+            rollout_id=record.rollout_id, revision=record.revision, healthy=record.healthy,
+            healthy_at=record.healthy_at, on_trial=record.on_trial, restarts=record.restarts,
+            crashes=record.crashes, runs=record.runs, last_error=record.last_error,
             failed_digest=record.failed_digest, failed_rollout=record.failed_rollout,
             held=record.held, pid=record.pid, pid_started=record.pid_started,
             started_at=record.started_at, candidate=record.candidate,
@@ -163,7 +167,8 @@ class AgentStore:
             records.append(AppRecord(
                 name=s.name, state=AppState(s.state) if s.state else None, package=s.package,
                 previous=s.previous, attempt=s.attempt, config=dict(s.config), rollout_id=s.rollout_id,
-                healthy=s.healthy, on_trial=s.on_trial, restarts=s.restarts, crashes=s.crashes,
+                revision=s.revision, healthy=s.healthy, healthy_at=s.healthy_at, on_trial=s.on_trial,
+                restarts=s.restarts, crashes=s.crashes, runs=s.runs,
                 last_error=s.last_error, failed_digest=s.failed_digest,
                 failed_rollout=s.failed_rollout, held=s.held,  # type: ignore[arg-type]
                 pid=s.pid, pid_started=s.pid_started, started_at=s.started_at,

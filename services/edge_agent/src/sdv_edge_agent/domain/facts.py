@@ -3,8 +3,10 @@ bus drops the duplicate (JetStream `Nats-Msg-Id` dedupe) — a redelivered desir
 after a lost ack or an agent restart mid-step never counts twice.
 
 A fact is identified by (device, app, digest, desired revision, type). Facts that legitimately
-happen more than once under one desired revision — a restart after a crash, a pause/resume from
-an interactive op — add an occurrence number that the agent counts and persists.
+happen more than once under one desired revision — a pause/resume from an interactive op — add an
+occurrence number that the agent counts and persists. Facts about one run of the app (its start,
+its health, its failure) add the run's number instead: the same run says each of them once,
+whether the agent restarts in between or not.
 
 JetStream dedupes message ids across the whole stream, whoever published them: an id another
 device could compute would let that device publish a decoy first and have the real fact dropped
@@ -26,10 +28,13 @@ SECRET_BYTES = 32
 
 
 def fact_msg_id(
-    device_id: str, app: str, digest: str, revision: int, event_type: str, occurrence: int = 0
+    device_id: str, app: str, digest: str, revision: int, event_type: str, occurrence: int = 0,
+    run: int | None = None,
 ) -> str:
     """The fact's identity in clear (never sent as is: see `IdSealer`)."""
     base = f"{device_id}:{app}:{digest[:16]}:{revision}:{short_name(event_type)}"
+    if run is not None:
+        return f"{base}:run{run}"
     return base if occurrence == 0 else f"{base}:{occurrence}"
 
 
@@ -51,8 +56,9 @@ class IdSealer:
         mac = hmac.new(self._secret, identity.encode(), hashlib.sha256).hexdigest()[:32]
         return f"{self.device_id}:{mac}"
 
-    def fact_id(self, app: str, digest: str, revision: int, event_type: str, occurrence: int = 0) -> str:
-        return self.seal(fact_msg_id(self.device_id, app, digest, revision, event_type, occurrence))
+    def fact_id(self, app: str, digest: str, revision: int, event_type: str, occurrence: int = 0,
+                run: int | None = None) -> str:
+        return self.seal(fact_msg_id(self.device_id, app, digest, revision, event_type, occurrence, run))
 
     def log_id(self, row_id: int) -> str:
         return self.seal(f"log:{row_id}")

@@ -21,12 +21,17 @@ class AppRecord:
     previous: PackageInfo | None = None  # kept installed for rollback
     attempt: PackageInfo | None = None  # being installed, or failed to install (nothing active)
     config: dict[str, str] = field(default_factory=dict)
+    # The cause its facts carry (domain/attribution.py): the rollout and desired revision of the
+    # entry the supervisor last acted on.
     rollout_id: str | None = None
+    revision: int = 0
     healthy: bool = False
+    healthy_at: float | None = None  # wall clock: when the running instance became healthy
     # True from an upgrade until the new version is first healthy: failing then means rollback.
     on_trial: bool = False
     restarts: int = 0
-    crashes: tuple[float, ...] = ()
+    crashes: tuple[float, ...] = ()  # wall-clock times (domain/restarts.py)
+    runs: int = 0  # processes started so far: a run's facts are identified by its number
     last_error: str | None = None
     failed_digest: str | None = None
     failed_rollout: str | None = None
@@ -40,6 +45,10 @@ class AppRecord:
     @property
     def digest(self) -> str | None:
         return self.package.digest if self.package else None
+
+    @property
+    def cause(self) -> tuple[str | None, int]:
+        return self.rollout_id, self.revision
 
     @property
     def shown(self) -> PackageInfo | None:

@@ -1,6 +1,9 @@
 """When to restart a crashed app, and when to give up: exponential backoff and crash-loop detection.
 
-Pure: the caller passes the clock reading and the crash history it keeps.
+Pure: the caller passes the clock reading and the crash history it keeps. Crash times are kept
+across agent restarts and reboots (SQLite), so they are wall-clock times: a monotonic clock starts
+again at every boot, which would make the crashes of the previous boot look recent. A time after
+`now` (a clock set back, or a time kept from another clock) is dropped rather than counted.
 """
 
 from __future__ import annotations
@@ -31,8 +34,8 @@ class CrashLoop:
 
 
 def after_crash(policy: RestartPolicy, crashes: tuple[float, ...], now: float) -> Restart | CrashLoop:
-    """One more crash at `now`, given the earlier ones: restart after a delay, or give up."""
-    recent = (*(t for t in crashes if now - t < policy.window_s), now)
+    """One more crash at `now` (wall clock), given the earlier ones: restart after a delay, or give up."""
+    recent = (*(t for t in crashes if 0 <= now - t < policy.window_s), now)
     if len(recent) >= policy.loop_crashes:
         return CrashLoop(recent, f"crash loop: {len(recent)} crashes within {policy.window_s:.0f}s")
     delay = min(policy.max_delay_s, policy.base_delay_s * policy.factor ** (len(recent) - 1))
