@@ -38,7 +38,7 @@ README_COMMANDS: dict[str, str] = {
     "./dev test -k relay": COLLECT,
     "./dev test tests/unit": COLLECT,
     "uv run ruff check .": "tests/unit/test_static_checks.py::test_ruff_finds_nothing_in_the_repository",
-    "uv run mypy": "tests/unit/test_static_checks.py::test_mypy_strict_passes_on_sdv_events",
+    "uv run mypy": "tests/unit/test_static_checks.py::test_mypy_strict_passes_on_every_package",
     "uv run lint-imports": "tests/unit/test_architecture.py::test_the_import_contracts_hold",
 }
 VARIABLES = ("SDV_NATS_URL", "SDV_NATS_CREDS", "SDV_NATS_CA")

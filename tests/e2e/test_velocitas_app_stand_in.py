@@ -119,7 +119,7 @@ async def test_an_unchanged_velocitas_app_runs_on_real_agents_against_the_stand_
             # The device whose databroker lacks Vehicle.Speed is left out, with that reason.
             assert view.excluded == {"velo-3": "databroker lacks signal Vehicle.Speed"}
             done = await suite.wait_status(view.rollout_id, "completed", "aborted", "rolled_back", timeout=150)
-            assert done.status == "completed", (done.reason, {d: a.log()[-2000:] for d, a in agents.items()})
+            assert done.status == "completed", (done.reason, msgspec.to_builtins(done), {d: a.log()[-2000:] for d, a in agents.items()})
 
             # It runs: speeds from the stand-in (sdv.databroker.v1) arrive on the real MQTT broker.
             speeds = await asyncio.to_thread(mqtt.subscribe, "speedreporter/currentSpeed", 3, 30)
