@@ -205,6 +205,9 @@ class Suite:
     heartbeat_silence_s: float = 3600.0  # the registry's: how long without a heartbeat is offline
     clock_skew_s: float = 0.5  # the orchestrator's
     reconnect_grace_s: float = 1.0
+    # Simulated agents heartbeat (the registry counts them online); off for tests that send
+    # heartbeats of their own (the monitor's), whose devices then count offline.
+    heartbeats: bool = True
     agents: dict[str, SimAgent] = field(default_factory=dict)
     _apps: int = 0
     eventually = staticmethod(eventually)
@@ -296,7 +299,8 @@ class Suite:
         lists them online."""
         labels = labels or {"fleet": "sim"}
         verifier = self.verifier
-        agents = [SimAgent(f"{prefix}-{i:02d}", self.url, capabilities(**caps), verifier)
+        agents = [SimAgent(f"{prefix}-{i:02d}", self.url, capabilities(**caps), verifier,
+                           heartbeat_s=0.5 if self.heartbeats else 0.0)
                   for i in range(start, start + count)]
         for agent in agents:
             await self.commands.call("registry", "preauthorize",
@@ -310,7 +314,8 @@ class Suite:
 
         async def listed() -> bool:
             page = await self.commands.call("registry", "list", ListDevices(
-                selector=selector, status="accepted", online=True, limit=10_000), DeviceList)
+                selector=selector, status="accepted", online=True if self.heartbeats else None,
+                limit=10_000), DeviceList)
             return ids <= {d.device_id for d in page.devices}
 
         assert await eventually(listed), "the registry never listed the announced devices online"
@@ -473,9 +478,10 @@ class OrchestratorProcess:
 @contextlib.asynccontextmanager
 async def running_suite(url: str, database_url: str, schema: str, tmp_path: Path,
                         tick_s: float = 0.2, orchestrator: bool = True,
-                        heartbeat_silence_s: float = 3600.0) -> AsyncIterator[Suite]:
+                        heartbeat_silence_s: float = 3600.0,
+                        heartbeats: bool = True) -> AsyncIterator[Suite]:
     suite = Suite(url, database_url, schema, tmp_path, tick_s=tick_s,
-                  heartbeat_silence_s=heartbeat_silence_s)
+                  heartbeat_silence_s=heartbeat_silence_s, heartbeats=heartbeats)
     try:
         yield await suite.open(orchestrator)
     finally:
