@@ -67,7 +67,9 @@ async def _answers(http: httpx.AsyncClient) -> bool:
 
 @pytest.fixture
 async def suite(fresh_nats_url: str, database_url: str, schema: str, tmp_path: Path) -> AsyncIterator[Any]:
-    async with load_harness().running_suite(fresh_nats_url, database_url, schema, tmp_path) as s:
+    # No simulated heartbeats: these tests send their own, or count what no heartbeat means.
+    async with load_harness().running_suite(fresh_nats_url, database_url, schema, tmp_path,
+                                            heartbeats=False) as s:
         yield s
 
 

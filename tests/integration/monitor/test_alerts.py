@@ -19,6 +19,7 @@ from sdv_client.cli import app as sdv
 from sdv_events.provisioning import REPORTED_BUCKET
 from sdv_events.schemas.deployment import ReportedApp, ReportedState
 from sdv_events.schemas.heartbeat import DeviceMetrics, Heartbeat
+from sdv_events.service import Ping, ServiceHealth
 from sdv_events.store import EventStore
 
 pytestmark = pytest.mark.timeout(90)
@@ -31,7 +32,7 @@ async def suite(fresh_nats_url: str, database_url: str, schema: str, tmp_path: P
                 ) -> AsyncIterator[Any]:
     harness = request.getfixturevalue("load_harness_module")
     async with harness.running_suite(fresh_nats_url, database_url, schema, tmp_path,
-                                     heartbeat_silence_s=1.5) as s:
+                                     heartbeat_silence_s=1.5, heartbeats=False) as s:
         yield s
 
 
@@ -107,8 +108,13 @@ async def test_a_crash_looping_app_and_a_rolled_back_rollout_raise_critical_aler
                                                   restarts=5, last_error="exit code 3")})
     kv = await suite.nc.jetstream().key_value(REPORTED_BUCKET)
     v1 = await suite.publish(APP, "1.0.0")
-    agents[1].script["1.0.0"] = "fail"
-    rollout = await suite.create(v1, selector="fleet=sim", kind="all-at-once", error=0.1)
+    first = await suite.create(v1, selector="fleet=sim", kind="all-at-once")
+    await suite.wait_status(first.rollout_id, "completed")
+    # 1.1.0 fails on one device: rolled back to 1.0.0, which both run again (a device whose app
+    # a rollback removed would say so: it would not be running).
+    v2 = await suite.publish(APP, "1.1.0")
+    agents[1].script["1.1.0"] = "fail"
+    rollout = await suite.create(v2, selector="fleet=sim", kind="all-at-once", error=0.1)
     await suite.wait_status(rollout.rollout_id, "rolled_back", "aborted")
     await kv.put(device, msgspec.json.encode(report))
 
@@ -161,6 +167,16 @@ async def test_a_crash_looping_app_and_a_rolled_back_rollout_raise_critical_aler
 async def test_a_service_that_stops_answering_raises_an_alert_that_resolves_when_it_is_back(
         suite: Any, monitor: Any) -> None:
     (running,) = suite.orchestrators
+
+    async def views_built() -> bool:
+        # The monitor first builds its views from the services' stores (the orchestrator's
+        # history among them); its consumer counts what is pending once that is done. Stopping
+        # the orchestrator before would hold the build, and every view, until it is back.
+        health = await suite.commands.call("monitor", "ping", Ping(), ServiceHealth)
+        views = next((t for t in health.tasks if t.name == "monitor_views"), None)
+        return views is not None and "pending" in views.detail
+
+    await monitor.until(views_built, 20.0, "the monitor's views built")
     await suite.stop_orchestrator(running)
 
     async def raised() -> Any:

@@ -205,6 +205,9 @@ class Suite:
     heartbeat_silence_s: float = 3600.0  # the registry's: how long without a heartbeat is offline
     clock_skew_s: float = 0.5  # the orchestrator's
     reconnect_grace_s: float = 1.0
+    # Simulated agents heartbeat (the registry counts them online); off for tests that send
+    # heartbeats of their own (the monitor's), whose devices then count offline.
+    heartbeats: bool = True
     agents: dict[str, SimAgent] = field(default_factory=dict)
     wheelhouse: Path | None = None  # the packager's, offline (no index is asked)
     _apps: int = 0
@@ -297,7 +300,8 @@ class Suite:
         lists them online."""
         labels = labels or {"fleet": "sim"}
         verifier = self.verifier
-        agents = [SimAgent(f"{prefix}-{i:02d}", self.url, capabilities(**caps), verifier)
+        agents = [SimAgent(f"{prefix}-{i:02d}", self.url, capabilities(**caps), verifier,
+                           heartbeat_s=0.5 if self.heartbeats else 0.0)
                   for i in range(start, start + count)]
         for agent in agents:
             await self.commands.call("registry", "preauthorize",
@@ -311,7 +315,8 @@ class Suite:
 
         async def listed() -> bool:
             page = await self.commands.call("registry", "list", ListDevices(
-                selector=selector, status="accepted", online=True, limit=10_000), DeviceList)
+                selector=selector, status="accepted", online=True if self.heartbeats else None,
+                limit=10_000), DeviceList)
             return ids <= {d.device_id for d in page.devices}
 
         assert await eventually(listed), "the registry never listed the announced devices online"
@@ -475,9 +480,11 @@ class OrchestratorProcess:
 async def running_suite(url: str, database_url: str, schema: str, tmp_path: Path,
                         tick_s: float = 0.2, orchestrator: bool = True,
                         heartbeat_silence_s: float = 3600.0,
-                        wheelhouse: Path | None = None) -> AsyncIterator[Suite]:
+                        wheelhouse: Path | None = None,
+                        heartbeats: bool = True) -> AsyncIterator[Suite]:
     suite = Suite(url, database_url, schema, tmp_path, tick_s=tick_s,
-                  heartbeat_silence_s=heartbeat_silence_s, wheelhouse=wheelhouse)
+                  heartbeat_silence_s=heartbeat_silence_s, wheelhouse=wheelhouse,
+                  heartbeats=heartbeats)
     try:
         yield await suite.open(orchestrator)
     finally:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sdv_events.schemas.agent import (
+    AppAlreadyCurrent,
     AppDownloadStarted,
     AppFact,
     AppFailed,
@@ -52,6 +53,9 @@ def change_of(fact: AppFact) -> AppChange | None:
         case AppHealthy():
             return AppChange("RUNNING", healthy=True, installed=True, clear_error=True,
                              action=f"{v} healthy")
+        case AppAlreadyCurrent():  # a desired document naming what already runs, healthy
+            return AppChange("RUNNING", healthy=True, installed=True, clear_error=True,
+                             action=f"{v} already running, healthy")
         case AppFailed(reason=raw_reason, stage=raw_stage):
             reason, stage = text(raw_reason), text(raw_stage, 32)
             return AppChange("FAILED", healthy=False, last_error=f"{stage}: {reason}",
