@@ -38,20 +38,25 @@ async def started(suite: Any, option: str) -> Any:
     gate = asyncio.Event()  # the online devices answer once the start has been looked at
     for agent in suite.agents.values():
         agent.gate = gate
-    view = await suite.create(package, selector="fleet=sim", waves=["1", "50%", "100%"],
-                              device_s=DEVICE_S, offline=option)
+    view = await suite.create(
+        package, selector="fleet=sim", waves=["1", "50%", "100%"], device_s=DEVICE_S, offline=option
+    )
     # From the start: counted apart and listed, in the last wave.
     assert view.offline_total == 2, view
     assert [w.offline for w in view.waves] == [0, 0, 2]
-    assert {d.device_id: d.status for d in view.devices if d.device_id in OFFLINE} == \
-        dict.fromkeys(OFFLINE, "waiting_offline")
+    assert {d.device_id: d.status for d in view.devices if d.device_id in OFFLINE} == dict.fromkeys(
+        OFFLINE, "waiting_offline"
+    )
     waves = suite.plan_of(await suite.events(view.rollout_id))
     assert set(OFFLINE) <= set(waves[-1])
     assert not set(OFFLINE) & set(waves[0] + waves[1])
     # … and as an operator reads it.
-    shown = await asyncio.to_thread(CliRunner().invoke, sdv, ["rollout", "get", view.rollout_id],
-                                    env={"SDV_NATS_URL": suite.url, "SDV_NATS_CREDS": "",
-                                         "SDV_NATS_CA": "", "COLUMNS": "200"})
+    shown = await asyncio.to_thread(
+        CliRunner().invoke,
+        sdv,
+        ["rollout", "get", view.rollout_id],
+        env={"SDV_NATS_URL": suite.url, "SDV_NATS_CREDS": "", "SDV_NATS_CA": "", "COLUMNS": "200"},
+    )
     assert shown.exit_code == 0, shown.stdout
     assert f"waiting: offline 2, skipped offline 0 (offline devices: {option})" in shown.stdout
     assert shown.stdout.count("waiting_offline") == 2
