@@ -106,6 +106,22 @@ async def test_accepted_command_appends_its_events(es: EventStore) -> None:
     assert (stored[0].causation_id, stored[0].correlation_id, stored[0].actor) == ("c-1", "corr-1", "alice")
 
 
+async def test_events_of_one_decision_name_their_own_causes(es: EventStore) -> None:
+    # The limit reached is caused by the increment before it; the increment by a fact (an id).
+    def causes(events: Sequence[object]) -> list[int | str | None]:
+        return ["fact-7" if isinstance(e, Incremented) else 0 for e in events]
+
+    meta = Metadata(correlation_id="corr-2", causation_id="tick:1", actor="system")
+    await handle_command(es, small, "counter-c", Increment(3), metadata=meta, causes=causes)
+    increment, reached = await es.read_stream("counter-c")
+    assert (increment.causation_id, reached.causation_id) == ("fact-7", str(increment.event_id))
+    assert {(e.correlation_id, e.actor) for e in (increment, reached)} == {("corr-2", "system")}
+    # Without a cause of its own an event carries the command's.
+    await handle_command(es, counter, "counter-c2", Increment(1), metadata=meta,
+                         causes=lambda events: [None] * len(events))
+    assert [e.causation_id for e in await es.read_stream("counter-c2")] == ["tick:1"]
+
+
 async def test_several_events_from_one_decision_append_together(es: EventStore) -> None:
     await handle_command(es, small, "counter-b", Increment(1))
 

@@ -54,8 +54,9 @@ async def targeted_and_seen(suite: Any, gate: asyncio.Event) -> Any:
     view = await suite.create(package, selector="fleet=out", kind="all-at-once", device_s=DEVICE_S)
 
     async def all_seen() -> bool:
-        return all(any(APP in d.apps and d.apps[APP].rollout_id == view.rollout_id for d in a.docs)
-                   for a in agents)
+        return all(
+            any(APP in d.apps and d.apps[APP].rollout_id == view.rollout_id for d in a.docs) for a in agents
+        )
 
     await _harness().until(all_seen, 20, "every device to see its desired document")
     return view
@@ -75,15 +76,18 @@ async def assert_completed_without_timeouts(suite: Any, rollout_id: str, outage_
 
 
 @pytest.fixture
-async def suite_without_orchestrator(fresh_nats_url: str, database_url: str, schema: str,
-                                     tmp_path: Path) -> AsyncIterator[Any]:
-    async with _harness().running_suite(fresh_nats_url, database_url, schema, tmp_path,
-                                        orchestrator=False) as s:
+async def suite_without_orchestrator(
+    fresh_nats_url: str, database_url: str, schema: str, tmp_path: Path
+) -> AsyncIterator[Any]:
+    async with _harness().running_suite(
+        fresh_nats_url, database_url, schema, tmp_path, orchestrator=False
+    ) as s:
         yield s
 
 
 async def test_orchestrator_killed_and_held_down_30s_with_a_20s_timeout_completes_the_rollout(
-    suite_without_orchestrator: Any, tmp_path: Path,
+    suite_without_orchestrator: Any,
+    tmp_path: Path,
 ) -> None:
     suite = suite_without_orchestrator
     process = _harness().OrchestratorProcess(suite, tmp_path / "orchestrator.log")
@@ -112,10 +116,12 @@ def private_postgres() -> Any:
 
 
 async def test_postgresql_stopped_30s_with_a_20s_timeout_completes_the_rollout(
-    private_postgres: PostgresServer, fresh_nats_url: str, schema: str, tmp_path: Path,
+    private_postgres: PostgresServer,
+    fresh_nats_url: str,
+    schema: str,
+    tmp_path: Path,
 ) -> None:
-    async with _harness().running_suite(fresh_nats_url, private_postgres.url, schema,
-                                        tmp_path) as suite:
+    async with _harness().running_suite(fresh_nats_url, private_postgres.url, schema, tmp_path) as suite:
         gate = asyncio.Event()
         view = await targeted_and_seen(suite, gate)
         await asyncio.to_thread(private_postgres.stop, keep_data=True)

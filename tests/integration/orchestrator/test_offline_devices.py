@@ -11,10 +11,14 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner
+
+from sdv_client.cli import app as sdv
 
 pytestmark = pytest.mark.timeout(120)
 APP = "offline-app"
 OFFLINE = ["sim-00", "sim-01"]  # first by id: planned last all the same
+DEVICE_S = 6.0
 
 
 @pytest.fixture
@@ -31,16 +35,32 @@ async def fleet(make_suite: Any) -> AsyncIterator[Any]:
 
 async def started(suite: Any, option: str) -> Any:
     package = await suite.publish(APP, "1.0.0")
-    view = await suite.create(package, selector="fleet=sim", waves=["1", "50%", "100%"],
-                              device_s=3.0, offline=option)
+    gate = asyncio.Event()  # the online devices answer once the start has been looked at
+    for agent in suite.agents.values():
+        agent.gate = gate
+    view = await suite.create(
+        package, selector="fleet=sim", waves=["1", "50%", "100%"], device_s=DEVICE_S, offline=option
+    )
     # From the start: counted apart and listed, in the last wave.
     assert view.offline_total == 2, view
     assert [w.offline for w in view.waves] == [0, 0, 2]
-    assert {d.device_id: d.status for d in view.devices if d.device_id in OFFLINE} == \
-        dict.fromkeys(OFFLINE, "waiting_offline")
+    assert {d.device_id: d.status for d in view.devices if d.device_id in OFFLINE} == dict.fromkeys(
+        OFFLINE, "waiting_offline"
+    )
     waves = suite.plan_of(await suite.events(view.rollout_id))
     assert set(OFFLINE) <= set(waves[-1])
     assert not set(OFFLINE) & set(waves[0] + waves[1])
+    # … and as an operator reads it.
+    shown = await asyncio.to_thread(
+        CliRunner().invoke,
+        sdv,
+        ["rollout", "get", view.rollout_id],
+        env={"SDV_NATS_URL": suite.url, "SDV_NATS_CREDS": "", "SDV_NATS_CA": "", "COLUMNS": "200"},
+    )
+    assert shown.exit_code == 0, shown.stdout
+    assert f"waiting: offline 2, skipped offline 0 (offline devices: {option})" in shown.stdout
+    assert shown.stdout.count("waiting_offline") == 2
+    gate.set()
     return view
 
 
@@ -65,7 +85,7 @@ async def test_offline_wait_holds_the_rollout_until_they_are_back(fleet: Any) ->
         return shown if shown.succeeded_total == 8 else None
 
     assert await fleet.eventually(online_ones_done, timeout=30)
-    await asyncio.sleep(3.0 + 1.5)  # past the last wave's deadline and its skew tolerance
+    await asyncio.sleep(DEVICE_S + 1.5)  # past the last wave's deadline and its skew tolerance
     waiting = await fleet.get(view.rollout_id)
     assert waiting.status == "running"
     assert {d.status for d in waiting.devices if d.device_id in OFFLINE} == {"waiting_offline"}

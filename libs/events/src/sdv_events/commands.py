@@ -23,7 +23,7 @@ import structlog
 from sdv_events.bus.rpc import command_error
 from sdv_events.codec import decode_as, encode
 from sdv_events.decider import Decider
-from sdv_events.envelope import Metadata
+from sdv_events.envelope import Envelope, Metadata
 from sdv_events.errors import (
     ConcurrencyConflict,
     DomainError,
@@ -223,14 +223,13 @@ async def _handle(
     raise RetriesExhausted(stream_id, max_attempts)
 
 
-
 def _wrap_all(store: EventStore, stream_id: str, version: int, bodies: Sequence[Any],
-              metadata: Metadata, causes: Causes | None) -> list[Any]:
+              metadata: Metadata, causes: Causes | None) -> list[Envelope]:
     """The decision's envelopes, each with its own causation when `causes` names one."""
     found = causes(bodies) if causes is not None else [None] * len(bodies)
     if len(found) != len(bodies):
         raise ValueError(f"causes named {len(found)} causes for {len(bodies)} events")
-    envelopes: list[Any] = []
+    envelopes: list[Envelope] = []
     for i, (body, cause) in enumerate(zip(bodies, found, strict=True)):
         meta = metadata
         if isinstance(cause, int):
