@@ -70,7 +70,7 @@ from sdv_events.envelope import Envelope
 from sdv_events.errors import DecodeError
 from sdv_events.processing.categories import SubjectSet, consumer_subjects, is_versioned
 from sdv_events.processing.failures import cause, classify, dependency, waiting_on, where
-from sdv_events.processing.ledger import FactKey, Handled, Ledger
+from sdv_events.processing.ledger import FactKey, Handled, KnownVersions, Ledger
 from sdv_events.processing.planning import Blocked, GapNotHealed, Planner, Step
 from sdv_events.processing.processor import (
     AppliesBatches,
@@ -197,7 +197,7 @@ class ConsumerRunner:
         # ledger query each batch (which PostgreSQL plans as a scan of the consumer's rows while
         # its statistics are young). Trusted only while this runner leads and every commit went
         # through: emptied when it takes the lead, after a failure, after a rebuild's swap.
-        self._handled: dict[str, Handled] = {}
+        self._handled = KnownVersions(MAX_HANDLED_CACHED)
         # Held while a batch is handled; a rebuild in this process takes it to pause the feed.
         self.batch_lock = asyncio.Lock()
         # What JetStream is asked for: one subject, covering several if need be (categories.py).
@@ -670,13 +670,7 @@ class ConsumerRunner:
         """After the commit: side effects, then acks."""
         if not steps:
             return
-        handled = self._handled
-        for step in steps:
-            if step.version is not None:
-                stream, version = step.version
-                known = handled.get(stream)
-                if known is None or version.version >= known.version:
-                    handled[stream] = version
+        self._handled.remember(dict(s.version for s in steps if s.version is not None))
         self.stats.applied += sum(1 for s in steps if s.event is not None)
         if self.transactional:
             await self._after_commit()
@@ -705,20 +699,17 @@ class ConsumerRunner:
 
     async def _load_ledger(self, streams: set[str], facts: set[FactKey]
                            ) -> tuple[dict[str, Handled], set[FactKey]]:
-        handled = self._handled
-        versions = {s: handled[s] for s in streams if s in handled}  # a copy: the plan edits it
+        versions = self._handled.lookup(streams)
         if unknown := streams - versions.keys():
-            if len(handled) > MAX_HANDLED_CACHED:
-                handled.clear()
             loaded = await self.ledger.versions(self.pool, unknown)
-            handled.update(loaded)
+            self._handled.remember(loaded)
             versions.update(loaded)
         seen = await self.ledger.seen(self.pool, facts) if facts and self._by_id else set()
         return versions, seen
 
     def forget_handled(self) -> None:
         """Read the stream versions from the ledger again (it changed, or may have)."""
-        self._handled.clear()
+        self._handled.forget()
 
     async def _prune(self) -> None:
         """One bounded round of forgetting old facts; soon again while there is more."""
