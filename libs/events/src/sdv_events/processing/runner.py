@@ -49,7 +49,7 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal, cast
@@ -83,6 +83,7 @@ from sdv_events.processing.processor import (
 from sdv_events.processing.pull import Puller
 from sdv_events.processing.rebuild import Rebuilt, rebuild_from_store
 from sdv_events.processing.sources import StreamSource
+from sdv_events.processing.transactions import CommitOutcomeUnknown, lost, transaction
 from sdv_events.provisioning import EVENTS_STREAM
 from sdv_events.registry import EventRegistry, default_registry
 from sdv_events.store.postgres import EventStore, pooled_session
@@ -483,7 +484,7 @@ class ConsumerRunner:
                 return await self._attempt_each(steps)
             done = next(n for n, s in enumerate(steps) if s.event is not None)
             error = exc
-        async with self._transaction() as conn:
+        async with transaction(self.pool) as conn:
             await self._record(conn, steps[:done])
         await self._after_done(steps[:done])
         return done, error
@@ -510,7 +511,7 @@ class ConsumerRunner:
     async def _commit(self, steps: list[Step]) -> None:
         projection = cast(Projection, self.consumer)
         events = [(n, s.event) for n, s in enumerate(steps) if s.event is not None]
-        async with self._transaction() as conn:
+        async with transaction(self.pool) as conn:
             if len(events) > 1 and isinstance(projection, AppliesBatches):
                 batch = [e for _, e in events]
                 with span(f"{self.name} apply {batch[0].type}", parent=batch[0].trace,
@@ -528,38 +529,13 @@ class ConsumerRunner:
                         raise _FailedAt(n, exc) from exc
             await self._record(conn, steps)
 
-    @contextlib.asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[asyncpg.Connection]:
-        """A pooled connection in a transaction. When the connection is lost in it, a
-        `PostgresConnectionLost` (transient: waited out, the batch retried) is raised, not
-        asyncpg's complaint that a closed connection cannot roll back, nor the failure of
-        whatever event was being applied (it was not the event's fault)."""
-        async with self.pool.acquire() as conn:
-            transaction = conn.transaction()
-            await transaction.start()
-            try:
-                yield conn
-            except BaseException as exc:
-                if _lost(conn):
-                    raise PostgresConnectionLost(f"the connection to PostgreSQL was lost in a "
-                                                 f"transaction: {cause(exc)}") from exc
-                await transaction.rollback()
-                raise
-            try:
-                await transaction.commit()
-            except Exception as exc:
-                if _lost(conn):
-                    raise CommitOutcomeUnknown(f"the connection to PostgreSQL was lost while "
-                                               f"committing: {cause(exc)}") from exc
-                raise
-
     async def _isolate(self, steps: list[Step]) -> tuple[int, BaseException | None]:
         """Each event under its own savepoint, to find the one that fails: those before it
         commit, with their bookkeeping."""
         done: int = len(steps)
         error: BaseException | None = None
         projection = cast(Projection, self.consumer)
-        async with self._transaction() as conn:
+        async with transaction(self.pool) as conn:
             for n, step in enumerate(steps):
                 if step.event is None:
                     continue
@@ -568,7 +544,7 @@ class ConsumerRunner:
                         async with conn.transaction():  # a savepoint: undo this event alone
                             await projection.apply(conn, step.event)
                 except Exception as exc:
-                    if _lost(conn):
+                    if lost(conn):
                         raise  # not the event's fault: the connection is gone
                     done, error = n, exc
                     break
@@ -649,7 +625,7 @@ class ConsumerRunner:
                    detail=reason, consumer=self.durable,
                    headers=step.msg.headers if step.msg is not None else None,
                    dedupe_id=f"{self.durable}:parked:{key}", log_it=False)
-        async with self._transaction() as conn:
+        async with transaction(self.pool) as conn:
             await self._record(conn, [step], parked=1)
         self.stats.parked += 1
         bound.error("handler_failed_parked", failure=kind, attempts=attempts, error=reason,
@@ -739,22 +715,6 @@ class ConsumerRunner:
     def _backoff(self, failures: int) -> float:
         delay = min(self.retry_max_s, self.retry_initial_s * 2 ** (failures - 1))
         return float(delay * random.uniform(0.8, 1.2))
-
-
-def _lost(conn: asyncpg.Connection) -> bool:
-    try:
-        return bool(conn.is_closed())
-    except asyncpg.InterfaceError:  # the pool took it back when it closed
-        return True
-
-
-class PostgresConnectionLost(ConnectionError):
-    """The connection to PostgreSQL was lost in the middle of a transaction."""
-
-
-class CommitOutcomeUnknown(PostgresConnectionLost):
-    """The connection was lost while committing: the batch may or may not be in. Its steps are
-    not attempted again in place; the runner leads again, from the checkpoint and the ledger."""
 
 
 class _FailedAt(Exception):
