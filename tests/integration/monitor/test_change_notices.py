@@ -9,6 +9,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 
@@ -87,3 +88,53 @@ async def test_a_change_notice_comes_once_the_views_show_the_change_and_the_stre
     # The stream has the device's fact once (the monitor's record of it is not a second copy).
     assert stream_types.count("AppFailed") == 1, stream_types
     assert "DeviceFactRecorded" not in stream_types
+
+
+async def test_the_change_feed_survives_its_listening_connection_being_killed(
+        database_url: str, schema: str) -> None:
+    from sdv_monitor.adapters.live import Filter
+    from sdv_monitor.adapters.view_changes import ViewChanges
+    from sdv_monitor.projections.notices import channel
+
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=3)
+    changes = ViewChanges(pool, schema, retry_max_s=0.2)
+    stop = asyncio.Event()
+    task = asyncio.create_task(changes.run(stop))
+    heard: list[str] = []
+
+    async def page() -> None:
+        async for event in changes.follow(Filter(device="d1"), None):
+            assert not isinstance(event, str)
+            heard.append(event.type)
+
+    async def until(what: str, check: Any) -> None:
+        for _ in range(200):
+            if check():
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"{what}: heard {heard}")
+
+    follower = asyncio.create_task(page())
+    try:
+        await until("listening", lambda: changes.listening and heard)
+        heard.clear()
+        notify = "SELECT pg_notify($1, $2)"
+        await pool.execute(notify, channel(schema), '[["facts", null, "d2", "AppHealthy"]]')
+        await pool.execute(notify, channel(schema), '[["facts", "r-1", "d1", "AppFailed"]]')
+        await until("the page's device", lambda: heard == ["AppFailed"])  # d2 is not its device
+
+        # The listening connection is killed: health says so, the listener comes back, and the
+        # page is told anything may have changed (what was committed meanwhile had no notice).
+        killed = await pool.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE query = 'LISTEN \"' || $1 || '\"' AND pid <> pg_backend_pid()", channel(schema))
+        assert killed >= 1
+        await until("told after the listener came back", lambda: "listening" in heard)
+        assert (await changes.status()).healthy
+        await pool.execute(notify, channel(schema), '[["device", null, "d1", "DeviceCameOnline"]]')
+        await until("heard again", lambda: heard[-1] == "DeviceCameOnline")
+    finally:
+        stop.set()
+        follower.cancel()
+        await asyncio.wait_for(task, 10)
+        await pool.close()

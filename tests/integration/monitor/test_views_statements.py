@@ -181,7 +181,9 @@ def _fleet_history(rid: str) -> list[Envelope]:
         WaveStarted(0, 1, T0), DeviceTargeted("d0", 0, T0), DeviceSucceeded("d0", 0),
         WaveCompleted(0, 1, 0, T0), WaveStarted(1, 5, T0),
         *[DeviceTargeted(d, 1, T0) for d in devices[1:]],
-        *[DeviceSucceeded(d, 1) for d in devices[1:5]], DeviceFailed("d5", 1, "exit code 3"),
+        # d5 twice in one run of outcomes (timed out, then its failure came after all).
+        *[DeviceSucceeded(d, 1) for d in devices[1:5]], DeviceTimedOut("d5", 1),
+        DeviceFailed("d5", 1, "exit code 3"),
         WaveCompleted(1, 4, 1, T0), RolloutCompleted(5, 1, T0)]
     streams.append((f"rollout-{rid}", rollout))
     facts: list[tuple[str, list[msgspec.Struct]]] = []

@@ -31,7 +31,7 @@ class InvalidStreamId(ValueError):
         self.stream_id = stream_id
 
 
-@functools.lru_cache(maxsize=16_384)  # a consumer asks it of the same few ids, event after event
+@functools.lru_cache(maxsize=4096)  # a consumer asks it of the same few ids, event after event
 def split_stream_id(stream_id: str) -> tuple[str, str]:
     """`rollout-0193ab…` → (`rollout`, `0193ab…`). The id part may itself contain hyphens."""
     match = _STREAM_RE.fullmatch(stream_id)

@@ -63,6 +63,42 @@ class Handled(NamedTuple):
     event_id: uuid.UUID | None
 
 
+class KnownVersions:
+    """The last version handled per stream as a leading runner committed or read it, so that
+    it does not ask the ledger again each batch. Kept as plain integers, which the garbage
+    collector does not track: a catch-up remembers tens of thousands of streams, and a heap of
+    tracked objects that size makes every full collection of the service's process longer."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._known: dict[str, tuple[int, int | None]] = {}
+
+    def __len__(self) -> int:
+        return len(self._known)
+
+    def lookup(self, streams: Iterable[str]) -> dict[str, Handled]:
+        """What is known of `streams` (a new dict: the caller may edit it)."""
+        known, found = self._known, {}
+        for stream in streams:
+            if (entry := known.get(stream)) is not None:
+                version, event_id = entry
+                found[stream] = Handled(version, None if event_id is None else uuid.UUID(int=event_id))
+        return found
+
+    def remember(self, handled: Mapping[str, Handled]) -> None:
+        """Versions committed or read from the ledger (a lower one than known is ignored)."""
+        known = self._known
+        if len(known) + len(handled) > self.limit:
+            known.clear()  # starting over costs a ledger read per stream, once
+        for stream, (version, event_id) in handled.items():
+            entry = known.get(stream)
+            if entry is None or version >= entry[0]:
+                known[stream] = (version, None if event_id is None else event_id.int)
+
+    def forget(self) -> None:
+        self._known.clear()
+
+
 @dataclass(frozen=True)
 class Position:
     seq: int

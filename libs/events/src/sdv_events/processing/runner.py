@@ -49,7 +49,7 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal, cast
@@ -70,7 +70,7 @@ from sdv_events.envelope import Envelope
 from sdv_events.errors import DecodeError
 from sdv_events.processing.categories import SubjectSet, consumer_subjects, is_versioned
 from sdv_events.processing.failures import cause, classify, dependency, waiting_on, where
-from sdv_events.processing.ledger import FactKey, Handled, Ledger
+from sdv_events.processing.ledger import FactKey, Handled, KnownVersions, Ledger
 from sdv_events.processing.planning import Blocked, GapNotHealed, Planner, Step
 from sdv_events.processing.processor import (
     AppliesBatches,
@@ -83,6 +83,7 @@ from sdv_events.processing.processor import (
 from sdv_events.processing.pull import Puller
 from sdv_events.processing.rebuild import Rebuilt, rebuild_from_store
 from sdv_events.processing.sources import StreamSource
+from sdv_events.processing.transactions import CommitOutcomeUnknown, lost, transaction
 from sdv_events.provisioning import EVENTS_STREAM
 from sdv_events.registry import EventRegistry, default_registry
 from sdv_events.store.postgres import EventStore, pooled_session
@@ -197,7 +198,7 @@ class ConsumerRunner:
         # ledger query each batch (which PostgreSQL plans as a scan of the consumer's rows while
         # its statistics are young). Trusted only while this runner leads and every commit went
         # through: emptied when it takes the lead, after a failure, after a rebuild's swap.
-        self._handled: dict[str, Handled] = {}
+        self._handled = KnownVersions(MAX_HANDLED_CACHED)
         # Held while a batch is handled; a rebuild in this process takes it to pause the feed.
         self.batch_lock = asyncio.Lock()
         # What JetStream is asked for: one subject, covering several if need be (categories.py).
@@ -483,7 +484,7 @@ class ConsumerRunner:
                 return await self._attempt_each(steps)
             done = next(n for n, s in enumerate(steps) if s.event is not None)
             error = exc
-        async with self._transaction() as conn:
+        async with transaction(self.pool) as conn:
             await self._record(conn, steps[:done])
         await self._after_done(steps[:done])
         return done, error
@@ -510,7 +511,7 @@ class ConsumerRunner:
     async def _commit(self, steps: list[Step]) -> None:
         projection = cast(Projection, self.consumer)
         events = [(n, s.event) for n, s in enumerate(steps) if s.event is not None]
-        async with self._transaction() as conn:
+        async with transaction(self.pool) as conn:
             if len(events) > 1 and isinstance(projection, AppliesBatches):
                 batch = [e for _, e in events]
                 with span(f"{self.name} apply {batch[0].type}", parent=batch[0].trace,
@@ -528,38 +529,13 @@ class ConsumerRunner:
                         raise _FailedAt(n, exc) from exc
             await self._record(conn, steps)
 
-    @contextlib.asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[asyncpg.Connection]:
-        """A pooled connection in a transaction. When the connection is lost in it, a
-        `PostgresConnectionLost` (transient: waited out, the batch retried) is raised, not
-        asyncpg's complaint that a closed connection cannot roll back, nor the failure of
-        whatever event was being applied (it was not the event's fault)."""
-        async with self.pool.acquire() as conn:
-            transaction = conn.transaction()
-            await transaction.start()
-            try:
-                yield conn
-            except BaseException as exc:
-                if _lost(conn):
-                    raise PostgresConnectionLost(f"the connection to PostgreSQL was lost in a "
-                                                 f"transaction: {cause(exc)}") from exc
-                await transaction.rollback()
-                raise
-            try:
-                await transaction.commit()
-            except Exception as exc:
-                if _lost(conn):
-                    raise CommitOutcomeUnknown(f"the connection to PostgreSQL was lost while "
-                                               f"committing: {cause(exc)}") from exc
-                raise
-
     async def _isolate(self, steps: list[Step]) -> tuple[int, BaseException | None]:
         """Each event under its own savepoint, to find the one that fails: those before it
         commit, with their bookkeeping."""
         done: int = len(steps)
         error: BaseException | None = None
         projection = cast(Projection, self.consumer)
-        async with self._transaction() as conn:
+        async with transaction(self.pool) as conn:
             for n, step in enumerate(steps):
                 if step.event is None:
                     continue
@@ -568,7 +544,7 @@ class ConsumerRunner:
                         async with conn.transaction():  # a savepoint: undo this event alone
                             await projection.apply(conn, step.event)
                 except Exception as exc:
-                    if _lost(conn):
+                    if lost(conn):
                         raise  # not the event's fault: the connection is gone
                     done, error = n, exc
                     break
@@ -649,7 +625,7 @@ class ConsumerRunner:
                    detail=reason, consumer=self.durable,
                    headers=step.msg.headers if step.msg is not None else None,
                    dedupe_id=f"{self.durable}:parked:{key}", log_it=False)
-        async with self._transaction() as conn:
+        async with transaction(self.pool) as conn:
             await self._record(conn, [step], parked=1)
         self.stats.parked += 1
         bound.error("handler_failed_parked", failure=kind, attempts=attempts, error=reason,
@@ -670,13 +646,7 @@ class ConsumerRunner:
         """After the commit: side effects, then acks."""
         if not steps:
             return
-        handled = self._handled
-        for step in steps:
-            if step.version is not None:
-                stream, version = step.version
-                known = handled.get(stream)
-                if known is None or version.version >= known.version:
-                    handled[stream] = version
+        self._handled.remember(dict(s.version for s in steps if s.version is not None))
         self.stats.applied += sum(1 for s in steps if s.event is not None)
         if self.transactional:
             await self._after_commit()
@@ -705,20 +675,17 @@ class ConsumerRunner:
 
     async def _load_ledger(self, streams: set[str], facts: set[FactKey]
                            ) -> tuple[dict[str, Handled], set[FactKey]]:
-        handled = self._handled
-        versions = {s: handled[s] for s in streams if s in handled}  # a copy: the plan edits it
+        versions = self._handled.lookup(streams)
         if unknown := streams - versions.keys():
-            if len(handled) > MAX_HANDLED_CACHED:
-                handled.clear()
             loaded = await self.ledger.versions(self.pool, unknown)
-            handled.update(loaded)
+            self._handled.remember(loaded)
             versions.update(loaded)
         seen = await self.ledger.seen(self.pool, facts) if facts and self._by_id else set()
         return versions, seen
 
     def forget_handled(self) -> None:
         """Read the stream versions from the ledger again (it changed, or may have)."""
-        self._handled.clear()
+        self._handled.forget()
 
     async def _prune(self) -> None:
         """One bounded round of forgetting old facts; soon again while there is more."""
@@ -748,22 +715,6 @@ class ConsumerRunner:
     def _backoff(self, failures: int) -> float:
         delay = min(self.retry_max_s, self.retry_initial_s * 2 ** (failures - 1))
         return float(delay * random.uniform(0.8, 1.2))
-
-
-def _lost(conn: asyncpg.Connection) -> bool:
-    try:
-        return bool(conn.is_closed())
-    except asyncpg.InterfaceError:  # the pool took it back when it closed
-        return True
-
-
-class PostgresConnectionLost(ConnectionError):
-    """The connection to PostgreSQL was lost in the middle of a transaction."""
-
-
-class CommitOutcomeUnknown(PostgresConnectionLost):
-    """The connection was lost while committing: the batch may or may not be in. Its steps are
-    not attempted again in place; the runner leads again, from the checkpoint and the ledger."""
 
 
 class _FailedAt(Exception):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
@@ -75,7 +76,8 @@ async def pooled_session(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection
             try:
                 await conn.execute("SELECT pg_advisory_unlock_all(); UNLISTEN *")
             except Exception:
-                conn.terminate()
+                with contextlib.suppress(asyncpg.InterfaceError):  # already closed and given back
+                    conn.terminate()
 
 
 def utc_now() -> datetime:

@@ -3,6 +3,10 @@ from the orchestrator's rollout events (`rollout-<id>`)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, NamedTuple
+
 import asyncpg
 
 from sdv_events.envelope import Envelope
@@ -27,9 +31,20 @@ from sdv_events.schemas.rollouts import (
     WaveCompleted,
     WaveStarted,
 )
-from sdv_monitor.projections.writes import Writes
+from sdv_monitor.projections.writes import Writes, columns
 
 TERMINAL = ("completed", "aborted", "cancelled", "rolled_back")
+
+
+class Outcome(NamedTuple):
+    rollout_id: str
+    device_id: str
+    wave: int
+    column: str  # the count it adds to: succeeded | failed
+    status: str
+    reason: str
+    at: datetime
+    timed_out: bool = False
 
 
 class Rollouts:
@@ -154,6 +169,55 @@ class Rollouts:
                 self._end(writes, rid, event, "completed")
             case RolloutCancelled(reason=reason):
                 self._end(writes, rid, event, "cancelled", reason)
+
+    def outcome(self, event: Envelope) -> Outcome | None:
+        """A device's outcome in a rollout (the events of a wave that come by the thousand)."""
+        category, rid = split_stream_id(event.stream_id)
+        if category != "rollout":
+            return None
+        match event.data:
+            case DeviceSucceeded(device_id=d, wave=wave):
+                return Outcome(rid, d, wave, "succeeded", "succeeded", "", event.occurred_at)
+            case DeviceFailed(device_id=d, wave=wave, reason=reason):
+                return Outcome(rid, d, wave, "failed", "failed", reason, event.occurred_at)
+            case DeviceTimedOut(device_id=d, wave=wave):
+                return Outcome(rid, d, wave, "failed", "timed_out", "no report before the deadline",
+                               event.occurred_at, timed_out=True)
+        return None
+
+    def outcomes(self, outcomes: Sequence[Outcome]) -> list[Writes]:
+        """The statements of a run of outcomes, set-wise: the devices' rows in one, the counts
+        of their rollouts and waves added up and written once each (one update per event of
+        the same rollout's row is a chain of row versions to walk in one transaction). As the
+        events one by one would leave them; each (rollout, device) at most once in the run."""
+        s = self.s
+        rollouts: dict[str, list[Any]] = {}  # rollout → [last at, succeeded, failed, timed out]
+        waves: dict[tuple[str, int], list[int]] = {}  # (rollout, wave) → [succeeded, failed]
+        for o in outcomes:
+            counts = rollouts.setdefault(o.rollout_id, [o.at, 0, 0, 0])
+            counts[0] = o.at
+            counts[1 if o.column == "succeeded" else 2] += 1
+            counts[3] += o.timed_out
+            wave = waves.setdefault((o.rollout_id, o.wave), [0, 0])
+            wave[0 if o.column == "succeeded" else 1] += 1
+        devices, totals, by_wave = Writes(), Writes(), Writes()
+        devices.add(f"{s}.rollout_devices",
+                    f"UPDATE {s}.rollout_devices d SET status = u.st, reason = u.re, finished_at = u.at "
+                    "FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[]) "
+                    "AS u(r, dv, st, re, at) WHERE d.rollout_id = u.r AND d.device_id = u.dv",
+                    *columns([(o.rollout_id, o.device_id, o.status, o.reason, o.at) for o in outcomes]))
+        totals.add(f"{s}.rollouts",
+                   f"UPDATE {s}.rollouts r SET updated_at = u.at, succeeded = r.succeeded + u.s, "
+                   "failed = r.failed + u.f, timed_out = r.timed_out + u.t "
+                   "FROM unnest($1::text[], $2::timestamptz[], $3::int[], $4::int[], $5::int[]) "
+                   "AS u(id, at, s, f, t) WHERE r.rollout_id = u.id",
+                   *columns([(rid, *counts) for rid, counts in rollouts.items()]))
+        by_wave.add(f"{s}.rollout_waves",
+                    f"UPDATE {s}.rollout_waves w SET succeeded = w.succeeded + u.s, "
+                    "failed = w.failed + u.f FROM unnest($1::text[], $2::int[], $3::int[], $4::int[]) "
+                    "AS u(r, wv, s, f) WHERE w.rollout_id = u.r AND w.wave = u.wv",
+                    *columns([(rid, wave, *counts) for (rid, wave), counts in waves.items()]))
+        return [devices, totals, by_wave]
 
     def _planned(self, writes: Writes, rid: str, devices: list[tuple[str, int]]) -> None:
         if devices:

@@ -17,7 +17,7 @@ from sdv_monitor.projections.history import DeviceHistory
 from sdv_monitor.projections.inventory import Inventory
 from sdv_monitor.projections.notices import channel, notice
 from sdv_monitor.projections.packages import Packages
-from sdv_monitor.projections.rollouts import Rollouts
+from sdv_monitor.projections.rollouts import Outcome, Rollouts
 from sdv_monitor.projections.writes import Batch, Writes
 
 
@@ -52,6 +52,8 @@ class MonitorViews:
         self.updating: tuple[Part, ...] = (self.fleet, self.inventory, self.rollouts, self.packages,
                                            self.alerts)
         self.parts: tuple[Part, ...] = (*self.updating, self.history, self.audit)
+        # The updating parts but the rollouts' (a run of devices' outcomes goes set-wise).
+        self.others = tuple(p for p in self.updating if p is not self.rollouts)
         self.tables = tuple(t for part in self.parts for t in part.tables)
         self.channel = channel(schema)
 
@@ -73,23 +75,44 @@ class MonitorViews:
     async def apply_batch(self, conn: asyncpg.Connection, events: Sequence[Envelope]) -> None:
         """A fetched batch, as applying its events one by one would leave the tables: the
         parts that update rows, event after event (runs of the same statement in one round
-        trip each: writes.Batch); then the lines of the history and the audit trail, which
-        only add rows, one statement each for the whole batch."""
+        trip each: writes.Batch), a run of devices' outcomes in a rollout set-wise
+        (`Rollouts.outcomes`); then the lines of the history and the audit trail, which only
+        add rows, one statement each for the whole batch."""
         batch = Batch()
         history: list[tuple[object, ...]] = []
         audit: list[tuple[object, ...]] = []
+        outcomes: list[Outcome] = []
+        pairs: set[tuple[str, str]] = set()  # (rollout, device) of `outcomes`
         for event in events:
             writes = Writes()
-            for part in self.updating:
+            for part in self.others:
                 part.apply(writes, event)
-            batch.add(writes)
+            outcome = self.rollouts.outcome(event) if not writes.statements else None
+            if outcome is not None:
+                pair = (outcome.rollout_id, outcome.device_id)
+                if pair in pairs:  # a device twice in a run: the second starts another run
+                    self._flush(batch, outcomes, pairs)
+                outcomes.append(outcome)
+                pairs.add(pair)
+            else:
+                self._flush(batch, outcomes, pairs)
+                self.rollouts.apply(writes, event)
+                batch.add(writes)
             if (line := self.history.row(event)) is not None:
                 history.append(line)
             audit.append(self.audit.row(event))
+        self._flush(batch, outcomes, pairs)
         await batch.run(conn)
         await self.history.insert(conn, history)
         await self.audit.insert(conn, audit)  # last: it reads the rollouts' rows
         await self._notify(conn, events)
+
+    def _flush(self, batch: Batch, outcomes: list[Outcome], pairs: set[tuple[str, str]]) -> None:
+        if outcomes:
+            for writes in self.rollouts.outcomes(outcomes):
+                batch.add(writes)
+            outcomes.clear()
+            pairs.clear()
 
     async def _notify(self, conn: asyncpg.Connection, events: Sequence[Envelope]) -> None:
         """Sent by PostgreSQL when the transaction commits, not before (notices.py)."""

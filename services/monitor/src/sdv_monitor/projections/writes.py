@@ -8,8 +8,10 @@ what another writes for the same event (a statement reads only rows of earlier e
 earlier statements of the transaction made visible). A failing statement fails them all, as
 one event's writes failed together before (the runner undoes an event as a whole).
 
-Catching up 34,000 events, the monitor spent its time on round trips to PostgreSQL (6 to 8 per
-event, two of them the runner's savepoint); see bench/monitor.py.
+`Batch`: a fetched batch's statements in order, a run of the same statement text as one
+`executemany` (one round trip). Catching up 34,000 events, the monitor spent its time on round
+trips to PostgreSQL (6 to 8 per event, two of them the runner's savepoint before the runner
+handed it batches); see bench/README.md.
 """
 
 from __future__ import annotations
