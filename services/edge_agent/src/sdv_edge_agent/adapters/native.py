@@ -89,9 +89,17 @@ class NativeProcess:
         return await asyncio.shield(self._exited)
 
     async def _settle(self) -> None:
-        code = await status_after_end(self.run_dir, self._keeper)
-        if self._exited is not None and not self._exited.done():
-            self._exited.set_result(code)
+        """Resolve `wait()` with the exit status the keeper recorded; if reading it fails, with
+        None (status unknown) and a log line — never leave the supervisor waiting forever."""
+        code: int | None = None
+        try:
+            code = await status_after_end(self.run_dir, self._keeper)
+        except Exception as exc:
+            log.warning("exit_status_unreadable", pid=self.pid, run_dir=str(self.run_dir),
+                        error=f"{type(exc).__name__}: {exc}")
+        finally:
+            if self._exited is not None and not self._exited.done():
+                self._exited.set_result(code)
 
     def signal_group(self, sig: int) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
