@@ -34,7 +34,7 @@ pytestmark = pytest.mark.slow
 
 STREAMS = [f"crash-{i}" for i in range(12)]
 WRITERS = 8
-MAX_APPENDS_PER_WRITER = 600  # 1-4 events each
+WRITER_CAP_S = 90.0  # writers append (1-4 events at a time) until the kills are over, at most this long
 KILLS = 3
 
 
@@ -125,11 +125,11 @@ async def test_relay_process_killed_mid_publish_loses_and_duplicates_nothing(
     stop_writers = asyncio.Event()
 
     async def writer(w: int) -> int:
-        """Appends until the kills are over (or MAX_APPENDS_PER_WRITER), paced to span them."""
+        """Appends until the kills are over (at most WRITER_CAP_S), paced to span them."""
         written = 0
-        for n in range(MAX_APPENDS_PER_WRITER):
-            if stop_writers.is_set():
-                break
+        n = 0
+        while not stop_writers.is_set() and time.monotonic() - started < WRITER_CAP_S:
+            n += 1
             bodies = [Appended(w, n * 10 + k) for k in range(rng.randint(1, 4))]
             await store.append(rng.choice(STREAMS), ANY, bodies)
             written += len(bodies)

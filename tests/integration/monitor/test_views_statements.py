@@ -241,3 +241,75 @@ async def test_a_batch_written_set_wise_leaves_every_table_as_its_events_one_by_
                                          "audit_events", "alerts", "inventory_rollouts"))
     finally:
         await conn.execute(f"DROP SCHEMA {schema}_b CASCADE")
+
+
+async def test_offline_devices_and_a_rollback_show_per_device_in_the_rollout_view(
+        conn: asyncpg.Connection, schema: str) -> None:
+    """Presence and rollback outcomes: a device offline when planned, one skipped and one failed
+    for being offline at its deadline, one waited for until it came back, an already-current
+    success; then the abort's rollback, device by device, until it completes."""
+    from sdv_events.schemas.rollouts import (
+        DeviceBackOnline,
+        DeviceOffline,
+        DeviceRollbackUnconfirmed,
+        DeviceRolledBack,
+        DevicesOffline,
+        DevicesPlanned,
+        DeviceSucceeded,
+        OfflineDevice,
+        PlannedDevice,
+        RollbackCompleted,
+        RollbackStarted,
+        RolloutPlanned,
+    )
+
+    views = MonitorViews(schema)
+    await views.create(conn)
+    s, rid = schema, "r-offline"
+    devices = ["d1", "d2", "d3", "d4", "d5"]
+    history = envelopes(rid, [
+        RolloutCreated(rollout_id=rid, package=package("2.0.0"), target=Target(selector="fleet=a"),
+                       strategy=Strategy(waves=["100%"]), thresholds=Thresholds(), timeouts=Timeouts(),
+                       created_at=T0, created_by="operator"),
+        RolloutPlanned(devices=5, waves=1, planned_at=T0),
+        DevicesPlanned(0, [PlannedDevice(d, 0) for d in devices]),
+        DevicesOffline(0, [OfflineDevice("d5", 0)]),
+        WaveStarted(0, 5, T0),
+        *[DeviceTargeted(d, 0, T0) for d in devices],
+        DeviceSucceeded("d1", 0, reason="already_current"),
+        DeviceOffline("d2", 0, "skipped", T0),
+        DeviceOffline("d3", 0, "failed", T0),
+        DeviceOffline("d4", 0, "waiting", T0),
+        DeviceBackOnline("d4", 0, T0),
+        DeviceTimedOut("d4", 0),
+        RolloutAborted("wave 0: 2 of 5 failed", 0, T0),
+        RollbackStarted("wave 0: 2 of 5 failed", T0, devices=5),
+        DeviceRolledBack("d1", 0),
+        DeviceRollbackUnconfirmed("d4", 0, "no report by the rollback deadline"),
+        RollbackCompleted(rolled_back=1, unconfirmed=1, at=T0),
+    ])
+    for event in history:
+        async with conn.transaction():
+            await views.apply(conn, event)
+
+    assert await rows(conn, f"SELECT status, succeeded, failed, timed_out, rolled_back, "
+                            f"rollback_unconfirmed, rollback_completed_at FROM {s}.rollouts") == \
+        [("rolled_back", 1, 2, 1, 1, 1, T0)]
+    assert await rows(conn, f"SELECT device_id, status, reason FROM {s}.rollout_devices "
+                            "ORDER BY device_id") == [
+        ("d1", "rolled_back", "previous version running again"),
+        ("d2", "skipped", "offline at its deadline: skipped"),
+        ("d3", "offline", "offline at its deadline"),
+        ("d4", "rollback_unconfirmed", "no report by the rollback deadline"),
+        ("d5", "targeted", "offline when planned")]
+
+    # The same history in one batch writes the same tables.
+    batched = MonitorViews(f"{schema}_b")
+    await conn.execute(f"CREATE SCHEMA {schema}_b")
+    try:
+        await batched.create(conn)
+        async with conn.transaction():
+            await batched.apply_batch(conn, history)
+        assert await _tables(conn, f"{schema}_b", batched) == await _tables(conn, schema, views)
+    finally:
+        await conn.execute(f"DROP SCHEMA {schema}_b CASCADE")

@@ -123,6 +123,11 @@ class RolloutRow(msgspec.Struct, frozen=True, kw_only=True):
     created_at: datetime
     updated_at: datetime
     ended_at: datetime | None = None
+    # After a rollback: devices back on their previous version, devices that did not confirm it,
+    # and when every device was accounted for.
+    rolled_back: int = 0
+    rollback_unconfirmed: int = 0
+    rollback_completed_at: datetime | None = None
 
 
 class RolloutWave(msgspec.Struct, frozen=True, kw_only=True):
@@ -138,7 +143,9 @@ class RolloutWave(msgspec.Struct, frozen=True, kw_only=True):
 class RolloutDevice(msgspec.Struct, frozen=True, kw_only=True):
     device_id: str
     wave: int
-    status: str  # planned | targeted | succeeded | failed | timed_out
+    # planned | targeted | succeeded | failed | timed_out | offline (waiting for it, or failed
+    # for it) | skipped (offline, not counted) | rolled_back | rollback_unconfirmed
+    status: str
     targeted_at: datetime | None = None
     deadline: datetime | None = None
     finished_at: datetime | None = None

@@ -15,8 +15,13 @@ from sdv_events.schemas.monitor import AuditQuery, RolloutDetail, RolloutDevice,
 # What a rollout's device cell says, in words as well as in colour (colour alone tells nothing to
 # a screen reader or to a colour-blind operator).
 OUTCOME_WORDS = {"planned": "waiting", "targeted": "installing", "succeeded": "succeeded",
-                 "failed": "failed", "timed_out": "timed out"}
-OUTCOME_MARKS = {"planned": "·", "targeted": "…", "succeeded": "✓", "failed": "✗", "timed_out": "!"}
+                 "failed": "failed", "timed_out": "timed out", "offline": "offline",
+                 "skipped": "skipped (offline)", "rolled_back": "rolled back",
+                 "rollback_unconfirmed": "rollback unconfirmed"}
+OUTCOME_MARKS = {"planned": "·", "targeted": "…", "succeeded": "✓", "failed": "✗", "timed_out": "!",
+                 "offline": "○", "skipped": "–", "rolled_back": "↶", "rollback_unconfirmed": "?"}
+# The outcomes a rollout counts (a device offline with a finish time was failed for it).
+COUNTED = ("succeeded", "failed", "timed_out", "offline")
 AUDIT_FIELDS = ("rollout", "device", "package", "stream", "correlation", "actor", "type", "since", "until",
                 "after")
 
@@ -69,7 +74,7 @@ def progress_series(detail: RolloutDetail, now: datetime) -> dict[str, Any]:
     ends (the rollout's duration so far, its number of devices)."""
     start = detail.rollout.created_at
     finished = sorted((d.finished_at, d.status) for d in detail.devices
-                      if d.finished_at is not None and d.status in ("succeeded", "failed", "timed_out"))
+                      if d.finished_at is not None and d.status in COUNTED)
     series: dict[str, list[float]] = {"t": [0.0], "succeeded": [0], "failed": [0]}
     ok = bad = 0
     for at, status in finished:

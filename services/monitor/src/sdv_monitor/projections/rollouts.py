@@ -12,12 +12,18 @@ import asyncpg
 from sdv_events.envelope import Envelope
 from sdv_events.ids import split_stream_id
 from sdv_events.schemas.rollouts import (
+    DeviceBackOnline,
     DeviceFailed,
+    DeviceOffline,
+    DeviceRollbackUnconfirmed,
+    DeviceRolledBack,
+    DevicesOffline,
     DevicesExcluded,
     DevicesPlanned,
     DeviceSucceeded,
     DeviceTargeted,
     DeviceTimedOut,
+    RollbackCompleted,
     RollbackStarted,
     RollbackStartedV1,
     RolloutAborted,
@@ -80,7 +86,10 @@ class Rollouts:
             CREATE INDEX IF NOT EXISTS {s}_rollout_devices_device ON {s}.rollout_devices (device_id);
             CREATE TABLE IF NOT EXISTS {s}.rollout_excluded (
                 rollout_id text NOT NULL, device_id text NOT NULL, reason text NOT NULL,
-                PRIMARY KEY (rollout_id, device_id));""")
+                PRIMARY KEY (rollout_id, device_id));
+            ALTER TABLE {s}.rollouts ADD COLUMN IF NOT EXISTS rolled_back integer NOT NULL DEFAULT 0,
+                ADD COLUMN IF NOT EXISTS rollback_unconfirmed integer NOT NULL DEFAULT 0,
+                ADD COLUMN IF NOT EXISTS rollback_completed_at timestamptz;""")
 
     def _set(self, writes: Writes, rid: str, event: Envelope, sql: str, *args: object) -> None:
         writes.add(f"{self.s}.rollouts",
@@ -102,6 +111,14 @@ class Rollouts:
                   + (", timed_out = timed_out + 1" if timed_out else ""))
         writes.add(f"{s}.rollout_waves", f"UPDATE {s}.rollout_waves SET {column} = {column} + 1 "
                    "WHERE rollout_id = $1 AND wave = $2", rid, wave)
+
+    def _device_row(self, writes: Writes, rid: str, device_id: str, status: str, reason: str,
+                    finished_at: datetime | None) -> None:
+        """A device's row only: a state that is not an outcome counted by the rollout."""
+        writes.add(f"{self.s}.rollout_devices",
+                   f"UPDATE {self.s}.rollout_devices SET status = $3, reason = $4, "
+                   "finished_at = coalesce($5, finished_at) WHERE rollout_id = $1 AND device_id = $2",
+                   rid, device_id, status, reason, finished_at)
 
     def apply(self, writes: Writes, event: Envelope) -> None:
         category, rid = split_stream_id(event.stream_id)
@@ -129,6 +146,15 @@ class Rollouts:
                 self._planned(writes, rid, [(d.device_id, d.wave) for d in devices])
             case DevicesExcluded(devices=devices):
                 self._excluded(writes, rid, [(d.device_id, d.reason) for d in devices])
+            case DevicesOffline(devices=devices) if devices:
+                # Planned devices offline when planned: shown as waiting for them from the start.
+                writes.add(
+                    f"{s}.rollout_devices",
+                    f"INSERT INTO {s}.rollout_devices (rollout_id, device_id, wave, status, reason) "
+                    "SELECT $1, d, w, 'offline', 'offline when planned' FROM unnest($2::text[], $3::int[]) "
+                    "AS u(d, w) ON CONFLICT (rollout_id, device_id) DO UPDATE SET status = 'offline', "
+                    "reason = 'offline when planned'",
+                    rid, [d.device_id for d in devices], [d.wave for d in devices])
             case WaveStarted(wave=wave, size=size, at=at):
                 writes.add(
                     f"{s}.rollout_waves",
@@ -144,13 +170,28 @@ class Rollouts:
                     "deadline) VALUES ($1,$2,$3,'targeted',$4,$5) ON CONFLICT (rollout_id, device_id) "
                     "DO UPDATE SET status = 'targeted', targeted_at = $4, deadline = $5",
                     rid, d, wave, event.occurred_at, deadline)
-            case DeviceSucceeded(device_id=d, wave=wave):
-                self._device(writes, rid, event, d, wave, "succeeded", "succeeded")
-            case DeviceFailed(device_id=d, wave=wave, reason=reason):
-                self._device(writes, rid, event, d, wave, "failed", "failed", reason)
-            case DeviceTimedOut(device_id=d, wave=wave):
-                self._device(writes, rid, event, d, wave, "failed", "timed_out",
-                             "no report before the deadline", timed_out=True)
+            case DeviceSucceeded() | DeviceFailed() | DeviceTimedOut() | DeviceOffline(outcome="failed"):
+                if (o := self.outcome(event)) is not None:
+                    self._device(writes, rid, event, o.device_id, o.wave, o.column, o.status, o.reason,
+                                 timed_out=o.timed_out)
+            case DeviceOffline(device_id=d, outcome=outcome):  # skipped (not counted) or waiting
+                status, reason = (("skipped", "offline at its deadline: skipped") if outcome == "skipped"
+                                  else ("offline", "offline at its deadline: waiting until it is back"))
+                self._device_row(writes, rid, d, status, reason,
+                                 event.occurred_at if outcome == "skipped" else None)
+            case DeviceBackOnline(device_id=d, deadline=deadline):
+                writes.add(f"{s}.rollout_devices",
+                           f"UPDATE {s}.rollout_devices SET status = 'targeted', reason = 'back online', "
+                           "deadline = $3 WHERE rollout_id = $1 AND device_id = $2", rid, d, deadline)
+            case DeviceRolledBack(device_id=d):
+                self._device_row(writes, rid, d, "rolled_back", "previous version running again",
+                                 event.occurred_at)
+                self._set(writes, rid, event, "rolled_back = rolled_back + 1")
+            case DeviceRollbackUnconfirmed(device_id=d, reason=reason):
+                self._device_row(writes, rid, d, "rollback_unconfirmed", reason, event.occurred_at)
+                self._set(writes, rid, event, "rollback_unconfirmed = rollback_unconfirmed + 1")
+            case RollbackCompleted(at=at):
+                self._set(writes, rid, event, "rollback_completed_at = $3", at)
             case WaveCompleted(wave=wave, at=at):
                 writes.add(f"{s}.rollout_waves",
                            f"UPDATE {s}.rollout_waves SET state = 'completed', completed_at = $3 "
@@ -176,13 +217,16 @@ class Rollouts:
         if category != "rollout":
             return None
         match event.data:
-            case DeviceSucceeded(device_id=d, wave=wave):
-                return Outcome(rid, d, wave, "succeeded", "succeeded", "", event.occurred_at)
+            case DeviceSucceeded(device_id=d, wave=wave, reason=reason):
+                return Outcome(rid, d, wave, "succeeded", "succeeded", reason, event.occurred_at)
             case DeviceFailed(device_id=d, wave=wave, reason=reason):
                 return Outcome(rid, d, wave, "failed", "failed", reason, event.occurred_at)
             case DeviceTimedOut(device_id=d, wave=wave):
                 return Outcome(rid, d, wave, "failed", "timed_out", "no report before the deadline",
                                event.occurred_at, timed_out=True)
+            case DeviceOffline(device_id=d, wave=wave, outcome="failed"):
+                return Outcome(rid, d, wave, "failed", "offline", "offline at its deadline",
+                               event.occurred_at)
         return None
 
     def outcomes(self, outcomes: Sequence[Outcome]) -> list[Writes]:
