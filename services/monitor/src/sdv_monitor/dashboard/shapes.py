@@ -19,7 +19,7 @@ OUTCOME_WORDS = {"planned": "waiting", "targeted": "installing", "succeeded": "s
                  "skipped": "skipped (offline)", "rolled_back": "rolled back",
                  "rollback_unconfirmed": "rollback unconfirmed"}
 OUTCOME_MARKS = {"planned": "·", "targeted": "…", "succeeded": "✓", "failed": "✗", "timed_out": "!",
-                 "offline": "○", "skipped": "–", "rolled_back": "↶", "rollback_unconfirmed": "?"}
+                 "offline": "○", "skipped": "↷", "rolled_back": "↶", "rollback_unconfirmed": "?"}
 # The outcomes a rollout counts (a device offline with a finish time was failed for it).
 COUNTED = ("succeeded", "failed", "timed_out", "offline")
 AUDIT_FIELDS = ("rollout", "device", "package", "stream", "correlation", "actor", "type", "since", "until",
