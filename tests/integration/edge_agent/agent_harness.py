@@ -382,7 +382,7 @@ class Fleet:
 
     # --- observing ---------------------------------------------------------------------------
 
-    async def until(self, check: Callable[[], Any], timeout: float = 15.0, what: str = "") -> Any:
+    async def until(self, check: Callable[[], Any], timeout: float = 30.0, what: str = "") -> Any:
         deadline = time.monotonic() + timeout
         while True:
             result = check()
@@ -422,7 +422,7 @@ class Fleet:
         return state.apps[app].state if state and app in state.apps else None
 
     async def until_state(self, device_id: str, app: str, state: str, *, healthy: bool | None = None,
-                          version: str | None = None, timeout: float = 15.0) -> Any:
+                          version: str | None = None, timeout: float = 30.0) -> Any:
         async def check() -> Any:
             rep = await self.reported(device_id)
             got = rep.apps.get(app) if rep else None

@@ -184,8 +184,13 @@ class Rollouts:
                            f"UPDATE {s}.rollout_devices SET status = 'targeted', reason = 'back online', "
                            "deadline = $3 WHERE rollout_id = $1 AND device_id = $2", rid, d, deadline)
             case DeviceRolledBack(device_id=d):
-                self._device_row(writes, rid, d, "rolled_back", "previous version running again",
-                                 event.occurred_at)
+                # Rolled back, and why it was: a failed device keeps its failure's reason.
+                writes.add(f"{s}.rollout_devices",
+                           f"UPDATE {s}.rollout_devices SET status = 'rolled_back', reason = CASE "
+                           "WHEN status IN ('failed', 'timed_out', 'offline') AND reason <> '' "
+                           "THEN reason || '; rolled back' ELSE 'previous version running again' END, "
+                           "finished_at = $3 WHERE rollout_id = $1 AND device_id = $2",
+                           rid, d, event.occurred_at)
                 self._set(writes, rid, event, "rolled_back = rolled_back + 1")
             case DeviceRollbackUnconfirmed(device_id=d, reason=reason):
                 self._device_row(writes, rid, d, "rollback_unconfirmed", reason, event.occurred_at)
