@@ -3,29 +3,17 @@ events, with who acknowledged it."""
 
 from __future__ import annotations
 
-import asyncpg
-
 from sdv_events.envelope import Envelope
 from sdv_events.schemas.monitor import AlertAcknowledged, AlertRaised, AlertResolved
 from sdv_monitor.projections.writes import Writes
 
 
 class Alerts:
+    # Declared in sql/005_alerts.sql.
     tables = ("alerts",)
 
     def __init__(self, schema: str) -> None:
         self.table = f"{schema}.alerts"
-
-    async def create(self, conn: asyncpg.Connection) -> None:
-        await conn.execute(f"""
-            CREATE TABLE IF NOT EXISTS {self.table} (
-                alert_id text PRIMARY KEY, kind text NOT NULL, subject text NOT NULL,
-                severity text NOT NULL, state text NOT NULL, message text NOT NULL,
-                device_id text, rollout_id text, raised_at timestamptz NOT NULL,
-                acknowledged_by text, acknowledged_at timestamptz, resolved_at timestamptz,
-                resolution text);
-            CREATE INDEX IF NOT EXISTS {self.table.replace('.', '_')}_state
-                ON {self.table} (state, raised_at)""")
 
     def apply(self, writes: Writes, event: Envelope) -> None:
         at = event.occurred_at

@@ -28,27 +28,12 @@ def _body(event: Envelope) -> Any:
 
 
 class AuditTrail:
+    # Declared in sql/007_audit.sql.
     tables = ("audit_events",)
 
     def __init__(self, schema: str) -> None:
         self.s = schema
         self.table = f"{schema}.audit_events"
-
-    async def create(self, conn: asyncpg.Connection) -> None:
-        t, i = self.table, f"{self.s}_audit"
-        await conn.execute(f"""
-            CREATE TABLE IF NOT EXISTS {t} (
-                event_id uuid PRIMARY KEY, service text NOT NULL, stream_id text NOT NULL,
-                version integer NOT NULL, type text NOT NULL, occurred_at timestamptz NOT NULL,
-                actor text, correlation_id text, causation_id text,
-                device_id text, rollout_id text, package text, data json NOT NULL);
-            CREATE INDEX IF NOT EXISTS {i}_time ON {t} (occurred_at, event_id);
-            CREATE INDEX IF NOT EXISTS {i}_stream ON {t} (stream_id, version);
-            CREATE INDEX IF NOT EXISTS {i}_device ON {t} (device_id, occurred_at);
-            CREATE INDEX IF NOT EXISTS {i}_rollout ON {t} (rollout_id, occurred_at);
-            CREATE INDEX IF NOT EXISTS {i}_package ON {t} (package, occurred_at);
-            CREATE INDEX IF NOT EXISTS {i}_correlation ON {t} (correlation_id);
-            CREATE INDEX IF NOT EXISTS {i}_actor ON {t} (actor, occurred_at)""")
 
     def apply(self, writes: Writes, event: Envelope) -> None:
         writes.add(self.table, self._insert, *columns([self.row(event)]))

@@ -6,7 +6,6 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-import asyncpg
 import msgspec
 
 from sdv_events.envelope import Envelope
@@ -47,20 +46,11 @@ def _update_sql(table: str, columns: tuple[str, ...]) -> str:
 
 
 class Fleet:
+    # Declared in sql/001_fleet.sql.
     tables = ("devices",)
 
     def __init__(self, schema: str) -> None:
         self.table = f"{schema}.devices"
-
-    async def create(self, conn: asyncpg.Connection) -> None:
-        index = self.table.replace(".", "_")
-        await conn.execute(f"""
-            CREATE TABLE IF NOT EXISTS {self.table} (
-                device_id text PRIMARY KEY, status text NOT NULL, online boolean NOT NULL DEFAULT false,
-                last_seen_at timestamptz, labels jsonb NOT NULL DEFAULT '{{}}', capabilities jsonb,
-                agent_version text, arch text, hardware_type text, admitted_by text,
-                created_at timestamptz NOT NULL, updated_at timestamptz NOT NULL);
-            CREATE INDEX IF NOT EXISTS {index}_status ON {self.table} (status, online)""")
 
     def _upsert(self, writes: Writes, event: Envelope, **values: Any) -> None:
         writes.add(self.table, _upsert_sql(self.table, tuple(values)), event.data.device_id,

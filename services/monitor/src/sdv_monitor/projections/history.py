@@ -62,18 +62,11 @@ def _rollout_line(data: object) -> tuple[str, str] | None:
 
 
 class DeviceHistory:
+    # Declared in sql/006_history.sql.
     tables = ("device_history",)
 
     def __init__(self, schema: str) -> None:
         self.table = f"{schema}.device_history"
-
-    async def create(self, conn: asyncpg.Connection) -> None:
-        await conn.execute(f"""
-            CREATE TABLE IF NOT EXISTS {self.table} (
-                device_id text NOT NULL, event_id uuid NOT NULL, at timestamptz NOT NULL,
-                source text NOT NULL, type text NOT NULL, app text, rollout_id text,
-                summary text NOT NULL, PRIMARY KEY (device_id, event_id));
-            CREATE INDEX IF NOT EXISTS {self.table.replace('.', '_')}_at ON {self.table} (device_id, at)""")
 
     @property
     def _insert(self) -> str:

@@ -5,8 +5,6 @@ agents' reported state (`adapters/reported.py`), joined at query time: they are 
 
 from __future__ import annotations
 
-import asyncpg
-
 from sdv_events.envelope import Envelope
 from sdv_events.ids import split_stream_id
 from sdv_events.schemas.rollouts import (
@@ -24,30 +22,11 @@ from sdv_monitor.projections.writes import Writes
 
 
 class Inventory:
+    # Declared in sql/002_inventory.sql.
     tables = ("device_apps", "inventory_rollouts", "inventory_previous", "inventory_previous_packages")
 
     def __init__(self, schema: str) -> None:
         self.s = schema
-
-    async def create(self, conn: asyncpg.Connection) -> None:
-        s = self.s
-        await conn.execute(f"""
-            CREATE TABLE IF NOT EXISTS {s}.device_apps (
-                device_id text NOT NULL, app text NOT NULL,
-                desired_version text, desired_digest text, desired_rollout text,
-                installed_version text, installed_digest text, state text NOT NULL DEFAULT 'PENDING',
-                healthy boolean NOT NULL DEFAULT false, last_error text, fact_rollout text,
-                since timestamptz NOT NULL, updated_at timestamptz NOT NULL,
-                PRIMARY KEY (device_id, app));
-            CREATE INDEX IF NOT EXISTS {s}_device_apps_installed ON {s}.device_apps (app, installed_version);
-            CREATE TABLE IF NOT EXISTS {s}.inventory_rollouts (
-                rollout_id text PRIMARY KEY, app text NOT NULL, version text NOT NULL, digest text NOT NULL);
-            CREATE TABLE IF NOT EXISTS {s}.inventory_previous (
-                rollout_id text NOT NULL, device_id text NOT NULL, ref integer NOT NULL,
-                version text, digest text, PRIMARY KEY (rollout_id, device_id));
-            CREATE TABLE IF NOT EXISTS {s}.inventory_previous_packages (
-                rollout_id text NOT NULL, ref integer NOT NULL, version text NOT NULL,
-                digest text NOT NULL, PRIMARY KEY (rollout_id, ref));""")
 
     def apply(self, writes: Writes, event: Envelope) -> None:
         category, entity = split_stream_id(event.stream_id)

@@ -3,28 +3,17 @@ events); where each version runs is a query over the inventory (`queries.py`).""
 
 from __future__ import annotations
 
-import asyncpg
-
 from sdv_events.envelope import Envelope
 from sdv_events.schemas.packages import PackagePromoted, PackagePublished, PackageYanked
 from sdv_monitor.projections.writes import Writes
 
 
 class Packages:
+    # Declared in sql/004_packages.sql.
     tables = ("packages",)
 
     def __init__(self, schema: str) -> None:
         self.table = f"{schema}.packages"
-
-    async def create(self, conn: asyncpg.Connection) -> None:
-        await conn.execute(f"""
-            CREATE TABLE IF NOT EXISTS {self.table} (
-                name text NOT NULL, version text NOT NULL, digest text NOT NULL,
-                channel text NOT NULL, runtime text NOT NULL, size bigint NOT NULL,
-                key_id text NOT NULL, description text NOT NULL DEFAULT '',
-                yanked boolean NOT NULL DEFAULT false, yank_reason text,
-                published_at timestamptz NOT NULL, updated_at timestamptz NOT NULL,
-                PRIMARY KEY (name, version))""")
 
     def apply(self, writes: Writes, event: Envelope) -> None:
         at = event.occurred_at

@@ -7,8 +7,6 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
-import asyncpg
-
 from sdv_events.envelope import Envelope
 from sdv_events.ids import split_stream_id
 from sdv_events.schemas.rollouts import (
@@ -54,42 +52,11 @@ class Outcome(NamedTuple):
 
 
 class Rollouts:
+    # Declared in sql/003_rollouts.sql.
     tables = ("rollouts", "rollout_waves", "rollout_devices", "rollout_excluded")
 
     def __init__(self, schema: str) -> None:
         self.s = schema
-
-    async def create(self, conn: asyncpg.Connection) -> None:
-        s = self.s
-        await conn.execute(f"""
-            CREATE TABLE IF NOT EXISTS {s}.rollouts (
-                rollout_id text PRIMARY KEY, app text NOT NULL, version text NOT NULL,
-                digest text NOT NULL, status text NOT NULL, created_by text NOT NULL DEFAULT '',
-                target text NOT NULL DEFAULT '', strategy text NOT NULL DEFAULT '',
-                devices integer NOT NULL DEFAULT 0, waves integer NOT NULL DEFAULT 0,
-                excluded integer NOT NULL DEFAULT 0, current_wave integer NOT NULL DEFAULT -1,
-                succeeded integer NOT NULL DEFAULT 0, failed integer NOT NULL DEFAULT 0,
-                timed_out integer NOT NULL DEFAULT 0, reason text NOT NULL DEFAULT '',
-                created_at timestamptz NOT NULL, updated_at timestamptz NOT NULL,
-                ended_at timestamptz);
-            CREATE INDEX IF NOT EXISTS {s}_rollouts_app ON {s}.rollouts (app, created_at);
-            CREATE TABLE IF NOT EXISTS {s}.rollout_waves (
-                rollout_id text NOT NULL, wave integer NOT NULL, size integer NOT NULL DEFAULT 0,
-                state text NOT NULL DEFAULT 'waiting', succeeded integer NOT NULL DEFAULT 0,
-                failed integer NOT NULL DEFAULT 0, started_at timestamptz, completed_at timestamptz,
-                PRIMARY KEY (rollout_id, wave));
-            CREATE TABLE IF NOT EXISTS {s}.rollout_devices (
-                rollout_id text NOT NULL, device_id text NOT NULL, wave integer NOT NULL,
-                status text NOT NULL DEFAULT 'planned', targeted_at timestamptz,
-                deadline timestamptz, finished_at timestamptz, reason text NOT NULL DEFAULT '',
-                PRIMARY KEY (rollout_id, device_id));
-            CREATE INDEX IF NOT EXISTS {s}_rollout_devices_device ON {s}.rollout_devices (device_id);
-            CREATE TABLE IF NOT EXISTS {s}.rollout_excluded (
-                rollout_id text NOT NULL, device_id text NOT NULL, reason text NOT NULL,
-                PRIMARY KEY (rollout_id, device_id));
-            ALTER TABLE {s}.rollouts ADD COLUMN IF NOT EXISTS rolled_back integer NOT NULL DEFAULT 0,
-                ADD COLUMN IF NOT EXISTS rollback_unconfirmed integer NOT NULL DEFAULT 0,
-                ADD COLUMN IF NOT EXISTS rollback_completed_at timestamptz;""")
 
     def _set(self, writes: Writes, rid: str, event: Envelope, sql: str, *args: object) -> None:
         writes.add(f"{self.s}.rollouts",

@@ -1,6 +1,7 @@
 """`MonitorViews`: the parts as one projection of the shared runner (one consumer, one
 transaction per batch, one rebuild); each transaction also tells the dashboards what changed
-once it commits (notices.py)."""
+once it commits (notices.py). The parts' tables are declared in the numbered files of
+`sdv_monitor/sql`, set up by `create` (at start, and in a rebuild's shadow schema)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Protocol, Self
 import asyncpg
 
 from sdv_events.envelope import Envelope
+from sdv_events.store.schema import ensure_read_models
 from sdv_monitor.projections.alerts import Alerts
 from sdv_monitor.projections.audit import AuditTrail
 from sdv_monitor.projections.fleet import Fleet
@@ -24,8 +26,6 @@ from sdv_monitor.projections.writes import Batch, Writes
 class Part(Protocol):
     @property
     def tables(self) -> Sequence[str]: ...
-
-    async def create(self, conn: asyncpg.Connection) -> None: ...
 
     def apply(self, writes: Writes, event: Envelope) -> None:
         """Add the statements `event` means to this part's tables."""
@@ -61,8 +61,8 @@ class MonitorViews:
         return type(self)(schema)
 
     async def create(self, conn: asyncpg.Connection) -> None:
-        for part in self.parts:
-            await part.create(conn)
+        """Create or update every part's tables in this schema (idempotent: sql/*.sql)."""
+        await ensure_read_models(conn, "sdv_monitor", self.schema)
 
     async def apply(self, conn: asyncpg.Connection, event: Envelope) -> None:
         """Every part's statements for `event`, in one round trip (writes.py)."""
