@@ -26,16 +26,21 @@ async def test_a_rollout_drives_fleet_rollout_inventory_and_package_views(suite:
 
     async def settled() -> Any:
         doc = await monitor.get(f"/api/rollouts/{second.rollout_id}")
-        return doc if doc["rollout"]["status"] == "rolled_back" else None
+        done = doc["rollout"]["status"] == "rolled_back" and doc["rollout"]["rollback_completed_at"]
+        return doc if done else None
 
-    detail = await monitor.until(settled, 15.0, "the monitor sees the second rollout rolled back")
+    detail = await monitor.until(settled, 30.0, "the monitor sees the second rollout rolled back")
     rollout = detail["rollout"]
     assert (rollout["app"], rollout["version"], rollout["devices"]) == (APP, "1.1.0", 6)
     assert rollout["failed"] >= 1
     assert "failed" in rollout["reason"]
     assert [w["size"] for w in detail["waves"]] == [1, 5]
     statuses = Counter(d["status"] for d in detail["devices"])
-    assert statuses["failed"] == 1
+    # Every targeted device went back to its previous version; the one that failed says both.
+    assert statuses == {"rolled_back": 6}
+    assert (rollout["rolled_back"], rollout["rollback_unconfirmed"]) == (6, 0)
+    reasons = Counter(d["reason"] for d in detail["devices"])
+    assert reasons == {"previous version running again": 5, "health: simulated failure; rolled back": 1}
     assert detail["devices_total"] == 6
 
     fleet = await monitor.get("/api/devices")
