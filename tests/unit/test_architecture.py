@@ -86,7 +86,9 @@ def test_the_same_contracts_catch_violations(tmp_path: Path) -> None:
 def test_every_service_has_the_shared_shape(name: str) -> None:
     service_dir = ROOT / "services" / name
     package = service_dir / "src" / f"sdv_{name}"
-    missing = [rel for rel in SHAPE if not (package / rel).is_file()]
+    # A module or a package of that name (`projections.py` or `projections/__init__.py`).
+    missing = [rel for rel in SHAPE if not ((package / rel).is_file()
+                                            or (package / rel.removesuffix(".py") / "__init__.py").is_file())]
     if not ((package / "domain" / "__init__.py").is_file() or (package / "domain.py").is_file()):
         missing.append("domain/ or domain.py")
     missing += [rel for rel in ["pyproject.toml", "Dockerfile"] if not (service_dir / rel).is_file()]
