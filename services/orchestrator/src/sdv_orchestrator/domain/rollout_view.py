@@ -75,12 +75,12 @@ def view_of(rollout_id: str, s: RolloutState, offset: int = 0, limit: int = 1000
         "held" if last.held else (last.gate or "other")
         for device_id, last in s.deferrals.items()
         if last is not None and s.devices[device_id][1] == "deferred")
-    waiting = waiting_of(s, now)
+    waits = waiting_of(s, now)
     excluded = sorted(s.excluded)[offset:end]
     rollback = "" if not s.rolled_back else "in_progress" if s.rollback_open else "completed"
     return RolloutView(
         rollout_id=rollout_id, app=s.created.package.name, version=s.created.package.version,
-        status="waiting" if waiting is not None else s.status, target=s.created.target, strategy=s.created.strategy, waves=waves,
+        status="waiting" if waits is not None else s.status, target=s.created.target, strategy=s.created.strategy, waves=waves,
         devices=devices, excluded={d: s.excluded[d] for d in excluded},
         current_wave=s.current_wave, reason=s.reason, created_at=s.created.created_at,
         offset=offset, limit=limit, waves_total=len(s.counts), devices_total=len(listed),
@@ -89,7 +89,7 @@ def view_of(rollout_id: str, s: RolloutState, offset: int = 0, limit: int = 1000
         offline_total=len(s.offline), skipped_total=sum(c.skipped for c in s.counts),
         already_current_total=s.already_current, rollback=rollback,
         rolled_back_total=s.rollback_ok, rollback_unconfirmed_total=s.rollback_unconfirmed,
-        schedule=s.created.schedule, waiting=waiting,
+        schedule=s.created.schedule, waiting=waits,
         queued_total=s.targeting.queue.left if s.active and s.wave_completed_at is None else 0,
         staged_total=statuses["staged"] + statuses["deferred"], deferred_total=statuses["deferred"],
         deferred_by=dict(deferred_by), activated_total=len(s.activated),
