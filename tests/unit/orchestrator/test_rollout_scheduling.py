@@ -30,8 +30,8 @@ from sdv_events.schemas.scheduling import (
     ActivationRequested,
     Deferral,
     DeviceDeferred,
-    DevicesWindowed,
     DeviceStaged,
+    DevicesWindowed,
     LabelWindow,
     Pacing,
     RolloutWaiting,
@@ -116,7 +116,8 @@ def test_a_rollout_created_outside_its_window_targets_nobody_until_the_window_op
     assert run.of(RolloutWaiting) == [RolloutWaiting(reason="window", until=opening, wave=0, at=T0)]
     view = view_of("r1", run.state, now=T0)
     assert view.status == "waiting"
-    assert view.waiting is not None and view.waiting.until == opening
+    assert view.waiting is not None
+    assert view.waiting.until == opening
     assert "next opening 2026-12-01T22:00+00:00" in view.waiting.message
     # Ticks before it opens change nothing (the wait is said once).
     assert run(Tick(T0 + timedelta(hours=3))) == []
@@ -229,7 +230,8 @@ def test_a_deferred_device_is_not_failed_by_the_device_timeout_but_by_the_activa
     assert (view.staged_total, view.deferred_total, view.failed_total) == (1, 1, 0)
     assert view.deferred_by == {SPEED: 1}
     (device,) = view.devices
-    assert device.status == "deferred" and device.deferral is not None
+    assert device.status == "deferred"
+    assert device.deferral is not None
     assert device.reason == "waiting for Vehicle.Speed == 0: Vehicle.Speed is 50"
     assert run(Tick(staged_at + timedelta(seconds=3599))) == []
     failed = run(Tick(staged_at + timedelta(seconds=3600)))
@@ -260,7 +262,7 @@ def test_a_deferral_is_recorded_when_its_reason_changes_only() -> None:
 def test_staging_reported_after_the_device_deadline_is_a_timeout() -> None:
     run = started(Schedule(gates=[SPEED]), devices=["dev-00"])
     late = T0 + timedelta(seconds=61)
-    assert [type(e) for e in run(ReportDevices([staged("dev-00", late)], late))][0] is DeviceTimedOut
+    assert next(type(e) for e in run(ReportDevices([staged("dev-00", late)], late))) is DeviceTimedOut
 
 
 def test_a_staged_device_offline_at_its_activation_deadline_is_skipped_as_the_option_says() -> None:
@@ -268,7 +270,8 @@ def test_a_staged_device_offline_at_its_activation_deadline_is_skipped_as_the_op
     run(ReportDevices([staged("dev-00", T0)], T0))
     run(ReportDevices([Report("dev-01", True, observed_at=T0)], T0))
     due = run(Tick(T0 + timedelta(seconds=600), presence={"dev-00": False}))
-    assert isinstance(due[0], DeviceOffline) and due[0].outcome == "skipped"
+    assert isinstance(due[0], DeviceOffline)
+    assert due[0].outcome == "skipped"
 
 
 # --- activate ------------------------------------------------------------------------------------
@@ -289,11 +292,13 @@ def test_activate_is_refused_for_a_stranger_a_device_not_targeted_yet_or_a_rollo
     assert then(rollout_decider, given=given, when=ActivateDevices(device_ids=["nope"], now=T0)) \
         == Refusal("invalid_request", "not in rollout r1: nope")
     refusal = then(rollout_decider, given=given, when=ActivateDevices(device_ids=["dev-05"], now=T0))
-    assert isinstance(refusal, Refusal) and refusal.code == "conflict"
+    assert isinstance(refusal, Refusal)
+    assert refusal.code == "conflict"
     assert "not targeted yet (planned in wave 2)" in refusal.message
     free = started(Schedule(gates=[SPEED]))
     refusal = then(rollout_decider, given=free.events, when=ActivateDevices(now=T0))
-    assert isinstance(refusal, Refusal) and refusal.code == "conflict"
+    assert isinstance(refusal, Refusal)
+    assert refusal.code == "conflict"
     assert "created without --hold" in refusal.message
     assert then(rollout_decider, given=[], when=ActivateDevices(now=T0)) \
         == Refusal("not_found", "no such rollout")

@@ -37,7 +37,7 @@ def parse_label(text: str) -> tuple[str, str]:
 def parse_label_window(text: str) -> LabelWindow:
     """`zone=eu: Mon-Fri 22:00-05:00 Europe/Berlin` → LabelWindow("zone=eu", [window])."""
     label, colon, window = text.partition(":")
-    if not colon or not window.strip():
+    if not colon or not window.strip() or len(label.split()) != 1:
         raise InvalidSchedule(
             f"label window {text!r}: expected `<key>=<value>: <window>`, "
             "e.g. `zone=eu: Mon-Fri 22:00-05:00 Europe/Berlin`")

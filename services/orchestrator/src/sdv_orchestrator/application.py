@@ -47,8 +47,8 @@ from sdv_events.envelope import Metadata
 from sdv_events.errors import DomainError
 from sdv_events.idempotency import IdempotencyKey
 from sdv_events.ids import split_stream_id, stream_id, uuid7
-from sdv_events.schemas.packages import PackageInfo
 from sdv_events.schedules import check_schedule
+from sdv_events.schemas.packages import PackageInfo
 from sdv_events.schemas.rollouts import (
     MAX_PAGE,
     CreateRolloutRequest,

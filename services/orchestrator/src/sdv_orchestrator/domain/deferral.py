@@ -46,7 +46,8 @@ def staging(created: RolloutCreated, device_id: str, wave: int, status: str,
                                    deadline=activation_deadline(created, deadline, at),
                                    fact_id=report.fact_id, observed_at=report.observed_at))
     why = report.deferral
-    if why is not None and (last is None or (last.reason, last.gate, last.held) != (why.reason, why.gate, why.held)):
+    if why is not None and (last is None
+                            or (last.reason, last.gate, last.held) != (why.reason, why.gate, why.held)):
         events.append(DeviceDeferred(
             device_id=device_id, wave=wave, reason=why.reason, gate=why.gate, signal=why.signal,
             value=why.value, held=why.held, fact_id=report.fact_id, observed_at=report.observed_at))

@@ -47,8 +47,8 @@ import msgspec
 
 from sdv_events.decider import Decider
 from sdv_events.errors import DomainError
-from sdv_events.schemas.packages import PackageInfo
 from sdv_events.schedules import check_schedule
+from sdv_events.schemas.packages import PackageInfo
 from sdv_events.schemas.rollouts import (
     DeviceBackOnline,
     DeviceFailed,
@@ -87,8 +87,8 @@ from sdv_events.schemas.scheduling import (
     ActivationRequested,
     Deferral,
     DeviceDeferred,
-    DevicesWindowed,
     DeviceStaged,
+    DevicesWindowed,
     RolloutWaiting,
     Schedule,
 )

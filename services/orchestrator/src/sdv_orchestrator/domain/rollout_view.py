@@ -80,7 +80,8 @@ def view_of(rollout_id: str, s: RolloutState, offset: int = 0, limit: int = 1000
     rollback = "" if not s.rolled_back else "in_progress" if s.rollback_open else "completed"
     return RolloutView(
         rollout_id=rollout_id, app=s.created.package.name, version=s.created.package.version,
-        status="waiting" if waits is not None else s.status, target=s.created.target, strategy=s.created.strategy, waves=waves,
+        status="waiting" if waits is not None else s.status, target=s.created.target,
+        strategy=s.created.strategy, waves=waves,
         devices=devices, excluded={d: s.excluded[d] for d in excluded},
         current_wave=s.current_wave, reason=s.reason, created_at=s.created.created_at,
         offset=offset, limit=limit, waves_total=len(s.counts), devices_total=len(listed),

@@ -22,9 +22,9 @@ from collections.abc import Container, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from sdv_events.schedules import label_mask
 from sdv_events.schemas.rollouts import DeviceTargeted
 from sdv_events.schemas.scheduling import RolloutWaiting, Schedule, WaitReason, WindowedDevice
-from sdv_events.schedules import label_mask
 from sdv_events.windows import Window, is_open, next_opening, parse_windows
 from sdv_orchestrator.domain.pacing import Bucket, allowed
 
