@@ -167,7 +167,11 @@ def show(view: RolloutView, as_json: bool) -> None:
     if as_json:
         emit_json({"ok": True, "rollout": builtins(view)})
         return
-    out.print(table_of(view))
+    table = table_of(view)
+    table.caption = None  # the lines below the table instead: a caption folds long lines
+    out.print(table)
+    for line in summary_lines(view):
+        out.print(line, highlight=False)
     if view.excluded:
         out.print(f"excluded {view.excluded_total} device(s):")
         for device_id, why in list(view.excluded.items())[:20]:
