@@ -38,7 +38,8 @@ from sdv_events.schemas.scheduling import (
     Schedule,
 )
 from sdv_orchestrator.domain.activation import ActivateDevices
-from sdv_orchestrator.domain.rollout import (
+from sdv_orchestrator.domain.rollout import rollout_decider
+from sdv_orchestrator.domain.rollout_commands import (
     CreateRollout,
     PauseRollout,
     Report,
@@ -46,7 +47,6 @@ from sdv_orchestrator.domain.rollout import (
     ResumeRollout,
     StartRollout,
     Tick,
-    rollout_decider,
 )
 from sdv_orchestrator.domain.rollout_view import view_of
 

@@ -11,7 +11,7 @@ service that did not answer. A retry with the same idempotency key returns the f
 
 Every event carries who acted (the operator or policy of the command, `system` for devices'
 reports and the ticker) and what caused it (the command, the device's fact, the timer tick:
-`domain.rollout.causes`).
+`domain.causation.causes`).
 """
 
 from __future__ import annotations
@@ -60,9 +60,11 @@ from sdv_events.schemas.scheduling import Schedule
 from sdv_events.store import EventStore
 from sdv_orchestrator.adapters.peers import Peers
 from sdv_orchestrator.domain.activation import ActivateDevices
+from sdv_orchestrator.domain.causation import causes
 from sdv_orchestrator.domain.plan_events import distinct_packages
 from sdv_orchestrator.domain.planning import eligible, package_arches
-from sdv_orchestrator.domain.rollout import (
+from sdv_orchestrator.domain.rollout import RolloutState, rollout_decider
+from sdv_orchestrator.domain.rollout_commands import (
     CancelRollout,
     CreateRollout,
     PauseRollout,
@@ -71,11 +73,8 @@ from sdv_orchestrator.domain.rollout import (
     ResumeRollout,
     RollbackRollout,
     RolloutCommand,
-    RolloutState,
     StartRollout,
     Tick,
-    causes,
-    rollout_decider,
 )
 from sdv_orchestrator.domain.rollout_view import view_of, waiting_of
 from sdv_orchestrator.projections import TERMINAL, DesiredStates, Presence

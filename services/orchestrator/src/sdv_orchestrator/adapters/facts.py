@@ -27,7 +27,7 @@ from sdv_events.schemas.agent import (
 )
 from sdv_events.schemas.scheduling import Deferral
 from sdv_orchestrator.application import Orchestrator
-from sdv_orchestrator.domain.rollout import Report
+from sdv_orchestrator.domain.rollout_commands import Report
 
 log = structlog.get_logger("sdv.orchestrator.facts")
 SUBJECTS = ["sdv.evt.agent.*.AppHealthy", "sdv.evt.agent.*.AppFailed",

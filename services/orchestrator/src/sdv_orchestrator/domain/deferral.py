@@ -14,14 +14,17 @@ deadline for staged devices: nothing should hold them back. Pure.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from sdv_events.schemas.rollouts import DeviceTimedOut, RolloutCreated
+from sdv_events.schemas.rollouts import DeviceFailed, DeviceTimedOut, RolloutCreated
 from sdv_events.schemas.scheduling import Deferral, DeviceDeferred, DeviceStaged
 
 STAGED: frozenset[str] = frozenset({"staged", "deferred"})
 StagingEvent = DeviceStaged | DeviceDeferred | DeviceTimedOut
+Entry = tuple[int, str, datetime | None]  # a targeted device's wave, status and deadline
 
 
 def activation_deadline(created: RolloutCreated, deadline: datetime | None, at: datetime) -> datetime:
@@ -82,3 +85,45 @@ def duration(seconds: float) -> str:
 def deferral_of(event: DeviceDeferred) -> Deferral:
     return Deferral(reason=event.reason, gate=event.gate, signal=event.signal, value=event.value,
                     held=event.held, since=event.observed_at)
+
+
+@dataclass
+class StagingBatch:
+    """One batch of reports: a staging report changes the device's entry (status, deadline)
+    and last deferral for the later reports of the same batch (the state is evolved only after
+    the decision)."""
+
+    created: RolloutCreated
+    devices: Mapping[str, Entry]
+    deferrals: Mapping[str, DeviceDeferred | None]
+    slack: timedelta
+    now: datetime
+    _entries: dict[str, Entry] = field(default_factory=dict)
+    _last: dict[str, DeviceDeferred] = field(default_factory=dict)
+
+    def entry(self, device_id: str) -> Entry | None:
+        return self._entries.get(device_id) or self.devices.get(device_id)
+
+    def last(self, device_id: str) -> DeviceDeferred | None:
+        return self._last.get(device_id) or self.deferrals.get(device_id)
+
+    def stage(self, device_id: str, entry: Entry, report: StagingReport) -> list[StagingEvent]:
+        wave, status, deadline = entry
+        found = staging(self.created, device_id, wave, status, deadline, report,
+                        self.last(device_id), self.slack, self.now)
+        for event in found:
+            if isinstance(event, DeviceStaged):
+                self._entries[device_id] = (wave, "staged", event.deadline)
+            elif isinstance(event, DeviceDeferred):
+                self._last[device_id] = event
+                self._entries[device_id] = (wave, "deferred", (self.entry(device_id) or entry)[2])
+        return found
+
+    def late(self, device_id: str, entry: Entry, report: StagingReport) -> DeviceFailed | DeviceTimedOut:
+        """An outcome that happened after the device's deadline: a staged device missed its
+        activation deadline, any other its device timeout."""
+        wave, status, _ = entry
+        if status in STAGED:
+            return DeviceFailed(device_id, wave, not_activated(self.created, self.last(device_id)),
+                                report.fact_id, report.observed_at)
+        return DeviceTimedOut(device_id, wave, report.fact_id, report.observed_at)

@@ -27,23 +27,22 @@ Rules, in decide():
 - a device that staged the version (downloaded, verified) and waits to switch is judged by its
   activation deadline, not the device timeout (domain/deferral.py); an operator releases held
   devices (domain/activation.py).
-Time comes in on the commands (`now`); `evolve` updates the state in place for speed (a 10,000
-device rollout folds tens of thousands of events), so the decider's initial state is a factory.
+Time comes in on the commands (domain/rollout_commands.py: `now`); `evolve` updates the state
+in place for speed (a 10,000 device rollout folds tens of thousands of events), so the
+decider's initial state is a factory.
 No event grows with the fleet: the plan is a header and bounded chunks (domain/plan_events.py),
 and a rollback names no device (each goes back to the previous package its plan recorded).
 A rollout planned with version 1 events (devices inline) folds through the same path and is
 rolled back with a version 1 `RollbackStartedV1`, which read models built then understand.
+What caused each event of a decision: domain/causation.py.
 """
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Literal
-
-import msgspec
 
 from sdv_events.decider import Decider
 from sdv_events.errors import DomainError
@@ -61,7 +60,6 @@ from sdv_events.schemas.rollouts import (
     DeviceSucceeded,
     DeviceTargeted,
     DeviceTimedOut,
-    OfflineOption,
     OfflineOutcome,
     PreviousAssignment,
     PreviousPackages,
@@ -76,27 +74,33 @@ from sdv_events.schemas.rollouts import (
     RolloutPlanned,
     RolloutPlannedV1,
     RolloutResumed,
-    Strategy,
-    Target,
-    Thresholds,
-    Timeouts,
     WaveCompleted,
     WaveStarted,
 )
 from sdv_events.schemas.scheduling import (
     ActivationRequested,
-    Deferral,
     DeviceDeferred,
     DeviceStaged,
     DevicesWindowed,
     RolloutWaiting,
-    Schedule,
 )
 from sdv_orchestrator.domain import targeting
 from sdv_orchestrator.domain.activation import ActivateDevices, decide_activation
-from sdv_orchestrator.domain.deferral import STAGED, not_activated, staging
+from sdv_orchestrator.domain.deferral import STAGED, StagingBatch, not_activated
 from sdv_orchestrator.domain.plan_events import expand_v1, plan_events
 from sdv_orchestrator.domain.planning import plan_waves
+from sdv_orchestrator.domain.rollout_commands import (
+    CancelRollout,
+    CreateRollout,
+    PauseRollout,
+    Report,
+    ReportDevices,
+    ResumeRollout,
+    RollbackRollout,
+    RolloutCommand,
+    StartRollout,
+    Tick,
+)
 from sdv_orchestrator.domain.targeting import Targeting, WaveQueue
 
 Status = Literal["none", "created", "running", "paused", "completed", "aborted", "cancelled",
@@ -118,91 +122,6 @@ RolloutEvent = (
 )
 _OFFLINE_OUTCOME: dict[str, OfflineOutcome] = {"skip": "skipped", "wait": "waiting", "fail": "failed"}
 _DUE: frozenset[str] = frozenset({"targeted"}) | STAGED  # judged at their deadline on a tick
-
-
-# --- commands -----------------------------------------------------------------------------------
-class StartRollout(msgspec.Struct, frozen=True, kw_only=True):
-    device_ids: list[str]  # eligible devices, resolved and filtered by the application
-    excluded: dict[str, str] = {}
-    previous_packages: list[PackageInfo] = []  # distinct packages the devices run now
-    previous: dict[str, int] = {}  # device → index in previous_packages (absent: not installed)
-    offline: list[str] = []  # eligible devices the registry shows offline: planned last
-    # The devices' labels, for label windows (only needed when the schedule has some).
-    labels: dict[str, dict[str, str]] = {}
-    now: datetime
-
-
-class CreateRollout(msgspec.Struct, frozen=True, kw_only=True):
-    rollout_id: str
-    package: PackageInfo
-    target: Target
-    strategy: Strategy = Strategy()
-    thresholds: Thresholds = Thresholds()
-    timeouts: Timeouts = Timeouts()
-    auto_rollback: bool = True
-    offline: OfflineOption = "skip"
-    schedule: Schedule = Schedule()
-    now: datetime
-    actor: str = ""
-    # Create and start in one decision (one append): a create that cannot start stores nothing.
-    plan: StartRollout | None = None
-
-
-# "staged" / "deferred": not an outcome, the device waits to switch (domain/deferral.py).
-ReportKind = Literal["", "already_current", "uninstalled", "staged", "deferred"]
-
-
-class Report(msgspec.Struct, frozen=True):
-    device_id: str
-    ok: bool
-    reason: str = ""
-    fact_id: uuid.UUID | None = None  # the device's fact reporting it, recorded in the event
-    observed_at: datetime | None = None  # when the device observed it (the fact's occurred_at)
-    digest: str | None = None  # the version the fact is about (None: the rollout's)
-    kind: ReportKind = ""
-    deferral: Deferral | None = None  # kind "deferred": why it waits
-
-
-class ReportDevices(msgspec.Struct, frozen=True):
-    reports: list[Report]
-    now: datetime
-    tolerance_s: float = 0.0  # clock skew allowed between a device and the orchestrator
-
-
-class Tick(msgspec.Struct, frozen=True):
-    now: datetime
-    # Every device fact published before this time has been handled (None: `now`, for tests
-    # and tools; the service always says). Deadlines are judged against it, not against `now`.
-    facts_until: datetime | None = None
-    # What the registry says now about the devices the application asked for (True: online);
-    # a device not in it is judged by what was known when it was planned.
-    presence: Mapping[str, bool] = msgspec.field(default_factory=dict)
-    tolerance_s: float = 0.0
-
-
-class PauseRollout(msgspec.Struct, frozen=True):
-    now: datetime
-    reason: str = ""
-
-
-class ResumeRollout(msgspec.Struct, frozen=True):
-    now: datetime
-
-
-class CancelRollout(msgspec.Struct, frozen=True):
-    now: datetime
-    reason: str = "cancelled by operator"
-
-
-class RollbackRollout(msgspec.Struct, frozen=True):
-    now: datetime
-    reason: str = "rolled back by operator"
-
-
-RolloutCommand = (
-    CreateRollout | StartRollout | ReportDevices | Tick | PauseRollout | ResumeRollout
-    | CancelRollout | RollbackRollout | ActivateDevices
-)
 
 
 # --- state --------------------------------------------------------------------------------------
@@ -448,28 +367,19 @@ def _report(state: RolloutState, reports: Sequence[Report], now: datetime,
     tally = _Tally.of(state)
     events: list[RolloutEvent] = []
     seen: set[str] = set()
-    # What this decision's staging events changed, before a later report of the same batch.
-    staged: dict[str, tuple[int, DeviceStatus, datetime | None]] = {}
-    deferred: dict[str, DeviceDeferred] = {}
+    batch = StagingBatch(created, state.devices, state.deferrals, slack, now)
     for report in reports:
         device_id = report.device_id
-        entry = staged.get(device_id) or state.devices.get(device_id)
+        entry = batch.entry(device_id)
         if entry is None or entry[1] not in UNDECIDED or device_id in seen:
             continue
         if (report.digest or digest) != digest or report.kind == "uninstalled":
             continue  # about another version (the one it ran before, say)
-        wave, status, deadline = entry
+        wave, _, deadline = entry
         if report.kind in ("staged", "deferred"):
-            last = deferred.get(device_id) or state.deferrals.get(device_id)
-            found = staging(created, device_id, wave, status, deadline, report, last, slack, now)
-            for event in found:
-                if isinstance(event, DeviceStaged):
-                    staged[device_id] = (wave, "staged", event.deadline)
-                elif isinstance(event, DeviceDeferred):
-                    deferred[device_id] = event
-                    staged[device_id] = (wave, "deferred", staged.get(device_id, entry)[2])
+            found = batch.stage(device_id, entry, report)
             events += found
-            if found and isinstance(found[0], DeviceTimedOut):
+            if found and isinstance(found[0], DeviceTimedOut):  # it staged too late
                 seen.add(device_id)
                 tally.count(found[0], wave)
                 if abort := _abort_if_over(state, tally, now):
@@ -479,10 +389,7 @@ def _report(state: RolloutState, reports: Sequence[Report], now: datetime,
         outcome: RolloutEvent
         if deadline is not None and report.observed_at is not None \
                 and report.observed_at > deadline + slack:
-            outcome = (DeviceFailed(device_id, wave, not_activated(
-                           created, deferred.get(device_id) or state.deferrals.get(device_id)),
-                           report.fact_id, report.observed_at) if status in STAGED
-                       else DeviceTimedOut(device_id, wave, report.fact_id, report.observed_at))
+            outcome = batch.late(device_id, entry, report)
         elif report.ok:
             outcome = DeviceSucceeded(device_id, wave, report.fact_id, report.observed_at,
                                       ALREADY_CURRENT if report.kind == ALREADY_CURRENT else "")
@@ -652,62 +559,6 @@ def _rollback_done(state: RolloutState, outcomes: Sequence[RolloutEvent],
     ok = state.rollback_ok + sum(isinstance(e, DeviceRolledBack) for e in outcomes)
     return [RollbackCompleted(ok, state.rollback_ok + state.rollback_unconfirmed
                               + len(outcomes) - ok, now)]
-
-
-# --- causation ----------------------------------------------------------------------------------
-_DEVICE_OUTCOMES = (DeviceSucceeded, DeviceFailed, DeviceTimedOut, DeviceOffline, DeviceBackOnline,
-                    DeviceRolledBack, DeviceRollbackUnconfirmed)
-
-
-def causes(events: Sequence[RolloutEvent]) -> list[int | str | None]:
-    """What caused each event of one decision: the device's fact (its event id) for an outcome
-    a fact reported; an earlier event of the same decision (its index) for what follows from it
-    — an abort from the outcome that crossed the threshold, a rollback from the abort, a wave's
-    end from the outcome that completed it, a device's targeting from its wave's start;
-    None for what the command itself caused (its own causation id: the operator's command,
-    the policy's event, the timer tick)."""
-    found: list[int | str | None] = []
-    last_outcome = last_wave = last_abort = last_completed = last_created = last_plan = None
-    for i, event in enumerate(events):
-        cause: int | str | None = None
-        match event:
-            case DeviceSucceeded(fact_id=f) | DeviceFailed(fact_id=f) | DeviceTimedOut(fact_id=f) \
-                    | DeviceRolledBack(fact_id=f) | DeviceRollbackUnconfirmed(fact_id=f) \
-                    | DeviceStaged(fact_id=f) | DeviceDeferred(fact_id=f):
-                cause = str(f) if f is not None else None
-            case RolloutAborted() | RollbackCompleted():
-                cause = last_outcome
-            case RollbackStarted() | RollbackStartedV1():
-                cause = last_abort
-            case WaveCompleted():
-                cause = last_outcome
-            case RolloutCompleted():
-                cause = last_completed
-            case WaveStarted():
-                cause = last_completed if last_completed is not None else last_plan
-            case DeviceTargeted():
-                cause = last_wave
-            case RolloutPlanned() | RolloutPlannedV1():
-                cause = last_created
-            case PreviousPackages() | DevicesPlanned() | DevicesOffline() | DevicesExcluded() \
-                    | DevicesWindowed():
-                cause = last_plan
-            case RolloutWaiting():
-                cause = last_wave
-        found.append(cause)
-        if isinstance(event, _DEVICE_OUTCOMES):
-            last_outcome = i
-        elif isinstance(event, WaveStarted):
-            last_wave = i
-        elif isinstance(event, RolloutAborted):
-            last_abort = i
-        elif isinstance(event, WaveCompleted):
-            last_completed = i
-        elif isinstance(event, RolloutCreated):
-            last_created = i
-        elif isinstance(event, RolloutPlanned | RolloutPlannedV1):
-            last_plan = i
-    return found
 
 
 # --- evolve (in place: see the module docstring) ------------------------------------------------
