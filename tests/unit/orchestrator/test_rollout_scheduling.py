@@ -14,11 +14,13 @@ import pytest
 from sdv_events.decider_testing import Refusal, then
 from sdv_events.schemas.packages import PackageInfo
 from sdv_events.schemas.rollouts import (
+    DeviceBackOnline,
     DeviceFailed,
     DeviceOffline,
     DeviceSucceeded,
     DeviceTargeted,
     DeviceTimedOut,
+    OfflineOption,
     RolloutCreated,
     Strategy,
     Target,
@@ -77,10 +79,12 @@ class Run:
 
 
 def create(schedule: Schedule, *, now: datetime = T0, waves: tuple[str, ...] = ("100%",),
-           device_s: float = 60.0, plan: StartRollout | None = None) -> CreateRollout:
+           device_s: float = 60.0, plan: StartRollout | None = None,
+           offline: OfflineOption = "skip") -> CreateRollout:
     return CreateRollout(rollout_id="r1", package=NEW, target=Target(selector="fleet=test"),
                          strategy=Strategy("canary", list(waves)), thresholds=Thresholds(0.5, 0.5),
-                         timeouts=Timeouts(device_s, 0), schedule=schedule, now=now, plan=plan)
+                         timeouts=Timeouts(device_s, 0), schedule=schedule, now=now, plan=plan,
+                         offline=offline)
 
 
 def started(schedule: Schedule, *, now: datetime = T0, devices: list[str] = DEVICES,
@@ -272,6 +276,19 @@ def test_a_staged_device_offline_at_its_activation_deadline_is_skipped_as_the_op
     due = run(Tick(T0 + timedelta(seconds=600), presence={"dev-00": False}))
     assert isinstance(due[0], DeviceOffline)
     assert due[0].outcome == "skipped"
+
+
+def test_a_staged_device_waited_for_offline_waits_for_its_switch_again_once_back() -> None:
+    run = started(Schedule(gates=[SPEED], activation_timeout_s=600), devices=["dev-00"],
+                  offline="wait")
+    run(ReportDevices([deferred("dev-00", T0)], T0))
+    due = T0 + timedelta(seconds=600)
+    assert run(Tick(due, presence={"dev-00": False}))[0].outcome == "waiting"
+    back = T0 + timedelta(hours=1)
+    (online,) = run(Tick(back, presence={"dev-00": True}))
+    assert online == DeviceBackOnline("dev-00", 0, back + timedelta(seconds=600))
+    assert view_of("r1", run.state).devices[0].status == "deferred"
+    assert run(Tick(back + timedelta(seconds=120))) == []  # not the device timeout (60 s)
 
 
 # --- activate ------------------------------------------------------------------------------------
