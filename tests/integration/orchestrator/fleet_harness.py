@@ -9,7 +9,10 @@ an envelope on `sdv.evt.agent.<device>.<Type>` with a `Nats-Msg-Id`, as the real
 publishes it; a document naming the version it already runs is answered at once with
 `AppAlreadyCurrent`, an app taken out of its document with `AppUninstalled` (the contract of
 the edge agent, issue 14). It installs nothing: what it does per version is scripted (`ok`,
-`fail`, `silent`, or held until a gate opens). It records every desired document it saw, so tests can check that revisions only
+`fail`, `silent`, or held until a gate opens). A document whose app carries an `Activation`
+(gates, hold: issue 15) is answered as the agent does: `AppStaged`, then `ActivationDeferred`
+(held, or the first gate with the simulated signal value in `signals`), and the answer only
+once a newer document drops the hold and the gates hold (`open_gates` re-judges them). It records every desired document it saw, so tests can check that revisions only
 increase and which versions a device was ever asked to run. Like the real agent, it acts only on
 documents that verify with the orchestrator's public key (the suite creates the orchestrator's key
 file before any orchestrator starts, so agents can pin it from the start); one that does not is
@@ -45,18 +48,21 @@ from sdv_events.bus import CommandClient
 from sdv_events.codec import encode
 from sdv_events.desired_signing import DesiredSigner, DesiredVerifier, UntrustedDesired
 from sdv_events.envelope import Envelope
+from sdv_events.gates import judge, parse_gates
 from sdv_events.ids import stream_id
 from sdv_events.key_files import load_or_create_ed25519
 from sdv_events.provisioning import DESIRED_BUCKET, provision
 from sdv_events.registry import default_registry
 from sdv_events.schemas.agent import (
+    ActivationDeferred,
     AppAlreadyCurrent,
     AppFact,
     AppFailed,
     AppHealthy,
+    AppStaged,
     AppUninstalled,
 )
-from sdv_events.schemas.deployment import DesiredState
+from sdv_events.schemas.deployment import DesiredApp, DesiredState
 from sdv_events.schemas.devices import (
     Capabilities,
     DeviceList,
@@ -87,6 +93,7 @@ from sdv_events.schemas.rollouts import (
     WaveCompleted,
     WaveStarted,
 )
+from sdv_events.schemas.scheduling import Schedule
 from sdv_events.service import Ping, ServiceHealth, wait_until_ready
 from sdv_events.store import EventStore
 from sdv_events.subjects import agent_fact_subject, heartbeat_subject
@@ -338,7 +345,7 @@ class Suite:
                      kind: str = "canary", batch_size: int = 10, success: float = 0.95,
                      error: float = 0.05, device_s: float = 20.0, soak_s: float = 0.0,
                      start: bool = True, rollout_id: str | None = None,
-                     offline: str = "skip") -> RolloutView:
+                     offline: str = "skip", schedule: Schedule | None = None) -> RolloutView:
         strategy = Strategy(kind=kind, waves=waves or ["1", "10%", "50%", "100%"],  # type: ignore[arg-type]
                             batch_size=batch_size)
         request = CreateRolloutRequest(
@@ -347,6 +354,7 @@ class Suite:
             thresholds=Thresholds(success, error), timeouts=Timeouts(device_s, soak_s), start=start,
             rollout_id=rollout_id or f"r-{uuid.uuid4().hex[:12]}",
             offline=offline,  # type: ignore[arg-type]
+            schedule=schedule or Schedule(),
         )
         return await self.commands.call("orchestrator", "create", request, RolloutView)
 
@@ -519,6 +527,10 @@ class SimAgent:
     current: dict[str, tuple[str, str | None]] = field(default_factory=dict)
     facts: list[tuple[str, str, str | None]] = field(default_factory=list)  # (type, version, rollout)
     heartbeat_s: float = 0.5  # 0: no heartbeats (the registry never counts it online)
+    # Simulated vehicle signals the gates are judged against (absent: no value yet).
+    signals: dict[str, object] = field(default_factory=dict)
+    # (digest, rollout) → the staged app and its document's revision, waiting to switch.
+    staged: dict[tuple[str, str | None], tuple[DesiredApp, int]] = field(default_factory=dict)
     _beating: asyncio.Task[None] | None = None
     _answered: set[tuple[str, str | None]] = field(default_factory=set)
     _nc: NatsClient | None = None
@@ -526,6 +538,7 @@ class SimAgent:
     _answering: set[asyncio.Task[None]] = field(default_factory=set)
     _fact_version: int = 0
     _revision: int = 0
+    _last_deferral: dict[tuple[str, str | None], str] = field(default_factory=dict)
 
     async def start(self) -> None:
         self._nc = await nats.connect(self.url)
@@ -604,9 +617,13 @@ class SimAgent:
                     digest, rollout_id = self.current.pop(name)
                     self._spawn(self._uninstalled(name, digest, rollout_id, doc.revision))
                 for app in doc.apps.values():
-                    if (app.package.digest, app.rollout_id) not in self._answered:
-                        self._answered.add((app.package.digest, app.rollout_id))
-                        self._spawn(self._answer(app.package, app.rollout_id, doc.revision))
+                    key = (app.package.digest, app.rollout_id)
+                    if key in self.staged:  # a newer document: its hold may be gone
+                        self.staged[key] = (app, doc.revision)
+                        self._spawn(self._activate(key))
+                    elif key not in self._answered:
+                        self._answered.add(key)
+                        self._spawn(self._answer(app, doc.revision))
         finally:
             with contextlib.suppress(Exception):
                 await watcher.stop()
@@ -616,9 +633,49 @@ class SimAgent:
         self._answering.add(task)
         task.add_done_callback(self._answering.discard)
 
-    async def _answer(self, package: PackageInfo, rollout_id: str | None, revision: int) -> None:
-        common = dict(device_id=self.device_id, app=package.name, version=package.version,
-                      digest=package.digest, desired_revision=revision, rollout_id=rollout_id)
+    def _deferral(self, app: DesiredApp, revision: int) -> ActivationDeferred | None:
+        """Why the app may not switch now (None: it may), as the agent reports it."""
+        activation = app.activation
+        if activation is None:
+            return None
+        common = self._common(app.package, app.rollout_id, revision)
+        if activation.hold:
+            return ActivationDeferred(**common, reason="held until `sdv rollout activate`",
+                                      held=True)
+        verdict = judge(parse_gates(activation.gates), self.signals)
+        if verdict.holds:
+            return None
+        return ActivationDeferred(**common, reason=verdict.reason, gate=verdict.gate,
+                                  signal=verdict.signal, value=verdict.value)
+
+    def _common(self, package: PackageInfo, rollout_id: str | None, revision: int) -> dict[str, Any]:
+        return dict(device_id=self.device_id, app=package.name, version=package.version,
+                    digest=package.digest, desired_revision=revision, rollout_id=rollout_id)
+
+    async def _activate(self, key: tuple[str, str | None]) -> None:
+        """Re-judge a staged app (a newer document, or new signal values): switch, or say why not
+        when the reason changed."""
+        found = self.staged.get(key)
+        if found is None:  # switched meanwhile
+            return
+        app, revision = found
+        deferral = self._deferral(app, revision)
+        if deferral is None:
+            self.staged.pop(key, None)
+            await self._answer(app, revision, staged=True)
+        elif deferral.reason != self._last_deferral.get(key):
+            self._last_deferral[key] = deferral.reason
+            await self.publish(deferral)
+
+    async def open_gates(self, **signals: object) -> None:
+        """New signal values (`Vehicle_Speed=0` for Vehicle.Speed): staged apps are judged again."""
+        self.signals.update({k.replace("_", "."): v for k, v in signals.items()})
+        for key in list(self.staged):
+            await self._activate(key)
+
+    async def _answer(self, app: DesiredApp, revision: int, *, staged: bool = False) -> None:
+        package, rollout_id = app.package, app.rollout_id
+        common = self._common(package, rollout_id, revision)
         ran = self.current.get(package.name)
         if ran is not None and ran[0] == package.digest:  # nothing to do: say so at once
             self.current[package.name] = (package.digest, rollout_id)
@@ -626,6 +683,11 @@ class SimAgent:
             return
         what = self.script.get(package.version, self.default)
         if what == "silent":
+            return
+        if not staged and app.activation is not None:  # downloaded and verified: wait to switch
+            await self.publish(AppStaged(**common))
+            self.staged[(package.digest, rollout_id)] = (app, revision)
+            await self._activate((package.digest, rollout_id))
             return
         if self.gate is not None:
             await self.gate.wait()
@@ -650,6 +712,8 @@ class SimAgent:
         type_name, schema_version = default_registry.describe(fact)
         self._fact_version += 1
         msg_id = f"{self.device_id}.{fact.app}.{fact.digest[:16]}.{fact.desired_revision}.{type_name}"
+        if isinstance(fact, ActivationDeferred):  # a new reason is a new fact
+            msg_id += f".{uuid.uuid5(uuid.NAMESPACE_URL, fact.reason).hex[:12]}"
         envelope = Envelope(
             event_id=uuid.uuid5(uuid.NAMESPACE_URL, msg_id), stream_id=stream_id("agent", self.device_id),
             version=self._fact_version, type=type_name, schema_version=schema_version,

@@ -12,7 +12,8 @@ from sdv_events.schemas.packages import PackageInfo
 from sdv_events.schemas.rollouts import Strategy, Target
 from sdv_events.store import EventStore
 from sdv_orchestrator.application import Orchestrator, rollout_stream
-from sdv_orchestrator.domain.rollout import CreateRollout, Report, StartRollout, rollout_decider
+from sdv_orchestrator.domain.rollout import rollout_decider
+from sdv_orchestrator.domain.rollout_commands import CreateRollout, Report, StartRollout
 
 PACKAGE = PackageInfo(name="app", version="1.0.0", digest="d" * 64, size=1, object_name="app/d",
                       manifest_digest="m", signature="s", key_id="k", channel="dev", runtime="native",

@@ -27,7 +27,8 @@ from sdv_events.schemas.rollouts import (
     WaveCompleted,
     WaveStarted,
 )
-from sdv_orchestrator.domain.rollout import (
+from sdv_orchestrator.domain.rollout import rollout_decider
+from sdv_orchestrator.domain.rollout_commands import (
     CancelRollout,
     CreateRollout,
     PauseRollout,
@@ -37,7 +38,6 @@ from sdv_orchestrator.domain.rollout import (
     RollbackRollout,
     StartRollout,
     Tick,
-    rollout_decider,
 )
 
 T0 = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)

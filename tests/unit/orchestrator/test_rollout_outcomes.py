@@ -39,16 +39,15 @@ from sdv_events.schemas.rollouts import (
     WaveCompleted,
     WaveStarted,
 )
-from sdv_orchestrator.domain.rollout import (
+from sdv_orchestrator.domain.causation import causes
+from sdv_orchestrator.domain.rollout import RolloutEvent, rollout_decider
+from sdv_orchestrator.domain.rollout_commands import (
     CancelRollout,
     CreateRollout,
     Report,
     ReportDevices,
-    RolloutEvent,
     StartRollout,
     Tick,
-    causes,
-    rollout_decider,
 )
 from sdv_orchestrator.domain.rollout_view import view_of
 

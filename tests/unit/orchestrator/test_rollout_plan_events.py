@@ -31,13 +31,8 @@ from sdv_events.schemas.rollouts import (
     WaveStarted,
 )
 from sdv_orchestrator.domain.plan_events import CHUNK_BYTES, chunks
-from sdv_orchestrator.domain.rollout import (
-    Report,
-    ReportDevices,
-    RollbackRollout,
-    StartRollout,
-    rollout_decider,
-)
+from sdv_orchestrator.domain.rollout import rollout_decider
+from sdv_orchestrator.domain.rollout_commands import Report, ReportDevices, RollbackRollout, StartRollout
 
 T0 = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 BOUND = 64 * 1024  # the largest event at 10,000 devices must stay under this

@@ -29,9 +29,9 @@ from sdv_client.history_cli import history
 from sdv_client.inventory_cli import status as fleet_status
 from sdv_client.operators_cli import app as operators_app
 from sdv_client.package_cli import app as package_app
+from sdv_client.policy_cli import policy_app
 from sdv_client.rebuild_cli import rebuild
 from sdv_client.rollout_cli import app as rollout_app
-from sdv_client.rollout_cli import policy_app
 from sdv_client.status_view import fail, print_statuses
 from sdv_client.up_cli import up
 from sdv_events.auth.client_tls import NatsCaError, tls_hint, tls_options

@@ -1,5 +1,6 @@
-"""`sdv rollout …`: create (and start), get, watch, pause, resume, cancel, rollback, list; and
-`sdv policy …`: set, list, delete. Talks to the orchestrator over NATS (see cli_support).
+"""`sdv rollout …`: create (and start), get, watch, pause, resume, cancel, rollback, activate,
+list (`sdv policy …` is policy_cli.py). Talks to the orchestrator over NATS (see cli_support).
+The schedule options (windows, rate, start time, gates, hold) are in schedule_options.py.
 
 `watch` and `create --watch` end with the rollout's outcome: exit 0 when it completed, 1 when it
 ended aborted, rolled back or cancelled (`--json`: `"ok": false` and `"code": "rollout_<status>"`),
@@ -32,16 +33,28 @@ from sdv_client.cli_support import (
     user,
     widen,
 )
+from sdv_client.schedule_options import (
+    ActivationTimeoutOption,
+    GateOption,
+    HoldOption,
+    LabelWindowOption,
+    MaxInFlightOption,
+    MaxRateOption,
+    RateGrowthOption,
+    RateOption,
+    StartAtOption,
+    WindowOption,
+    schedule_brief,
+    schedule_lines,
+    schedule_of,
+)
 from sdv_events.bus import CommandClient
 from sdv_events.schemas.rollouts import (
     MAX_PAGE,
     CreateRolloutRequest,
     GetRollout,
     ListRollouts,
-    PolicyList,
-    PolicyRef,
     RolloutList,
-    RolloutPolicy,
     RolloutRef,
     RolloutView,
     Strategy,
@@ -49,19 +62,18 @@ from sdv_events.schemas.rollouts import (
     Thresholds,
     Timeouts,
 )
+from sdv_events.schemas.scheduling import ActivateRollout
 
 SERVICE = "orchestrator"
 TERMINAL = {"completed", "aborted", "cancelled", "rolled_back"}
 EXIT_WATCH_TIMEOUT = 124  # as timeout(1): the rollout had not ended when the watch gave up
 app = typer.Typer(help="Rollouts: canary, waves, thresholds, pause, cancel, rollback.",
                   no_args_is_help=True)
-policy_app = typer.Typer(help="Policies: start rollouts on their own when a version lands on a "
-                         "channel; give new devices the fleet's version.", no_args_is_help=True)
 
 
 class RolloutStatus(StrEnum):
     created = "created"
-    running = "running"
+    running = "running"  # waiting ones too (they run: they wait for a time, not an operator)
     paused = "paused"
     completed = "completed"
     aborted = "aborted"
@@ -125,10 +137,21 @@ def table_of(view: RolloutView) -> Table:
 
 
 def summary_lines(view: RolloutView) -> list[str]:
-    """What the wave table does not say: offline devices, already-current ones, the rollback."""
+    """What the wave table does not say: waiting, the schedule, devices waiting to switch,
+    offline devices, already-current ones, the rollback."""
     lines = []
     if view.reason:
         lines.append(view.reason)
+    if view.waiting is not None:
+        lines.append(f"waiting: {view.waiting.message}")
+    lines += schedule_lines(view.schedule)
+    if view.queued_total:
+        lines.append(f"queued: {view.queued_total} device(s) of the wave not targeted yet")
+    if view.staged_total or view.activated_total:
+        by = ", ".join(f"{gate}: {n}" for gate, n in sorted(view.deferred_by.items()))
+        lines.append(f"staged (downloaded, waiting to switch): {view.staged_total}; deferred "
+                     f"{view.deferred_total}" + (f" ({by})" if by else "")
+                     + (f"; hold released for {view.activated_total}" if view.activated_total else ""))
     if view.offline_total or view.skipped_total:
         lines.append(f"waiting: offline {view.offline_total}, skipped offline {view.skipped_total} "
                      f"(offline devices: {view.offline})")
@@ -144,7 +167,11 @@ def show(view: RolloutView, as_json: bool) -> None:
     if as_json:
         emit_json({"ok": True, "rollout": builtins(view)})
         return
-    out.print(table_of(view))
+    table = table_of(view)
+    table.caption = None  # the lines below the table instead: a caption folds long lines
+    out.print(table)
+    for line in summary_lines(view):
+        out.print(line, highlight=False)
     if view.excluded:
         out.print(f"excluded {view.excluded_total} device(s):")
         for device_id, why in list(view.excluded.items())[:20]:
@@ -211,9 +238,19 @@ def create(
     no_rollback: bool = typer.Option(False, "--no-rollback", help="on abort, leave devices as they are"),
     no_start: bool = typer.Option(False, "--no-start", help="create only; start later"),
     watch: bool = typer.Option(False, "--watch", help="follow progress until it ends"),
+    window: list[str] = WindowOption, label_window: list[str] = LabelWindowOption,
+    rate: float = RateOption, rate_growth: float = RateGrowthOption, max_rate: float = MaxRateOption,
+    max_in_flight: int = MaxInFlightOption, start_at: str = StartAtOption,
+    gate: list[str] = GateOption, hold: bool = HoldOption,
+    activation_timeout: float = ActivationTimeoutOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """Create a rollout of APP VERSION to a selector or devices, and start it."""
+    """Create a rollout of APP VERSION to a selector or devices, and start it (its devices are
+    targeted as its windows, start time and rate allow)."""
+    schedule = schedule_of(windows=window, label_windows=label_window, rate=rate,
+                           rate_growth=rate_growth, max_rate=max_rate, max_in_flight=max_in_flight,
+                           start_at=start_at, gates=gate, hold=hold,
+                           activation_timeout=activation_timeout, as_json=as_json)
     request = CreateRolloutRequest(
         package=app_name, version=version,
         target=Target(selector=selector) if selector else Target(device_ids=list(device or [])),
@@ -221,6 +258,7 @@ def create(
                           batch_size=batch_size),
         thresholds=Thresholds(success, error), timeouts=Timeouts(device_timeout, soak),
         auto_rollback=not no_rollback, start=not no_start, offline=offline.value,
+        schedule=schedule,
     )
     view = call("create", request, RolloutView, as_json)
     if not watch:
@@ -245,7 +283,7 @@ def get(rollout_id: str, as_json: bool = JsonOption) -> None:
     devices.add_column("status")
     devices.add_column("reason")
     for d in view.devices[:200]:
-        devices.add_row(d.device_id, str(d.wave + 1), d.status, d.reason)
+        devices.add_row(d.device_id, str(d.wave + 1), d.status, d.reason)  # deferred: why
     out.print(devices)
     if view.devices_total > 200:
         out.print(f"… and {view.devices_total - 200} more device(s) (--json lists them all)")
@@ -275,6 +313,19 @@ _simple("cancel", "Stop the rollout; devices already updated keep the new versio
 _simple("rollback", "Put every touched device back on its previous version.")
 
 
+@app.command("activate")
+def activate(rollout_id: str,
+             device: list[str] = typer.Option(
+                 None, "--device", "-d", help="Only this device (repeat); none: every device "
+                 "targeted so far."),
+             as_json: bool = JsonOption) -> None:
+    """Release the hold of a rollout created with --hold: its downloaded devices switch (once
+    their gates, if any, hold). Devices targeted later come with the hold again."""
+    view = call("activate", ActivateRollout(rollout_id=rollout_id, device_ids=list(device or [])),
+                RolloutView, as_json)
+    show(view, as_json)
+
+
 @app.command("list")
 def list_(app_name: str = typer.Option(None, "--app", help="Only rollouts of this app."),
           status: RolloutStatus = typer.Option(None, help="Only rollouts in this status."),
@@ -289,54 +340,12 @@ def list_(app_name: str = typer.Option(None, "--app", help="Only rollouts of thi
     widen(wide)
     table = Table()
     id_column(table, "rollout")
-    for column in ("app", "version", "status", "devices", "succeeded", "failed", "created"):
+    for column in ("app", "version", "status", "devices", "succeeded", "failed", "staged",
+                   "deferred", "schedule", "created"):
         table.add_column(column)
     for r in found.rollouts:
-        table.add_row(r.rollout_id, r.app, r.version, r.status, str(r.devices), str(r.succeeded),
-                      str(r.failed), r.created_at.isoformat(timespec="seconds"))
+        shown = r.status if r.waiting is None else f"{r.status}: {r.waiting.message}"
+        table.add_row(r.rollout_id, r.app, r.version, shown, str(r.devices), str(r.succeeded),
+                      str(r.failed), str(r.staged), str(r.deferred), schedule_brief(r.schedule),
+                      r.created_at.isoformat(timespec="seconds"))
     out.print(table)
-
-
-@policy_app.command("set")
-def policy_set(
-    name: str, app_name: str = typer.Option(..., "--app", help="The app the policy rolls out."),
-    channel: str = typer.Option("stable", help="dev | beta | stable"),
-    selector: str = typer.Option(..., "--selector", "-l", help="The devices: a label selector."),
-    waves: str = typer.Option("1,10%,50%,100%", help="Canary: cumulative wave sizes."),
-    auto_assign: bool = typer.Option(True, help="give newly accepted devices the fleet's version"),
-    as_json: bool = JsonOption,
-) -> None:
-    """Roll APP out to SELECTOR whenever a version lands on CHANNEL."""
-    policy = RolloutPolicy(name=name, app=app_name, channel=channel,  # type: ignore[arg-type]
-                           target=Target(selector=selector),
-                           strategy=Strategy(waves=[w.strip() for w in waves.split(",")]),
-                           auto_assign=auto_assign)
-    saved = call("set_policy", policy, RolloutPolicy, as_json)
-    if as_json:
-        emit_json({"ok": True, "policy": builtins(saved)})
-    else:
-        out.print(f"policy {saved.name}: {saved.app} on {saved.channel} → {saved.target.selector}")
-
-
-@policy_app.command("list")
-def policy_list(as_json: bool = JsonOption) -> None:
-    """Every rollout policy: app, channel, target, waves."""
-    found = call("list_policies", ListRollouts(), PolicyList, as_json)
-    if as_json:
-        emit_json({"ok": True, "policies": builtins(found.policies)})
-        return
-    table = Table("policy", "app", "channel", "target", "waves", "auto-assign", "enabled")
-    for p in found.policies:
-        table.add_row(p.name, p.app, p.channel, p.target.selector or ",".join(p.target.device_ids or []),
-                      ",".join(p.strategy.waves), str(p.auto_assign), str(p.enabled))
-    out.print(table)
-
-
-@policy_app.command("delete")
-def policy_delete(name: str, as_json: bool = JsonOption) -> None:
-    """Delete a policy: no more rollouts start on their own for it."""
-    call("delete_policy", PolicyRef(name), PolicyRef, as_json)
-    if as_json:
-        emit_json({"ok": True, "deleted": name})
-    else:
-        out.print(f"policy {name} deleted")

@@ -11,7 +11,7 @@ service that did not answer. A retry with the same idempotency key returns the f
 
 Every event carries who acted (the operator or policy of the command, `system` for devices'
 reports and the ticker) and what caused it (the command, the device's fact, the timer tick:
-`domain.rollout.causes`).
+`domain.causation.causes`).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from sdv_events.bus import (
     RequestTimeout,
     ServiceUnavailable,
 )
+from sdv_events.bus.rpc import command_error
 from sdv_events.commands import (
     Accepted,
     StateCache,
@@ -43,8 +44,10 @@ from sdv_events.commands import (
     recorded_outcome,
 )
 from sdv_events.envelope import Metadata
+from sdv_events.errors import DomainError
 from sdv_events.idempotency import IdempotencyKey
 from sdv_events.ids import split_stream_id, stream_id, uuid7
+from sdv_events.schedules import check_schedule
 from sdv_events.schemas.packages import PackageInfo
 from sdv_events.schemas.rollouts import (
     MAX_PAGE,
@@ -53,11 +56,15 @@ from sdv_events.schemas.rollouts import (
     RolloutView,
     Target,
 )
+from sdv_events.schemas.scheduling import Schedule
 from sdv_events.store import EventStore
 from sdv_orchestrator.adapters.peers import Peers
+from sdv_orchestrator.domain.activation import ActivateDevices
+from sdv_orchestrator.domain.causation import causes
 from sdv_orchestrator.domain.plan_events import distinct_packages
 from sdv_orchestrator.domain.planning import eligible, package_arches
-from sdv_orchestrator.domain.rollout import (
+from sdv_orchestrator.domain.rollout import RolloutState, rollout_decider
+from sdv_orchestrator.domain.rollout_commands import (
     CancelRollout,
     CreateRollout,
     PauseRollout,
@@ -66,13 +73,10 @@ from sdv_orchestrator.domain.rollout import (
     ResumeRollout,
     RollbackRollout,
     RolloutCommand,
-    RolloutState,
     StartRollout,
     Tick,
-    causes,
-    rollout_decider,
 )
-from sdv_orchestrator.domain.rollout_view import view_of
+from sdv_orchestrator.domain.rollout_view import view_of, waiting_of
 from sdv_orchestrator.projections import TERMINAL, DesiredStates, Presence
 from sdv_orchestrator.rollout_traces import RolloutTraces
 
@@ -151,6 +155,10 @@ class Orchestrator:
                 rollout_id = split_stream_id(first.stream_id)[1]
                 return await (self.start(rollout_id, metadata=metadata) if req.start
                               else self.get(rollout_id))
+        try:  # before asking anyone: a schedule that cannot run is the caller's to fix
+            check_schedule(req.schedule)
+        except DomainError as refused:
+            raise command_error(refused.code, refused.message) from None
         nothing = "nothing was stored: retry the create"
         view = await ask("packager", self.peers.package(req.package, req.version),
                          nothing_done=nothing)
@@ -161,7 +169,8 @@ class Orchestrator:
         command = CreateRollout(
             rollout_id=rollout_id, package=view.info, target=req.target, strategy=req.strategy,
             thresholds=req.thresholds, timeouts=req.timeouts, auto_rollback=req.auto_rollback,
-            offline=req.offline, now=self.clock(), actor=metadata.actor or "",
+            offline=req.offline, schedule=req.schedule, now=self.clock(),
+            actor=metadata.actor or "",
         )
         existing = await self.state_or_none(rollout_id) if req.start else None
         if not req.start or (existing is not None and existing.status != "created"):
@@ -169,7 +178,8 @@ class Orchestrator:
             # the decider says whether it is the same rollout (nothing to do) or a conflict.
             await self.run(rollout_id, command, metadata=metadata, key=key)
             return await self.get(rollout_id)
-        plan = await self._plan(rollout_id, view.info, req.target, nothing_done=nothing)
+        plan = await self._plan(rollout_id, view.info, req.target, req.schedule,
+                                nothing_done=nothing)
         command = msgspec.structs.replace(command, plan=plan)
         await self._run_releasing(rollout_id, command, metadata, key)
         return await self.get(rollout_id)
@@ -180,15 +190,16 @@ class Orchestrator:
             return await self.get(rollout_id)
         assert state.created is not None
         plan = await self._plan(rollout_id, state.created.package, state.created.target,
+                                state.created.schedule,
                                 nothing_done="the rollout was not started: retry the start")
         await self._run_releasing(rollout_id, plan, metadata, None)
         return await self.get(rollout_id)
 
-    async def _plan(self, rollout_id: str, package: PackageInfo, target: Target, *,
-                    nothing_done: str) -> StartRollout:
-        """What starting needs, from the registry (devices, capabilities, presence, signal
-        catalogues when the package declares signals) and the read models; reserves the
-        eligible devices (released if the start is not stored)."""
+    async def _plan(self, rollout_id: str, package: PackageInfo, target: Target,
+                    schedule: Schedule, *, nothing_done: str) -> StartRollout:
+        """What starting needs, from the registry (devices, capabilities, presence, labels for
+        label windows, signal catalogues when the package declares signals) and the read
+        models; reserves the eligible devices (released if the start is not stored)."""
         devices, unknown = await ask(
             "registry",
             self.peers.devices(target, signals=bool(package.vss_reads or package.vss_writes)),
@@ -202,8 +213,10 @@ class Orchestrator:
             current, lambda raw: msgspec.json.decode(raw, type=PackageInfo))
         chosen = set(ok)
         offline = sorted(d.device_id for d in devices if not d.online and d.device_id in chosen)
+        labels = ({d.device_id: dict(d.labels) for d in devices if d.labels and d.device_id in chosen}
+                  if schedule.label_windows else {})
         return StartRollout(device_ids=ok, excluded=excluded, previous_packages=packages,
-                            previous=previous, offline=offline, now=self.clock())
+                            previous=previous, offline=offline, labels=labels, now=self.clock())
 
     async def _run_releasing(self, rollout_id: str, command: CreateRollout | StartRollout,
                              metadata: Metadata, key: IdempotencyKey | None) -> None:
@@ -266,6 +279,15 @@ class Orchestrator:
                        **kw)  # type: ignore[arg-type]
         return await self.get(rollout_id)
 
+    async def activate(self, rollout_id: str, device_ids: list[str], *,
+                       metadata: Metadata = Metadata()) -> RolloutView:
+        """Release the hold of these devices (none: every targeted one): new desired documents
+        without the hold (domain/activation.py says what is refused)."""
+        await self.state(rollout_id)  # an unknown rollout: NotFound naming it
+        await self.run(rollout_id, ActivateDevices(device_ids=device_ids, now=self.clock(),
+                                                   actor=metadata.actor or ""), metadata=metadata)
+        return await self.get(rollout_id)
+
     async def report(self, rollout_id: str, reports: list[Report]) -> None:
         """Device outcomes from agents' facts; duplicates, strangers and facts about another
         version are ignored by the decider. Each outcome is caused by its fact."""
@@ -282,7 +304,7 @@ class Orchestrator:
         # Whose presence matters now: devices past their deadline, and those waited for.
         asked = [d for d, (_, status, deadline) in state.devices.items()
                  if status == "waiting_offline"
-                 or (deadline is not None and deadline <= due and status in ("targeted", "rolling_back"))]
+                 or (deadline is not None and deadline <= due and status in _JUDGED)]
         presence = await self.presence.of(asked) if asked and self.presence is not None else {}
         await self.run(rollout_id, Tick(now=now, facts_until=until, presence=presence,
                                         tolerance_s=self.tolerance_s),
@@ -300,7 +322,7 @@ class Orchestrator:
         (`limit` at most MAX_PAGE), so a reply stays small whatever the fleet."""
         if offset < 0 or not 0 < limit <= MAX_PAGE:
             raise InvalidRequest(f"offset must be >= 0 and limit in [1, {MAX_PAGE}]")
-        return view_of(rollout_id, await self.state(rollout_id), offset, limit)
+        return view_of(rollout_id, await self.state(rollout_id), offset, limit, now=self.clock())
 
     async def list(self, app: str | None, status: str | None, limit: int) -> list[RolloutSummary]:
         rows = await self.store.pool.fetch(
@@ -308,7 +330,33 @@ class Orchestrator:
             "AND ($2::text IS NULL OR status = $2) ORDER BY created_at DESC LIMIT $3",
             app, status, limit,
         )
-        return [RolloutSummary(
+        return [await self._summary(r) for r in rows]
+
+    async def _summary(self, r: asyncpg.Record) -> RolloutSummary:
+        """A catalog row; an active rollout's waiting and deferred devices from its state (kept
+        hot by the ticker), which the catalog does not follow device by device."""
+        summary = RolloutSummary(
             rollout_id=r["rollout_id"], app=r["app"], version=r["version"], status=r["status"],
             devices=r["devices"], succeeded=r["succeeded"], failed=r["failed"],
-            created_at=r["created_at"], updated_at=r["updated_at"]) for r in rows]
+            created_at=r["created_at"], updated_at=r["updated_at"],
+            schedule=Schedule() if r["schedule"] is None
+            else msgspec.json.decode(r["schedule"], type=Schedule))
+        if r["status"] not in ("running", "paused") or not _live(summary.schedule):
+            return summary
+        state = await self.state_or_none(summary.rollout_id)
+        if state is None:
+            return summary
+        statuses = [status for _, status, _ in state.devices.values()]
+        waiting = waiting_of(state, self.clock())
+        return msgspec.structs.replace(
+            summary, waiting=waiting, status="waiting" if waiting is not None else summary.status,
+            staged=sum(s in ("staged", "deferred") for s in statuses),
+            deferred=statuses.count("deferred"))
+
+
+_JUDGED = ("targeted", "rolling_back", "staged", "deferred")  # at their deadline: online or not?
+
+
+def _live(schedule: Schedule) -> bool:
+    """Whether a rollout's list row needs its state: it may wait, or defer devices."""
+    return schedule != Schedule(pacing=schedule.pacing) or schedule.pacing.limited

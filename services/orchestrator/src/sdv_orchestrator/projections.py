@@ -16,7 +16,10 @@ the registry's presence events:
   own tables: the devices the rollout still owns and the package each ran before. A restored
   assignment names the rollout that rolled it back (and `rollback`), so the device's facts
   about it are that rollout's. Every document is signed with the orchestrator's key
-  (`sdv_events.desired_signing`): agents act on nothing else.
+  (`sdv_events.desired_signing`): agents act on nothing else. A rollout with activation gates
+  or a hold (its schedule) gives its devices' documents an `Activation`: the gates, and the
+  hold until `ActivationRequested` releases it (a new revision); an assignment a rollback
+  restored carries none (it switches back at once: the version it leaves failed).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from nats.js.kv import KeyValue
 from sdv_events.desired_signing import DesiredSigner, UntrustedDesired
 from sdv_events.envelope import Envelope, TraceContext
 from sdv_events.ids import split_stream_id
-from sdv_events.schemas.deployment import DesiredApp, DesiredState
+from sdv_events.schemas.deployment import Activation, DesiredApp, DesiredState
 from sdv_events.schemas.devices import DeviceCameOnline, DeviceWentOffline
 from sdv_events.schemas.packages import PackageInfo
 from sdv_events.schemas.rollouts import (
@@ -56,6 +59,7 @@ from sdv_events.schemas.rollouts import (
     RolloutPlannedV1,
     RolloutResumed,
 )
+from sdv_events.schemas.scheduling import ActivationRequested, Schedule
 from sdv_orchestrator.domain.plan_events import expand_v1
 
 log = structlog.get_logger("sdv.orchestrator.desired")
@@ -103,6 +107,7 @@ class RolloutCatalog:
                     UPDATE {self.schema}.rollouts SET rollback_open = (status = 'rolled_back');
                 END IF;
             END $$;
+            ALTER TABLE {self.schema}.rollouts ADD COLUMN IF NOT EXISTS schedule bytea;
             CREATE TABLE IF NOT EXISTS {self.reservations_schema}.reservations (
                 device_id text NOT NULL, app text NOT NULL, rollout_id text NOT NULL,
                 PRIMARY KEY (device_id, app));
@@ -128,11 +133,13 @@ class RolloutCatalog:
     async def apply(self, conn: asyncpg.Connection, event: Envelope) -> None:
         rid, at, t = rollout_id_of(event), event.occurred_at, self.schema
         match event.data:
-            case RolloutCreated(package=package):
+            case RolloutCreated(package=package, schedule=schedule):
                 await conn.execute(
                     f"INSERT INTO {t}.rollouts (rollout_id, app, version, status, created_at, "
-                    "updated_at) VALUES ($1, $2, $3, 'created', $4, $4) ON CONFLICT DO NOTHING",
+                    "updated_at, schedule) VALUES ($1, $2, $3, 'created', $4, $4, $5) "
+                    "ON CONFLICT DO NOTHING",
                     rid, package.name, package.version, at,
+                    None if schedule == Schedule() else _enc.encode(schedule),
                 )
             case RolloutPlanned() | RolloutPlannedV1():
                 devices = (event.data.devices if isinstance(event.data, RolloutPlanned)
@@ -217,7 +224,7 @@ class DesiredStates:
     name = "desired_states"
     filter_subjects = ("sdv.evt.rollout.>",)
     tables = ("rollout_packages", "device_apps", "device_revisions", "rollout_previous_packages",
-              "rollout_previous", "rollout_traces")
+              "rollout_previous", "rollout_traces", "rollout_activations")
 
     def __init__(self, schema: str, kv: KeyValue, signer: DesiredSigner,
                  pool: asyncpg.Pool | None = None, *, replaying: bool = False) -> None:
@@ -231,6 +238,7 @@ class DesiredStates:
         # rollout id → its package (encoded, decoded): fixed at RolloutCreated, so a cache
         # saves a query and a decode per targeted device.
         self._packages: dict[str, tuple[bytes, PackageInfo]] = {}
+        self._holds: dict[str, bool] = {}  # rollout id → whether it holds its devices
 
     async def create(self, conn: asyncpg.Connection) -> None:
         await conn.execute(f"""
@@ -241,6 +249,10 @@ class DesiredStates:
                 rollout_id text, PRIMARY KEY (device_id, app));
             ALTER TABLE {self.schema}.device_apps
                 ADD COLUMN IF NOT EXISTS rollback boolean NOT NULL DEFAULT false;
+            ALTER TABLE {self.schema}.device_apps
+                ADD COLUMN IF NOT EXISTS held boolean NOT NULL DEFAULT false;
+            CREATE TABLE IF NOT EXISTS {self.schema}.rollout_activations (
+                rollout_id text PRIMARY KEY, gates text[] NOT NULL, hold boolean NOT NULL);
             CREATE TABLE IF NOT EXISTS {self.schema}.device_revisions (
                 device_id text PRIMARY KEY, revision bigint NOT NULL);
             CREATE TABLE IF NOT EXISTS {self.schema}.rollout_previous_packages (
@@ -270,8 +282,9 @@ class DesiredStates:
         await self.create(conn)
         await conn.execute(f"TRUNCATE {self.schema}.rollout_packages, {self.schema}.device_apps, "
                            f"{self.schema}.rollout_previous_packages, {self.schema}.rollout_previous, "
-                           f"{self.schema}.rollout_traces")
+                           f"{self.schema}.rollout_traces, {self.schema}.rollout_activations")
         self._packages.clear()
+        self._holds.clear()
 
     async def _package(self, conn: asyncpg.Connection, rollout_id: str) -> tuple[bytes, PackageInfo]:
         cached = self._packages.get(rollout_id)
@@ -280,6 +293,14 @@ class DesiredStates:
                 f"SELECT package FROM {self.schema}.rollout_packages WHERE rollout_id = $1", rollout_id)
             cached = self._packages[rollout_id] = (raw, msgspec.json.decode(raw, type=PackageInfo))
         return cached
+
+    async def _holds_devices(self, conn: asyncpg.Connection, rollout_id: str) -> bool:
+        held = self._holds.get(rollout_id)
+        if held is None:
+            held = self._holds[rollout_id] = bool(await conn.fetchval(
+                f"SELECT hold FROM {self.schema}.rollout_activations WHERE rollout_id = $1",
+                rollout_id))
+        return held
 
     async def current(self, conn: asyncpg.Connection | asyncpg.Pool, device_id: str,
                       app: str) -> PackageInfo | None:
@@ -301,11 +322,16 @@ class DesiredStates:
     async def apply(self, conn: asyncpg.Connection, event: Envelope) -> None:
         rid, t = rollout_id_of(event), self.schema
         match event.data:
-            case RolloutCreated(package=package):
+            case RolloutCreated(package=package, schedule=schedule):
                 raw = _enc.encode(package)
                 await conn.execute(
                     f"INSERT INTO {t}.rollout_packages VALUES ($1, $2) ON CONFLICT DO NOTHING", rid, raw)
                 self._packages[rid] = (raw, package)
+                if schedule.defers:
+                    await conn.execute(
+                        f"INSERT INTO {t}.rollout_activations VALUES ($1, $2, $3) "
+                        "ON CONFLICT DO NOTHING", rid, schedule.gates, schedule.hold)
+                self._holds[rid] = schedule.hold
                 if event.trace.traceparent:  # agents' work for this rollout joins its trace
                     await conn.execute(
                         f"INSERT INTO {t}.rollout_traces VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
@@ -318,14 +344,23 @@ class DesiredStates:
                 raw, package = await self._package(conn, rid)
                 await conn.execute(f"""
                     WITH assigned AS (
-                        INSERT INTO {t}.device_apps (device_id, app, package, rollout_id)
-                        VALUES ($1, $2, $3, $4) ON CONFLICT (device_id, app)
+                        INSERT INTO {t}.device_apps (device_id, app, package, rollout_id, held)
+                        VALUES ($1, $2, $3, $4, $5) ON CONFLICT (device_id, app)
                         DO UPDATE SET package = excluded.package, rollout_id = excluded.rollout_id,
-                            rollback = false)
+                            rollback = false, held = excluded.held)
                     INSERT INTO {t}.device_revisions VALUES ($1, 1) ON CONFLICT (device_id)
                     DO UPDATE SET revision = device_revisions.revision + 1""",
-                    device_id, package.name, raw, rid)
+                    device_id, package.name, raw, rid, await self._holds_devices(conn, rid))
                 await self._mark(conn, [device_id], event.occurred_at)
+            case ActivationRequested(device_ids=device_ids, all=everyone):
+                # The devices this rollout still owns and holds: released, a new revision each.
+                app = (await self._package(conn, rid))[1].name
+                released = await conn.fetch(
+                    f"UPDATE {t}.device_apps SET held = false WHERE rollout_id = $1 AND app = $2 "
+                    "AND held AND ($3 OR device_id = ANY($4::text[])) RETURNING device_id",
+                    rid, app, everyone, device_ids)
+                await self._write_many(conn, sorted(r["device_id"] for r in released),
+                                       event.occurred_at)
             case PreviousPackages() | DevicesPlanned():
                 await self._plan(conn, rid, event.data)
             case RolloutPlannedV1():
@@ -349,7 +384,8 @@ class DesiredStates:
                         WHERE a.device_id = o.device_id AND a.app = $2 AND o.package IS NULL
                         RETURNING a.device_id),
                     updated AS (
-                        UPDATE {t}.device_apps a SET package = o.package, rollback = true
+                        UPDATE {t}.device_apps a SET package = o.package, rollback = true,
+                            held = false
                         FROM owned o
                         WHERE a.device_id = o.device_id AND a.app = $2 AND o.package IS NOT NULL
                         RETURNING a.device_id)
@@ -372,7 +408,7 @@ class DesiredStates:
                             previous.device_id, app)
                     else:
                         await conn.execute(
-                            f"UPDATE {t}.device_apps SET package = $3, rollback = true "
+                            f"UPDATE {t}.device_apps SET package = $3, rollback = true, held = false "
                             "WHERE device_id = $1 AND app = $2",
                             previous.device_id, app, _enc.encode(previous.package))
                     await self._write(conn, previous.device_id, event.occurred_at)
@@ -399,6 +435,15 @@ class DesiredStates:
             "DO UPDATE SET revision = device_revisions.revision + 1", device_id,
         )
         await self._mark(conn, [device_id], at)
+
+    async def _write_many(self, conn: asyncpg.Connection, device_ids: list[str],
+                          at: datetime) -> None:
+        if not device_ids:
+            return
+        await conn.execute(
+            f"UPDATE {self.schema}.device_revisions SET revision = revision + 1 "
+            "WHERE device_id = ANY($1::text[])", device_ids)
+        await self._mark(conn, device_ids, at)
 
     async def _mark(self, conn: asyncpg.Connection, device_ids: list[str], at: datetime) -> None:
         """The device's document must be (re)written to KV once this transaction commits."""
@@ -451,17 +496,20 @@ class DesiredStates:
             "WHERE device_id = ANY($1::text[])", device_ids)}
         apps: dict[str, dict[str, DesiredApp]] = {d: {} for d in device_ids}
         for r in await conn.fetch(
-                f"SELECT a.device_id, a.app, a.package, a.rollout_id, a.rollback, t.traceparent, "
-                "t.tracestate "
+                f"SELECT a.device_id, a.app, a.package, a.rollout_id, a.rollback, a.held, "
+                "t.traceparent, t.tracestate, g.gates "
                 f"FROM {self.schema}.device_apps a LEFT JOIN {self.schema}.rollout_traces t "
+                f"USING (rollout_id) LEFT JOIN {self.schema}.rollout_activations g "
                 "USING (rollout_id) WHERE a.device_id = ANY($1::text[])", device_ids):
+            # Only a rollback may take a device back to an older version (rows restored
+            # before `rollback` existed have no rollout instead).
+            rollback = r["rollback"] or r["rollout_id"] is None
             apps[r["device_id"]][r["app"]] = DesiredApp(
                 package=msgspec.json.decode(r["package"], type=PackageInfo),
-                rollout_id=r["rollout_id"],
-                # Only a rollback may take a device back to an older version (rows restored
-                # before `rollback` existed have no rollout instead).
-                rollback=r["rollback"] or r["rollout_id"] is None,
-                trace=TraceContext(r["traceparent"], r["tracestate"]))
+                rollout_id=r["rollout_id"], rollback=rollback,
+                trace=TraceContext(r["traceparent"], r["tracestate"]),
+                activation=None if rollback or not (r["gates"] or r["held"])
+                else Activation(gates=list(r["gates"] or []), hold=r["held"]))
         return {d: (revisions.get(d, 0), apps[d], d) for d in device_ids}
 
     async def _put(self, doc: tuple[int, dict[str, DesiredApp], str], at: datetime, *,

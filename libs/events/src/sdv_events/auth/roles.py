@@ -67,6 +67,7 @@ COMMAND_ROLES: Mapping[str, OperatorRole] = MappingProxyType({
     "orchestrator.verify": _V,
     "orchestrator.create": _O, "orchestrator.start": _O, "orchestrator.pause": _O,
     "orchestrator.resume": _O, "orchestrator.cancel": _O, "orchestrator.rollback": _O,
+    "orchestrator.activate": _O,
     "orchestrator.set_policy": _O, "orchestrator.delete_policy": _O,
     "orchestrator.rebuild": _A,
     # monitor

@@ -3,6 +3,16 @@
 Importing this package registers every event type, so any consumer can decode any event.
 """
 
-from sdv_events.schemas import agent, deployment, devices, monitor, operators, packages, rollouts
+from sdv_events.schemas import (
+    agent,
+    deployment,
+    devices,
+    monitor,
+    operators,
+    packages,
+    rollouts,
+    scheduling,
+)
 
-__all__ = ["agent", "deployment", "devices", "monitor", "operators", "packages", "rollouts"]
+__all__ = ["agent", "deployment", "devices", "monitor", "operators", "packages", "rollouts",
+           "scheduling"]

@@ -29,6 +29,7 @@ import msgspec
 
 from sdv_events.registry import event
 from sdv_events.schemas.packages import PackageInfo
+from sdv_events.schemas.scheduling import Deferral, Schedule, Waiting
 
 StrategyKind = Literal["all-at-once", "rolling", "canary"]
 # What a device offline (by the registry's heartbeats) at its deadline means for the rollout:
@@ -98,6 +99,9 @@ class RolloutCreated(msgspec.Struct, frozen=True, kw_only=True):
     created_at: datetime
     created_by: str = ""
     offline: OfflineOption = "skip"
+    # Windows, pacing, start time, activation gates and hold (schemas/scheduling.py); events
+    # written before it existed decode with the default: no schedule, as they ran.
+    schedule: Schedule = Schedule()
 
 
 @event("orchestrator.RolloutPlanned")
@@ -170,6 +174,9 @@ class DeviceTargeted(msgspec.Struct, frozen=True):
     device_id: str
     wave: int
     deadline: datetime
+    # When it was targeted (paced rollouts are rebuilt from these); None in events written
+    # before, when a wave's devices were all targeted as it started.
+    at: datetime | None = None
 
 
 @event("orchestrator.DeviceSucceeded")
@@ -334,6 +341,7 @@ class CreateRolloutRequest(msgspec.Struct, frozen=True, kw_only=True):
     start: bool = True  # plan and start at once: nothing is stored unless the start succeeds
     rollout_id: str | None = None  # chosen by the caller for idempotent retries
     offline: OfflineOption = "skip"
+    schedule: Schedule = Schedule()
 
 
 class RolloutRef(msgspec.Struct, frozen=True):
@@ -356,10 +364,13 @@ class WaveView(msgspec.Struct, frozen=True):
     state: str  # waiting | running | completed | aborted
     skipped: int = 0  # offline at their deadline, not counted (`offline: skip`)
     offline: int = 0  # pending devices known offline ("waiting: offline")
+    queued: int = 0  # planned, not targeted yet (windows, start time, rate, max in flight)
 
 
 # A device's state in `get`: `waiting_offline` from the start for a device offline when
 # planned (listed before its wave starts), `targeted`, `waiting_offline`; then one final state:
+# `staged` (downloaded and verified, waiting to switch) and `deferred` (`deferral` says why),
+# then one final state:
 # `succeeded`, `already_current`, `failed`, `timed_out`, `skipped_offline`, and after a
 # rollback `rolling_back`, then `rolled_back` or `rollback_unconfirmed`; a device still
 # targeted when the rollout was cancelled (or aborted without rollback) shows `cancelled` or
@@ -369,6 +380,7 @@ class DeviceProgressView(msgspec.Struct, frozen=True):
     wave: int
     status: str
     reason: str = ""  # why it failed, or what it was before it was rolled back
+    deferral: Deferral | None = None  # a deferred device: why it does not switch yet
 
 
 MAX_PAGE = 2000  # rows per list in one RolloutView: a reply stays far below NATS's 1 MB
@@ -414,6 +426,14 @@ class RolloutView(msgspec.Struct, frozen=True, kw_only=True):
     rollback: str = ""  # "" (none), "in_progress" or "completed"
     rolled_back_total: int = 0
     rollback_unconfirmed_total: int = 0
+    schedule: Schedule = Schedule()
+    # Set while the rollout waits for its start time or a window (`status` is then "waiting").
+    waiting: Waiting | None = None
+    queued_total: int = 0  # planned devices of started waves not targeted yet
+    staged_total: int = 0  # staged or deferred: downloaded, waiting to switch (not failures)
+    deferred_total: int = 0  # of those, the ones that reported why they wait
+    deferred_by: dict[str, int] = {}  # deferred devices by the gate that holds them ("held")
+    activated_total: int = 0  # devices whose hold an operator released
 
 
 class RolloutSummary(msgspec.Struct, frozen=True, kw_only=True):
@@ -426,6 +446,10 @@ class RolloutSummary(msgspec.Struct, frozen=True, kw_only=True):
     failed: int
     created_at: datetime
     updated_at: datetime
+    schedule: Schedule = Schedule()
+    waiting: Waiting | None = None  # an active rollout waiting for its start time or a window
+    staged: int = 0  # an active rollout's devices waiting to switch (deferred included)
+    deferred: int = 0
 
 
 class RolloutList(msgspec.Struct, frozen=True):
@@ -451,6 +475,7 @@ class RolloutPolicy(msgspec.Struct, frozen=True, kw_only=True):
     auto_assign: bool = True
     enabled: bool = True
     offline: OfflineOption = "skip"
+    schedule: Schedule = Schedule()  # the rollouts it starts get it
 
 
 @event("orchestrator.PolicySet")

@@ -1,5 +1,6 @@
-"""`sdv.cmd.orchestrator.*`: create, start, pause, resume, cancel, rollback, get (paged; a plain
-`RolloutRef` gets the first page), list; public_key (the key desired documents are signed with)."""
+"""`sdv.cmd.orchestrator.*`: create, start, pause, resume, cancel, rollback, activate (release
+held devices), get (paged; a plain `RolloutRef` gets the first page), list; public_key (the key
+desired documents are signed with)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from sdv_events.schemas.rollouts import (
     RolloutRef,
     RolloutView,
 )
+from sdv_events.schemas.scheduling import ActivateRollout
 from sdv_orchestrator.application import Orchestrator
 from sdv_orchestrator.settings import SERVICE
 
@@ -43,6 +45,9 @@ def command_router(orchestrator: Orchestrator) -> NatsRouter:
     async def rollback(req: RolloutRef, info: RequestInfo) -> RolloutView:
         return await o.rollback(req.rollout_id, req.reason, metadata=info.metadata())
 
+    async def activate(req: ActivateRollout, info: RequestInfo) -> RolloutView:
+        return await o.activate(req.rollout_id, req.device_ids, metadata=info.metadata())
+
     async def get(req: GetRollout, _: RequestInfo) -> RolloutView:
         return await o.get(req.rollout_id, req.offset, req.limit)
 
@@ -53,6 +58,7 @@ def command_router(orchestrator: Orchestrator) -> NatsRouter:
         ("create", CreateRolloutRequest, create), ("start", RolloutRef, start),
         ("pause", RolloutRef, pause), ("resume", RolloutRef, resume),
         ("cancel", RolloutRef, cancel), ("rollback", RolloutRef, rollback),
+        ("activate", ActivateRollout, activate),
         ("get", GetRollout, get), ("list", ListRollouts, list_),
     ]:
         register_command(router, SERVICE, name, request_type, handler)  # type: ignore[arg-type]

@@ -2,7 +2,9 @@
 Each batch of outcome facts is grouped by rollout into one `ReportDevices` per rollout; the
 decider ignores a device already counted and a fact about another version, so a redelivered
 fact changes nothing. A report carries when the device observed it (the fact's `occurred_at`):
-the decider judges it against the device's deadline by that time, not by when it arrives."""
+the decider judges it against the device's deadline by that time, not by when it arrives.
+`AppStaged` and `ActivationDeferred` are reports too, though no outcome: the device waits to
+switch, and is judged by its activation deadline from then on (domain/deferral.py)."""
 
 from __future__ import annotations
 
@@ -14,20 +16,24 @@ import structlog
 from sdv_events.envelope import Envelope
 from sdv_events.ids import InvalidStreamId, stream_id
 from sdv_events.schemas.agent import (
+    ActivationDeferred,
     AppAlreadyCurrent,
     AppFact,
     AppFailed,
     AppHealthy,
     AppRolledBack,
+    AppStaged,
     AppUninstalled,
 )
+from sdv_events.schemas.scheduling import Deferral
 from sdv_orchestrator.application import Orchestrator
-from sdv_orchestrator.domain.rollout import Report
+from sdv_orchestrator.domain.rollout_commands import Report
 
 log = structlog.get_logger("sdv.orchestrator.facts")
 SUBJECTS = ["sdv.evt.agent.*.AppHealthy", "sdv.evt.agent.*.AppFailed",
             "sdv.evt.agent.*.AppRolledBack", "sdv.evt.agent.*.AppAlreadyCurrent",
-            "sdv.evt.agent.*.AppUninstalled"]
+            "sdv.evt.agent.*.AppUninstalled", "sdv.evt.agent.*.AppStaged",
+            "sdv.evt.agent.*.ActivationDeferred"]
 
 
 def report_of(event: Envelope) -> Report | None:
@@ -46,6 +52,12 @@ def report_of(event: Envelope) -> Report | None:
                           fact_id, at, fact.digest)
         case AppUninstalled():
             return Report(fact.device_id, True, "", fact_id, at, fact.digest, "uninstalled")
+        case AppStaged():
+            return Report(fact.device_id, False, "", fact_id, at, fact.digest, "staged")
+        case ActivationDeferred():
+            why = Deferral(reason=fact.reason, gate=fact.gate, signal=fact.signal, value=fact.value,
+                           held=fact.held)
+            return Report(fact.device_id, False, "", fact_id, at, fact.digest, "deferred", why)
     return None
 
 

@@ -19,12 +19,13 @@ PAGE = 1_000
 def facts_of(view: DeviceView) -> DeviceFacts:
     caps = view.capabilities
     if caps is None:
-        return DeviceFacts(view.device_id, runtimes=(), status=view.status, online=view.online)
+        return DeviceFacts(view.device_id, runtimes=(), status=view.status, online=view.online,
+                           labels=view.labels)
     return DeviceFacts(
         view.device_id, arch=caps.arch, runtimes=tuple(caps.runtimes),
         python_version=caps.python_version, kuksa=caps.kuksa.present, status=view.status,
         mqtt=caps.mqtt.present, catalog_digest=caps.kuksa.catalog,
-        online=view.online,
+        online=view.online, labels=view.labels,
     )
 
 

@@ -5,6 +5,7 @@ A token bucket holding one second's worth of devices (at least one): devices are
 evenly over the minute instead of in a burst at its start, and a rollout that waited (a soak,
 a closed window) does not make up for lost time. Its state is rebuilt from the rollout's
 `DeviceTargeted` times, so a restarted orchestrator paces on where it stopped. Pure.
+The `Pacing` settings are part of the contract (sdv_events.schemas.scheduling): events carry them.
 """
 
 from __future__ import annotations
@@ -13,34 +14,9 @@ import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-import msgspec
+from sdv_events.schemas.scheduling import Pacing
 
-from sdv_events.errors import DomainError
-
-
-class Pacing(msgspec.Struct, frozen=True, omit_defaults=True):
-    per_minute: float | None = None  # None: no rate limit
-    growth: float = 1.0  # the rate of wave w is per_minute * growth**w (capped by max_per_minute)
-    max_per_minute: float | None = None
-    max_in_flight: int | None = None  # None: no cap
-
-    def check(self) -> Pacing:
-        if self.per_minute is not None and not 0 < self.per_minute <= 1_000_000:
-            raise DomainError(
-                "a rate must be between 0 and 1,000,000 devices per minute", code="invalid_request"
-            )
-        if not 1.0 <= self.growth <= 100.0:
-            raise DomainError("a rate's growth factor must be between 1 and 100", code="invalid_request")
-        if self.max_in_flight is not None and self.max_in_flight < 1:
-            raise DomainError("max in flight must be at least 1", code="invalid_request")
-        return self
-
-    def rate(self, wave: int) -> float | None:
-        """Devices per minute for wave `wave` (0-based)."""
-        if self.per_minute is None:
-            return None
-        rate = self.per_minute * self.growth ** min(wave, 64)
-        return min(rate, self.max_per_minute) if self.max_per_minute else rate
+__all__ = ["Bucket", "Pacing", "allowed"]  # Pacing lives in the contract: RolloutCreated carries it
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """A rollout plan as bounded events: a `RolloutPlanned` header, then `PreviousPackages`,
-`DevicesPlanned`, `DevicesOffline` and `DevicesExcluded` chunks, none over `CHUNK_BYTES` of
-encoded body whatever the fleet size (a single entry larger than that — a huge package
+`DevicesPlanned`, `DevicesOffline`, `DevicesExcluded` and `DevicesWindowed` chunks, none over
+`CHUNK_BYTES` of encoded body whatever the fleet size (a single entry larger than that — a huge package
 description — is a chunk of its own: bounded by the package, not the fleet).
 
 Pure. Also expands a version 1 plan (`RolloutPlannedV1`, every device inline) into the same
@@ -27,11 +27,13 @@ from sdv_events.schemas.rollouts import (
     RolloutPlanned,
     RolloutPlannedV1,
 )
+from sdv_events.schemas.scheduling import DevicesWindowed, WindowedDevice
 
 CHUNK_BYTES = 32 * 1024  # encoded entries per chunk event (its body is this plus a few bytes)
 CHUNK_ENTRIES = 1000
 
-PlanEvent = RolloutPlanned | PreviousPackages | DevicesPlanned | DevicesOffline | DevicesExcluded
+PlanEvent = (RolloutPlanned | PreviousPackages | DevicesPlanned | DevicesOffline | DevicesExcluded
+             | DevicesWindowed)
 T = TypeVar("T")
 _enc = msgspec.json.Encoder()
 
@@ -59,10 +61,12 @@ def chunks(items: Iterable[T], *, budget: int | None = None,
 
 def plan_events(waves: Sequence[Sequence[str]], excluded: Mapping[str, str],
                 previous: Mapping[str, int], packages: Sequence[PackageInfo],
-                now: datetime, offline: Sequence[str] = ()) -> list[PlanEvent]:
+                now: datetime, offline: Sequence[str] = (),
+                windowed: Sequence[WindowedDevice] = ()) -> list[PlanEvent]:
     """The plan's events. `previous`: device → index in `packages` (absent: not installed);
     only packages some planned device points to are written, renumbered in order of use.
-    `offline`: planned devices offline when planned."""
+    `offline`: planned devices offline when planned; `windowed`: planned devices that label
+    windows apply to."""
     table: dict[int, int] = {}  # index in `packages` → index in the written table
     planned: list[PlannedDevice] = []
     away = set(offline)
@@ -87,6 +91,7 @@ def plan_events(waves: Sequence[Sequence[str]], excluded: Mapping[str, str],
     events += [DevicesOffline(n, part) for n, part in enumerate(chunks(offline_rows))]
     excluded_rows = (ExcludedDevice(d, why) for d, why in excluded.items())
     events += [DevicesExcluded(n, part) for n, part in enumerate(chunks(excluded_rows))]
+    events += [DevicesWindowed(n, part) for n, part in enumerate(chunks(windowed))]
     return events
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sdv_events.errors import DomainError
 from sdv_events.schemas.packages import PackageInfo
@@ -30,6 +30,7 @@ class DeviceFacts:
     catalog_digest: str | None = None
     catalog: Mapping[str, str] | None = None
     online: bool = True  # the registry's presence (heartbeats): offline devices are planned last
+    labels: Mapping[str, str] = field(default_factory=dict)  # for label maintenance windows
 
 
 def wave_sizes(spec: Sequence[str], total: int) -> list[int]:

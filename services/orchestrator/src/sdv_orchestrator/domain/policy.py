@@ -10,6 +10,7 @@ import msgspec
 
 from sdv_events.decider import Decider
 from sdv_events.errors import DomainError
+from sdv_events.schedules import check_schedule
 from sdv_events.schemas.packages import PackageInfo
 from sdv_events.schemas.rollouts import (
     CreateRolloutRequest,
@@ -19,6 +20,7 @@ from sdv_events.schemas.rollouts import (
     Strategy,
     Target,
 )
+from sdv_orchestrator.domain.planning import plan_waves
 
 PolicyEvent = PolicySet | PolicyDeleted
 # Rollout ids made by policies are derived, so a redelivered event asks for the same rollout.
@@ -44,6 +46,7 @@ def decide(command: SetPolicy | DeletePolicy, state: PolicyState) -> Sequence[Po
             if not policy.target.selector and not policy.target.device_ids:
                 raise DomainError("a policy needs a target selector or device ids",
                                   code="invalid_request")
+            check_policy_options(policy)
             return [] if state.policy == policy else [PolicySet(policy)]
         case DeletePolicy(name=name):
             if state.policy is None:
@@ -54,6 +57,19 @@ def decide(command: SetPolicy | DeletePolicy, state: PolicyState) -> Sequence[Po
 
 def evolve(state: PolicyState, event: PolicyEvent) -> PolicyState:
     return PolicyState(event.policy if isinstance(event, PolicySet) else None)
+
+
+def check_policy_options(policy: RolloutPolicy) -> None:
+    """What a rollout it starts would refuse, refused when the policy is set (not when it fires,
+    where nobody would see it)."""
+    t, o = policy.thresholds, policy.timeouts
+    if not 0 < t.success <= 1 or not 0 <= t.error < 1:
+        raise DomainError("thresholds: success must be in (0, 1] and error in [0, 1)",
+                          code="invalid_request")
+    if o.device_s <= 0 or o.soak_s < 0:
+        raise DomainError("timeouts: device_s must be > 0 and soak_s >= 0", code="invalid_request")
+    plan_waves(["probe"], policy.strategy)
+    check_schedule(policy.schedule)
 
 
 policy_decider: Decider[SetPolicy | DeletePolicy, PolicyEvent, PolicyState] = Decider(
@@ -72,6 +88,7 @@ def rollout_for_release(
         package=name, version=version, target=policy.target,
         strategy=policy.strategy, thresholds=policy.thresholds, timeouts=policy.timeouts,
         auto_rollback=policy.auto_rollback, rollout_id=rollout_id, offline=policy.offline,
+        schedule=policy.schedule,
     )
 
 
@@ -86,5 +103,5 @@ def rollout_for_new_device(
         package=current.name, version=current.version, target=Target(device_ids=[device_id]),
         strategy=Strategy(kind="all-at-once"), thresholds=policy.thresholds,
         timeouts=policy.timeouts, auto_rollback=policy.auto_rollback, rollout_id=rollout_id,
-        offline=policy.offline,
+        offline=policy.offline, schedule=policy.schedule,
     )

@@ -20,27 +20,33 @@ Rules, in decide():
   the rollout is paused; a paused rollout still counts reports and still aborts, but starts
   nothing new;
 - after a rollback every touched device is followed until it reports its previous version (or
-  the app removed when it had none) or its rollback deadline passes; then `RollbackCompleted`.
-Time comes in on the commands (`now`); `evolve` updates the state in place for speed (a 10,000
-device rollout folds tens of thousands of events), so the decider's initial state is a factory.
+  the app removed when it had none) or its rollback deadline passes; then `RollbackCompleted`;
+- a started wave's devices are targeted as the schedule allows (domain/targeting.py: start
+  time, maintenance windows, rate, max in flight), on later ticks and reports too; a rollout
+  that may target nobody for a while says so once (`RolloutWaiting`);
+- a device that staged the version (downloaded, verified) and waits to switch is judged by its
+  activation deadline, not the device timeout (domain/deferral.py); an operator releases held
+  devices (domain/activation.py).
+Time comes in on the commands (domain/rollout_commands.py: `now`); `evolve` updates the state
+in place for speed (a 10,000 device rollout folds tens of thousands of events), so the
+decider's initial state is a factory.
 No event grows with the fleet: the plan is a header and bounded chunks (domain/plan_events.py),
 and a rollback names no device (each goes back to the previous package its plan recorded).
 A rollout planned with version 1 events (devices inline) folds through the same path and is
 rolled back with a version 1 `RollbackStartedV1`, which read models built then understand.
+What caused each event of a decision: domain/causation.py.
 """
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Literal
 
-import msgspec
-
 from sdv_events.decider import Decider
 from sdv_events.errors import DomainError
+from sdv_events.schedules import check_schedule
 from sdv_events.schemas.packages import PackageInfo
 from sdv_events.schemas.rollouts import (
     DeviceBackOnline,
@@ -54,7 +60,6 @@ from sdv_events.schemas.rollouts import (
     DeviceSucceeded,
     DeviceTargeted,
     DeviceTimedOut,
-    OfflineOption,
     OfflineOutcome,
     PreviousAssignment,
     PreviousPackages,
@@ -69,22 +74,42 @@ from sdv_events.schemas.rollouts import (
     RolloutPlanned,
     RolloutPlannedV1,
     RolloutResumed,
-    Strategy,
-    Target,
-    Thresholds,
-    Timeouts,
     WaveCompleted,
     WaveStarted,
 )
+from sdv_events.schemas.scheduling import (
+    ActivationRequested,
+    DeviceDeferred,
+    DeviceStaged,
+    DevicesWindowed,
+    RolloutWaiting,
+)
+from sdv_orchestrator.domain import targeting
+from sdv_orchestrator.domain.activation import ActivateDevices, decide_activation
+from sdv_orchestrator.domain.deferral import STAGED, StagingBatch, not_activated
 from sdv_orchestrator.domain.plan_events import expand_v1, plan_events
 from sdv_orchestrator.domain.planning import plan_waves
+from sdv_orchestrator.domain.rollout_commands import (
+    CancelRollout,
+    CreateRollout,
+    PauseRollout,
+    Report,
+    ReportDevices,
+    ResumeRollout,
+    RollbackRollout,
+    RolloutCommand,
+    StartRollout,
+    Tick,
+)
+from sdv_orchestrator.domain.targeting import Targeting, WaveQueue
 
 Status = Literal["none", "created", "running", "paused", "completed", "aborted", "cancelled",
                  "rolled_back"]
-DeviceStatus = Literal["targeted", "waiting_offline", "succeeded", "already_current", "failed",
-                       "timed_out", "skipped_offline", "rolling_back", "rolled_back",
-                       "rollback_unconfirmed"]
+DeviceStatus = Literal["targeted", "waiting_offline", "staged", "deferred", "succeeded",
+                       "already_current", "failed", "timed_out", "skipped_offline", "rolling_back",
+                       "rolled_back", "rollback_unconfirmed"]
 PENDING: frozenset[str] = frozenset({"targeted", "waiting_offline"})
+UNDECIDED: frozenset[str] = PENDING | STAGED  # targeted, no outcome yet (in flight)
 ALREADY_CURRENT = "already_current"
 RolloutEvent = (
     RolloutCreated | RolloutPlanned | PreviousPackages | DevicesPlanned | DevicesOffline
@@ -92,89 +117,11 @@ RolloutEvent = (
     | DeviceTimedOut | DeviceOffline | DeviceBackOnline | WaveCompleted | RolloutPaused
     | RolloutResumed | RolloutAborted | RollbackStarted | DeviceRolledBack
     | DeviceRollbackUnconfirmed | RollbackCompleted | RolloutCompleted | RolloutCancelled
-    | RolloutPlannedV1 | RollbackStartedV1
+    | RolloutPlannedV1 | RollbackStartedV1 | RolloutWaiting | DevicesWindowed | DeviceStaged
+    | DeviceDeferred | ActivationRequested
 )
 _OFFLINE_OUTCOME: dict[str, OfflineOutcome] = {"skip": "skipped", "wait": "waiting", "fail": "failed"}
-
-
-# --- commands -----------------------------------------------------------------------------------
-class StartRollout(msgspec.Struct, frozen=True, kw_only=True):
-    device_ids: list[str]  # eligible devices, resolved and filtered by the application
-    excluded: dict[str, str] = {}
-    previous_packages: list[PackageInfo] = []  # distinct packages the devices run now
-    previous: dict[str, int] = {}  # device → index in previous_packages (absent: not installed)
-    offline: list[str] = []  # eligible devices the registry shows offline: planned last
-    now: datetime
-
-
-class CreateRollout(msgspec.Struct, frozen=True, kw_only=True):
-    rollout_id: str
-    package: PackageInfo
-    target: Target
-    strategy: Strategy = Strategy()
-    thresholds: Thresholds = Thresholds()
-    timeouts: Timeouts = Timeouts()
-    auto_rollback: bool = True
-    offline: OfflineOption = "skip"
-    now: datetime
-    actor: str = ""
-    # Create and start in one decision (one append): a create that cannot start stores nothing.
-    plan: StartRollout | None = None
-
-
-ReportKind = Literal["", "already_current", "uninstalled"]
-
-
-class Report(msgspec.Struct, frozen=True):
-    device_id: str
-    ok: bool
-    reason: str = ""
-    fact_id: uuid.UUID | None = None  # the device's fact reporting it, recorded in the event
-    observed_at: datetime | None = None  # when the device observed it (the fact's occurred_at)
-    digest: str | None = None  # the version the fact is about (None: the rollout's)
-    kind: ReportKind = ""
-
-
-class ReportDevices(msgspec.Struct, frozen=True):
-    reports: list[Report]
-    now: datetime
-    tolerance_s: float = 0.0  # clock skew allowed between a device and the orchestrator
-
-
-class Tick(msgspec.Struct, frozen=True):
-    now: datetime
-    # Every device fact published before this time has been handled (None: `now`, for tests
-    # and tools; the service always says). Deadlines are judged against it, not against `now`.
-    facts_until: datetime | None = None
-    # What the registry says now about the devices the application asked for (True: online);
-    # a device not in it is judged by what was known when it was planned.
-    presence: Mapping[str, bool] = msgspec.field(default_factory=dict)
-    tolerance_s: float = 0.0
-
-
-class PauseRollout(msgspec.Struct, frozen=True):
-    now: datetime
-    reason: str = ""
-
-
-class ResumeRollout(msgspec.Struct, frozen=True):
-    now: datetime
-
-
-class CancelRollout(msgspec.Struct, frozen=True):
-    now: datetime
-    reason: str = "cancelled by operator"
-
-
-class RollbackRollout(msgspec.Struct, frozen=True):
-    now: datetime
-    reason: str = "rolled back by operator"
-
-
-RolloutCommand = (
-    CreateRollout | StartRollout | ReportDevices | Tick | PauseRollout | ResumeRollout
-    | CancelRollout | RollbackRollout
-)
+_DUE: frozenset[str] = frozenset({"targeted"}) | STAGED  # judged at their deadline on a tick
 
 
 # --- state --------------------------------------------------------------------------------------
@@ -184,6 +131,7 @@ class WaveCount:
     succeeded: int = 0
     failed: int = 0
     skipped: int = 0
+    targeted: int = 0
 
     @property
     def pending(self) -> int:
@@ -216,6 +164,10 @@ class RolloutState:
     rollback_ok: int = 0
     rollback_unconfirmed: int = 0
     reason: str = ""  # why it was aborted, cancelled or rolled back
+    targeting: Targeting = field(default_factory=Targeting)
+    # Devices that staged the version: their last deferral (None: none reported).
+    deferrals: dict[str, DeviceDeferred | None] = field(default_factory=dict)
+    activated: set[str] = field(default_factory=set)  # devices whose hold was released
 
     @property
     def active(self) -> bool:
@@ -258,12 +210,19 @@ def decide(command: RolloutCommand, state: RolloutState) -> Sequence[RolloutEven
             _require(state, ("paused",), "resume")
             assert state.paused_at is not None
             resumed = RolloutResumed(now, (now - state.paused_at).total_seconds())
-            return [resumed, *_advance(state, now, _Tally.of(state), resuming=True)]
+            return [resumed, *_progress(state, now, _Tally.of(state), resuming=True)]
         case CancelRollout(now=now, reason=reason):
             if state.status == "cancelled":
                 return []
             _require(state, ("created", "running", "paused"), "cancel")
             return [RolloutCancelled(reason, now)]
+        case ActivateDevices():
+            _require(state, ("created", "running", "paused", "completed", "aborted", "cancelled",
+                             "rolled_back"), "activate")
+            assert state.created is not None
+            return decide_activation(command, status=state.status, created=state.created,
+                                     devices=state.devices, planned_wave=_planned_wave(state),
+                                     activated=state.activated, waiting=UNDECIDED)
         case RollbackRollout(now=now, reason=reason):
             if state.rolled_back:
                 return []
@@ -298,10 +257,11 @@ def _create(cmd: CreateRollout, state: RolloutState) -> list[RolloutEvent]:
     if cmd.offline not in _OFFLINE_OUTCOME:
         raise _invalid("offline: skip, wait or fail")
     plan_waves(["probe"], cmd.strategy)  # validates the strategy
+    check_schedule(cmd.schedule)
     return [RolloutCreated(
         rollout_id=cmd.rollout_id, package=cmd.package, target=cmd.target, strategy=cmd.strategy,
         thresholds=t, timeouts=o, auto_rollback=cmd.auto_rollback, created_at=cmd.now,
-        created_by=cmd.actor, offline=cmd.offline,
+        created_by=cmd.actor, offline=cmd.offline, schedule=cmd.schedule,
     )]
 
 
@@ -321,14 +281,42 @@ def _start(cmd: StartRollout, state: RolloutState) -> Sequence[RolloutEvent]:
     if any(not 0 <= i < len(cmd.previous_packages) for i in cmd.previous.values()):
         raise _invalid("previous: a device points outside previous_packages")
     offline = [d for d in ordered if d in away]
-    plan = plan_events(waves, cmd.excluded, cmd.previous, cmd.previous_packages, cmd.now, offline)
-    return [*plan, *_start_wave(state.created, 0, waves[0], cmd.now)]
+    windowed = targeting.windowed_devices(state.created.schedule, ordered, cmd.labels)
+    plan = plan_events(waves, cmd.excluded, cmd.previous, cmd.previous_packages, cmd.now, offline,
+                       windowed)
+    fresh = Targeting(state.created.schedule, groups={w.device_id: w.labels for w in windowed})
+    return [*plan, *_start_wave(state.created, fresh, 0, waves[0], cmd.now)]
 
 
-def _start_wave(created: RolloutCreated, index: int, wave: list[str], now: datetime) -> list[RolloutEvent]:
-    deadline = now + timedelta(seconds=created.timeouts.device_s)
+def _start_wave(created: RolloutCreated, t: Targeting, index: int, wave: list[str],
+                now: datetime) -> list[RolloutEvent]:
+    """The wave starts; its devices are targeted as the schedule allows (some now, or none)."""
+    queue = WaveQueue.of(wave, t.groups, ())
     return [WaveStarted(index, len(wave), now),
-            *(DeviceTargeted(device_id, index, deadline) for device_id in wave)]
+            *targeting.target(t, queue, index, 0, created.timeouts.device_s, now)]
+
+
+def _target_more(state: RolloutState, tally: _Tally, now: datetime) -> list[RolloutEvent]:
+    """More of the current wave's devices, as the schedule allows now (`tally`: its outcomes,
+    this decision's included, so devices that just reported are no longer in flight)."""
+    assert state.created is not None
+    index = state.current_wave
+    if index < 0 or state.wave_completed_at is not None:
+        return []
+    in_flight = state.counts[index].targeted - tally.decided
+    return [*targeting.target(state.targeting, state.targeting.queue, index, in_flight,
+                              state.created.timeouts.device_s, now)]
+
+
+def _planned_wave(state: RolloutState) -> Callable[[str], int | None]:
+    waves: dict[str, int] = {}
+
+    def wave_of(device_id: str) -> int | None:
+        if not waves:
+            waves.update((d, i) for i, wave in enumerate(state.waves) for d in wave)
+        return waves.get(device_id)
+
+    return wave_of
 
 
 @dataclass
@@ -373,24 +361,35 @@ def _report(state: RolloutState, reports: Sequence[Report], now: datetime,
     if not state.active:
         return []  # late reports after the end change nothing
     assert state.created is not None
-    digest = state.created.package.digest
+    created = state.created
+    digest = created.package.digest
     slack = timedelta(seconds=tolerance_s)
     tally = _Tally.of(state)
     events: list[RolloutEvent] = []
     seen: set[str] = set()
+    batch = StagingBatch(created, state.devices, state.deferrals, slack, now)
     for report in reports:
         device_id = report.device_id
-        entry = state.devices.get(device_id)
-        if entry is None or entry[1] not in PENDING or device_id in seen:
+        entry = batch.entry(device_id)
+        if entry is None or entry[1] not in UNDECIDED or device_id in seen:
             continue
         if (report.digest or digest) != digest or report.kind == "uninstalled":
             continue  # about another version (the one it ran before, say)
-        seen.add(device_id)
         wave, _, deadline = entry
+        if report.kind in ("staged", "deferred"):
+            found = batch.stage(device_id, entry, report)
+            events += found
+            if found and isinstance(found[0], DeviceTimedOut):  # it staged too late
+                seen.add(device_id)
+                tally.count(found[0], wave)
+                if abort := _abort_if_over(state, tally, now):
+                    return [*events, *abort]
+            continue
+        seen.add(device_id)
         outcome: RolloutEvent
         if deadline is not None and report.observed_at is not None \
                 and report.observed_at > deadline + slack:
-            outcome = DeviceTimedOut(device_id, wave, report.fact_id, report.observed_at)
+            outcome = batch.late(device_id, entry, report)
         elif report.ok:
             outcome = DeviceSucceeded(device_id, wave, report.fact_id, report.observed_at,
                                       ALREADY_CURRENT if report.kind == ALREADY_CURRENT else "")
@@ -401,7 +400,7 @@ def _report(state: RolloutState, reports: Sequence[Report], now: datetime,
         tally.count(outcome, wave)
         if abort := _abort_if_over(state, tally, now):
             return [*events, *abort]
-    return [*events, *_advance(state, now, tally)]
+    return [*events, *_progress(state, now, tally)]
 
 
 def _tick(state: RolloutState, tick: Tick) -> Sequence[RolloutEvent]:
@@ -420,18 +419,26 @@ def _tick(state: RolloutState, tick: Tick) -> Sequence[RolloutEvent]:
     tally = _Tally.of(state)
     events: list[RolloutEvent] = []
     for device_id, (wave, status, deadline) in state.devices.items():
-        if status == "targeted" and deadline is not None and deadline <= judged:
-            outcome: RolloutEvent = (
-                DeviceOffline(device_id, wave, _OFFLINE_OUTCOME[created.offline], now)
-                if offline(device_id) else DeviceTimedOut(device_id, wave))
+        if status in _DUE and deadline is not None and deadline <= judged:
+            outcome: RolloutEvent
+            if offline(device_id):
+                outcome = DeviceOffline(device_id, wave, _OFFLINE_OUTCOME[created.offline], now)
+            elif status == "targeted":
+                outcome = DeviceTimedOut(device_id, wave)
+            else:  # staged: its activation deadline
+                outcome = DeviceFailed(device_id, wave,
+                                       not_activated(created, state.deferrals.get(device_id)))
             events.append(outcome)
             tally.count(outcome, wave)
             if abort := _abort_if_over(state, tally, now):
                 return [*events, *abort]
         elif status == "waiting_offline" and not offline(device_id):
-            events.append(DeviceBackOnline(
-                device_id, wave, now + timedelta(seconds=created.timeouts.device_s)))
-    return [*events, *_advance(state, now, tally)]
+            # A device that had staged waits to switch again: its activation deadline anew.
+            wait_s = (created.schedule.activation_timeout_s
+                      if device_id in state.deferrals and created.schedule.defers
+                      else created.timeouts.device_s)
+            events.append(DeviceBackOnline(device_id, wave, now + timedelta(seconds=wait_s)))
+    return [*events, *_progress(state, now, tally)]
 
 
 def _abort_if_over(state: RolloutState, tally: _Tally, now: datetime) -> list[RolloutEvent]:
@@ -449,6 +456,15 @@ def _abort(state: RolloutState, reason: str, now: datetime) -> list[RolloutEvent
     assert state.created is not None
     events: list[RolloutEvent] = [RolloutAborted(reason, state.current_wave, now)]
     return [*events, _rollback(state, reason, now)] if state.created.auto_rollback else events
+
+
+def _progress(state: RolloutState, now: datetime, tally: _Tally,
+              resuming: bool = False) -> list[RolloutEvent]:
+    """The wave's thresholds, then (the wave still going, the rollout not paused) more devices."""
+    events = _advance(state, now, tally, resuming)
+    if events or not (state.status == "running" or resuming):
+        return events
+    return _target_more(state, tally, now)
 
 
 def _advance(state: RolloutState, now: datetime, tally: _Tally,
@@ -475,10 +491,11 @@ def _advance(state: RolloutState, now: datetime, tally: _Tally,
                 sum(c.skipped for c in earlier) + tally.skipped)]
         if created.timeouts.soak_s > 0 or (state.status == "paused" and not resuming):
             return [completed]
-        return [completed, *_start_wave(created, index + 1, state.waves[index + 1], now)]
+        return [completed, *_start_wave(created, state.targeting, index + 1,
+                                        state.waves[index + 1], now)]
     soak_until = state.wave_completed_at + timedelta(seconds=created.timeouts.soak_s)
     if now >= soak_until and (state.status == "running" or resuming):
-        return _start_wave(created, index + 1, state.waves[index + 1], now)
+        return _start_wave(created, state.targeting, index + 1, state.waves[index + 1], now)
     return []
 
 
@@ -544,58 +561,6 @@ def _rollback_done(state: RolloutState, outcomes: Sequence[RolloutEvent],
                               + len(outcomes) - ok, now)]
 
 
-# --- causation ----------------------------------------------------------------------------------
-_DEVICE_OUTCOMES = (DeviceSucceeded, DeviceFailed, DeviceTimedOut, DeviceOffline, DeviceBackOnline,
-                    DeviceRolledBack, DeviceRollbackUnconfirmed)
-
-
-def causes(events: Sequence[RolloutEvent]) -> list[int | str | None]:
-    """What caused each event of one decision: the device's fact (its event id) for an outcome
-    a fact reported; an earlier event of the same decision (its index) for what follows from it
-    — an abort from the outcome that crossed the threshold, a rollback from the abort, a wave's
-    end from the outcome that completed it, a device's targeting from its wave's start;
-    None for what the command itself caused (its own causation id: the operator's command,
-    the policy's event, the timer tick)."""
-    found: list[int | str | None] = []
-    last_outcome = last_wave = last_abort = last_completed = last_created = last_plan = None
-    for i, event in enumerate(events):
-        cause: int | str | None = None
-        match event:
-            case DeviceSucceeded(fact_id=f) | DeviceFailed(fact_id=f) | DeviceTimedOut(fact_id=f) \
-                    | DeviceRolledBack(fact_id=f) | DeviceRollbackUnconfirmed(fact_id=f):
-                cause = str(f) if f is not None else None
-            case RolloutAborted() | RollbackCompleted():
-                cause = last_outcome
-            case RollbackStarted() | RollbackStartedV1():
-                cause = last_abort
-            case WaveCompleted():
-                cause = last_outcome
-            case RolloutCompleted():
-                cause = last_completed
-            case WaveStarted():
-                cause = last_completed if last_completed is not None else last_plan
-            case DeviceTargeted():
-                cause = last_wave
-            case RolloutPlanned() | RolloutPlannedV1():
-                cause = last_created
-            case PreviousPackages() | DevicesPlanned() | DevicesOffline() | DevicesExcluded():
-                cause = last_plan
-        found.append(cause)
-        if isinstance(event, _DEVICE_OUTCOMES):
-            last_outcome = i
-        elif isinstance(event, WaveStarted):
-            last_wave = i
-        elif isinstance(event, RolloutAborted):
-            last_abort = i
-        elif isinstance(event, WaveCompleted):
-            last_completed = i
-        elif isinstance(event, RolloutCreated):
-            last_created = i
-        elif isinstance(event, RolloutPlanned | RolloutPlannedV1):
-            last_plan = i
-    return found
-
-
 # --- evolve (in place: see the module docstring) ------------------------------------------------
 def _settle(state: RolloutState, device_id: str, wave: int, status: DeviceStatus,
             reason: str | None = None) -> None:
@@ -607,8 +572,9 @@ def _settle(state: RolloutState, device_id: str, wave: int, status: DeviceStatus
 
 def evolve(state: RolloutState, event: RolloutEvent) -> RolloutState:
     match event:
-        case RolloutCreated():
+        case RolloutCreated(schedule=schedule):
             state.status, state.created = "created", event
+            state.targeting = Targeting(schedule)
         case RolloutPlanned(waves=waves):
             state.waves = [[] for _ in range(waves)]
             state.counts = [WaveCount(0) for _ in range(waves)]
@@ -625,14 +591,31 @@ def evolve(state: RolloutState, event: RolloutEvent) -> RolloutState:
             state.offline.update((d.device_id, d.wave) for d in devices)
         case DevicesExcluded(devices=devices):
             state.excluded.update((d.device_id, d.reason) for d in devices)
+        case DevicesWindowed(devices=devices):
+            state.targeting.groups.update((d.device_id, d.labels) for d in devices)
         case RolloutPlannedV1():
             for planned in expand_v1(event):
                 evolve(state, planned)
             state.planned_v1 = True
         case WaveStarted(wave=index):
             state.current_wave, state.wave_completed_at = index, None
+            targeting.on_wave_started(state.targeting, state.waves[index], state.devices)
         case DeviceTargeted(device_id=device_id, wave=index, deadline=deadline):
             state.devices[device_id] = (index, "targeted", deadline)
+            state.counts[index].targeted += 1
+            targeting.on_targeted(state.targeting, event)
+        case RolloutWaiting():
+            state.targeting.waiting = event
+        case DeviceStaged(device_id=device_id, wave=index, deadline=deadline):
+            state.devices[device_id] = (index, "staged", deadline)
+            state.offline.pop(device_id, None)
+            state.deferrals.setdefault(device_id, None)
+        case DeviceDeferred(device_id=device_id, wave=index):
+            state.devices[device_id] = (index, "deferred", state.devices[device_id][2])
+            state.offline.pop(device_id, None)
+            state.deferrals[device_id] = event
+        case ActivationRequested(device_ids=device_ids, all=everyone):
+            state.activated.update(state.devices if everyone else device_ids)
         case DeviceSucceeded(device_id=device_id, wave=index, reason=reason):
             if reason == ALREADY_CURRENT:
                 _settle(state, device_id, index, "already_current")
@@ -657,7 +640,7 @@ def evolve(state: RolloutState, event: RolloutEvent) -> RolloutState:
             _settle(state, device_id, index, "failed", "offline at its deadline")
             state.counts[index].failed += 1
         case DeviceBackOnline(device_id=device_id, wave=index, deadline=deadline):
-            state.devices[device_id] = (index, "targeted", deadline)
+            state.devices[device_id] = (index, _waiting_status(state, device_id), deadline)
             state.offline.pop(device_id, None)
         case WaveCompleted(at=at):
             state.wave_completed_at = at
@@ -667,7 +650,7 @@ def evolve(state: RolloutState, event: RolloutEvent) -> RolloutState:
             # Devices get their deadlines back: time spent paused does not count against them.
             shift = timedelta(seconds=paused_for)
             for device_id, (index, status, due) in state.devices.items():
-                if status == "targeted" and due is not None:
+                if status in _DUE and due is not None:
                     state.devices[device_id] = (index, status, due + shift)
             state.status, state.paused_at = "running", None
         case RolloutAborted(reason=reason):
@@ -692,6 +675,13 @@ def evolve(state: RolloutState, event: RolloutEvent) -> RolloutState:
         case RolloutCancelled(reason=reason):
             state.status, state.reason = "cancelled", reason
     return state
+
+
+def _waiting_status(state: RolloutState, device_id: str) -> DeviceStatus:
+    """A device back online waits for what it waited for before it went away."""
+    if device_id not in state.deferrals:
+        return "targeted"
+    return "staged" if state.deferrals[device_id] is None else "deferred"
 
 
 def _follow_rollback(state: RolloutState, at: datetime) -> None:
