@@ -31,6 +31,7 @@ from sdv_events.schemas.monitor import (
     RolloutWave,
 )
 from sdv_events.schemas.rollouts import Thresholds, Timeouts
+from sdv_events.schemas.scheduling import Schedule
 from sdv_monitor.where import Where
 
 ACTIVE = ("created", "running", "paused")
@@ -51,6 +52,7 @@ class _Terms(msgspec.Struct, frozen=True):
     thresholds: Thresholds | None = None
     timeouts: Timeouts | None = None
     auto_rollback: bool | None = None
+    schedule: Schedule | None = None
 
 
 def _terms(created: str | None) -> _Terms:
@@ -137,6 +139,8 @@ class Queries:
             devices = await conn.fetch(f"SELECT * FROM {s}.rollout_devices WHERE rollout_id = $1 "
                                        "ORDER BY wave, device_id LIMIT $2 OFFSET $3",
                                        rollout_id, limit, offset)
+            statuses = await conn.fetch(f"SELECT status, count(*)::int AS n FROM {s}.rollout_devices "
+                                        "WHERE rollout_id = $1 GROUP BY status", rollout_id)
             excluded = await conn.fetch(f"SELECT device_id, reason FROM {s}.rollout_excluded "
                                         "WHERE rollout_id = $1 ORDER BY device_id LIMIT $2",
                                         rollout_id, limit)
@@ -149,7 +153,8 @@ class Queries:
                              devices=[_row(RolloutDevice, d) for d in devices], devices_total=int(total),
                              excluded=[_row(ExcludedDeviceRow, e) for e in excluded], offset=offset,
                              limit=limit, thresholds=terms.thresholds, timeouts=terms.timeouts,
-                             auto_rollback=terms.auto_rollback)
+                             auto_rollback=terms.auto_rollback, schedule=terms.schedule,
+                             statuses={r["status"]: r["n"] for r in statuses})
 
     # --- software across the fleet ----------------------------------------------------------
 

@@ -19,6 +19,7 @@ from sdv_events.registry import event
 from sdv_events.schemas.devices import DeviceId
 from sdv_events.schemas.heartbeat import DeviceMetrics
 from sdv_events.schemas.rollouts import Thresholds, Timeouts
+from sdv_events.schemas.scheduling import Schedule
 
 # A fact bigger than this is recorded without its body (a device may publish whatever it likes;
 # one hostile fact must not make the recording fail forever).
@@ -128,6 +129,9 @@ class RolloutRow(msgspec.Struct, frozen=True, kw_only=True):
     rolled_back: int = 0
     rollback_unconfirmed: int = 0
     rollback_completed_at: datetime | None = None
+    # status "waiting": for what ("its start time", "a maintenance window") and until when.
+    waiting_reason: str = ""
+    waiting_until: datetime | None = None
 
 
 class RolloutWave(msgspec.Struct, frozen=True, kw_only=True):
@@ -143,8 +147,10 @@ class RolloutWave(msgspec.Struct, frozen=True, kw_only=True):
 class RolloutDevice(msgspec.Struct, frozen=True, kw_only=True):
     device_id: str
     wave: int
-    # planned | targeted | succeeded | failed | timed_out | offline (waiting for it, or failed
-    # for it) | skipped (offline, not counted) | rolled_back | rollback_unconfirmed
+    # planned | targeted | staged (downloaded, waiting to switch) | deferred (a gate does not
+    # hold) | held (until `sdv rollout activate`) | succeeded | failed | timed_out | offline
+    # (waiting for it, or failed for it) | skipped (offline, not counted) | rolled_back |
+    # rollback_unconfirmed
     status: str
     targeted_at: datetime | None = None
     deadline: datetime | None = None
@@ -163,6 +169,10 @@ class RolloutDetail(msgspec.Struct, frozen=True, kw_only=True):
     thresholds: Thresholds | None = None
     timeouts: Timeouts | None = None
     auto_rollback: bool | None = None
+    # Windows, rate, start time, activation gates and hold (#15), as the rollout was created.
+    schedule: Schedule | None = None
+    # How many of its devices are in each status (`RolloutDevice.status`), all pages together.
+    statuses: dict[str, int] = {}
     waves: list[RolloutWave] = []
     devices: list[RolloutDevice] = []
     devices_total: int = 0

@@ -28,7 +28,7 @@ class Metrics:
             apps = await conn.fetch(f"SELECT app, state, count(*) AS n FROM {s}.device_apps GROUP BY 1, 2")
             rollouts = await conn.fetch(
                 f"SELECT rollout_id, app, version, status, devices, succeeded, failed, current_wave, waves "
-                f"FROM {s}.rollouts WHERE status IN ('created', 'running', 'paused') "
+                f"FROM {s}.rollouts WHERE status IN ('created', 'running', 'waiting', 'paused') "
                 f"OR updated_at > now() - interval '1 hour'")
             alerts = await conn.fetch(f"SELECT kind, severity, count(*) AS n FROM {s}.alerts "
                                       "WHERE state <> 'resolved' GROUP BY 1, 2")

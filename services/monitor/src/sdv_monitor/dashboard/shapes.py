@@ -14,11 +14,13 @@ from sdv_events.schemas.monitor import AuditQuery, RolloutDetail, RolloutDevice,
 
 # What a rollout's device cell says, in words as well as in colour (colour alone tells nothing to
 # a screen reader or to a colour-blind operator).
-OUTCOME_WORDS = {"planned": "waiting", "targeted": "installing", "succeeded": "succeeded",
+OUTCOME_WORDS = {"planned": "waiting", "targeted": "installing", "staged": "staged",
+                 "deferred": "deferred", "held": "held", "succeeded": "succeeded",
                  "failed": "failed", "timed_out": "timed out", "offline": "offline",
                  "skipped": "skipped (offline)", "rolled_back": "rolled back",
                  "rollback_unconfirmed": "rollback unconfirmed"}
-OUTCOME_MARKS = {"planned": "·", "targeted": "…", "succeeded": "✓", "failed": "✗", "timed_out": "!",
+OUTCOME_MARKS = {"planned": "·", "targeted": "…", "staged": "⇣", "deferred": "⏸", "held": "⏸",
+                 "succeeded": "✓", "failed": "✗", "timed_out": "!",
                  "offline": "○", "skipped": "↷", "rolled_back": "↶", "rollback_unconfirmed": "?"}
 # The outcomes a rollout counts (a device offline with a finish time was failed for it).
 COUNTED = ("succeeded", "failed", "timed_out", "offline")

@@ -35,6 +35,7 @@ from sdv_events.schemas.rollouts import (
     WaveCompleted,
     WaveStarted,
 )
+from sdv_events.schemas.scheduling import DeviceDeferred, DeviceStaged, RolloutWaiting
 from sdv_monitor.projections.writes import Writes, columns
 
 TERMINAL = ("completed", "aborted", "cancelled", "rolled_back")
@@ -137,6 +138,26 @@ class Rollouts:
                     "deadline) VALUES ($1,$2,$3,'targeted',$4,$5) ON CONFLICT (rollout_id, device_id) "
                     "DO UPDATE SET status = 'targeted', targeted_at = $4, deadline = $5",
                     rid, d, wave, event.occurred_at, deadline)
+                # Targeting again ends a wait for a start time or a window (a no-op, with no new
+                # row version, for the thousands of targeted events of a rollout that never waited).
+                writes.add(f"{s}.rollouts",
+                           f"UPDATE {s}.rollouts SET status = 'running', waiting_reason = '', "
+                           "waiting_until = NULL, updated_at = $2 "
+                           "WHERE rollout_id = $1 AND status = 'waiting'",
+                           rid, event.occurred_at)
+            case RolloutWaiting(reason=why, until=until):
+                self._set(writes, rid, event, "status = CASE WHEN status IN ('created', 'running') "
+                          "THEN 'waiting' ELSE status END, waiting_reason = $3, waiting_until = $4",
+                          "its start time" if why == "start_at" else "a maintenance window", until)
+            case DeviceStaged(device_id=d, deadline=deadline):
+                writes.add(f"{s}.rollout_devices",
+                           f"UPDATE {s}.rollout_devices SET status = 'staged', deadline = $3, "
+                           "reason = 'downloaded and verified, waiting to switch' "
+                           "WHERE rollout_id = $1 AND device_id = $2", rid, d, deadline)
+            case DeviceDeferred(device_id=d, reason=reason, signal=signal, value=value, held=held):
+                said = (reason if held or signal is None or signal in reason
+                        else f"{reason} ({signal} = {value})")
+                self._device_row(writes, rid, d, "held" if held else "deferred", said[:1000], None)
             case DeviceSucceeded() | DeviceFailed() | DeviceTimedOut() | DeviceOffline(outcome="failed"):
                 if (o := self.outcome(event)) is not None:
                     self._device(writes, rid, event, o.device_id, o.wave, o.column, o.status, o.reason,

@@ -64,3 +64,8 @@ CREATE TABLE IF NOT EXISTS {schema}.rollout_excluded (
     reason     text NOT NULL,
     PRIMARY KEY (rollout_id, device_id)
 );
+
+-- Vehicle-aware scheduling (#15): a rollout waiting for its start time or a maintenance window
+-- (RolloutWaiting), until when; cleared when it targets again.
+ALTER TABLE {schema}.rollouts ADD COLUMN IF NOT EXISTS waiting_reason text NOT NULL DEFAULT '',
+    ADD COLUMN IF NOT EXISTS waiting_until timestamptz;
