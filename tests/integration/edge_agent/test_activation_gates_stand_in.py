@@ -203,3 +203,22 @@ async def test_stand_in_newer_documents_supersede_the_wait_and_leave_no_wait_beh
     assert not started(fleet, device, "2.0.0")
     assert not started(fleet, device, "3.0.0")
     await fleet.until_state(device, "svc", "RUNNING", healthy=True, version="1.0.0")
+
+
+async def test_stand_in_a_first_install_waits_for_its_gates_too(
+    fleet: Any, harness: Any, tmp_path: Path, databroker: Any
+) -> None:
+    device = "car-first"
+    v1 = await fleet.publish(harness.make_app(tmp_path, "svc", "1.0.0", harness.ticker_source("svc")))
+    agent = fleet.agent(device, SDV_AGENT_DATABROKER=databroker.address)
+    await fleet.desire(device, 1, {"svc": gated(v1, "r1")})
+    await fleet.fact(device, "AppStaged", version="1.0.0", timeout=30)
+    await fleet.fact(device, "ActivationDeferred", version="1.0.0", value=50.0)
+    waiting = await fleet.until_state(device, "svc", "INSTALLING", version="1.0.0")
+    assert waiting.pid is None
+    assert not harness.processes_under(agent.data_dir)
+    await databroker.set(SPEED, 0.0)
+    await fleet.fact(device, "AppStarted", version="1.0.0", timeout=10)
+    await fleet.until_state(device, "svc", "RUNNING", healthy=True, version="1.0.0", timeout=15)
+    assert fleet.fact_types(device, "svc")[:4] == ["AppDownloadStarted", "AppStaged", "ActivationDeferred",
+                                                   "AppInstalled"]

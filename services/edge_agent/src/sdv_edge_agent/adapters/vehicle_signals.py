@@ -3,7 +3,8 @@ KUKSA databroker (kuksa-client `subscribe_current_values`: the databroker pushes
 agent never polls).
 
 One subscription per agent covers every gated app's signals; it is re-opened when the set of
-signals changes (the values of signals kept in it stay: they are still current). While the
+signals changes (the values of signals kept in it stay: they are still current), and closed
+when no gate waits any more. While the
 databroker is unreachable the values are *unknown* (not the last ones seen): a gate never opens
 on stale data — a car that was parked when the link dropped may be moving now — and the verdict
 says the databroker does not answer. `wait_until` returns as soon as the gates hold, or with the
@@ -42,9 +43,14 @@ class SignalWatch:
         """The subscription loop (supervised by the agent): reconnects with backoff."""
         failures = 0
         while True:
-            if not self._wanted:
-                self._resubscribe.clear()
-                await self._resubscribe.wait()
+            if not self._wanted:  # nothing to watch: no subscription, no values
+                if self.connected:
+                    log.info("signal_subscription_closed", reason="no gate waits")
+                await self._forget()
+                self.last_error, failures = None, 0
+                if not self._wanted:  # (no await since the check: no wake-up can be lost)
+                    self._resubscribe.clear()
+                    await self._resubscribe.wait()
                 continue
             try:
                 await self._subscribe(sorted(self._wanted))
@@ -109,12 +115,13 @@ class SignalWatch:
 
     def _want(self, signals: Sequence[str], delta: int) -> None:
         """Count who waits on what; re-open the subscription only when a signal is missing
-        from it (one no longer wanted stays subscribed until the next reconnect: harmless)."""
+        from it (one no longer wanted stays subscribed until the next reconnect: harmless), and
+        close it once nobody waits."""
         for signal in signals:
             self._wanted[signal] = self._wanted.get(signal, 0) + delta
             if self._wanted[signal] <= 0:
                 del self._wanted[signal]
-        if not set(self._wanted) <= self._subscribed:
+        if not set(self._wanted) <= self._subscribed or not self._wanted:
             self._resubscribe.set()
 
     def judge(self, gates: Sequence[Gate]) -> Verdict:
