@@ -113,3 +113,48 @@ async def test_a_renewed_subscription_keeps_the_values_it_still_covers(broker: A
                        f"waiting for {SPEED} == 0: {SPEED} is 50"]
     await broker.set(SPEED, 0.0)
     assert (await first).holds
+
+
+async def test_stand_in_a_gate_wait_tells_its_app_each_new_reason_then_the_opening(
+    broker: Any, watch: SignalWatch
+) -> None:
+    """The supervisor's side (activation.py): one task, messages into the app's inbox, a reason
+    without a value held back for a grace (the moment before the first update is no news)."""
+    import structlog
+
+    from sdv_edge_agent.activation import GateWait
+    from sdv_edge_agent.app_inbox import GatesClosed, GatesOpen
+    from sdv_edge_agent.domain.activation import ActivationKey
+
+    inbox: list[Any] = []
+    wait = GateWait(watch, inbox.append, structlog.get_logger())
+    key = ActivationKey("d" * 64, (f"{SPEED} == 0",), False)
+    wait.ensure(key, tuple(parse_gates(key.gates)), "r1")
+    async with asyncio.timeout(10):
+        while not inbox:  # noqa: ASYNC110 — the inbox is a plain list here
+            await asyncio.sleep(0.02)
+    await asyncio.sleep(1.5)  # past the grace: the no-value verdict before the first update stays untold
+    assert [(type(m), m.verdict.value) for m in inbox] == [(GatesClosed, 50.0)]
+    wait.ensure(key, tuple(parse_gates(key.gates)), "r1")  # the same wait goes on
+    assert [t.get_name() for t in asyncio.all_tasks() if t.get_name().startswith("gates:")] == ["gates:dddddddddddd"]
+
+    opened_at = time.monotonic()
+    await broker.set(SPEED, 0.0)
+    async with asyncio.timeout(5):
+        while not isinstance(inbox[-1], GatesOpen):  # noqa: ASYNC110 — the inbox is a plain list here
+            await asyncio.sleep(0.005)
+    assert inbox[-1] == GatesOpen(key)
+    assert time.monotonic() - opened_at < 0.5
+
+    other = ActivationKey("d" * 64, (f"{SPEED} > 100",), False)
+    wait.ensure(other, tuple(parse_gates(other.gates)), "r2")
+    async with asyncio.timeout(5):
+        while not isinstance(inbox[-1], GatesClosed):  # noqa: ASYNC110 — the inbox is a plain list here
+            await asyncio.sleep(0.01)
+    assert inbox[-1].key == other
+    wait.cancel()
+    await asyncio.sleep(0.05)
+    assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("gates:")]
+    async with asyncio.timeout(5):  # nobody waits: the subscription closes
+        while watch.connected:  # noqa: ASYNC110 — polling the adapter's state
+            await asyncio.sleep(0.05)

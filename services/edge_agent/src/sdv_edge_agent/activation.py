@@ -56,7 +56,7 @@ class GateWait:
                  log: structlog.typing.FilteringBoundLogger) -> None:
         self.signals = signals
         self.post = post
-        self.log = log
+        self.log = log  # bound to the app; each wait binds its rollout too
         self.key: ActivationKey | None = None
         self._task: asyncio.Task[None] | None = None
         self._pending: asyncio.TimerHandle | None = None
@@ -65,14 +65,15 @@ class GateWait:
     def waiting(self) -> bool:
         return self._task is not None and not self._task.done()
 
-    def ensure(self, key: ActivationKey, gates: tuple[Gate, ...]) -> None:
+    def ensure(self, key: ActivationKey, gates: tuple[Gate, ...], rollout_id: str | None) -> None:
         """Watch `gates` for `key`; a wait already on for that key goes on undisturbed."""
         if self.key == key and self.waiting:
             return
         self.cancel()
         self.key = key
-        self._task = asyncio.create_task(self._wait(key, gates), name=f"gates:{key.digest[:12]}")
-        self._task.add_done_callback(self._ended)
+        log = self.log.bind(rollout_id=rollout_id)
+        self._task = asyncio.create_task(self._wait(key, gates, log), name=f"gates:{key.digest[:12]}")
+        self._task.add_done_callback(lambda task: self._ended(task, log))
 
     def cancel(self) -> None:
         self._drop_pending()
@@ -85,7 +86,8 @@ class GateWait:
             self._pending.cancel()
             self._pending = None
 
-    async def _wait(self, key: ActivationKey, gates: tuple[Gate, ...]) -> None:
+    async def _wait(self, key: ActivationKey, gates: tuple[Gate, ...],
+                    log: structlog.typing.FilteringBoundLogger) -> None:
         loop = asyncio.get_running_loop()
         started = loop.time()
 
@@ -98,18 +100,17 @@ class GateWait:
 
         await self.signals.wait_until(gates, None, deferred)
         self._drop_pending()
-        self.log.info("activation_gates_hold", gates=list(key.gates),
+        log.info("activation_gates_hold", gates=list(key.gates),
                       waited_s=round(loop.time() - started, 3))
         self.post(GatesOpen(key))
 
-    def _ended(self, task: asyncio.Task[None]) -> None:
+    def _ended(self, task: asyncio.Task[None], log: structlog.typing.FilteringBoundLogger) -> None:
         """A wait that failed (never expected: the subscription retries on its own) is logged
         with its cause and started again by the next reconcile."""
         if task.cancelled() or task.exception() is None:
             return
         error = task.exception()
-        self.log.error("activation_wait_failed", error=f"{type(error).__name__}: {error}",
-                       retry_in_s=RETRY_S)
+        log.error("activation_wait_failed", error=f"{type(error).__name__}: {error}", retry_in_s=RETRY_S)
         if self._task is task:
             self._task, self.key = None, None
         asyncio.get_running_loop().call_later(RETRY_S, self.post, Poke())
@@ -176,7 +177,7 @@ class AppActivation:
             self.gates.cancel()
             self._report(step, None)
         else:
-            self.gates.ensure(step.key, step.gates)
+            self.gates.ensure(step.key, step.gates, self.app.record.rollout_id)
 
     def switching(self) -> None:
         """The switch to the staged version begins: it consumes the stage and the release (a
