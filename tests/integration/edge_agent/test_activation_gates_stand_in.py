@@ -222,3 +222,22 @@ async def test_stand_in_a_first_install_waits_for_its_gates_too(
     await fleet.until_state(device, "svc", "RUNNING", healthy=True, version="1.0.0", timeout=15)
     assert fleet.fact_types(device, "svc")[:4] == ["AppDownloadStarted", "AppStaged", "ActivationDeferred",
                                                    "AppInstalled"]
+
+
+async def test_stand_in_a_gate_that_flips_back_during_the_switch_does_not_stop_it(
+    fleet: Any, harness: Any, tmp_path: Path, databroker: Any
+) -> None:
+    device = "car-flip"
+    agent, (_, v2) = await running_v1(fleet, harness, tmp_path, device, databroker)
+    await fleet.desire(device, 2, {"svc": gated(v2, "r2")})
+    await fleet.fact(device, "ActivationDeferred", version="2.0.0", value=50.0, timeout=30)
+    await databroker.set(SPEED, 0.0)
+    async with asyncio.timeout(10):
+        while "activation_gates_hold" not in agent.log():  # noqa: ASYNC110 — the agent's log file
+            await asyncio.sleep(0.002)
+    await databroker.set(SPEED, 50.0)  # moving again while the agent switches
+    await fleet.fact(device, "AppStarted", version="2.0.0", timeout=10)
+    await fleet.until_state(device, "svc", "RUNNING", healthy=True, version="2.0.0", timeout=15)
+    await asyncio.sleep(1.0)
+    assert len(fleet.find_facts(device, "ActivationDeferred")) == 1, "a finished switch is not deferred again"
+    assert (await fleet.reported(device)).apps["svc"].version == "2.0.0"
