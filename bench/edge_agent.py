@@ -14,8 +14,16 @@ signed packages. Measures:
 - download: a 24 MB artifact through the agent's resumable downloader (every chunk appended to
   the partial file and its sequence recorded) against the raw floor (an ordered consumer reading the same
   chunks into memory) and nats-py's own object-store `get`, on the same server; and the time to
-  finish after an attempt was cut off halfway.
-Last line: one JSON object (see bench/README.md). Goals: deploy < 2 s, log p99 < 50 ms, idle CPU < 1 %.
+  finish after an attempt was cut off halfway;
+- activation gates: a version staged behind the gate `Vehicle.Speed == 0` (downloaded, verified,
+  installed; the old one running) — time from the stand-in KUKSA databroker's speed becoming 0
+  (tests/integration/vehicle_support.py `PushingDatabroker`; the real one cannot run here) to the
+  agent's AppStarted of the new version (`activate_after_gate_ms`, median); beside it, in the same
+  run, the same switch without a gate (a held version released by a desired-state write →
+  AppStarted, `activate_switch_baseline_ms`) and the stand-in's raw notification latency (set →
+  a kuksa-client subscriber in this process, `raw_signal_notify_ms`).
+Last line: one JSON object (see bench/README.md). Goals: deploy < 2 s, log p99 < 50 ms, idle CPU < 1 %,
+activate after the gate < 1,000 ms.
 """
 
 from __future__ import annotations
@@ -44,6 +52,14 @@ assert spec.loader is not None
 harness = importlib.util.module_from_spec(spec)
 sys.modules[spec.name] = harness
 spec.loader.exec_module(harness)
+spec = importlib.util.spec_from_file_location(
+    "sdv_vehicle_test_support", HERE.parent / "tests" / "integration" / "vehicle_support.py")
+assert spec is not None
+assert spec.loader is not None
+vehicle = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = vehicle
+spec.loader.exec_module(vehicle)
+SPEED = "Vehicle.Speed"
 
 
 def pct(values: list[float], q: float) -> float:
@@ -206,6 +222,75 @@ async def download_rates(url: str, root: Path, runs: int) -> dict[str, float]:
             "download_s": round(min(ours), 3)}
 
 
+async def activation_times(fleet, root: Path, runs: int) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    """Gated switches (speed 50 → 0) and, alternating with them, held switches released by a new
+    desired document: both to versions already staged, on the same agent."""
+    from sdv_events.schemas.deployment import Activation, DesiredApp
+
+    databroker = await vehicle.PushingDatabroker({SPEED: 50.0}).serve()
+    device = "bench-gate"
+    try:
+        fleet.agent(device, SDV_LOG_LEVEL="WARNING", SDV_AGENT_DATABROKER=databroker.address)
+        versions = [await fleet.publish(harness.make_app(root, "gated", f"1.0.{i}", harness.ticker_source("g")))
+                    for i in range(2 * runs + 1)]
+        revision = 1
+        await fleet.desire(device, revision, {"gated": versions[0]})
+        await fleet.until_state(device, "gated", "RUNNING", healthy=True, timeout=30)
+        gate_ms, switch_ms = [], []
+        for i in range(runs):
+            gated, held = versions[2 * i + 1], versions[2 * i + 2]
+            await databroker.set(SPEED, 50.0)
+            revision += 1
+            await fleet.desire(device, revision, {"gated": DesiredApp(
+                package=gated, rollout_id=f"g{i}", activation=Activation(gates=[f"{SPEED} == 0"]))})
+            await fleet.fact(device, "ActivationDeferred", version=gated.version, value=50.0, timeout=30)
+            stopped = time.time()
+            await databroker.set(SPEED, 0.0)
+            fact = await fleet.fact(device, "AppStarted", version=gated.version, timeout=30)
+            gate_ms.append((fact.occurred_at.timestamp() - stopped) * 1000)
+            await fleet.until_state(device, "gated", "RUNNING", healthy=True, version=gated.version, timeout=30)
+
+            revision += 1
+            await fleet.desire(device, revision, {"gated": DesiredApp(
+                package=held, rollout_id=f"h{i}", activation=Activation(hold=True))})
+            await fleet.fact(device, "ActivationDeferred", version=held.version, held=True, timeout=30)
+            revision += 1
+            released = time.time()
+            await fleet.desire(device, revision, {"gated": DesiredApp(package=held, rollout_id=f"h{i}")})
+            fact = await fleet.fact(device, "AppStarted", version=held.version, timeout=30)
+            switch_ms.append((fact.occurred_at.timestamp() - released) * 1000)
+            await fleet.until_state(device, "gated", "RUNNING", healthy=True, version=held.version, timeout=30)
+        downloads = len(fleet.find_facts(device, "AppDownloadStarted"))
+        assert downloads == len(versions), f"{downloads} downloads for {len(versions)} versions"
+        notify_ms = await raw_signal_notify(databroker, 50 if runs < 5 else 200)
+        await fleet.desire(device, revision + 1, {})
+        await fleet.fact(device, "AppUninstalled", app="gated", timeout=30)
+    finally:
+        await databroker.stop()
+    gate, switch, notify = statistics.median(gate_ms), statistics.median(switch_ms), statistics.median(notify_ms)
+    return {"activate_after_gate_ms": round(gate, 1), "activate_after_gate_max_ms": round(max(gate_ms), 1),
+            "activate_switch_baseline_ms": round(switch, 1), "raw_signal_notify_ms": round(notify, 2),
+            "activate_ratio": round(gate / switch, 2), "activations": len(gate_ms)}
+
+
+async def raw_signal_notify(databroker, n: int) -> list[float]:  # type: ignore[no-untyped-def]
+    """set → a kuksa-client subscriber (in this process) sees the value, `n` times."""
+    from kuksa_client.grpc.aio import VSSClient
+
+    delays: list[float] = []
+    async with VSSClient("127.0.0.1", databroker.port, ensure_startup_connection=False) as client:
+        updates = client.subscribe_current_values([SPEED])
+        await anext(updates)  # the current value
+        for i in range(n):
+            started = time.perf_counter()
+            await databroker.set(SPEED, float(100 + i))
+            batch = await anext(updates)
+            assert batch[SPEED].value == float(100 + i)
+            delays.append((time.perf_counter() - started) * 1000)
+        await updates.aclose()
+    return delays
+
+
 async def bench(quick: bool) -> dict[str, float]:
     root = Path(tempfile.mkdtemp(prefix="sdv-bench-agent-"))
     with NatsServer() as server:
@@ -219,6 +304,7 @@ async def bench(quick: bool) -> dict[str, float]:
             cpu_metrics = await idle_cpu(fleet, root, window, metrics=True)
             cpu_bare = await idle_cpu(fleet, root, window, metrics=False)
             downloads = await download_rates(server.url, root, 2 if quick else 5)
+            activation = await activation_times(fleet, root, 3 if quick else 8)
         finally:
             await fleet.close()
     figures = {
@@ -234,6 +320,7 @@ async def bench(quick: bool) -> dict[str, float]:
         "metrics_cpu_pct": round(cpu_metrics - cpu_bare, 2),
         "idle_window_s": window,
         **downloads,
+        **activation,
     }
     return figures
 
@@ -255,6 +342,10 @@ def main() -> None:
           f"chunks into memory {figures['raw_chunks_mb_s']} MB/s   ratio {figures['download_ratio']}   "
           f"(nats-py object get {figures['nats_py_object_get_mb_s']} MB/s)   resume from half: "
           f"{figures['resume_half_s']} s")
+    print(f"activate after the gate         median {figures['activate_after_gate_ms']} ms   max "
+          f"{figures['activate_after_gate_max_ms']} ms   goal < 1000 ms   (the same switch released by a desired "
+          f"write: {figures['activate_switch_baseline_ms']} ms, ratio {figures['activate_ratio']}; raw stand-in "
+          f"notification {figures['raw_signal_notify_ms']} ms; {figures['activations']} switches each)")
     print(f"total {time.perf_counter() - started:.1f}s")
     sys.stdout.flush()
     print(json.dumps({"bench": "edge_agent", **figures}))

@@ -9,6 +9,9 @@
   velocitas-sdk's own generated servicer, taken out of its wheel (its pins cannot share a venv
   with kuksa-client's). It serves a catalogue of signals (path → entry type, datatype) and
   cycles Vehicle.Speed through a list of values.
+- `PushingDatabroker`: a STAND-IN too (kuksa.val.v1 only), holding signal values a test sets;
+  each change is pushed to every subscriber of that signal, as the databroker does. It can be
+  stopped and served again on the same port (a databroker that goes away and comes back).
 - `Mosquitto`: Debian's real MQTT broker, on a free port of its own (deploy/mqtt-setup.sh).
 - `velocitas_wheelhouse`: the Velocitas example's pinned requirements as wheels for x86_64 and
   aarch64, downloaded once per machine (keyed by the requirements) so the packager can build
@@ -204,6 +207,70 @@ async def start_stand_in(signals: VehicleSignals, velocitas: Any | None = None, 
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     return StandInDatabroker(signals, port, server)
+
+
+class PushingDatabroker:
+    """Signal values a test sets (`await set(path, value)`), pushed to subscribers on change."""
+
+    def __init__(self, values: dict[str, float]) -> None:
+        self.values = dict(values)
+        self.changed = asyncio.Condition()
+        self.subscriptions: list[list[str]] = []
+        self.port = 0
+        self.server: Any = None
+
+    async def set(self, path: str, value: float) -> None:
+        async with self.changed:
+            self.values[path] = value
+            self.changed.notify_all()
+
+    def servicer(self) -> Any:
+        from kuksa.val.v1 import types_pb2, val_pb2, val_pb2_grpc
+
+        broker = self
+
+        class Val(val_pb2_grpc.VALServicer):  # type: ignore[misc]
+            async def GetServerInfo(self, request: Any, context: Any) -> Any:
+                return val_pb2.GetServerInfoResponse(name="stand-in databroker (pushing)", version="test")
+
+            async def Subscribe(self, request: Any, context: Any) -> Any:
+                paths = [e.path for e in request.entries]
+                broker.subscriptions.append(paths)
+                sent: dict[str, float] = {}
+                while True:
+                    async with broker.changed:
+                        fresh = {p: v for p, v in broker.values.items() if p in paths and sent.get(p) != v}
+                        if not fresh:
+                            await broker.changed.wait()
+                            continue
+                    sent.update(fresh)
+                    yield val_pb2.SubscribeResponse(updates=[
+                        val_pb2.EntryUpdate(entry=types_pb2.DataEntry(path=p, value=types_pb2.Datapoint(float=v)),
+                                            fields=[types_pb2.FIELD_VALUE])
+                        for p, v in fresh.items()
+                    ])
+
+        return Val()
+
+    async def serve(self) -> PushingDatabroker:
+        """Serve (again: on the same port as before)."""
+        from kuksa.val.v1 import val_pb2_grpc
+
+        server = grpc.aio.server()
+        val_pb2_grpc.add_VALServicer_to_server(self.servicer(), server)
+        self.port = server.add_insecure_port(f"127.0.0.1:{self.port}")
+        await server.start()
+        self.server = server
+        return self
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            await self.server.stop(0)
+            self.server = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
 
 
 @dataclass

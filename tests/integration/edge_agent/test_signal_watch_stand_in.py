@@ -6,83 +6,33 @@ pushing each change of the values it holds to its subscribers."""
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import grpc
 import pytest
-from kuksa.val.v1 import types_pb2, val_pb2, val_pb2_grpc
 
 from sdv_edge_agent.adapters.vehicle_signals import SignalWatch
 from sdv_events.gates import parse_gates
 
+vehicle = sys.modules["sdv_vehicle_test_support"]  # tests/integration/vehicle_support.py
 SPEED = "Vehicle.Speed"
 SOC = "Vehicle.Powertrain.TractionBattery.StateOfCharge.Current"
 
 
-class PushingDatabroker(val_pb2_grpc.VALServicer):  # type: ignore[misc]
-    """Holds signal values; each `set` is pushed to every subscriber of that signal."""
-
-    def __init__(self, values: dict[str, float]) -> None:
-        self.values = dict(values)
-        self.changed = asyncio.Condition()
-        self.subscriptions: list[list[str]] = []
-
-    async def set(self, path: str, value: float) -> None:
-        async with self.changed:
-            self.values[path] = value
-            self.changed.notify_all()
-
-    async def GetServerInfo(self, request: Any, context: Any) -> Any:
-        return val_pb2.GetServerInfoResponse(name="stand-in databroker", version="test")
-
-    async def Subscribe(self, request: Any, context: Any) -> Any:
-        paths = [e.path for e in request.entries]
-        self.subscriptions.append(paths)
-        sent: dict[str, float] = {}
-        while True:
-            async with self.changed:
-                fresh = {p: v for p, v in self.values.items() if p in paths and sent.get(p) != v}
-                if not fresh:
-                    await self.changed.wait()
-                    continue
-            sent.update(fresh)
-            yield val_pb2.SubscribeResponse(
-                updates=[
-                    val_pb2.EntryUpdate(
-                        entry=types_pb2.DataEntry(path=p, value=types_pb2.Datapoint(float=v)),
-                        fields=[types_pb2.FIELD_VALUE],
-                    )
-                    for p, v in fresh.items()
-                ]
-            )
-
-
-async def serve(servicer: PushingDatabroker, port: int = 0) -> tuple[grpc.aio.Server, int]:
-    server = grpc.aio.server()
-    val_pb2_grpc.add_VALServicer_to_server(servicer, server)
-    bound = server.add_insecure_port(f"127.0.0.1:{port}")
-    await server.start()
-    return server, bound
-
-
 @pytest.fixture
-async def broker() -> AsyncIterator[tuple[PushingDatabroker, int, list[grpc.aio.Server]]]:
-    servicer = PushingDatabroker({SPEED: 50.0, SOC: 80.0})
-    server, port = await serve(servicer)
-    servers = [server]
+async def broker() -> AsyncIterator[Any]:
+    databroker = await vehicle.PushingDatabroker({SPEED: 50.0, SOC: 80.0}).serve()
     try:
-        yield servicer, port, servers
+        yield databroker
     finally:
-        for s in servers:
-            await s.stop(0)
+        await databroker.stop()
 
 
 @pytest.fixture
-async def watch(broker: tuple[PushingDatabroker, int, Any]) -> AsyncIterator[SignalWatch]:
-    _, port, _ = broker
-    watch = SignalWatch(lambda: ("127.0.0.1", port))
+async def watch(broker: Any) -> AsyncIterator[SignalWatch]:
+    watch = SignalWatch(lambda: ("127.0.0.1", broker.port))
     task = asyncio.create_task(watch.run())
     try:
         yield watch
@@ -92,7 +42,7 @@ async def watch(broker: tuple[PushingDatabroker, int, Any]) -> AsyncIterator[Sig
 
 
 async def test_a_gate_opens_within_moments_of_the_vehicle_stopping(broker: Any, watch: SignalWatch) -> None:
-    databroker, _, _ = broker
+    databroker = broker
     gates = parse_gates([f"{SPEED} == 0", f"{SOC} >= 30"])
     deferred: list[str] = []
     waiting = asyncio.create_task(watch.wait_until(gates, 10.0, lambda v: deferred.append(v.reason)))
@@ -119,20 +69,92 @@ async def test_the_deadline_returns_the_verdict_that_held_the_switch_back(
 async def test_a_lost_databroker_closes_the_gates_until_it_answers_again(
     broker: Any, watch: SignalWatch
 ) -> None:
-    databroker, port, servers = broker
-    await databroker.set(SPEED, 0.0)
+    databroker = broker
     gates = parse_gates([f"{SPEED} == 0"])
-    assert (await watch.wait_until(gates, 10.0)).holds
-    await servers.pop().stop(0)
+    reasons: list[str] = []
+    keep = asyncio.create_task(watch.wait_until(gates, 30.0, lambda v: reasons.append(v.reason)))
+    async with asyncio.timeout(10):
+        while not reasons or "is 50" not in reasons[-1]:  # noqa: ASYNC110 — the adapter's callback
+            await asyncio.sleep(0.02)
+    await databroker.stop()
     async with asyncio.timeout(10):  # the subscription notices the loss
         while watch.values or watch.last_error is None:  # noqa: ASYNC110 — polling the adapter's state
             await asyncio.sleep(0.05)
     assert not watch.values, "values seen before the link dropped must not open a gate"
-    assert not watch.judge(gates).holds
-    assert watch.last_error is not None
-    keep = asyncio.create_task(watch.wait_until(gates, 30.0))
+    verdict = watch.judge(gates)
+    assert not verdict.holds
+    assert (verdict.signal, verdict.value) == (SPEED, None)
+    unreachable = f"waiting for {SPEED} == 0: the vehicle databroker does not answer, so {SPEED} has no value"
+    assert verdict.reason == reasons[-1] == unreachable
     await asyncio.sleep(0.5)
     assert not keep.done()
-    servers.append((await serve(databroker, port))[0])
-    assert (await keep).holds  # reconnected (backoff at most 5 s) and saw the value again
-    assert watch.connected
+    await databroker.serve()  # the same port again, the vehicle stopped meanwhile
+    await databroker.set(SPEED, 0.0)
+    assert (await keep).holds  # reconnected (backoff at most 5 s) and saw the new value
+    async with asyncio.timeout(5):  # nobody waits any more: the subscription is closed
+        while watch.connected:  # noqa: ASYNC110 — polling the adapter's state
+            await asyncio.sleep(0.05)
+
+
+async def test_a_renewed_subscription_keeps_the_values_it_still_covers(broker: Any, watch: SignalWatch) -> None:
+    """A second wait on another signal re-opens the subscription; the first wait's reason does
+    not flap to "no value" meanwhile."""
+    speed = parse_gates([f"{SPEED} == 0"])
+    reasons: list[str] = []
+    first = asyncio.create_task(watch.wait_until(speed, None, lambda v: reasons.append(v.reason)))
+    async with asyncio.timeout(10):
+        while not reasons or "is 50" not in reasons[-1]:  # noqa: ASYNC110 — the adapter's callback
+            await asyncio.sleep(0.02)
+    second = asyncio.create_task(watch.wait_until(parse_gates([f"{SOC} >= 30"]), 10.0))
+    assert (await second).holds
+    assert len(broker.subscriptions) == 2
+    assert sorted(broker.subscriptions[-1]) == sorted([SPEED, SOC])
+    assert reasons == [f"waiting for {SPEED} == 0: {SPEED} has no value yet",
+                       f"waiting for {SPEED} == 0: {SPEED} is 50"]
+    await broker.set(SPEED, 0.0)
+    assert (await first).holds
+
+
+async def test_stand_in_a_gate_wait_tells_its_app_each_new_reason_then_the_opening(
+    broker: Any, watch: SignalWatch
+) -> None:
+    """The supervisor's side (activation.py): one task, messages into the app's inbox, a reason
+    without a value held back for a grace (the moment before the first update is no news)."""
+    import structlog
+
+    from sdv_edge_agent.activation import GateWait
+    from sdv_edge_agent.app_inbox import GatesClosed, GatesOpen
+    from sdv_edge_agent.domain.activation import ActivationKey
+
+    inbox: list[Any] = []
+    wait = GateWait(watch, inbox.append, structlog.get_logger())
+    key = ActivationKey("d" * 64, (f"{SPEED} == 0",), False)
+    wait.ensure(key, tuple(parse_gates(key.gates)), "r1")
+    async with asyncio.timeout(10):
+        while not inbox:  # noqa: ASYNC110 — the inbox is a plain list here
+            await asyncio.sleep(0.02)
+    await asyncio.sleep(1.5)  # past the grace: the no-value verdict before the first update stays untold
+    assert [(type(m), m.verdict.value) for m in inbox] == [(GatesClosed, 50.0)]
+    wait.ensure(key, tuple(parse_gates(key.gates)), "r1")  # the same wait goes on
+    assert [t.get_name() for t in asyncio.all_tasks() if t.get_name().startswith("gates:")] == ["gates:dddddddddddd"]
+
+    opened_at = time.monotonic()
+    await broker.set(SPEED, 0.0)
+    async with asyncio.timeout(5):
+        while not isinstance(inbox[-1], GatesOpen):  # noqa: ASYNC110 — the inbox is a plain list here
+            await asyncio.sleep(0.005)
+    assert inbox[-1] == GatesOpen(key)
+    assert time.monotonic() - opened_at < 0.5
+
+    other = ActivationKey("d" * 64, (f"{SPEED} > 100",), False)
+    wait.ensure(other, tuple(parse_gates(other.gates)), "r2")
+    async with asyncio.timeout(5):
+        while not isinstance(inbox[-1], GatesClosed):  # noqa: ASYNC110 — the inbox is a plain list here
+            await asyncio.sleep(0.01)
+    assert inbox[-1].key == other
+    wait.cancel()
+    await asyncio.sleep(0.05)
+    assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("gates:")]
+    async with asyncio.timeout(5):  # nobody waits: the subscription closes
+        while watch.connected:  # noqa: ASYNC110 — polling the adapter's state
+            await asyncio.sleep(0.05)

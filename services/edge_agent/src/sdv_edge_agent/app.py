@@ -40,6 +40,7 @@ from sdv_edge_agent.adapters.publishers import FactOutbox, LogShipper, ReportedW
 from sdv_edge_agent.adapters.signal_catalog import CatalogReporter
 from sdv_edge_agent.adapters.signing_keys import TrustedKeys
 from sdv_edge_agent.adapters.store import AgentStore
+from sdv_edge_agent.adapters.vehicle_signals import SignalWatch
 from sdv_edge_agent.application import Agent, AgentOptions
 from sdv_edge_agent.domain.facts import IdSealer
 from sdv_edge_agent.domain.restarts import RestartPolicy
@@ -120,6 +121,7 @@ class AgentParts:
     keys: TrustedKeys
     mqtt: MqttBroker
     catalog: CatalogReporter
+    signals: SignalWatch
     enrolment: Enrolment | None = None
     phase: float = 0.0
     # Set once the vehicle's middleware was looked for: an announce waits for it (a while), so
@@ -153,11 +155,12 @@ def build_agent(settings: AgentSettings, *, runtimes: list[Runtime], installer: 
     reported: ReportedWriter | None = None
     mqtt = MqttBroker(settings.mqtt)
     catalog = CatalogReporter(databroker, settings.device_id, facts.emit)
+    signals = SignalWatch(databroker)
     keys = TrustedKeys.of(key_list(settings.packager_public_key), key_list(settings.orchestrator_public_key),
                           settings.enrol_creds if settings.enrol else None)
     agent = Agent(
         options, store=store, installer=installer, runtimes=runtimes, facts=facts,
-        download=downloader.fetch, databroker=databroker,
+        download=downloader.fetch, databroker=databroker, signals=signals,
         desired_verifier=DesiredVerifier(keys.orchestrator),
         on_change=lambda: reported.wake() if reported else None, on_logs=logs.wake,
         health_command=health_command, mqtt=mqtt,
@@ -190,7 +193,7 @@ def build_agent(settings: AgentSettings, *, runtimes: list[Runtime], installer: 
     link.on_connect(flush_all)
     link.on_connect(heartbeat.beat_soon)
     return AgentParts(settings, store, link, agent, facts, logs, reported, watch, ops, heartbeat,
-                      databroker, downloader, keys, mqtt, catalog, enrolment, phase)
+                      databroker, downloader, keys, mqtt, catalog, signals, enrolment, phase)
 
 
 def _enrolment(settings: AgentSettings, agent: Agent, databroker: Databroker, mqtt: MqttBroker,
@@ -256,7 +259,7 @@ async def start_agent(parts: AgentParts,
     tasks = [asyncio.create_task(coro, name=name) for name, coro in [
         ("link", connect(p.settings, p.link, p.enrolment, p.middleware_known)), ("facts", p.facts.run()),
         ("logs", p.logs.run()), ("reported", p.reported.run()), ("heartbeat", p.heartbeat.run()),
-        ("resync", p.watch.resync_forever()),
+        ("resync", p.watch.resync_forever()), ("signals", p.signals.run()),
         ("housekeeping", housekeeping(p.store, p.downloader, housekeeping_at)),
         *also,
     ]]

@@ -9,8 +9,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sdv_edge_agent.adapters.packages import InstalledVersion
+from sdv_edge_agent.domain.activation import ActivationKey
 from sdv_edge_agent.domain.records import AppRecord
 from sdv_edge_agent.ports import OutputFollower, Process, RunSpec, Usage
+from sdv_events.gates import Verdict
 from sdv_events.schemas.packages import PackageInfo
 
 
@@ -76,7 +78,22 @@ class OpRequest:
     reply: asyncio.Future[AppRecord]
 
 
-Message = Poke | Exited | HealthResult | RestartDue | Vanished | OpRequest
+@dataclass(frozen=True)
+class GatesOpen:
+    """Every gate of the activation `key` held (activation.py): the switch may go ahead."""
+
+    key: ActivationKey
+
+
+@dataclass(frozen=True)
+class GatesClosed:
+    """The gates of `key` do not hold, for a reason other than the one told before."""
+
+    key: ActivationKey
+    verdict: Verdict
+
+
+Message = Poke | Exited | HealthResult | RestartDue | Vanished | OpRequest | GatesOpen | GatesClosed
 
 
 def describe_exit(code: int | None) -> str:

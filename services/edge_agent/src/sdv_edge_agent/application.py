@@ -39,6 +39,7 @@ from sdv_edge_agent.ports import (
     RunSpec,
     Runtime,
     Sandbox,
+    VehicleSignals,
 )
 from sdv_edge_agent.projections import reported_state
 from sdv_edge_agent.recovery import recover
@@ -94,6 +95,7 @@ class Agent:
         facts: Facts,
         download: Callable[[PackageInfo], Awaitable[bytes]],
         databroker: Callable[[], tuple[str, int]],
+        signals: VehicleSignals,
         desired_verifier: DesiredVerifier,
         on_change: Callable[[], None] = lambda: None,
         on_logs: Callable[[], None] = lambda: None,
@@ -112,6 +114,7 @@ class Agent:
         self.facts = RepeatCounting(facts, store)
         self.download = download
         self.databroker = databroker
+        self.signals = signals  # activation gates are judged on these
         self.desired_verifier = desired_verifier
         self.on_change = on_change
         self.on_logs = on_logs
@@ -174,6 +177,7 @@ class Agent:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for supervisor in self.supervisors.values():
+            supervisor.activation.stop()
             for instance in (supervisor.instance, supervisor.candidate):
                 if instance is not None:
                     instance.cancel_tasks()
@@ -485,7 +489,8 @@ class RepeatCounting:
     reports nothing twice. A fact about one run of the app (its start, health, failure) comes
     with that run's number, so the same run reports each of them once, whatever restarts."""
 
-    ONCE = frozenset({"AppDownloadStarted", "AppInstalled", "AppUninstalled", "AppAlreadyCurrent"})
+    ONCE = frozenset({"AppDownloadStarted", "AppInstalled", "AppUninstalled", "AppAlreadyCurrent",
+                      "AppStaged"})
 
     def __init__(self, inner: Facts, store: AgentStore) -> None:
         self.inner = inner

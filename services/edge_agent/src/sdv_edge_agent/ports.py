@@ -5,11 +5,12 @@ package by its `runtime`)."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from sdv_events.gates import Gate, Verdict
 from sdv_events.schemas.packages import PackageInfo
 
 # (stream, wall-clock time, line) for each complete console line, and the read position reached.
@@ -156,3 +157,18 @@ class OutputFollower(Protocol):
 # Runs a package's health command for a started version until it passes or the timeout ends:
 # (spec, command, timeout_s) → (passed, why not). The agent's default runs it as a process.
 HealthCommand = Callable[[RunSpec, list[str], float], Awaitable[tuple[bool, str]]]
+
+
+class VehicleSignals(Protocol):
+    """Live vehicle signals for activation gates (adapters/vehicle_signals.py: a subscription to
+    the databroker, no polling)."""
+
+    async def wait_until(
+        self,
+        gates: Sequence[Gate],
+        timeout_s: float | None = None,
+        on_deferred: Callable[[Verdict], None] | None = None,
+    ) -> Verdict:
+        """Return once every gate holds (or `timeout_s` passed); `on_deferred` hears each new
+        reason they do not."""
+        ...

@@ -7,7 +7,9 @@ agent ran is a crash like any other: its exit status (when the runtime kept it) 
 `AppFailed` or a restart, counted by the crash-loop and rollback logic — a version on trial that
 died is rolled back, not silently started again. A process that started before the machine last
 booted ended with the previous boot (a shutdown or a power loss, not the app's doing): it is
-started again, uncounted.
+started again, uncounted. A version staged for a later activation is checked again from the disk
+(installed, its signed manifest verifying): then the wait goes on without a new download; if not,
+it is staged again.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ async def recover(supervisor: AppSupervisor) -> None:
     """Re-adopt the app's process if it is still alive and ours, or report how it ended. A
     hot-swap candidate of the previous agent run is killed: the swap is decided again."""
     agent, record = supervisor.agent, supervisor.record
+    _check_staged(supervisor)
     if record.candidate is not None:
         for runtime in agent.runtimes.values():  # each checks the process is its own
             runtime.kill_orphan(*record.candidate)
@@ -74,3 +77,17 @@ async def recover(supervisor: AppSupervisor) -> None:
     # The pid stays recorded until the supervisor has handled the end: an agent that stops again
     # before finds the same end at its next start (and reports nothing twice: the same run).
     supervisor.post(Vanished(reason))
+
+
+def _check_staged(supervisor: AppSupervisor) -> None:
+    agent, record, staged = supervisor.agent, supervisor.record, supervisor.record.staged
+    if staged is None:
+        return
+    problem = (agent.installer.signed_problem(staged) if agent.installer.installed(staged) is not None
+               else "it is not installed any more")
+    if problem is None:
+        log.info("staged_version_kept", app=record.name, version=staged.version)
+        return
+    log.warning("staged_version_lost", app=record.name, version=staged.version, reason=problem)
+    record.staged = None  # reconcile stages it again
+    supervisor.save()

@@ -19,10 +19,13 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from sdv_edge_agent.activation import AppActivation, GateWait
 from sdv_edge_agent.adapters.cancel import reraise_if_cancelling
 from sdv_edge_agent.adapters.packages import InstalledVersion, InstallError
 from sdv_edge_agent.app_inbox import (
     Exited,
+    GatesClosed,
+    GatesOpen,
     HealthResult,
     Instance,
     Message,
@@ -32,6 +35,7 @@ from sdv_edge_agent.app_inbox import (
     Vanished,
     describe_exit,
 )
+from sdv_edge_agent.domain.activation import AwaitActivation, Stage, Unstage
 from sdv_edge_agent.domain.admission import is_downgrade
 from sdv_edge_agent.domain.attribution import already_current
 from sdv_edge_agent.domain.lifecycle import LIVE, AppState, transition
@@ -93,6 +97,8 @@ class AppSupervisor:
         self.unanswered: str | None = None
         self.inbox: asyncio.Queue[Message] = asyncio.Queue()
         self.log = log.bind(app=self.name)
+        # Download now, activate later: the staged version and its wait (activation.py).
+        self.activation = AppActivation(self, GateWait(agent.signals, self.post, self.log))
 
     # --- the loop ----------------------------------------------------------------------------
 
@@ -126,6 +132,8 @@ class AppSupervisor:
                     self.restart_pending = False
                     if self.record.state is S.STARTING and self.instance is None:
                         await self._spawn()
+            case GatesOpen() | GatesClosed():
+                self.activation.on_gates(message, self._awaited())
             case Vanished(reason):
                 if self.record.package is not None and self.instance is None:
                     await self._crashed(self.record.package, reason, self.record.healthy, self.record.runs)
@@ -141,17 +149,28 @@ class AppSupervisor:
     def _alive(self) -> bool:
         return self.instance is not None or self.restart_pending
 
+    def _local(self) -> LocalApp:
+        return self.record.local_view(self._alive(), self.activation.released)
+
+    def _awaited(self) -> AwaitActivation | None:
+        step = next_step(self.agent.desired_app(self.name), self._local())
+        return step if isinstance(step, AwaitActivation) else None
+
     async def _reconcile(self) -> None:
         for _ in range(20):  # a bound, not a limit a healthy reconcile gets near
             if self.candidate is not None:
                 return  # a hot swap is in flight; its health result decides what comes next
             self._adopt_cause()
-            desired, local = self.agent.desired_app(self.name), self.record.local_view(self._alive())
+            desired, local = self.agent.desired_app(self.name), self._local()
             step = next_step(desired, local)
+            if isinstance(step, AwaitActivation):
+                self.activation.wait(step)
+                return
             if isinstance(step, Idle):
+                self.activation.stop()
                 self._answer_if_current(desired, local)
                 return
-            if isinstance(step, Install | Upgrade | Start):
+            if isinstance(step, Install | Upgrade | Start | Stage):
                 if time.monotonic() < self.install_not_before:
                     return  # a delayed Poke comes when it is time to try again
                 self.unanswered = None  # the step's facts answer the rollout
@@ -161,9 +180,15 @@ class AppSupervisor:
 
     async def _take(self, step: Step) -> None:
         match step:
+            case Stage(package):
+                await self.activation.stage(package)
+            case Unstage():
+                self.activation.unstage()
             case Install(package):
+                self.activation.switching()
                 await self._install(package)
             case Upgrade(package, hot):
+                self.activation.switching()
                 await (self._hot_swap(package) if hot else self._cold_upgrade(package))
             case Start():
                 await self._start()
@@ -172,8 +197,10 @@ class AppSupervisor:
             case Resume():
                 self._resume()
             case Stop():
+                self.activation.stop()
                 await self._stop()
             case Uninstall():
+                self.activation.stop()
                 await self._uninstall()
 
     # --- bookkeeping ---------------------------------------------------------------------------
@@ -187,7 +214,7 @@ class AppSupervisor:
         self.agent.store.save_app(self.record)
         self.agent.changed()
 
-    def _emit(self, cls: type[AppFact], package: PackageInfo | None = None, run: int | None = None,
+    def emit(self, cls: type[AppFact], package: PackageInfo | None = None, run: int | None = None,
               **fields: Any) -> None:
         """A fact about `package` (default: the version shown), naming the cause the record
         adopted (domain/attribution.py); `run`: the run it is about (its identity)."""
@@ -200,6 +227,10 @@ class AppSupervisor:
             rollout_id=self.record.rollout_id, **fields,
         )
         self.agent.facts.emit(fact, run)
+
+    def keep_versions(self, *packages: PackageInfo | None) -> None:
+        """Remove every version of the app from disk but these."""
+        self.agent.prune_versions(self.name, [p for p in packages if p is not None])
 
     def _adopt_cause(self) -> None:
         """Before acting on a desired entry: its facts name its rollout from now on."""
@@ -218,7 +249,7 @@ class AppSupervisor:
         self.unanswered = None
         if already_current(desired, local, self.record.healthy):
             at = self.record.healthy_at
-            self._emit(AppAlreadyCurrent, since=datetime.fromtimestamp(at, UTC).isoformat() if at else None)
+            self.emit(AppAlreadyCurrent, since=datetime.fromtimestamp(at, UTC).isoformat() if at else None)
             self.log.info("already_current", rollout_id=self.record.rollout_id)
 
     def _adopt_config(self) -> None:
@@ -244,7 +275,7 @@ class AppSupervisor:
                                           f"{self.agent.python_version}")
         installed = self.agent.installer.installed(package)
         if installed is None:
-            self._emit(AppDownloadStarted, package, size=package.size)
+            self.emit(AppDownloadStarted, package, size=package.size)
             artifact = await self.agent.download(package)
             installed = await self.agent.installer.install(package, artifact)
         else:  # already here (same digest): the description must still be what was signed
@@ -282,7 +313,7 @@ class AppSupervisor:
         reason = err.message if isinstance(err, InstallError) else err
         self._failed_here(package)
         self.record.last_error = f"{package.version}: {stage}: {reason}"
-        self._emit(AppFailed, package, run, reason=reason, stage=stage)
+        self.emit(AppFailed, package, run, reason=reason, stage=stage)
         self.log.warning("version_refused", version=package.version, stage=stage, reason=reason)
 
     async def _install(self, package: PackageInfo) -> None:
@@ -305,25 +336,35 @@ class AppSupervisor:
         self.record.package, self.record.attempt = package, None
         self.record.restarts, self.record.crashes, self.record.healthy = 0, (), False
         self._move(S.INSTALLED)
-        self._emit(AppInstalled, package)
+        self.emit(AppInstalled, package)
         self.save()
 
-    async def _cold_upgrade(self, package: PackageInfo) -> None:
-        """Prepare the new version while the old one still runs; a version that fails to download
-        or verify never interrupts the running one."""
+    async def prepare(self, package: PackageInfo) -> InstalledVersion | None:
+        """Download, verify and install `package` beside the active version, which keeps running:
+        None if it is refused (reported; an install with nothing active is FAILED) or will be
+        retried later (a transient download failure)."""
         if self._downgrade_refused(package):
-            return
+            return None
         try:
-            await self._fetch_and_install(package)
+            installed = await self._fetch_and_install(package)
         except InstallError as err:
             if err.transient:
                 self._retry_later(err)
             else:
+                if self.record.package is None and self.record.state is S.INSTALLING:
+                    self._move(S.FAILED)
                 self._refuse(package, err, err.stage)
                 self.save()
-            return
+            return None
         self.install_retries = 0
-        self._emit(AppInstalled, package)
+        return installed
+
+    async def _cold_upgrade(self, package: PackageInfo) -> None:
+        """Prepare the new version while the old one still runs; a version that fails to download
+        or verify never interrupts the running one."""
+        if await self.prepare(package) is None:
+            return
+        self.emit(AppInstalled, package)
         if self.record.state in LIVE or self.record.state is S.STARTING:
             await self._stop()
         old = self.record.package
@@ -339,19 +380,10 @@ class AppSupervisor:
 
     async def _hot_swap(self, package: PackageInfo) -> None:
         """Start the new version beside the old; the old stops only once the new is healthy."""
-        if self._downgrade_refused(package):
+        installed = await self.prepare(package)
+        if installed is None:
             return
-        try:
-            installed = await self._fetch_and_install(package)
-        except InstallError as err:
-            if err.transient:
-                self._retry_later(err)
-            else:
-                self._refuse(package, err, err.stage)
-                self.save()
-            return
-        self.install_retries = 0
-        self._emit(AppInstalled, package)
+        self.emit(AppInstalled, package)
         try:
             self.candidate = await self.launch(package, installed)
         except OSError as err:
@@ -359,7 +391,7 @@ class AppSupervisor:
             self.save()
             return
         self.record.candidate = (self.candidate.process.pid, self.candidate.process.started)
-        self._emit(AppStarted, package, self.candidate.run, pid=self.candidate.process.pid)
+        self.emit(AppStarted, package, self.candidate.run, pid=self.candidate.process.pid)
         self.save()
 
     # --- processes -----------------------------------------------------------------------------
@@ -443,7 +475,7 @@ class AppSupervisor:
             self._move(S.FAILED)
             self._failed_here(package)
             self.record.last_error = f"{package.version}: {err.stage}: {err.message}"
-            self._emit(AppFailed, package, reason=err.message, stage=err.stage)
+            self.emit(AppFailed, package, reason=err.message, stage=err.stage)
             self.save()
             return
         try:
@@ -461,14 +493,14 @@ class AppSupervisor:
             self._move(S.FAILED)  # stays FAILED until a new rollout asks again (no tight retry loop)
             self._failed_here(package)
             self.record.last_error = reason
-            self._emit(AppFailed, package, self.record.runs, reason=reason, stage="start")
+            self.emit(AppFailed, package, self.record.runs, reason=reason, stage="start")
             self.save()
             return
         process = self.instance.process
         self.record.pid, self.record.pid_started = process.pid, process.started
         self.record.started_at = time.time()
         self._move(S.RUNNING)
-        self._emit(AppStarted, package, self.instance.run, pid=process.pid)
+        self.emit(AppStarted, package, self.instance.run, pid=process.pid)
         self.save()
 
     async def _end(self, instance: Instance, timeout_s: float | None = None) -> int | None:
@@ -498,7 +530,7 @@ class AppSupervisor:
         self.record.pid = self.record.pid_started = None
         self.record.healthy = False
         self._move(S.STOPPED)
-        self._emit(AppStopped, exit_code=code)
+        self.emit(AppStopped, exit_code=code)
         self.save()
 
     def _pause(self) -> None:
@@ -506,7 +538,7 @@ class AppSupervisor:
             return
         self.agent.runtime_for(self.instance.package).pause(self.instance.process)  # may raise: state kept
         self._move(S.PAUSED)
-        self._emit(AppPaused)
+        self.emit(AppPaused)
         self.save()
 
     def _resume(self) -> None:
@@ -514,7 +546,7 @@ class AppSupervisor:
             return
         self.agent.runtime_for(self.instance.package).resume(self.instance.process)
         self._move(S.RUNNING)
-        self._emit(AppResumed)
+        self.emit(AppResumed)
         self.save()
 
     async def _uninstall(self) -> None:
@@ -524,7 +556,7 @@ class AppSupervisor:
             self.save()
         self.agent.remove_app_files(self.name)
         if shown is not None:
-            self._emit(AppUninstalled, shown)
+            self.emit(AppUninstalled, shown)
         self.agent.store.delete_app(self.name)
         self.record = AppRecord(name=self.name)
         self.agent.changed()
@@ -563,7 +595,7 @@ class AppSupervisor:
             self.record.healthy = False
             self._failed_here(package)
             self.record.last_error = f"{decision.reason}; last: {reason}"
-            self._emit(AppFailed, package, run, reason=self.record.last_error, stage="run")
+            self.emit(AppFailed, package, run, reason=self.record.last_error, stage="run")
             self.save()
             return
         self.record.restarts += 1
@@ -600,14 +632,14 @@ class AppSupervisor:
                 self._move(S.FAILED)
                 self.record.last_error = f"health check failed: {reason}"
                 self._failed_here(instance.package)
-                self._emit(AppFailed, instance.package, instance.run, reason=self.record.last_error,
+                self.emit(AppFailed, instance.package, instance.run, reason=self.record.last_error,
                            stage="health")
                 self.save()
             return
         instance.healthy = True
         self.record.healthy, self.record.healthy_at = True, time.time()
         self.record.on_trial = False
-        self._emit(AppHealthy, instance.package, instance.run)
+        self.emit(AppHealthy, instance.package, instance.run)
         self.save()
 
     async def _roll_back(self, reason: str, run: int) -> None:
@@ -618,7 +650,7 @@ class AppSupervisor:
         self._refuse(failed, reason, "health", run)
         self.record.package, self.record.previous, self.record.on_trial = previous, None, False
         self.record.restarts, self.record.crashes, self.record.healthy = 0, (), False
-        self._emit(AppRolledBack, failed, run, to_version=previous.version, reason=reason)
+        self.emit(AppRolledBack, failed, run, to_version=previous.version, reason=reason)
         self.log.warning("rolled_back", failed=failed.version, to=previous.version, reason=reason)
         await self._start()
 
@@ -628,10 +660,10 @@ class AppSupervisor:
         old = self.instance
         self.candidate, self.record.candidate = None, None
         new.healthy = True
-        self._emit(AppHealthy, new.package, new.run)
+        self.emit(AppHealthy, new.package, new.run)
         if old is not None:
             code = await self._end(old)
-            self._emit(AppStopped, old.package, exit_code=code)
+            self.emit(AppStopped, old.package, exit_code=code)
         self.instance = new
         self.record.previous, self.record.package = (old.package if old else self.record.package), new.package
         self.record.pid, self.record.pid_started = new.process.pid, new.process.started
@@ -650,7 +682,7 @@ class AppSupervisor:
         self.candidate, self.record.candidate = None, None
         self._refuse(candidate.package, reason, "health", candidate.run)
         current = self.record.package
-        self._emit(AppRolledBack, candidate.package, candidate.run,
+        self.emit(AppRolledBack, candidate.package, candidate.run,
                    to_version=current.version if current else None, reason=reason)
         self.save()
 

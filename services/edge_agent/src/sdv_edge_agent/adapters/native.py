@@ -39,6 +39,12 @@ from sdv_events.schemas.packages import PackageInfo
 
 log = structlog.get_logger("sdv.agent.native")
 STDIN = "stdin.pipe"
+# Apps are forked with a pre-exec hook (limits, sandbox). gRPC's fork handlers (on by default in
+# grpcio 1.85's core) then run in the child too, and while a call is in flight — the databroker
+# subscription of activation gates always is — the child can die of SIGSEGV before its exec (seen:
+# 9 children in 20). The agent never uses gRPC in a child, so they are turned off; gRPC reads
+# this when it starts, which is after this module is loaded (kuksa-client is imported lazily).
+os.environ["GRPC_ENABLE_FORK_SUPPORT"] = "0"
 
 
 class NativeProcess:

@@ -82,6 +82,8 @@ class _StoredRecord(msgspec.Struct, kw_only=True):
     pid_started: float | None = None
     started_at: float | None = None
     candidate: tuple[int, float] | None = None
+    staged: PackageInfo | None = None
+    deferred: str | None = None
 
 
 @dataclass(frozen=True)
@@ -149,7 +151,8 @@ class AgentStore:
             crashes=record.crashes, runs=record.runs, last_error=record.last_error,
             failed_digest=record.failed_digest, failed_rollout=record.failed_rollout,
             held=record.held, pid=record.pid, pid_started=record.pid_started,
-            started_at=record.started_at, candidate=record.candidate,
+            started_at=record.started_at, candidate=record.candidate, staged=record.staged,
+            deferred=record.deferred,
         )
         self.db.execute(
             "INSERT INTO apps (name, record, updated_at) VALUES (?, ?, ?) "
@@ -172,7 +175,7 @@ class AgentStore:
                 last_error=s.last_error, failed_digest=s.failed_digest,
                 failed_rollout=s.failed_rollout, held=s.held,  # type: ignore[arg-type]
                 pid=s.pid, pid_started=s.pid_started, started_at=s.started_at,
-                candidate=s.candidate,
+                candidate=s.candidate, staged=s.staged, deferred=s.deferred,
             ))
         return records
 

@@ -3,10 +3,12 @@ KUKSA databroker (kuksa-client `subscribe_current_values`: the databroker pushes
 agent never polls).
 
 One subscription per agent covers every gated app's signals; it is re-opened when the set of
-signals changes. While the databroker is unreachable the values are *unknown* (not the last ones
-seen): a gate never opens on stale data — a car that was parked when the link dropped may be
-moving now. `wait_until` returns as soon as the gates hold, or with the verdict that held them
-back when its deadline passes.
+signals changes (the values of signals kept in it stay: they are still current), and closed
+when no gate waits any more. While the
+databroker is unreachable the values are *unknown* (not the last ones seen): a gate never opens
+on stale data — a car that was parked when the link dropped may be moving now — and the verdict
+says the databroker does not answer. `wait_until` returns as soon as the gates hold, or with the
+verdict that held them back when its deadline passes.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import msgspec
 import structlog
 
 from sdv_edge_agent.adapters.cancel import reraise_if_cancelling
@@ -40,13 +43,20 @@ class SignalWatch:
         """The subscription loop (supervised by the agent): reconnects with backoff."""
         failures = 0
         while True:
-            if not self._wanted:
-                self._resubscribe.clear()
-                await self._resubscribe.wait()
+            if not self._wanted:  # nothing to watch: no subscription, no values
+                if self.connected:
+                    log.info("signal_subscription_closed", reason="no gate waits")
+                await self._forget()
+                self.last_error, failures = None, 0
+                if not self._wanted:  # (no await since the check: no wake-up can be lost)
+                    self._resubscribe.clear()
+                    await self._resubscribe.wait()
                 continue
             try:
                 await self._subscribe(sorted(self._wanted))
                 failures = 0
+                await self._keep_only(set(self._wanted))  # renewed: the values it keeps are current
+                continue
             except Exception as exc:
                 reraise_if_cancelling(exc)
                 failures += 1
@@ -97,18 +107,32 @@ class SignalWatch:
             self.values.clear()
             self._changed.notify_all()
 
+    async def _keep_only(self, signals: set[str]) -> None:
+        async with self._changed:
+            for signal in set(self.values) - signals:
+                del self.values[signal]
+            self._changed.notify_all()
+
     def _want(self, signals: Sequence[str], delta: int) -> None:
         """Count who waits on what; re-open the subscription only when a signal is missing
-        from it (one no longer wanted stays subscribed until the next reconnect: harmless)."""
+        from it (one no longer wanted stays subscribed until the next reconnect: harmless), and
+        close it once nobody waits."""
         for signal in signals:
             self._wanted[signal] = self._wanted.get(signal, 0) + delta
             if self._wanted[signal] <= 0:
                 del self._wanted[signal]
-        if not set(self._wanted) <= self._subscribed:
+        if not set(self._wanted) <= self._subscribed or not self._wanted:
             self._resubscribe.set()
 
     def judge(self, gates: Sequence[Gate]) -> Verdict:
-        return judge(gates, self.values)
+        verdict = judge(gates, self.values)
+        if verdict.holds or verdict.value is not None or self.connected or self.last_error is None:
+            return verdict
+        # No value because the subscription failed (not merely not yet answered): say so, in
+        # words that stay the same from one retry to the next (the error is in the log).
+        return msgspec.structs.replace(
+            verdict, reason=f"waiting for {verdict.gate}: the vehicle databroker does not answer, "
+                            f"so {verdict.signal} has no value")
 
     async def wait_until(
         self,

@@ -13,13 +13,16 @@ purely:
   (`PYTHON*`, `LD_*`, glibc's other loader/locale variables, `PATH`, …) nor what the agent sets
   itself (`HOME`, `TMPDIR`, `SDV_*`, …);
 - a version older than the active one is a downgrade, taken only with the orchestrator's
-  `rollback` flag.
+  `rollback` flag;
+- activation gates must parse (`sdv_events.gates`): a gate the agent cannot judge would hold the
+  switch back for ever.
 """
 
 from __future__ import annotations
 
 import re
 
+from sdv_events.gates import InvalidGate, parse_gates
 from sdv_events.schemas.deployment import DesiredApp
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}[a-z0-9]$")  # = sdv_packager.domain.manifest.NAME_RE
@@ -74,6 +77,11 @@ def admission_problem(key: str, app: DesiredApp) -> str | None:
     problems = config_problems(app.config)
     if problems:
         return "config refused: " + "; ".join(problems)
+    if app.activation is not None:
+        try:
+            parse_gates(app.activation.gates)
+        except InvalidGate as err:
+            return str(err)
     return None
 
 

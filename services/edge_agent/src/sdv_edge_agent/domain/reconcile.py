@@ -3,7 +3,8 @@
 Level-triggered: the decision looks only at the newest desired document and the local state, never
 at the history of documents, so a device that was offline for an hour goes straight to the newest
 desired version without replaying the steps it missed. The caller takes the step, updates the local
-state, and asks again until the answer is `Idle`.
+state, and asks again until the answer is `Idle` (or `AwaitActivation`: a staged version waits
+for its gates or hold, see domain/activation.py, while the active one stays as it is).
 """
 
 from __future__ import annotations
@@ -11,6 +12,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from sdv_edge_agent.domain.activation import (
+    ActivationKey,
+    AwaitActivation,
+    Stage,
+    Unstage,
+    activation_step,
+    stale_stage,
+)
 from sdv_edge_agent.domain.lifecycle import LIVE, AppState
 from sdv_events.schemas.deployment import DesiredApp, RunState
 from sdv_events.schemas.packages import PackageInfo
@@ -31,6 +40,10 @@ class LocalApp:
     failed_rollout: str | None = None
     # An interactive op (pause/stop) holds the app in that state until the desired state changes.
     held: RunState | None = None
+    # Download now, activate later (domain/activation.py): the digest downloaded and verified
+    # beside the active version, and the activation whose gates were seen holding.
+    staged: str | None = None
+    released: ActivationKey | None = None
 
 
 @dataclass(frozen=True)
@@ -78,7 +91,8 @@ class Idle:
     reason: Literal["converged", "absent", "failed", "blocked", "busy"]
 
 
-Step = Install | Upgrade | Start | Pause | Resume | Stop | Uninstall | Idle
+Step = (Install | Upgrade | Start | Pause | Resume | Stop | Uninstall | Idle
+        | Stage | Unstage | AwaitActivation)
 
 
 def refused(desired: DesiredApp, local: LocalApp) -> bool:
@@ -100,11 +114,15 @@ def next_step(desired: DesiredApp | None, local: LocalApp) -> Step:
         return Uninstall()
     if state is S.UNINSTALLING:
         return Uninstall()  # an interrupted uninstall finishes before anything new is installed
+    if stale_stage(desired, local.staged):
+        return Unstage()
     if desired.package.digest != local.digest:
         if refused(desired, local):
             # Stay on what runs (a rolled-back version, or nothing): a new rollout may retry.
             if local.digest is None:
                 return Idle("blocked")
+        elif (wait := activation_step(desired, local.staged, local.released)) is not None:
+            return _meanwhile(local) or wait
         elif state is None or local.digest is None:
             return Install(desired.package)
         else:
@@ -113,6 +131,15 @@ def next_step(desired: DesiredApp | None, local: LocalApp) -> Step:
     if state is S.INSTALLING:
         return Install(desired.package)
     return _run(run_state(desired, local), local, refused(desired, local))
+
+
+def _meanwhile(local: LocalApp) -> Start | None:
+    """While a new version is staged or waits for its activation, the active one is left as it
+    is: only a process that vanished while no agent ran is started again (a crash is restarted by
+    the supervisor's own timer, a crash loop stays failed)."""
+    if local.digest is None or local.alive or local.failed_digest == local.digest:
+        return None
+    return Start() if local.state in LIVE or local.state is S.STARTING else None
 
 
 def _run(wanted: RunState, local: LocalApp, refused_here: bool) -> Step:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from sdv_edge_agent.domain.activation import ActivationKey
 from sdv_edge_agent.domain.lifecycle import AppState
 from sdv_edge_agent.domain.reconcile import LocalApp
 from sdv_events.schemas.deployment import RunState
@@ -41,6 +42,10 @@ class AppRecord:
     started_at: float | None = None  # wall clock
     # A hot-swap candidate (pid, start time): killed if the agent restarts mid-swap.
     candidate: tuple[int, float] | None = None
+    # Downloaded, verified and installed beside the active version, waiting for its activation
+    # (domain/activation.py); and the deferral reported last for it (`deferral_mark`).
+    staged: PackageInfo | None = None
+    deferred: str | None = None
 
     @property
     def digest(self) -> str | None:
@@ -55,8 +60,9 @@ class AppRecord:
         """The version to report: the active one, else the one being (or failing to be) installed."""
         return self.package or self.attempt
 
-    def local_view(self, alive: bool) -> LocalApp:
+    def local_view(self, alive: bool, released: ActivationKey | None = None) -> LocalApp:
         return LocalApp(
             name=self.name, state=self.state, digest=self.digest, alive=alive,
             failed_digest=self.failed_digest, failed_rollout=self.failed_rollout, held=self.held,
+            staged=self.staged.digest if self.staged else None, released=released,
         )
