@@ -121,7 +121,8 @@ async def test_a_rollouts_table_from_before_the_rollback_columns_gains_them_and_
     columns = [r["column_name"] for r in await conn.fetch(
         "SELECT column_name FROM information_schema.columns WHERE table_schema = $1 "
         "AND table_name = 'rollouts' ORDER BY ordinal_position", s)]
-    assert tuple(columns[-3:]) == ROLLBACK_COLUMNS
+    assert tuple(columns[-5:-2]) == ROLLBACK_COLUMNS
+    assert tuple(columns[-2:]) == ("waiting_reason", "waiting_until")  # added since, in order
     row = await conn.fetchrow(f"SELECT * FROM {s}.rollouts WHERE rollout_id = 'r-old'")
     assert (row["status"], row["devices"], row["failed"]) == ("rolled_back", 3, 1)
     assert (row["rolled_back"], row["rollback_unconfirmed"], row["rollback_completed_at"]) == (0, 0, None)
