@@ -95,8 +95,8 @@ async def test_every_page_renders_the_fleet_its_software_and_its_rollouts(suite:
     assert "15.0 s to report" in words  # device timeout
     assert "Wave 1 of 2" in words
     assert "Wave 2 of 2" in words
-    assert f'id="cell-{failing}"' in html or "cell--failed" in html
-    assert re.search(r'class="cell cell--failed"', html)
+    # The failed device's cell: failed, or — once it confirmed the rollback — rolled back.
+    assert re.search(rf'class="cell cell--(failed|rolled_back)" id="cell-{failing}"', html)
     assert "simulated failure" in html  # the failed device's reason
 
     audit = text_of(await page(monitor, f"/audit?rollout={rollout.rollout_id}&since=2000-01-01T00:00:00"))
@@ -109,6 +109,43 @@ async def test_every_page_renders_the_fleet_its_software_and_its_rollouts(suite:
         part = await page(monitor, f"{path}{sep}part=live")
         assert "<html" not in part, path
         assert "<table" in part or "<dl" in part, path
+
+
+async def test_a_scheduled_gated_rollout_shows_its_schedule_and_why_devices_wait_to_switch(
+        suite: Any, monitor: Any) -> None:
+    from sdv_events.schemas.scheduling import Pacing, Schedule
+
+    agents = await suite.add_agents(2, prefix="gated")
+    for agent in agents:
+        agent.signals["Vehicle.Speed"] = 50.0
+    v1 = await suite.publish(APP, "2.0.0")
+    schedule = Schedule(windows=["daily 00:00-24:00 UTC"], pacing=Pacing(per_minute=600, max_in_flight=5),
+                        gates=["Vehicle.Speed == 0"], activation_timeout_s=3600)
+    rollout = await suite.create(v1, selector="fleet=sim", kind="all-at-once", schedule=schedule)
+
+    async def deferred() -> str | None:
+        response = await monitor.http.get(f"/rollouts/{rollout.rollout_id}")  # 404 until it is seen
+        html = response.text
+        return html if html.count('class="cell cell--deferred" id="cell-') == 2 else None
+
+    html = await monitor.until(deferred, 20.0, "both devices shown deferred by the gate")
+    words = text_of(html)
+    assert "Windows daily 00:00-24:00 UTC" in words
+    assert "Rate 600.0 devices/min" in words
+    assert "In flight at most 5 devices" in words
+    assert "Switch when Vehicle.Speed == 0" in words
+    assert "Waiting to switch 0 staged · 2 deferred by a gate · 0 held" in words
+    assert "(Vehicle.Speed = 50" in html or "Vehicle.Speed is 50" in html  # the value the vehicle had
+
+    for agent in agents:
+        await agent.open_gates(Vehicle_Speed=0.0)
+    await suite.wait_status(rollout.rollout_id, "completed")
+
+    async def switched() -> str | None:
+        html = await page(monitor, f"/rollouts/{rollout.rollout_id}")
+        return html if html.count('class="cell cell--succeeded" id="cell-') == 2 else None
+
+    await monitor.until(switched, 20.0, "both devices shown switched")
 
 
 async def test_hostile_names_and_reasons_are_shown_as_text_never_as_markup(suite: Any, monitor: Any) -> None:
