@@ -25,6 +25,13 @@ COLLECT = "collect"  # a `./dev test …` selection: run below with --collect-on
 # `&&` count one by one. The quick start's server command is SERVER; HERE runs the others of
 # the quick start, in README order, against it.
 SERVER = "./dev up --demo"
+# The README's example of a scheduled rollout, as one command (its lines joined).
+SCHEDULED = ("sdv rollout create speed-monitor 1.4.0 --selector env=prod "
+             "--window 'Mon-Fri 22:00-05:00 Europe/Berlin' "
+             "--label-window 'zone=us: Mon-Fri 22:00-05:00 America/New_York' "
+             "--start-at 2030-06-01T22:00:00+02:00 --rate 60 --rate-growth 2 --max-in-flight 200 "
+             "--gate 'Vehicle.Speed == 0' --gate 'Vehicle.Powertrain.TractionBattery.StateOfCharge.Current >= 30' "
+             "--hold --activation-timeout 172800")
 README_COMMANDS: dict[str, str] = {
     SERVER: FIRST_RUN,
     "./dev test": CI,
@@ -40,15 +47,21 @@ README_COMMANDS: dict[str, str] = {
     "uv run ruff check .": "tests/unit/test_static_checks.py::test_ruff_finds_nothing_in_the_repository",
     "uv run mypy": "tests/unit/test_static_checks.py::test_mypy_strict_passes_on_every_package",
     "uv run lint-imports": "tests/unit/test_architecture.py::test_the_import_contracts_hold",
+    SCHEDULED: "tests/integration/orchestrator/test_scheduled_rollouts.py::"
+               "test_the_readmes_scheduled_rollout_command_creates_a_rollout_waiting_for_its_start",
+    "sdv rollout activate ROLLOUT_ID [--device DEVICE …]":
+        "tests/e2e/test_gated_rollout_stand_in.py::"
+        "test_stand_in_a_gated_rollout_switches_when_the_vehicle_stops_and_a_held_one_on_activate",
 }
 VARIABLES = ("SDV_NATS_URL", "SDV_NATS_CREDS", "SDV_NATS_CA")
 
 
 def readme_commands(text: str) -> list[str]:
-    """The commands of the fenced bash/sh/shell blocks, comments dropped, `&&` chains split."""
+    """The commands of the fenced bash/sh/shell blocks, comments dropped, `&&` chains split, a
+    command continued with `\\` at the end of its lines joined into one."""
     commands: list[str] = []
     for block in re.findall(r"^```(?:bash|sh|shell|console)\n(.*?)^```", text, re.M | re.S):
-        for line in block.splitlines():
+        for line in re.sub(r"\\\n\s*", "", block).splitlines():
             line = re.sub(r"\s+#.*$", "", line).strip()
             if line and not line.startswith("#"):
                 commands += [part.strip() for part in line.split("&&")]

@@ -17,9 +17,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import re
+import shlex
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from typer.testing import CliRunner
 
@@ -243,3 +247,42 @@ async def test_a_start_time_and_a_rate_show_in_the_targeted_events_times(suite: 
     gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(times)]
     assert all(gap >= 0.99 for gap in gaps), gaps  # 60 a minute: one a second, never a burst
     assert (times[-1] - times[0]).total_seconds() < 10, gaps
+
+
+def readme_scheduled_command() -> list[str]:
+    """The README's scheduled-rollout example, its `\\`-continued lines joined, as the shell
+    would split it."""
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text()
+    joined = re.sub(r"\\\n\s*", "", readme)
+    line = next(x for x in joined.splitlines() if x.startswith("sdv rollout create speed-monitor 1.4.0"))
+    return shlex.split(line)
+
+
+async def test_the_readmes_scheduled_rollout_command_creates_a_rollout_waiting_for_its_start(
+        suite: Any) -> None:
+    """Run verbatim (CLI through the real orchestrator): a rollout with every scheduling option,
+    waiting for its start time, targeting nobody, its schedule as the operator wrote it."""
+    args = readme_scheduled_command()
+    assert args[:3] == ["sdv", "rollout", "create"]
+    await suite.add_agents(2, prefix="prod", labels={"env": "prod"})
+    await suite.add_agents(1, prefix="prod-us", labels={"env": "prod", "zone": "us"})
+    await suite.publish("speed-monitor", "1.4.0")
+
+    code, answer = await cli(suite, *args[1:])
+    assert code == 0, answer
+    view = msgspec.convert(answer["rollout"], RolloutView)
+    assert view.status == "waiting"
+    assert view.waiting is not None
+    assert (view.waiting.reason, view.waiting.until) == ("start_at", datetime(2030, 6, 1, 20, 0, tzinfo=UTC))
+    schedule = view.schedule
+    assert schedule is not None
+    assert schedule.windows == ["Mon-Fri 22:00-05:00 Europe/Berlin"]
+    assert [(w.label, w.windows) for w in schedule.label_windows] == [
+        ("zone=us", ["Mon-Fri 22:00-05:00 America/New_York"])]
+    assert (schedule.pacing.per_minute, schedule.pacing.growth, schedule.pacing.max_in_flight) == (60, 2, 200)
+    assert schedule.gates == ["Vehicle.Speed == 0",
+                              "Vehicle.Powertrain.TractionBattery.StateOfCharge.Current >= 30"]
+    assert (schedule.hold, schedule.activation_timeout_s) == (True, 172800)
+    await asyncio.sleep(1.0)
+    assert not [e for e in await suite.events(view.rollout_id) if isinstance(e.data, DeviceTargeted)]
+    await suite.op("cancel", view.rollout_id, "test done")
