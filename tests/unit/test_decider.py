@@ -14,6 +14,7 @@ import msgspec
 import pytest
 
 from sdv_events.decider import Decider
+from sdv_events.decider_testing import Refusal, then, then_events
 from sdv_events.errors import DomainError
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
@@ -197,3 +198,18 @@ def test_events_decided_then_folded_reach_the_state_a_user_expects() -> None:
         history.extend(admission.run(history, command))
     assert history == [Announced("SN-9", T0), Accepted("alice", T0)]
     assert admission.fold(history) == Admission(status="accepted", serial="SN-9", announcements=1)
+
+
+# --- the testing helpers (sdv_events.decider_testing) --------------------------------------------
+
+
+def test_then_gives_the_events_or_the_typed_refusal() -> None:
+    assert then(admission, given=[ANNOUNCED], when=Accept("alice", T0)) == [Accepted("alice", T0)]
+    assert then(admission, given=[], when=Accept("alice", T0)) \
+        == Refusal("not_announced", "device was never announced")
+
+
+def test_then_events_fails_the_test_with_the_refusal_when_a_step_is_refused() -> None:
+    assert then_events(admission, given=[ANNOUNCED], when=Accept("alice", T0)) == [Accepted("alice", T0)]
+    with pytest.raises(AssertionError, match="Accept refused: not_announced: device was never announced"):
+        then_events(admission, given=[], when=Accept("alice", T0))

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from sdv_events.decider_testing import Refusal, then
+from sdv_events.decider_testing import Refusal, then, then_events
 from sdv_events.schemas.packages import PackageInfo
 from sdv_events.schemas.rollouts import (
     DeviceBackOnline,
@@ -21,11 +21,14 @@ from sdv_events.schemas.rollouts import (
     DeviceTargeted,
     DeviceTimedOut,
     OfflineOption,
+    RolloutCompleted,
     RolloutCreated,
+    RolloutView,
     Strategy,
     Target,
     Thresholds,
     Timeouts,
+    WaveCompleted,
     WaveStarted,
 )
 from sdv_events.schemas.scheduling import (
@@ -61,21 +64,22 @@ SPEED = "Vehicle.Speed == 0"
 
 
 class Run:
-    """Feeds commands through decide + evolve as the runner does, keeping every event."""
+    """A history grown command by command (given events → when command → then events); a
+    refused command fails the test. `view` is what the read side shows of it."""
 
     def __init__(self) -> None:
-        self.state = rollout_decider.empty()
         self.events: list[Any] = []
 
     def __call__(self, command: Any) -> list[Any]:
-        new = list(rollout_decider.decide(command, self.state))
-        for event in new:
-            self.state = rollout_decider.evolve(self.state, event)
+        new = then_events(rollout_decider, given=self.events, when=command)
         self.events += new
         return new
 
     def of(self, kind: type) -> list[Any]:
         return [e for e in self.events if isinstance(e, kind)]
+
+    def view(self, now: datetime | None = None) -> RolloutView:
+        return view_of("r1", rollout_decider.fold(self.events), now=now)
 
 
 def create(schedule: Schedule, *, now: datetime = T0, waves: tuple[str, ...] = ("100%",),
@@ -118,7 +122,7 @@ def test_a_rollout_created_outside_its_window_targets_nobody_until_the_window_op
     opening = T0.replace(hour=22)
     assert not run.of(DeviceTargeted)
     assert run.of(RolloutWaiting) == [RolloutWaiting(reason="window", until=opening, wave=0, at=T0)]
-    view = view_of("r1", run.state, now=T0)
+    view = run.view(now=T0)
     assert view.status == "waiting"
     assert view.waiting is not None
     assert view.waiting.until == opening
@@ -129,7 +133,7 @@ def test_a_rollout_created_outside_its_window_targets_nobody_until_the_window_op
     at_opening = run(Tick(opening))
     assert sorted(targeted(at_opening)) == DEVICES
     assert {e.at for e in at_opening if isinstance(e, DeviceTargeted)} == {opening}
-    assert view_of("r1", run.state, now=opening).status == "running"
+    assert run.view(now=opening).status == "running"
 
 
 def test_a_window_that_closes_mid_wave_makes_the_rollout_wait_for_the_next_opening() -> None:
@@ -230,7 +234,7 @@ def test_a_deferred_device_is_not_failed_by_the_device_timeout_but_by_the_activa
     assert [type(e) for e in got] == [DeviceStaged, DeviceDeferred]
     assert got[0].deadline == staged_at + timedelta(hours=1)
     assert run(Tick(T0 + timedelta(seconds=120))) == []  # the device timeout (60 s) passed
-    view = view_of("r1", run.state)
+    view = run.view()
     assert (view.staged_total, view.deferred_total, view.failed_total) == (1, 1, 0)
     assert view.deferred_by == {SPEED: 1}
     (device,) = view.devices
@@ -249,8 +253,7 @@ def test_a_staged_device_that_then_reports_healthy_succeeds() -> None:
     run(ReportDevices([staged("dev-00", T0)], T0))
     done = run(ReportDevices([Report("dev-00", True, observed_at=T0 + timedelta(hours=2))],
                              T0 + timedelta(hours=2)))
-    assert isinstance(done[0], DeviceSucceeded)
-    assert run.state.status == "completed"
+    assert [type(e) for e in done] == [DeviceSucceeded, WaveCompleted, RolloutCompleted]
 
 
 def test_a_deferral_is_recorded_when_its_reason_changes_only() -> None:
@@ -287,7 +290,7 @@ def test_a_staged_device_waited_for_offline_waits_for_its_switch_again_once_back
     back = T0 + timedelta(hours=1)
     (online,) = run(Tick(back, presence={"dev-00": True}))
     assert online == DeviceBackOnline("dev-00", 0, back + timedelta(seconds=600))
-    assert view_of("r1", run.state).devices[0].status == "deferred"
+    assert run.view().devices[0].status == "deferred"
     assert run(Tick(back + timedelta(seconds=120))) == []  # not the device timeout (60 s)
 
 
@@ -300,7 +303,7 @@ def test_activate_releases_the_hold_of_the_named_devices_or_of_every_targeted_on
     assert run(ActivateDevices(device_ids=["dev-00"], now=T0)) == []  # already released
     rest = run(ActivateDevices(now=T0))
     assert rest == [ActivationRequested(all=True, devices=2, at=T0)]
-    assert view_of("r1", run.state).activated_total == 3
+    assert run.view().activated_total == 3
 
 
 def test_activate_is_refused_for_a_stranger_a_device_not_targeted_yet_or_a_rollout_without_hold() -> None:

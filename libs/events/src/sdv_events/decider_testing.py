@@ -3,6 +3,7 @@
 
     assert then(device_decider, given=[announced], when=Accept(d)) == [DeviceAccepted(...)]
     assert then(package_decider, given=[], when=Yank(...)) == Refusal("not_found", "...")
+    history += then_events(rollout_decider, given=history, when=Tick(now))  # must be decided
 
 Pure: no I/O, nothing but the decider's own functions; usable for dry runs too.
 """
@@ -34,3 +35,12 @@ def then(decider: Decider[C, E, Any], *, given: Iterable[E], when: C) -> list[E]
         return list(decider.run(given, when))
     except DomainError as err:
         return Refusal(err.code, err.message)
+
+
+def then_events(decider: Decider[C, E, Any], *, given: Iterable[E], when: C) -> list[E]:
+    """The events `decider` decides for `when` after `given`, for building a history step by
+    step: a refusal fails the test there, with its code and message."""
+    decided = then(decider, given=given, when=when)
+    if isinstance(decided, Refusal):
+        raise AssertionError(f"{type(when).__name__} refused: {decided.code}: {decided.message}")
+    return decided
