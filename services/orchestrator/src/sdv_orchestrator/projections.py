@@ -2,7 +2,7 @@
 the registry's presence events:
 
 - `RolloutCatalog`: one summary row per rollout (list, active rollouts for the ticker, rollbacks
-  still followed), and the release of device reservations when a rollout ends;
+  still followed);
 - `Presence`: whether each device is online, as the registry's heartbeat tracking last said
   (what the ticker asks about devices past their deadline);
 - `DesiredStates`: per device the app assignments the rollouts made, and the desired-state
@@ -20,6 +20,10 @@ the registry's presence events:
   or a hold (its schedule) gives its devices' documents an `Activation`: the gates, and the
   hold until `ActivationRequested` releases it (a new revision); an assignment a rollback
   restored carries none (it switches back at once: the version it leaves failed).
+
+Each `apply` only matches events; the tables are declared in `sql/*.sql` (set up by
+`sdv_events.store.schema.ensure_read_models`) and written and queried through the views in
+`adapters/*_view.py`. Device reservations are the write side's (adapters/reservations.py).
 """
 
 from __future__ import annotations
@@ -60,13 +64,15 @@ from sdv_events.schemas.rollouts import (
     RolloutResumed,
 )
 from sdv_events.schemas.scheduling import ActivationRequested, Schedule
+from sdv_events.store.schema import ensure_read_models
+from sdv_orchestrator.adapters.presence_view import PresenceView
+from sdv_orchestrator.adapters.rollouts_view import RolloutsView
 from sdv_orchestrator.domain.plan_events import expand_v1
 
 log = structlog.get_logger("sdv.orchestrator.desired")
 _enc = msgspec.json.Encoder()
 # Dirty devices whose documents are written per round after a commit.
 DRAIN_BATCH = 512
-TERMINAL = ("completed", "aborted", "cancelled", "rolled_back")
 
 
 def rollout_id_of(event: Envelope) -> str:
@@ -74,150 +80,85 @@ def rollout_id_of(event: Envelope) -> str:
 
 
 class RolloutCatalog:
+    """Matches the rollout events; its view (adapters/rollouts_view.py) owns the table. The
+    device reservations are the write side's (adapters/reservations.py): neither this read
+    model nor its rebuild touches them."""
+
     name = "rollout_catalog"
     filter_subjects = ("sdv.evt.rollout.>",)
-    # `reservations` is the application's (it reserves at start); the catalog only releases
-    # them, and a rebuild leaves them where they are.
-    tables = ("rollouts",)
+    tables = RolloutsView.tables
 
-    def __init__(self, schema: str, *, reservations_schema: str | None = None) -> None:
+    def __init__(self, schema: str) -> None:
         self.schema = schema
-        self.reservations_schema = reservations_schema or schema
+        self.view = RolloutsView(schema)
 
     def at(self, schema: str) -> RolloutCatalog:
-        return RolloutCatalog(schema, reservations_schema=self.reservations_schema)
+        return RolloutCatalog(schema)
 
     async def create(self, conn: asyncpg.Connection) -> None:
-        # `rollback_open`: rolled back, devices still followed (the ticker looks after it). A
-        # table made before it existed gets it set for its rolled back rollouts: the ticker
-        # then closes their rollbacks (their devices' rollback deadlines are long past).
-        await conn.execute(f"""
-            CREATE TABLE IF NOT EXISTS {self.schema}.rollouts (
-                rollout_id text PRIMARY KEY, app text NOT NULL, version text NOT NULL,
-                status text NOT NULL, devices integer NOT NULL DEFAULT 0,
-                succeeded integer NOT NULL DEFAULT 0, failed integer NOT NULL DEFAULT 0,
-                created_at timestamptz NOT NULL, updated_at timestamptz NOT NULL,
-                rollback_open boolean NOT NULL DEFAULT false);
-            DO $$ BEGIN
-                IF NOT EXISTS (SELECT 1 FROM information_schema.columns
-                               WHERE table_schema = '{self.schema}' AND table_name = 'rollouts'
-                               AND column_name = 'rollback_open') THEN
-                    ALTER TABLE {self.schema}.rollouts
-                        ADD COLUMN rollback_open boolean NOT NULL DEFAULT false;
-                    UPDATE {self.schema}.rollouts SET rollback_open = (status = 'rolled_back');
-                END IF;
-            END $$;
-            ALTER TABLE {self.schema}.rollouts ADD COLUMN IF NOT EXISTS schedule bytea;
-            CREATE TABLE IF NOT EXISTS {self.reservations_schema}.reservations (
-                device_id text NOT NULL, app text NOT NULL, rollout_id text NOT NULL,
-                PRIMARY KEY (device_id, app));
-            CREATE INDEX IF NOT EXISTS reservations_rollout
-                ON {self.reservations_schema}.reservations (rollout_id);
-        """)
-
-    async def reset(self, conn: asyncpg.Connection) -> None:
-        await self.create(conn)
-        await conn.execute(f"TRUNCATE {self.schema}.rollouts")
-
-    async def _status(self, conn: asyncpg.Connection, rollout_id: str, status: str,
-                      at: datetime) -> None:
-        await conn.execute(
-            f"UPDATE {self.schema}.rollouts SET status = $2, updated_at = $3 WHERE rollout_id = $1",
-            rollout_id, status, at,
-        )
-        if status in TERMINAL:
-            await conn.execute(
-                f"DELETE FROM {self.reservations_schema}.reservations WHERE rollout_id = $1",
-                rollout_id)
+        await self.view.create(conn)
 
     async def apply(self, conn: asyncpg.Connection, event: Envelope) -> None:
-        rid, at, t = rollout_id_of(event), event.occurred_at, self.schema
+        rid, at, view = rollout_id_of(event), event.occurred_at, self.view
         match event.data:
             case RolloutCreated(package=package, schedule=schedule):
-                await conn.execute(
-                    f"INSERT INTO {t}.rollouts (rollout_id, app, version, status, created_at, "
-                    "updated_at, schedule) VALUES ($1, $2, $3, 'created', $4, $4, $5) "
-                    "ON CONFLICT DO NOTHING",
-                    rid, package.name, package.version, at,
-                    None if schedule == Schedule() else _enc.encode(schedule),
-                )
-            case RolloutPlanned() | RolloutPlannedV1():
-                devices = (event.data.devices if isinstance(event.data, RolloutPlanned)
-                           else sum(len(w) for w in event.data.waves))
-                await conn.execute(
-                    f"UPDATE {t}.rollouts SET status = 'running', devices = $2, updated_at = $3 "
-                    "WHERE rollout_id = $1", rid, devices, at,
-                )
+                await view.created(conn, rid, package.name, package.version, at,
+                                   None if schedule == Schedule() else _enc.encode(schedule))
+            case RolloutPlanned(devices=devices):
+                await view.planned(conn, rid, devices, at)
+            case RolloutPlannedV1(waves=waves):
+                await view.planned(conn, rid, sum(len(w) for w in waves), at)
             case DeviceSucceeded():
-                await conn.execute(f"UPDATE {t}.rollouts SET succeeded = succeeded + 1, "
-                                   "updated_at = $2 WHERE rollout_id = $1", rid, at)
+                await view.succeeded(conn, rid, at)
             case DeviceFailed() | DeviceTimedOut() | DeviceOffline(outcome="failed"):
-                await conn.execute(f"UPDATE {t}.rollouts SET failed = failed + 1, "
-                                   "updated_at = $2 WHERE rollout_id = $1", rid, at)
+                await view.failed(conn, rid, at)
             case RolloutPaused():
-                await self._status(conn, rid, "paused", at)
+                await view.status(conn, rid, "paused", at)
             case RolloutResumed():
-                await self._status(conn, rid, "running", at)
+                await view.status(conn, rid, "running", at)
             case RolloutCompleted():
-                await self._status(conn, rid, "completed", at)
+                await view.status(conn, rid, "completed", at)
             case RolloutAborted():
-                await self._status(conn, rid, "aborted", at)
+                await view.status(conn, rid, "aborted", at)
             case RolloutCancelled():
-                await self._status(conn, rid, "cancelled", at)
+                await view.status(conn, rid, "cancelled", at)
             case RollbackStarted() | RollbackStartedV1():
-                await self._status(conn, rid, "rolled_back", at)
-                await conn.execute(f"UPDATE {t}.rollouts SET rollback_open = true "
-                                   "WHERE rollout_id = $1", rid)
+                await view.rollback_started(conn, rid, at)
             case RollbackCompleted():
-                await conn.execute(f"UPDATE {t}.rollouts SET rollback_open = false, "
-                                   "updated_at = $2 WHERE rollout_id = $1", rid, at)
+                await view.rollback_completed(conn, rid, at)
 
 
 class Presence:
     """Devices' presence from the registry's `DeviceCameOnline` / `DeviceWentOffline` (its
     heartbeat tracking); the latest event per device wins (the runner applies a device's
-    stream in version order)."""
+    stream in version order). Its view (adapters/presence_view.py) owns the table."""
 
     name = "presence"
     filter_subjects = ("sdv.evt.device.*.DeviceCameOnline", "sdv.evt.device.*.DeviceWentOffline")
-    tables = ("device_presence",)
+    tables = PresenceView.tables
 
     def __init__(self, schema: str, pool: asyncpg.Pool | None = None) -> None:
         self.schema = schema
         self.pool = pool
+        self.view = PresenceView(schema)
 
     def at(self, schema: str) -> Presence:
         return Presence(schema, self.pool)
 
     async def create(self, conn: asyncpg.Connection) -> None:
-        await conn.execute(f"""
-            CREATE TABLE IF NOT EXISTS {self.schema}.device_presence (
-                device_id text PRIMARY KEY, online boolean NOT NULL, at timestamptz NOT NULL)""")
-
-    async def reset(self, conn: asyncpg.Connection) -> None:
-        await self.create(conn)
-        await conn.execute(f"TRUNCATE {self.schema}.device_presence")
+        await self.view.create(conn)
 
     async def apply(self, conn: asyncpg.Connection, event: Envelope) -> None:
         match event.data:
             case DeviceCameOnline(device_id=device_id, seen_at=at):
-                online = True
+                await self.view.seen(conn, device_id, True, at)
             case DeviceWentOffline(device_id=device_id, last_seen_at=at):
-                online = False
-            case _:
-                return
-        await conn.execute(
-            f"INSERT INTO {self.schema}.device_presence VALUES ($1, $2, $3) ON CONFLICT "
-            "(device_id) DO UPDATE SET online = excluded.online, at = excluded.at",
-            device_id, online, at)
+                await self.view.seen(conn, device_id, False, at)
 
     async def of(self, device_ids: list[str]) -> dict[str, bool]:
         """Online (True) or not, for the devices the registry has said something about."""
         assert self.pool is not None, "Presence needs a pool to answer"
-        rows = await self.pool.fetch(
-            f"SELECT device_id, online FROM {self.schema}.device_presence "
-            "WHERE device_id = ANY($1::text[])", device_ids)
-        return {r["device_id"]: r["online"] for r in rows}
+        return await self.view.of(self.pool, device_ids)
 
 
 class DesiredStates:
@@ -241,32 +182,7 @@ class DesiredStates:
         self._holds: dict[str, bool] = {}  # rollout id → whether it holds its devices
 
     async def create(self, conn: asyncpg.Connection) -> None:
-        await conn.execute(f"""
-            CREATE TABLE IF NOT EXISTS {self.schema}.rollout_packages (
-                rollout_id text PRIMARY KEY, package bytea NOT NULL);
-            CREATE TABLE IF NOT EXISTS {self.schema}.device_apps (
-                device_id text NOT NULL, app text NOT NULL, package bytea NOT NULL,
-                rollout_id text, PRIMARY KEY (device_id, app));
-            ALTER TABLE {self.schema}.device_apps
-                ADD COLUMN IF NOT EXISTS rollback boolean NOT NULL DEFAULT false;
-            ALTER TABLE {self.schema}.device_apps
-                ADD COLUMN IF NOT EXISTS held boolean NOT NULL DEFAULT false;
-            CREATE TABLE IF NOT EXISTS {self.schema}.rollout_activations (
-                rollout_id text PRIMARY KEY, gates text[] NOT NULL, hold boolean NOT NULL);
-            CREATE TABLE IF NOT EXISTS {self.schema}.device_revisions (
-                device_id text PRIMARY KEY, revision bigint NOT NULL);
-            CREATE TABLE IF NOT EXISTS {self.schema}.rollout_previous_packages (
-                rollout_id text NOT NULL, ref integer NOT NULL, package bytea NOT NULL,
-                PRIMARY KEY (rollout_id, ref));
-            CREATE TABLE IF NOT EXISTS {self.schema}.rollout_previous (
-                rollout_id text NOT NULL, device_id text NOT NULL, ref integer NOT NULL,
-                PRIMARY KEY (rollout_id, device_id));
-            CREATE TABLE IF NOT EXISTS {self.schema}.rollout_traces (
-                rollout_id text PRIMARY KEY, traceparent text NOT NULL, tracestate text);
-            CREATE TABLE IF NOT EXISTS {self.schema}.desired_dirty (
-                device_id text PRIMARY KEY, at timestamptz NOT NULL,
-                verify boolean NOT NULL DEFAULT false, gen bigint NOT NULL DEFAULT 1);
-        """)
+        await ensure_read_models(conn, "sdv_orchestrator", self.schema)
 
     def at(self, schema: str) -> DesiredStates:
         return DesiredStates(schema, self.kv, self.signer, self.pool, replaying=True)
@@ -276,15 +192,6 @@ class DesiredStates:
         one they saw, so a rebuilt document must count on from the live revision."""
         await conn.execute(f"INSERT INTO {self.schema}.device_revisions "
                            f"SELECT device_id, revision FROM {live_schema}.device_revisions")
-
-    async def reset(self, conn: asyncpg.Connection) -> None:
-        # Revisions are kept: agents ignore documents not newer than the last one they saw.
-        await self.create(conn)
-        await conn.execute(f"TRUNCATE {self.schema}.rollout_packages, {self.schema}.device_apps, "
-                           f"{self.schema}.rollout_previous_packages, {self.schema}.rollout_previous, "
-                           f"{self.schema}.rollout_traces, {self.schema}.rollout_activations")
-        self._packages.clear()
-        self._holds.clear()
 
     async def _package(self, conn: asyncpg.Connection, rollout_id: str) -> tuple[bytes, PackageInfo]:
         cached = self._packages.get(rollout_id)
@@ -308,6 +215,12 @@ class DesiredStates:
             f"SELECT package FROM {self.schema}.device_apps WHERE device_id = $1 AND app = $2",
             device_id, app,
         )
+        return None if raw is None else msgspec.json.decode(raw, type=PackageInfo)
+
+    async def package_of(self, conn: asyncpg.Connection | asyncpg.Pool,
+                         rollout_id: str) -> PackageInfo | None:
+        raw = await conn.fetchval(
+            f"SELECT package FROM {self.schema}.rollout_packages WHERE rollout_id = $1", rollout_id)
         return None if raw is None else msgspec.json.decode(raw, type=PackageInfo)
 
     async def current_many(self, conn: asyncpg.Connection | asyncpg.Pool, device_ids: list[str],
