@@ -224,7 +224,7 @@ class Orchestrator:
         excluded |= unknown
         async with self.store.pool.acquire() as conn, conn.transaction():
             ok = await self._reserve(conn, rollout_id, package.name, ok)
-            current = await self.desired.current_many(conn, ok, package.name)
+            current = await self.desired.view.current_many(conn, ok, package.name)
         packages, previous = distinct_packages(
             current, lambda raw: msgspec.json.decode(raw, type=PackageInfo))
         chosen = set(ok)

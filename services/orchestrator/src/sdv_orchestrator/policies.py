@@ -102,7 +102,7 @@ class Policies:
         """The package of the app's most recently completed rollout: the fleet's version."""
         pool = self.orchestrator.store.pool
         rollout_id = await self.orchestrator.rollouts.last_completed(pool, app)
-        return None if rollout_id is None else await self.orchestrator.desired.package_of(
+        return None if rollout_id is None else await self.orchestrator.desired.view.package_of(
             pool, rollout_id)
 
     async def _start(self, policy: RolloutPolicy, request: CreateRolloutRequest,

@@ -64,7 +64,7 @@ from sdv_events.schemas.rollouts import (
     RolloutResumed,
 )
 from sdv_events.schemas.scheduling import ActivationRequested, Schedule
-from sdv_events.store.schema import ensure_read_models
+from sdv_orchestrator.adapters.desired_view import DesiredView
 from sdv_orchestrator.adapters.presence_view import PresenceView
 from sdv_orchestrator.adapters.rollouts_view import RolloutsView
 from sdv_orchestrator.domain.plan_events import expand_v1
@@ -162,10 +162,13 @@ class Presence:
 
 
 class DesiredStates:
+    """Matches the rollout events; its view (adapters/desired_view.py) owns the tables. Keeps
+    what a rollout's events need per device (its package, whether it holds) in memory, and
+    writes the signed documents to KV after the commit."""
+
     name = "desired_states"
     filter_subjects = ("sdv.evt.rollout.>",)
-    tables = ("rollout_packages", "device_apps", "device_revisions", "rollout_previous_packages",
-              "rollout_previous", "rollout_traces", "rollout_activations")
+    tables = DesiredView.tables
 
     def __init__(self, schema: str, kv: KeyValue, signer: DesiredSigner,
                  pool: asyncpg.Pool | None = None, *, replaying: bool = False) -> None:
@@ -174,6 +177,7 @@ class DesiredStates:
         self.signer = signer
         self.verifier = signer.verifier()
         self.pool = pool
+        self.view = DesiredView(schema)
         # A rebuild's shadow: marks nothing dirty (the swap compares every device with KV).
         self.replaying = replaying
         # rollout id → its package (encoded, decoded): fixed at RolloutCreated, so a cache
@@ -182,7 +186,7 @@ class DesiredStates:
         self._holds: dict[str, bool] = {}  # rollout id → whether it holds its devices
 
     async def create(self, conn: asyncpg.Connection) -> None:
-        await ensure_read_models(conn, "sdv_orchestrator", self.schema)
+        await self.view.create(conn)
 
     def at(self, schema: str) -> DesiredStates:
         return DesiredStates(schema, self.kv, self.signer, self.pool, replaying=True)
@@ -190,90 +194,43 @@ class DesiredStates:
     async def seed(self, conn: asyncpg.Connection, live_schema: str) -> None:
         """Revisions carry over into a rebuild: agents ignore documents not newer than the last
         one they saw, so a rebuilt document must count on from the live revision."""
-        await conn.execute(f"INSERT INTO {self.schema}.device_revisions "
-                           f"SELECT device_id, revision FROM {live_schema}.device_revisions")
+        await self.view.seed(conn, live_schema)
 
     async def _package(self, conn: asyncpg.Connection, rollout_id: str) -> tuple[bytes, PackageInfo]:
         cached = self._packages.get(rollout_id)
         if cached is None:
-            raw = await conn.fetchval(
-                f"SELECT package FROM {self.schema}.rollout_packages WHERE rollout_id = $1", rollout_id)
+            raw = await self.view.package(conn, rollout_id)
+            assert raw is not None, f"no package for rollout {rollout_id}"
             cached = self._packages[rollout_id] = (raw, msgspec.json.decode(raw, type=PackageInfo))
         return cached
 
     async def _holds_devices(self, conn: asyncpg.Connection, rollout_id: str) -> bool:
         held = self._holds.get(rollout_id)
         if held is None:
-            held = self._holds[rollout_id] = bool(await conn.fetchval(
-                f"SELECT hold FROM {self.schema}.rollout_activations WHERE rollout_id = $1",
-                rollout_id))
+            held = self._holds[rollout_id] = await self.view.holds(conn, rollout_id)
         return held
 
-    async def current(self, conn: asyncpg.Connection | asyncpg.Pool, device_id: str,
-                      app: str) -> PackageInfo | None:
-        raw = await conn.fetchval(
-            f"SELECT package FROM {self.schema}.device_apps WHERE device_id = $1 AND app = $2",
-            device_id, app,
-        )
-        return None if raw is None else msgspec.json.decode(raw, type=PackageInfo)
-
-    async def package_of(self, conn: asyncpg.Connection | asyncpg.Pool,
-                         rollout_id: str) -> PackageInfo | None:
-        raw = await conn.fetchval(
-            f"SELECT package FROM {self.schema}.rollout_packages WHERE rollout_id = $1", rollout_id)
-        return None if raw is None else msgspec.json.decode(raw, type=PackageInfo)
-
-    async def current_many(self, conn: asyncpg.Connection | asyncpg.Pool, device_ids: list[str],
-                           app: str) -> list[tuple[str, bytes]]:
-        """(device, encoded package) for the devices that have `app` assigned, in one query."""
-        rows = await conn.fetch(
-            f"SELECT device_id, package FROM {self.schema}.device_apps "
-            "WHERE app = $1 AND device_id = ANY($2::text[])", app, device_ids,
-        )
-        return [(r["device_id"], r["package"]) for r in rows]
-
     async def apply(self, conn: asyncpg.Connection, event: Envelope) -> None:
-        rid, t = rollout_id_of(event), self.schema
+        rid, view, at = rollout_id_of(event), self.view, event.occurred_at
         match event.data:
             case RolloutCreated(package=package, schedule=schedule):
                 raw = _enc.encode(package)
-                await conn.execute(
-                    f"INSERT INTO {t}.rollout_packages VALUES ($1, $2) ON CONFLICT DO NOTHING", rid, raw)
+                # Agents' work for this rollout joins its trace.
+                await view.rollout_created(conn, rid, raw,
+                                           schedule.gates if schedule.defers else None,
+                                           schedule.hold, event.trace.traceparent,
+                                           event.trace.tracestate)
                 self._packages[rid] = (raw, package)
-                if schedule.defers:
-                    await conn.execute(
-                        f"INSERT INTO {t}.rollout_activations VALUES ($1, $2, $3) "
-                        "ON CONFLICT DO NOTHING", rid, schedule.gates, schedule.hold)
                 self._holds[rid] = schedule.hold
-                if event.trace.traceparent:  # agents' work for this rollout joins its trace
-                    await conn.execute(
-                        f"INSERT INTO {t}.rollout_traces VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-                        rid, event.trace.traceparent, event.trace.tracestate)
             case DeviceTargeted(device_id=device_id):
-                # The hot path of a rollout (one per device): assign, bump the revision and
-                # read the device's other apps in one statement. The SELECT sees the table as
-                # it was before the statement, which is right for the other apps; this app's
-                # assignment is the one just made.
                 raw, package = await self._package(conn, rid)
-                await conn.execute(f"""
-                    WITH assigned AS (
-                        INSERT INTO {t}.device_apps (device_id, app, package, rollout_id, held)
-                        VALUES ($1, $2, $3, $4, $5) ON CONFLICT (device_id, app)
-                        DO UPDATE SET package = excluded.package, rollout_id = excluded.rollout_id,
-                            rollback = false, held = excluded.held)
-                    INSERT INTO {t}.device_revisions VALUES ($1, 1) ON CONFLICT (device_id)
-                    DO UPDATE SET revision = device_revisions.revision + 1""",
-                    device_id, package.name, raw, rid, await self._holds_devices(conn, rid))
-                await self._mark(conn, [device_id], event.occurred_at)
+                await view.target(conn, device_id, package.name, raw, rid,
+                                  await self._holds_devices(conn, rid))
+                await self._mark(conn, [device_id], at)
             case ActivationRequested(device_ids=device_ids, all=everyone):
-                # The devices this rollout still owns and holds: released, a new revision each.
                 app = (await self._package(conn, rid))[1].name
-                released = await conn.fetch(
-                    f"UPDATE {t}.device_apps SET held = false WHERE rollout_id = $1 AND app = $2 "
-                    "AND held AND ($3 OR device_id = ANY($4::text[])) RETURNING device_id",
-                    rid, app, everyone, device_ids)
-                await self._write_many(conn, sorted(r["device_id"] for r in released),
-                                       event.occurred_at)
+                released = await view.release_held(conn, rid, app, everyone, device_ids)
+                await self._write_many(conn, released, at)
             case PreviousPackages() | DevicesPlanned():
                 await self._plan(conn, rid, event.data)
             case RolloutPlannedV1():
@@ -282,90 +239,46 @@ class DesiredStates:
                         await self._plan(conn, rid, planned)
             case RollbackStarted():
                 app = (await self._package(conn, rid))[1].name
-                # Devices this rollout still owns (a later rollout's devices are left alone),
-                # back to the package they ran before it, or without the app if they had none.
-                restored = await conn.fetch(f"""
-                    WITH owned AS (
-                        SELECT a.device_id, p.package FROM {t}.device_apps a
-                        LEFT JOIN {t}.rollout_previous r
-                            ON r.rollout_id = $1 AND r.device_id = a.device_id
-                        LEFT JOIN {t}.rollout_previous_packages p
-                            ON p.rollout_id = $1 AND p.ref = r.ref
-                        WHERE a.app = $2 AND a.rollout_id = $1),
-                    removed AS (
-                        DELETE FROM {t}.device_apps a USING owned o
-                        WHERE a.device_id = o.device_id AND a.app = $2 AND o.package IS NULL
-                        RETURNING a.device_id),
-                    updated AS (
-                        UPDATE {t}.device_apps a SET package = o.package, rollback = true,
-                            held = false
-                        FROM owned o
-                        WHERE a.device_id = o.device_id AND a.app = $2 AND o.package IS NOT NULL
-                        RETURNING a.device_id)
-                    SELECT device_id FROM removed UNION ALL SELECT device_id FROM updated
-                    ORDER BY device_id""", rid, app)
-                for row in restored:
-                    await self._write(conn, row["device_id"], event.occurred_at)
+                for device_id in await view.restore(conn, rid, app):
+                    await self._write(conn, device_id, at)
             case RollbackStartedV1(devices=devices):
                 app = (await self._package(conn, rid))[1].name
                 for previous in devices:
-                    owner = await conn.fetchval(
-                        f"SELECT rollout_id FROM {t}.device_apps WHERE device_id = $1 AND app = $2",
-                        previous.device_id, app,
-                    )
-                    if owner != rid:
+                    if await view.owner(conn, previous.device_id, app) != rid:
                         continue  # a later rollout owns this device's app now: leave it
                     if previous.package is None:
-                        await conn.execute(
-                            f"DELETE FROM {t}.device_apps WHERE device_id = $1 AND app = $2",
-                            previous.device_id, app)
+                        await view.unassign(conn, previous.device_id, app)
                     else:
-                        await conn.execute(
-                            f"UPDATE {t}.device_apps SET package = $3, rollback = true, held = false "
-                            "WHERE device_id = $1 AND app = $2",
-                            previous.device_id, app, _enc.encode(previous.package))
-                    await self._write(conn, previous.device_id, event.occurred_at)
+                        await view.restore_one(conn, previous.device_id, app,
+                                               _enc.encode(previous.package))
+                    await self._write(conn, previous.device_id, at)
 
     async def _plan(self, conn: asyncpg.Connection, rollout_id: str,
                     chunk: PreviousPackages | DevicesPlanned) -> None:
-        t = self.schema
         if isinstance(chunk, PreviousPackages):
-            await conn.executemany(
-                f"INSERT INTO {t}.rollout_previous_packages VALUES ($1, $2, $3) "
-                "ON CONFLICT DO NOTHING",
-                [(rollout_id, chunk.first + i, _enc.encode(p)) for i, p in enumerate(chunk.packages)])
+            await self.view.previous_packages(
+                conn, rollout_id, [(chunk.first + i, _enc.encode(p)) for i, p in enumerate(chunk.packages)])
             return
         rows = [(d.device_id, d.previous) for d in chunk.devices if d.previous is not None]
         if rows:
-            await conn.execute(
-                f"INSERT INTO {t}.rollout_previous SELECT $1, d, r "
-                "FROM unnest($2::text[], $3::int[]) AS u(d, r) ON CONFLICT DO NOTHING",
-                rollout_id, [d for d, _ in rows], [r for _, r in rows])
+            await self.view.previous(conn, rollout_id, rows)
 
     async def _write(self, conn: asyncpg.Connection, device_id: str, at: datetime) -> None:
-        await conn.execute(
-            f"INSERT INTO {self.schema}.device_revisions VALUES ($1, 1) ON CONFLICT (device_id) "
-            "DO UPDATE SET revision = device_revisions.revision + 1", device_id,
-        )
+        await self.view.bump(conn, device_id)
         await self._mark(conn, [device_id], at)
 
     async def _write_many(self, conn: asyncpg.Connection, device_ids: list[str],
                           at: datetime) -> None:
         if not device_ids:
             return
-        await conn.execute(
-            f"UPDATE {self.schema}.device_revisions SET revision = revision + 1 "
-            "WHERE device_id = ANY($1::text[])", device_ids)
+        await self.view.bump_many(conn, device_ids)
         await self._mark(conn, device_ids, at)
 
     async def _mark(self, conn: asyncpg.Connection, device_ids: list[str], at: datetime) -> None:
         """The device's document must be (re)written to KV once this transaction commits."""
         if self.replaying:
             return
-        await conn.execute(
-            f"INSERT INTO {self.schema}.desired_dirty AS d (device_id, at) "
-            "SELECT unnest($1::text[]), $2 ON CONFLICT (device_id) "
-            "DO UPDATE SET at = excluded.at, verify = false, gen = d.gen + 1", device_ids, at)
+        await self.view.mark(conn, device_ids, at)
 
     # --- side effects, after the commit (sdv_events.processing.WithSideEffects) -------------
 
@@ -374,29 +287,22 @@ class DesiredStates:
         again meanwhile stays: its newer document is written next time)."""
         assert self.pool is not None, "DesiredStates needs a pool to write documents"
         while True:
-            dirty = await self.pool.fetch(
-                f"SELECT device_id, at, verify, gen FROM {self.schema}.desired_dirty "
-                "ORDER BY device_id LIMIT $1", DRAIN_BATCH)
+            dirty = await self.view.dirty(self.pool, DRAIN_BATCH)
             if not dirty:
                 return
             docs = await self._documents(self.pool, [r["device_id"] for r in dirty])
             for start in range(0, len(dirty), 64):
                 await asyncio.gather(*(self._put(docs[r["device_id"]], r["at"], verify=r["verify"])
                                        for r in dirty[start:start + 64]))
-            await self.pool.execute(
-                f"DELETE FROM {self.schema}.desired_dirty d USING unnest($1::text[], $2::bigint[]) "
-                "AS u(device_id, gen) WHERE d.device_id = u.device_id AND d.gen = u.gen",
-                [r["device_id"] for r in dirty], [r["gen"] for r in dirty])
+            await self.view.clear(self.pool, [r["device_id"] for r in dirty],
+                                  [r["gen"] for r in dirty])
             if len(dirty) < DRAIN_BATCH:
                 return
 
     async def after_swap(self, conn: asyncpg.Connection) -> None:
         """A rebuild was swapped in: every device that ever had a document is checked against
         KV, and only a document that differs is written."""
-        await conn.execute(
-            f"INSERT INTO {self.schema}.desired_dirty AS d (device_id, at, verify) "
-            f"SELECT device_id, now(), true FROM {self.schema}.device_revisions "
-            "ON CONFLICT (device_id) DO UPDATE SET verify = true, gen = d.gen + 1")
+        await self.view.mark_all_to_verify(conn)
 
     async def after_rebuild(self) -> None:
         await self.after_commit()
@@ -404,16 +310,9 @@ class DesiredStates:
     async def _documents(self, conn: asyncpg.Pool, device_ids: list[str]
                          ) -> dict[str, tuple[int, dict[str, DesiredApp], str]]:
         """Per device: its revision and apps, as the tables say now."""
-        revisions = {r["device_id"]: int(r["revision"]) for r in await conn.fetch(
-            f"SELECT device_id, revision FROM {self.schema}.device_revisions "
-            "WHERE device_id = ANY($1::text[])", device_ids)}
+        revisions = await self.view.revisions(conn, device_ids)
         apps: dict[str, dict[str, DesiredApp]] = {d: {} for d in device_ids}
-        for r in await conn.fetch(
-                f"SELECT a.device_id, a.app, a.package, a.rollout_id, a.rollback, a.held, "
-                "t.traceparent, t.tracestate, g.gates "
-                f"FROM {self.schema}.device_apps a LEFT JOIN {self.schema}.rollout_traces t "
-                f"USING (rollout_id) LEFT JOIN {self.schema}.rollout_activations g "
-                "USING (rollout_id) WHERE a.device_id = ANY($1::text[])", device_ids):
+        for r in await self.view.assignments(conn, device_ids):
             # Only a rollback may take a device back to an older version (rows restored
             # before `rollback` existed have no rollout instead).
             rollback = r["rollback"] or r["rollout_id"] is None
