@@ -145,10 +145,18 @@ class Orchestrator:
             causes=causes,
         ))
         if any(short_name(t) in RELEASING for t in accepted.event_types):
-            # The rollout ended: its devices are free for the next one. A crash before this
-            # leaves the rows; the next start that meets them asks the store (`_reserve`).
-            await self.reservations.release(self.store.pool, [rollout_id])
+            await self._release_ended(rollout_id)
         return accepted
+
+    async def _release_ended(self, rollout_id: str) -> None:
+        """The rollout ended: its devices are free for the next one. Rows a crash or a failure
+        here leaves block nothing: the next start that meets them asks the store (`_reserve`),
+        so the command's outcome (stored) is not turned into an error."""
+        try:
+            await self.reservations.release(self.store.pool, [rollout_id])
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
+            log.warning("reservations_not_released", rollout_id=rollout_id,
+                        error_type=type(err).__name__, error=str(err))
 
     async def state(self, rollout_id: str) -> RolloutState:
         # `load` takes the stream's lock with the cache (see sdv_events.commands.load).
