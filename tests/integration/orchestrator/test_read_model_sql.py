@@ -223,3 +223,28 @@ async def test_rebuilding_every_orchestrator_read_model_leaves_the_reservations_
         f"SELECT rollout_id, status FROM {store.schema}.rollouts")}
     assert statuses == {"r-old": "cancelled", "r-live": "created"}
     assert await parts[1].of(["d2"]) == {"d2": True}
+
+
+async def test_a_rollouts_end_releases_its_reservations_as_it_is_appended_with_no_projection_running(
+        store: EventStore) -> None:
+    """The write side releases what it reserved: a cancel, once stored, frees the rollout's
+    devices (no read model runs here); another rollout's reservations stay."""
+    from sdv_orchestrator.application import Orchestrator
+    from sdv_orchestrator.domain.rollout_commands import CreateRollout, StartRollout
+
+    orchestrator = Orchestrator(store, peers=None, desired=None)  # type: ignore[arg-type]
+    async with store.pool.acquire() as conn:
+        await orchestrator.reservations.create(conn)
+        await orchestrator.reservations.reserve(conn, "r1", "nav", ["d1", "d2"])
+        await orchestrator.reservations.reserve(conn, "r2", "other", ["d1"])
+    await orchestrator.run("r1", CreateRollout(rollout_id="r1", package=package("1.0.0"),
+                                               target=Target(device_ids=["d1", "d2"]),
+                                               strategy=Strategy(kind="all-at-once"), now=NOW))
+    await orchestrator.run("r1", StartRollout(device_ids=["d1", "d2"], now=NOW))
+    await orchestrator.pause("r1")
+    held = await store.pool.fetch(f"SELECT rollout_id FROM {store.schema}.reservations ORDER BY 1")
+    assert [r["rollout_id"] for r in held] == ["r1", "r1", "r2"]  # paused: still its devices
+
+    assert (await orchestrator.cancel("r1")).status == "cancelled"
+    held = await store.pool.fetch(f"SELECT rollout_id FROM {store.schema}.reservations ORDER BY 1")
+    assert [r["rollout_id"] for r in held] == ["r2"]
