@@ -49,14 +49,15 @@ async def serve(settings: OrchestratorSettings, stop: asyncio.Event | None = Non
         desired = DesiredStates(schema, await runtime.js.key_value(DESIRED_BUCKET), signer,
                                 runtime.store.pool)
         presence = Presence(schema, runtime.store.pool)
-        async with runtime.store.pool.acquire() as conn:
-            await catalog.create(conn)
-            await desired.create(conn)
-            await presence.create(conn)
         nc = runtime.broker.config.connection_state.connection
         peers = Peers(CommandClient(nc, actor=f"service:{SERVICE}"), SignalCatalogs(runtime.js))
         orchestrator = Orchestrator(runtime.store, peers, desired,
                                     presence=presence, tolerance_s=settings.clock_skew_s)
+        async with runtime.store.pool.acquire() as conn:
+            # The read models' tables (sql/*.sql, shared by the three), then the write side's
+            # reservations, which no read model creates or rebuilds.
+            await catalog.create(conn)
+            await orchestrator.reservations.create(conn)
         runtime.broker.include_router(command_router(orchestrator))
         runtime.broker.include_router(public_key_router(signer))
         policies = Policies(orchestrator, orchestrator.peers.commands)

@@ -2,8 +2,10 @@
 
 Starting a rollout is where the world is consulted: the registry for the target's devices, their
 capabilities and presence, the desired-state read model for what each device runs now (to roll
-back to), and the reservations table, which enforces one active rollout per (device, app): a
-start that overlaps an active rollout is refused with the devices named (not queued).
+back to), and the reservations (adapters/reservations.py, the write side's own table), which
+enforce one active rollout per (device, app): a start that overlaps an active rollout is refused
+with the devices named (not queued). A rollout's terminal event releases its reservations once
+appended (`run`); a start finds and releases those of an ended rollout a crash left behind.
 
 A create that starts is one decision (created, planned and the first wave in one append), taken
 after the peers answered: a create that cannot start stores nothing, and its error names the
@@ -47,6 +49,7 @@ from sdv_events.envelope import Metadata
 from sdv_events.errors import DomainError
 from sdv_events.idempotency import IdempotencyKey
 from sdv_events.ids import split_stream_id, stream_id, uuid7
+from sdv_events.registry import short_name
 from sdv_events.schedules import check_schedule
 from sdv_events.schemas.packages import PackageInfo
 from sdv_events.schemas.rollouts import (
@@ -59,6 +62,8 @@ from sdv_events.schemas.rollouts import (
 from sdv_events.schemas.scheduling import Schedule
 from sdv_events.store import EventStore
 from sdv_orchestrator.adapters.peers import Peers
+from sdv_orchestrator.adapters.reservations import Reservations
+from sdv_orchestrator.adapters.rollouts_view import TERMINAL, RolloutsView
 from sdv_orchestrator.domain.activation import ActivateDevices
 from sdv_orchestrator.domain.causation import causes
 from sdv_orchestrator.domain.plan_events import distinct_packages
@@ -77,7 +82,7 @@ from sdv_orchestrator.domain.rollout_commands import (
     Tick,
 )
 from sdv_orchestrator.domain.rollout_view import view_of, waiting_of
-from sdv_orchestrator.projections import TERMINAL, DesiredStates, Presence
+from sdv_orchestrator.projections import DesiredStates, Presence
 from sdv_orchestrator.rollout_traces import RolloutTraces
 
 log = structlog.get_logger("sdv.orchestrator")
@@ -85,6 +90,8 @@ SYSTEM = "system"  # the actor of what devices' reports and the ticker decide
 # Before this a deadline is never due: the time facts have been handled up to, when unknown.
 NEVER = datetime(1970, 1, 1, tzinfo=UTC)
 T = TypeVar("T")
+# The events that end a rollout's hold on its devices (its status becomes one of TERMINAL).
+RELEASING = frozenset({"RolloutCompleted", "RolloutAborted", "RolloutCancelled", "RollbackStarted"})
 
 
 def utc_now() -> datetime:
@@ -117,9 +124,13 @@ class Orchestrator:
     # Clock skew allowed between a device's fact and a deadline (SDV_ORCHESTRATOR_CLOCK_SKEW_S).
     tolerance_s: float = 5.0
     traces: RolloutTraces = field(init=False)
+    reservations: Reservations = field(init=False)
+    rollouts: RolloutsView = field(init=False)
 
     def __post_init__(self) -> None:
         self.traces = RolloutTraces(self.store)
+        self.reservations = Reservations(self.store.schema)
+        self.rollouts = RolloutsView(self.store.schema)
 
     @property
     def schema(self) -> str:
@@ -128,11 +139,24 @@ class Orchestrator:
     async def run(self, rollout_id: str, command: RolloutCommand, *, metadata: Metadata = Metadata(),
                   key: IdempotencyKey | None = None) -> Accepted:
         stream = rollout_stream(rollout_id)
-        return raise_if_refused(await handle_command(
+        accepted = raise_if_refused(await handle_command(
             self.store, rollout_decider, stream, command,
             key=key, metadata=await self.traces.metadata(stream, metadata), cache=self.cache,
             causes=causes,
         ))
+        if any(short_name(t) in RELEASING for t in accepted.event_types):
+            await self._release_ended(rollout_id)
+        return accepted
+
+    async def _release_ended(self, rollout_id: str) -> None:
+        """The rollout ended: its devices are free for the next one. Rows a crash or a failure
+        here leaves block nothing: the next start that meets them asks the store (`_reserve`),
+        so the command's outcome (stored) is not turned into an error."""
+        try:
+            await self.reservations.release(self.store.pool, [rollout_id])
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
+            log.warning("reservations_not_released", rollout_id=rollout_id,
+                        error_type=type(err).__name__, error=str(err))
 
     async def state(self, rollout_id: str) -> RolloutState:
         # `load` takes the stream's lock with the cache (see sdv_events.commands.load).
@@ -208,7 +232,7 @@ class Orchestrator:
         excluded |= unknown
         async with self.store.pool.acquire() as conn, conn.transaction():
             ok = await self._reserve(conn, rollout_id, package.name, ok)
-            current = await self.desired.current_many(conn, ok, package.name)
+            current = await self.desired.view.current_many(conn, ok, package.name)
         packages, previous = distinct_packages(
             current, lambda raw: msgspec.json.decode(raw, type=PackageInfo))
         chosen = set(ok)
@@ -223,8 +247,7 @@ class Orchestrator:
         try:
             await self.run(rollout_id, command, metadata=metadata, key=key)
         except BaseException:
-            await self.store.pool.execute(
-                f"DELETE FROM {self.schema}.reservations WHERE rollout_id = $1", rollout_id)
+            await self.reservations.release(self.store.pool, [rollout_id])
             raise
         plan = command if isinstance(command, StartRollout) else command.plan
         if plan is not None:
@@ -234,31 +257,22 @@ class Orchestrator:
 
     async def _reserve(self, conn: asyncpg.Connection, rollout_id: str, app: str,
                        devices: list[str]) -> list[str]:
-        # One start at a time per app across replicas, so two overlapping starts cannot both pass.
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('sdv_reserve'), hashtext($1))", app)
-        busy = await conn.fetch(
-            f"SELECT device_id, rollout_id FROM {self.schema}.reservations "
-            "WHERE app = $1 AND device_id = ANY($2) AND rollout_id <> $3",
-            app, devices, rollout_id,
-        )
-        # The catalog projection releases an ended rollout's reservations a moment after its
-        # end; the event store already knows. A start right after a cancel must not be refused.
-        ended = [rid for rid in {r["rollout_id"] for r in busy}
+        await self.reservations.lock_app(conn, app)
+        busy = await self.reservations.held_by_others(conn, rollout_id, app, devices)
+        # An ended rollout's reservations are released once its end is appended; a crash in
+        # between leaves them, and the event store knows it ended. Such a rollout blocks nothing.
+        ended = [rid for rid in {rid for _, rid in busy}
                  if (s := await self.state_or_none(rid)) is not None and s.status in TERMINAL]
         if ended:
-            await conn.execute(
-                f"DELETE FROM {self.schema}.reservations WHERE rollout_id = ANY($1)", ended)
-            busy = [r for r in busy if r["rollout_id"] not in ended]
+            await self.reservations.release(conn, ended)
+            busy = [(d, rid) for d, rid in busy if rid not in ended]
         if busy:
-            named = ", ".join(f"{r['device_id']} ({r['rollout_id']})" for r in busy[:10])
+            named = ", ".join(f"{d} ({rid})" for d, rid in busy[:10])
             raise Conflict(
                 f"{len(busy)} device(s) are in another active rollout of {app}: {named}",
-                details={r["device_id"]: r["rollout_id"] for r in busy[:100]},
+                details=dict(busy[:100]),
             )
-        await conn.executemany(
-            f"INSERT INTO {self.schema}.reservations VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-            [(d, app, rollout_id) for d in devices],
-        )
+        await self.reservations.reserve(conn, rollout_id, app, devices)
         return devices
 
     async def pause(self, rollout_id: str, reason: str = "", **kw: object) -> RolloutView:
@@ -312,10 +326,7 @@ class Orchestrator:
 
     async def active(self) -> list[str]:
         """Rollouts the ticker looks after: running or paused, or following a rollback."""
-        rows = await self.store.pool.fetch(
-            f"SELECT rollout_id FROM {self.schema}.rollouts "
-            "WHERE status IN ('running', 'paused') OR rollback_open")
-        return [r["rollout_id"] for r in rows]
+        return await self.rollouts.active(self.store.pool)
 
     async def get(self, rollout_id: str, offset: int = 0, limit: int = 1000) -> RolloutView:
         """One page of the view: rows [offset, offset + limit) of waves, devices and excluded
@@ -325,11 +336,7 @@ class Orchestrator:
         return view_of(rollout_id, await self.state(rollout_id), offset, limit, now=self.clock())
 
     async def list(self, app: str | None, status: str | None, limit: int) -> list[RolloutSummary]:
-        rows = await self.store.pool.fetch(
-            f"SELECT * FROM {self.schema}.rollouts WHERE ($1::text IS NULL OR app = $1) "
-            "AND ($2::text IS NULL OR status = $2) ORDER BY created_at DESC LIMIT $3",
-            app, status, limit,
-        )
+        rows = await self.rollouts.list(self.store.pool, app, status, limit)
         return [await self._summary(r) for r in rows]
 
     async def _summary(self, r: asyncpg.Record) -> RolloutSummary:

@@ -100,12 +100,10 @@ class Policies:
 
     async def current_version(self, app: str) -> PackageInfo | None:
         """The package of the app's most recently completed rollout: the fleet's version."""
-        schema = self.orchestrator.schema
-        raw = await self.orchestrator.store.pool.fetchval(
-            f"SELECT p.package FROM {schema}.rollouts r JOIN {schema}.rollout_packages p "
-            "USING (rollout_id) WHERE r.app = $1 AND r.status = 'completed' "
-            "ORDER BY r.updated_at DESC LIMIT 1", app)
-        return None if raw is None else msgspec.json.decode(raw, type=PackageInfo)
+        pool = self.orchestrator.store.pool
+        rollout_id = await self.orchestrator.rollouts.last_completed(pool, app)
+        return None if rollout_id is None else await self.orchestrator.desired.view.package_of(
+            pool, rollout_id)
 
     async def _start(self, policy: RolloutPolicy, request: CreateRolloutRequest,
                      cause: Metadata) -> None:

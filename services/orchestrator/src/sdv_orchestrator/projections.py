@@ -2,7 +2,7 @@
 the registry's presence events:
 
 - `RolloutCatalog`: one summary row per rollout (list, active rollouts for the ticker, rollbacks
-  still followed), and the release of device reservations when a rollout ends;
+  still followed);
 - `Presence`: whether each device is online, as the registry's heartbeat tracking last said
   (what the ticker asks about devices past their deadline);
 - `DesiredStates`: per device the app assignments the rollouts made, and the desired-state
@@ -20,6 +20,10 @@ the registry's presence events:
   or a hold (its schedule) gives its devices' documents an `Activation`: the gates, and the
   hold until `ActivationRequested` releases it (a new revision); an assignment a rollback
   restored carries none (it switches back at once: the version it leaves failed).
+
+Each `apply` only matches events; the tables are declared in `sql/*.sql` (set up by
+`sdv_events.store.schema.ensure_read_models`) and written and queried through the views in
+`adapters/*_view.py`. Device reservations are the write side's (adapters/reservations.py).
 """
 
 from __future__ import annotations
@@ -60,13 +64,15 @@ from sdv_events.schemas.rollouts import (
     RolloutResumed,
 )
 from sdv_events.schemas.scheduling import ActivationRequested, Schedule
+from sdv_orchestrator.adapters.desired_view import DesiredView
+from sdv_orchestrator.adapters.presence_view import PresenceView
+from sdv_orchestrator.adapters.rollouts_view import RolloutsView
 from sdv_orchestrator.domain.plan_events import expand_v1
 
 log = structlog.get_logger("sdv.orchestrator.desired")
 _enc = msgspec.json.Encoder()
 # Dirty devices whose documents are written per round after a commit.
 DRAIN_BATCH = 512
-TERMINAL = ("completed", "aborted", "cancelled", "rolled_back")
 
 
 def rollout_id_of(event: Envelope) -> str:
@@ -74,157 +80,95 @@ def rollout_id_of(event: Envelope) -> str:
 
 
 class RolloutCatalog:
+    """Matches the rollout events; its view (adapters/rollouts_view.py) owns the table. The
+    device reservations are the write side's (adapters/reservations.py): neither this read
+    model nor its rebuild touches them."""
+
     name = "rollout_catalog"
     filter_subjects = ("sdv.evt.rollout.>",)
-    # `reservations` is the application's (it reserves at start); the catalog only releases
-    # them, and a rebuild leaves them where they are.
-    tables = ("rollouts",)
+    tables = RolloutsView.tables
 
-    def __init__(self, schema: str, *, reservations_schema: str | None = None) -> None:
+    def __init__(self, schema: str) -> None:
         self.schema = schema
-        self.reservations_schema = reservations_schema or schema
+        self.view = RolloutsView(schema)
 
     def at(self, schema: str) -> RolloutCatalog:
-        return RolloutCatalog(schema, reservations_schema=self.reservations_schema)
+        return RolloutCatalog(schema)
 
     async def create(self, conn: asyncpg.Connection) -> None:
-        # `rollback_open`: rolled back, devices still followed (the ticker looks after it). A
-        # table made before it existed gets it set for its rolled back rollouts: the ticker
-        # then closes their rollbacks (their devices' rollback deadlines are long past).
-        await conn.execute(f"""
-            CREATE TABLE IF NOT EXISTS {self.schema}.rollouts (
-                rollout_id text PRIMARY KEY, app text NOT NULL, version text NOT NULL,
-                status text NOT NULL, devices integer NOT NULL DEFAULT 0,
-                succeeded integer NOT NULL DEFAULT 0, failed integer NOT NULL DEFAULT 0,
-                created_at timestamptz NOT NULL, updated_at timestamptz NOT NULL,
-                rollback_open boolean NOT NULL DEFAULT false);
-            DO $$ BEGIN
-                IF NOT EXISTS (SELECT 1 FROM information_schema.columns
-                               WHERE table_schema = '{self.schema}' AND table_name = 'rollouts'
-                               AND column_name = 'rollback_open') THEN
-                    ALTER TABLE {self.schema}.rollouts
-                        ADD COLUMN rollback_open boolean NOT NULL DEFAULT false;
-                    UPDATE {self.schema}.rollouts SET rollback_open = (status = 'rolled_back');
-                END IF;
-            END $$;
-            ALTER TABLE {self.schema}.rollouts ADD COLUMN IF NOT EXISTS schedule bytea;
-            CREATE TABLE IF NOT EXISTS {self.reservations_schema}.reservations (
-                device_id text NOT NULL, app text NOT NULL, rollout_id text NOT NULL,
-                PRIMARY KEY (device_id, app));
-            CREATE INDEX IF NOT EXISTS reservations_rollout
-                ON {self.reservations_schema}.reservations (rollout_id);
-        """)
-
-    async def reset(self, conn: asyncpg.Connection) -> None:
-        await self.create(conn)
-        await conn.execute(f"TRUNCATE {self.schema}.rollouts")
-
-    async def _status(self, conn: asyncpg.Connection, rollout_id: str, status: str,
-                      at: datetime) -> None:
-        await conn.execute(
-            f"UPDATE {self.schema}.rollouts SET status = $2, updated_at = $3 WHERE rollout_id = $1",
-            rollout_id, status, at,
-        )
-        if status in TERMINAL:
-            await conn.execute(
-                f"DELETE FROM {self.reservations_schema}.reservations WHERE rollout_id = $1",
-                rollout_id)
+        await self.view.create(conn)
 
     async def apply(self, conn: asyncpg.Connection, event: Envelope) -> None:
-        rid, at, t = rollout_id_of(event), event.occurred_at, self.schema
+        rid, at, view = rollout_id_of(event), event.occurred_at, self.view
         match event.data:
             case RolloutCreated(package=package, schedule=schedule):
-                await conn.execute(
-                    f"INSERT INTO {t}.rollouts (rollout_id, app, version, status, created_at, "
-                    "updated_at, schedule) VALUES ($1, $2, $3, 'created', $4, $4, $5) "
-                    "ON CONFLICT DO NOTHING",
-                    rid, package.name, package.version, at,
-                    None if schedule == Schedule() else _enc.encode(schedule),
-                )
-            case RolloutPlanned() | RolloutPlannedV1():
-                devices = (event.data.devices if isinstance(event.data, RolloutPlanned)
-                           else sum(len(w) for w in event.data.waves))
-                await conn.execute(
-                    f"UPDATE {t}.rollouts SET status = 'running', devices = $2, updated_at = $3 "
-                    "WHERE rollout_id = $1", rid, devices, at,
-                )
+                await view.created(conn, rid, package.name, package.version, at,
+                                   None if schedule == Schedule() else _enc.encode(schedule))
+            case RolloutPlanned(devices=devices):
+                await view.planned(conn, rid, devices, at)
+            case RolloutPlannedV1(waves=waves):
+                await view.planned(conn, rid, sum(len(w) for w in waves), at)
             case DeviceSucceeded():
-                await conn.execute(f"UPDATE {t}.rollouts SET succeeded = succeeded + 1, "
-                                   "updated_at = $2 WHERE rollout_id = $1", rid, at)
+                await view.succeeded(conn, rid, at)
             case DeviceFailed() | DeviceTimedOut() | DeviceOffline(outcome="failed"):
-                await conn.execute(f"UPDATE {t}.rollouts SET failed = failed + 1, "
-                                   "updated_at = $2 WHERE rollout_id = $1", rid, at)
+                await view.failed(conn, rid, at)
             case RolloutPaused():
-                await self._status(conn, rid, "paused", at)
+                await view.status(conn, rid, "paused", at)
             case RolloutResumed():
-                await self._status(conn, rid, "running", at)
+                await view.status(conn, rid, "running", at)
             case RolloutCompleted():
-                await self._status(conn, rid, "completed", at)
+                await view.status(conn, rid, "completed", at)
             case RolloutAborted():
-                await self._status(conn, rid, "aborted", at)
+                await view.status(conn, rid, "aborted", at)
             case RolloutCancelled():
-                await self._status(conn, rid, "cancelled", at)
+                await view.status(conn, rid, "cancelled", at)
             case RollbackStarted() | RollbackStartedV1():
-                await self._status(conn, rid, "rolled_back", at)
-                await conn.execute(f"UPDATE {t}.rollouts SET rollback_open = true "
-                                   "WHERE rollout_id = $1", rid)
+                await view.rollback_started(conn, rid, at)
             case RollbackCompleted():
-                await conn.execute(f"UPDATE {t}.rollouts SET rollback_open = false, "
-                                   "updated_at = $2 WHERE rollout_id = $1", rid, at)
+                await view.rollback_completed(conn, rid, at)
 
 
 class Presence:
     """Devices' presence from the registry's `DeviceCameOnline` / `DeviceWentOffline` (its
     heartbeat tracking); the latest event per device wins (the runner applies a device's
-    stream in version order)."""
+    stream in version order). Its view (adapters/presence_view.py) owns the table."""
 
     name = "presence"
     filter_subjects = ("sdv.evt.device.*.DeviceCameOnline", "sdv.evt.device.*.DeviceWentOffline")
-    tables = ("device_presence",)
+    tables = PresenceView.tables
 
     def __init__(self, schema: str, pool: asyncpg.Pool | None = None) -> None:
         self.schema = schema
         self.pool = pool
+        self.view = PresenceView(schema)
 
     def at(self, schema: str) -> Presence:
         return Presence(schema, self.pool)
 
     async def create(self, conn: asyncpg.Connection) -> None:
-        await conn.execute(f"""
-            CREATE TABLE IF NOT EXISTS {self.schema}.device_presence (
-                device_id text PRIMARY KEY, online boolean NOT NULL, at timestamptz NOT NULL)""")
-
-    async def reset(self, conn: asyncpg.Connection) -> None:
-        await self.create(conn)
-        await conn.execute(f"TRUNCATE {self.schema}.device_presence")
+        await self.view.create(conn)
 
     async def apply(self, conn: asyncpg.Connection, event: Envelope) -> None:
         match event.data:
             case DeviceCameOnline(device_id=device_id, seen_at=at):
-                online = True
+                await self.view.seen(conn, device_id, True, at)
             case DeviceWentOffline(device_id=device_id, last_seen_at=at):
-                online = False
-            case _:
-                return
-        await conn.execute(
-            f"INSERT INTO {self.schema}.device_presence VALUES ($1, $2, $3) ON CONFLICT "
-            "(device_id) DO UPDATE SET online = excluded.online, at = excluded.at",
-            device_id, online, at)
+                await self.view.seen(conn, device_id, False, at)
 
     async def of(self, device_ids: list[str]) -> dict[str, bool]:
         """Online (True) or not, for the devices the registry has said something about."""
         assert self.pool is not None, "Presence needs a pool to answer"
-        rows = await self.pool.fetch(
-            f"SELECT device_id, online FROM {self.schema}.device_presence "
-            "WHERE device_id = ANY($1::text[])", device_ids)
-        return {r["device_id"]: r["online"] for r in rows}
+        return await self.view.of(self.pool, device_ids)
 
 
 class DesiredStates:
+    """Matches the rollout events; its view (adapters/desired_view.py) owns the tables. Keeps
+    what a rollout's events need per device (its package, whether it holds) in memory, and
+    writes the signed documents to KV after the commit."""
+
     name = "desired_states"
     filter_subjects = ("sdv.evt.rollout.>",)
-    tables = ("rollout_packages", "device_apps", "device_revisions", "rollout_previous_packages",
-              "rollout_previous", "rollout_traces", "rollout_activations")
+    tables = DesiredView.tables
 
     def __init__(self, schema: str, kv: KeyValue, signer: DesiredSigner,
                  pool: asyncpg.Pool | None = None, *, replaying: bool = False) -> None:
@@ -233,6 +177,7 @@ class DesiredStates:
         self.signer = signer
         self.verifier = signer.verifier()
         self.pool = pool
+        self.view = DesiredView(schema)
         # A rebuild's shadow: marks nothing dirty (the swap compares every device with KV).
         self.replaying = replaying
         # rollout id → its package (encoded, decoded): fixed at RolloutCreated, so a cache
@@ -241,32 +186,7 @@ class DesiredStates:
         self._holds: dict[str, bool] = {}  # rollout id → whether it holds its devices
 
     async def create(self, conn: asyncpg.Connection) -> None:
-        await conn.execute(f"""
-            CREATE TABLE IF NOT EXISTS {self.schema}.rollout_packages (
-                rollout_id text PRIMARY KEY, package bytea NOT NULL);
-            CREATE TABLE IF NOT EXISTS {self.schema}.device_apps (
-                device_id text NOT NULL, app text NOT NULL, package bytea NOT NULL,
-                rollout_id text, PRIMARY KEY (device_id, app));
-            ALTER TABLE {self.schema}.device_apps
-                ADD COLUMN IF NOT EXISTS rollback boolean NOT NULL DEFAULT false;
-            ALTER TABLE {self.schema}.device_apps
-                ADD COLUMN IF NOT EXISTS held boolean NOT NULL DEFAULT false;
-            CREATE TABLE IF NOT EXISTS {self.schema}.rollout_activations (
-                rollout_id text PRIMARY KEY, gates text[] NOT NULL, hold boolean NOT NULL);
-            CREATE TABLE IF NOT EXISTS {self.schema}.device_revisions (
-                device_id text PRIMARY KEY, revision bigint NOT NULL);
-            CREATE TABLE IF NOT EXISTS {self.schema}.rollout_previous_packages (
-                rollout_id text NOT NULL, ref integer NOT NULL, package bytea NOT NULL,
-                PRIMARY KEY (rollout_id, ref));
-            CREATE TABLE IF NOT EXISTS {self.schema}.rollout_previous (
-                rollout_id text NOT NULL, device_id text NOT NULL, ref integer NOT NULL,
-                PRIMARY KEY (rollout_id, device_id));
-            CREATE TABLE IF NOT EXISTS {self.schema}.rollout_traces (
-                rollout_id text PRIMARY KEY, traceparent text NOT NULL, tracestate text);
-            CREATE TABLE IF NOT EXISTS {self.schema}.desired_dirty (
-                device_id text PRIMARY KEY, at timestamptz NOT NULL,
-                verify boolean NOT NULL DEFAULT false, gen bigint NOT NULL DEFAULT 1);
-        """)
+        await self.view.create(conn)
 
     def at(self, schema: str) -> DesiredStates:
         return DesiredStates(schema, self.kv, self.signer, self.pool, replaying=True)
@@ -274,93 +194,43 @@ class DesiredStates:
     async def seed(self, conn: asyncpg.Connection, live_schema: str) -> None:
         """Revisions carry over into a rebuild: agents ignore documents not newer than the last
         one they saw, so a rebuilt document must count on from the live revision."""
-        await conn.execute(f"INSERT INTO {self.schema}.device_revisions "
-                           f"SELECT device_id, revision FROM {live_schema}.device_revisions")
-
-    async def reset(self, conn: asyncpg.Connection) -> None:
-        # Revisions are kept: agents ignore documents not newer than the last one they saw.
-        await self.create(conn)
-        await conn.execute(f"TRUNCATE {self.schema}.rollout_packages, {self.schema}.device_apps, "
-                           f"{self.schema}.rollout_previous_packages, {self.schema}.rollout_previous, "
-                           f"{self.schema}.rollout_traces, {self.schema}.rollout_activations")
-        self._packages.clear()
-        self._holds.clear()
+        await self.view.seed(conn, live_schema)
 
     async def _package(self, conn: asyncpg.Connection, rollout_id: str) -> tuple[bytes, PackageInfo]:
         cached = self._packages.get(rollout_id)
         if cached is None:
-            raw = await conn.fetchval(
-                f"SELECT package FROM {self.schema}.rollout_packages WHERE rollout_id = $1", rollout_id)
+            raw = await self.view.package(conn, rollout_id)
+            assert raw is not None, f"no package for rollout {rollout_id}"
             cached = self._packages[rollout_id] = (raw, msgspec.json.decode(raw, type=PackageInfo))
         return cached
 
     async def _holds_devices(self, conn: asyncpg.Connection, rollout_id: str) -> bool:
         held = self._holds.get(rollout_id)
         if held is None:
-            held = self._holds[rollout_id] = bool(await conn.fetchval(
-                f"SELECT hold FROM {self.schema}.rollout_activations WHERE rollout_id = $1",
-                rollout_id))
+            held = self._holds[rollout_id] = await self.view.holds(conn, rollout_id)
         return held
 
-    async def current(self, conn: asyncpg.Connection | asyncpg.Pool, device_id: str,
-                      app: str) -> PackageInfo | None:
-        raw = await conn.fetchval(
-            f"SELECT package FROM {self.schema}.device_apps WHERE device_id = $1 AND app = $2",
-            device_id, app,
-        )
-        return None if raw is None else msgspec.json.decode(raw, type=PackageInfo)
-
-    async def current_many(self, conn: asyncpg.Connection | asyncpg.Pool, device_ids: list[str],
-                           app: str) -> list[tuple[str, bytes]]:
-        """(device, encoded package) for the devices that have `app` assigned, in one query."""
-        rows = await conn.fetch(
-            f"SELECT device_id, package FROM {self.schema}.device_apps "
-            "WHERE app = $1 AND device_id = ANY($2::text[])", app, device_ids,
-        )
-        return [(r["device_id"], r["package"]) for r in rows]
-
     async def apply(self, conn: asyncpg.Connection, event: Envelope) -> None:
-        rid, t = rollout_id_of(event), self.schema
+        rid, view, at = rollout_id_of(event), self.view, event.occurred_at
         match event.data:
             case RolloutCreated(package=package, schedule=schedule):
                 raw = _enc.encode(package)
-                await conn.execute(
-                    f"INSERT INTO {t}.rollout_packages VALUES ($1, $2) ON CONFLICT DO NOTHING", rid, raw)
+                # Agents' work for this rollout joins its trace.
+                await view.rollout_created(conn, rid, raw,
+                                           schedule.gates if schedule.defers else None,
+                                           schedule.hold, event.trace.traceparent,
+                                           event.trace.tracestate)
                 self._packages[rid] = (raw, package)
-                if schedule.defers:
-                    await conn.execute(
-                        f"INSERT INTO {t}.rollout_activations VALUES ($1, $2, $3) "
-                        "ON CONFLICT DO NOTHING", rid, schedule.gates, schedule.hold)
                 self._holds[rid] = schedule.hold
-                if event.trace.traceparent:  # agents' work for this rollout joins its trace
-                    await conn.execute(
-                        f"INSERT INTO {t}.rollout_traces VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-                        rid, event.trace.traceparent, event.trace.tracestate)
             case DeviceTargeted(device_id=device_id):
-                # The hot path of a rollout (one per device): assign, bump the revision and
-                # read the device's other apps in one statement. The SELECT sees the table as
-                # it was before the statement, which is right for the other apps; this app's
-                # assignment is the one just made.
                 raw, package = await self._package(conn, rid)
-                await conn.execute(f"""
-                    WITH assigned AS (
-                        INSERT INTO {t}.device_apps (device_id, app, package, rollout_id, held)
-                        VALUES ($1, $2, $3, $4, $5) ON CONFLICT (device_id, app)
-                        DO UPDATE SET package = excluded.package, rollout_id = excluded.rollout_id,
-                            rollback = false, held = excluded.held)
-                    INSERT INTO {t}.device_revisions VALUES ($1, 1) ON CONFLICT (device_id)
-                    DO UPDATE SET revision = device_revisions.revision + 1""",
-                    device_id, package.name, raw, rid, await self._holds_devices(conn, rid))
-                await self._mark(conn, [device_id], event.occurred_at)
+                await view.target(conn, device_id, package.name, raw, rid,
+                                  await self._holds_devices(conn, rid))
+                await self._mark(conn, [device_id], at)
             case ActivationRequested(device_ids=device_ids, all=everyone):
-                # The devices this rollout still owns and holds: released, a new revision each.
                 app = (await self._package(conn, rid))[1].name
-                released = await conn.fetch(
-                    f"UPDATE {t}.device_apps SET held = false WHERE rollout_id = $1 AND app = $2 "
-                    "AND held AND ($3 OR device_id = ANY($4::text[])) RETURNING device_id",
-                    rid, app, everyone, device_ids)
-                await self._write_many(conn, sorted(r["device_id"] for r in released),
-                                       event.occurred_at)
+                released = await view.release_held(conn, rid, app, everyone, device_ids)
+                await self._write_many(conn, released, at)
             case PreviousPackages() | DevicesPlanned():
                 await self._plan(conn, rid, event.data)
             case RolloutPlannedV1():
@@ -369,90 +239,46 @@ class DesiredStates:
                         await self._plan(conn, rid, planned)
             case RollbackStarted():
                 app = (await self._package(conn, rid))[1].name
-                # Devices this rollout still owns (a later rollout's devices are left alone),
-                # back to the package they ran before it, or without the app if they had none.
-                restored = await conn.fetch(f"""
-                    WITH owned AS (
-                        SELECT a.device_id, p.package FROM {t}.device_apps a
-                        LEFT JOIN {t}.rollout_previous r
-                            ON r.rollout_id = $1 AND r.device_id = a.device_id
-                        LEFT JOIN {t}.rollout_previous_packages p
-                            ON p.rollout_id = $1 AND p.ref = r.ref
-                        WHERE a.app = $2 AND a.rollout_id = $1),
-                    removed AS (
-                        DELETE FROM {t}.device_apps a USING owned o
-                        WHERE a.device_id = o.device_id AND a.app = $2 AND o.package IS NULL
-                        RETURNING a.device_id),
-                    updated AS (
-                        UPDATE {t}.device_apps a SET package = o.package, rollback = true,
-                            held = false
-                        FROM owned o
-                        WHERE a.device_id = o.device_id AND a.app = $2 AND o.package IS NOT NULL
-                        RETURNING a.device_id)
-                    SELECT device_id FROM removed UNION ALL SELECT device_id FROM updated
-                    ORDER BY device_id""", rid, app)
-                for row in restored:
-                    await self._write(conn, row["device_id"], event.occurred_at)
+                for device_id in await view.restore(conn, rid, app):
+                    await self._write(conn, device_id, at)
             case RollbackStartedV1(devices=devices):
                 app = (await self._package(conn, rid))[1].name
                 for previous in devices:
-                    owner = await conn.fetchval(
-                        f"SELECT rollout_id FROM {t}.device_apps WHERE device_id = $1 AND app = $2",
-                        previous.device_id, app,
-                    )
-                    if owner != rid:
+                    if await view.owner(conn, previous.device_id, app) != rid:
                         continue  # a later rollout owns this device's app now: leave it
                     if previous.package is None:
-                        await conn.execute(
-                            f"DELETE FROM {t}.device_apps WHERE device_id = $1 AND app = $2",
-                            previous.device_id, app)
+                        await view.unassign(conn, previous.device_id, app)
                     else:
-                        await conn.execute(
-                            f"UPDATE {t}.device_apps SET package = $3, rollback = true, held = false "
-                            "WHERE device_id = $1 AND app = $2",
-                            previous.device_id, app, _enc.encode(previous.package))
-                    await self._write(conn, previous.device_id, event.occurred_at)
+                        await view.restore_one(conn, previous.device_id, app,
+                                               _enc.encode(previous.package))
+                    await self._write(conn, previous.device_id, at)
 
     async def _plan(self, conn: asyncpg.Connection, rollout_id: str,
                     chunk: PreviousPackages | DevicesPlanned) -> None:
-        t = self.schema
         if isinstance(chunk, PreviousPackages):
-            await conn.executemany(
-                f"INSERT INTO {t}.rollout_previous_packages VALUES ($1, $2, $3) "
-                "ON CONFLICT DO NOTHING",
-                [(rollout_id, chunk.first + i, _enc.encode(p)) for i, p in enumerate(chunk.packages)])
+            await self.view.previous_packages(
+                conn, rollout_id, [(chunk.first + i, _enc.encode(p)) for i, p in enumerate(chunk.packages)])
             return
         rows = [(d.device_id, d.previous) for d in chunk.devices if d.previous is not None]
         if rows:
-            await conn.execute(
-                f"INSERT INTO {t}.rollout_previous SELECT $1, d, r "
-                "FROM unnest($2::text[], $3::int[]) AS u(d, r) ON CONFLICT DO NOTHING",
-                rollout_id, [d for d, _ in rows], [r for _, r in rows])
+            await self.view.previous(conn, rollout_id, rows)
 
     async def _write(self, conn: asyncpg.Connection, device_id: str, at: datetime) -> None:
-        await conn.execute(
-            f"INSERT INTO {self.schema}.device_revisions VALUES ($1, 1) ON CONFLICT (device_id) "
-            "DO UPDATE SET revision = device_revisions.revision + 1", device_id,
-        )
+        await self.view.bump(conn, device_id)
         await self._mark(conn, [device_id], at)
 
     async def _write_many(self, conn: asyncpg.Connection, device_ids: list[str],
                           at: datetime) -> None:
         if not device_ids:
             return
-        await conn.execute(
-            f"UPDATE {self.schema}.device_revisions SET revision = revision + 1 "
-            "WHERE device_id = ANY($1::text[])", device_ids)
+        await self.view.bump_many(conn, device_ids)
         await self._mark(conn, device_ids, at)
 
     async def _mark(self, conn: asyncpg.Connection, device_ids: list[str], at: datetime) -> None:
         """The device's document must be (re)written to KV once this transaction commits."""
         if self.replaying:
             return
-        await conn.execute(
-            f"INSERT INTO {self.schema}.desired_dirty AS d (device_id, at) "
-            "SELECT unnest($1::text[]), $2 ON CONFLICT (device_id) "
-            "DO UPDATE SET at = excluded.at, verify = false, gen = d.gen + 1", device_ids, at)
+        await self.view.mark(conn, device_ids, at)
 
     # --- side effects, after the commit (sdv_events.processing.WithSideEffects) -------------
 
@@ -461,29 +287,22 @@ class DesiredStates:
         again meanwhile stays: its newer document is written next time)."""
         assert self.pool is not None, "DesiredStates needs a pool to write documents"
         while True:
-            dirty = await self.pool.fetch(
-                f"SELECT device_id, at, verify, gen FROM {self.schema}.desired_dirty "
-                "ORDER BY device_id LIMIT $1", DRAIN_BATCH)
+            dirty = await self.view.dirty(self.pool, DRAIN_BATCH)
             if not dirty:
                 return
             docs = await self._documents(self.pool, [r["device_id"] for r in dirty])
             for start in range(0, len(dirty), 64):
                 await asyncio.gather(*(self._put(docs[r["device_id"]], r["at"], verify=r["verify"])
                                        for r in dirty[start:start + 64]))
-            await self.pool.execute(
-                f"DELETE FROM {self.schema}.desired_dirty d USING unnest($1::text[], $2::bigint[]) "
-                "AS u(device_id, gen) WHERE d.device_id = u.device_id AND d.gen = u.gen",
-                [r["device_id"] for r in dirty], [r["gen"] for r in dirty])
+            await self.view.clear(self.pool, [r["device_id"] for r in dirty],
+                                  [r["gen"] for r in dirty])
             if len(dirty) < DRAIN_BATCH:
                 return
 
     async def after_swap(self, conn: asyncpg.Connection) -> None:
         """A rebuild was swapped in: every device that ever had a document is checked against
         KV, and only a document that differs is written."""
-        await conn.execute(
-            f"INSERT INTO {self.schema}.desired_dirty AS d (device_id, at, verify) "
-            f"SELECT device_id, now(), true FROM {self.schema}.device_revisions "
-            "ON CONFLICT (device_id) DO UPDATE SET verify = true, gen = d.gen + 1")
+        await self.view.mark_all_to_verify(conn)
 
     async def after_rebuild(self) -> None:
         await self.after_commit()
@@ -491,16 +310,9 @@ class DesiredStates:
     async def _documents(self, conn: asyncpg.Pool, device_ids: list[str]
                          ) -> dict[str, tuple[int, dict[str, DesiredApp], str]]:
         """Per device: its revision and apps, as the tables say now."""
-        revisions = {r["device_id"]: int(r["revision"]) for r in await conn.fetch(
-            f"SELECT device_id, revision FROM {self.schema}.device_revisions "
-            "WHERE device_id = ANY($1::text[])", device_ids)}
+        revisions = await self.view.revisions(conn, device_ids)
         apps: dict[str, dict[str, DesiredApp]] = {d: {} for d in device_ids}
-        for r in await conn.fetch(
-                f"SELECT a.device_id, a.app, a.package, a.rollout_id, a.rollback, a.held, "
-                "t.traceparent, t.tracestate, g.gates "
-                f"FROM {self.schema}.device_apps a LEFT JOIN {self.schema}.rollout_traces t "
-                f"USING (rollout_id) LEFT JOIN {self.schema}.rollout_activations g "
-                "USING (rollout_id) WHERE a.device_id = ANY($1::text[])", device_ids):
+        for r in await self.view.assignments(conn, device_ids):
             # Only a rollback may take a device back to an older version (rows restored
             # before `rollback` existed have no rollout instead).
             rollback = r["rollback"] or r["rollout_id"] is None
