@@ -13,14 +13,14 @@ before the supervisor moves on, and is reported (facts and reported state).
 from __future__ import annotations
 
 import asyncio
-import time
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 
 from sdv_edge_agent.activation import AppActivation, GateWait
 from sdv_edge_agent.adapters.cancel import reraise_if_cancelling
+from sdv_edge_agent.adapters.clock import SYSTEM_CLOCK
 from sdv_edge_agent.adapters.packages import InstalledVersion, InstallError
 from sdv_edge_agent.app_inbox import (
     Exited,
@@ -54,7 +54,7 @@ from sdv_edge_agent.domain.reconcile import (
 )
 from sdv_edge_agent.domain.records import AppRecord
 from sdv_edge_agent.domain.restarts import CrashLoop, after_crash
-from sdv_edge_agent.ports import Process, RunSpec
+from sdv_edge_agent.ports import AppHost, Clock, Process, RunSpec
 from sdv_events.errors import DomainError
 from sdv_events.schemas.agent import (
     AppAlreadyCurrent,
@@ -73,17 +73,15 @@ from sdv_events.schemas.agent import (
 from sdv_events.schemas.deployment import DesiredApp
 from sdv_events.schemas.packages import PackageInfo
 
-if TYPE_CHECKING:
-    from sdv_edge_agent.application import Agent
-
 S = AppState
 log = structlog.get_logger("sdv.agent.app")
 MB = 1024 * 1024
 
 
 class AppSupervisor:
-    def __init__(self, agent: Agent, record: AppRecord) -> None:
+    def __init__(self, agent: AppHost, record: AppRecord, clock: Clock = SYSTEM_CLOCK) -> None:
         self.agent = agent
+        self.clock = clock
         self.record = record
         self.name = record.name
         self.instance: Instance | None = None
@@ -171,7 +169,7 @@ class AppSupervisor:
                 self._answer_if_current(desired, local)
                 return
             if isinstance(step, Install | Upgrade | Start | Stage):
-                if time.monotonic() < self.install_not_before:
+                if self.clock.monotonic() < self.install_not_before:
                     return  # a delayed Poke comes when it is time to try again
                 self.unanswered = None  # the step's facts answer the rollout
             self.log.debug("step", step=type(step).__name__)
@@ -289,7 +287,7 @@ class AppSupervisor:
     def _retry_later(self, err: InstallError) -> None:
         self.install_retries += 1
         delay = min(60.0, 2.0 ** min(self.install_retries, 6))
-        self.install_not_before = time.monotonic() + delay
+        self.install_not_before = self.clock.monotonic() + delay
         self.record.last_error = f"{err.stage}: {err.message} (retrying in {delay:.0f}s)"
         self.save()
         self.log.info("download_retry", reason=err.message, delay_s=delay)
@@ -498,7 +496,7 @@ class AppSupervisor:
             return
         process = self.instance.process
         self.record.pid, self.record.pid_started = process.pid, process.started
-        self.record.started_at = time.time()
+        self.record.started_at = self.clock.wall()
         self._move(S.RUNNING)
         self.emit(AppStarted, package, self.instance.run, pid=process.pid)
         self.save()
@@ -588,7 +586,7 @@ class AppSupervisor:
             await self._roll_back(f"{package.version} {reason} before it was healthy", run)
             return
         # Wall clock: crash times are kept across reboots, when a monotonic clock starts again.
-        decision = after_crash(self.agent.restart_policy, self.record.crashes, time.time())
+        decision = after_crash(self.agent.restart_policy, self.record.crashes, self.clock.wall())
         self.record.crashes = decision.crashes
         if isinstance(decision, CrashLoop):
             self._move(S.FAILED)
@@ -637,7 +635,7 @@ class AppSupervisor:
                 self.save()
             return
         instance.healthy = True
-        self.record.healthy, self.record.healthy_at = True, time.time()
+        self.record.healthy, self.record.healthy_at = True, self.clock.wall()
         self.record.on_trial = False
         self.emit(AppHealthy, instance.package, instance.run)
         self.save()
@@ -667,9 +665,9 @@ class AppSupervisor:
         self.instance = new
         self.record.previous, self.record.package = (old.package if old else self.record.package), new.package
         self.record.pid, self.record.pid_started = new.process.pid, new.process.started
-        self.record.started_at = time.time()
+        self.record.started_at = self.clock.wall()
         self.record.healthy, self.record.on_trial, self.record.last_error = True, False, None
-        self.record.healthy_at = time.time()
+        self.record.healthy_at = self.clock.wall()
         self.record.restarts, self.record.crashes = 0, ()
         self._adopt_config()
         self.save()
