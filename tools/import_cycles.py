@@ -22,9 +22,6 @@ import grimp
 # Known cycles in code other changes own, as the import to drop: each must still close a cycle
 # (a stale exception fails the check too, so none outlives its cycle).
 KNOWN_CYCLES: dict[tuple[str, str], str] = {
-    # TODO(lead): the supervisor split (#17 item 4) gives the supervisor a narrow protocol of
-    # what it uses instead of the whole Agent.
-    ("sdv_edge_agent.supervisor", "sdv_edge_agent.application"): "supervisor split, #17",
     # TODO(lead): the runner rework of sdv_events.processing (rebuild.py reaches back into
     # runner.py for ConsumerRunner).
     ("sdv_events.processing.rebuild", "sdv_events.processing.runner"): "processing runner rework",

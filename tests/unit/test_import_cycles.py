@@ -75,8 +75,9 @@ def test_a_known_cycle_that_is_gone_fails_as_a_stale_exception(tmp_path: Path) -
     the next cycle between the same modules."""
     files = {f"{name}/__init__.py": "" for name in PACKAGES}
     files |= {
-        "sdv_edge_agent/application.py": "from sdv_edge_agent import supervisor\n",
-        "sdv_edge_agent/supervisor.py": "",  # no longer imports application
+        "sdv_events/processing/__init__.py": "",
+        "sdv_events/processing/runner.py": "from sdv_events.processing import rebuild\n",
+        "sdv_events/processing/rebuild.py": "",  # no longer imports runner
     }
     for rel, text in files.items():
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -85,4 +86,4 @@ def test_a_known_cycle_that_is_gone_fails_as_a_stale_exception(tmp_path: Path) -
 
     result = check(tmp_path, pythonpath=tmp_path)
     assert result.returncode == 1, result.stdout + result.stderr
-    assert "stale exception sdv_edge_agent.supervisor -> sdv_edge_agent.application" in result.stdout
+    assert "stale exception sdv_events.processing.rebuild -> sdv_events.processing.runner" in result.stdout

@@ -43,7 +43,8 @@ from sdv_edge_agent.ports import (
 )
 from sdv_edge_agent.projections import reported_state
 from sdv_edge_agent.recovery import recover
-from sdv_edge_agent.supervisor import AppSupervisor, OpRefused
+from sdv_edge_agent.supervision.app_ops import OpRefused
+from sdv_edge_agent.supervisor import AppSupervisor
 from sdv_events.desired_signing import DesiredVerifier, UntrustedDesired
 from sdv_events.package_format import sha256_hex
 from sdv_events.schemas.agent import AppFact, AppFailed, DesiredRefused

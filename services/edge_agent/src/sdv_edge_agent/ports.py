@@ -8,10 +8,18 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+from sdv_edge_agent.domain.attribution import Cause
+from sdv_edge_agent.domain.records import AppRecord
+from sdv_edge_agent.domain.restarts import RestartPolicy
 from sdv_events.gates import Gate, Verdict
+from sdv_events.schemas.agent import AppFact, DesiredRefused
+from sdv_events.schemas.deployment import DesiredApp
 from sdv_events.schemas.packages import PackageInfo
+
+if TYPE_CHECKING:
+    from sdv_edge_agent.adapters.packages import InstalledVersion
 
 # (stream, wall-clock time, line) for each complete console line, and the read position reached.
 LinesSink = Callable[[list[tuple[str, float, str]], dict[str, int]], None]
@@ -172,3 +180,95 @@ class VehicleSignals(Protocol):
         """Return once every gate holds (or `timeout_s` passed); `on_deferred` hears each new
         reason they do not."""
         ...
+
+
+class Clock(Protocol):
+    """The time an app supervisor reads: `monotonic` for delays within this agent run, `wall`
+    for times kept across reboots (crash times, started and healthy times)."""
+
+    def monotonic(self) -> float: ...
+
+    def wall(self) -> float: ...
+
+
+class AppStore(Protocol):
+    """What an app supervisor keeps in the agent's store (adapters/store.py)."""
+
+    def save_app(self, record: AppRecord) -> None: ...
+
+    def delete_app(self, name: str) -> None: ...
+
+    def tail_offsets(self, tail_key: str) -> dict[str, int]: ...
+
+    def reset_tail(self, tail_key: str) -> None: ...
+
+
+class AppInstaller(Protocol):
+    """What an app supervisor asks of the installer (adapters/packages.py)."""
+
+    def installed(self, package: PackageInfo) -> InstalledVersion | None: ...
+
+    def signed_problem(self, package: PackageInfo) -> str | None: ...
+
+    async def install(self, package: PackageInfo, artifact: bytes) -> InstalledVersion: ...
+
+
+class AppFacts(Protocol):
+    """Where an app supervisor's facts go (the agent's repeat-counting fact sink)."""
+
+    def emit(self, fact: AppFact | DesiredRefused, run: int | None = None) -> bool: ...
+
+
+class AppHost(Protocol):
+    """Exactly what an app supervisor (supervisor.py and the modules it delegates to) and its
+    recovery use of the agent that owns it (application.py `Agent`)."""
+
+    @property
+    def device_id(self) -> str: ...
+    @property
+    def store(self) -> AppStore: ...
+    @property
+    def installer(self) -> AppInstaller: ...
+    @property
+    def facts(self) -> AppFacts: ...
+    @property
+    def runtimes(self) -> dict[str, Runtime]: ...
+    @property
+    def signals(self) -> VehicleSignals: ...
+    @property
+    def restart_policy(self) -> RestartPolicy: ...
+    @property
+    def stop_timeout_s(self) -> float: ...
+    @property
+    def python_version(self) -> str: ...
+    @property
+    def revision(self) -> int: ...
+    @property
+    def download(self) -> Callable[[PackageInfo], Awaitable[bytes]]: ...
+
+    def desired_app(self, name: str) -> DesiredApp | None: ...
+
+    def desired_rollout(self, name: str) -> str | None: ...
+
+    def cause_of(self, name: str) -> Cause | None: ...
+
+    def changed(self) -> None: ...
+
+    def runtime_for(self, package: PackageInfo) -> Runtime: ...
+
+    def sandbox_for(self, package: PackageInfo) -> Sandbox: ...
+
+    def run_dir(self, app: str, package: PackageInfo) -> Path: ...
+
+    def app_env(self, record: AppRecord, package: PackageInfo,
+                installed: InstalledVersion) -> dict[str, str]: ...
+
+    def lines_sink(self, app: str, tail_key: str) -> LinesSink: ...
+
+    def prune_versions(self, app: str, keep: list[PackageInfo]) -> None: ...
+
+    def remove_app_files(self, app: str) -> None: ...
+
+    async def run_health_command(
+        self, spec: RunSpec, command: list[str], timeout_s: float, process: Process | None = None
+    ) -> tuple[bool, str]: ...

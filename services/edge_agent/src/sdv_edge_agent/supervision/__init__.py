@@ -1,0 +1,1 @@
+"""The parts of an app supervisor (supervisor.py): its shared state and the steps it takes."""
