@@ -19,14 +19,6 @@ from pathlib import Path
 
 import grimp
 
-# Known cycles in code other changes own, as the import to drop: each must still close a cycle
-# (a stale exception fails the check too, so none outlives its cycle).
-KNOWN_CYCLES: dict[tuple[str, str], str] = {
-    # TODO(lead): the runner rework of sdv_events.processing (rebuild.py reaches back into
-    # runner.py for ConsumerRunner).
-    ("sdv_events.processing.rebuild", "sdv_events.processing.runner"): "processing runner rework",
-}
-
 
 def root_packages(config: Path) -> list[str]:
     packages: list[str] = tomllib.loads(config.read_text())["tool"]["importlinter"]["root_packages"]
@@ -91,15 +83,6 @@ def problems(packages: list[str]) -> list[str]:
     graph = grimp.build_graph(*packages, cache_dir=None)
     modules = {m for m in graph.modules if m.split(".")[0] in packages}
     found = []
-    for (importer, imported), why in KNOWN_CYCLES.items():
-        if importer not in modules:
-            continue  # checking other code (a test's copy) than the exception is about
-        if not (graph.direct_import_exists(importer=importer, imported=imported)
-                and graph.chain_exists(importer=imported, imported=importer)):
-            found.append(f"stale exception {importer} -> {imported} ({why}): it closes no cycle "
-                         "any more; delete it from tools/import_cycles.py")
-            continue
-        graph.remove_import(importer=importer, imported=imported)
     for group in strongly_connected(graph, modules):
         found.append(f"import cycle: {' -> '.join(example_cycle(graph, group))}"
                      + (f" (and {', '.join(group)} reach each other)" if len(group) > 2 else ""))

@@ -16,15 +16,17 @@ batches; a runner elsewhere makes it refuse with `ConsumerBusy`), so no event is
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, cast
+from typing import Any, Protocol, cast
 
 import asyncpg
 import structlog
 from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from sdv_events.envelope import Envelope
@@ -40,12 +42,33 @@ from sdv_events.processing.processor import (
     category_of_subject,
     subject_matches,
 )
+from sdv_events.registry import EventRegistry
 from sdv_events.store.postgres import EventStore, pooled_session
 from sdv_events.stream_owners import owner_of
 from sdv_events.subjects import event_subject
 
-if TYPE_CHECKING:
-    from sdv_events.processing.runner import ConsumerRunner
+
+class ConsumerRunner(Protocol):
+    """What a rebuild uses of the consumer runner it rebuilds (runner.py's `ConsumerRunner`,
+    which calls this module: a protocol here keeps the import one way)."""
+
+    name: str
+    schema: str
+    stream: str
+    pool: asyncpg.Pool
+    js: JetStreamContext
+    consumer: Any
+    registry: EventRegistry
+    ledger: Ledger
+    transactional: bool
+    batch_lock: asyncio.Lock
+
+    @property
+    def leading(self) -> bool: ...
+
+    async def try_lock(self, conn: asyncpg.Connection) -> bool: ...
+
+    def forget_handled(self) -> None: ...
 
 log = structlog.get_logger("sdv.rebuild")
 
