@@ -34,7 +34,7 @@ from sdv_events.schemas.rollouts import Thresholds, Timeouts
 from sdv_events.schemas.scheduling import Schedule
 from sdv_monitor.where import Where
 
-ACTIVE = ("created", "running", "paused")
+ACTIVE = ("created", "running", "waiting", "paused")
 V = TypeVar("V", bound=msgspec.Struct)
 
 
