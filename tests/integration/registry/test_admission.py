@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import nats.errors
 import pytest
 
 from sdv_events.auth import decode_jwt
@@ -73,7 +74,16 @@ async def test_device_credentials_allow_only_the_devices_own_subjects(registry: 
 
     await nc.subscribe("sdv.device.orin-002.ops.>", cb=on_op)
     await nc.flush()
-    reply = await ops_nc.request("sdv.device.orin-002.ops.pause", b"", timeout=2)
+    # The device's interest reaches the ops account through the server's import: allow it a
+    # moment to propagate (seen: "no responders" right after the flush under load).
+    for attempt in range(50):
+        try:
+            reply = await ops_nc.request("sdv.device.orin-002.ops.pause", b"", timeout=2)
+            break
+        except nats.errors.NoRespondersError:
+            if attempt == 49:
+                raise
+            await asyncio.sleep(0.1)
     assert reply.data == b"paused"
     own = await nc.request("$JS.API.DIRECT.GET.KV_sdv_desired.$KV.sdv_desired.orin-002", b"", timeout=2)
     assert own.data == b'{"apps": []}'
