@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import sys
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -41,6 +43,25 @@ def _load_by_path(name: str, path: Path) -> None:
 _load_by_path("sdv_relay_test_support", Path(__file__).parent / "integration" / "relay_support.py")
 _load_by_path("sdv_otlp_test_support", Path(__file__).parent / "integration" / "otlp_support.py")
 _load_by_path("sdv_vehicle_test_support", Path(__file__).parent / "integration" / "vehicle_support.py")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Each session's temporary directories in a folder of its own under /tmp, searchable by
+    other users: sandboxed apps run as users of their own and must reach the agents' data
+    directories below it. (Under pytest's shared `/tmp/pytest-of-<user>`, every other pytest
+    session that starts resets that folder to 0700 — locking out the apps of a session already
+    running; seen as apps that never start while two sessions run at once.)"""
+    if config.option.basetemp is None and not hasattr(config, "workerinput"):
+        base = Path(tempfile.mkdtemp(prefix=f"sdv-pytest-{os.getuid()}-", dir="/tmp"))
+        base.chmod(0o711)
+        config.option.basetemp = str(base)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """A passing session leaves nothing behind; a failing one keeps its files to look at."""
+    base = session.config.option.basetemp
+    if exitstatus == 0 and base and Path(base).name.startswith("sdv-pytest-"):
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def _docker_wanted() -> bool:
