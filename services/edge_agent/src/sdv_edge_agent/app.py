@@ -336,7 +336,10 @@ def dump_tasks() -> None:
     """`kill -USR2 <agent>`: every asyncio task and where it waits, on stderr (for a stuck agent)."""
     for task in asyncio.all_tasks():
         print(f"--- task {task.get_name()}", file=sys.stderr)
-        task.print_stack(limit=8, file=sys.stderr)
+        try:
+            task.print_stack(limit=8, file=sys.stderr)
+        except Exception as e:  # e.g. a frame whose line number is None (linecache raises): go on
+            print(f"    {task!r} (no stack: {e!r})", file=sys.stderr)
     sys.stderr.flush()
 
 
